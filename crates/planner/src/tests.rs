@@ -1,0 +1,265 @@
+//! Unit and property tests of the default policy.
+
+use super::*;
+use proptest::prelude::*;
+
+const NOW: Millis = 10_000_000;
+
+fn sb(id: &str, state: SandboxState, since: Millis, idle_since: Option<Millis>) -> SandboxView {
+    SandboxView { id: id.into(), state, since, idle_since }
+}
+
+fn pool(tenant: &str, queued: u32, running: u32, sandboxes: Vec<SandboxView>) -> PoolSnapshot {
+    PoolSnapshot {
+        tenant: tenant.into(),
+        policy: PoolPolicy { max_sandboxes: Some(5), ..PoolPolicy::default() },
+        queued,
+        running,
+        draining: false,
+        prewarm: None,
+        sandboxes,
+    }
+}
+
+fn one(p: PoolSnapshot) -> Snapshot {
+    Snapshot { pools: vec![p], fleet_max_active: None }
+}
+
+#[test]
+fn queue_grows_the_pool_counting_booting_sandboxes() {
+    let p = pool("t", 4, 0, vec![sb("a", SandboxState::Booting, NOW, None)]);
+    let plan = plan(&one(p), NOW);
+    assert_eq!(plan.pools[0].desired, 4);
+    assert_eq!(plan.steps.iter().filter(|s| matches!(s, Step::Create { .. })).count(), 3);
+}
+
+#[test]
+fn max_sandboxes_caps_the_pool() {
+    let p = pool("t", 50, 0, vec![]);
+    let plan = plan(&one(p), NOW);
+    assert_eq!(plan.steps.len(), 5);
+}
+
+#[test]
+fn wakes_suspended_then_stopped_then_creates() {
+    let p = pool(
+        "t",
+        4,
+        0,
+        vec![
+            sb("stopped", SandboxState::Stopped, NOW - 10, None),
+            sb("suspended", SandboxState::Suspended, NOW - 10, None),
+        ],
+    );
+    let plan = plan(&one(p), NOW);
+    assert_eq!(
+        plan.steps,
+        vec![
+            Step::Resume { tenant: "t".into(), sandbox: "suspended".into() },
+            Step::Start { tenant: "t".into(), sandbox: "stopped".into() },
+            Step::Create { tenant: "t".into() },
+            Step::Create { tenant: "t".into() },
+        ]
+    );
+}
+
+#[test]
+fn idle_sandboxes_stop_only_after_the_timeout() {
+    let p = pool("t", 0, 0, vec![sb("a", SandboxState::Ready, NOW - 1_000_000, Some(NOW - 299_999))]);
+    assert!(plan(&one(p.clone()), NOW).steps.is_empty());
+    let plan2 = plan(&one(p), NOW + 1);
+    assert_eq!(plan2.steps, vec![Step::Stop { tenant: "t".into(), sandbox: "a".into() }]);
+}
+
+#[test]
+fn min_warm_keeps_idle_sandboxes() {
+    let mut p = pool("t", 0, 0, vec![sb("a", SandboxState::Ready, 0, Some(0))]);
+    p.policy.min_warm = 1;
+    assert!(plan(&one(p), NOW).steps.is_empty());
+}
+
+#[test]
+fn draining_stops_idle_sandboxes_now_and_wakes_none() {
+    let mut p = pool(
+        "t",
+        3,
+        1,
+        vec![
+            sb("idle", SandboxState::Ready, NOW, Some(NOW)),
+            sb("busy", SandboxState::Busy, NOW, None),
+            sb("asleep", SandboxState::Stopped, NOW, None),
+        ],
+    );
+    p.draining = true;
+    let plan = plan(&one(p), NOW);
+    assert_eq!(plan.steps, vec![Step::Stop { tenant: "t".into(), sandbox: "idle".into() }]);
+}
+
+#[test]
+fn retention_destroys_long_stopped_sandboxes_and_boot_timeout_gives_up() {
+    let p = pool(
+        "t",
+        0,
+        0,
+        vec![
+            sb("old", SandboxState::Stopped, NOW - 3_600_000, None),
+            sb("stuck", SandboxState::Booting, NOW - 120_000, None),
+        ],
+    );
+    let plan = plan(&one(p), NOW);
+    assert_eq!(
+        plan.steps,
+        vec![
+            Step::Destroy { tenant: "t".into(), sandbox: "stuck".into() },
+            Step::Destroy { tenant: "t".into(), sandbox: "old".into() },
+        ]
+    );
+}
+
+#[test]
+fn fleet_cap_is_shared_by_weight() {
+    let mut a = pool("a", 20, 0, vec![]);
+    let mut b = pool("b", 20, 0, vec![]);
+    a.policy.max_sandboxes = None;
+    b.policy.max_sandboxes = None;
+    b.policy.weight = 3;
+    let plan = plan(&Snapshot { pools: vec![a, b], fleet_max_active: Some(8) }, NOW);
+    let per = |t: &str| plan.steps.iter().filter(|s| s.tenant() == t).count();
+    assert_eq!((per("a"), per("b")), (2, 6));
+}
+
+fn arb_state() -> impl Strategy<Value = SandboxState> {
+    prop::sample::select(
+        SandboxState::ALL.into_iter().filter(|s| *s != SandboxState::Destroyed).collect::<Vec<_>>(),
+    )
+}
+
+prop_compose! {
+    fn arb_pool(tenant: &'static str)(
+        states in prop::collection::vec((arb_state(), 0..2_000_000i64, 0..2_000_000i64), 0..12),
+        queued in 0..40u32,
+        max in prop::option::of(1..10u32),
+        min_warm in 0..3u32,
+        idle_timeout_ms in 1..1_000_000i64,
+        suspend in any::<bool>(),
+        draining in any::<bool>(),
+        max_conc in prop::option::of(1..10u32),
+        weight in 1..5u32,
+    ) -> PoolSnapshot {
+        let busy = states.iter().filter(|s| s.0 == SandboxState::Busy).count() as u32;
+        let sandboxes = states.into_iter().enumerate().map(|(i, (state, ago, idle))| SandboxView {
+            id: format!("{tenant}-{i}"),
+            state,
+            since: NOW - ago,
+            idle_since: (state == SandboxState::Ready).then_some(NOW - idle.min(ago)),
+        }).collect();
+        PoolSnapshot {
+            tenant: tenant.into(),
+            policy: PoolPolicy {
+                min_warm: max.map_or(min_warm, |m| min_warm.min(m)),
+                max_sandboxes: max,
+                max_concurrent_jobs: max_conc,
+                idle_timeout_ms,
+                idle_action: if suspend { IdleAction::Suspend } else { IdleAction::Stop },
+                weight,
+                ..PoolPolicy::default()
+            },
+            queued,
+            running: busy,
+            draining,
+            prewarm: None,
+            sandboxes,
+        }
+    }
+}
+
+prop_compose! {
+    fn arb_snapshot()(a in arb_pool("a"), b in arb_pool("b"), cap in prop::option::of(0..12u32)) -> Snapshot {
+        Snapshot { pools: vec![a, b], fleet_max_active: cap }
+    }
+}
+
+fn fresh_ids() -> impl FnMut() -> String {
+    let mut n = 0;
+    move || {
+        n += 1;
+        format!("new-{n}")
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// Whatever the planner adds never takes a pool past max_sandboxes, active or in all.
+    #[test]
+    fn never_above_max_sandboxes(snap in arb_snapshot()) {
+        let plan = plan(&snap, NOW);
+        let next = apply(&snap, &plan, NOW, fresh_ids());
+        for (before, after) in snap.pools.iter().zip(&next.pools) {
+            if let Some(m) = before.policy.max_sandboxes {
+                let active_after = after.sandboxes.iter().filter(|s| s.state.is_active()).count() as u32;
+                let active_before = before.sandboxes.iter().filter(|s| s.state.is_active()).count() as u32;
+                // The planner may not fix a pool already over its limit at once (busy ones stay),
+                // but never grows one past it.
+                prop_assert!(active_after <= m.max(active_before));
+                let creates = plan.steps.iter().filter(|s| s.tenant() == before.tenant && matches!(s, Step::Create { .. })).count() as u32;
+                if creates > 0 {
+                    prop_assert!(after.sandboxes.len() as u32 <= m);
+                }
+            }
+        }
+    }
+
+    /// A busy sandbox is never suspended, stopped or destroyed.
+    #[test]
+    fn never_stops_a_busy_sandbox(snap in arb_snapshot()) {
+        let plan = plan(&snap, NOW);
+        for step in &plan.steps {
+            if let Some(id) = step.sandbox() {
+                let s = snap.pools.iter().flat_map(|p| &p.sandboxes).find(|s| s.id == id).unwrap();
+                if matches!(step, Step::Suspend { .. } | Step::Stop { .. } | Step::Destroy { .. }) {
+                    prop_assert_ne!(s.state, SandboxState::Busy);
+                }
+            }
+        }
+    }
+
+    /// Planning again on the plan's result, at the same instant, changes nothing.
+    #[test]
+    fn converges(snap in arb_snapshot()) {
+        let plan1 = plan(&snap, NOW);
+        let next = apply(&snap, &plan1, NOW, fresh_ids());
+        let plan2 = plan(&next, NOW);
+        prop_assert!(plan2.steps.is_empty(), "second plan {:?} after {:?}", plan2.steps, plan1.steps);
+    }
+
+    /// No pool gets a new sandbox while one of its suspended or stopped ones is left asleep.
+    #[test]
+    fn wakes_before_it_creates(snap in arb_snapshot()) {
+        let plan = plan(&snap, NOW);
+        for pool in &snap.pools {
+            let creates = plan.steps.iter().any(|s| s.tenant() == pool.tenant && matches!(s, Step::Create { .. }));
+            if creates {
+                for s in pool.sandboxes.iter().filter(|s| matches!(s.state, SandboxState::Suspended | SandboxState::Stopped)) {
+                    let woken = plan.steps.iter().any(|st| st.sandbox() == Some(&s.id) && matches!(st, Step::Resume { .. } | Step::Start { .. }));
+                    prop_assert!(woken, "created while {} slept", s.id);
+                }
+            }
+        }
+    }
+
+    /// With a fleet cap, the active total after the plan stays within it (or within the busy floor).
+    #[test]
+    fn fleet_cap_holds(snap in arb_snapshot()) {
+        let Some(cap) = snap.fleet_max_active else { return Ok(()) };
+        let plan = plan(&snap, NOW);
+        let next = apply(&snap, &plan, NOW, fresh_ids());
+        let active = |s: &Snapshot| s.pools.iter().flat_map(|p| &p.sandboxes).filter(|s| s.state.is_active()).count() as u32;
+        let held = snap.pools.iter().flat_map(|p| &p.sandboxes)
+            .filter(|s| matches!(s.state, SandboxState::Busy | SandboxState::Booting)).count() as u32;
+        let created = plan.steps.iter().filter(|s| matches!(s, Step::Create { .. } | Step::Start { .. } | Step::Resume { .. })).count();
+        if created > 0 {
+            prop_assert!(active(&next) <= cap.max(held), "{} active past cap {}", active(&next), cap);
+        }
+    }
+}
