@@ -1,1 +1,148 @@
-//! placeholder
+//! Shoal's fleet: the [`Provider`] trait that every sandbox backend implements (process, docker,
+//! fly, kubernetes, sim), the typed errors providers answer with, the retry policy applied to
+//! provider calls, and the conformance suite every provider must pass.
+
+pub mod conformance;
+pub mod fly;
+pub mod process;
+pub mod retry;
+pub mod sim;
+
+use async_trait::async_trait;
+use shoal_core::{Millis, SandboxSize};
+use std::time::Duration;
+
+/// Everything a provider needs to bring up one sandbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandboxSpec {
+    /// Shoal's id for the sandbox; providers tag their resource with it and use it to make
+    /// `create` idempotent.
+    pub sandbox_id: String,
+    pub tenant: String,
+    pub pool: String,
+    /// The agent's bearer token.
+    pub token: String,
+    /// The scheduler's URL as the sandbox reaches it.
+    pub scheduler_url: String,
+    pub size: SandboxSize,
+}
+
+impl SandboxSpec {
+    /// The environment the agent inside the sandbox is started with.
+    pub fn agent_env(&self) -> Vec<(String, String)> {
+        use shoal_protocol::env;
+        vec![
+            (env::URL.to_string(), self.scheduler_url.clone()),
+            (env::SANDBOX_TOKEN.to_string(), self.token.clone()),
+            (env::SANDBOX_ID.to_string(), self.sandbox_id.clone()),
+        ]
+    }
+}
+
+/// A sandbox the provider knows, named both ways.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxRef {
+    pub sandbox_id: String,
+    pub tenant: String,
+    /// The provider's own id (a pid, a container id, a machine id, a pod name).
+    pub provider_id: String,
+}
+
+/// What a provider observed of one sandbox: the state it is in and, where the provider says, when
+/// it got there by the provider's own clock.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    pub sandbox: SandboxRef,
+    pub state: ObservedState,
+    /// When the provider says the transition happened.
+    pub at: Millis,
+}
+
+/// The states providers report; fewer than Shoal's own, which also knows whether the agent has
+/// called in and holds a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObservedState {
+    /// Running: billable from here.
+    Running,
+    Suspended,
+    Stopped,
+    /// Gone (destroyed, or vanished by itself).
+    Gone,
+}
+
+/// What a provider can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Suspend and resume keep memory (SIGSTOP, docker pause, Fly suspend).
+    pub suspend: bool,
+    /// Stop and start keep the sandbox (Kubernetes cannot: idle there means delete).
+    pub stop: bool,
+}
+
+/// A provider call that did not do what was asked.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProviderError {
+    /// Too many requests: try again after the given time.
+    #[error("rate limited by the provider; retry after {retry_after:?}")]
+    RateLimited { retry_after: Option<Duration> },
+    /// No capacity for this size or region now.
+    #[error("provider out of capacity: {0}")]
+    Capacity(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The resource is in a state that does not allow the call.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// Worth retrying: a 5xx, a timeout, a dropped connection.
+    #[error("transient provider error: {0}")]
+    Transient(String),
+    /// Not worth retrying: a bad request, a bad image, no permission.
+    #[error("provider error: {0}")]
+    Permanent(String),
+}
+
+impl ProviderError {
+    /// Whether the same call may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ProviderError::RateLimited { .. } | ProviderError::Transient(_))
+    }
+}
+
+/// Observations flow from providers to the fleet on this channel.
+pub type ObservationSink = tokio::sync::mpsc::UnboundedSender<Observation>;
+
+/// A backend that runs sandboxes. Every call is idempotent: creating a sandbox id that exists,
+/// stopping a stopped one, or destroying a missing one succeeds without a second effect.
+/// Implementations report what they observe (with the provider's own timestamps) on the
+/// [`ObservationSink`] they were built with.
+#[async_trait]
+pub trait Provider: Send + Sync + 'static {
+    /// The provider's name, as in `--provider`.
+    fn name(&self) -> &'static str;
+
+    fn capabilities(&self) -> Capabilities;
+
+    /// Creates and starts a sandbox; returns the provider's id for it.
+    async fn create(&self, spec: &SandboxSpec) -> Result<String, ProviderError>;
+
+    /// Starts a stopped sandbox.
+    async fn start(&self, sandbox: &SandboxRef, spec: &SandboxSpec) -> Result<(), ProviderError>;
+
+    /// Stops a sandbox, keeping it for a later start.
+    async fn stop(&self, sandbox: &SandboxRef) -> Result<(), ProviderError>;
+
+    /// Suspends a running sandbox, keeping its memory.
+    async fn suspend(&self, sandbox: &SandboxRef) -> Result<(), ProviderError>;
+
+    /// Resumes a suspended sandbox.
+    async fn resume(&self, sandbox: &SandboxRef) -> Result<(), ProviderError>;
+
+    /// Removes a sandbox and everything it holds.
+    async fn destroy(&self, sandbox: &SandboxRef) -> Result<(), ProviderError>;
+
+    /// Every sandbox this provider runs for Shoal, found by its tags, with its current state.
+    async fn list(&self) -> Result<Vec<Observation>, ProviderError>;
+
+    /// Stops everything this provider started, for a clean shutdown of the scheduler.
+    async fn shutdown(&self) {}
+}

@@ -10,6 +10,7 @@
 //! sandbox first (suspended, then stopped, then a new one). Scale-down takes only ready sandboxes
 //! idle past the pool's idle timeout; a busy sandbox is never stopped.
 
+pub mod adaptive;
 pub mod fair;
 
 use serde::Serialize;

@@ -1,1 +1,6 @@
-//! placeholder
+//! Shoal's test harness: locating (and building when missing) the workspace's own binaries,
+//! ephemeral Postgres and Redis servers on spare loopback ports, the Fly Machines emulator, and
+//! fixtures. Used by tests only; never by production code.
+
+pub mod bins;
+pub mod fly;

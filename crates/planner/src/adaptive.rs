@@ -1,0 +1,1 @@
+//! The adaptive idle policy (see the simulator issue).

@@ -1,0 +1,645 @@
+//! The structural JSON differ: walks both documents together and reports changes at the
+//! deepest differing path, honouring the compiled options and the work limits.
+//!
+//! Arrays are aligned in O(n log n): common prefix and suffix are trimmed, the middle is
+//! matched by a canonical hash (confirmed by a real comparison), the longest increasing run
+//! of matches is kept in place and the other matches are reported as `moved`; what is left
+//! is paired up gap by gap and compared recursively. Only multiset matching of unordered
+//! arrays needs O(n·m) work and that is capped by `max_pairwise`.
+
+use std::collections::{HashMap, VecDeque};
+
+use serde_json::{Map, Number, Value};
+
+use crate::options::Compiled;
+use crate::pointer::{Path, Seg, render};
+use crate::{Change, Op};
+
+/// Walks two documents and collects changes.
+pub(crate) struct Differ<'o> {
+    pub opts: &'o Compiled,
+    pub changes: Vec<Change>,
+    /// Probe mode: stop at the first difference and record nothing.
+    probe: bool,
+    found: bool,
+    pub truncated: bool,
+    pub degraded: Option<String>,
+    pub nodes: usize,
+}
+
+const IGNORED_HASH: u64 = 0x5bd1_e995_1234_5678;
+
+fn mix(mut z: u64) -> u64 {
+    // The SplitMix64 finaliser.
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn hash_str(s: &str) -> u64 {
+    // FNV-1a.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    mix(h)
+}
+
+/// Longest strictly increasing subsequence of `seq`, as a flag per position.
+pub(crate) fn lis_flags(seq: &[usize]) -> Vec<bool> {
+    let mut tails: Vec<usize> = Vec::new(); // indices into seq
+    let mut prev: Vec<Option<usize>> = vec![None; seq.len()];
+    for (k, &v) in seq.iter().enumerate() {
+        let pos = tails.partition_point(|&t| seq[t] < v);
+        if pos > 0 {
+            prev[k] = Some(tails[pos - 1]);
+        }
+        if pos == tails.len() {
+            tails.push(k);
+        } else {
+            tails[pos] = k;
+        }
+    }
+    let mut flags = vec![false; seq.len()];
+    let mut cur = tails.last().copied();
+    while let Some(k) = cur {
+        flags[k] = true;
+        cur = prev[k];
+    }
+    flags
+}
+
+impl<'o> Differ<'o> {
+    pub fn new(opts: &'o Compiled) -> Self {
+        Differ {
+            opts,
+            changes: Vec::new(),
+            probe: false,
+            found: false,
+            truncated: false,
+            degraded: None,
+            nodes: 0,
+        }
+    }
+
+    pub fn stopped(&self) -> bool {
+        (self.probe && self.found) || self.truncated
+    }
+
+    pub fn degrade(&mut self, reason: String) {
+        if self.degraded.is_none() {
+            self.degraded = Some(reason);
+        }
+    }
+
+    /// Records a change unless its path is ignored.
+    pub fn emit(
+        &mut self,
+        op: Op,
+        path: &[Seg<'_>],
+        from: Option<String>,
+        before: Option<&Value>,
+        after: Option<&Value>,
+    ) {
+        if self.opts.is_ignored(path) {
+            return;
+        }
+        if self.probe {
+            self.found = true;
+            return;
+        }
+        if self.changes.len() >= self.opts.max_changes {
+            self.truncated = true;
+            return;
+        }
+        self.changes.push(Change {
+            op,
+            path: render(path),
+            from,
+            before: before.cloned(),
+            after: after.cloned(),
+        });
+    }
+
+    /// True when `a` and `b` are equal under the options (no change would be reported).
+    pub fn probe_equal<'a>(&mut self, a: &'a Value, b: &'a Value, path: &mut Path<'a>) -> bool {
+        let mut d = Differ::new(self.opts);
+        d.probe = true;
+        d.nodes = self.nodes;
+        d.diff(a, b, path);
+        self.nodes = d.nodes;
+        if let Some(r) = d.degraded {
+            self.degrade(r);
+        }
+        !d.found
+    }
+
+    fn probe_at<'a>(&mut self, a: &'a Value, b: &'a Value, path: &mut Path<'a>, i: usize) -> bool {
+        path.push(Seg::Idx(i));
+        let eq = self.probe_equal(a, b, path);
+        path.pop();
+        eq
+    }
+
+    fn diff_at<'a>(&mut self, a: &'a Value, b: &'a Value, path: &mut Path<'a>, i: usize) {
+        path.push(Seg::Idx(i));
+        self.diff(a, b, path);
+        path.pop();
+    }
+
+    fn emit_at(&mut self, op: Op, path: &mut Path<'_>, i: usize, before: Option<&Value>, after: Option<&Value>) {
+        path.push(Seg::Idx(i));
+        self.emit(op, path, None, before, after);
+        path.pop();
+    }
+
+    fn norm<'s>(&self, s: &'s str) -> std::borrow::Cow<'s, str> {
+        let mut cur = std::borrow::Cow::Borrowed(s);
+        for (re, rep) in &self.opts.normalize {
+            if let std::borrow::Cow::Owned(o) = re.replace_all(&cur, rep.as_str()) {
+                cur = std::borrow::Cow::Owned(o);
+            }
+        }
+        cur
+    }
+
+    fn str_eq(&self, a: &str, b: &str) -> bool {
+        if self.opts.normalize.is_empty() {
+            a == b
+        } else {
+            a == b || self.norm(a) == self.norm(b)
+        }
+    }
+
+    pub fn num_eq(&self, a: &Number, b: &Number) -> bool {
+        let exact = |n: &Number| {
+            n.as_i64()
+                .map(i128::from)
+                .or_else(|| n.as_u64().map(i128::from))
+        };
+        if let (Some(x), Some(y)) = (exact(a), exact(b))
+            && x == y
+        {
+            return true;
+        }
+        let (Some(x), Some(y)) = (a.as_f64(), b.as_f64()) else {
+            return a == b;
+        };
+        if x == y {
+            return exact(a).is_none() || exact(b).is_none();
+        }
+        let d = (x - y).abs();
+        if let Some(t) = self.opts.abs_tol
+            && d <= t
+        {
+            return true;
+        }
+        if let Some(t) = self.opts.rel_tol
+            && d <= t * x.abs().max(y.abs())
+        {
+            return true;
+        }
+        false
+    }
+
+    /// Canonical hash of a value under the options: equal values hash equal.
+    fn hash_value<'a>(&mut self, v: &'a Value, path: &mut Path<'a>) -> u64 {
+        if self.opts.is_ignored(path) {
+            return IGNORED_HASH;
+        }
+        self.nodes += 1;
+        match v {
+            Value::Null => mix(1),
+            Value::Bool(b) => mix(2 + u64::from(*b)),
+            Value::Number(n) => {
+                if self.opts.has_tolerance() {
+                    mix(4)
+                } else {
+                    let f = n.as_f64().unwrap_or(0.0);
+                    let f = if f == 0.0 { 0.0 } else { f };
+                    mix(5 ^ f.to_bits())
+                }
+            }
+            Value::String(s) => hash_str(&self.norm(s)) ^ 6,
+            Value::Array(items) => {
+                let opts = self.opts;
+                let unordered = opts.is_unordered(path) || opts.array_key(path).is_some();
+                let mut h = mix(7 + u64::from(unordered));
+                for (i, item) in items.iter().enumerate() {
+                    path.push(Seg::Idx(i));
+                    let eh = self.hash_value(item, path);
+                    path.pop();
+                    h = if unordered {
+                        h.wrapping_add(mix(eh))
+                    } else {
+                        mix(h ^ eh)
+                    };
+                }
+                h
+            }
+            Value::Object(map) => {
+                let mut h = mix(9);
+                for (k, val) in map {
+                    if self.opts.ignore_keys.contains(k) {
+                        continue;
+                    }
+                    path.push(Seg::Key(k));
+                    let vh = if self.opts.is_ignored(path) {
+                        None
+                    } else {
+                        Some(self.hash_value(val, path))
+                    };
+                    path.pop();
+                    if let Some(vh) = vh {
+                        h = h.wrapping_add(mix(hash_str(k) ^ vh.rotate_left(17)));
+                    }
+                }
+                h
+            }
+        }
+    }
+
+    /// Compares `a` (baseline) with `b` (candidate) at `path`.
+    pub fn diff<'a>(&mut self, a: &'a Value, b: &'a Value, path: &mut Path<'a>) {
+        if self.stopped() {
+            return;
+        }
+        self.nodes += 1;
+        if self.nodes > self.opts.max_nodes {
+            self.degrade(format!(
+                "max_nodes ({}) exceeded: the rest was compared as whole subtrees",
+                self.opts.max_nodes
+            ));
+            if a != b {
+                let op = if std::mem::discriminant(a) == std::mem::discriminant(b) {
+                    Op::Changed
+                } else {
+                    Op::TypeChanged
+                };
+                self.emit(op, path, None, Some(a), Some(b));
+            }
+            return;
+        }
+        match (a, b) {
+            (Value::Null, Value::Null) => {}
+            (Value::Bool(x), Value::Bool(y)) => {
+                if x != y {
+                    self.emit(Op::Changed, path, None, Some(a), Some(b));
+                }
+            }
+            (Value::Number(x), Value::Number(y)) => {
+                if !self.num_eq(x, y) {
+                    self.emit(Op::Changed, path, None, Some(a), Some(b));
+                }
+            }
+            (Value::String(x), Value::String(y)) => {
+                if !self.str_eq(x, y) {
+                    self.emit(Op::Changed, path, None, Some(a), Some(b));
+                }
+            }
+            (Value::Array(x), Value::Array(y)) => self.diff_array(x, y, path),
+            (Value::Object(x), Value::Object(y)) => self.diff_object(x, y, path),
+            _ => self.emit(Op::TypeChanged, path, None, Some(a), Some(b)),
+        }
+    }
+
+    fn diff_object<'a>(&mut self, x: &'a Map<String, Value>, y: &'a Map<String, Value>, path: &mut Path<'a>) {
+        for (k, va) in x {
+            if self.stopped() {
+                return;
+            }
+            if self.opts.ignore_keys.contains(k) {
+                continue;
+            }
+            path.push(Seg::Key(k));
+            if !self.opts.is_ignored(path) {
+                match y.get(k) {
+                    Some(vb) => self.diff(va, vb, path),
+                    None => self.emit(Op::Removed, path, None, Some(va), None),
+                }
+            }
+            path.pop();
+        }
+        for (k, vb) in y {
+            if self.stopped() {
+                return;
+            }
+            if x.contains_key(k) || self.opts.ignore_keys.contains(k) {
+                continue;
+            }
+            path.push(Seg::Key(k));
+            self.emit(Op::Added, path, None, None, Some(vb));
+            path.pop();
+        }
+    }
+
+    fn diff_array<'a>(&mut self, x: &'a [Value], y: &'a [Value], path: &mut Path<'a>) {
+        let opts = self.opts;
+        if let Some(field) = opts.array_key(path) {
+            let unordered = opts.is_unordered(path);
+            self.diff_keyed(x, y, path, field, unordered);
+        } else if opts.is_unordered(path) {
+            let xs: Vec<usize> = (0..x.len()).collect();
+            let ys: Vec<usize> = (0..y.len()).collect();
+            self.diff_unordered(x, y, xs, ys, path);
+        } else {
+            self.diff_ordered(x, y, path);
+        }
+    }
+
+    /// Matches elements of `x[xs]` to `y[ys]` by canonical hash, confirming each match.
+    /// Returns the matches (sorted by baseline index) and the unmatched indices.
+    fn match_by_hash<'a>(
+        &mut self,
+        x: &'a [Value],
+        y: &'a [Value],
+        xs: &[usize],
+        ys: &[usize],
+        path: &mut Path<'a>,
+    ) -> (Vec<(usize, usize)>, Vec<usize>, Vec<usize>) {
+        let mut buckets: HashMap<u64, VecDeque<usize>> = HashMap::with_capacity(ys.len());
+        for &j in ys {
+            path.push(Seg::Idx(j));
+            let h = self.hash_value(&y[j], path);
+            path.pop();
+            buckets.entry(h).or_default().push_back(j);
+        }
+        let mut matched = Vec::new();
+        let mut ux = Vec::new();
+        let mut used = vec![false; y.len()];
+        for &i in xs {
+            if self.stopped() {
+                break;
+            }
+            path.push(Seg::Idx(i));
+            let h = self.hash_value(&x[i], path);
+            path.pop();
+            let mut hit = None;
+            if let Some(q) = buckets.get_mut(&h) {
+                // A few tries: equal hashes almost always mean equal values, except with
+                // float tolerances, where every number hashes alike.
+                for k in 0..q.len().min(8) {
+                    let j = q[k];
+                    if self.probe_at(&x[i], &y[j], path, i) {
+                        q.remove(k);
+                        hit = Some(j);
+                        break;
+                    }
+                }
+            }
+            match hit {
+                Some(j) => {
+                    used[j] = true;
+                    matched.push((i, j));
+                }
+                None => ux.push(i),
+            }
+        }
+        let uy = ys.iter().copied().filter(|&j| !used[j]).collect();
+        (matched, ux, uy)
+    }
+
+    fn diff_ordered<'a>(&mut self, x: &'a [Value], y: &'a [Value], path: &mut Path<'a>) {
+        let (n, m) = (x.len(), y.len());
+        let mut pre = 0;
+        while pre < n && pre < m && self.probe_at(&x[pre], &y[pre], path, pre) {
+            pre += 1;
+        }
+        let mut suf = 0;
+        while suf < n - pre
+            && suf < m - pre
+            && self.probe_at(&x[n - 1 - suf], &y[m - 1 - suf], path, n - 1 - suf)
+        {
+            suf += 1;
+        }
+        let xs: Vec<usize> = (pre..n - suf).collect();
+        let ys: Vec<usize> = (pre..m - suf).collect();
+        if xs.is_empty() && ys.is_empty() {
+            return;
+        }
+        if xs.len() == 1 && ys.len() == 1 {
+            // One element replaced in place: compare it directly.
+            self.diff_at(&x[xs[0]], &y[ys[0]], path, xs[0]);
+            return;
+        }
+        let (matched, ux, uy) = self.match_by_hash(x, y, &xs, &ys, path);
+        let js: Vec<usize> = matched.iter().map(|&(_, j)| j).collect();
+        let stay = lis_flags(&js);
+        let mut anchors_x = Vec::new();
+        let mut anchors_y = Vec::new();
+        for (k, &(i, j)) in matched.iter().enumerate() {
+            if stay[k] {
+                anchors_x.push(i);
+                anchors_y.push(j);
+            } else {
+                path.push(Seg::Idx(i));
+                let from = render(path);
+                path.pop();
+                path.push(Seg::Idx(j));
+                self.emit(Op::Moved, path, Some(from), None, None);
+                path.pop();
+            }
+        }
+        // Pair what is left gap by gap (between consecutive anchors), in order.
+        let gap_x = |i: usize| anchors_x.partition_point(|&a| a < i);
+        let gap_y = |j: usize| anchors_y.partition_point(|&a| a < j);
+        let (mut p, mut q) = (0, 0);
+        while p < ux.len() || q < uy.len() {
+            if self.stopped() {
+                return;
+            }
+            let gx = ux.get(p).map(|&i| gap_x(i));
+            let gy = uy.get(q).map(|&j| gap_y(j));
+            match (gx, gy) {
+                (Some(a), Some(b)) if a == b => {
+                    self.diff_at(&x[ux[p]], &y[uy[q]], path, ux[p]);
+                    p += 1;
+                    q += 1;
+                }
+                (Some(a), Some(b)) if a < b => {
+                    self.emit_at(Op::Removed, path, ux[p], Some(&x[ux[p]]), None);
+                    p += 1;
+                }
+                (Some(_), None) => {
+                    self.emit_at(Op::Removed, path, ux[p], Some(&x[ux[p]]), None);
+                    p += 1;
+                }
+                _ => {
+                    self.emit_at(Op::Added, path, uy[q], None, Some(&y[uy[q]]));
+                    q += 1;
+                }
+            }
+        }
+    }
+
+    /// Similarity used to pair leftover elements of unordered arrays (0 = do not pair).
+    fn similarity<'a>(&mut self, a: &'a Value, b: &'a Value, path: &mut Path<'a>, i: usize) -> f64 {
+        match (a, b) {
+            (Value::Object(x), Value::Object(y)) => {
+                let union = x.len() + y.keys().filter(|k| !x.contains_key(*k)).count();
+                if union == 0 {
+                    return 1.0;
+                }
+                path.push(Seg::Idx(i));
+                let mut same = 0usize;
+                for (k, va) in x {
+                    if let Some(vb) = y.get(k) {
+                        path.push(Seg::Key(k));
+                        if self.probe_equal(va, vb, path) {
+                            same += 1;
+                        }
+                        path.pop();
+                    }
+                }
+                path.pop();
+                0.05 + same as f64 / union as f64
+            }
+            (Value::Array(_), Value::Array(_)) => 0.05,
+            _ if std::mem::discriminant(a) == std::mem::discriminant(b) => 0.05,
+            _ => 0.0,
+        }
+    }
+
+    fn diff_unordered<'a>(
+        &mut self,
+        x: &'a [Value],
+        y: &'a [Value],
+        xs: Vec<usize>,
+        ys: Vec<usize>,
+        path: &mut Path<'a>,
+    ) {
+        let (_, mut ux, mut uy) = self.match_by_hash(x, y, &xs, &ys, path);
+        let mut pairs: Vec<(usize, usize)> = Vec::new();
+        if !ux.is_empty() && !uy.is_empty() {
+            if ux.len().saturating_mul(uy.len()) <= self.opts.max_pairwise {
+                // Exact matches the hash could not see (float tolerances).
+                let mut used_y = vec![false; uy.len()];
+                let mut rest_x = Vec::new();
+                for &i in &ux {
+                    let hit = (0..uy.len())
+                        .find(|&k| !used_y[k] && self.probe_at(&x[i], &y[uy[k]], path, i));
+                    match hit {
+                        Some(k) => used_y[k] = true,
+                        None => rest_x.push(i),
+                    }
+                }
+                let rest_y: Vec<usize> = uy
+                    .iter()
+                    .enumerate()
+                    .filter(|(k, _)| !used_y[*k])
+                    .map(|(_, &j)| j)
+                    .collect();
+                // Pair the rest greedily by similarity so changes land deep inside.
+                let mut scored = Vec::new();
+                for &i in &rest_x {
+                    for &j in &rest_y {
+                        let s = self.similarity(&x[i], &y[j], path, i);
+                        if s > 0.0 {
+                            scored.push((s, i, j));
+                        }
+                    }
+                }
+                scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+                let mut px = vec![false; x.len()];
+                let mut py = vec![false; y.len()];
+                for (_, i, j) in scored {
+                    if !px[i] && !py[j] {
+                        px[i] = true;
+                        py[j] = true;
+                        pairs.push((i, j));
+                    }
+                }
+                ux = rest_x.into_iter().filter(|&i| !px[i]).collect();
+                uy = rest_y.into_iter().filter(|&j| !py[j]).collect();
+            } else {
+                self.degrade(format!(
+                    "array at {} has {}x{} unmatched elements, over max_pairwise ({}): paired in order",
+                    render(path),
+                    ux.len(),
+                    uy.len(),
+                    self.opts.max_pairwise
+                ));
+                let k = ux.len().min(uy.len());
+                pairs.extend(ux.drain(..k).zip(uy.drain(..k)));
+            }
+        }
+        pairs.sort_unstable();
+        for (i, j) in pairs {
+            self.diff_at(&x[i], &y[j], path, i);
+        }
+        for i in ux {
+            self.emit_at(Op::Removed, path, i, Some(&x[i]), None);
+        }
+        for j in uy {
+            self.emit_at(Op::Added, path, j, None, Some(&y[j]));
+        }
+    }
+
+    fn key_of(&self, v: &Value, field: &str) -> Option<String> {
+        match v.as_object()?.get(field)? {
+            Value::String(s) => Some(format!("s:{}", self.norm(s))),
+            other => Some(format!("v:{other}")),
+        }
+    }
+
+    fn diff_keyed<'a>(
+        &mut self,
+        x: &'a [Value],
+        y: &'a [Value],
+        path: &mut Path<'a>,
+        field: &str,
+        unordered: bool,
+    ) {
+        let mut by_key: HashMap<String, VecDeque<usize>> = HashMap::new();
+        let mut unkeyed_y = Vec::new();
+        for (j, v) in y.iter().enumerate() {
+            match self.key_of(v, field) {
+                Some(k) => by_key.entry(k).or_default().push_back(j),
+                None => unkeyed_y.push(j),
+            }
+        }
+        let mut matched = Vec::new();
+        let mut removed = Vec::new();
+        let mut unkeyed_x = Vec::new();
+        for (i, v) in x.iter().enumerate() {
+            match self.key_of(v, field) {
+                Some(k) => match by_key.get_mut(&k).and_then(|q| q.pop_front()) {
+                    Some(j) => matched.push((i, j)),
+                    None => removed.push(i),
+                },
+                None => unkeyed_x.push(i),
+            }
+        }
+        if !unordered {
+            let js: Vec<usize> = matched.iter().map(|&(_, j)| j).collect();
+            let stay = lis_flags(&js);
+            for (k, &(i, j)) in matched.iter().enumerate() {
+                if !stay[k] {
+                    path.push(Seg::Idx(i));
+                    let from = render(path);
+                    path.pop();
+                    path.push(Seg::Idx(j));
+                    self.emit(Op::Moved, path, Some(from), None, None);
+                    path.pop();
+                }
+            }
+        }
+        for &(i, j) in &matched {
+            self.diff_at(&x[i], &y[j], path, i);
+        }
+        for i in removed {
+            self.emit_at(Op::Removed, path, i, Some(&x[i]), None);
+        }
+        let mut added: Vec<usize> = by_key.into_values().flatten().collect();
+        added.sort_unstable();
+        for j in added {
+            self.emit_at(Op::Added, path, j, None, Some(&y[j]));
+        }
+        // Elements without the key field fall back to multiset matching.
+        if !unkeyed_x.is_empty() || !unkeyed_y.is_empty() {
+            self.diff_unordered(x, y, unkeyed_x, unkeyed_y, path);
+        }
+    }
+}

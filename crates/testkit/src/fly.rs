@@ -1,0 +1,1 @@
+//! The Fly Machines emulator (see the fly issue).

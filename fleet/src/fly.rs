@@ -1,0 +1,1 @@
+//! The `fly` provider: one Fly Machine per sandbox (see the fly issue).
