@@ -187,8 +187,8 @@ impl<'o> Differ<'o> {
         let (Some(x), Some(y)) = (a.as_f64(), b.as_f64()) else {
             return a == b;
         };
-        if x == y {
-            return exact(a).is_none() || exact(b).is_none();
+        if x == y && (exact(a).is_none() || exact(b).is_none()) {
+            return true;
         }
         let d = (x - y).abs();
         if let Some(t) = self.opts.abs_tol

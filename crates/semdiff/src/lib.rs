@@ -1,1 +1,181 @@
-//! placeholder
+//! Semantic diff of JSON documents and recorded run traces.
+//!
+//! [`diff`] compares a baseline with a candidate and reports each difference at the deepest
+//! JSON Pointer (RFC 6901) where the two sides differ, as one of the ops `added`, `removed`,
+//! `changed`, `type_changed` or `moved`. [`Options`] tunes what counts as a difference
+//! (ignored paths and keys, unordered and keyed arrays, float tolerances, string
+//! normalisation) and switches to trace mode, where two span trees are matched by what the
+//! spans are rather than by their ids. Work is bounded: past the configured limits the result
+//! says so (`degraded`, `truncated`) and the comparison gets coarser instead of slower.
+//!
+//! [`run_spec`] is the `semantic_diff` job kind of the Shoal contract and [`cli`] is
+//! `shoal-agent semdiff`. See `docs/semdiff.md`.
+
+pub mod cli;
+mod json;
+mod options;
+pub mod pointer;
+mod trace;
+
+use serde::Serialize;
+use serde_json::Value;
+
+pub use options::{Mode, NormalizeRule, Options, UnorderedArrays};
+
+/// What happened at a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    /// Present in the candidate only.
+    Added,
+    /// Present in the baseline only.
+    Removed,
+    /// A value of the same JSON type with a different value.
+    Changed,
+    /// A value whose JSON type changed (e.g. number to string, object to array).
+    TypeChanged,
+    /// An array element (or span) that only changed place.
+    Moved,
+}
+
+impl Op {
+    /// The op's name as it appears in the result.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Added => "added",
+            Op::Removed => "removed",
+            Op::Changed => "changed",
+            Op::TypeChanged => "type_changed",
+            Op::Moved => "moved",
+        }
+    }
+}
+
+/// One difference.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Change {
+    /// The kind of difference.
+    pub op: Op,
+    /// Where: a JSON Pointer (for moved array elements, the candidate position).
+    pub path: String,
+    /// For a moved array element: its baseline position.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// The baseline value, absent for `added`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before: Option<Value>,
+    /// The candidate value, absent for `removed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<Value>,
+}
+
+/// The result of a comparison, serialised as the contract's `semantic_diff` result.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DiffResult {
+    /// No change was found.
+    pub equal: bool,
+    /// The changes, at most `max_changes` of them.
+    pub changes: Vec<Change>,
+    /// More changes existed than `max_changes`; the list stops there.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+    /// Why part of the comparison was coarser than asked (a limit was reached).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
+}
+
+/// Everything that can go wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum SemdiffError {
+    /// The options are invalid (unknown field, bad regex, bad pattern...).
+    #[error("invalid options: {0}")]
+    Options(String),
+    /// The job spec is not `{"baseline", "candidate", "options"?}`.
+    #[error("invalid semantic_diff spec: {0}")]
+    Spec(String),
+    /// Trace mode could not read one side as a trace.
+    #[error("invalid trace ({side}): {message}")]
+    Trace {
+        /// `baseline` or `candidate`.
+        side: &'static str,
+        /// What was wrong.
+        message: String,
+    },
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A file is not JSON.
+    #[error("{path}: invalid JSON: {source}")]
+    Json {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause (with line and column).
+        source: serde_json::Error,
+    },
+}
+
+/// Compares `baseline` with `candidate` under `options`.
+pub fn diff(baseline: &Value, candidate: &Value, options: &Options) -> Result<DiffResult, SemdiffError> {
+    let compiled = options::Compiled::new(options)?;
+    let mut d = json::Differ::new(&compiled);
+    match compiled.mode {
+        Mode::Json => {
+            let mut path = Vec::new();
+            if !compiled.is_ignored(&path) {
+                d.diff(baseline, candidate, &mut path);
+            }
+        }
+        Mode::Trace => {
+            let a = trace::parse_trace(baseline, "baseline", &compiled.trace_key_attributes)?;
+            let b = trace::parse_trace(candidate, "candidate", &compiled.trace_key_attributes)?;
+            if a.len() + b.len() > compiled.max_nodes {
+                d.degrade(format!(
+                    "{} spans exceed max_nodes ({}): attributes of late spans compared coarsely",
+                    a.len() + b.len(),
+                    compiled.max_nodes
+                ));
+            }
+            trace::diff_traces(&mut d, &a, &b);
+        }
+    }
+    Ok(DiffResult {
+        equal: d.changes.is_empty() && !d.truncated,
+        changes: d.changes,
+        truncated: d.truncated,
+        degraded: d.degraded,
+    })
+}
+
+/// Runs a `semantic_diff` job: `{"baseline": JSON, "candidate": JSON, "options": {...}?}`.
+pub fn run_spec(spec: &Value) -> Result<Value, SemdiffError> {
+    let Some(obj) = spec.as_object() else {
+        return Err(SemdiffError::Spec(
+            "the spec must be an object {\"baseline\", \"candidate\", \"options\"?}".into(),
+        ));
+    };
+    if let Some(unknown) = obj
+        .keys()
+        .find(|k| !matches!(k.as_str(), "baseline" | "candidate" | "options"))
+    {
+        return Err(SemdiffError::Spec(format!(
+            "unknown field `{unknown}`, expected `baseline`, `candidate` or `options`"
+        )));
+    }
+    let baseline = obj
+        .get("baseline")
+        .ok_or_else(|| SemdiffError::Spec("missing field `baseline`".into()))?;
+    let candidate = obj
+        .get("candidate")
+        .ok_or_else(|| SemdiffError::Spec("missing field `candidate`".into()))?;
+    let options = match obj.get("options") {
+        None | Some(Value::Null) => Options::default(),
+        Some(v) => Options::from_value(v)?,
+    };
+    let result = diff(baseline, candidate, &options)?;
+    Ok(serde_json::to_value(result).expect("a diff result always serialises"))
+}
