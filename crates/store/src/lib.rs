@@ -1,1 +1,259 @@
-//! placeholder
+//! Shoal's persistence: the [`Store`] trait the scheduler, dispatcher and fleet use, its records,
+//! and the SQLite implementation (the embedded default). Every state change that must not be lost
+//! or doubled (admission with its idempotency key and quota, a lease, a completion) is one
+//! transaction here, so the invariants hold whatever the callers race.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use shoal_core::{JobState, Limits, LimitsPatch, Millis, PlanTier, SandboxState};
+use shoal_metering::LedgerEntry;
+
+pub use sqlite::SqliteStore;
+
+/// What went wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A row holds a value this version does not understand.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    #[error("unsupported database URL `{0}` (sqlite://PATH)")]
+    UnsupportedUrl(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A tenant as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TenantRecord {
+    pub id: String,
+    pub plan: PlanTier,
+    pub overrides: LimitsPatch,
+    pub draining: bool,
+    /// When the tenant was last warned of nearing its monthly quota.
+    pub quota_warned_at: Option<Millis>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+impl TenantRecord {
+    /// The plan's limits with the tenant's overrides.
+    pub fn limits(&self) -> Limits {
+        Limits::resolve(self.plan, &self.overrides)
+    }
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobRecord {
+    pub id: String,
+    pub tenant: String,
+    pub kind: String,
+    pub spec: serde_json::Value,
+    pub idempotency_key: Option<String>,
+    pub priority: i32,
+    pub max_attempts: u32,
+    pub timeout_s: u64,
+    pub state: JobState,
+    pub attempts: u32,
+    pub sandbox_id: Option<String>,
+    pub lease_id: Option<String>,
+    pub lease_expires_at: Option<Millis>,
+    pub result: Option<serde_json::Value>,
+    pub error: Option<serde_json::Value>,
+    pub created_at: Millis,
+    pub started_at: Option<Millis>,
+    pub finished_at: Option<Millis>,
+    /// Order of admission; the list cursor.
+    pub seq: i64,
+}
+
+/// A job to admit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    pub id: String,
+    pub tenant: String,
+    pub kind: String,
+    pub spec: serde_json::Value,
+    pub idempotency_key: Option<String>,
+    pub priority: i32,
+    pub max_attempts: u32,
+    pub timeout_s: u64,
+    pub created_at: Millis,
+}
+
+/// What admitting a job did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Admitted {
+    /// Stored; `period_jobs` is the tenant's count of jobs this month, this one included.
+    Created { job: JobRecord, period_jobs: u64 },
+    /// The idempotency key was seen before: the first job.
+    Existing(JobRecord),
+    /// The monthly quota is used up; nothing was stored.
+    QuotaExceeded { used: u64, limit: u64 },
+}
+
+/// A sandbox as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SandboxRecord {
+    pub id: String,
+    pub tenant: String,
+    pub state: SandboxState,
+    pub provider: String,
+    pub provider_id: Option<String>,
+    pub cpus_milli: u64,
+    pub memory_mb: u64,
+    pub since: Millis,
+    pub idle_since: Option<Millis>,
+    pub last_seen: Option<Millis>,
+    pub jobs_run: u64,
+    pub created_at: Millis,
+}
+
+/// A sandbox to record before the provider is asked for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewSandbox {
+    pub id: String,
+    pub tenant: String,
+    pub provider: String,
+    pub token_hash: String,
+    pub cpus_milli: u64,
+    pub memory_mb: u64,
+    pub now: Millis,
+}
+
+/// What the dispatcher may hand out to one sandbox now.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LeasePolicy {
+    pub max_concurrent_jobs: Option<u32>,
+    pub draining: bool,
+    pub lease_ttl_ms: Millis,
+}
+
+/// The answer to a lease request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lease {
+    Job(JobRecord),
+    Idle,
+    /// The sandbox is being stopped or is unknown: its agent should exit.
+    Stop,
+}
+
+/// The answer to a heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeartbeatAnswer {
+    pub ok: bool,
+    pub cancel: bool,
+}
+
+/// How an attempt ended, as the store records it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Finish {
+    Succeeded { result: serde_json::Value },
+    Failed { result: Option<serde_json::Value>, error: serde_json::Value },
+    /// Put the job back (or make it dead if its attempts are spent).
+    Retry { error: serde_json::Value },
+}
+
+/// The answer to a completion.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Completed {
+    Done(JobRecord),
+    /// The lease is not the job's current one (lapsed, cancelled, or already completed).
+    Stale,
+}
+
+/// Filters of the jobs list.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobFilter {
+    pub tenant: Option<String>,
+    pub state: Option<JobState>,
+    pub limit: u32,
+    /// Only jobs admitted before this one (`seq` below it).
+    pub before_seq: Option<i64>,
+}
+
+/// Queue counts of one tenant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct QueueCounts {
+    pub queued: u64,
+    pub running: u64,
+}
+
+/// A recorded operator-facing event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventRecord {
+    pub seq: i64,
+    pub tenant: Option<String>,
+    pub at: Millis,
+    pub kind: String,
+    pub detail: serde_json::Value,
+}
+
+/// A finished job, for usage reports.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Finished {
+    pub at: Millis,
+    pub state: JobState,
+}
+
+/// Persistence for everything the scheduler knows.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // Tenants and keys.
+    /// Creates or updates a tenant; `true` when it was created.
+    async fn put_tenant(&self, id: &str, plan: PlanTier, overrides: &LimitsPatch, now: Millis) -> Result<(TenantRecord, bool)>;
+    async fn tenant(&self, id: &str) -> Result<Option<TenantRecord>>;
+    async fn tenants(&self) -> Result<Vec<TenantRecord>>;
+    async fn set_draining(&self, id: &str, draining: bool, now: Millis) -> Result<bool>;
+    /// Marks the tenant warned for the period starting at `period_start`; `true` only the first
+    /// time in that period.
+    async fn mark_quota_warned(&self, id: &str, period_start: Millis, now: Millis) -> Result<bool>;
+    async fn add_key(&self, tenant: &str, key_hash: &str, now: Millis) -> Result<()>;
+    async fn key_tenant(&self, key_hash: &str) -> Result<Option<String>>;
+    /// Jobs the tenant had admitted in the period starting at `period_start`.
+    async fn period_jobs(&self, tenant: &str, period_start: Millis) -> Result<u64>;
+
+    // Jobs.
+    /// Admits a job with its idempotency key and quota (`limit` jobs in the period starting at
+    /// `period_start`), in one transaction.
+    async fn admit(&self, job: NewJob, period_start: Millis, limit: Option<u64>) -> Result<Admitted>;
+    async fn job(&self, id: &str) -> Result<Option<JobRecord>>;
+    async fn jobs(&self, filter: &JobFilter) -> Result<Vec<JobRecord>>;
+    /// Cancels a queued or running job; a finished one is returned as it is.
+    async fn cancel(&self, id: &str, now: Millis) -> Result<Option<JobRecord>>;
+    async fn queue_counts(&self) -> Result<Vec<(String, QueueCounts)>>;
+
+    // Dispatch.
+    async fn lease(&self, sandbox_id: &str, policy: LeasePolicy, now: Millis) -> Result<Lease>;
+    async fn heartbeat(&self, job_id: &str, lease_id: &str, ttl_ms: Millis, now: Millis) -> Result<HeartbeatAnswer>;
+    async fn complete(&self, sandbox_id: &str, job_id: &str, lease_id: &str, finish: Finish, now: Millis) -> Result<Completed>;
+    /// Puts back (or kills, when spent) every running job whose lease lapsed before `now`.
+    async fn expire_leases(&self, now: Millis) -> Result<Vec<JobRecord>>;
+
+    // Sandboxes.
+    async fn insert_sandbox(&self, s: NewSandbox) -> Result<SandboxRecord>;
+    async fn set_provider_id(&self, id: &str, provider_id: &str) -> Result<()>;
+    /// Moves a sandbox to `to` if it is in one of `from`; `true` if it moved.
+    async fn transition(&self, id: &str, from: &[SandboxState], to: SandboxState, now: Millis) -> Result<bool>;
+    /// The sandbox stopped or vanished (asked for or not): records `to` and puts its running jobs
+    /// back. Returns the jobs put back.
+    async fn sandbox_down(&self, id: &str, to: SandboxState, now: Millis) -> Result<Vec<JobRecord>>;
+    async fn sandbox(&self, id: &str) -> Result<Option<SandboxRecord>>;
+    async fn sandbox_by_token(&self, token_hash: &str) -> Result<Option<SandboxRecord>>;
+    /// Sandboxes that still exist, of one tenant or all.
+    async fn sandboxes(&self, tenant: Option<&str>) -> Result<Vec<SandboxRecord>>;
+
+    // Ledger and events.
+    async fn append_ledger(&self, entry: &LedgerEntry) -> Result<()>;
+    /// The ledger of one tenant or all, in order.
+    async fn ledger(&self, tenant: Option<&str>) -> Result<Vec<LedgerEntry>>;
+    async fn finished_jobs(&self, tenant: Option<&str>, from: Millis, to: Millis) -> Result<Vec<Finished>>;
+    async fn record_event(&self, tenant: Option<&str>, at: Millis, kind: &str, detail: &serde_json::Value) -> Result<()>;
+    async fn events(&self, tenant: Option<&str>, limit: u32) -> Result<Vec<EventRecord>>;
+}

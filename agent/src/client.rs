@@ -1,0 +1,61 @@
+//! The agent's HTTP client for `/v1/agent/*`, authenticated with the sandbox token.
+
+use anyhow::{Context, Result, bail};
+use shoal_protocol::{Completion, Heartbeat, HeartbeatResponse, LeaseRequest, LeaseResponse};
+use std::time::Duration;
+
+/// A completion the scheduler refused because the lease is no longer the job's.
+#[derive(Debug)]
+pub struct StaleLease;
+
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    pub fn new(base: &str, token: &str) -> Result<Self> {
+        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build()?;
+        Ok(Client { http, base: base.trim_end_matches('/').to_string(), token: token.to_string() })
+    }
+
+    fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http.post(format!("{}{path}", self.base)).bearer_auth(&self.token)
+    }
+
+    /// Asks for a job, waiting up to `wait` on the scheduler's side.
+    pub async fn lease(&self, wait: Duration) -> Result<LeaseResponse> {
+        let resp = self
+            .post("/v1/agent/lease")
+            .timeout(wait + Duration::from_secs(15))
+            .json(&LeaseRequest { wait_ms: Some(wait.as_millis() as u64) })
+            .send()
+            .await
+            .context("lease request")?;
+        match resp.status().as_u16() {
+            200 => Ok(resp.json().await.context("lease answer")?),
+            // The scheduler no longer knows this sandbox (or its token): nothing to do here.
+            401 | 403 | 404 => Ok(LeaseResponse::Stop),
+            s => bail!("lease answered {s}: {}", resp.text().await.unwrap_or_default()),
+        }
+    }
+
+    pub async fn heartbeat(&self, hb: &Heartbeat) -> Result<HeartbeatResponse> {
+        let resp = self.post("/v1/agent/heartbeat").timeout(Duration::from_secs(10)).json(hb).send().await?;
+        match resp.status().as_u16() {
+            200 => Ok(resp.json().await?),
+            s => bail!("heartbeat answered {s}"),
+        }
+    }
+
+    /// Reports an outcome: `Ok(Ok(()))` recorded, `Ok(Err(StaleLease))` refused as stale.
+    pub async fn complete(&self, c: &Completion) -> Result<Result<(), StaleLease>> {
+        let resp = self.post("/v1/agent/complete").timeout(Duration::from_secs(30)).json(c).send().await?;
+        match resp.status().as_u16() {
+            200 => Ok(Ok(())),
+            409 => Ok(Err(StaleLease)),
+            s => bail!("complete answered {s}: {}", resp.text().await.unwrap_or_default()),
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! The agent's work loop: lease a job, run it while heartbeating, report, repeat; exit when the
+//! scheduler says stop. On SIGTERM an idle agent exits at once and a busy one lets its job finish
+//! within a grace period, else stops it and hands the job back.
+
+use crate::client::{Client, StaleLease};
+use crate::tail::Tail;
+use anyhow::{Context, Result};
+use shoal_protocol::{AgentResult, AgentSpec, Assignment, Completion, Heartbeat, JobError, LeaseResponse, Outcome, OUTPUT_TAIL_BYTES};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
+
+#[derive(clap::Args, Clone)]
+pub struct RunArgs {
+    /// The scheduler's URL.
+    #[arg(long, env = shoal_protocol::env::URL)]
+    url: String,
+    /// This sandbox's token.
+    #[arg(long, env = shoal_protocol::env::SANDBOX_TOKEN, hide_env_values = true)]
+    token: String,
+    /// How long a lease request waits on the scheduler for work.
+    #[arg(long, env = "SHOAL_AGENT_POLL", default_value = "20s", value_parser = humantime_secs)]
+    poll: Duration,
+    /// How long a running job may go on after SIGTERM before it is stopped and handed back.
+    #[arg(long, env = "SHOAL_AGENT_GRACE", default_value = "10s", value_parser = humantime_secs)]
+    grace: Duration,
+}
+
+fn humantime_secs(s: &str) -> Result<Duration, String> {
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    num.parse::<f64>().map(|v| Duration::from_secs_f64(v * mult)).map_err(|e| format!("bad duration `{s}`: {e}"))
+}
+
+impl RunArgs {
+    /// The arguments when no subcommand was given: everything comes from the environment.
+    pub fn from_env() -> Self {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            args: RunArgs,
+        }
+        <Only as clap::Parser>::parse_from(["shoal-agent"]).args
+    }
+}
+
+pub fn main(args: RunArgs) -> i32 {
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_target(false).init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("shoal-agent: {e}");
+            return 2;
+        }
+    };
+    match rt.block_on(work(args)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("shoal-agent: {e:#}");
+            1
+        }
+    }
+}
+
+async fn shutdown_signal(tx: watch::Sender<bool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else { return };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    let _ = tx.send(true);
+}
+
+async fn work(args: RunArgs) -> Result<()> {
+    let client = Client::new(&args.url, &args.token)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(shutdown_signal(stop_tx));
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if *stop_rx.borrow() {
+            return Ok(());
+        }
+        let mut stop = stop_rx.clone();
+        let lease = tokio::select! {
+            r = client.lease(args.poll) => r,
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        };
+        match lease {
+            Ok(LeaseResponse::Stop) => return Ok(()),
+            Ok(LeaseResponse::Idle) => backoff = Duration::from_millis(100),
+            Ok(LeaseResponse::Run(a)) => {
+                backoff = Duration::from_millis(100);
+                let outcome = execute(&client, &a, stop_rx.clone(), args.grace).await;
+                if let Some(outcome) = outcome {
+                    report(&client, &a, outcome).await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot reach the scheduler; retrying");
+                let jitter = Duration::from_millis(rand::random::<u64>() % 100);
+                let mut stop = stop_rx.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff + jitter) => {}
+                    _ = stop.wait_for(|s| *s) => return Ok(()),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Reports an outcome, retrying while the scheduler cannot be reached.
+async fn report(client: &Client, a: &Assignment, outcome: Outcome) {
+    let c = Completion { job_id: a.job_id.clone(), lease_id: a.lease_id.clone(), outcome };
+    let mut wait = Duration::from_millis(100);
+    for _ in 0..40 {
+        match client.complete(&c).await {
+            Ok(Ok(())) => return,
+            Ok(Err(StaleLease)) => {
+                tracing::info!(job = %a.job_id, "completion refused: the lease moved on");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(job = %a.job_id, error = %format!("{e:#}"), "reporting failed; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Why a running job was interrupted.
+enum Interrupt {
+    Cancelled,
+    LeaseLost,
+    Shutdown,
+}
+
+/// Heartbeats until the job is cancelled or its lease is lost; returns why it stopped.
+async fn heartbeat_until_interrupted(client: &Client, a: &Assignment) -> Interrupt {
+    let hb = Heartbeat { job_id: a.job_id.clone(), lease_id: a.lease_id.clone() };
+    let every = Duration::from_millis(a.heartbeat_ms.max(100));
+    let mut failures = 0;
+    loop {
+        tokio::time::sleep(every).await;
+        match client.heartbeat(&hb).await {
+            Ok(r) if r.cancel => return Interrupt::Cancelled,
+            Ok(r) if !r.ok => return Interrupt::LeaseLost,
+            Ok(_) => failures = 0,
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(job = %a.job_id, failures, error = %format!("{e:#}"), "heartbeat failed");
+            }
+        }
+    }
+}
+
+/// Runs one job; `None` when there is nothing to report (cancelled, or the lease was lost).
+async fn execute(client: &Client, a: &Assignment, mut stop: watch::Receiver<bool>, grace: Duration) -> Option<Outcome> {
+    let work = run_kind(a);
+    tokio::pin!(work);
+    let interrupt = tokio::select! {
+        outcome = &mut work => return Some(outcome.0),
+        i = heartbeat_until_interrupted(client, a) => i,
+        _ = stop.wait_for(|s| *s) => Interrupt::Shutdown,
+    };
+    match interrupt {
+        Interrupt::Cancelled | Interrupt::LeaseLost => {
+            // Dropping the work kills the command's process group (see `Running`).
+            None
+        }
+        Interrupt::Shutdown => {
+            let finished = tokio::select! {
+                outcome = &mut work => Some(outcome.0),
+                _ = tokio::time::sleep(grace) => None,
+                _ = heartbeat_until_interrupted(client, a) => return None,
+            };
+            Some(finished.unwrap_or_else(|| Outcome::Retry { error: JobError::new("agent_shutdown", "the sandbox is stopping; the job goes back to the queue") }))
+        }
+    }
+}
+
+/// The outcome of running a job, wrapped so that dropping the future kills its process.
+struct Done(Outcome);
+
+async fn run_kind(a: &Assignment) -> Done {
+    let outcome = match a.kind.as_str() {
+        "agent" => match serde_json::from_value::<AgentSpec>(a.spec.clone()) {
+            Ok(spec) => run_command(&spec, a.timeout_s).await,
+            Err(e) => Outcome::Failed { result: None, error: JobError::new("invalid_spec", e.to_string()) },
+        },
+        "semantic_diff" => analysis(a.spec.clone(), |s| shoal_semdiff::run_spec(&s).map_err(|e| e.to_string())).await,
+        "flaky_analysis" => analysis(a.spec.clone(), |s| shoal_flaky::run_spec(&s).map_err(|e| e.to_string())).await,
+        other => Outcome::Failed { result: None, error: JobError::new("unsupported_kind", format!("this agent cannot run `{other}` jobs")) },
+    };
+    Done(outcome)
+}
+
+async fn analysis(
+    spec: serde_json::Value,
+    f: impl FnOnce(serde_json::Value) -> Result<serde_json::Value, String> + Send + 'static,
+) -> Outcome {
+    match tokio::task::spawn_blocking(move || f(spec)).await {
+        Ok(Ok(result)) => Outcome::Succeeded { result },
+        Ok(Err(e)) => Outcome::Failed { result: None, error: JobError::new("invalid_spec", e) },
+        Err(e) => Outcome::Failed { result: None, error: JobError::new("engine_panicked", e.to_string()) },
+    }
+}
+
+/// Kills a command's whole process group when dropped, so an interrupted job leaves nothing behind.
+struct GroupGuard(Option<i32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            // SAFETY: kill(2) on the process group the command leads.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+fn resolve_workdir(dir: Option<&str>) -> Result<PathBuf> {
+    let base = std::env::current_dir().context("sandbox directory")?;
+    let Some(dir) = dir else { return Ok(base) };
+    let p = Path::new(dir);
+    let p = if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+    std::fs::create_dir_all(&p).with_context(|| format!("creating workdir {}", p.display()))?;
+    Ok(p)
+}
+
+async fn pump(mut r: impl tokio::io::AsyncRead + Unpin) -> Tail {
+    let mut tail = Tail::new(OUTPUT_TAIL_BYTES);
+    let mut buf = vec![0u8; 16 * 1024];
+    while let Ok(n) = r.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        tail.push(&buf[..n]);
+    }
+    tail
+}
+
+async fn run_command(spec: &AgentSpec, job_timeout_s: u64) -> Outcome {
+    let Some((program, args)) = spec.command.split_first() else {
+        return Outcome::Failed { result: None, error: JobError::new("invalid_spec", "command is empty") };
+    };
+    let workdir = match resolve_workdir(spec.workdir.as_deref()) {
+        Ok(d) => d,
+        Err(e) => return Outcome::Failed { result: None, error: JobError::new("invalid_spec", format!("{e:#}")) },
+    };
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .current_dir(workdir)
+        .env_remove(shoal_protocol::env::SANDBOX_TOKEN)
+        .envs(&spec.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag on the child; async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let started = Instant::now();
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return Outcome::Failed { result: None, error: JobError::new("spawn_failed", format!("cannot run `{program}`: {e}")) };
+        }
+    };
+    let mut guard = GroupGuard(child.id().map(|p| p as i32));
+    let out = tokio::spawn(pump(child.stdout.take().expect("piped stdout")));
+    let err = tokio::spawn(pump(child.stderr.take().expect("piped stderr")));
+    let timeout = Duration::from_secs(spec.timeout_s.unwrap_or(job_timeout_s).max(1));
+    let (status, timed_out) = match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(s) => (s.ok(), false),
+        Err(_) => {
+            drop(guard);
+            guard = GroupGuard(None);
+            (child.wait().await.ok(), true)
+        }
+    };
+    // The command is done; anything it left in its group goes too.
+    drop(guard);
+    let (out, err) = (out.await.unwrap_or_else(|_| Tail::new(0)), err.await.unwrap_or_else(|_| Tail::new(0)));
+    use std::os::unix::process::ExitStatusExt;
+    let result = AgentResult {
+        exit_code: status.and_then(|s| s.code()),
+        signal: status.and_then(|s| s.signal()),
+        stdout: out.text(),
+        stderr: err.text(),
+        duration_ms: started.elapsed().as_millis() as u64,
+        truncated: out.truncated() || err.truncated(),
+    };
+    let value = serde_json::to_value(&result).unwrap_or_default();
+    if timed_out {
+        return Outcome::Failed { result: Some(value), error: JobError::new("timeout", format!("the command ran past {}s and was killed", timeout.as_secs())) };
+    }
+    match result.exit_code {
+        Some(0) => Outcome::Succeeded { result: value },
+        Some(code) => Outcome::Failed { result: Some(value), error: JobError::new("exit_code", format!("the command exited with {code}")) },
+        None => Outcome::Failed {
+            result: Some(value),
+            error: JobError::new("signal", format!("the command was killed by signal {}", result.signal.unwrap_or(0))),
+        },
+    }
+}

@@ -1,0 +1,708 @@
+//! The SQLite store: one file in the data directory, WAL mode, writes in `BEGIN IMMEDIATE`
+//! transactions so concurrent writers queue on SQLite's lock instead of failing half-way.
+
+use crate::*;
+use shoal_metering::LedgerKind;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The SQLite implementation of [`Store`].
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+const JOB_COLS: &str = "id, tenant, kind, spec, idempotency_key, priority, max_attempts, timeout_s, state, attempts, \
+     sandbox_id, lease_id, lease_expires_at, result, error, created_at, started_at, finished_at, seq";
+const SANDBOX_COLS: &str =
+    "id, tenant, state, provider, provider_id, cpus_milli, memory_mb, since, idle_since, last_seen, jobs_run, created_at";
+
+macro_rules! sql {
+    ($($part:expr),+ $(,)?) => {
+        sqlx::AssertSqlSafe(const_format::concatcp!($($part),+))
+    };
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+fn json_col(row: &SqliteRow, col: &str) -> Result<Option<serde_json::Value>> {
+    let raw: Option<String> = row.try_get(col)?;
+    raw.map(|s| serde_json::from_str(&s).map_err(corrupt)).transpose()
+}
+
+fn job_from_row(row: &SqliteRow) -> Result<JobRecord> {
+    Ok(JobRecord {
+        id: row.try_get("id")?,
+        tenant: row.try_get("tenant")?,
+        kind: row.try_get("kind")?,
+        spec: json_col(row, "spec")?.unwrap_or(serde_json::Value::Null),
+        idempotency_key: row.try_get("idempotency_key")?,
+        priority: row.try_get("priority")?,
+        max_attempts: row.try_get::<i64, _>("max_attempts")? as u32,
+        timeout_s: row.try_get::<i64, _>("timeout_s")? as u64,
+        state: JobState::from_str(row.try_get("state")?).map_err(corrupt)?,
+        attempts: row.try_get::<i64, _>("attempts")? as u32,
+        sandbox_id: row.try_get("sandbox_id")?,
+        lease_id: row.try_get("lease_id")?,
+        lease_expires_at: row.try_get("lease_expires_at")?,
+        result: json_col(row, "result")?,
+        error: json_col(row, "error")?,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        seq: row.try_get("seq")?,
+    })
+}
+
+fn sandbox_from_row(row: &SqliteRow) -> Result<SandboxRecord> {
+    Ok(SandboxRecord {
+        id: row.try_get("id")?,
+        tenant: row.try_get("tenant")?,
+        state: SandboxState::from_str(row.try_get("state")?).map_err(corrupt)?,
+        provider: row.try_get("provider")?,
+        provider_id: row.try_get("provider_id")?,
+        cpus_milli: row.try_get::<i64, _>("cpus_milli")? as u64,
+        memory_mb: row.try_get::<i64, _>("memory_mb")? as u64,
+        since: row.try_get("since")?,
+        idle_since: row.try_get("idle_since")?,
+        last_seen: row.try_get("last_seen")?,
+        jobs_run: row.try_get::<i64, _>("jobs_run")? as u64,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn tenant_from_row(row: &SqliteRow) -> Result<TenantRecord> {
+    let overrides: String = row.try_get("overrides")?;
+    Ok(TenantRecord {
+        id: row.try_get("id")?,
+        plan: PlanTier::from_str(row.try_get("plan")?).map_err(corrupt)?,
+        overrides: serde_json::from_str(&overrides).map_err(corrupt)?,
+        draining: row.try_get::<i64, _>("draining")? != 0,
+        quota_warned_at: row.try_get("quota_warned_at")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `url` (`sqlite://PATH` or `sqlite::memory:`) and
+    /// brings its schema up to date.
+    pub async fn open(url: &str) -> Result<Self> {
+        let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"));
+        let Some(path) = path else { return Err(StoreError::UnsupportedUrl(url.into())) };
+        let memory = path == ":memory:" || path.is_empty();
+        let opts = if memory {
+            SqliteConnectOptions::from_str("sqlite::memory:")?
+        } else {
+            SqliteConnectOptions::new().filename(path).create_if_missing(true)
+        };
+        let opts = opts
+            .journal_mode(if memory { SqliteJournalMode::Memory } else { SqliteJournalMode::Wal })
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(30))
+            .foreign_keys(true);
+        // An in-memory database lives in one connection; a file is shared by several.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(if memory { 1 } else { 8 })
+            .min_connections(1)
+            .connect_with(opts)
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(SqliteStore { pool })
+    }
+
+    async fn write(&self) -> Result<Tx> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    async fn job_tx(tx: &mut Tx, id: &str) -> Result<Option<JobRecord>> {
+        let row = sqlx::query(sql!("SELECT ", JOB_COLS, " FROM jobs WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    /// Puts a running job back in the queue, or makes it dead when its attempts are spent.
+    async fn put_back(tx: &mut Tx, job: &JobRecord, error: &serde_json::Value, now: Millis) -> Result<JobRecord> {
+        let dead = job.attempts >= job.max_attempts;
+        sqlx::query(
+            "UPDATE jobs SET state = ?, sandbox_id = CASE WHEN ? THEN sandbox_id ELSE NULL END, lease_id = NULL, \
+             lease_expires_at = NULL, error = ?, finished_at = CASE WHEN ? THEN ? ELSE NULL END \
+             WHERE id = ? AND state = 'running'",
+        )
+        .bind(if dead { JobState::Dead.as_str() } else { JobState::Queued.as_str() })
+        .bind(dead)
+        .bind(error.to_string())
+        .bind(dead)
+        .bind(now)
+        .bind(&job.id)
+        .execute(&mut **tx)
+        .await?;
+        Ok(Self::job_tx(tx, &job.id).await?.unwrap_or_else(|| job.clone()))
+    }
+
+    /// A sandbox holding no running job is ready again.
+    async fn settle_sandbox(tx: &mut Tx, sandbox_id: &str, now: Millis) -> Result<()> {
+        sqlx::query(
+            "UPDATE sandboxes SET state = 'ready', since = ?, idle_since = ? WHERE id = ? AND state = 'busy' \
+             AND NOT EXISTS (SELECT 1 FROM jobs WHERE sandbox_id = ? AND state = 'running')",
+        )
+        .bind(now)
+        .bind(now)
+        .bind(sandbox_id)
+        .bind(sandbox_id)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn running_on(tx: &mut Tx, sandbox_id: &str) -> Result<Vec<JobRecord>> {
+        let rows = sqlx::query(sql!("SELECT ", JOB_COLS, " FROM jobs WHERE sandbox_id = ? AND state = 'running'"))
+            .bind(sandbox_id)
+            .fetch_all(&mut **tx)
+            .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn put_tenant(&self, id: &str, plan: PlanTier, overrides: &LimitsPatch, now: Millis) -> Result<(TenantRecord, bool)> {
+        let mut tx = self.write().await?;
+        let existed = sqlx::query("SELECT 1 FROM tenants WHERE id = ?").bind(id).fetch_optional(&mut *tx).await?.is_some();
+        let overrides = serde_json::to_string(overrides).map_err(corrupt)?;
+        sqlx::query(
+            "INSERT INTO tenants (id, plan, overrides, created_at, updated_at) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT(id) DO UPDATE SET plan = excluded.plan, overrides = excluded.overrides, updated_at = excluded.updated_at",
+        )
+        .bind(id)
+        .bind(plan.as_str())
+        .bind(overrides)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query("SELECT * FROM tenants WHERE id = ?").bind(id).fetch_one(&mut *tx).await?;
+        let t = tenant_from_row(&row)?;
+        tx.commit().await?;
+        Ok((t, !existed))
+    }
+
+    async fn tenant(&self, id: &str) -> Result<Option<TenantRecord>> {
+        let row = sqlx::query("SELECT * FROM tenants WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(tenant_from_row).transpose()
+    }
+
+    async fn tenants(&self) -> Result<Vec<TenantRecord>> {
+        let rows = sqlx::query("SELECT * FROM tenants ORDER BY id").fetch_all(&self.pool).await?;
+        rows.iter().map(tenant_from_row).collect()
+    }
+
+    async fn set_draining(&self, id: &str, draining: bool, now: Millis) -> Result<bool> {
+        let r = sqlx::query("UPDATE tenants SET draining = ?, updated_at = ? WHERE id = ?")
+            .bind(draining)
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn mark_quota_warned(&self, id: &str, period_start: Millis, now: Millis) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE tenants SET quota_warned_at = ? WHERE id = ? AND (quota_warned_at IS NULL OR quota_warned_at < ?)",
+        )
+        .bind(now)
+        .bind(id)
+        .bind(period_start)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn add_key(&self, tenant: &str, key_hash: &str, now: Millis) -> Result<()> {
+        sqlx::query("INSERT INTO api_keys (key_hash, tenant, created_at) VALUES (?, ?, ?)")
+            .bind(key_hash)
+            .bind(tenant)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn key_tenant(&self, key_hash: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT tenant FROM api_keys WHERE key_hash = ?")
+            .bind(key_hash)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn period_jobs(&self, tenant: &str, period_start: Millis) -> Result<u64> {
+        let n: Option<i64> = sqlx::query_scalar("SELECT jobs FROM tenant_periods WHERE tenant = ? AND period_start = ?")
+            .bind(tenant)
+            .bind(period_start)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(n.unwrap_or(0) as u64)
+    }
+
+    async fn admit(&self, job: NewJob, period_start: Millis, limit: Option<u64>) -> Result<Admitted> {
+        let mut tx = self.write().await?;
+        if let Some(key) = &job.idempotency_key {
+            let row = sqlx::query(sql!("SELECT ", JOB_COLS, " FROM jobs WHERE tenant = ? AND idempotency_key = ?"))
+                .bind(&job.tenant)
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(row) = row {
+                return Ok(Admitted::Existing(job_from_row(&row)?));
+            }
+        }
+        let used: i64 = sqlx::query_scalar("SELECT jobs FROM tenant_periods WHERE tenant = ? AND period_start = ?")
+            .bind(&job.tenant)
+            .bind(period_start)
+            .fetch_optional(&mut *tx)
+            .await?
+            .unwrap_or(0);
+        if let Some(limit) = limit
+            && used as u64 >= limit
+        {
+            return Ok(Admitted::QuotaExceeded { used: used as u64, limit });
+        }
+        sqlx::query(
+            "INSERT INTO jobs (id, tenant, kind, spec, idempotency_key, priority, max_attempts, timeout_s, state, \
+             created_at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs))",
+        )
+        .bind(&job.id)
+        .bind(&job.tenant)
+        .bind(&job.kind)
+        .bind(job.spec.to_string())
+        .bind(&job.idempotency_key)
+        .bind(job.priority)
+        .bind(job.max_attempts as i64)
+        .bind(job.timeout_s as i64)
+        .bind(job.created_at)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO tenant_periods (tenant, period_start, jobs) VALUES (?, ?, 1) \
+             ON CONFLICT(tenant, period_start) DO UPDATE SET jobs = jobs + 1",
+        )
+        .bind(&job.tenant)
+        .bind(period_start)
+        .execute(&mut *tx)
+        .await?;
+        let stored = Self::job_tx(&mut tx, &job.id).await?.ok_or_else(|| corrupt("inserted job vanished"))?;
+        tx.commit().await?;
+        Ok(Admitted::Created { job: stored, period_jobs: used as u64 + 1 })
+    }
+
+    async fn job(&self, id: &str) -> Result<Option<JobRecord>> {
+        let row = sqlx::query(sql!("SELECT ", JOB_COLS, " FROM jobs WHERE id = ?")).bind(id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    async fn jobs(&self, f: &JobFilter) -> Result<Vec<JobRecord>> {
+        let rows = sqlx::query(sql!(
+            "SELECT ",
+            JOB_COLS,
+            " FROM jobs WHERE (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR state = ?2) AND (?3 IS NULL OR seq < ?3) \
+             ORDER BY seq DESC LIMIT ?4"
+        ))
+        .bind(&f.tenant)
+        .bind(f.state.map(|s| s.as_str()))
+        .bind(f.before_seq)
+        .bind(f.limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    async fn cancel(&self, id: &str, now: Millis) -> Result<Option<JobRecord>> {
+        let mut tx = self.write().await?;
+        // A running job keeps its lease id so the agent's next heartbeat learns of the cancel.
+        sqlx::query(
+            "UPDATE jobs SET state = 'cancelled', finished_at = ? WHERE id = ? AND state IN ('queued', 'running')",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let job = Self::job_tx(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(job)
+    }
+
+    async fn queue_counts(&self) -> Result<Vec<(String, QueueCounts)>> {
+        let rows = sqlx::query(
+            "SELECT tenant, state, COUNT(*) AS n FROM jobs WHERE state IN ('queued', 'running') GROUP BY tenant, state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: Vec<(String, QueueCounts)> = Vec::new();
+        for row in rows {
+            let tenant: String = row.try_get("tenant")?;
+            let state: String = row.try_get("state")?;
+            let n = row.try_get::<i64, _>("n")? as u64;
+            let i = match out.iter().position(|(t, _)| *t == tenant) {
+                Some(i) => i,
+                None => {
+                    out.push((tenant, QueueCounts::default()));
+                    out.len() - 1
+                }
+            };
+            if state == "queued" {
+                out[i].1.queued = n;
+            } else {
+                out[i].1.running = n;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn lease(&self, sandbox_id: &str, policy: LeasePolicy, now: Millis) -> Result<Lease> {
+        let mut tx = self.write().await?;
+        let Some(row) = sqlx::query(sql!("SELECT ", SANDBOX_COLS, " FROM sandboxes WHERE id = ?"))
+            .bind(sandbox_id)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(Lease::Stop);
+        };
+        let sandbox = sandbox_from_row(&row)?;
+        match sandbox.state {
+            SandboxState::Booting | SandboxState::Suspended | SandboxState::Suspending => {
+                sqlx::query("UPDATE sandboxes SET state = 'ready', since = ?, idle_since = ?, last_seen = ? WHERE id = ?")
+                    .bind(now)
+                    .bind(now)
+                    .bind(now)
+                    .bind(sandbox_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            SandboxState::Busy => {
+                // The agent asks for work while we think it holds some: it lost that job (it
+                // restarted), so the job goes back.
+                let lost = serde_json::json!({"code": "agent_lost_job", "message": "the sandbox's agent asked for new work while holding this job"});
+                for job in Self::running_on(&mut tx, sandbox_id).await? {
+                    Self::put_back(&mut tx, &job, &lost, now).await?;
+                }
+                sqlx::query("UPDATE sandboxes SET state = 'ready', since = ?, idle_since = ?, last_seen = ? WHERE id = ?")
+                    .bind(now)
+                    .bind(now)
+                    .bind(now)
+                    .bind(sandbox_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            SandboxState::Ready => {
+                sqlx::query("UPDATE sandboxes SET last_seen = ? WHERE id = ?").bind(now).bind(sandbox_id).execute(&mut *tx).await?;
+            }
+            SandboxState::Stopping
+            | SandboxState::Stopped
+            | SandboxState::Destroying
+            | SandboxState::Destroyed => {
+                tx.commit().await?;
+                return Ok(Lease::Stop);
+            }
+        }
+        if policy.draining {
+            tx.commit().await?;
+            return Ok(Lease::Idle);
+        }
+        if let Some(max) = policy.max_concurrent_jobs {
+            let running: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE tenant = ? AND state = 'running'")
+                .bind(&sandbox.tenant)
+                .fetch_one(&mut *tx)
+                .await?;
+            if running >= max as i64 {
+                tx.commit().await?;
+                return Ok(Lease::Idle);
+            }
+        }
+        let next: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE tenant = ? AND state = 'queued' ORDER BY priority DESC, seq LIMIT 1",
+        )
+        .bind(&sandbox.tenant)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(job_id) = next else {
+            tx.commit().await?;
+            return Ok(Lease::Idle);
+        };
+        let lease_id = uuid::Uuid::now_v7().to_string();
+        sqlx::query(
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, sandbox_id = ?, lease_id = ?, \
+             lease_expires_at = ?, started_at = ? WHERE id = ?",
+        )
+        .bind(sandbox_id)
+        .bind(&lease_id)
+        .bind(now + policy.lease_ttl_ms)
+        .bind(now)
+        .bind(&job_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE sandboxes SET state = 'busy', since = ?, idle_since = NULL WHERE id = ?")
+            .bind(now)
+            .bind(sandbox_id)
+            .execute(&mut *tx)
+            .await?;
+        let job = Self::job_tx(&mut tx, &job_id).await?.ok_or_else(|| corrupt("leased job vanished"))?;
+        tx.commit().await?;
+        Ok(Lease::Job(job))
+    }
+
+    async fn heartbeat(&self, job_id: &str, lease_id: &str, ttl_ms: Millis, now: Millis) -> Result<HeartbeatAnswer> {
+        let r = sqlx::query("UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND lease_id = ? AND state = 'running'")
+            .bind(now + ttl_ms)
+            .bind(job_id)
+            .bind(lease_id)
+            .execute(&self.pool)
+            .await?;
+        if r.rows_affected() == 1 {
+            return Ok(HeartbeatAnswer { ok: true, cancel: false });
+        }
+        let cancelled: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM jobs WHERE id = ? AND lease_id = ? AND state = 'cancelled'")
+                .bind(job_id)
+                .bind(lease_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(HeartbeatAnswer { ok: false, cancel: cancelled.is_some() })
+    }
+
+    async fn complete(&self, sandbox_id: &str, job_id: &str, lease_id: &str, finish: Finish, now: Millis) -> Result<Completed> {
+        let mut tx = self.write().await?;
+        let job = Self::job_tx(&mut tx, job_id).await?;
+        let held = job.as_ref().is_some_and(|j| {
+            j.state == JobState::Running && j.lease_id.as_deref() == Some(lease_id) && j.sandbox_id.as_deref() == Some(sandbox_id)
+        });
+        let out = match (job, held) {
+            (Some(job), true) => {
+                let done = match finish {
+                    Finish::Succeeded { result } => Some((JobState::Succeeded, Some(result), None)),
+                    Finish::Failed { result, error } => Some((JobState::Failed, result, Some(error))),
+                    Finish::Retry { error } => {
+                        Self::put_back(&mut tx, &job, &error, now).await?;
+                        None
+                    }
+                };
+                if let Some((state, result, error)) = done {
+                    sqlx::query(
+                        "UPDATE jobs SET state = ?, result = ?, error = ?, finished_at = ?, lease_id = NULL, \
+                         lease_expires_at = NULL WHERE id = ? AND lease_id = ? AND state = 'running'",
+                    )
+                    .bind(state.as_str())
+                    .bind(result.map(|r| r.to_string()))
+                    .bind(error.map(|e| e.to_string()))
+                    .bind(now)
+                    .bind(job_id)
+                    .bind(lease_id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                sqlx::query("UPDATE sandboxes SET jobs_run = jobs_run + 1 WHERE id = ?").bind(sandbox_id).execute(&mut *tx).await?;
+                Completed::Done(Self::job_tx(&mut tx, job_id).await?.ok_or_else(|| corrupt("completed job vanished"))?)
+            }
+            _ => Completed::Stale,
+        };
+        Self::settle_sandbox(&mut tx, sandbox_id, now).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn expire_leases(&self, now: Millis) -> Result<Vec<JobRecord>> {
+        let mut tx = self.write().await?;
+        let rows = sqlx::query(sql!("SELECT ", JOB_COLS, " FROM jobs WHERE state = 'running' AND lease_expires_at < ?"))
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+        let lapsed = serde_json::json!({"code": "lease_expired", "message": "the agent stopped heartbeating"});
+        let mut out = Vec::new();
+        for row in &rows {
+            let job = job_from_row(row)?;
+            let back = Self::put_back(&mut tx, &job, &lapsed, now).await?;
+            if let Some(sb) = &job.sandbox_id {
+                Self::settle_sandbox(&mut tx, sb, now).await?;
+            }
+            out.push(back);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn insert_sandbox(&self, s: NewSandbox) -> Result<SandboxRecord> {
+        sqlx::query(
+            "INSERT INTO sandboxes (id, tenant, state, provider, token_hash, cpus_milli, memory_mb, since, created_at) \
+             VALUES (?, ?, 'booting', ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&s.id)
+        .bind(&s.tenant)
+        .bind(&s.provider)
+        .bind(&s.token_hash)
+        .bind(s.cpus_milli as i64)
+        .bind(s.memory_mb as i64)
+        .bind(s.now)
+        .bind(s.now)
+        .execute(&self.pool)
+        .await?;
+        self.sandbox(&s.id).await?.ok_or_else(|| corrupt("inserted sandbox vanished"))
+    }
+
+    async fn set_provider_id(&self, id: &str, provider_id: &str) -> Result<()> {
+        sqlx::query("UPDATE sandboxes SET provider_id = ? WHERE id = ?").bind(provider_id).bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn transition(&self, id: &str, from: &[SandboxState], to: SandboxState, now: Millis) -> Result<bool> {
+        let mut tx = self.write().await?;
+        let cur: Option<String> =
+            sqlx::query_scalar("SELECT state FROM sandboxes WHERE id = ?").bind(id).fetch_optional(&mut *tx).await?;
+        let Some(cur) = cur else { return Ok(false) };
+        let cur = SandboxState::from_str(&cur).map_err(corrupt)?;
+        if !from.contains(&cur) {
+            return Ok(false);
+        }
+        sqlx::query("UPDATE sandboxes SET state = ?, since = ?, idle_since = CASE WHEN ? = 'ready' THEN ? ELSE NULL END WHERE id = ?")
+            .bind(to.as_str())
+            .bind(now)
+            .bind(to.as_str())
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn sandbox_down(&self, id: &str, to: SandboxState, now: Millis) -> Result<Vec<JobRecord>> {
+        let mut tx = self.write().await?;
+        let lost = serde_json::json!({"code": "sandbox_lost", "message": format!("sandbox {id} went {to} while running the job")});
+        let mut back = Vec::new();
+        for job in Self::running_on(&mut tx, id).await? {
+            back.push(Self::put_back(&mut tx, &job, &lost, now).await?);
+        }
+        sqlx::query("UPDATE sandboxes SET state = ?, since = ?, idle_since = NULL WHERE id = ? AND state != 'destroyed'")
+            .bind(to.as_str())
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(back)
+    }
+
+    async fn sandbox(&self, id: &str) -> Result<Option<SandboxRecord>> {
+        let row = sqlx::query(sql!("SELECT ", SANDBOX_COLS, " FROM sandboxes WHERE id = ?")).bind(id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(sandbox_from_row).transpose()
+    }
+
+    async fn sandbox_by_token(&self, token_hash: &str) -> Result<Option<SandboxRecord>> {
+        let row = sqlx::query(sql!("SELECT ", SANDBOX_COLS, " FROM sandboxes WHERE token_hash = ?"))
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(sandbox_from_row).transpose()
+    }
+
+    async fn sandboxes(&self, tenant: Option<&str>) -> Result<Vec<SandboxRecord>> {
+        let rows = sqlx::query(sql!(
+            "SELECT ",
+            SANDBOX_COLS,
+            " FROM sandboxes WHERE state != 'destroyed' AND (?1 IS NULL OR tenant = ?1) ORDER BY tenant, created_at, id"
+        ))
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(sandbox_from_row).collect()
+    }
+
+    async fn append_ledger(&self, e: &LedgerEntry) -> Result<()> {
+        let (kind, cpus, mem) = match e.kind {
+            LedgerKind::Running { cpus_milli, memory_mb } => ("running", Some(cpus_milli as i64), Some(memory_mb as i64)),
+            LedgerKind::Stopped => ("stopped", None, None),
+        };
+        sqlx::query("INSERT INTO ledger (sandbox_id, tenant, at, kind, cpus_milli, memory_mb) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(&e.sandbox_id)
+            .bind(&e.tenant)
+            .bind(e.at)
+            .bind(kind)
+            .bind(cpus)
+            .bind(mem)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn ledger(&self, tenant: Option<&str>) -> Result<Vec<LedgerEntry>> {
+        let rows = sqlx::query("SELECT * FROM ledger WHERE (?1 IS NULL OR tenant = ?1) ORDER BY seq")
+            .bind(tenant)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let kind: String = row.try_get("kind")?;
+                let kind = match kind.as_str() {
+                    "running" => LedgerKind::Running {
+                        cpus_milli: row.try_get::<Option<i64>, _>("cpus_milli")?.unwrap_or(0) as u64,
+                        memory_mb: row.try_get::<Option<i64>, _>("memory_mb")?.unwrap_or(0) as u64,
+                    },
+                    "stopped" => LedgerKind::Stopped,
+                    other => return Err(corrupt(format!("ledger kind {other}"))),
+                };
+                Ok(LedgerEntry { sandbox_id: row.try_get("sandbox_id")?, tenant: row.try_get("tenant")?, at: row.try_get("at")?, kind })
+            })
+            .collect()
+    }
+
+    async fn finished_jobs(&self, tenant: Option<&str>, from: Millis, to: Millis) -> Result<Vec<Finished>> {
+        let rows = sqlx::query(
+            "SELECT finished_at, state FROM jobs WHERE (?1 IS NULL OR tenant = ?1) AND finished_at >= ?2 AND finished_at < ?3",
+        )
+        .bind(tenant)
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok(Finished { at: r.try_get("finished_at")?, state: JobState::from_str(r.try_get("state")?).map_err(corrupt)? }))
+            .collect()
+    }
+
+    async fn record_event(&self, tenant: Option<&str>, at: Millis, kind: &str, detail: &serde_json::Value) -> Result<()> {
+        sqlx::query("INSERT INTO events (tenant, at, kind, detail) VALUES (?, ?, ?, ?)")
+            .bind(tenant)
+            .bind(at)
+            .bind(kind)
+            .bind(detail.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn events(&self, tenant: Option<&str>, limit: u32) -> Result<Vec<EventRecord>> {
+        let rows = sqlx::query("SELECT * FROM events WHERE (?1 IS NULL OR tenant = ?1) ORDER BY seq DESC LIMIT ?2")
+            .bind(tenant)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(EventRecord {
+                    seq: r.try_get("seq")?,
+                    tenant: r.try_get("tenant")?,
+                    at: r.try_get("at")?,
+                    kind: r.try_get("kind")?,
+                    detail: json_col(r, "detail")?.unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+}
