@@ -156,10 +156,14 @@ impl ProcessProvider {
             signal_group(pid, libc::SIGCONT);
         }
         signal_group(pid, libc::SIGTERM);
-        let waited = tokio::time::timeout(self.cfg.stop_grace, exited.wait_for(|g| *g > 0)).await;
-        if waited.is_err() {
-            signal_group(pid, libc::SIGKILL);
+        let exited_in_time = tokio::time::timeout(self.cfg.stop_grace, async {
             let _ = exited.wait_for(|g| *g > 0).await;
+        })
+        .await
+        .is_ok();
+        if !exited_in_time {
+            signal_group(pid, libc::SIGKILL);
+            let _ = exited.wait_for(|g| *g > 0).await.map(|_| ());
         }
         Ok(true)
     }
