@@ -16,12 +16,20 @@ pub struct Client {
 
 impl Client {
     pub fn new(base: &str, token: &str) -> Result<Self> {
-        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build()?;
-        Ok(Client { http, base: base.trim_end_matches('/').to_string(), token: token.to_string() })
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()?;
+        Ok(Client {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+        })
     }
 
     fn post(&self, path: &str) -> reqwest::RequestBuilder {
-        self.http.post(format!("{}{path}", self.base)).bearer_auth(&self.token)
+        self.http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
     }
 
     /// Asks for a job, waiting up to `wait` on the scheduler's side.
@@ -29,7 +37,9 @@ impl Client {
         let resp = self
             .post("/v1/agent/lease")
             .timeout(wait + Duration::from_secs(15))
-            .json(&LeaseRequest { wait_ms: Some(wait.as_millis() as u64) })
+            .json(&LeaseRequest {
+                wait_ms: Some(wait.as_millis() as u64),
+            })
             .send()
             .await
             .context("lease request")?;
@@ -37,12 +47,20 @@ impl Client {
             200 => Ok(resp.json().await.context("lease answer")?),
             // The scheduler no longer knows this sandbox (or its token): nothing to do here.
             401 | 403 | 404 => Ok(LeaseResponse::Stop),
-            s => bail!("lease answered {s}: {}", resp.text().await.unwrap_or_default()),
+            s => bail!(
+                "lease answered {s}: {}",
+                resp.text().await.unwrap_or_default()
+            ),
         }
     }
 
     pub async fn heartbeat(&self, hb: &Heartbeat) -> Result<HeartbeatResponse> {
-        let resp = self.post("/v1/agent/heartbeat").timeout(Duration::from_secs(10)).json(hb).send().await?;
+        let resp = self
+            .post("/v1/agent/heartbeat")
+            .timeout(Duration::from_secs(10))
+            .json(hb)
+            .send()
+            .await?;
         match resp.status().as_u16() {
             200 => Ok(resp.json().await?),
             s => bail!("heartbeat answered {s}"),
@@ -51,11 +69,19 @@ impl Client {
 
     /// Reports an outcome: `Ok(Ok(()))` recorded, `Ok(Err(StaleLease))` refused as stale.
     pub async fn complete(&self, c: &Completion) -> Result<Result<(), StaleLease>> {
-        let resp = self.post("/v1/agent/complete").timeout(Duration::from_secs(30)).json(c).send().await?;
+        let resp = self
+            .post("/v1/agent/complete")
+            .timeout(Duration::from_secs(30))
+            .json(c)
+            .send()
+            .await?;
         match resp.status().as_u16() {
             200 => Ok(Ok(())),
             409 => Ok(Err(StaleLease)),
-            s => bail!("complete answered {s}: {}", resp.text().await.unwrap_or_default()),
+            s => bail!(
+                "complete answered {s}: {}",
+                resp.text().await.unwrap_or_default()
+            ),
         }
     }
 }

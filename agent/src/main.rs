@@ -11,7 +11,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "shoal-agent", version, about = "Shoal's in-sandbox agent and local analysis tools")]
+#[command(
+    name = "shoal-agent",
+    version,
+    about = "Shoal's in-sandbox agent and local analysis tools"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -54,14 +58,23 @@ fn main() -> std::process::ExitCode {
     let code = match cli.command {
         None => run::main(run::RunArgs::from_env()),
         Some(Command::Run(args)) => run::main(args),
-        Some(Command::Semdiff { baseline, candidate, options, format }) => {
+        Some(Command::Semdiff {
+            baseline,
+            candidate,
+            options,
+            format,
+        }) => {
             let format = match format {
                 Format::Json => shoal_semdiff::cli::Format::Json,
                 Format::Text => shoal_semdiff::cli::Format::Text,
             };
             shoal_semdiff::cli::run(&baseline, &candidate, options.as_deref(), format)
         }
-        Some(Command::Flaky { files, runs, format }) => {
+        Some(Command::Flaky {
+            files,
+            runs,
+            format,
+        }) => {
             let format = match format {
                 Format::Json => shoal_flaky::cli::Format::Json,
                 Format::Text => shoal_flaky::cli::Format::Text,

@@ -5,7 +5,10 @@
 use crate::client::{Client, StaleLease};
 use crate::tail::Tail;
 use anyhow::{Context, Result};
-use shoal_protocol::{AgentResult, AgentSpec, Assignment, Completion, Heartbeat, JobError, LeaseResponse, Outcome, OUTPUT_TAIL_BYTES};
+use shoal_protocol::{
+    AgentResult, AgentSpec, Assignment, Completion, Heartbeat, JobError, LeaseResponse,
+    OUTPUT_TAIL_BYTES, Outcome,
+};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -38,7 +41,9 @@ fn humantime_secs(s: &str) -> Result<Duration, String> {
     } else {
         (s, 1.0)
     };
-    num.parse::<f64>().map(|v| Duration::from_secs_f64(v * mult)).map_err(|e| format!("bad duration `{s}`: {e}"))
+    num.parse::<f64>()
+        .map(|v| Duration::from_secs_f64(v * mult))
+        .map_err(|e| format!("bad duration `{s}`: {e}"))
 }
 
 impl RunArgs {
@@ -54,8 +59,15 @@ impl RunArgs {
 }
 
 pub fn main(args: RunArgs) -> i32 {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_target(false).init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_target(false)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("shoal-agent: {e}");
@@ -73,7 +85,12 @@ pub fn main(args: RunArgs) -> i32 {
 
 async fn shutdown_signal(tx: watch::Sender<bool>) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else { return };
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
@@ -121,7 +138,11 @@ async fn work(args: RunArgs) -> Result<()> {
 
 /// Reports an outcome, retrying while the scheduler cannot be reached.
 async fn report(client: &Client, a: &Assignment, outcome: Outcome) {
-    let c = Completion { job_id: a.job_id.clone(), lease_id: a.lease_id.clone(), outcome };
+    let c = Completion {
+        job_id: a.job_id.clone(),
+        lease_id: a.lease_id.clone(),
+        outcome,
+    };
     let mut wait = Duration::from_millis(100);
     for _ in 0..40 {
         match client.complete(&c).await {
@@ -148,7 +169,10 @@ enum Interrupt {
 
 /// Heartbeats until the job is cancelled or its lease is lost; returns why it stopped.
 async fn heartbeat_until_interrupted(client: &Client, a: &Assignment) -> Interrupt {
-    let hb = Heartbeat { job_id: a.job_id.clone(), lease_id: a.lease_id.clone() };
+    let hb = Heartbeat {
+        job_id: a.job_id.clone(),
+        lease_id: a.lease_id.clone(),
+    };
     let every = Duration::from_millis(a.heartbeat_ms.max(100));
     let mut failures = 0;
     loop {
@@ -166,7 +190,12 @@ async fn heartbeat_until_interrupted(client: &Client, a: &Assignment) -> Interru
 }
 
 /// Runs one job; `None` when there is nothing to report (cancelled, or the lease was lost).
-async fn execute(client: &Client, a: &Assignment, mut stop: watch::Receiver<bool>, grace: Duration) -> Option<Outcome> {
+async fn execute(
+    client: &Client,
+    a: &Assignment,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+) -> Option<Outcome> {
     let work = run_kind(a);
     tokio::pin!(work);
     let interrupt = tokio::select! {
@@ -185,7 +214,12 @@ async fn execute(client: &Client, a: &Assignment, mut stop: watch::Receiver<bool
                 _ = tokio::time::sleep(grace) => None,
                 _ = heartbeat_until_interrupted(client, a) => return None,
             };
-            Some(finished.unwrap_or_else(|| Outcome::Retry { error: JobError::new("agent_shutdown", "the sandbox is stopping; the job goes back to the queue") }))
+            Some(finished.unwrap_or_else(|| Outcome::Retry {
+                error: JobError::new(
+                    "agent_shutdown",
+                    "the sandbox is stopping; the job goes back to the queue",
+                ),
+            }))
         }
     }
 }
@@ -197,11 +231,30 @@ async fn run_kind(a: &Assignment) -> Done {
     let outcome = match a.kind.as_str() {
         "agent" => match serde_json::from_value::<AgentSpec>(a.spec.clone()) {
             Ok(spec) => run_command(&spec, a.timeout_s).await,
-            Err(e) => Outcome::Failed { result: None, error: JobError::new("invalid_spec", e.to_string()) },
+            Err(e) => Outcome::Failed {
+                result: None,
+                error: JobError::new("invalid_spec", e.to_string()),
+            },
         },
-        "semantic_diff" => analysis(a.spec.clone(), |s| shoal_semdiff::run_spec(&s).map_err(|e| e.to_string())).await,
-        "flaky_analysis" => analysis(a.spec.clone(), |s| shoal_flaky::run_spec(&s).map_err(|e| e.to_string())).await,
-        other => Outcome::Failed { result: None, error: JobError::new("unsupported_kind", format!("this agent cannot run `{other}` jobs")) },
+        "semantic_diff" => {
+            analysis(a.spec.clone(), |s| {
+                shoal_semdiff::run_spec(&s).map_err(|e| e.to_string())
+            })
+            .await
+        }
+        "flaky_analysis" => {
+            analysis(a.spec.clone(), |s| {
+                shoal_flaky::run_spec(&s).map_err(|e| e.to_string())
+            })
+            .await
+        }
+        other => Outcome::Failed {
+            result: None,
+            error: JobError::new(
+                "unsupported_kind",
+                format!("this agent cannot run `{other}` jobs"),
+            ),
+        },
     };
     Done(outcome)
 }
@@ -212,8 +265,14 @@ async fn analysis(
 ) -> Outcome {
     match tokio::task::spawn_blocking(move || f(spec)).await {
         Ok(Ok(result)) => Outcome::Succeeded { result },
-        Ok(Err(e)) => Outcome::Failed { result: None, error: JobError::new("invalid_spec", e) },
-        Err(e) => Outcome::Failed { result: None, error: JobError::new("engine_panicked", e.to_string()) },
+        Ok(Err(e)) => Outcome::Failed {
+            result: None,
+            error: JobError::new("invalid_spec", e),
+        },
+        Err(e) => Outcome::Failed {
+            result: None,
+            error: JobError::new("engine_panicked", e.to_string()),
+        },
     }
 }
 
@@ -235,7 +294,11 @@ fn resolve_workdir(dir: Option<&str>) -> Result<PathBuf> {
     let base = std::env::current_dir().context("sandbox directory")?;
     let Some(dir) = dir else { return Ok(base) };
     let p = Path::new(dir);
-    let p = if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+    let p = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    };
     std::fs::create_dir_all(&p).with_context(|| format!("creating workdir {}", p.display()))?;
     Ok(p)
 }
@@ -254,11 +317,19 @@ async fn pump(mut r: impl tokio::io::AsyncRead + Unpin) -> Tail {
 
 async fn run_command(spec: &AgentSpec, job_timeout_s: u64) -> Outcome {
     let Some((program, args)) = spec.command.split_first() else {
-        return Outcome::Failed { result: None, error: JobError::new("invalid_spec", "command is empty") };
+        return Outcome::Failed {
+            result: None,
+            error: JobError::new("invalid_spec", "command is empty"),
+        };
     };
     let workdir = match resolve_workdir(spec.workdir.as_deref()) {
         Ok(d) => d,
-        Err(e) => return Outcome::Failed { result: None, error: JobError::new("invalid_spec", format!("{e:#}")) },
+        Err(e) => {
+            return Outcome::Failed {
+                result: None,
+                error: JobError::new("invalid_spec", format!("{e:#}")),
+            };
+        }
     };
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
@@ -281,7 +352,10 @@ async fn run_command(spec: &AgentSpec, job_timeout_s: u64) -> Outcome {
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            return Outcome::Failed { result: None, error: JobError::new("spawn_failed", format!("cannot run `{program}`: {e}")) };
+            return Outcome::Failed {
+                result: None,
+                error: JobError::new("spawn_failed", format!("cannot run `{program}`: {e}")),
+            };
         }
     };
     let mut guard = GroupGuard(child.id().map(|p| p as i32));
@@ -298,7 +372,10 @@ async fn run_command(spec: &AgentSpec, job_timeout_s: u64) -> Outcome {
     };
     // The command is done; anything it left in its group goes too.
     drop(guard);
-    let (out, err) = (out.await.unwrap_or_else(|_| Tail::new(0)), err.await.unwrap_or_else(|_| Tail::new(0)));
+    let (out, err) = (
+        out.await.unwrap_or_else(|_| Tail::new(0)),
+        err.await.unwrap_or_else(|_| Tail::new(0)),
+    );
     use std::os::unix::process::ExitStatusExt;
     let result = AgentResult {
         exit_code: status.and_then(|s| s.code()),
@@ -310,14 +387,29 @@ async fn run_command(spec: &AgentSpec, job_timeout_s: u64) -> Outcome {
     };
     let value = serde_json::to_value(&result).unwrap_or_default();
     if timed_out {
-        return Outcome::Failed { result: Some(value), error: JobError::new("timeout", format!("the command ran past {}s and was killed", timeout.as_secs())) };
+        return Outcome::Failed {
+            result: Some(value),
+            error: JobError::new(
+                "timeout",
+                format!("the command ran past {}s and was killed", timeout.as_secs()),
+            ),
+        };
     }
     match result.exit_code {
         Some(0) => Outcome::Succeeded { result: value },
-        Some(code) => Outcome::Failed { result: Some(value), error: JobError::new("exit_code", format!("the command exited with {code}")) },
+        Some(code) => Outcome::Failed {
+            result: Some(value),
+            error: JobError::new("exit_code", format!("the command exited with {code}")),
+        },
         None => Outcome::Failed {
             result: Some(value),
-            error: JobError::new("signal", format!("the command was killed by signal {}", result.signal.unwrap_or(0))),
+            error: JobError::new(
+                "signal",
+                format!(
+                    "the command was killed by signal {}",
+                    result.signal.unwrap_or(0)
+                ),
+            ),
         },
     }
 }

@@ -12,7 +12,11 @@ pub struct Tail {
 
 impl Tail {
     pub fn new(cap: usize) -> Self {
-        Tail { cap, buf: VecDeque::with_capacity(cap.min(8192)), dropped: false }
+        Tail {
+            cap,
+            buf: VecDeque::with_capacity(cap.min(8192)),
+            dropped: false,
+        }
     }
 
     pub fn push(&mut self, bytes: &[u8]) {

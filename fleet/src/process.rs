@@ -5,7 +5,10 @@
 //! are SIGSTOP and SIGCONT. Agents are started with a parent-death signal, so a scheduler that
 //! dies, even by SIGKILL, leaves no agent behind.
 
-use crate::{Capabilities, Observation, ObservationSink, ObservedState, Provider, ProviderError, SandboxRef, SandboxSpec};
+use crate::{
+    Capabilities, Observation, ObservationSink, ObservedState, Provider, ProviderError, SandboxRef,
+    SandboxSpec,
+};
 use async_trait::async_trait;
 use shoal_core::Millis;
 use std::collections::HashMap;
@@ -42,7 +45,10 @@ pub struct ProcessProvider {
 }
 
 fn now_ms() -> Millis {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as Millis).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
 }
 
 fn provider_id(sandbox_id: &str) -> String {
@@ -59,12 +65,20 @@ fn signal_group(pid: i32, sig: i32) {
 
 impl ProcessProvider {
     pub fn new(cfg: ProcessConfig, sink: ObservationSink) -> Self {
-        ProcessProvider { cfg, sink, sandboxes: Arc::new(Mutex::new(HashMap::new())) }
+        ProcessProvider {
+            cfg,
+            sink,
+            sandboxes: Arc::new(Mutex::new(HashMap::new())),
+        }
     }
 
     fn observe(&self, spec: &SandboxSpec, state: ObservedState) {
         let _ = self.sink.send(Observation {
-            sandbox: SandboxRef { sandbox_id: spec.sandbox_id.clone(), tenant: spec.tenant.clone(), provider_id: provider_id(&spec.sandbox_id) },
+            sandbox: SandboxRef {
+                sandbox_id: spec.sandbox_id.clone(),
+                tenant: spec.tenant.clone(),
+                provider_id: provider_id(&spec.sandbox_id),
+            },
             state,
             at: now_ms(),
         });
@@ -77,13 +91,16 @@ impl ProcessProvider {
     /// Starts the agent process for `spec`; the caller holds no lock.
     fn spawn(&self, spec: &SandboxSpec) -> Result<(), ProviderError> {
         let dir = self.workdir(&spec.sandbox_id);
-        std::fs::create_dir_all(&dir).map_err(|e| ProviderError::Permanent(format!("creating {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ProviderError::Permanent(format!("creating {}: {e}", dir.display())))?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("agent.log"))
             .map_err(|e| ProviderError::Permanent(format!("agent log: {e}")))?;
-        let log2 = log.try_clone().map_err(|e| ProviderError::Permanent(e.to_string()))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| ProviderError::Permanent(e.to_string()))?;
         let mut cmd = tokio::process::Command::new(&self.cfg.agent_bin);
         cmd.current_dir(&dir)
             .envs(spec.agent_env())
@@ -99,9 +116,9 @@ impl ProcessProvider {
                 Ok(())
             });
         }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| ProviderError::Permanent(format!("spawning {}: {e}", self.cfg.agent_bin.display())))?;
+        let mut child = cmd.spawn().map_err(|e| {
+            ProviderError::Permanent(format!("spawning {}: {e}", self.cfg.agent_bin.display()))
+        })?;
         let pid = child.id().map(|p| p as i32);
         let (tx, rx) = watch::channel(0u64);
         let generation = {
@@ -109,7 +126,13 @@ impl ProcessProvider {
             let generation = map.get(&spec.sandbox_id).map_or(0, |e| e.generation + 1);
             map.insert(
                 spec.sandbox_id.clone(),
-                Entry { spec: spec.clone(), state: ObservedState::Running, pid, exited: rx, generation },
+                Entry {
+                    spec: spec.clone(),
+                    state: ObservedState::Running,
+                    pid,
+                    exited: rx,
+                    generation,
+                },
             );
             generation
         };
@@ -134,7 +157,11 @@ impl ProcessProvider {
             };
             if report {
                 let _ = sink.send(Observation {
-                    sandbox: SandboxRef { sandbox_id: spec.sandbox_id.clone(), tenant: spec.tenant.clone(), provider_id: provider_id(&spec.sandbox_id) },
+                    sandbox: SandboxRef {
+                        sandbox_id: spec.sandbox_id.clone(),
+                        tenant: spec.tenant.clone(),
+                        provider_id: provider_id(&spec.sandbox_id),
+                    },
                     state: ObservedState::Stopped,
                     at,
                 });
@@ -148,7 +175,9 @@ impl ProcessProvider {
     async fn terminate(&self, sandbox_id: &str) -> Result<bool, ProviderError> {
         let (pid, mut exited, state) = {
             let map = self.sandboxes.lock().unwrap();
-            let e = map.get(sandbox_id).ok_or_else(|| ProviderError::NotFound(sandbox_id.into()))?;
+            let e = map
+                .get(sandbox_id)
+                .ok_or_else(|| ProviderError::NotFound(sandbox_id.into()))?;
             (e.pid, e.exited.clone(), e.state)
         };
         let Some(pid) = pid else { return Ok(false) };
@@ -168,9 +197,14 @@ impl ProcessProvider {
         Ok(true)
     }
 
-    fn entry_state(&self, sandbox_id: &str) -> Result<(ObservedState, Option<i32>, SandboxSpec), ProviderError> {
+    fn entry_state(
+        &self,
+        sandbox_id: &str,
+    ) -> Result<(ObservedState, Option<i32>, SandboxSpec), ProviderError> {
         let map = self.sandboxes.lock().unwrap();
-        let e = map.get(sandbox_id).ok_or_else(|| ProviderError::NotFound(sandbox_id.into()))?;
+        let e = map
+            .get(sandbox_id)
+            .ok_or_else(|| ProviderError::NotFound(sandbox_id.into()))?;
         Ok((e.state, e.pid, e.spec.clone()))
     }
 
@@ -188,11 +222,19 @@ impl Provider for ProcessProvider {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { suspend: true, stop: true }
+        Capabilities {
+            suspend: true,
+            stop: true,
+        }
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<String, ProviderError> {
-        if self.sandboxes.lock().unwrap().contains_key(&spec.sandbox_id) {
+        if self
+            .sandboxes
+            .lock()
+            .unwrap()
+            .contains_key(&spec.sandbox_id)
+        {
             return Ok(provider_id(&spec.sandbox_id));
         }
         self.spawn(spec)?;
@@ -200,7 +242,10 @@ impl Provider for ProcessProvider {
     }
 
     async fn start(&self, sandbox: &SandboxRef, spec: &SandboxSpec) -> Result<(), ProviderError> {
-        let (state, ..) = self.entry_state(&sandbox.sandbox_id)?;
+        // A sandbox this process has not seen (the scheduler restarted) starts from its spec.
+        let state = self
+            .entry_state(&sandbox.sandbox_id)
+            .map_or(ObservedState::Gone, |(s, ..)| s);
         match state {
             ObservedState::Running => Ok(()),
             ObservedState::Suspended => self.resume(sandbox).await,
@@ -222,7 +267,10 @@ impl Provider for ProcessProvider {
                 self.observe(&spec, ObservedState::Suspended);
                 Ok(())
             }
-            _ => Err(ProviderError::Conflict(format!("{} is not running", sandbox.sandbox_id))),
+            _ => Err(ProviderError::Conflict(format!(
+                "{} is not running",
+                sandbox.sandbox_id
+            ))),
         }
     }
 
@@ -236,7 +284,10 @@ impl Provider for ProcessProvider {
                 self.observe(&spec, ObservedState::Running);
                 Ok(())
             }
-            _ => Err(ProviderError::Conflict(format!("{} is not suspended", sandbox.sandbox_id))),
+            _ => Err(ProviderError::Conflict(format!(
+                "{} is not suspended",
+                sandbox.sandbox_id
+            ))),
         }
     }
 
@@ -260,7 +311,11 @@ impl Provider for ProcessProvider {
         let mut out: Vec<Observation> = map
             .values()
             .map(|e| Observation {
-                sandbox: SandboxRef { sandbox_id: e.spec.sandbox_id.clone(), tenant: e.spec.tenant.clone(), provider_id: provider_id(&e.spec.sandbox_id) },
+                sandbox: SandboxRef {
+                    sandbox_id: e.spec.sandbox_id.clone(),
+                    tenant: e.spec.tenant.clone(),
+                    provider_id: provider_id(&e.spec.sandbox_id),
+                },
                 state: e.state,
                 at,
             })

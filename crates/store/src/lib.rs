@@ -26,6 +26,18 @@ pub enum StoreError {
     UnsupportedUrl(String),
 }
 
+impl StoreError {
+    /// The database cannot be reached now (as opposed to a query that is wrong).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Database(
+                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
+            )
+        )
+    }
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// A tenant as stored.
@@ -154,10 +166,18 @@ pub struct HeartbeatAnswer {
 /// How an attempt ended, as the store records it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Finish {
-    Succeeded { result: serde_json::Value },
-    Failed { result: Option<serde_json::Value>, error: serde_json::Value },
-    /// Put the job back (or make it dead if its attempts are spent).
-    Retry { error: serde_json::Value },
+    Succeeded {
+        result: serde_json::Value,
+    },
+    Failed {
+        result: Option<serde_json::Value>,
+        error: serde_json::Value,
+    },
+    /// Hand the job back (its agent is stopping): it goes back to the queue and the attempt is
+    /// not counted.
+    Retry {
+        error: serde_json::Value,
+    },
 }
 
 /// The answer to a completion.
@@ -207,7 +227,13 @@ pub struct Finished {
 pub trait Store: Send + Sync + 'static {
     // Tenants and keys.
     /// Creates or updates a tenant; `true` when it was created.
-    async fn put_tenant(&self, id: &str, plan: PlanTier, overrides: &LimitsPatch, now: Millis) -> Result<(TenantRecord, bool)>;
+    async fn put_tenant(
+        &self,
+        id: &str,
+        plan: PlanTier,
+        overrides: &LimitsPatch,
+        now: Millis,
+    ) -> Result<(TenantRecord, bool)>;
     async fn tenant(&self, id: &str) -> Result<Option<TenantRecord>>;
     async fn tenants(&self) -> Result<Vec<TenantRecord>>;
     async fn set_draining(&self, id: &str, draining: bool, now: Millis) -> Result<bool>;
@@ -222,7 +248,12 @@ pub trait Store: Send + Sync + 'static {
     // Jobs.
     /// Admits a job with its idempotency key and quota (`limit` jobs in the period starting at
     /// `period_start`), in one transaction.
-    async fn admit(&self, job: NewJob, period_start: Millis, limit: Option<u64>) -> Result<Admitted>;
+    async fn admit(
+        &self,
+        job: NewJob,
+        period_start: Millis,
+        limit: Option<u64>,
+    ) -> Result<Admitted>;
     async fn job(&self, id: &str) -> Result<Option<JobRecord>>;
     async fn jobs(&self, filter: &JobFilter) -> Result<Vec<JobRecord>>;
     /// Cancels a queued or running job; a finished one is returned as it is.
@@ -231,8 +262,21 @@ pub trait Store: Send + Sync + 'static {
 
     // Dispatch.
     async fn lease(&self, sandbox_id: &str, policy: LeasePolicy, now: Millis) -> Result<Lease>;
-    async fn heartbeat(&self, job_id: &str, lease_id: &str, ttl_ms: Millis, now: Millis) -> Result<HeartbeatAnswer>;
-    async fn complete(&self, sandbox_id: &str, job_id: &str, lease_id: &str, finish: Finish, now: Millis) -> Result<Completed>;
+    async fn heartbeat(
+        &self,
+        job_id: &str,
+        lease_id: &str,
+        ttl_ms: Millis,
+        now: Millis,
+    ) -> Result<HeartbeatAnswer>;
+    async fn complete(
+        &self,
+        sandbox_id: &str,
+        job_id: &str,
+        lease_id: &str,
+        finish: Finish,
+        now: Millis,
+    ) -> Result<Completed>;
     /// Puts back (or kills, when spent) every running job whose lease lapsed before `now`.
     async fn expire_leases(&self, now: Millis) -> Result<Vec<JobRecord>>;
 
@@ -240,10 +284,17 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_sandbox(&self, s: NewSandbox) -> Result<SandboxRecord>;
     async fn set_provider_id(&self, id: &str, provider_id: &str) -> Result<()>;
     /// Moves a sandbox to `to` if it is in one of `from`; `true` if it moved.
-    async fn transition(&self, id: &str, from: &[SandboxState], to: SandboxState, now: Millis) -> Result<bool>;
+    async fn transition(
+        &self,
+        id: &str,
+        from: &[SandboxState],
+        to: SandboxState,
+        now: Millis,
+    ) -> Result<bool>;
     /// The sandbox stopped or vanished (asked for or not): records `to` and puts its running jobs
     /// back. Returns the jobs put back.
-    async fn sandbox_down(&self, id: &str, to: SandboxState, now: Millis) -> Result<Vec<JobRecord>>;
+    async fn sandbox_down(&self, id: &str, to: SandboxState, now: Millis)
+    -> Result<Vec<JobRecord>>;
     async fn sandbox(&self, id: &str) -> Result<Option<SandboxRecord>>;
     async fn sandbox_by_token(&self, token_hash: &str) -> Result<Option<SandboxRecord>>;
     /// Sandboxes that still exist, of one tenant or all.
@@ -253,7 +304,18 @@ pub trait Store: Send + Sync + 'static {
     async fn append_ledger(&self, entry: &LedgerEntry) -> Result<()>;
     /// The ledger of one tenant or all, in order.
     async fn ledger(&self, tenant: Option<&str>) -> Result<Vec<LedgerEntry>>;
-    async fn finished_jobs(&self, tenant: Option<&str>, from: Millis, to: Millis) -> Result<Vec<Finished>>;
-    async fn record_event(&self, tenant: Option<&str>, at: Millis, kind: &str, detail: &serde_json::Value) -> Result<()>;
+    async fn finished_jobs(
+        &self,
+        tenant: Option<&str>,
+        from: Millis,
+        to: Millis,
+    ) -> Result<Vec<Finished>>;
+    async fn record_event(
+        &self,
+        tenant: Option<&str>,
+        at: Millis,
+        kind: &str,
+        detail: &serde_json::Value,
+    ) -> Result<()>;
     async fn events(&self, tenant: Option<&str>, limit: u32) -> Result<Vec<EventRecord>>;
 }

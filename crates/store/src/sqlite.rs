@@ -3,7 +3,9 @@
 
 use crate::*;
 use shoal_metering::LedgerKind;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{Row, SqlitePool};
 use std::str::FromStr;
 use std::time::Duration;
@@ -16,8 +18,7 @@ pub struct SqliteStore {
 
 const JOB_COLS: &str = "id, tenant, kind, spec, idempotency_key, priority, max_attempts, timeout_s, state, attempts, \
      sandbox_id, lease_id, lease_expires_at, result, error, created_at, started_at, finished_at, seq";
-const SANDBOX_COLS: &str =
-    "id, tenant, state, provider, provider_id, cpus_milli, memory_mb, since, idle_since, last_seen, jobs_run, created_at";
+const SANDBOX_COLS: &str = "id, tenant, state, provider, provider_id, cpus_milli, memory_mb, since, idle_since, last_seen, jobs_run, created_at";
 
 macro_rules! sql {
     ($($part:expr),+ $(,)?) => {
@@ -31,7 +32,8 @@ fn corrupt(what: impl std::fmt::Display) -> StoreError {
 
 fn json_col(row: &SqliteRow, col: &str) -> Result<Option<serde_json::Value>> {
     let raw: Option<String> = row.try_get(col)?;
-    raw.map(|s| serde_json::from_str(&s).map_err(corrupt)).transpose()
+    raw.map(|s| serde_json::from_str(&s).map_err(corrupt))
+        .transpose()
 }
 
 fn job_from_row(row: &SqliteRow) -> Result<JobRecord> {
@@ -94,16 +96,26 @@ impl SqliteStore {
     /// Opens (creating if needed) the database at `url` (`sqlite://PATH` or `sqlite::memory:`) and
     /// brings its schema up to date.
     pub async fn open(url: &str) -> Result<Self> {
-        let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"));
-        let Some(path) = path else { return Err(StoreError::UnsupportedUrl(url.into())) };
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"));
+        let Some(path) = path else {
+            return Err(StoreError::UnsupportedUrl(url.into()));
+        };
         let memory = path == ":memory:" || path.is_empty();
         let opts = if memory {
             SqliteConnectOptions::from_str("sqlite::memory:")?
         } else {
-            SqliteConnectOptions::new().filename(path).create_if_missing(true)
+            SqliteConnectOptions::new()
+                .filename(path)
+                .create_if_missing(true)
         };
         let opts = opts
-            .journal_mode(if memory { SqliteJournalMode::Memory } else { SqliteJournalMode::Wal })
+            .journal_mode(if memory {
+                SqliteJournalMode::Memory
+            } else {
+                SqliteJournalMode::Wal
+            })
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(true);
@@ -130,7 +142,12 @@ impl SqliteStore {
     }
 
     /// Puts a running job back in the queue, or makes it dead when its attempts are spent.
-    async fn put_back(tx: &mut Tx, job: &JobRecord, error: &serde_json::Value, now: Millis) -> Result<JobRecord> {
+    async fn put_back(
+        tx: &mut Tx,
+        job: &JobRecord,
+        error: &serde_json::Value,
+        now: Millis,
+    ) -> Result<JobRecord> {
         let dead = job.attempts >= job.max_attempts;
         sqlx::query(
             "UPDATE jobs SET state = ?, sandbox_id = CASE WHEN ? THEN sandbox_id ELSE NULL END, lease_id = NULL, \
@@ -145,7 +162,9 @@ impl SqliteStore {
         .bind(&job.id)
         .execute(&mut **tx)
         .await?;
-        Ok(Self::job_tx(tx, &job.id).await?.unwrap_or_else(|| job.clone()))
+        Ok(Self::job_tx(tx, &job.id)
+            .await?
+            .unwrap_or_else(|| job.clone()))
     }
 
     /// A sandbox holding no running job is ready again.
@@ -164,19 +183,33 @@ impl SqliteStore {
     }
 
     async fn running_on(tx: &mut Tx, sandbox_id: &str) -> Result<Vec<JobRecord>> {
-        let rows = sqlx::query(sql!("SELECT ", JOB_COLS, " FROM jobs WHERE sandbox_id = ? AND state = 'running'"))
-            .bind(sandbox_id)
-            .fetch_all(&mut **tx)
-            .await?;
+        let rows = sqlx::query(sql!(
+            "SELECT ",
+            JOB_COLS,
+            " FROM jobs WHERE sandbox_id = ? AND state = 'running'"
+        ))
+        .bind(sandbox_id)
+        .fetch_all(&mut **tx)
+        .await?;
         rows.iter().map(job_from_row).collect()
     }
 }
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn put_tenant(&self, id: &str, plan: PlanTier, overrides: &LimitsPatch, now: Millis) -> Result<(TenantRecord, bool)> {
+    async fn put_tenant(
+        &self,
+        id: &str,
+        plan: PlanTier,
+        overrides: &LimitsPatch,
+        now: Millis,
+    ) -> Result<(TenantRecord, bool)> {
         let mut tx = self.write().await?;
-        let existed = sqlx::query("SELECT 1 FROM tenants WHERE id = ?").bind(id).fetch_optional(&mut *tx).await?.is_some();
+        let existed = sqlx::query("SELECT 1 FROM tenants WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
         let overrides = serde_json::to_string(overrides).map_err(corrupt)?;
         sqlx::query(
             "INSERT INTO tenants (id, plan, overrides, created_at, updated_at) VALUES (?, ?, ?, ?, ?) \
@@ -189,19 +222,27 @@ impl Store for SqliteStore {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        let row = sqlx::query("SELECT * FROM tenants WHERE id = ?").bind(id).fetch_one(&mut *tx).await?;
+        let row = sqlx::query("SELECT * FROM tenants WHERE id = ?")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
         let t = tenant_from_row(&row)?;
         tx.commit().await?;
         Ok((t, !existed))
     }
 
     async fn tenant(&self, id: &str) -> Result<Option<TenantRecord>> {
-        let row = sqlx::query("SELECT * FROM tenants WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query("SELECT * FROM tenants WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(tenant_from_row).transpose()
     }
 
     async fn tenants(&self) -> Result<Vec<TenantRecord>> {
-        let rows = sqlx::query("SELECT * FROM tenants ORDER BY id").fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT * FROM tenants ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(tenant_from_row).collect()
     }
 
@@ -238,43 +279,61 @@ impl Store for SqliteStore {
     }
 
     async fn key_tenant(&self, key_hash: &str) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar("SELECT tenant FROM api_keys WHERE key_hash = ?")
-            .bind(key_hash)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT tenant FROM api_keys WHERE key_hash = ?")
+                .bind(key_hash)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     async fn period_jobs(&self, tenant: &str, period_start: Millis) -> Result<u64> {
-        let n: Option<i64> = sqlx::query_scalar("SELECT jobs FROM tenant_periods WHERE tenant = ? AND period_start = ?")
-            .bind(tenant)
-            .bind(period_start)
-            .fetch_optional(&self.pool)
-            .await?;
+        let n: Option<i64> = sqlx::query_scalar(
+            "SELECT jobs FROM tenant_periods WHERE tenant = ? AND period_start = ?",
+        )
+        .bind(tenant)
+        .bind(period_start)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(n.unwrap_or(0) as u64)
     }
 
-    async fn admit(&self, job: NewJob, period_start: Millis, limit: Option<u64>) -> Result<Admitted> {
+    async fn admit(
+        &self,
+        job: NewJob,
+        period_start: Millis,
+        limit: Option<u64>,
+    ) -> Result<Admitted> {
         let mut tx = self.write().await?;
         if let Some(key) = &job.idempotency_key {
-            let row = sqlx::query(sql!("SELECT ", JOB_COLS, " FROM jobs WHERE tenant = ? AND idempotency_key = ?"))
-                .bind(&job.tenant)
-                .bind(key)
-                .fetch_optional(&mut *tx)
-                .await?;
+            let row = sqlx::query(sql!(
+                "SELECT ",
+                JOB_COLS,
+                " FROM jobs WHERE tenant = ? AND idempotency_key = ?"
+            ))
+            .bind(&job.tenant)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
             if let Some(row) = row {
                 return Ok(Admitted::Existing(job_from_row(&row)?));
             }
         }
-        let used: i64 = sqlx::query_scalar("SELECT jobs FROM tenant_periods WHERE tenant = ? AND period_start = ?")
-            .bind(&job.tenant)
-            .bind(period_start)
-            .fetch_optional(&mut *tx)
-            .await?
-            .unwrap_or(0);
+        let used: i64 = sqlx::query_scalar(
+            "SELECT jobs FROM tenant_periods WHERE tenant = ? AND period_start = ?",
+        )
+        .bind(&job.tenant)
+        .bind(period_start)
+        .fetch_optional(&mut *tx)
+        .await?
+        .unwrap_or(0);
         if let Some(limit) = limit
             && used as u64 >= limit
         {
-            return Ok(Admitted::QuotaExceeded { used: used as u64, limit });
+            return Ok(Admitted::QuotaExceeded {
+                used: used as u64,
+                limit,
+            });
         }
         sqlx::query(
             "INSERT INTO jobs (id, tenant, kind, spec, idempotency_key, priority, max_attempts, timeout_s, state, \
@@ -299,13 +358,21 @@ impl Store for SqliteStore {
         .bind(period_start)
         .execute(&mut *tx)
         .await?;
-        let stored = Self::job_tx(&mut tx, &job.id).await?.ok_or_else(|| corrupt("inserted job vanished"))?;
+        let stored = Self::job_tx(&mut tx, &job.id)
+            .await?
+            .ok_or_else(|| corrupt("inserted job vanished"))?;
         tx.commit().await?;
-        Ok(Admitted::Created { job: stored, period_jobs: used as u64 + 1 })
+        Ok(Admitted::Created {
+            job: stored,
+            period_jobs: used as u64 + 1,
+        })
     }
 
     async fn job(&self, id: &str) -> Result<Option<JobRecord>> {
-        let row = sqlx::query(sql!("SELECT ", JOB_COLS, " FROM jobs WHERE id = ?")).bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(sql!("SELECT ", JOB_COLS, " FROM jobs WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(job_from_row).transpose()
     }
 
@@ -369,10 +436,14 @@ impl Store for SqliteStore {
 
     async fn lease(&self, sandbox_id: &str, policy: LeasePolicy, now: Millis) -> Result<Lease> {
         let mut tx = self.write().await?;
-        let Some(row) = sqlx::query(sql!("SELECT ", SANDBOX_COLS, " FROM sandboxes WHERE id = ?"))
-            .bind(sandbox_id)
-            .fetch_optional(&mut *tx)
-            .await?
+        let Some(row) = sqlx::query(sql!(
+            "SELECT ",
+            SANDBOX_COLS,
+            " FROM sandboxes WHERE id = ?"
+        ))
+        .bind(sandbox_id)
+        .fetch_optional(&mut *tx)
+        .await?
         else {
             return Ok(Lease::Stop);
         };
@@ -403,7 +474,11 @@ impl Store for SqliteStore {
                     .await?;
             }
             SandboxState::Ready => {
-                sqlx::query("UPDATE sandboxes SET last_seen = ? WHERE id = ?").bind(now).bind(sandbox_id).execute(&mut *tx).await?;
+                sqlx::query("UPDATE sandboxes SET last_seen = ? WHERE id = ?")
+                    .bind(now)
+                    .bind(sandbox_id)
+                    .execute(&mut *tx)
+                    .await?;
             }
             SandboxState::Stopping
             | SandboxState::Stopped
@@ -418,10 +493,12 @@ impl Store for SqliteStore {
             return Ok(Lease::Idle);
         }
         if let Some(max) = policy.max_concurrent_jobs {
-            let running: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE tenant = ? AND state = 'running'")
-                .bind(&sandbox.tenant)
-                .fetch_one(&mut *tx)
-                .await?;
+            let running: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM jobs WHERE tenant = ? AND state = 'running'",
+            )
+            .bind(&sandbox.tenant)
+            .fetch_one(&mut *tx)
+            .await?;
             if running >= max as i64 {
                 tx.commit().await?;
                 return Ok(Lease::Idle);
@@ -449,17 +526,27 @@ impl Store for SqliteStore {
         .bind(&job_id)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("UPDATE sandboxes SET state = 'busy', since = ?, idle_since = NULL WHERE id = ?")
-            .bind(now)
-            .bind(sandbox_id)
-            .execute(&mut *tx)
-            .await?;
-        let job = Self::job_tx(&mut tx, &job_id).await?.ok_or_else(|| corrupt("leased job vanished"))?;
+        sqlx::query(
+            "UPDATE sandboxes SET state = 'busy', since = ?, idle_since = NULL WHERE id = ?",
+        )
+        .bind(now)
+        .bind(sandbox_id)
+        .execute(&mut *tx)
+        .await?;
+        let job = Self::job_tx(&mut tx, &job_id)
+            .await?
+            .ok_or_else(|| corrupt("leased job vanished"))?;
         tx.commit().await?;
         Ok(Lease::Job(job))
     }
 
-    async fn heartbeat(&self, job_id: &str, lease_id: &str, ttl_ms: Millis, now: Millis) -> Result<HeartbeatAnswer> {
+    async fn heartbeat(
+        &self,
+        job_id: &str,
+        lease_id: &str,
+        ttl_ms: Millis,
+        now: Millis,
+    ) -> Result<HeartbeatAnswer> {
         let r = sqlx::query("UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND lease_id = ? AND state = 'running'")
             .bind(now + ttl_ms)
             .bind(job_id)
@@ -467,29 +554,58 @@ impl Store for SqliteStore {
             .execute(&self.pool)
             .await?;
         if r.rows_affected() == 1 {
-            return Ok(HeartbeatAnswer { ok: true, cancel: false });
+            return Ok(HeartbeatAnswer {
+                ok: true,
+                cancel: false,
+            });
         }
-        let cancelled: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM jobs WHERE id = ? AND lease_id = ? AND state = 'cancelled'")
-                .bind(job_id)
-                .bind(lease_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(HeartbeatAnswer { ok: false, cancel: cancelled.is_some() })
+        let cancelled: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM jobs WHERE id = ? AND lease_id = ? AND state = 'cancelled'",
+        )
+        .bind(job_id)
+        .bind(lease_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(HeartbeatAnswer {
+            ok: false,
+            cancel: cancelled.is_some(),
+        })
     }
 
-    async fn complete(&self, sandbox_id: &str, job_id: &str, lease_id: &str, finish: Finish, now: Millis) -> Result<Completed> {
+    async fn complete(
+        &self,
+        sandbox_id: &str,
+        job_id: &str,
+        lease_id: &str,
+        finish: Finish,
+        now: Millis,
+    ) -> Result<Completed> {
         let mut tx = self.write().await?;
         let job = Self::job_tx(&mut tx, job_id).await?;
         let held = job.as_ref().is_some_and(|j| {
-            j.state == JobState::Running && j.lease_id.as_deref() == Some(lease_id) && j.sandbox_id.as_deref() == Some(sandbox_id)
+            j.state == JobState::Running
+                && j.lease_id.as_deref() == Some(lease_id)
+                && j.sandbox_id.as_deref() == Some(sandbox_id)
         });
         let out = match (job, held) {
             (Some(job), true) => {
                 let done = match finish {
                     Finish::Succeeded { result } => Some((JobState::Succeeded, Some(result), None)),
-                    Finish::Failed { result, error } => Some((JobState::Failed, result, Some(error))),
+                    Finish::Failed { result, error } => {
+                        Some((JobState::Failed, result, Some(error)))
+                    }
                     Finish::Retry { error } => {
+                        // A job handed back (its agent is stopping) has not used an attempt.
+                        sqlx::query(
+                            "UPDATE jobs SET attempts = attempts - 1 WHERE id = ? AND attempts > 0",
+                        )
+                        .bind(job_id)
+                        .execute(&mut *tx)
+                        .await?;
+                        let job = JobRecord {
+                            attempts: job.attempts.saturating_sub(1),
+                            ..job.clone()
+                        };
                         Self::put_back(&mut tx, &job, &error, now).await?;
                         None
                     }
@@ -508,8 +624,15 @@ impl Store for SqliteStore {
                     .execute(&mut *tx)
                     .await?;
                 }
-                sqlx::query("UPDATE sandboxes SET jobs_run = jobs_run + 1 WHERE id = ?").bind(sandbox_id).execute(&mut *tx).await?;
-                Completed::Done(Self::job_tx(&mut tx, job_id).await?.ok_or_else(|| corrupt("completed job vanished"))?)
+                sqlx::query("UPDATE sandboxes SET jobs_run = jobs_run + 1 WHERE id = ?")
+                    .bind(sandbox_id)
+                    .execute(&mut *tx)
+                    .await?;
+                Completed::Done(
+                    Self::job_tx(&mut tx, job_id)
+                        .await?
+                        .ok_or_else(|| corrupt("completed job vanished"))?,
+                )
             }
             _ => Completed::Stale,
         };
@@ -520,10 +643,14 @@ impl Store for SqliteStore {
 
     async fn expire_leases(&self, now: Millis) -> Result<Vec<JobRecord>> {
         let mut tx = self.write().await?;
-        let rows = sqlx::query(sql!("SELECT ", JOB_COLS, " FROM jobs WHERE state = 'running' AND lease_expires_at < ?"))
-            .bind(now)
-            .fetch_all(&mut *tx)
-            .await?;
+        let rows = sqlx::query(sql!(
+            "SELECT ",
+            JOB_COLS,
+            " FROM jobs WHERE state = 'running' AND lease_expires_at < ?"
+        ))
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
         let lapsed = serde_json::json!({"code": "lease_expired", "message": "the agent stopped heartbeating"});
         let mut out = Vec::new();
         for row in &rows {
@@ -553,18 +680,32 @@ impl Store for SqliteStore {
         .bind(s.now)
         .execute(&self.pool)
         .await?;
-        self.sandbox(&s.id).await?.ok_or_else(|| corrupt("inserted sandbox vanished"))
+        self.sandbox(&s.id)
+            .await?
+            .ok_or_else(|| corrupt("inserted sandbox vanished"))
     }
 
     async fn set_provider_id(&self, id: &str, provider_id: &str) -> Result<()> {
-        sqlx::query("UPDATE sandboxes SET provider_id = ? WHERE id = ?").bind(provider_id).bind(id).execute(&self.pool).await?;
+        sqlx::query("UPDATE sandboxes SET provider_id = ? WHERE id = ?")
+            .bind(provider_id)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
-    async fn transition(&self, id: &str, from: &[SandboxState], to: SandboxState, now: Millis) -> Result<bool> {
+    async fn transition(
+        &self,
+        id: &str,
+        from: &[SandboxState],
+        to: SandboxState,
+        now: Millis,
+    ) -> Result<bool> {
         let mut tx = self.write().await?;
-        let cur: Option<String> =
-            sqlx::query_scalar("SELECT state FROM sandboxes WHERE id = ?").bind(id).fetch_optional(&mut *tx).await?;
+        let cur: Option<String> = sqlx::query_scalar("SELECT state FROM sandboxes WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
         let Some(cur) = cur else { return Ok(false) };
         let cur = SandboxState::from_str(&cur).map_err(corrupt)?;
         if !from.contains(&cur) {
@@ -582,7 +723,12 @@ impl Store for SqliteStore {
         Ok(true)
     }
 
-    async fn sandbox_down(&self, id: &str, to: SandboxState, now: Millis) -> Result<Vec<JobRecord>> {
+    async fn sandbox_down(
+        &self,
+        id: &str,
+        to: SandboxState,
+        now: Millis,
+    ) -> Result<Vec<JobRecord>> {
         let mut tx = self.write().await?;
         let lost = serde_json::json!({"code": "sandbox_lost", "message": format!("sandbox {id} went {to} while running the job")});
         let mut back = Vec::new();
@@ -600,15 +746,26 @@ impl Store for SqliteStore {
     }
 
     async fn sandbox(&self, id: &str) -> Result<Option<SandboxRecord>> {
-        let row = sqlx::query(sql!("SELECT ", SANDBOX_COLS, " FROM sandboxes WHERE id = ?")).bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(sql!(
+            "SELECT ",
+            SANDBOX_COLS,
+            " FROM sandboxes WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(sandbox_from_row).transpose()
     }
 
     async fn sandbox_by_token(&self, token_hash: &str) -> Result<Option<SandboxRecord>> {
-        let row = sqlx::query(sql!("SELECT ", SANDBOX_COLS, " FROM sandboxes WHERE token_hash = ?"))
-            .bind(token_hash)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(sql!(
+            "SELECT ",
+            SANDBOX_COLS,
+            " FROM sandboxes WHERE token_hash = ?"
+        ))
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(sandbox_from_row).transpose()
     }
 
@@ -626,7 +783,10 @@ impl Store for SqliteStore {
 
     async fn append_ledger(&self, e: &LedgerEntry) -> Result<()> {
         let (kind, cpus, mem) = match e.kind {
-            LedgerKind::Running { cpus_milli, memory_mb } => ("running", Some(cpus_milli as i64), Some(memory_mb as i64)),
+            LedgerKind::Running {
+                cpus_milli,
+                memory_mb,
+            } => ("running", Some(cpus_milli as i64), Some(memory_mb as i64)),
             LedgerKind::Stopped => ("stopped", None, None),
         };
         sqlx::query("INSERT INTO ledger (sandbox_id, tenant, at, kind, cpus_milli, memory_mb) VALUES (?, ?, ?, ?, ?, ?)")
@@ -642,27 +802,39 @@ impl Store for SqliteStore {
     }
 
     async fn ledger(&self, tenant: Option<&str>) -> Result<Vec<LedgerEntry>> {
-        let rows = sqlx::query("SELECT * FROM ledger WHERE (?1 IS NULL OR tenant = ?1) ORDER BY seq")
-            .bind(tenant)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT * FROM ledger WHERE (?1 IS NULL OR tenant = ?1) ORDER BY seq")
+                .bind(tenant)
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter()
             .map(|row| {
                 let kind: String = row.try_get("kind")?;
                 let kind = match kind.as_str() {
                     "running" => LedgerKind::Running {
-                        cpus_milli: row.try_get::<Option<i64>, _>("cpus_milli")?.unwrap_or(0) as u64,
+                        cpus_milli: row.try_get::<Option<i64>, _>("cpus_milli")?.unwrap_or(0)
+                            as u64,
                         memory_mb: row.try_get::<Option<i64>, _>("memory_mb")?.unwrap_or(0) as u64,
                     },
                     "stopped" => LedgerKind::Stopped,
                     other => return Err(corrupt(format!("ledger kind {other}"))),
                 };
-                Ok(LedgerEntry { sandbox_id: row.try_get("sandbox_id")?, tenant: row.try_get("tenant")?, at: row.try_get("at")?, kind })
+                Ok(LedgerEntry {
+                    sandbox_id: row.try_get("sandbox_id")?,
+                    tenant: row.try_get("tenant")?,
+                    at: row.try_get("at")?,
+                    kind,
+                })
             })
             .collect()
     }
 
-    async fn finished_jobs(&self, tenant: Option<&str>, from: Millis, to: Millis) -> Result<Vec<Finished>> {
+    async fn finished_jobs(
+        &self,
+        tenant: Option<&str>,
+        from: Millis,
+        to: Millis,
+    ) -> Result<Vec<Finished>> {
         let rows = sqlx::query(
             "SELECT finished_at, state FROM jobs WHERE (?1 IS NULL OR tenant = ?1) AND finished_at >= ?2 AND finished_at < ?3",
         )
@@ -672,11 +844,22 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| Ok(Finished { at: r.try_get("finished_at")?, state: JobState::from_str(r.try_get("state")?).map_err(corrupt)? }))
+            .map(|r| {
+                Ok(Finished {
+                    at: r.try_get("finished_at")?,
+                    state: JobState::from_str(r.try_get("state")?).map_err(corrupt)?,
+                })
+            })
             .collect()
     }
 
-    async fn record_event(&self, tenant: Option<&str>, at: Millis, kind: &str, detail: &serde_json::Value) -> Result<()> {
+    async fn record_event(
+        &self,
+        tenant: Option<&str>,
+        at: Millis,
+        kind: &str,
+        detail: &serde_json::Value,
+    ) -> Result<()> {
         sqlx::query("INSERT INTO events (tenant, at, kind, detail) VALUES (?, ?, ?, ?)")
             .bind(tenant)
             .bind(at)
@@ -688,11 +871,13 @@ impl Store for SqliteStore {
     }
 
     async fn events(&self, tenant: Option<&str>, limit: u32) -> Result<Vec<EventRecord>> {
-        let rows = sqlx::query("SELECT * FROM events WHERE (?1 IS NULL OR tenant = ?1) ORDER BY seq DESC LIMIT ?2")
-            .bind(tenant)
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT * FROM events WHERE (?1 IS NULL OR tenant = ?1) ORDER BY seq DESC LIMIT ?2",
+        )
+        .bind(tenant)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|r| {
                 Ok(EventRecord {

@@ -1,0 +1,532 @@
+//! The store conformance suite: every guarantee the scheduler relies on, checked against a real
+//! SQLite database file (and, with the Postgres store, against a real Postgres server).
+
+use serde_json::json;
+use shoal_core::{JobState, LimitsPatch, PlanTier, SandboxState};
+use shoal_store::*;
+use std::sync::Arc;
+
+async fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("test.db").display());
+    (Arc::new(SqliteStore::open(&url).await.unwrap()), dir)
+}
+
+fn job(id: &str, tenant: &str, key: Option<&str>, priority: i32, at: i64) -> NewJob {
+    NewJob {
+        id: id.into(),
+        tenant: tenant.into(),
+        kind: "agent".into(),
+        spec: json!({"command": ["true"]}),
+        idempotency_key: key.map(str::to_string),
+        priority,
+        max_attempts: 2,
+        timeout_s: 60,
+        created_at: at,
+    }
+}
+
+const POLICY: LeasePolicy = LeasePolicy {
+    max_concurrent_jobs: None,
+    draining: false,
+    lease_ttl_ms: 10_000,
+};
+
+async fn setup(store: &dyn Store) {
+    store
+        .put_tenant("t", PlanTier::Pro, &LimitsPatch::default(), 0)
+        .await
+        .unwrap();
+    store
+        .put_tenant("u", PlanTier::Pro, &LimitsPatch::default(), 0)
+        .await
+        .unwrap();
+    for (id, tenant) in [("sb1", "t"), ("sb2", "t"), ("sbu", "u")] {
+        store
+            .insert_sandbox(NewSandbox {
+                id: id.into(),
+                tenant: tenant.into(),
+                provider: "process".into(),
+                token_hash: format!("h-{id}"),
+                cpus_milli: 1000,
+                memory_mb: 512,
+                now: 0,
+            })
+            .await
+            .unwrap();
+    }
+}
+
+fn leased(l: Lease) -> JobRecord {
+    match l {
+        Lease::Job(j) => j,
+        other => panic!("expected a job, got {other:?}"),
+    }
+}
+
+async fn suite(store: Arc<dyn Store>) {
+    setup(&*store).await;
+
+    // Idempotency: the same key gives the first job back and stores nothing new.
+    let a = store
+        .admit(job("j1", "t", Some("k"), 0, 1), 0, Some(100))
+        .await
+        .unwrap();
+    assert!(matches!(a, Admitted::Created { period_jobs: 1, .. }));
+    let again = store
+        .admit(job("j1b", "t", Some("k"), 0, 2), 0, Some(100))
+        .await
+        .unwrap();
+    assert!(matches!(&again, Admitted::Existing(j) if j.id == "j1"));
+    assert!(store.job("j1b").await.unwrap().is_none());
+    // The same key under another tenant is another job.
+    assert!(matches!(
+        store
+            .admit(job("ju", "u", Some("k"), 0, 3), 0, Some(100))
+            .await
+            .unwrap(),
+        Admitted::Created { .. }
+    ));
+
+    // Priority first, then age; a sandbox only ever gets its own tenant's jobs.
+    store
+        .admit(job("j2", "t", None, 5, 4), 0, Some(100))
+        .await
+        .unwrap();
+    store
+        .admit(job("j3", "t", None, 0, 5), 0, Some(100))
+        .await
+        .unwrap();
+    let first = leased(store.lease("sb1", POLICY, 10).await.unwrap());
+    assert_eq!(
+        (first.id.as_str(), first.attempts, first.state),
+        ("j2", 1, JobState::Running)
+    );
+    assert_eq!(
+        store.sandbox("sb1").await.unwrap().unwrap().state,
+        SandboxState::Busy
+    );
+    let second = leased(store.lease("sb2", POLICY, 11).await.unwrap());
+    assert_eq!(second.id, "j1");
+    assert_eq!(
+        leased(store.lease("sbu", POLICY, 12).await.unwrap()).id,
+        "ju"
+    );
+
+    // A stale lease cannot complete; the current one completes once.
+    let stale = store
+        .complete(
+            "sb1",
+            "j2",
+            "not-the-lease",
+            Finish::Succeeded { result: json!(1) },
+            20,
+        )
+        .await
+        .unwrap();
+    assert_eq!(stale, Completed::Stale);
+    let lease = first.lease_id.clone().unwrap();
+    let done = store
+        .complete(
+            "sb1",
+            "j2",
+            &lease,
+            Finish::Succeeded {
+                result: json!({"ok": true}),
+            },
+            21,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(&done, Completed::Done(j) if j.state == JobState::Succeeded && j.finished_at == Some(21))
+    );
+    assert_eq!(
+        store
+            .complete(
+                "sb1",
+                "j2",
+                &lease,
+                Finish::Succeeded { result: json!(2) },
+                22
+            )
+            .await
+            .unwrap(),
+        Completed::Stale
+    );
+    assert_eq!(
+        store.job("j2").await.unwrap().unwrap().result,
+        Some(json!({"ok": true}))
+    );
+    let sb1 = store.sandbox("sb1").await.unwrap().unwrap();
+    assert_eq!(
+        (sb1.state, sb1.jobs_run, sb1.idle_since),
+        (SandboxState::Ready, 1, Some(21))
+    );
+
+    // A lapsed lease puts the job back with its attempt counted; the old lease is then stale.
+    let j1_lease = second.lease_id.clone().unwrap();
+    assert!(
+        store
+            .heartbeat("j1", &j1_lease, 10_000, 15)
+            .await
+            .unwrap()
+            .ok
+    );
+    assert!(
+        store.expire_leases(10_000).await.unwrap().is_empty(),
+        "the heartbeat extended the lease"
+    );
+    let back = store.expire_leases(10_016).await.unwrap();
+    let mut back: Vec<_> = back
+        .iter()
+        .map(|j| (j.id.as_str(), j.state, j.attempts))
+        .collect();
+    back.sort_by_key(|b| b.0);
+    assert_eq!(
+        back,
+        [("j1", JobState::Queued, 1), ("ju", JobState::Queued, 1)]
+    );
+    assert_eq!(
+        store.sandbox("sb2").await.unwrap().unwrap().state,
+        SandboxState::Ready
+    );
+    assert!(
+        !store
+            .heartbeat("j1", &j1_lease, 10_000, 10_017)
+            .await
+            .unwrap()
+            .ok
+    );
+    assert_eq!(
+        store
+            .complete(
+                "sb2",
+                "j1",
+                &j1_lease,
+                Finish::Succeeded { result: json!(0) },
+                10_018
+            )
+            .await
+            .unwrap(),
+        Completed::Stale
+    );
+    // Second attempt lapses too: max_attempts 2 makes it dead.
+    let again = leased(store.lease("sb2", POLICY, 10_020).await.unwrap());
+    assert_eq!((again.id.as_str(), again.attempts), ("j1", 2));
+    let dead = store.expire_leases(30_100).await.unwrap();
+    assert_eq!(
+        dead.iter()
+            .map(|j| (j.id.as_str(), j.state))
+            .collect::<Vec<_>>(),
+        [("j1", JobState::Dead)]
+    );
+
+    // Cancel: a running job is cancelled at once and its agent learns it from the heartbeat.
+    let j3 = leased(store.lease("sb1", POLICY, 30_200).await.unwrap());
+    let l3 = j3.lease_id.unwrap();
+    let c = store.cancel("j3", 30_300).await.unwrap().unwrap();
+    assert_eq!(c.state, JobState::Cancelled);
+    assert_eq!(
+        store.heartbeat("j3", &l3, 10_000, 30_400).await.unwrap(),
+        HeartbeatAnswer {
+            ok: false,
+            cancel: true
+        }
+    );
+    assert_eq!(
+        store
+            .complete(
+                "sb1",
+                "j3",
+                &l3,
+                Finish::Succeeded { result: json!(0) },
+                30_500
+            )
+            .await
+            .unwrap(),
+        Completed::Stale
+    );
+    assert_eq!(
+        store.job("j3").await.unwrap().unwrap().state,
+        JobState::Cancelled
+    );
+    assert_eq!(
+        store.sandbox("sb1").await.unwrap().unwrap().state,
+        SandboxState::Ready,
+        "a refused completion frees the sandbox"
+    );
+    // A finished job stays as it was.
+    assert_eq!(
+        store.cancel("j2", 30_600).await.unwrap().unwrap().state,
+        JobState::Succeeded
+    );
+
+    // A sandbox that goes down puts its running job back.
+    store
+        .admit(job("j4", "t", None, 0, 40_000), 0, Some(100))
+        .await
+        .unwrap();
+    let j4 = leased(store.lease("sb2", POLICY, 40_001).await.unwrap());
+    let back = store
+        .sandbox_down("sb2", SandboxState::Stopped, 40_002)
+        .await
+        .unwrap();
+    assert_eq!(
+        back.iter()
+            .map(|j| (j.id.as_str(), j.state))
+            .collect::<Vec<_>>(),
+        [("j4", JobState::Queued)]
+    );
+    assert_eq!(
+        store
+            .complete(
+                "sb2",
+                "j4",
+                j4.lease_id.as_deref().unwrap(),
+                Finish::Succeeded { result: json!(0) },
+                40_003
+            )
+            .await
+            .unwrap(),
+        Completed::Stale
+    );
+    assert_eq!(
+        store.lease("sb2", POLICY, 40_004).await.unwrap(),
+        Lease::Stop,
+        "a stopped sandbox's agent is told to stop"
+    );
+
+    // Retry outcome: back in the queue without a terminal state.
+    let j4 = leased(store.lease("sb1", POLICY, 40_010).await.unwrap());
+    let r = store
+        .complete(
+            "sb1",
+            "j4",
+            j4.lease_id.as_deref().unwrap(),
+            Finish::Retry {
+                error: json!({"code": "agent_shutdown"}),
+            },
+            40_011,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(r, Completed::Done(j) if j.state == JobState::Queued));
+
+    // Limits: draining and concurrency hold work back.
+    assert_eq!(
+        store
+            .lease(
+                "sb1",
+                LeasePolicy {
+                    draining: true,
+                    ..POLICY
+                },
+                40_020
+            )
+            .await
+            .unwrap(),
+        Lease::Idle
+    );
+    store
+        .admit(job("j5", "t", None, 0, 40_030), 0, Some(100))
+        .await
+        .unwrap();
+    leased(store.lease("sb1", POLICY, 40_031).await.unwrap());
+    store
+        .transition(
+            "sb2",
+            &[SandboxState::Stopped],
+            SandboxState::Booting,
+            40_032,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .lease(
+                "sb2",
+                LeasePolicy {
+                    max_concurrent_jobs: Some(1),
+                    ..POLICY
+                },
+                40_033
+            )
+            .await
+            .unwrap(),
+        Lease::Idle
+    );
+
+    // Quota: the limit blocks and stores nothing.
+    store
+        .put_tenant("q", PlanTier::Free, &LimitsPatch::default(), 0)
+        .await
+        .unwrap();
+    for i in 0..3 {
+        assert!(matches!(
+            store
+                .admit(job(&format!("q{i}"), "q", None, 0, 1), 7, Some(3))
+                .await
+                .unwrap(),
+            Admitted::Created { .. }
+        ));
+    }
+    assert_eq!(
+        store
+            .admit(job("q3", "q", None, 0, 1), 7, Some(3))
+            .await
+            .unwrap(),
+        Admitted::QuotaExceeded { used: 3, limit: 3 }
+    );
+    assert!(store.job("q3").await.unwrap().is_none());
+    assert_eq!(store.period_jobs("q", 7).await.unwrap(), 3);
+    assert!(
+        matches!(
+            store
+                .admit(job("q4", "q", None, 0, 1), 8, Some(3))
+                .await
+                .unwrap(),
+            Admitted::Created { period_jobs: 1, .. }
+        ),
+        "a new period starts afresh"
+    );
+    assert!(store.mark_quota_warned("q", 7, 100).await.unwrap());
+    assert!(
+        !store.mark_quota_warned("q", 7, 101).await.unwrap(),
+        "warned once per period"
+    );
+
+    // The list pages newest first with a cursor.
+    let page1 = store
+        .jobs(&JobFilter {
+            tenant: Some("q".into()),
+            limit: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page1.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
+        ["q4", "q2", "q1"]
+    );
+    let page2 = store
+        .jobs(&JobFilter {
+            tenant: Some("q".into()),
+            limit: 3,
+            before_seq: Some(page1[2].seq),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page2.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
+        ["q0"]
+    );
+}
+
+#[tokio::test]
+async fn sqlite_store_keeps_every_guarantee() {
+    let (store, _dir) = sqlite().await;
+    suite(store).await;
+}
+
+/// Many concurrent lease requests for few jobs: each job goes to exactly one sandbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_leases_never_hand_out_a_job_twice() {
+    let (store, _dir) = sqlite().await;
+    store
+        .put_tenant("t", PlanTier::Enterprise, &LimitsPatch::default(), 0)
+        .await
+        .unwrap();
+    for i in 0..16 {
+        store
+            .insert_sandbox(NewSandbox {
+                id: format!("s{i}"),
+                tenant: "t".into(),
+                provider: "process".into(),
+                token_hash: format!("h{i}"),
+                cpus_milli: 1000,
+                memory_mb: 512,
+                now: 0,
+            })
+            .await
+            .unwrap();
+    }
+    for i in 0..40 {
+        store
+            .admit(job(&format!("j{i}"), "t", None, 0, i), 0, None)
+            .await
+            .unwrap();
+    }
+    let mut handles = Vec::new();
+    for i in 0..16 {
+        let store = Arc::clone(&store);
+        handles.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                match store.lease(&format!("s{i}"), POLICY, 1).await.unwrap() {
+                    Lease::Job(j) => {
+                        store
+                            .complete(
+                                &format!("s{i}"),
+                                &j.id,
+                                j.lease_id.as_deref().unwrap(),
+                                Finish::Succeeded { result: json!(i) },
+                                2,
+                            )
+                            .await
+                            .unwrap();
+                        got.push(j.id);
+                    }
+                    _ => return got,
+                }
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.unwrap());
+    }
+    all.sort();
+    let before = all.len();
+    all.dedup();
+    assert_eq!((before, all.len()), (40, 40));
+}
+
+#[tokio::test]
+async fn ledger_and_events_round_trip() {
+    let (store, _dir) = sqlite().await;
+    store
+        .put_tenant("t", PlanTier::Pro, &LimitsPatch::default(), 0)
+        .await
+        .unwrap();
+    use shoal_metering::{LedgerEntry, LedgerKind};
+    let e1 = LedgerEntry {
+        sandbox_id: "s".into(),
+        tenant: "t".into(),
+        at: 5,
+        kind: LedgerKind::Running {
+            cpus_milli: 500,
+            memory_mb: 256,
+        },
+    };
+    let e2 = LedgerEntry {
+        sandbox_id: "s".into(),
+        tenant: "t".into(),
+        at: 9,
+        kind: LedgerKind::Stopped,
+    };
+    store.append_ledger(&e1).await.unwrap();
+    store.append_ledger(&e2).await.unwrap();
+    assert_eq!(store.ledger(Some("t")).await.unwrap(), vec![e1, e2]);
+    assert!(store.ledger(Some("other")).await.unwrap().is_empty());
+    store
+        .record_event(Some("t"), 3, "create", &json!({"sandbox": "s"}))
+        .await
+        .unwrap();
+    let ev = store.events(Some("t"), 10).await.unwrap();
+    assert_eq!(
+        (ev[0].kind.as_str(), ev[0].detail["sandbox"].as_str()),
+        ("create", Some("s"))
+    );
+}

@@ -1,0 +1,513 @@
+//! The operators' CLI: `shoal tenants|pools|jobs|usage|drain|plan`, talking to a running scheduler
+//! at `SHOAL_URL` with `SHOAL_TOKEN` (else `SHOAL_ADMIN_TOKEN`). Tables for people, `--json` for
+//! scripts.
+
+use clap::{Args, Subcommand};
+use serde_json::Value;
+use std::process::ExitCode;
+
+#[derive(Args, Clone)]
+pub struct Conn {
+    /// The scheduler's URL.
+    #[arg(
+        long,
+        env = "SHOAL_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    url: String,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand, Clone)]
+pub enum OperatorCommand {
+    /// List tenants, show one, or create/update one.
+    Tenants {
+        #[command(flatten)]
+        conn: Conn,
+        /// Show this tenant.
+        id: Option<String>,
+        /// Create or update the tenant with this plan (free, pro, team, enterprise).
+        #[arg(long, requires = "id")]
+        plan: Option<String>,
+        /// Limit overrides as JSON, with --plan.
+        #[arg(long, requires = "plan")]
+        limits: Option<String>,
+    },
+    /// Pools: per tenant, sandboxes by state against desired, queued and running jobs.
+    Pools {
+        #[command(flatten)]
+        conn: Conn,
+        tenant: Option<String>,
+    },
+    /// Jobs: list, show or cancel.
+    Jobs {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+    /// Compute usage per bucket.
+    Usage {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, default_value = "day")]
+        granularity: String,
+        /// Print CSV.
+        #[arg(long)]
+        csv: bool,
+    },
+    /// Stop giving a tenant's sandboxes new work and stop its idle ones.
+    Drain {
+        #[command(flatten)]
+        conn: Conn,
+        tenant: String,
+        /// Resume the tenant instead.
+        #[arg(long)]
+        undo: bool,
+    },
+    /// What the planner would do now.
+    Plan {
+        #[command(flatten)]
+        conn: Conn,
+        /// Print the plan without applying it (the only mode).
+        #[arg(long, default_value_t = true)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand, Clone)]
+pub enum JobsCommand {
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    Show {
+        id: String,
+    },
+    Cancel {
+        id: String,
+    },
+}
+
+fn token() -> Option<String> {
+    std::env::var("SHOAL_TOKEN")
+        .ok()
+        .or_else(|| std::env::var("SHOAL_ADMIN_TOKEN").ok())
+        .filter(|t| !t.is_empty())
+}
+
+/// One call to the API; the body of an error answer becomes the error.
+fn call(
+    conn: &Conn,
+    method: reqwest::Method,
+    path: &str,
+    query: &[(&str, String)],
+    body: Option<Value>,
+) -> Result<(Value, String), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let mut req = client
+            .request(method, format!("{}{path}", conn.url.trim_end_matches('/')))
+            .query(query);
+        if let Some(t) = token() {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach the scheduler at {}: {e}", conn.url))?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            let msg = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+                .unwrap_or(text);
+            return Err(format!("{status}: {msg}"));
+        }
+        Ok((serde_json::from_str(&text).unwrap_or(Value::Null), text))
+    })
+}
+
+/// Prints rows as an aligned table.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut out = line(headers.iter().map(|s| s.to_string()).collect());
+    out.push('\n');
+    for r in rows {
+        out.push_str(&line(r.clone()));
+        out.push('\n');
+    }
+    out
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+pub fn run(cmd: OperatorCommand) -> ExitCode {
+    match execute(cmd) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("shoal: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn execute(cmd: OperatorCommand) -> Result<String, String> {
+    use reqwest::Method;
+    let pretty = |v: &Value| format!("{}\n", serde_json::to_string_pretty(v).unwrap_or_default());
+    match cmd {
+        OperatorCommand::Tenants {
+            conn,
+            id,
+            plan,
+            limits,
+        } => {
+            let (v, _) = match (&id, plan) {
+                (Some(id), Some(plan)) => {
+                    let limits = limits
+                        .map(|l| {
+                            serde_json::from_str::<Value>(&l).map_err(|e| format!("--limits: {e}"))
+                        })
+                        .transpose()?;
+                    let mut body = serde_json::json!({"plan": plan});
+                    if let Some(l) = limits {
+                        body["limits"] = l;
+                    }
+                    call(
+                        &conn,
+                        Method::PUT,
+                        &format!("/v1/tenants/{id}"),
+                        &[],
+                        Some(body),
+                    )?
+                }
+                (Some(id), None) => {
+                    call(&conn, Method::GET, &format!("/v1/tenants/{id}"), &[], None)?
+                }
+                (None, _) => call(&conn, Method::GET, "/v1/tenants", &[], None)?,
+            };
+            if conn.json {
+                return Ok(pretty(&v));
+            }
+            let list = if v["tenants"].is_array() {
+                v["tenants"].as_array().cloned().unwrap_or_default()
+            } else {
+                vec![v]
+            };
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|t| {
+                    vec![
+                        s(&t["id"]),
+                        s(&t["plan"]),
+                        s(&t["limits"]["max_sandboxes"]),
+                        format!("{}/{}", s(&t["usage"]["jobs"]), s(&t["usage"]["quota"])),
+                        if t["usage"]["warning"].as_bool() == Some(true) {
+                            "over 80%".into()
+                        } else {
+                            String::new()
+                        },
+                        if t["draining"].as_bool() == Some(true) {
+                            "draining".into()
+                        } else {
+                            String::new()
+                        },
+                    ]
+                })
+                .collect();
+            Ok(table(
+                &[
+                    "TENANT",
+                    "PLAN",
+                    "MAX SANDBOXES",
+                    "JOBS/QUOTA",
+                    "QUOTA",
+                    "STATE",
+                ],
+                &rows,
+            ))
+        }
+        OperatorCommand::Pools { conn, tenant } => {
+            let (v, _) = match &tenant {
+                Some(t) => call(&conn, Method::GET, &format!("/v1/pools/{t}"), &[], None)?,
+                None => call(&conn, Method::GET, "/v1/pools", &[], None)?,
+            };
+            if conn.json {
+                return Ok(pretty(&v));
+            }
+            let pools = if tenant.is_some() {
+                vec![v.clone()]
+            } else {
+                v["pools"].as_array().cloned().unwrap_or_default()
+            };
+            let rows: Vec<Vec<String>> = pools
+                .iter()
+                .map(|p| {
+                    let sb = &p["sandboxes"];
+                    vec![
+                        s(&p["tenant"]),
+                        s(&p["desired"]),
+                        s(&p["queued"]),
+                        s(&p["running"]),
+                        s(&sb["booting"]),
+                        s(&sb["ready"]),
+                        s(&sb["busy"]),
+                        s(&sb["suspended"]),
+                        s(&sb["stopped"]),
+                    ]
+                })
+                .collect();
+            let mut out = table(
+                &[
+                    "TENANT",
+                    "DESIRED",
+                    "QUEUED",
+                    "RUNNING",
+                    "BOOTING",
+                    "READY",
+                    "BUSY",
+                    "SUSPENDED",
+                    "STOPPED",
+                ],
+                &rows,
+            );
+            if tenant.is_some() {
+                let rows: Vec<Vec<String>> = v["sandbox_list"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|x| {
+                        vec![
+                            s(&x["id"]),
+                            s(&x["state"]),
+                            s(&x["provider_id"]),
+                            s(&x["since"]),
+                            s(&x["jobs_run"]),
+                        ]
+                    })
+                    .collect();
+                out.push('\n');
+                out.push_str(&table(
+                    &["SANDBOX", "STATE", "PROVIDER ID", "SINCE", "JOBS RUN"],
+                    &rows,
+                ));
+            }
+            Ok(out)
+        }
+        OperatorCommand::Jobs { conn, command } => {
+            let v = match command {
+                JobsCommand::List {
+                    tenant,
+                    state,
+                    limit,
+                } => {
+                    let mut q = vec![("limit", limit.to_string())];
+                    if let Some(t) = tenant {
+                        q.push(("tenant", t));
+                    }
+                    if let Some(st) = state {
+                        q.push(("state", st));
+                    }
+                    let (v, _) = call(&conn, Method::GET, "/v1/jobs", &q, None)?;
+                    if conn.json {
+                        return Ok(pretty(&v));
+                    }
+                    let rows: Vec<Vec<String>> = v["jobs"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|j| {
+                            vec![
+                                s(&j["id"]),
+                                s(&j["tenant"]),
+                                s(&j["kind"]),
+                                s(&j["state"]),
+                                s(&j["attempts"]),
+                                s(&j["created_at"]),
+                            ]
+                        })
+                        .collect();
+                    return Ok(table(
+                        &["JOB", "TENANT", "KIND", "STATE", "ATTEMPTS", "CREATED"],
+                        &rows,
+                    ));
+                }
+                JobsCommand::Show { id } => {
+                    call(&conn, Method::GET, &format!("/v1/jobs/{id}"), &[], None)?.0
+                }
+                JobsCommand::Cancel { id } => {
+                    call(
+                        &conn,
+                        Method::POST,
+                        &format!("/v1/jobs/{id}/cancel"),
+                        &[],
+                        None,
+                    )?
+                    .0
+                }
+            };
+            if conn.json {
+                return Ok(pretty(&v));
+            }
+            let mut rows = Vec::new();
+            if let Some(o) = v.as_object() {
+                for (k, val) in o {
+                    rows.push(vec![k.clone(), s(val)]);
+                }
+            }
+            Ok(table(&["FIELD", "VALUE"], &rows))
+        }
+        OperatorCommand::Usage {
+            conn,
+            tenant,
+            from,
+            to,
+            granularity,
+            csv,
+        } => {
+            let mut q = vec![("granularity", granularity)];
+            for (k, v) in [("tenant", tenant), ("from", from), ("to", to)] {
+                if let Some(v) = v {
+                    q.push((k, v));
+                }
+            }
+            if csv {
+                q.push(("format", "csv".into()));
+                let (_, text) = call(&conn, Method::GET, "/v1/usage", &q, None)?;
+                return Ok(text);
+            }
+            let (v, _) = call(&conn, Method::GET, "/v1/usage", &q, None)?;
+            if conn.json {
+                return Ok(pretty(&v));
+            }
+            let row = |b: &Value| {
+                vec![
+                    s(&b["start"]),
+                    s(&b["end"]),
+                    s(&b["sandbox_seconds"]),
+                    s(&b["vcpu_seconds"]),
+                    s(&b["gib_seconds"]),
+                    s(&b["jobs_succeeded"]),
+                    s(&b["jobs_failed"]),
+                ]
+            };
+            let mut rows: Vec<Vec<String>> = v["buckets"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(row)
+                .collect();
+            let mut total = row(&v["total"]);
+            total[0] = "total".into();
+            total[1] = String::new();
+            rows.push(total);
+            Ok(table(
+                &[
+                    "START",
+                    "END",
+                    "SANDBOX S",
+                    "VCPU S",
+                    "GIB S",
+                    "SUCCEEDED",
+                    "FAILED",
+                ],
+                &rows,
+            ))
+        }
+        OperatorCommand::Drain { conn, tenant, undo } => {
+            let (v, _) = call(
+                &conn,
+                Method::POST,
+                &format!("/v1/tenants/{tenant}/drain"),
+                &[],
+                Some(serde_json::json!({"draining": !undo})),
+            )?;
+            if conn.json {
+                return Ok(pretty(&v));
+            }
+            Ok(format!(
+                "tenant {} {}\n",
+                s(&v["id"]),
+                if undo { "resumed" } else { "draining" }
+            ))
+        }
+        OperatorCommand::Plan { conn, dry_run: _ } => {
+            let (v, _) = call(&conn, Method::GET, "/v1/plan", &[], None)?;
+            if conn.json {
+                return Ok(pretty(&v));
+            }
+            let mut out = table(
+                &["TENANT", "DESIRED", "ACTIVE"],
+                &v["pools"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|p| vec![s(&p["tenant"]), s(&p["desired"]), s(&p["active"])])
+                    .collect::<Vec<_>>(),
+            );
+            let steps: Vec<Vec<String>> = v["steps"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|st| vec![s(&st["op"]), s(&st["tenant"]), s(&st["sandbox"])])
+                .collect();
+            out.push('\n');
+            if steps.is_empty() {
+                out.push_str("no steps: every pool is where the planner wants it\n");
+            } else {
+                out.push_str(&table(&["STEP", "TENANT", "SANDBOX"], &steps));
+            }
+            Ok(out)
+        }
+    }
+}

@@ -1,0 +1,422 @@
+//! The scheduler's configuration: one TOML file, then `SHOAL_*` environment variables, then flags,
+//! each later source overriding the earlier, resolved and validated in one pass that reports every
+//! bad value at once.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `shoal serve`'s flags; each also reads the environment variable of the same meaning.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ServeArgs {
+    /// A TOML config file.
+    #[arg(long, env = "SHOAL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to serve the API and dashboard on [default: 127.0.0.1:8080].
+    #[arg(long, env = "SHOAL_LISTEN")]
+    pub listen: Option<String>,
+    /// Where the embedded database, admin token and sandboxes live [default: ./.shoal].
+    #[arg(long, env = "SHOAL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The database [default: sqlite://<data-dir>/shoal.db].
+    #[arg(long, env = "SHOAL_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Redis, for the ingress queue and rate limits shared by replicas.
+    #[arg(long, env = "SHOAL_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Sandbox provider: process, docker, fly or kubernetes [default: process].
+    #[arg(long, env = "SHOAL_PROVIDER")]
+    pub provider: Option<String>,
+    /// Default pool idle timeout (2s, 10m, ...) [default: 5m].
+    #[arg(long, env = "SHOAL_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<String>,
+    /// The scheduler's URL as sandboxes reach it.
+    #[arg(long, env = "SHOAL_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+}
+
+/// The config file's shape. Every key is optional; `SHOAL_<KEY>` overrides a top-level key.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub redis_url: Option<String>,
+    pub provider: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub advertise_url: Option<String>,
+    /// `stop` or `suspend`: what an idle sandbox becomes.
+    pub idle_action: Option<String>,
+    /// How long a stopped or suspended sandbox is kept before it is destroyed.
+    pub retention: Option<String>,
+    /// A sandbox booting longer than this is given up on.
+    pub boot_timeout: Option<String>,
+    /// A job's lease lapses after this long without a heartbeat.
+    pub lease_ttl: Option<String>,
+    /// How often agents heartbeat.
+    pub heartbeat_interval: Option<String>,
+    /// Cap on active sandboxes across all tenants, shared fairly.
+    pub fleet_max_sandboxes: Option<u32>,
+    /// Most tenants named in metric labels; the rest are counted as `other`.
+    pub metrics_max_tenants: Option<usize>,
+    #[serde(default)]
+    pub provider_config: ProviderTables,
+}
+
+/// Per-provider tables, `[provider_config.process]` and so on.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderTables {
+    pub process: Option<ProcessTable>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessTable {
+    /// The `shoal-agent` binary [default: beside the `shoal` binary].
+    pub agent_bin: Option<PathBuf>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub redis_url: Option<String>,
+    pub provider: String,
+    #[serde(with = "humantime_serde_compat")]
+    pub idle_timeout: Duration,
+    pub advertise_url: String,
+    pub idle_action: String,
+    #[serde(with = "humantime_serde_compat")]
+    pub retention: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub boot_timeout: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub lease_ttl: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub heartbeat_interval: Duration,
+    pub fleet_max_sandboxes: Option<u32>,
+    pub metrics_max_tenants: usize,
+    pub agent_bin: PathBuf,
+}
+
+/// Durations print as humans write them.
+mod humantime_serde_compat {
+    use serde::Serializer;
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
+
+/// Every problem found while resolving the configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  {}", .0.join("\n  "))]
+pub struct ConfigErrors(pub Vec<String>);
+
+const PROVIDERS: [&str; 4] = ["process", "docker", "fly", "kubernetes"];
+
+fn env_var(key: &str) -> Option<String> {
+    std::env::var(format!("SHOAL_{}", key.to_uppercase()))
+        .ok()
+        .filter(|v| !v.is_empty())
+}
+
+impl Config {
+    /// Resolves flags (with their environment variables), the config file and `SHOAL_*`
+    /// overrides of file-only keys into one validated config.
+    pub fn resolve(args: &ServeArgs) -> Result<Config, ConfigErrors> {
+        let mut errs = Vec::new();
+        let file = match &args.config {
+            None => FileConfig::default(),
+            Some(path) => match std::fs::read_to_string(path) {
+                Err(e) => {
+                    errs.push(format!("config file {}: {e}", path.display()));
+                    FileConfig::default()
+                }
+                Ok(text) => match toml::from_str::<FileConfig>(&text) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        errs.push(format!(
+                            "config file {}: {}",
+                            path.display(),
+                            e.to_string().trim()
+                        ));
+                        FileConfig::default()
+                    }
+                },
+            },
+        };
+        // Later sources win: file < SHOAL_<KEY> < flag (clap already folded the flag's own env).
+        let pick = |flag: &Option<String>, file: &Option<String>, key: &str| -> Option<String> {
+            flag.clone()
+                .or_else(|| env_var(key))
+                .or_else(|| file.clone())
+        };
+        let mut duration =
+            |key: &str, raw: Option<String>, default: &str, min: Duration| -> Duration {
+                let raw = raw.unwrap_or_else(|| default.to_string());
+                match humantime::parse_duration(raw.trim()) {
+                    Ok(d) if d >= min => d,
+                    Ok(_) => {
+                        errs.push(format!(
+                            "{key}: `{raw}` is shorter than {}",
+                            humantime::format_duration(min)
+                        ));
+                        Duration::ZERO
+                    }
+                    Err(e) => {
+                        errs.push(format!(
+                            "{key}: `{raw}` is not a duration (like 2s, 10m): {e}"
+                        ));
+                        Duration::ZERO
+                    }
+                }
+            };
+        let idle_timeout = duration(
+            "idle_timeout",
+            pick(&args.idle_timeout, &file.idle_timeout, "idle_timeout"),
+            "5m",
+            Duration::from_millis(100),
+        );
+        let retention = duration(
+            "retention",
+            pick(&None, &file.retention, "retention"),
+            "1h",
+            Duration::from_secs(1),
+        );
+        let boot_timeout = duration(
+            "boot_timeout",
+            pick(&None, &file.boot_timeout, "boot_timeout"),
+            "2m",
+            Duration::from_secs(1),
+        );
+        let lease_ttl = duration(
+            "lease_ttl",
+            pick(&None, &file.lease_ttl, "lease_ttl"),
+            "15s",
+            Duration::from_secs(1),
+        );
+        let heartbeat_interval = duration(
+            "heartbeat_interval",
+            pick(&None, &file.heartbeat_interval, "heartbeat_interval"),
+            "1s",
+            Duration::from_millis(100),
+        );
+        if heartbeat_interval * 3 > lease_ttl && lease_ttl > Duration::ZERO {
+            errs.push(format!(
+                "heartbeat_interval: {} must be at most a third of lease_ttl ({})",
+                humantime::format_duration(heartbeat_interval),
+                humantime::format_duration(lease_ttl)
+            ));
+        }
+
+        let listen_raw =
+            pick(&args.listen, &file.listen, "listen").unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen = match listen_raw.parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                errs.push(format!(
+                    "listen: `{listen_raw}` is not an address like 127.0.0.1:8080"
+                ));
+                SocketAddr::from(([127, 0, 0, 1], 8080))
+            }
+        };
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or_else(|| env_var("data_dir").map(PathBuf::from))
+            .or(file.data_dir.clone())
+            .unwrap_or_else(|| PathBuf::from("./.shoal"));
+        let database_url = pick(&args.database_url, &file.database_url, "database_url")
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("shoal.db").display()));
+        if !database_url.starts_with("sqlite:") {
+            errs.push(format!(
+                "database_url: `{database_url}`: this build stores in SQLite only (sqlite://PATH)"
+            ));
+        }
+        let redis_url = pick(&args.redis_url, &file.redis_url, "redis_url");
+        if let Some(r) = &redis_url
+            && !(r.starts_with("redis://") || r.starts_with("rediss://"))
+        {
+            errs.push(format!("redis_url: `{r}` is not a redis:// URL"));
+        }
+        let provider =
+            pick(&args.provider, &file.provider, "provider").unwrap_or_else(|| "process".into());
+        if !PROVIDERS.contains(&provider.as_str()) {
+            errs.push(format!(
+                "provider: `{provider}` is not one of {}",
+                PROVIDERS.join(", ")
+            ));
+        } else if provider != "process" {
+            errs.push(format!(
+                "provider: `{provider}` is not available in this build yet (process is)"
+            ));
+        }
+        let advertise_url = match pick(&args.advertise_url, &file.advertise_url, "advertise_url") {
+            Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
+                u.trim_end_matches('/').to_string()
+            }
+            Some(u) => {
+                errs.push(format!("advertise_url: `{u}` is not an http(s) URL"));
+                u
+            }
+            None => {
+                let host = if listen.ip().is_unspecified() {
+                    "127.0.0.1".to_string()
+                } else {
+                    listen.ip().to_string()
+                };
+                let host = if listen.is_ipv6() && !listen.ip().is_unspecified() {
+                    format!("[{host}]")
+                } else {
+                    host
+                };
+                format!("http://{host}:{}", listen.port())
+            }
+        };
+        let idle_action =
+            pick(&None, &file.idle_action, "idle_action").unwrap_or_else(|| "stop".into());
+        if idle_action != "stop" && idle_action != "suspend" {
+            errs.push(format!(
+                "idle_action: `{idle_action}` is not stop or suspend"
+            ));
+        }
+        let fleet_max_sandboxes = match env_var("fleet_max_sandboxes") {
+            Some(v) => v.parse().map(Some).unwrap_or_else(|_| {
+                errs.push(format!("SHOAL_FLEET_MAX_SANDBOXES: `{v}` is not a count"));
+                None
+            }),
+            None => file.fleet_max_sandboxes,
+        };
+        if fleet_max_sandboxes == Some(0) {
+            errs.push("fleet_max_sandboxes: must be at least 1".into());
+        }
+        let metrics_max_tenants = match env_var("metrics_max_tenants") {
+            Some(v) => v.parse().unwrap_or_else(|_| {
+                errs.push(format!("SHOAL_METRICS_MAX_TENANTS: `{v}` is not a count"));
+                0
+            }),
+            None => file.metrics_max_tenants.unwrap_or(500),
+        };
+        let agent_bin = env_var("agent_bin")
+            .map(PathBuf::from)
+            .or_else(|| {
+                file.provider_config
+                    .process
+                    .as_ref()
+                    .and_then(|p| p.agent_bin.clone())
+            })
+            .unwrap_or_else(default_agent_bin);
+        if provider == "process" && !agent_bin.exists() {
+            errs.push(format!(
+                "agent_bin: {} does not exist (build shoal-agent, or set SHOAL_AGENT_BIN)",
+                agent_bin.display()
+            ));
+        }
+        if errs.is_empty() {
+            Ok(Config {
+                listen,
+                data_dir,
+                database_url,
+                redis_url,
+                provider,
+                idle_timeout,
+                advertise_url,
+                idle_action,
+                retention,
+                boot_timeout,
+                lease_ttl,
+                heartbeat_interval,
+                fleet_max_sandboxes,
+                metrics_max_tenants,
+                agent_bin,
+            })
+        } else {
+            Err(ConfigErrors(errs))
+        }
+    }
+}
+
+/// `shoal-agent` beside the running `shoal` binary.
+fn default_agent_bin() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("shoal-agent")))
+        .unwrap_or_else(|| PathBuf::from("shoal-agent"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_bad_value_is_reported_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shoal.toml");
+        std::fs::write(&path, "idle_action = \"nap\"\nlease_ttl = \"soon\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            listen: Some("nowhere".into()),
+            provider: Some("mainframe".into()),
+            idle_timeout: Some("10 parsecs".into()),
+            ..Default::default()
+        };
+        let errs = Config::resolve(&args).unwrap_err().0;
+        for key in [
+            "idle_timeout",
+            "lease_ttl",
+            "listen",
+            "provider",
+            "idle_action",
+        ] {
+            assert!(
+                errs.iter().any(|e| e.starts_with(key)),
+                "{key} not reported in {errs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shoal.toml");
+        std::fs::write(&path, "idle_timout = \"2s\"\n").unwrap();
+        let errs = Config::resolve(&ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .0;
+        assert!(errs.iter().any(|e| e.contains("idle_timout")), "{errs:?}");
+    }
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = dir.path().join("shoal-agent");
+        std::fs::write(&agent, "").unwrap();
+        let path = dir.path().join("shoal.toml");
+        std::fs::write(
+            &path,
+            format!("idle_timeout = \"10m\"\nlisten = \"127.0.0.1:9000\"\n[provider_config.process]\nagent_bin = {:?}\n", agent),
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            idle_timeout: Some("2s".into()),
+            ..Default::default()
+        };
+        let c = Config::resolve(&args).unwrap();
+        assert_eq!(c.idle_timeout, Duration::from_secs(2));
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.advertise_url, "http://127.0.0.1:9000");
+        assert_eq!(c.provider, "process");
+        assert!(c.database_url.ends_with("shoal.db"));
+    }
+}

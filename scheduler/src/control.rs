@@ -1,0 +1,665 @@
+//! The control loop: on every relevant event (debounced by milliseconds) and on a slow tick, it
+//! takes a snapshot from the store, asks the pure planner for a plan, and applies it through the
+//! provider; it also turns the provider's observations into sandbox states and ledger entries,
+//! expires lapsed leases, and collects provider resources the store does not know.
+
+use crate::state::{App, now_ms};
+use serde_json::json;
+use shoal_core::{Millis, PlanTier, SandboxSize, SandboxState};
+use shoal_fleet::retry::RetryPolicy;
+use shoal_fleet::{Observation, ObservedState, ProviderError, SandboxRef, SandboxSpec};
+use shoal_metering::{LedgerEntry, LedgerKind};
+use shoal_planner::{IdleAction, PoolPolicy, PoolSnapshot, SandboxView, Snapshot, Step};
+use shoal_store::{NewSandbox, SandboxRecord, StoreError};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// How long events are gathered before a planning pass.
+const DEBOUNCE: Duration = Duration::from_millis(2);
+/// The slow tick: timeouts, lease expiry, retention.
+const TICK: Duration = Duration::from_secs(1);
+/// How often the provider is checked for resources the store does not know.
+const COLLECT_EVERY: Duration = Duration::from_secs(60);
+
+/// Per-tenant hold-off after a failed create, so a failing create never spins.
+#[derive(Default)]
+struct CreateBackoff {
+    until: HashMap<String, (Instant, u32)>,
+}
+
+impl CreateBackoff {
+    fn blocked(&self, tenant: &str) -> bool {
+        self.until
+            .get(tenant)
+            .is_some_and(|(t, _)| Instant::now() < *t)
+    }
+
+    fn failed(&mut self, tenant: &str) -> Duration {
+        let n = self.until.get(tenant).map_or(0, |(_, n)| *n) + 1;
+        let wait = Duration::from_secs(1 << n.min(6)).min(Duration::from_secs(60));
+        self.until
+            .insert(tenant.to_string(), (Instant::now() + wait, n));
+        wait
+    }
+
+    fn succeeded(&mut self, tenant: &str) {
+        self.until.remove(tenant);
+    }
+}
+
+/// The control loop's own state.
+pub struct Control {
+    app: Arc<App>,
+    backoff: Mutex<CreateBackoff>,
+    retry: RetryPolicy,
+    /// When each sandbox started running, for the compute-seconds metric.
+    running_since: Mutex<HashMap<String, Millis>>,
+}
+
+/// The token of a sandbox: derived from the scheduler's secret and the sandbox id, so it need not
+/// be stored and can be given again when a sandbox restarts.
+pub fn sandbox_token(secret: &str, sandbox_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    // HMAC would be the textbook choice; a hash over a fixed-layout, length-prefixed input has no
+    // length-extension exposure here because the secret comes first and the id is bounded.
+    let mut h = Sha256::new();
+    h.update((secret.len() as u64).to_be_bytes());
+    h.update(secret.as_bytes());
+    h.update(b"/sandbox/");
+    h.update(sandbox_id.as_bytes());
+    format!("sbt_{}", hex::encode(h.finalize()))
+}
+
+fn weight(plan: PlanTier) -> u32 {
+    plan.fair_share_weight()
+}
+
+impl Control {
+    pub fn new(app: Arc<App>) -> Arc<Self> {
+        Arc::new(Control {
+            app,
+            backoff: Mutex::new(CreateBackoff::default()),
+            retry: RetryPolicy::default(),
+            running_since: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Runs until shutdown: planning passes and observation handling.
+    pub async fn run(self: Arc<Self>, mut obs: UnboundedReceiver<Observation>) {
+        if let Err(e) = self.reconcile(true).await {
+            tracing::error!(error = %e, "reconciling with the provider failed");
+        }
+        let _ = self.app.ready.send(true);
+        let this = Arc::clone(&self);
+        let mut provider_done = self.app.provider_stopped.subscribe();
+        let observer = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    o = obs.recv() => match o {
+                        Some(o) => this.observe(o).await,
+                        None => return,
+                    },
+                    // The provider has stopped every sandbox: what it reported is all queued.
+                    _ = async { let _ = provider_done.wait_for(|s| *s).await; } => break,
+                }
+            }
+            while let Ok(o) = obs.try_recv() {
+                this.observe(o).await;
+            }
+        });
+        let mut last_collect = Instant::now();
+        let mut shutdown = self.app.shutdown.subscribe();
+        loop {
+            tokio::select! {
+                _ = self.app.kick.notified() => tokio::time::sleep(DEBOUNCE).await,
+                _ = tokio::time::sleep(TICK) => {
+                    if let Err(e) = self.expire().await {
+                        tracing::warn!(error = %e, "expiring leases failed");
+                    }
+                }
+                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
+            }
+            if let Err(e) = self.pass().await {
+                tracing::warn!(error = %e, "planning pass failed");
+            }
+            if last_collect.elapsed() >= COLLECT_EVERY {
+                last_collect = Instant::now();
+                if let Err(e) = self.reconcile(false).await {
+                    tracing::warn!(error = %e, "collecting orphans failed");
+                }
+            }
+        }
+        let _ = observer.await;
+    }
+
+    async fn expire(&self) -> Result<(), StoreError> {
+        for job in self.app.store.expire_leases(now_ms()).await? {
+            tracing::info!(job = %job.id, state = %job.state, attempts = job.attempts, "lease lapsed");
+            if job.state.is_terminal() {
+                self.app
+                    .metrics
+                    .jobs_finished
+                    .with_label_values(&[self.app.metrics.tenant(&job.tenant), job.state.as_str()])
+                    .inc();
+            }
+            self.app.work_changed(&job.tenant);
+        }
+        Ok(())
+    }
+
+    async fn snapshot(
+        &self,
+        now: Millis,
+    ) -> Result<(Snapshot, HashMap<String, SandboxSize>), StoreError> {
+        snapshot(&self.app, now).await
+    }
+
+    /// One planning pass: snapshot, plan, apply.
+    async fn pass(self: &Arc<Self>) -> Result<(), StoreError> {
+        if self.app.is_shutting_down() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let (snap, sizes) = self.snapshot(now).await?;
+        let plan = shoal_planner::plan(&snap, now);
+        {
+            let mut desired = self.app.desired.write().unwrap_or_else(|e| e.into_inner());
+            for d in &plan.pools {
+                desired.insert(d.tenant.clone(), d.desired);
+            }
+        }
+        for step in plan.steps {
+            let size = sizes.get(step.tenant()).copied().unwrap_or_default();
+            if let Err(e) = self.apply(step, size, now).await {
+                tracing::warn!(error = %e, "applying a step failed");
+            }
+        }
+        Ok(())
+    }
+
+    fn spec(&self, s: &SandboxRecord) -> SandboxSpec {
+        SandboxSpec {
+            sandbox_id: s.id.clone(),
+            tenant: s.tenant.clone(),
+            pool: s.tenant.clone(),
+            token: sandbox_token(&self.app.admin_token, &s.id),
+            scheduler_url: self.app.cfg.advertise_url.clone(),
+            size: SandboxSize {
+                cpus: s.cpus_milli as f64 / 1000.0,
+                memory_mb: s.memory_mb,
+            },
+        }
+    }
+
+    fn note_wake(&self, tenant: &str, op: &str) {
+        if let Some(t0) = self
+            .app
+            .waiting_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(tenant)
+        {
+            self.app
+                .metrics
+                .wake_latency
+                .with_label_values(&[op])
+                .observe(t0.elapsed().as_secs_f64());
+        }
+    }
+
+    fn count_call(&self, op: &str, r: &Result<impl Sized, ProviderError>) {
+        let outcome = match r {
+            Ok(_) => "ok",
+            Err(ProviderError::RateLimited { .. }) => "rate_limited",
+            Err(ProviderError::Capacity(_)) => "capacity",
+            Err(ProviderError::NotFound(_)) => "not_found",
+            Err(ProviderError::Conflict(_)) => "conflict",
+            Err(ProviderError::Transient(_)) => "transient",
+            Err(ProviderError::Permanent(_)) => "permanent",
+        };
+        self.app
+            .metrics
+            .provider_calls
+            .with_label_values(&[self.app.provider.name(), op, outcome])
+            .inc();
+    }
+
+    /// Applies one step: the store's side now (so the next pass sees it), the provider call in the
+    /// background.
+    async fn apply(
+        self: &Arc<Self>,
+        step: Step,
+        size: SandboxSize,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let store = &self.app.store;
+        let tenant = step.tenant().to_string();
+        let op = step.op();
+        let (from, to): (&[SandboxState], SandboxState) = match &step {
+            Step::Create { .. } => {
+                if self
+                    .backoff
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .blocked(&tenant)
+                {
+                    return Ok(());
+                }
+                let id = format!("sb_{}", uuid::Uuid::now_v7().simple());
+                let token = sandbox_token(&self.app.admin_token, &id);
+                let rec = store
+                    .insert_sandbox(NewSandbox {
+                        id,
+                        tenant: tenant.clone(),
+                        provider: self.app.provider.name().to_string(),
+                        token_hash: crate::state::hash_token(&token),
+                        cpus_milli: size.millicpus(),
+                        memory_mb: size.memory_mb,
+                        now,
+                    })
+                    .await?;
+                self.note_wake(&tenant, op);
+                store
+                    .record_event(Some(&tenant), now, "create", &json!({"sandbox": rec.id}))
+                    .await?;
+                let this = Arc::clone(self);
+                tokio::spawn(async move { this.create(rec).await });
+                return Ok(());
+            }
+            Step::Resume { .. } => (&[SandboxState::Suspended], SandboxState::Booting),
+            Step::Start { .. } => (&[SandboxState::Stopped], SandboxState::Booting),
+            Step::Suspend { .. } => (&[SandboxState::Ready], SandboxState::Suspending),
+            Step::Stop { .. } => (&[SandboxState::Ready], SandboxState::Stopping),
+            Step::Destroy { .. } => (
+                &[
+                    SandboxState::Stopped,
+                    SandboxState::Suspended,
+                    SandboxState::Booting,
+                ],
+                SandboxState::Destroying,
+            ),
+        };
+        let id = step.sandbox().unwrap_or_default().to_string();
+        let Some(rec) = store.sandbox(&id).await? else {
+            return Ok(());
+        };
+        let prev = rec.state;
+        if !store.transition(&id, from, to, now).await? {
+            // It changed since the snapshot (it took a job, say): the next pass decides again.
+            return Ok(());
+        }
+        if matches!(step, Step::Resume { .. } | Step::Start { .. }) {
+            self.note_wake(&tenant, op);
+        }
+        store
+            .record_event(Some(&tenant), now, op, &json!({"sandbox": id}))
+            .await?;
+        let this = Arc::clone(self);
+        tokio::spawn(async move { this.call(step, rec, prev).await });
+        Ok(())
+    }
+
+    async fn create(self: Arc<Self>, rec: SandboxRecord) {
+        let spec = self.spec(&rec);
+        let provider = Arc::clone(&self.app.provider);
+        let r = self.retry.run(|| provider.create(&spec)).await;
+        self.count_call("create", &r);
+        let store = &self.app.store;
+        match r {
+            Ok(pid) => {
+                self.backoff
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .succeeded(&rec.tenant);
+                if let Err(e) = store.set_provider_id(&rec.id, &pid).await {
+                    tracing::warn!(error = %e, "recording a provider id failed");
+                }
+            }
+            Err(e) => {
+                let wait = self
+                    .backoff
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .failed(&rec.tenant);
+                tracing::warn!(tenant = %rec.tenant, sandbox = %rec.id, error = %e, ?wait, "create failed; holding off this tenant's creates");
+                let now = now_ms();
+                let _ = store
+                    .sandbox_down(&rec.id, SandboxState::Destroyed, now)
+                    .await;
+                let _ = store
+                    .record_event(
+                        Some(&rec.tenant),
+                        now,
+                        "create_failed",
+                        &json!({"sandbox": rec.id, "error": e.to_string()}),
+                    )
+                    .await;
+                let this = Arc::clone(&self);
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    this.app.kick.notify_one();
+                });
+            }
+        }
+        self.app.kick.notify_one();
+    }
+
+    /// The provider side of a step on an existing sandbox, then the store's final state.
+    async fn call(self: Arc<Self>, step: Step, rec: SandboxRecord, prev: SandboxState) {
+        let provider = Arc::clone(&self.app.provider);
+        let spec = self.spec(&rec);
+        let sref = SandboxRef {
+            sandbox_id: rec.id.clone(),
+            tenant: rec.tenant.clone(),
+            provider_id: rec.provider_id.clone().unwrap_or_default(),
+        };
+        let op = step.op();
+        let r = self
+            .retry
+            .run(|| {
+                let (p, sref, spec, step) =
+                    (Arc::clone(&provider), sref.clone(), spec.clone(), &step);
+                async move {
+                    match step {
+                        Step::Resume { .. } => p.resume(&sref).await,
+                        Step::Start { .. } => p.start(&sref, &spec).await,
+                        Step::Suspend { .. } => p.suspend(&sref).await,
+                        Step::Stop { .. } => p.stop(&sref).await,
+                        Step::Destroy { .. } => p.destroy(&sref).await,
+                        Step::Create { .. } => Ok(()),
+                    }
+                }
+            })
+            .await;
+        self.count_call(op, &r);
+        let store = &self.app.store;
+        let now = now_ms();
+        let res = match (&step, r) {
+            (Step::Stop { .. }, Ok(())) => store
+                .sandbox_down(&rec.id, SandboxState::Stopped, now)
+                .await
+                .map(|_| ()),
+            (Step::Destroy { .. }, Ok(())) => store
+                .sandbox_down(&rec.id, SandboxState::Destroyed, now)
+                .await
+                .map(|_| ()),
+            (Step::Suspend { .. }, Ok(())) => store
+                .transition(
+                    &rec.id,
+                    &[SandboxState::Suspending],
+                    SandboxState::Suspended,
+                    now,
+                )
+                .await
+                .map(|_| ()),
+            (_, Ok(())) => Ok(()),
+            (_, Err(ProviderError::NotFound(e))) => {
+                tracing::warn!(sandbox = %rec.id, error = %e, "the provider no longer has this sandbox");
+                store
+                    .sandbox_down(&rec.id, SandboxState::Destroyed, now)
+                    .await
+                    .map(|_| ())
+            }
+            (_, Err(e)) => {
+                tracing::warn!(sandbox = %rec.id, op, error = %e, "provider call failed; reverting");
+                let _ = store
+                    .record_event(
+                        Some(&rec.tenant),
+                        now,
+                        "provider_error",
+                        &json!({"sandbox": rec.id, "op": op, "error": e.to_string()}),
+                    )
+                    .await;
+                let mid = match step {
+                    Step::Resume { .. } | Step::Start { .. } => SandboxState::Booting,
+                    Step::Suspend { .. } => SandboxState::Suspending,
+                    Step::Stop { .. } => SandboxState::Stopping,
+                    _ => SandboxState::Destroying,
+                };
+                store
+                    .transition(&rec.id, &[mid], prev, now)
+                    .await
+                    .map(|_| ())
+            }
+        };
+        if let Err(e) = res {
+            tracing::warn!(error = %e, "recording a provider call's result failed");
+        }
+        self.app.work_changed(&rec.tenant);
+    }
+
+    /// Turns what the provider observed into sandbox states and ledger entries.
+    async fn observe(&self, o: Observation) {
+        if let Err(e) = self.try_observe(&o).await {
+            tracing::warn!(error = %e, sandbox = %o.sandbox.sandbox_id, "recording an observation failed");
+        }
+    }
+
+    async fn try_observe(&self, o: &Observation) -> Result<(), StoreError> {
+        let store = &self.app.store;
+        let Some(rec) = store.sandbox(&o.sandbox.sandbox_id).await? else {
+            return Ok(());
+        };
+        let entry = |kind| LedgerEntry {
+            sandbox_id: rec.id.clone(),
+            tenant: rec.tenant.clone(),
+            at: o.at,
+            kind,
+        };
+        match o.state {
+            ObservedState::Running => {
+                store
+                    .append_ledger(&entry(LedgerKind::Running {
+                        cpus_milli: rec.cpus_milli,
+                        memory_mb: rec.memory_mb,
+                    }))
+                    .await?;
+                self.running_since
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(rec.id.clone())
+                    .or_insert(o.at);
+                return Ok(());
+            }
+            ObservedState::Suspended | ObservedState::Stopped | ObservedState::Gone => {
+                store.append_ledger(&entry(LedgerKind::Stopped)).await?;
+                if let Some(t0) = self
+                    .running_since
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&rec.id)
+                {
+                    self.app
+                        .metrics
+                        .compute_seconds
+                        .with_label_values(&[self.app.metrics.tenant(&rec.tenant)])
+                        .inc_by((o.at - t0).max(0) as f64 / 1000.0);
+                }
+            }
+        }
+        let now = now_ms();
+        match o.state {
+            ObservedState::Suspended => {
+                store
+                    .transition(
+                        &rec.id,
+                        &[SandboxState::Suspending, SandboxState::Ready],
+                        SandboxState::Suspended,
+                        now,
+                    )
+                    .await?;
+            }
+            ObservedState::Stopped
+                if rec.state != SandboxState::Destroying && rec.state != SandboxState::Stopped =>
+            {
+                let back = store
+                    .sandbox_down(&rec.id, SandboxState::Stopped, now)
+                    .await?;
+                if rec.state != SandboxState::Stopping {
+                    tracing::warn!(sandbox = %rec.id, state = %rec.state, requeued = back.len(), "sandbox stopped by itself");
+                    store.record_event(Some(&rec.tenant), now, "sandbox_lost", &json!({"sandbox": rec.id, "was": rec.state, "jobs_requeued": back.len()})).await?;
+                }
+                for j in back.iter().filter(|j| j.state.is_terminal()) {
+                    self.app
+                        .metrics
+                        .jobs_finished
+                        .with_label_values(&[self.app.metrics.tenant(&j.tenant), j.state.as_str()])
+                        .inc();
+                }
+                self.app.work_changed(&rec.tenant);
+            }
+            ObservedState::Gone => {
+                store
+                    .sandbox_down(&rec.id, SandboxState::Destroyed, now)
+                    .await?;
+                self.app.work_changed(&rec.tenant);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Aligns the store with what the provider has. At start-up (`full`), sandboxes the provider
+    /// no longer has are closed in the ledger and marked destroyed; always, resources the store
+    /// does not know (or knows as destroyed) are destroyed.
+    async fn reconcile(&self, full: bool) -> Result<(), StoreError> {
+        let store = &self.app.store;
+        let listed = match self.app.provider.list().await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing the provider's sandboxes failed");
+                return Ok(());
+            }
+        };
+        let known: HashMap<String, SandboxRecord> = store
+            .sandboxes(None)
+            .await?
+            .into_iter()
+            .map(|s| (s.id.clone(), s))
+            .collect();
+        for o in &listed {
+            if !known.contains_key(&o.sandbox.sandbox_id) {
+                tracing::warn!(sandbox = %o.sandbox.sandbox_id, provider_id = %o.sandbox.provider_id, "collecting a sandbox the store does not know");
+                let r = self.app.provider.destroy(&o.sandbox).await;
+                self.count_call("destroy", &r);
+                let _ = store.record_event(Some(&o.sandbox.tenant), now_ms(), "orphan_collected", &json!({"sandbox": o.sandbox.sandbox_id, "provider_id": o.sandbox.provider_id})).await;
+            }
+        }
+        if full {
+            let now = now_ms();
+            for (id, rec) in &known {
+                if listed.iter().any(|o| &o.sandbox.sandbox_id == id) {
+                    continue;
+                }
+                let at = rec.last_seen.unwrap_or(rec.since).max(rec.since).min(now);
+                store
+                    .append_ledger(&LedgerEntry {
+                        sandbox_id: id.clone(),
+                        tenant: rec.tenant.clone(),
+                        at,
+                        kind: LedgerKind::Stopped,
+                    })
+                    .await?;
+                store.sandbox_down(id, SandboxState::Destroyed, now).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Builds the snapshot the planner sees now, with each tenant's sandbox size; updates the pool
+/// gauges on the way.
+pub async fn snapshot(
+    app: &App,
+    now: Millis,
+) -> Result<(Snapshot, HashMap<String, SandboxSize>), StoreError> {
+    let tenants = app.store.tenants().await?;
+    let counts: HashMap<String, shoal_store::QueueCounts> =
+        app.store.queue_counts().await?.into_iter().collect();
+    let mut by_tenant: HashMap<String, Vec<SandboxRecord>> = HashMap::new();
+    for s in app.store.sandboxes(None).await? {
+        by_tenant.entry(s.tenant.clone()).or_default().push(s);
+    }
+    let caps = app.provider.capabilities();
+    let mut sizes = HashMap::new();
+    let mut pools = Vec::with_capacity(tenants.len());
+    for t in tenants {
+        let limits = t.limits();
+        let c = counts.get(&t.id).copied().unwrap_or_default();
+        let sandboxes = by_tenant.remove(&t.id).unwrap_or_default();
+        app.metrics
+            .queue_depth
+            .with_label_values(&[app.metrics.tenant(&t.id)])
+            .set(c.queued as i64);
+        app.metrics
+            .jobs_running
+            .with_label_values(&[app.metrics.tenant(&t.id)])
+            .set(c.running as i64);
+        let mut per_state: HashMap<&str, i64> = HashMap::new();
+        for s in &sandboxes {
+            if let Some(b) = s.state.pool_bucket() {
+                *per_state.entry(b).or_default() += 1;
+            }
+        }
+        for b in ["booting", "ready", "busy", "suspended", "stopped"] {
+            app.metrics
+                .sandboxes
+                .with_label_values(&[app.metrics.tenant(&t.id), b])
+                .set(per_state.get(b).copied().unwrap_or(0));
+        }
+        sizes.insert(t.id.clone(), limits.sandbox_size);
+        let idle_action = if app.cfg.idle_action == "suspend" && caps.suspend {
+            IdleAction::Suspend
+        } else {
+            IdleAction::Stop
+        };
+        pools.push(PoolSnapshot {
+            tenant: t.id.clone(),
+            policy: PoolPolicy {
+                min_warm: limits.min_warm,
+                max_sandboxes: limits.max_sandboxes,
+                max_concurrent_jobs: limits.max_concurrent_jobs,
+                slots_per_sandbox: 1,
+                idle_timeout_ms: limits
+                    .idle_timeout_s
+                    .map_or(app.cfg.idle_timeout.as_millis() as Millis, |s| {
+                        s as Millis * 1000
+                    }),
+                idle_action,
+                retention_ms: app.cfg.retention.as_millis() as Millis,
+                boot_timeout_ms: app.cfg.boot_timeout.as_millis() as Millis,
+                weight: weight(t.plan),
+            },
+            queued: c.queued as u32,
+            running: c.running as u32,
+            draining: t.draining,
+            prewarm: None,
+            sandboxes: sandboxes
+                .iter()
+                .map(|s| SandboxView {
+                    id: s.id.clone(),
+                    state: s.state,
+                    since: s.since,
+                    idle_since: s.idle_since,
+                })
+                .collect(),
+        });
+    }
+    let _ = now;
+    Ok((
+        Snapshot {
+            pools,
+            fleet_max_active: app.cfg.fleet_max_sandboxes,
+        },
+        sizes,
+    ))
+}
+
+/// The plan the planner would make now, without applying it.
+pub async fn dry_run(app: &App) -> Result<shoal_planner::Plan, StoreError> {
+    let now = now_ms();
+    let (snap, _) = snapshot(app, now).await?;
+    Ok(shoal_planner::plan(&snap, now))
+}

@@ -1,0 +1,177 @@
+//! The API's errors: one type that renders as the contract's `{"error": {"code", "message",
+//! "field"?}}` with a fitting status, and the JSON body extractor that turns every malformed
+//! request into a 400 (or 413) instead of a 500.
+
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+
+/// An error answer of the API.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub field: Option<String>,
+    pub retry_after_s: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+            retry_after_s: None,
+        }
+    }
+
+    pub fn field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid", message).field(field)
+    }
+
+    pub fn not_found(what: &str, id: &str) -> Self {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no {what} `{id}`"),
+        )
+    }
+
+    pub fn unauthorized() -> Self {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid `Authorization: Bearer TOKEN` is required",
+        )
+    }
+
+    pub fn forbidden() -> Self {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this key does not reach that tenant",
+        )
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "internal error");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the scheduler's log",
+        )
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message)
+    }
+}
+
+impl From<shoal_store::StoreError> for ApiError {
+    fn from(e: shoal_store::StoreError) -> Self {
+        if e.is_unavailable() {
+            ApiError::unavailable(format!("the database is not available: {e}"))
+        } else {
+            ApiError::internal(e)
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        if let Some(f) = &self.field {
+            body["error"]["field"] = serde_json::Value::String(f.clone());
+        }
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if let Some(s) = self.retry_after_s
+            && let Ok(v) = HeaderValue::from_str(&s.to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        resp
+    }
+}
+
+/// A JSON body whose every failure is a clear API error: not JSON, the wrong shape, an unknown or
+/// missing field, too large.
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|r| {
+                if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "payload_too_large",
+                        "the body is over 32 MiB",
+                    )
+                } else {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid",
+                        format!("cannot read the body: {r}"),
+                    )
+                }
+            })?;
+        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("the body is not JSON: {e}"),
+            )
+        })?;
+        serde_json::from_value(value)
+            .map(Body)
+            .map_err(|e| shape_error(&e.to_string()))
+    }
+}
+
+/// A serde error as an API error, naming the field where serde says which.
+pub fn shape_error(msg: &str) -> ApiError {
+    let field = ["unknown field `", "missing field `"].iter().find_map(|p| {
+        let rest = &msg[msg.find(p)? + p.len()..];
+        Some(rest[..rest.find('`')?].to_string())
+    });
+    let err = ApiError::new(StatusCode::BAD_REQUEST, "invalid", msg.to_string());
+    match field {
+        Some(f) => err.field(f),
+        None => err,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_messages_name_their_field() {
+        assert_eq!(
+            shape_error("unknown field `colour`, expected one of `a`")
+                .field
+                .as_deref(),
+            Some("colour")
+        );
+        assert_eq!(
+            shape_error("missing field `kind`").field.as_deref(),
+            Some("kind")
+        );
+        assert_eq!(shape_error("invalid type: string").field, None);
+    }
+}

@@ -1,0 +1,129 @@
+//! The Shoal scheduler: HTTP API (axum), admission, dispatcher, the control loop's wiring, and the
+//! operator CLI. Thin: it wires the crates (planner, store, fleet, metering) together.
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod dashboard;
+pub mod error;
+pub mod limits;
+pub mod metrics;
+pub mod state;
+pub mod usage;
+pub mod views;
+
+use anyhow::Context;
+use config::Config;
+use shoal_fleet::Provider;
+use shoal_fleet::process::{ProcessConfig, ProcessProvider};
+use shoal_store::{SqliteStore, Store};
+use state::App;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The admin token: `SHOAL_ADMIN_TOKEN`, else the one in `<data-dir>/admin-token`, else a new one
+/// written there.
+fn admin_token(cfg: &Config) -> anyhow::Result<String> {
+    if let Ok(t) = std::env::var("SHOAL_ADMIN_TOKEN")
+        && !t.trim().is_empty()
+    {
+        return Ok(t.trim().to_string());
+    }
+    let path = cfg.data_dir.join("admin-token");
+    if let Ok(t) = std::fs::read_to_string(&path)
+        && !t.trim().is_empty()
+    {
+        return Ok(t.trim().to_string());
+    }
+    let t = state::new_token("sha_");
+    std::fs::write(&path, format!("{t}\n"))
+        .with_context(|| format!("writing {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    Ok(t)
+}
+
+/// Runs the scheduler until `stop` resolves, then shuts down cleanly: agents are told to stop,
+/// sandboxes are stopped, their last ledger entries written.
+pub async fn serve(
+    cfg: Config,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    let token = admin_token(&cfg)?;
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&cfg.database_url)
+            .await
+            .context("opening the store")?,
+    );
+    let (sink, observations) = tokio::sync::mpsc::unbounded_channel();
+    let provider: Arc<dyn Provider> = match cfg.provider.as_str() {
+        "process" => Arc::new(ProcessProvider::new(
+            ProcessConfig {
+                agent_bin: cfg.agent_bin.clone(),
+                root: cfg.data_dir.join("sandboxes"),
+                stop_grace: Duration::from_secs(15),
+            },
+            sink,
+        )),
+        other => anyhow::bail!("provider `{other}` is not available in this build"),
+    };
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let app = Arc::new(App::new(cfg, store, Arc::clone(&provider), token.clone()));
+    let control = control::Control::new(Arc::clone(&app));
+    let control_task = tokio::spawn(Arc::clone(&control).run(observations));
+
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        addr.ip().to_string()
+    };
+    println!(
+        "Shoal is running ({} provider, {}).",
+        app.cfg.provider, app.cfg.database_url
+    );
+    println!(
+        "  Dashboard:   http://{host}:{}/?token={token}",
+        addr.port()
+    );
+    println!(
+        "  API:         http://{host}:{}/v1   (Authorization: Bearer <admin token>)",
+        addr.port()
+    );
+    println!(
+        "  Admin token: {token}   (also in {})",
+        app.cfg.data_dir.join("admin-token").display()
+    );
+
+    let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let router = api::router(Arc::clone(&app));
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = http_stop_rx.await;
+            })
+            .await
+    });
+    stop.await;
+    tracing::info!("shutting down: stopping sandboxes");
+    // Agents waiting for work are told to stop; busy ones finish or hand their job back while the
+    // API still answers them.
+    let _ = app.shutdown.send(true);
+    provider.shutdown().await;
+    let _ = app.provider_stopped.send(true);
+    let _ = control_task.await;
+    let _ = http_stop_tx.send(());
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),
+        Err(_) => tracing::warn!("HTTP server did not stop in time"),
+        _ => {}
+    }
+    println!("Shoal stopped.");
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! The scheduler's Prometheus metrics, with a bound on how many tenants get a label of their own.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+/// Everything `/metrics` shows.
+pub struct Metrics {
+    pub registry: Registry,
+    pub jobs_enqueued: IntCounterVec,
+    pub jobs_started: IntCounterVec,
+    pub jobs_finished: IntCounterVec,
+    pub queue_depth: IntGaugeVec,
+    pub jobs_running: IntGaugeVec,
+    pub sandboxes: IntGaugeVec,
+    pub provider_calls: IntCounterVec,
+    pub wake_latency: HistogramVec,
+    pub boot_latency: HistogramVec,
+    pub start_latency: HistogramVec,
+    pub quota_warnings: IntCounterVec,
+    pub rejected: IntCounterVec,
+    pub compute_seconds: prometheus::CounterVec,
+    tenants: Mutex<HashSet<String>>,
+    max_tenants: usize,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+impl Metrics {
+    pub fn new(max_tenants: usize) -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                labels,
+            )
+            .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        let compute_seconds = prometheus::CounterVec::new(
+            Opts::new(
+                "shoal_compute_seconds_total",
+                "Billable sandbox seconds, counted when a sandbox stops.",
+            ),
+            &["tenant"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(compute_seconds.clone()))
+            .expect("unique metric");
+        Metrics {
+            jobs_enqueued: counter(
+                "shoal_jobs_enqueued_total",
+                "Jobs admitted.",
+                &["tenant", "kind"],
+            ),
+            jobs_started: counter(
+                "shoal_jobs_started_total",
+                "Job attempts handed to an agent.",
+                &["tenant"],
+            ),
+            jobs_finished: counter(
+                "shoal_jobs_finished_total",
+                "Jobs that reached a terminal state, by outcome.",
+                &["tenant", "outcome"],
+            ),
+            queue_depth: gauge("shoal_queue_depth", "Jobs queued.", &["tenant"]),
+            jobs_running: gauge("shoal_jobs_running", "Jobs running.", &["tenant"]),
+            sandboxes: gauge(
+                "shoal_sandboxes",
+                "Sandboxes by state.",
+                &["tenant", "state"],
+            ),
+            provider_calls: counter(
+                "shoal_provider_calls_total",
+                "Provider calls by provider, operation and outcome.",
+                &["provider", "operation", "outcome"],
+            ),
+            wake_latency: histogram(
+                "shoal_wake_latency_seconds",
+                "From an enqueue for a tenant with no ready sandbox to the provider call that wakes or creates one.",
+                &["operation"],
+            ),
+            boot_latency: histogram(
+                "shoal_boot_latency_seconds",
+                "From the provider call to the sandbox's agent asking for work.",
+                &["provider"],
+            ),
+            start_latency: histogram(
+                "shoal_job_start_latency_seconds",
+                "From enqueue to the job's first lease.",
+                &["tenant"],
+            ),
+            quota_warnings: counter(
+                "shoal_quota_warnings_total",
+                "Tenants warned at 80% of their monthly quota.",
+                &["tenant"],
+            ),
+            rejected: counter(
+                "shoal_jobs_rejected_total",
+                "Enqueues refused, by reason.",
+                &["tenant", "reason"],
+            ),
+            compute_seconds,
+            registry,
+            tenants: Mutex::new(HashSet::new()),
+            max_tenants,
+        }
+    }
+
+    /// The label for `tenant`: its name for the first `max_tenants` tenants seen, `other` after.
+    pub fn tenant<'a>(&self, tenant: &'a str) -> &'a str {
+        let mut seen = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(tenant) {
+            return tenant;
+        }
+        if seen.len() < self.max_tenants {
+            seen.insert(tenant.to_string());
+            return tenant;
+        }
+        "other"
+    }
+
+    pub fn render(&self) -> String {
+        use prometheus::Encoder;
+        let mut buf = Vec::new();
+        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_labels_are_bounded() {
+        let m = Metrics::new(2);
+        assert_eq!(m.tenant("a"), "a");
+        assert_eq!(m.tenant("b"), "b");
+        assert_eq!(m.tenant("c"), "other");
+        assert_eq!(m.tenant("a"), "a");
+        m.jobs_enqueued
+            .with_label_values(&[m.tenant("a"), "agent"])
+            .inc();
+        assert!(
+            m.render()
+                .contains("shoal_jobs_enqueued_total{kind=\"agent\",tenant=\"a\"} 1")
+        );
+    }
+}

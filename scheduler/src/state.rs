@@ -1,0 +1,98 @@
+//! The scheduler's shared state: the store, the provider, metrics, limits, and the signals that
+//! wake the control loop and waiting agents.
+
+use crate::config::Config;
+use crate::limits::RateLimits;
+use crate::metrics::Metrics;
+use shoal_core::Millis;
+use shoal_fleet::Provider;
+use shoal_store::Store;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::sync::{Notify, watch};
+
+/// Everything the handlers and background tasks share.
+pub struct App {
+    pub cfg: Config,
+    pub store: Arc<dyn Store>,
+    pub provider: Arc<dyn Provider>,
+    pub metrics: Metrics,
+    pub rates: RateLimits,
+    pub admin_token: String,
+    /// Wakes the control loop.
+    pub kick: Notify,
+    /// Wakes agents of a tenant waiting for work.
+    waiters: Mutex<HashMap<String, Arc<Notify>>>,
+    /// The last plan's desired size per tenant.
+    pub desired: RwLock<HashMap<String, u32>>,
+    /// When each tenant with no ready sandbox first had work waiting, for the wake latency.
+    pub waiting_since: Mutex<HashMap<String, std::time::Instant>>,
+    /// Set when the scheduler is shutting down.
+    pub shutdown: watch::Sender<bool>,
+    /// Set once the control loop has reconciled with the provider.
+    pub ready: watch::Sender<bool>,
+    /// Set once the provider has stopped every sandbox at shutdown.
+    pub provider_stopped: watch::Sender<bool>,
+}
+
+impl App {
+    pub fn new(
+        cfg: Config,
+        store: Arc<dyn Store>,
+        provider: Arc<dyn Provider>,
+        admin_token: String,
+    ) -> Self {
+        let metrics = Metrics::new(cfg.metrics_max_tenants);
+        App {
+            cfg,
+            store,
+            provider,
+            metrics,
+            rates: RateLimits::default(),
+            admin_token,
+            kick: Notify::new(),
+            waiters: Mutex::new(HashMap::new()),
+            desired: RwLock::new(HashMap::new()),
+            waiting_since: Mutex::new(HashMap::new()),
+            shutdown: watch::channel(false).0,
+            ready: watch::channel(false).0,
+            provider_stopped: watch::channel(false).0,
+        }
+    }
+
+    /// The notifier agents of `tenant` wait on.
+    pub fn tenant_signal(&self, tenant: &str) -> Arc<Notify> {
+        let mut map = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(map.entry(tenant.to_string()).or_default())
+    }
+
+    /// Work changed for `tenant`: wake its waiting agents and the control loop.
+    pub fn work_changed(&self, tenant: &str) {
+        self.tenant_signal(tenant).notify_waiters();
+        self.kick.notify_one();
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+}
+
+/// Now, as the store and planner count time.
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+/// SHA-256 of a token, as tokens are stored.
+pub fn hash_token(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// A new random token with a readable prefix.
+pub fn new_token(prefix: &str) -> String {
+    let bytes: [u8; 24] = rand::random();
+    format!("{prefix}{}", hex::encode(bytes))
+}

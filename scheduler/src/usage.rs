@@ -1,0 +1,196 @@
+//! `GET /v1/usage`: compute hours per tenant from the ledger, split exactly into hour, day or month
+//! buckets, with job counts, as JSON or CSV.
+
+use crate::auth::Caller;
+use crate::error::{ApiError, shape_error};
+use crate::state::{App, now_ms};
+use crate::views::{parse_rfc3339, rfc3339};
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use shoal_core::{JobState, Millis};
+use shoal_metering::{Granularity, Usage, bucketize, intervals, month_of, total};
+use std::sync::Arc;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageQuery {
+    tenant: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    granularity: Option<String>,
+    format: Option<String>,
+}
+
+/// Most buckets one report may hold.
+const MAX_BUCKETS: i64 = 100_000;
+
+/// One bucket with its job counts.
+pub struct Row {
+    pub start: Millis,
+    pub end: Millis,
+    pub usage: Usage,
+    pub succeeded: u64,
+    pub failed: u64,
+}
+
+fn row_json(r: &Row) -> Value {
+    json!({
+        "start": rfc3339(r.start),
+        "end": rfc3339(r.end),
+        "sandbox_seconds": r.usage.sandbox_seconds(),
+        "vcpu_seconds": r.usage.vcpu_seconds(),
+        "gib_seconds": r.usage.gib_seconds(),
+        "jobs_succeeded": r.succeeded,
+        "jobs_failed": r.failed,
+    })
+}
+
+/// Computes the report's rows and total for `tenant` (or all) over `[from, to)`.
+pub async fn report(
+    app: &App,
+    tenant: Option<&str>,
+    from: Millis,
+    to: Millis,
+    g: Granularity,
+) -> Result<(Vec<Row>, Row), ApiError> {
+    let now = now_ms();
+    let ledger = app.store.ledger(tenant).await?;
+    let ivs = intervals(&ledger, now.min(to).max(from));
+    let buckets = bucketize(&ivs, from, to, g);
+    let finished = app.store.finished_jobs(tenant, from, to).await?;
+    let mut rows: Vec<Row> = buckets
+        .into_iter()
+        .map(|b| Row {
+            start: b.start,
+            end: b.end,
+            usage: b.usage,
+            succeeded: 0,
+            failed: 0,
+        })
+        .collect();
+    let mut tot = Row {
+        start: from,
+        end: to,
+        usage: total(&ivs, from, to),
+        succeeded: 0,
+        failed: 0,
+    };
+    for f in finished {
+        let i = rows.partition_point(|r| r.end <= f.at);
+        let Some(row) = rows.get_mut(i) else { continue };
+        match f.state {
+            JobState::Succeeded => {
+                row.succeeded += 1;
+                tot.succeeded += 1;
+            }
+            JobState::Failed | JobState::Dead => {
+                row.failed += 1;
+                tot.failed += 1;
+            }
+            _ => {}
+        }
+    }
+    Ok((rows, tot))
+}
+
+pub async fn usage(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    q: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(|e| shape_error(&e.body_text()))?;
+    if let Some(t) = &q.tenant {
+        caller.check_tenant(t)?;
+        if app.store.tenant(t).await?.is_none() {
+            return Err(ApiError::not_found("tenant", t).field("tenant"));
+        }
+    }
+    let tenant = q
+        .tenant
+        .clone()
+        .or_else(|| caller.tenant().map(str::to_string));
+    let g: Granularity = q
+        .granularity
+        .as_deref()
+        .unwrap_or("day")
+        .parse()
+        .map_err(|e: String| ApiError::invalid("granularity", e))?;
+    let now = now_ms();
+    let time =
+        |field: &'static str, v: &Option<String>, default: Millis| -> Result<Millis, ApiError> {
+            match v {
+                None => Ok(default),
+                Some(s) => parse_rfc3339(s).ok_or_else(|| {
+                    ApiError::invalid(field, format!("`{s}` is not an RFC 3339 time"))
+                }),
+            }
+        };
+    let from = time("from", &q.from, month_of(now).0)?;
+    let to = time("to", &q.to, now)?;
+    if from >= to {
+        return Err(ApiError::invalid("to", "`to` must be after `from`"));
+    }
+    let width = match g {
+        Granularity::Hour => 3_600_000,
+        Granularity::Day => 86_400_000,
+        Granularity::Month => 28 * 86_400_000,
+    };
+    if (to - from) / width > MAX_BUCKETS {
+        return Err(ApiError::invalid(
+            "granularity",
+            format!(
+                "more than {MAX_BUCKETS} buckets: choose a coarser granularity or a shorter range"
+            ),
+        ));
+    }
+    let (rows, tot) = report(&app, tenant.as_deref(), from, to, g).await?;
+    match q.format.as_deref().unwrap_or("json") {
+        "json" => {
+            let mut total = row_json(&tot);
+            if let Some(o) = total.as_object_mut() {
+                o.remove("start");
+                o.remove("end");
+            }
+            Ok(axum::Json(json!({
+                "tenant": tenant,
+                "from": rfc3339(from),
+                "to": rfc3339(to),
+                "granularity": g,
+                "buckets": rows.iter().map(row_json).collect::<Vec<_>>(),
+                "total": total,
+            }))
+            .into_response())
+        }
+        "csv" => {
+            let who = tenant.as_deref().unwrap_or("*");
+            let mut out = String::from(
+                "tenant,start,end,sandbox_seconds,vcpu_seconds,gib_seconds,jobs_succeeded,jobs_failed\n",
+            );
+            for r in &rows {
+                out.push_str(&format!(
+                    "{who},{},{},{},{},{},{},{}\n",
+                    rfc3339(r.start),
+                    rfc3339(r.end),
+                    r.usage.sandbox_seconds(),
+                    r.usage.vcpu_seconds(),
+                    r.usage.gib_seconds(),
+                    r.succeeded,
+                    r.failed
+                ));
+            }
+            Ok((
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+                out,
+            )
+                .into_response())
+        }
+        other => Err(ApiError::invalid(
+            "format",
+            format!("unknown format `{other}` (json or csv)"),
+        )),
+    }
+}
