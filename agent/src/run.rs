@@ -95,7 +95,7 @@ async fn shutdown_signal(tx: watch::Sender<bool>) {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
-    let _ = tx.send(true);
+    tx.send_replace(true);
 }
 
 async fn work(args: RunArgs) -> Result<()> {

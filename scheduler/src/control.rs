@@ -91,7 +91,7 @@ impl Control {
         if let Err(e) = self.reconcile(true).await {
             tracing::error!(error = %e, "reconciling with the provider failed");
         }
-        let _ = self.app.ready.send(true);
+        self.app.ready.send_replace(true);
         let this = Arc::clone(&self);
         let mut provider_done = self.app.provider_stopped.subscribe();
         let observer = tokio::spawn(async move {

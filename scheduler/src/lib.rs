@@ -114,9 +114,9 @@ pub async fn serve(
     tracing::info!("shutting down: stopping sandboxes");
     // Agents waiting for work are told to stop; busy ones finish or hand their job back while the
     // API still answers them.
-    let _ = app.shutdown.send(true);
+    app.shutdown.send_replace(true);
     provider.shutdown().await;
-    let _ = app.provider_stopped.send(true);
+    app.provider_stopped.send_replace(true);
     let _ = control_task.await;
     let _ = http_stop_tx.send(());
     match tokio::time::timeout(Duration::from_secs(5), server).await {

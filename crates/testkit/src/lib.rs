@@ -4,3 +4,4 @@
 
 pub mod bins;
 pub mod fly;
+pub mod server;

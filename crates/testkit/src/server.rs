@@ -1,0 +1,240 @@
+//! Runs the real `shoal serve` binary for end-to-end tests: a fresh data directory, a spare
+//! loopback port, a known admin token, and helpers to call its API and wait for conditions.
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running scheduler.
+pub struct Server {
+    pub url: String,
+    pub token: String,
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+    _dir: Option<tempfile_dir::TempDir>,
+    http: reqwest::Client,
+}
+
+mod tempfile_dir {
+    //! A directory removed on drop (kept when `SHOAL_KEEP_TEST_DIRS` is set, for debugging).
+    use std::path::PathBuf;
+
+    pub struct TempDir(pub PathBuf);
+
+    impl TempDir {
+        pub fn new(prefix: &str) -> std::io::Result<Self> {
+            let base = std::env::temp_dir().join(format!(
+                "{prefix}-{}-{}",
+                std::process::id(),
+                rand::random::<u32>()
+            ));
+            std::fs::create_dir_all(&base)?;
+            Ok(TempDir(base))
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            if std::env::var_os("SHOAL_KEEP_TEST_DIRS").is_none() {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl Server {
+    /// Starts `shoal serve` with the given extra flags and environment.
+    pub async fn start(extra_args: &[&str], env: &[(&str, &str)]) -> Result<Server> {
+        let shoal = crate::bins::binary("shoal-scheduler", "shoal");
+        let agent = crate::bins::binary("shoal-agent", "shoal-agent");
+        let dir = tempfile_dir::TempDir::new("shoal-e2e")?;
+        let port = free_port();
+        let token = format!("test-admin-{}", rand::random::<u64>());
+        let mut cmd = Command::new(shoal);
+        cmd.arg("serve")
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(&dir.0)
+            .args(extra_args)
+            .env("SHOAL_ADMIN_TOKEN", &token)
+            .env("SHOAL_AGENT_BIN", agent)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.0.join("serve.log"))?)
+            .stderr(std::fs::File::create(dir.0.join("serve.err"))?);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().context("starting shoal serve")?;
+        let mut s = Server {
+            url: format!("http://127.0.0.1:{port}"),
+            token,
+            data_dir: dir.0.clone(),
+            child: Some(child),
+            _dir: Some(dir),
+            http: reqwest::Client::new(),
+        };
+        s.wait_ready().await?;
+        Ok(s)
+    }
+
+    async fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(c) = self.child.as_mut()
+                && let Some(status) = c.try_wait()?
+            {
+                bail!("shoal serve exited with {status}: {}", self.log());
+            }
+            if let Ok(r) = self.http.get(format!("{}/readyz", self.url)).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("shoal serve not ready within 30s: {}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The server's stdout and stderr so far.
+    pub fn log(&self) -> String {
+        let read = |n: &str| std::fs::read_to_string(self.data_dir.join(n)).unwrap_or_default();
+        format!("{}\n{}", read("serve.log"), read("serve.err"))
+    }
+
+    /// A request with the admin token.
+    pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+    }
+
+    /// A request with no token.
+    pub fn anon(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.url))
+    }
+
+    /// GET with the admin token, expecting 2xx JSON.
+    pub async fn get(&self, path: &str) -> Result<Value> {
+        let r = self.req(reqwest::Method::GET, path).send().await?;
+        let status = r.status();
+        let v: Value = r.json().await?;
+        if !status.is_success() {
+            bail!("GET {path}: {status} {v}");
+        }
+        Ok(v)
+    }
+
+    /// Sends `body` with the admin token; returns status and JSON.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &Value,
+    ) -> Result<(u16, Value)> {
+        let r = self.req(method, path).json(body).send().await?;
+        let status = r.status().as_u16();
+        let v = r.json().await.unwrap_or(Value::Null);
+        Ok((status, v))
+    }
+
+    /// Polls `check` every 50 ms until it gives `Some`, for at most `timeout`.
+    pub async fn wait_for<T, F, Fut>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: F,
+    ) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>>>,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = check().await? {
+                return Ok(v);
+            }
+            if Instant::now() > deadline {
+                bail!("timed out after {timeout:?} waiting for {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The pid of the scheduler process.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub async fn stop(&mut self) -> Result<std::process::ExitStatus> {
+        let Some(mut child) = self.child.take() else {
+            bail!("already stopped")
+        };
+        // SAFETY: kill(2) on our own child process.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Some(s) = child.try_wait()? {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!(
+                    "shoal serve did not stop within 40s after SIGTERM: {}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Pids of live processes whose working directory is under `dir` (sandbox agents and their jobs).
+pub fn processes_under(dir: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // A zombie has exited; it is only waiting to be reaped.
+            let zombie = stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'));
+            !zombie
+                && std::fs::read_link(format!("/proc/{pid}/cwd"))
+                    .is_ok_and(|cwd| cwd.starts_with(&dir))
+        })
+        .collect()
+}

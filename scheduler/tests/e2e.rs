@@ -1,0 +1,215 @@
+//! End to end through the real binaries on the embedded default (SQLite, process sandboxes): a
+//! tenant's pool grows with its queue within its limit, every job runs with its own output, idle
+//! sandboxes stop and new work wakes them, a killed agent's job is retried, usage adds up, and a
+//! SIGTERM leaves no agent behind.
+
+use anyhow::Result;
+use reqwest::Method;
+use serde_json::{Value, json};
+use shoal_testkit::server::{Server, processes_under};
+use std::collections::HashMap;
+use std::time::Duration;
+
+fn active(p: &Value) -> u64 {
+    ["booting", "ready", "busy"]
+        .iter()
+        .map(|s| p["sandboxes"][s].as_u64().unwrap_or(0))
+        .sum()
+}
+
+async fn pool(s: &Server, tenant: &str) -> Result<Value> {
+    s.get(&format!("/v1/pools/{tenant}")).await
+}
+
+async fn wait_job(s: &Server, id: &str, timeout: Duration) -> Result<Value> {
+    s.wait_for(&format!("job {id} to finish"), timeout, || async {
+        let j = s.get(&format!("/v1/jobs/{id}")).await?;
+        let done = matches!(
+            j["state"].as_str(),
+            Some("succeeded" | "failed" | "dead" | "cancelled")
+        );
+        Ok(done.then_some(j))
+    })
+    .await
+}
+
+async fn enqueue(s: &Server, tenant: &str, cmd: &str) -> Result<String> {
+    let (status, v) = s
+        .send(
+            Method::POST,
+            "/v1/jobs",
+            &json!({"tenant": tenant, "kind": "agent", "spec": {"command": ["sh", "-c", cmd]}}),
+        )
+        .await?;
+    anyhow::ensure!(status == 202, "enqueue answered {status}: {v}");
+    Ok(v["id"].as_str().unwrap().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_grows_runs_stops_wakes_and_bills() -> Result<()> {
+    let mut s = Server::start(&["--idle-timeout", "2s"], &[]).await?;
+    let (st, _) = s
+        .send(
+            Method::PUT,
+            "/v1/tenants/acme",
+            &json!({"plan": "pro", "limits": {"max_sandboxes": 4}}),
+        )
+        .await?;
+    assert_eq!(st, 201);
+
+    // 50 jobs, each printing its own number.
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        ids.push((
+            i,
+            enqueue(&s, "acme", &format!("sleep 0.1; echo job-{i}")).await?,
+        ));
+    }
+    let max_active = std::sync::atomic::AtomicU64::new(0);
+    let mut results = HashMap::new();
+    s.wait_for("50 jobs to finish", Duration::from_secs(120), || async {
+        let p = pool(&s, "acme").await?;
+        max_active.fetch_max(active(&p), std::sync::atomic::Ordering::SeqCst);
+        let jobs = s.get("/v1/jobs?tenant=acme&limit=1000").await?;
+        let done = jobs["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|j| j["state"] != "queued" && j["state"] != "running")
+            .count();
+        Ok((done == 50).then_some(()))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}: {}", s.log()))?;
+    let max_active = max_active.into_inner();
+    for (i, id) in &ids {
+        let j = s.get(&format!("/v1/jobs/{id}")).await?;
+        assert_eq!(j["state"], "succeeded", "job {i}: {j}");
+        assert_eq!(j["result"]["stdout"], format!("job-{i}\n"));
+        assert_eq!(j["result"]["exit_code"], 0);
+        results.insert(j["sandbox_id"].as_str().unwrap().to_string(), ());
+    }
+    assert!(max_active > 1, "the pool never grew past one sandbox");
+    assert!(
+        max_active <= 4,
+        "the pool grew to {max_active}, past its limit of 4"
+    );
+    assert!(
+        results.len() > 1 && results.len() <= 4,
+        "jobs ran on {} sandboxes",
+        results.len()
+    );
+
+    // Idle past the timeout: every sandbox stops.
+    s.wait_for("the pool to stop", Duration::from_secs(30), || async {
+        let p = pool(&s, "acme").await?;
+        Ok((active(&p) == 0 && p["sandboxes"]["stopped"].as_u64() > Some(0)).then_some(()))
+    })
+    .await?;
+
+    // One more job wakes a stopped sandbox (no new one is created) and succeeds.
+    let before: Vec<String> = pool(&s, "acme").await?["sandbox_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["id"].as_str().unwrap().to_string())
+        .collect();
+    let id = enqueue(&s, "acme", "echo awake").await?;
+    let j = wait_job(&s, &id, Duration::from_secs(30)).await?;
+    assert_eq!(
+        (j["state"].as_str(), j["result"]["stdout"].as_str()),
+        (Some("succeeded"), Some("awake\n"))
+    );
+    assert!(
+        before.contains(&j["sandbox_id"].as_str().unwrap().to_string()),
+        "a new sandbox was created instead of waking one"
+    );
+
+    // A killed agent mid-job: the job is retried and succeeds.
+    let id = enqueue(&s, "acme", "sleep 2; echo survived").await?;
+    let sandbox = s
+        .wait_for("the job to start", Duration::from_secs(30), || async {
+            let j = s.get(&format!("/v1/jobs/{id}")).await?;
+            Ok((j["state"] == "running").then(|| j["sandbox_id"].as_str().unwrap().to_string()))
+        })
+        .await?;
+    let agent_dir = s.data_dir.join("sandboxes").join(&sandbox);
+    let pids = processes_under(&agent_dir);
+    assert!(
+        !pids.is_empty(),
+        "no process runs in {}",
+        agent_dir.display()
+    );
+    for pid in pids {
+        // SAFETY: signalling a process of this test's own scheduler.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+    }
+    let j = wait_job(&s, &id, Duration::from_secs(60)).await?;
+    assert_eq!(j["state"], "succeeded", "{j}");
+    assert_eq!(j["result"]["stdout"], "survived\n");
+    assert_eq!(j["attempts"], 2);
+
+    // Usage: the hour buckets add up to the total; job counts match.
+    let u = s
+        .get("/v1/usage?tenant=acme&granularity=hour&from=1900-01-01T00:00:00Z")
+        .await;
+    assert!(u.is_err(), "a range of too many hour buckets is refused");
+    let today = chrono::Utc::now()
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc();
+    let from = (today - chrono::Duration::days(1)).to_rfc3339();
+    let to = (today + chrono::Duration::days(1)).to_rfc3339();
+    let u = s
+        .get(&format!(
+            "/v1/usage?tenant=acme&granularity=hour&from={}&to={}",
+            urlenc(&from),
+            urlenc(&to)
+        ))
+        .await?;
+    let buckets = u["buckets"].as_array().unwrap();
+    assert_eq!(buckets.len(), 48);
+    let sum: f64 = buckets
+        .iter()
+        .map(|b| b["sandbox_seconds"].as_f64().unwrap())
+        .sum();
+    let total = u["total"]["sandbox_seconds"].as_f64().unwrap();
+    assert!(total > 0.0);
+    assert!((sum - total).abs() < 1e-6, "buckets {sum} != total {total}");
+    assert_eq!(u["total"]["jobs_succeeded"], 52);
+    let vcpu = u["total"]["vcpu_seconds"].as_f64().unwrap();
+    let gib = u["total"]["gib_seconds"].as_f64().unwrap();
+    assert!(
+        (vcpu - total).abs() < 1e-6 && (gib - total / 2.0).abs() < 1e-6,
+        "1 vCPU and 512 MiB priced: {u}"
+    );
+    let csv = s
+        .req(
+            Method::GET,
+            &format!(
+                "/v1/usage?tenant=acme&granularity=day&format=csv&from={}&to={}",
+                urlenc(&from),
+                urlenc(&to)
+            ),
+        )
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(csv.starts_with("tenant,start,end,sandbox_seconds"), "{csv}");
+    assert_eq!(csv.lines().count(), 3);
+
+    // SIGTERM: a clean exit and no agent left.
+    let status = s.stop().await?;
+    assert!(status.success(), "shoal serve exited with {status}");
+    let left = processes_under(&s.data_dir.join("sandboxes"));
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+    Ok(())
+}
+
+fn urlenc(s: &str) -> String {
+    s.replace('+', "%2B").replace(':', "%3A")
+}
