@@ -44,7 +44,9 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub database_url: Option<String>,
     pub redis_url: Option<String>,
-    pub provider: Option<String>,
+    /// The provider's name (`provider = "fly"`), or its table (`[provider]` with `name = "fly"`
+    /// and per-provider tables such as `[provider.fly]`).
+    pub provider: Option<ProviderField>,
     pub idle_timeout: Option<String>,
     pub advertise_url: Option<String>,
     /// `stop` or `suspend`: what an idle sandbox becomes.
@@ -61,15 +63,40 @@ pub struct FileConfig {
     pub fleet_max_sandboxes: Option<u32>,
     /// Most tenants named in metric labels; the rest are counted as `other`.
     pub metrics_max_tenants: Option<usize>,
-    #[serde(default)]
-    pub provider_config: ProviderTables,
 }
 
-/// Per-provider tables, `[provider_config.process]` and so on.
+/// `provider = "NAME"` or a `[provider]` table.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum ProviderField {
+    Name(String),
+    Table(ProviderTables),
+}
+
+/// The `[provider]` table: the provider's name and one table per provider (`[provider.process]`,
+/// `[provider.fly]`, ...).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderTables {
+    pub name: Option<String>,
     pub process: Option<ProcessTable>,
+}
+
+impl FileConfig {
+    fn provider_name(&self) -> Option<String> {
+        match &self.provider {
+            Some(ProviderField::Name(n)) => Some(n.clone()),
+            Some(ProviderField::Table(t)) => t.name.clone(),
+            None => None,
+        }
+    }
+
+    fn tables(&self) -> ProviderTables {
+        match &self.provider {
+            Some(ProviderField::Table(t)) => t.clone(),
+            _ => ProviderTables::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -247,7 +274,7 @@ impl Config {
             errs.push(format!("redis_url: `{r}` is not a redis:// URL"));
         }
         let provider =
-            pick(&args.provider, &file.provider, "provider").unwrap_or_else(|| "process".into());
+            pick(&args.provider, &file.provider_name(), "provider").unwrap_or_else(|| "process".into());
         if !PROVIDERS.contains(&provider.as_str()) {
             errs.push(format!(
                 "provider: `{provider}` is not one of {}",
@@ -306,12 +333,7 @@ impl Config {
         };
         let agent_bin = env_var("agent_bin")
             .map(PathBuf::from)
-            .or_else(|| {
-                file.provider_config
-                    .process
-                    .as_ref()
-                    .and_then(|p| p.agent_bin.clone())
-            })
+            .or_else(|| file.tables().process.and_then(|p| p.agent_bin))
             .unwrap_or_else(default_agent_bin);
         if provider == "process" && !agent_bin.exists() {
             errs.push(format!(
@@ -404,7 +426,7 @@ mod tests {
         let path = dir.path().join("shoal.toml");
         std::fs::write(
             &path,
-            format!("idle_timeout = \"10m\"\nlisten = \"127.0.0.1:9000\"\n[provider_config.process]\nagent_bin = {:?}\n", agent),
+            format!("idle_timeout = \"10m\"\nlisten = \"127.0.0.1:9000\"\n[provider]\nname = \"process\"\n[provider.process]\nagent_bin = {:?}\n", agent),
         )
         .unwrap();
         let args = ServeArgs {
