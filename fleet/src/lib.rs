@@ -104,7 +104,10 @@ pub enum ProviderError {
 impl ProviderError {
     /// Whether the same call may succeed later.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ProviderError::RateLimited { .. } | ProviderError::Transient(_))
+        matches!(
+            self,
+            ProviderError::RateLimited { .. } | ProviderError::Transient(_)
+        )
     }
 }
 

@@ -17,7 +17,11 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy { max_tries: 6, base: Duration::from_millis(200), max_delay: Duration::from_secs(20) }
+        RetryPolicy {
+            max_tries: 6,
+            base: Duration::from_millis(200),
+            max_delay: Duration::from_secs(20),
+        }
     }
 }
 
@@ -26,11 +30,14 @@ impl RetryPolicy {
     /// provider's `Retry-After` when it gave one (plus a little jitter so that many callers do
     /// not return at once), else full jitter over an exponentially growing window.
     pub fn delay(&self, attempt: u32, err: &ProviderError, unit_random: f64) -> Duration {
-        let window = self.base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16)).min(self.max_delay);
+        let window = self
+            .base
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+            .min(self.max_delay);
         match err {
-            ProviderError::RateLimited { retry_after: Some(after) } => {
-                *after + window.mul_f64(unit_random * 0.25)
-            }
+            ProviderError::RateLimited {
+                retry_after: Some(after),
+            } => *after + window.mul_f64(unit_random * 0.25),
             _ => window.mul_f64(0.5 + unit_random * 0.5),
         }
     }
@@ -70,7 +77,9 @@ mod tests {
         assert!(p.delay(1, &t, 1.0) <= Duration::from_millis(200));
         assert!(p.delay(4, &t, 0.0) >= Duration::from_millis(800));
         assert!(p.delay(30, &t, 1.0) <= p.max_delay);
-        let rl = ProviderError::RateLimited { retry_after: Some(Duration::from_secs(3)) };
+        let rl = ProviderError::RateLimited {
+            retry_after: Some(Duration::from_secs(3)),
+        };
         assert!(p.delay(1, &rl, 0.5) >= Duration::from_secs(3));
     }
 
@@ -80,7 +89,11 @@ mod tests {
         let r = RetryPolicy::default()
             .run(|| async {
                 let n = calls.fetch_add(1, Ordering::SeqCst);
-                if n < 3 { Err(ProviderError::Transient("500".into())) } else { Ok(n) }
+                if n < 3 {
+                    Err(ProviderError::Transient("500".into()))
+                } else {
+                    Ok(n)
+                }
             })
             .await;
         assert_eq!(r, Ok(3));
@@ -96,13 +109,20 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 1);
 
         let calls = AtomicU32::new(0);
-        let r: Result<(), _> = RetryPolicy { max_tries: 4, ..Default::default() }
-            .run(|| async {
-                calls.fetch_add(1, Ordering::SeqCst);
-                Err(ProviderError::RateLimited { retry_after: None })
-            })
-            .await;
+        let r: Result<(), _> = RetryPolicy {
+            max_tries: 4,
+            ..Default::default()
+        }
+        .run(|| async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err(ProviderError::RateLimited { retry_after: None })
+        })
+        .await;
         assert!(r.is_err());
-        assert_eq!(calls.load(Ordering::SeqCst), 4, "a failing call must not spin");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            4,
+            "a failing call must not spin"
+        );
     }
 }

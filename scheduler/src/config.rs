@@ -273,8 +273,8 @@ impl Config {
         {
             errs.push(format!("redis_url: `{r}` is not a redis:// URL"));
         }
-        let provider =
-            pick(&args.provider, &file.provider_name(), "provider").unwrap_or_else(|| "process".into());
+        let provider = pick(&args.provider, &file.provider_name(), "provider")
+            .unwrap_or_else(|| "process".into());
         if !PROVIDERS.contains(&provider.as_str()) {
             errs.push(format!(
                 "provider: `{provider}` is not one of {}",

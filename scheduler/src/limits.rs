@@ -7,10 +7,13 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// The limits a limiter was built from: the rate's bits and the burst.
+type LimiterKey = (u64, u32);
+
 /// One limiter per tenant, keyed by the limits it was built from.
 #[derive(Default)]
 pub struct RateLimits {
-    limiters: Mutex<HashMap<String, ((u64, u32), Arc<DefaultDirectRateLimiter>)>>,
+    limiters: Mutex<HashMap<String, (LimiterKey, Arc<DefaultDirectRateLimiter>)>>,
 }
 
 impl RateLimits {

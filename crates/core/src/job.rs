@@ -22,7 +22,11 @@ pub enum JobKind {
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 3] = [JobKind::Agent, JobKind::SemanticDiff, JobKind::FlakyAnalysis];
+    pub const ALL: [JobKind; 3] = [
+        JobKind::Agent,
+        JobKind::SemanticDiff,
+        JobKind::FlakyAnalysis,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -45,7 +49,10 @@ impl FromStr for JobKind {
         JobKind::ALL
             .into_iter()
             .find(|k| k.as_str() == s)
-            .ok_or_else(|| UnknownValue { what: "job kind", value: s.to_string() })
+            .ok_or_else(|| UnknownValue {
+                what: "job kind",
+                value: s.to_string(),
+            })
     }
 }
 
@@ -101,7 +108,10 @@ impl FromStr for JobState {
         JobState::ALL
             .into_iter()
             .find(|k| k.as_str() == s)
-            .ok_or_else(|| UnknownValue { what: "job state", value: s.to_string() })
+            .ok_or_else(|| UnknownValue {
+                what: "job state",
+                value: s.to_string(),
+            })
     }
 }
 

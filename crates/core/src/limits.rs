@@ -20,7 +20,12 @@ pub enum PlanTier {
 }
 
 impl PlanTier {
-    pub const ALL: [PlanTier; 4] = [PlanTier::Free, PlanTier::Pro, PlanTier::Team, PlanTier::Enterprise];
+    pub const ALL: [PlanTier; 4] = [
+        PlanTier::Free,
+        PlanTier::Pro,
+        PlanTier::Team,
+        PlanTier::Enterprise,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -74,7 +79,10 @@ impl FromStr for PlanTier {
         PlanTier::ALL
             .into_iter()
             .find(|k| k.as_str() == s)
-            .ok_or_else(|| UnknownValue { what: "plan", value: s.to_string() })
+            .ok_or_else(|| UnknownValue {
+                what: "plan",
+                value: s.to_string(),
+            })
     }
 }
 
@@ -88,7 +96,10 @@ pub struct SandboxSize {
 
 impl Default for SandboxSize {
     fn default() -> Self {
-        SandboxSize { cpus: 1.0, memory_mb: 512 }
+        SandboxSize {
+            cpus: 1.0,
+            memory_mb: 512,
+        }
     }
 }
 
@@ -117,21 +128,53 @@ pub struct Limits {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsPatch {
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_sandboxes: Option<Option<u32>>,
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_concurrent_jobs: Option<Option<u32>>,
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub jobs_per_month: Option<Option<u64>>,
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub enqueue_rate_per_s: Option<Option<f64>>,
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub enqueue_burst: Option<Option<u32>>,
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub min_warm: Option<Option<u32>>,
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub idle_timeout_s: Option<Option<u64>>,
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub sandbox_size: Option<Option<SandboxSize>>,
 }
 
@@ -189,7 +232,12 @@ impl Limits {
     /// Every inconsistency at once, empty when the limits are usable.
     pub fn validate(&self) -> Vec<LimitError> {
         let mut errs = Vec::new();
-        let mut bad = |field, message: &str| errs.push(LimitError { field, message: message.into() });
+        let mut bad = |field, message: &str| {
+            errs.push(LimitError {
+                field,
+                message: message.into(),
+            })
+        };
         if let Some(r) = self.enqueue_rate_per_s
             && !(r.is_finite() && r > 0.0)
         {
@@ -199,7 +247,10 @@ impl Limits {
             bad("enqueue_burst", "must be at least 1 or null");
         }
         if self.max_sandboxes == Some(0) {
-            bad("max_sandboxes", "must be at least 1 or null (a tenant with no sandbox can run nothing)");
+            bad(
+                "max_sandboxes",
+                "must be at least 1 or null (a tenant with no sandbox can run nothing)",
+            );
         }
         if self.max_concurrent_jobs == Some(0) {
             bad("max_concurrent_jobs", "must be at least 1 or null");
@@ -227,31 +278,50 @@ mod tests {
     #[test]
     fn plan_defaults_match_the_contract() {
         let f = PlanTier::Free.limits();
-        assert_eq!((f.max_sandboxes, f.jobs_per_month, f.enqueue_rate_per_s), (Some(1), Some(100), Some(10.0)));
+        assert_eq!(
+            (f.max_sandboxes, f.jobs_per_month, f.enqueue_rate_per_s),
+            (Some(1), Some(100), Some(10.0))
+        );
         let p = PlanTier::Pro.limits();
-        assert_eq!((p.max_sandboxes, p.jobs_per_month, p.enqueue_rate_per_s), (Some(5), Some(1000), Some(100.0)));
+        assert_eq!(
+            (p.max_sandboxes, p.jobs_per_month, p.enqueue_rate_per_s),
+            (Some(5), Some(1000), Some(100.0))
+        );
         let t = PlanTier::Team.limits();
-        assert_eq!((t.max_sandboxes, t.jobs_per_month, t.enqueue_rate_per_s), (Some(20), Some(10_000), Some(100.0)));
+        assert_eq!(
+            (t.max_sandboxes, t.jobs_per_month, t.enqueue_rate_per_s),
+            (Some(20), Some(10_000), Some(100.0))
+        );
         let e = PlanTier::Enterprise.limits();
-        assert_eq!((e.max_sandboxes, e.jobs_per_month, e.enqueue_rate_per_s), (None, None, Some(1000.0)));
+        assert_eq!(
+            (e.max_sandboxes, e.jobs_per_month, e.enqueue_rate_per_s),
+            (None, None, Some(1000.0))
+        );
     }
 
     #[test]
     fn patch_distinguishes_absent_from_null() {
-        let patch: LimitsPatch =
-            serde_json::from_str(r#"{"max_sandboxes": null, "min_warm": 2, "enqueue_rate_per_s": 3}"#).unwrap();
+        let patch: LimitsPatch = serde_json::from_str(
+            r#"{"max_sandboxes": null, "min_warm": 2, "enqueue_rate_per_s": 3}"#,
+        )
+        .unwrap();
         let l = Limits::resolve(PlanTier::Pro, &patch);
         assert_eq!(l.max_sandboxes, None);
         assert_eq!(l.min_warm, 2);
         assert_eq!(l.jobs_per_month, Some(1000));
-        assert_eq!((l.enqueue_rate_per_s, l.enqueue_burst), (Some(3.0), Some(3)));
+        assert_eq!(
+            (l.enqueue_rate_per_s, l.enqueue_burst),
+            (Some(3.0), Some(3))
+        );
         assert!(l.validate().is_empty());
     }
 
     #[test]
     fn unknown_fields_and_bad_values_are_refused() {
         assert!(serde_json::from_str::<LimitsPatch>(r#"{"max_sandbox": 3}"#).is_err());
-        let patch: LimitsPatch = serde_json::from_str(r#"{"max_sandboxes": 1, "min_warm": 3, "enqueue_burst": 0}"#).unwrap();
+        let patch: LimitsPatch =
+            serde_json::from_str(r#"{"max_sandboxes": 1, "min_warm": 3, "enqueue_burst": 0}"#)
+                .unwrap();
         let errs = Limits::resolve(PlanTier::Free, &patch).validate();
         let fields: Vec<_> = errs.iter().map(|e| e.field).collect();
         assert_eq!(fields, ["enqueue_burst", "min_warm"]);

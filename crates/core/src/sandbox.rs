@@ -56,7 +56,10 @@ impl SandboxState {
 
     /// Holds capacity: booting, ready or busy.
     pub fn is_active(self) -> bool {
-        matches!(self, SandboxState::Booting | SandboxState::Ready | SandboxState::Busy)
+        matches!(
+            self,
+            SandboxState::Booting | SandboxState::Ready | SandboxState::Busy
+        )
     }
 
     /// Still exists at the provider (everything but destroyed).
@@ -92,7 +95,10 @@ impl FromStr for SandboxState {
         SandboxState::ALL
             .into_iter()
             .find(|k| k.as_str() == s)
-            .ok_or_else(|| UnknownValue { what: "sandbox state", value: s.to_string() })
+            .ok_or_else(|| UnknownValue {
+                what: "sandbox state",
+                value: s.to_string(),
+            })
     }
 }
 
@@ -105,8 +111,18 @@ mod tests {
         for s in SandboxState::ALL {
             assert_eq!(s.as_str().parse::<SandboxState>().unwrap(), s);
         }
-        let active: Vec<_> = SandboxState::ALL.into_iter().filter(|s| s.is_active()).collect();
-        assert_eq!(active, [SandboxState::Booting, SandboxState::Ready, SandboxState::Busy]);
+        let active: Vec<_> = SandboxState::ALL
+            .into_iter()
+            .filter(|s| s.is_active())
+            .collect();
+        assert_eq!(
+            active,
+            [
+                SandboxState::Booting,
+                SandboxState::Ready,
+                SandboxState::Busy
+            ]
+        );
         assert_eq!(SandboxState::Destroyed.pool_bucket(), None);
     }
 }

@@ -32,7 +32,10 @@ pub enum LedgerKind {
 
 impl LedgerKind {
     pub fn running(size: SandboxSize) -> Self {
-        LedgerKind::Running { cpus_milli: size.millicpus(), memory_mb: size.memory_mb }
+        LedgerKind::Running {
+            cpus_milli: size.millicpus(),
+            memory_mb: size.memory_mb,
+        }
     }
 }
 
@@ -55,8 +58,12 @@ pub fn intervals(entries: &[LedgerEntry], until: Millis) -> Vec<Interval> {
     let mut out = Vec::new();
     for (i, e) in entries.iter().enumerate() {
         match e.kind {
-            LedgerKind::Running { cpus_milli, memory_mb } => {
-                open.entry(&e.sandbox_id).or_insert((i, e.at, cpus_milli, memory_mb));
+            LedgerKind::Running {
+                cpus_milli,
+                memory_mb,
+            } => {
+                open.entry(&e.sandbox_id)
+                    .or_insert((i, e.at, cpus_milli, memory_mb));
             }
             LedgerKind::Stopped => {
                 if let Some((_, start, c, m)) = open.remove(e.sandbox_id.as_str()) {
@@ -119,7 +126,9 @@ impl fmt::Display for Granularity {
 }
 
 fn to_dt(t: Millis) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(t).single().unwrap_or(DateTime::<Utc>::MIN_UTC)
+    Utc.timestamp_millis_opt(t)
+        .single()
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
 /// The start of the bucket that holds `t`.
@@ -150,7 +159,11 @@ pub fn next_boundary(t: Millis, g: Granularity) -> Millis {
         Granularity::Day => bucket_start(t, g) + 86_400_000,
         Granularity::Month => {
             let d = to_dt(t);
-            let (y, m) = if d.month() == 12 { (d.year() + 1, 1) } else { (d.year(), d.month() + 1) };
+            let (y, m) = if d.month() == 12 {
+                (d.year() + 1, 1)
+            } else {
+                (d.year(), d.month() + 1)
+            };
             month_start(y, m)
         }
     }
@@ -158,7 +171,10 @@ pub fn next_boundary(t: Millis, g: Granularity) -> Millis {
 
 /// The month bucket (`[start, end)`) holding `t`: the quota period.
 pub fn month_of(t: Millis) -> (Millis, Millis) {
-    (bucket_start(t, Granularity::Month), next_boundary(t, Granularity::Month))
+    (
+        bucket_start(t, Granularity::Month),
+        next_boundary(t, Granularity::Month),
+    )
 }
 
 /// Compute used in one bucket, in exact integer units.
@@ -212,7 +228,11 @@ pub fn bucketize(intervals: &[Interval], from: Millis, to: Millis, g: Granularit
     let mut t = from;
     while t < to {
         let end = next_boundary(t, g).min(to);
-        buckets.push(Bucket { start: t, end, usage: Usage::default() });
+        buckets.push(Bucket {
+            start: t,
+            end,
+            usage: Usage::default(),
+        });
         t = end;
     }
     for iv in intervals {
@@ -248,7 +268,12 @@ pub fn total(intervals: &[Interval], from: Millis, to: Millis) -> Usage {
 /// A usage event for one tenant's closed bucket, as a CloudEvent (JSON format, spec 1.0). Its id
 /// is derived from what it describes, so the same bucket sent twice has the same id and a sink can
 /// drop the repeat.
-pub fn usage_event(source: &str, tenant: &str, g: Granularity, bucket: &Bucket) -> serde_json::Value {
+pub fn usage_event(
+    source: &str,
+    tenant: &str,
+    g: Granularity,
+    bucket: &Bucket,
+) -> serde_json::Value {
     use sha2::{Digest, Sha256};
     let key = format!("{tenant}/{g}/{}/{}", bucket.start, bucket.end);
     let digest = Sha256::digest(key.as_bytes());

@@ -17,12 +17,15 @@
 //! concurrency stays away. A tenant that runs a steady 5 jobs at once has short gaps on levels
 //! 1 to 5 and long ones above; a cron tenant has one sharp peak on level 1 at its period.
 //!
-//! For each level, a [`GapHistogram`] keeps the last [`AdaptiveConfig::history`] gaps and chooses,
+//! For each level, two [`GapHistogram`]s keep the last [`AdaptiveConfig::history`] idle gaps
+//! (fall to next rise) and inter-arrival times (rise to next rise), and the level chooses,
 //! by minimising `cold starts × worth + idle time` over that sample (with `worth` =
 //! [`AdaptiveConfig::cold_start_worth_ms`], the idle time one cold start is judged to cost), one of:
 //!
 //! - keep-alive `K` after the level falls (`K = 0` stops at once), or
-//! - a pre-warm window `[s, e]` after the level falls: stop at once, wake the sandbox at `s`
+//! - a pre-warm window `[s, e]` after the level falls, or after it last rose (for scheduled
+//!   work, whose next start is due a period after the last start however long that run took):
+//!   stop at once, wake the sandbox at `s`
 //!   (one [`AdaptiveConfig::lead_ms`] before the earliest gap it covers, so the boot ends in
 //!   time), stop it at `e` if no job came. A window must cover at least `min_samples` gaps of
 //!   the history, so one odd gap never buys a window of its own.
@@ -74,7 +77,7 @@ impl Default for AdaptiveConfig {
             fallback_keep_alive_ms: 60_000,
             min_samples: 3,
             history: 64,
-            cold_start_worth_ms: 60_000,
+            cold_start_worth_ms: 3_000_000,
             lead_ms: 5_000,
             max_keep_alive_ms: 4 * 3_600_000,
             min_window_start_ms: 30_000,
@@ -83,49 +86,67 @@ impl Default for AdaptiveConfig {
     }
 }
 
-/// What one level does after it falls, in milliseconds from the fall.
+/// What a level's history is measured from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Anchor {
+    /// From the moment demand fell below the level (the idle gap).
+    Fall,
+    /// From the moment demand last rose to the level (the inter-arrival time): sharper for
+    /// scheduled work, whose next run is due a period after the last one started, however long
+    /// that one ran.
+    Rise,
+}
+
+/// What one level does after it falls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
-    /// Stay warm for this long (0: stop at once).
+    /// Stay warm for this long after the fall (0: stop at once).
     KeepAlive(Millis),
-    /// Stop at once; be warm from `from` to `until`.
-    Window { from: Millis, until: Millis },
+    /// Stop at once; be warm from `from` to `until` after the anchor.
+    Window {
+        anchor: Anchor,
+        from: Millis,
+        until: Millis,
+    },
 }
 
 impl Decision {
-    /// Whether a sandbox of this level should be warm `after` ms after the level fell, and the
-    /// next instant (from the fall) at which that answer changes.
-    fn at(self, after: Millis) -> (bool, Option<Millis>) {
-        match self {
-            Decision::KeepAlive(k) => {
-                if after < k {
-                    (true, Some(k))
-                } else {
-                    (false, None)
-                }
-            }
-            Decision::Window { from, until } => {
-                if after < from {
-                    (false, Some(from))
-                } else if after < until {
-                    (true, Some(until))
-                } else {
-                    (false, None)
-                }
-            }
+    /// Whether a sandbox of this level should be warm at `now`, and the next instant at which that
+    /// answer changes, given when the level fell and last rose.
+    fn at(self, now: Millis, fell: Millis, rose: Option<Millis>) -> (bool, Option<Millis>) {
+        let (base, from, until) = match self {
+            Decision::KeepAlive(k) => (fell, 0, k),
+            Decision::Window {
+                anchor: Anchor::Fall,
+                from,
+                until,
+            } => (fell, from, until),
+            Decision::Window {
+                anchor: Anchor::Rise,
+                from,
+                until,
+            } => match rose {
+                Some(r) => (r, from, until),
+                None => return (false, None),
+            },
+        };
+        let after = now - base;
+        if after < from {
+            (false, Some(base + from))
+        } else if after < until {
+            (true, Some(base + until))
+        } else {
+            (false, None)
         }
     }
 }
 
-/// The recent gaps of one level and the decision they lead to.
+/// The recent gaps of one kind for one level.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GapHistogram {
     /// A ring of the most recent gaps, in ms.
     gaps: Vec<u32>,
     next: usize,
-    /// Gaps observed since the decision was last computed.
-    fresh: usize,
-    decision: Option<Decision>,
 }
 
 impl GapHistogram {
@@ -138,7 +159,6 @@ impl GapHistogram {
             self.gaps[self.next] = g;
             self.next = (self.next + 1) % self.gaps.len();
         }
-        self.fresh += 1;
     }
 
     /// Gaps held.
@@ -150,38 +170,21 @@ impl GapHistogram {
         self.gaps.is_empty()
     }
 
-    /// The decision for this level. Recomputed when enough new gaps have come in (every gap
-    /// while the history is short, then every `len / 8`), so its cost per job stays constant.
-    pub fn decision(&mut self, cfg: &AdaptiveConfig) -> Decision {
-        if self.gaps.len() < cfg.min_samples.max(1) {
-            return Decision::KeepAlive(cfg.fallback_keep_alive_ms);
-        }
-        let stale = self.fresh >= (self.gaps.len() / 8).max(1);
-        match self.decision {
-            Some(d) if !stale => d,
-            _ => {
-                let d = choose(&self.gaps, cfg);
-                self.decision = Some(d);
-                self.fresh = 0;
-                d
-            }
-        }
-    }
-
-    /// The keep-alive this level would use (the end of its window for a window).
-    pub fn keep_alive_ms(&mut self, cfg: &AdaptiveConfig) -> Millis {
-        match self.decision(cfg) {
-            Decision::KeepAlive(k) => k,
-            Decision::Window { until, .. } => until,
-        }
+    /// The gaps held, oldest first once the ring has wrapped.
+    pub fn samples(&self) -> &[u32] {
+        &self.gaps
     }
 }
 
-/// Chooses the decision with the least `cold × worth + idle` over the sample.
-pub fn choose(sample: &[u32], cfg: &AdaptiveConfig) -> Decision {
+/// The best decision on a sample and its cost per sample (`cold × worth + idle`, in ms).
+/// Keep-alives are only considered measured from the fall (they start there).
+pub fn choose(sample: &[u32], anchor: Anchor, cfg: &AdaptiveConfig) -> (f64, Decision) {
     let mut g: Vec<i64> = sample.iter().map(|&x| x as i64).collect();
     g.sort_unstable();
     let n = g.len();
+    if n == 0 {
+        return (f64::INFINITY, Decision::KeepAlive(0));
+    }
     let cap = cfg.max_keep_alive_ms;
     let worth = cfg.cold_start_worth_ms.max(1) as i128;
     let mut prefix = Vec::with_capacity(n + 1);
@@ -189,28 +192,30 @@ pub fn choose(sample: &[u32], cfg: &AdaptiveConfig) -> Decision {
     for &x in &g {
         prefix.push(prefix.last().copied().unwrap_or(0) + x as i128);
     }
-    // Cost of being warm on [s, e] after the fall (s = 0 is a keep-alive of e): gaps inside are
-    // warm, gaps beyond cost a cold start and the whole window, gaps before cost a cold start.
+    // Cost of being warm on [s, e] after the anchor (s = 0 is a keep-alive of e): gaps lo..=hi
+    // are warm, gaps beyond cost a cold start and the whole window, gaps before a cold start.
     let cost = |lo: usize, hi: usize, s: i64, e: i64| -> i128 {
-        // Warm gaps: indices lo..=hi (all have s <= g <= e).
         let warm = (hi + 1 - lo) as i128;
         let after = (n - hi - 1) as i128;
         let cold = n as i128 - warm;
         let idle = (prefix[hi + 1] - prefix[lo]) - warm * s as i128 + after * (e - s) as i128;
         cold * worth + idle
     };
-    let mut best = (n as i128 * worth, Decision::KeepAlive(0));
-    for j in 0..n {
-        if g[j] > cap {
-            break;
-        }
-        // Take the last index of a run of equal gaps, so all of them are counted warm.
-        if j + 1 < n && g[j + 1] == g[j] {
-            continue;
-        }
-        let c = cost(0, j, 0, g[j]);
-        if c < best.0 {
-            best = (c, Decision::KeepAlive(g[j]));
+    let mut best = (i128::MAX, Decision::KeepAlive(0));
+    if anchor == Anchor::Fall {
+        best = (n as i128 * worth, Decision::KeepAlive(0));
+        for j in 0..n {
+            if g[j] > cap {
+                break;
+            }
+            // Take the last index of a run of equal gaps, so all of them are counted warm.
+            if j + 1 < n && g[j + 1] == g[j] {
+                continue;
+            }
+            let c = cost(0, j, 0, g[j]);
+            if c < best.0 {
+                best = (c, Decision::KeepAlive(g[j]));
+            }
         }
     }
     for i in 0..n {
@@ -232,23 +237,73 @@ pub fn choose(sample: &[u32], cfg: &AdaptiveConfig) -> Decision {
             }
             let c = cost(i, j, s, g[j]);
             if c < best.0 {
-                best = (c, Decision::Window { from: s, until: g[j] });
+                best = (
+                    c,
+                    Decision::Window {
+                        anchor,
+                        from: s,
+                        until: g[j],
+                    },
+                );
             }
         }
     }
-    match best.1 {
+    let d = match best.1 {
         // Arrivals exactly at the edge are warm: stay up one more millisecond.
         Decision::KeepAlive(k) if k > 0 => Decision::KeepAlive(k + 1),
-        Decision::Window { from, until } => Decision::Window { from, until: until + 1 },
+        Decision::Window {
+            anchor,
+            from,
+            until,
+        } => Decision::Window {
+            anchor,
+            from,
+            until: until + 1,
+        },
         d => d,
-    }
+    };
+    (best.0 as f64 / n as f64, d)
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Level {
     /// When demand last fell below this level, while it is below.
     fell_at: Option<Millis>,
-    gaps: GapHistogram,
+    /// When demand last rose to this level.
+    rose_at: Option<Millis>,
+    /// Idle gaps: fall to next rise.
+    idle: GapHistogram,
+    /// Inter-arrival times: rise to next rise.
+    iat: GapHistogram,
+    /// Rises since the decision was last computed.
+    fresh: usize,
+    decision: Option<Decision>,
+}
+
+impl Level {
+    /// The level's decision, recomputed when enough new gaps have come in (every gap while the
+    /// history is short, then every `len / 8`), so its cost per job stays constant.
+    fn decision(&mut self, cfg: &AdaptiveConfig) -> Decision {
+        if self.idle.len() < cfg.min_samples.max(1) {
+            return Decision::KeepAlive(cfg.fallback_keep_alive_ms);
+        }
+        let stale = self.fresh >= (self.idle.len() / 8).max(1);
+        match self.decision {
+            Some(d) if !stale => d,
+            _ => {
+                let by_fall = choose(self.idle.samples(), Anchor::Fall, cfg);
+                let by_rise = choose(self.iat.samples(), Anchor::Rise, cfg);
+                let d = if by_rise.0 < by_fall.0 {
+                    by_rise.1
+                } else {
+                    by_fall.1
+                };
+                self.decision = Some(d);
+                self.fresh = 0;
+                d
+            }
+        }
+    }
 }
 
 /// What [`TenantAdaptive::prewarm`] advises.
@@ -296,8 +351,13 @@ impl TenantAdaptive {
         }
         let level = &mut self.levels[k as usize - 1];
         if let Some(fell) = level.fell_at.take() {
-            level.gaps.observe(at - fell, cfg);
+            level.idle.observe(at - fell, cfg);
         }
+        if let Some(rose) = level.rose_at {
+            level.iat.observe(at - rose, cfg);
+        }
+        level.rose_at = Some(at);
+        level.fresh += 1;
     }
 
     /// A job ended (succeeded, failed or cancelled) at `at`.
@@ -311,27 +371,43 @@ impl TenantAdaptive {
         self.demand -= 1;
     }
 
-    /// The gap history of level `k` (1-based), if tracked.
+    /// The idle-gap history of level `k` (1-based), if tracked.
     pub fn level(&self, k: u32) -> Option<&GapHistogram> {
-        self.levels.get((k as usize).checked_sub(1)?).map(|l| &l.gaps)
+        self.levels
+            .get((k as usize).checked_sub(1)?)
+            .map(|l| &l.idle)
+    }
+
+    /// The decision level `k` (1-based) currently follows, if tracked.
+    pub fn decision(&mut self, k: u32, cfg: &AdaptiveConfig) -> Option<Decision> {
+        let i = (k as usize).checked_sub(1)?;
+        self.levels.get_mut(i).map(|l| l.decision(cfg))
     }
 
     /// How many sandboxes to hold warm at `now`, and when that changes.
     pub fn prewarm(&mut self, now: Millis, cfg: &AdaptiveConfig) -> Advice {
         let mut hold = 0;
         let mut next: Option<Millis> = None;
-        for (i, level) in self.levels.iter_mut().enumerate().skip(self.demand as usize) {
+        for (i, level) in self
+            .levels
+            .iter_mut()
+            .enumerate()
+            .skip(self.demand as usize)
+        {
             let Some(fell) = level.fell_at else { continue };
-            let (warm, change) = level.gaps.decision(cfg).at(now - fell);
+            let rose = level.rose_at;
+            let (warm, change) = level.decision(cfg).at(now, fell, rose);
             if warm {
                 hold = i as u32 + 1;
             }
             if let Some(c) = change {
-                let c = fell + c;
                 next = Some(next.map_or(c, |n| n.min(c)));
             }
         }
-        Advice { hold, next_change: next }
+        Advice {
+            hold,
+            next_change: next,
+        }
     }
 }
 
@@ -340,58 +416,89 @@ mod tests {
     use super::*;
 
     fn cfg() -> AdaptiveConfig {
-        AdaptiveConfig { cold_start_worth_ms: 60_000, lead_ms: 5_000, ..AdaptiveConfig::default() }
+        AdaptiveConfig {
+            cold_start_worth_ms: 60_000,
+            lead_ms: 5_000,
+            ..AdaptiveConfig::default()
+        }
     }
 
     #[test]
     fn short_gaps_get_a_keep_alive_covering_them() {
         let sample: Vec<u32> = (0..40).map(|i| 2_000 + (i % 5) * 1_000).collect();
-        assert_eq!(choose(&sample, &cfg()), Decision::KeepAlive(6_001));
+        assert_eq!(
+            choose(&sample, Anchor::Fall, &cfg()).1,
+            Decision::KeepAlive(6_001)
+        );
     }
 
     #[test]
     fn rare_unpredictable_gaps_get_no_keep_alive() {
         let sample: Vec<u32> = (0..40).map(|i| 3_600_000 + i * 97_000).collect();
-        assert_eq!(choose(&sample, &cfg()), Decision::KeepAlive(0));
+        assert_eq!(
+            choose(&sample, Anchor::Fall, &cfg()).1,
+            Decision::KeepAlive(0)
+        );
     }
 
     #[test]
     fn a_sharp_period_gets_a_prewarm_window() {
         let sample: Vec<u32> = (0..30).map(|i| 3_600_000 + (i % 3) * 1_000).collect();
-        assert_eq!(choose(&sample, &cfg()), Decision::Window { from: 3_595_000, until: 3_602_001 });
+        let want = Decision::Window {
+            anchor: Anchor::Rise,
+            from: 3_595_000,
+            until: 3_602_001,
+        };
+        assert_eq!(choose(&sample, Anchor::Rise, &cfg()).1, want);
     }
 
     #[test]
     fn too_little_history_falls_back() {
         let c = cfg();
-        let mut h = GapHistogram::default();
-        h.observe(10, &c);
-        assert_eq!(h.decision(&c), Decision::KeepAlive(c.fallback_keep_alive_ms));
-        h.observe(10, &c);
-        h.observe(10, &c);
-        assert_eq!(h.decision(&c), Decision::KeepAlive(11));
+        let mut t = TenantAdaptive::new();
+        t.arrival(0, &c);
+        t.finished(10);
+        t.arrival(20, &c);
+        t.finished(30);
+        assert_eq!(
+            t.decision(1, &c),
+            Some(Decision::KeepAlive(c.fallback_keep_alive_ms))
+        );
+        for i in 0..3 {
+            t.arrival(40 + i * 20, &c);
+            t.finished(50 + i * 20);
+        }
+        assert_eq!(t.decision(1, &c), Some(Decision::KeepAlive(11)));
     }
 
     #[test]
-    fn levels_learn_separately_and_prewarm_holds_the_warm_ones() {
+    fn scheduled_work_is_predicted_from_its_starts_whatever_it_ran() {
         let c = cfg();
         let mut t = TenantAdaptive::new();
+        // Hourly, two jobs at once, running anywhere from 1 to 20 minutes.
         let mut now = 0;
-        // Two jobs at once every hour, each 10 s long.
-        for _ in 0..10 {
+        for i in 0..12 {
+            let run = 60_000 + (i * 7 % 20) * 60_000;
             t.arrival(now, &c);
             t.arrival(now, &c);
-            t.finished(now + 10_000);
-            t.finished(now + 10_000);
+            t.finished(now + run);
+            t.finished(now + run);
             now += 3_600_000;
         }
-        assert_eq!(t.level(1).map(|h| h.len()), Some(9));
-        let fell = now - 3_600_000 + 10_000;
-        let quiet = t.prewarm(fell + 60_000, &c);
+        let last = now - 3_600_000;
+        let d = t.decision(1, &c).expect("level 1");
+        assert_eq!(
+            d,
+            Decision::Window {
+                anchor: Anchor::Rise,
+                from: 3_595_000,
+                until: 3_600_001
+            }
+        );
+        let quiet = t.prewarm(last + 1_500_000, &c);
         assert_eq!(quiet.hold, 0);
-        let w = quiet.next_change.expect("a window ahead");
-        assert!(w <= now - c.lead_ms && w > now - 60_000, "{w}");
-        assert_eq!(t.prewarm(w, &c).hold, 2);
-        assert_eq!(t.prewarm(now + 3_000_000, &c).hold, 0);
+        assert_eq!(quiet.next_change, Some(now - 5_000));
+        assert_eq!(t.prewarm(now - 5_000, &c).hold, 2);
+        assert_eq!(t.prewarm(now + 1, &c).hold, 0);
     }
 }

@@ -30,7 +30,10 @@ pub fn weighted_max_min(claims: &[Claim], capacity: u32) -> Vec<u32> {
             let better = match best {
                 None => true,
                 // share[i]/w[i] < share[b]/w[b], compared without division.
-                Some(b) => (share[i] as u64) * (claims[b].weight as u64) < (share[b] as u64) * (c.weight as u64),
+                Some(b) => {
+                    (share[i] as u64) * (claims[b].weight as u64)
+                        < (share[b] as u64) * (c.weight as u64)
+                }
             };
             if better {
                 best = Some(i);
@@ -48,7 +51,11 @@ mod tests {
     use super::*;
 
     fn c(want: u32, weight: u32) -> Claim {
-        Claim { want, weight, floor: 0 }
+        Claim {
+            want,
+            weight,
+            floor: 0,
+        }
     }
 
     #[test]
@@ -61,12 +68,22 @@ mod tests {
         // Weights 1:3 over 8: 2 and 6.
         assert_eq!(weighted_max_min(&[c(10, 1), c(10, 3)], 8), vec![2, 6]);
         // A small claim is met in full and the rest goes to the others.
-        assert_eq!(weighted_max_min(&[c(1, 1), c(10, 1), c(10, 1)], 9), vec![1, 4, 4]);
+        assert_eq!(
+            weighted_max_min(&[c(1, 1), c(10, 1), c(10, 1)], 9),
+            vec![1, 4, 4]
+        );
     }
 
     #[test]
     fn floors_are_kept_even_past_capacity() {
-        let claims = [Claim { want: 5, weight: 1, floor: 4 }, c(5, 1)];
+        let claims = [
+            Claim {
+                want: 5,
+                weight: 1,
+                floor: 4,
+            },
+            c(5, 1),
+        ];
         assert_eq!(weighted_max_min(&claims, 3), vec![4, 0]);
     }
 }

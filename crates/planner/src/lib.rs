@@ -194,16 +194,25 @@ pub fn plan(snapshot: &Snapshot, now: Millis) -> Plan {
     for (pool, &want) in snapshot.pools.iter().zip(&wants) {
         plan_pool(pool, want, false, now, &mut out);
     }
-    let Some(cap) = snapshot.fleet_max_active else { return out };
+    let Some(cap) = snapshot.fleet_max_active else {
+        return out;
+    };
     let after: u32 = out.pools.iter().map(|d| d.active).sum::<u32>()
-        + out.steps.iter().map(|s| match s {
-            Step::Create { .. } | Step::Start { .. } | Step::Resume { .. } => 1,
-            _ => 0,
-        }).sum::<u32>();
+        + out
+            .steps
+            .iter()
+            .map(|s| match s {
+                Step::Create { .. } | Step::Start { .. } | Step::Resume { .. } => 1,
+                _ => 0,
+            })
+            .sum::<u32>();
     let released = out
         .steps
         .iter()
-        .filter(|s| matches!(s, Step::Stop { .. } | Step::Suspend { .. }) || is_stuck_destroy(snapshot, s, now))
+        .filter(|s| {
+            matches!(s, Step::Stop { .. } | Step::Suspend { .. })
+                || is_stuck_destroy(snapshot, s, now)
+        })
         .count() as u32;
     if after.saturating_sub(released) <= cap {
         return out;
@@ -218,7 +227,10 @@ pub fn plan(snapshot: &Snapshot, now: Millis) -> Plan {
             floor: p
                 .sandboxes
                 .iter()
-                .filter(|s| s.state == SandboxState::Busy || (s.state == SandboxState::Booting && !is_stuck(s, &p.policy, now)))
+                .filter(|s| {
+                    s.state == SandboxState::Busy
+                        || (s.state == SandboxState::Booting && !is_stuck(s, &p.policy, now))
+                })
                 .count() as u32,
         })
         .collect();
@@ -235,7 +247,9 @@ fn is_stuck(s: &SandboxView, p: &PoolPolicy, now: Millis) -> bool {
 }
 
 fn is_stuck_destroy(snapshot: &Snapshot, step: &Step, now: Millis) -> bool {
-    let Step::Destroy { tenant, sandbox } = step else { return false };
+    let Step::Destroy { tenant, sandbox } = step else {
+        return false;
+    };
     snapshot
         .pools
         .iter()
@@ -250,7 +264,11 @@ fn plan_pool(pool: &PoolSnapshot, desired: u32, short: bool, now: Millis, out: &
     let p = &pool.policy;
     let tenant = || pool.tenant.clone();
     let active = count(pool, SandboxState::is_active);
-    out.pools.push(PoolDecision { tenant: tenant(), desired, active });
+    out.pools.push(PoolDecision {
+        tenant: tenant(),
+        desired,
+        active,
+    });
 
     let mut touched: Vec<&str> = Vec::new();
 
@@ -258,7 +276,10 @@ fn plan_pool(pool: &PoolSnapshot, desired: u32, short: bool, now: Millis, out: &
     let mut stuck = 0;
     for s in &pool.sandboxes {
         if is_stuck(s, p, now) {
-            out.steps.push(Step::Destroy { tenant: tenant(), sandbox: s.id.clone() });
+            out.steps.push(Step::Destroy {
+                tenant: tenant(),
+                sandbox: s.id.clone(),
+            });
             touched.push(&s.id);
             stuck += 1;
         }
@@ -269,10 +290,14 @@ fn plan_pool(pool: &PoolSnapshot, desired: u32, short: bool, now: Millis, out: &
         let mut need = desired - active;
         // Cheapest first: suspended, then stopped; the most recently used first within each.
         for (state, make) in [
-            (SandboxState::Suspended, step_resume as fn(String, String) -> Step),
+            (
+                SandboxState::Suspended,
+                step_resume as fn(String, String) -> Step,
+            ),
             (SandboxState::Stopped, step_start),
         ] {
-            let mut sleeping: Vec<&SandboxView> = pool.sandboxes.iter().filter(|s| s.state == state).collect();
+            let mut sleeping: Vec<&SandboxView> =
+                pool.sandboxes.iter().filter(|s| s.state == state).collect();
             sleeping.sort_by(|a, b| b.since.cmp(&a.since).then_with(|| a.id.cmp(&b.id)));
             for s in sleeping.into_iter().take(need as usize) {
                 out.steps.push(make(tenant(), s.id.clone()));
@@ -294,15 +319,26 @@ fn plan_pool(pool: &PoolSnapshot, desired: u32, short: bool, now: Millis, out: &
             .sandboxes
             .iter()
             .filter(|s| s.state == SandboxState::Ready)
-            .filter(|s| pool.draining || short || now - s.idle_since.unwrap_or(s.since) >= p.idle_timeout_ms)
+            .filter(|s| {
+                pool.draining || short || now - s.idle_since.unwrap_or(s.since) >= p.idle_timeout_ms
+            })
             .collect();
         idle.sort_by(|a, b| {
-            a.idle_since.unwrap_or(a.since).cmp(&b.idle_since.unwrap_or(b.since)).then_with(|| a.id.cmp(&b.id))
+            a.idle_since
+                .unwrap_or(a.since)
+                .cmp(&b.idle_since.unwrap_or(b.since))
+                .then_with(|| a.id.cmp(&b.id))
         });
         for s in idle.into_iter().take(excess) {
             let step = match p.idle_action {
-                IdleAction::Suspend => Step::Suspend { tenant: tenant(), sandbox: s.id.clone() },
-                IdleAction::Stop => Step::Stop { tenant: tenant(), sandbox: s.id.clone() },
+                IdleAction::Suspend => Step::Suspend {
+                    tenant: tenant(),
+                    sandbox: s.id.clone(),
+                },
+                IdleAction::Stop => Step::Stop {
+                    tenant: tenant(),
+                    sandbox: s.id.clone(),
+                },
             };
             out.steps.push(step);
             touched.push(&s.id);
@@ -315,7 +351,10 @@ fn plan_pool(pool: &PoolSnapshot, desired: u32, short: bool, now: Millis, out: &
             && now - s.since >= p.retention_ms
             && !touched.contains(&s.id.as_str())
         {
-            out.steps.push(Step::Destroy { tenant: tenant(), sandbox: s.id.clone() });
+            out.steps.push(Step::Destroy {
+                tenant: tenant(),
+                sandbox: s.id.clone(),
+            });
         }
     }
 }
@@ -331,16 +370,30 @@ fn step_start(tenant: String, sandbox: String) -> Step {
 /// The snapshot as it would be once every step of `plan` has taken effect at `now`, with new
 /// sandboxes named by `new_id`. The simulator and the property tests use it; production observes
 /// the real effects instead.
-pub fn apply(snapshot: &Snapshot, plan: &Plan, now: Millis, mut new_id: impl FnMut() -> String) -> Snapshot {
+pub fn apply(
+    snapshot: &Snapshot,
+    plan: &Plan,
+    now: Millis,
+    mut new_id: impl FnMut() -> String,
+) -> Snapshot {
     let mut next = snapshot.clone();
     for step in &plan.steps {
-        let Some(pool) = next.pools.iter_mut().find(|p| p.tenant == step.tenant()) else { continue };
+        let Some(pool) = next.pools.iter_mut().find(|p| p.tenant == step.tenant()) else {
+            continue;
+        };
         if let Step::Create { .. } = step {
-            pool.sandboxes.push(SandboxView { id: new_id(), state: SandboxState::Booting, since: now, idle_since: None });
+            pool.sandboxes.push(SandboxView {
+                id: new_id(),
+                state: SandboxState::Booting,
+                since: now,
+                idle_since: None,
+            });
             continue;
         }
         let id = step.sandbox().unwrap_or_default();
-        let Some(i) = pool.sandboxes.iter().position(|s| s.id == id) else { continue };
+        let Some(i) = pool.sandboxes.iter().position(|s| s.id == id) else {
+            continue;
+        };
         let state = match step {
             Step::Resume { .. } | Step::Start { .. } => SandboxState::Booting,
             Step::Suspend { .. } => SandboxState::Suspended,

@@ -6,13 +6,21 @@ use proptest::prelude::*;
 const NOW: Millis = 10_000_000;
 
 fn sb(id: &str, state: SandboxState, since: Millis, idle_since: Option<Millis>) -> SandboxView {
-    SandboxView { id: id.into(), state, since, idle_since }
+    SandboxView {
+        id: id.into(),
+        state,
+        since,
+        idle_since,
+    }
 }
 
 fn pool(tenant: &str, queued: u32, running: u32, sandboxes: Vec<SandboxView>) -> PoolSnapshot {
     PoolSnapshot {
         tenant: tenant.into(),
-        policy: PoolPolicy { max_sandboxes: Some(5), ..PoolPolicy::default() },
+        policy: PoolPolicy {
+            max_sandboxes: Some(5),
+            ..PoolPolicy::default()
+        },
         queued,
         running,
         draining: false,
@@ -22,7 +30,10 @@ fn pool(tenant: &str, queued: u32, running: u32, sandboxes: Vec<SandboxView>) ->
 }
 
 fn one(p: PoolSnapshot) -> Snapshot {
-    Snapshot { pools: vec![p], fleet_max_active: None }
+    Snapshot {
+        pools: vec![p],
+        fleet_max_active: None,
+    }
 }
 
 #[test]
@@ -30,7 +41,13 @@ fn queue_grows_the_pool_counting_booting_sandboxes() {
     let p = pool("t", 4, 0, vec![sb("a", SandboxState::Booting, NOW, None)]);
     let plan = plan(&one(p), NOW);
     assert_eq!(plan.pools[0].desired, 4);
-    assert_eq!(plan.steps.iter().filter(|s| matches!(s, Step::Create { .. })).count(), 3);
+    assert_eq!(
+        plan.steps
+            .iter()
+            .filter(|s| matches!(s, Step::Create { .. }))
+            .count(),
+        3
+    );
 }
 
 #[test]
@@ -55,8 +72,14 @@ fn wakes_suspended_then_stopped_then_creates() {
     assert_eq!(
         plan.steps,
         vec![
-            Step::Resume { tenant: "t".into(), sandbox: "suspended".into() },
-            Step::Start { tenant: "t".into(), sandbox: "stopped".into() },
+            Step::Resume {
+                tenant: "t".into(),
+                sandbox: "suspended".into()
+            },
+            Step::Start {
+                tenant: "t".into(),
+                sandbox: "stopped".into()
+            },
             Step::Create { tenant: "t".into() },
             Step::Create { tenant: "t".into() },
         ]
@@ -65,10 +88,26 @@ fn wakes_suspended_then_stopped_then_creates() {
 
 #[test]
 fn idle_sandboxes_stop_only_after_the_timeout() {
-    let p = pool("t", 0, 0, vec![sb("a", SandboxState::Ready, NOW - 1_000_000, Some(NOW - 299_999))]);
+    let p = pool(
+        "t",
+        0,
+        0,
+        vec![sb(
+            "a",
+            SandboxState::Ready,
+            NOW - 1_000_000,
+            Some(NOW - 299_999),
+        )],
+    );
     assert!(plan(&one(p.clone()), NOW).steps.is_empty());
     let plan2 = plan(&one(p), NOW + 1);
-    assert_eq!(plan2.steps, vec![Step::Stop { tenant: "t".into(), sandbox: "a".into() }]);
+    assert_eq!(
+        plan2.steps,
+        vec![Step::Stop {
+            tenant: "t".into(),
+            sandbox: "a".into()
+        }]
+    );
 }
 
 #[test]
@@ -92,7 +131,13 @@ fn draining_stops_idle_sandboxes_now_and_wakes_none() {
     );
     p.draining = true;
     let plan = plan(&one(p), NOW);
-    assert_eq!(plan.steps, vec![Step::Stop { tenant: "t".into(), sandbox: "idle".into() }]);
+    assert_eq!(
+        plan.steps,
+        vec![Step::Stop {
+            tenant: "t".into(),
+            sandbox: "idle".into()
+        }]
+    );
 }
 
 #[test]
@@ -110,8 +155,14 @@ fn retention_destroys_long_stopped_sandboxes_and_boot_timeout_gives_up() {
     assert_eq!(
         plan.steps,
         vec![
-            Step::Destroy { tenant: "t".into(), sandbox: "stuck".into() },
-            Step::Destroy { tenant: "t".into(), sandbox: "old".into() },
+            Step::Destroy {
+                tenant: "t".into(),
+                sandbox: "stuck".into()
+            },
+            Step::Destroy {
+                tenant: "t".into(),
+                sandbox: "old".into()
+            },
         ]
     );
 }
@@ -123,14 +174,23 @@ fn fleet_cap_is_shared_by_weight() {
     a.policy.max_sandboxes = None;
     b.policy.max_sandboxes = None;
     b.policy.weight = 3;
-    let plan = plan(&Snapshot { pools: vec![a, b], fleet_max_active: Some(8) }, NOW);
+    let plan = plan(
+        &Snapshot {
+            pools: vec![a, b],
+            fleet_max_active: Some(8),
+        },
+        NOW,
+    );
     let per = |t: &str| plan.steps.iter().filter(|s| s.tenant() == t).count();
     assert_eq!((per("a"), per("b")), (2, 6));
 }
 
 fn arb_state() -> impl Strategy<Value = SandboxState> {
     prop::sample::select(
-        SandboxState::ALL.into_iter().filter(|s| *s != SandboxState::Destroyed).collect::<Vec<_>>(),
+        SandboxState::ALL
+            .into_iter()
+            .filter(|s| *s != SandboxState::Destroyed)
+            .collect::<Vec<_>>(),
     )
 }
 

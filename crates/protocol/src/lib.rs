@@ -73,7 +73,10 @@ pub enum Outcome {
     /// Done and successful.
     Succeeded { result: serde_json::Value },
     /// Done and failed; not worth retrying (a non-zero exit, a bad spec, a timeout).
-    Failed { result: Option<serde_json::Value>, error: JobError },
+    Failed {
+        result: Option<serde_json::Value>,
+        error: JobError,
+    },
     /// This attempt could not finish for a reason that another attempt may not share (the agent is
     /// shutting down, the sandbox ran out of something): put the job back.
     Retry { error: JobError },
@@ -88,7 +91,10 @@ pub struct JobError {
 
 impl JobError {
     pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
-        JobError { code: code.into(), message: message.into() }
+        JobError {
+            code: code.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -138,7 +144,9 @@ mod tests {
         let c = Completion {
             job_id: "j".into(),
             lease_id: "l".into(),
-            outcome: Outcome::Retry { error: JobError::new("shutdown", "agent stopping") },
+            outcome: Outcome::Retry {
+                error: JobError::new("shutdown", "agent stopping"),
+            },
         };
         let v = serde_json::to_value(&c).unwrap();
         assert_eq!(v["outcome"], "retry");

@@ -62,7 +62,9 @@ pub fn render_text(result: &DiffResult) -> String {
             (crate::Op::Moved, None, Some(b), Some(a)) => {
                 format!("moved        {path} (position {b} -> {a})")
             }
-            (op, _, Some(b), Some(a)) => format!("{:<12} {path}: {} -> {}", op.as_str(), short(b), short(a)),
+            (op, _, Some(b), Some(a)) => {
+                format!("{:<12} {path}: {} -> {}", op.as_str(), short(b), short(a))
+            }
             (op, _, Some(b), None) => format!("{:<12} {path}: {}", op.as_str(), short(b)),
             (op, _, None, Some(a)) => format!("{:<12} {path}: {}", op.as_str(), short(a)),
             (op, _, None, None) => format!("{:<12} {path}", op.as_str()),
@@ -82,7 +84,11 @@ pub fn render_text(result: &DiffResult) -> String {
     out
 }
 
-fn run_inner(baseline: &Path, candidate: &Path, options: Option<&Path>) -> Result<DiffResult, SemdiffError> {
+fn run_inner(
+    baseline: &Path,
+    candidate: &Path,
+    options: Option<&Path>,
+) -> Result<DiffResult, SemdiffError> {
     let opts = match options {
         Some(p) => Options::from_value(&read_json(p)?)?,
         None => Options::default(),

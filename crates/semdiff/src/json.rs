@@ -149,7 +149,14 @@ impl<'o> Differ<'o> {
         path.pop();
     }
 
-    fn emit_at(&mut self, op: Op, path: &mut Path<'_>, i: usize, before: Option<&Value>, after: Option<&Value>) {
+    fn emit_at(
+        &mut self,
+        op: Op,
+        path: &mut Path<'_>,
+        i: usize,
+        before: Option<&Value>,
+        after: Option<&Value>,
+    ) {
         path.push(Seg::Idx(i));
         self.emit(op, path, None, before, after);
         path.pop();
@@ -305,7 +312,12 @@ impl<'o> Differ<'o> {
         }
     }
 
-    fn diff_object<'a>(&mut self, x: &'a Map<String, Value>, y: &'a Map<String, Value>, path: &mut Path<'a>) {
+    fn diff_object<'a>(
+        &mut self,
+        x: &'a Map<String, Value>,
+        y: &'a Map<String, Value>,
+        path: &mut Path<'a>,
+    ) {
         for (k, va) in x {
             if self.stopped() {
                 return;

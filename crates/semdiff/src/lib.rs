@@ -120,7 +120,11 @@ pub enum SemdiffError {
 }
 
 /// Compares `baseline` with `candidate` under `options`.
-pub fn diff(baseline: &Value, candidate: &Value, options: &Options) -> Result<DiffResult, SemdiffError> {
+pub fn diff(
+    baseline: &Value,
+    candidate: &Value,
+    options: &Options,
+) -> Result<DiffResult, SemdiffError> {
     let compiled = options::Compiled::new(options)?;
     let mut d = json::Differ::new(&compiled);
     match compiled.mode {

@@ -201,7 +201,9 @@ impl Compiled {
         tol("duration_rel_tol", Some(o.duration_rel_tol))?;
         tol("duration_abs_tol_ms", Some(o.duration_abs_tol_ms))?;
         if o.max_changes == 0 {
-            return Err(SemdiffError::Options("max_changes must be at least 1".into()));
+            return Err(SemdiffError::Options(
+                "max_changes must be at least 1".into(),
+            ));
         }
         Ok(Compiled {
             ignore_paths,

@@ -115,7 +115,13 @@ fn span_id(m: &Map<String, Value>) -> Option<String> {
 fn parent_id(m: &Map<String, Value>) -> Option<String> {
     if let Some(p) = first(
         m,
-        &["parent_span_id", "parentSpanId", "parentSpanID", "parent_id", "parentId"],
+        &[
+            "parent_span_id",
+            "parentSpanId",
+            "parentSpanID",
+            "parent_id",
+            "parentId",
+        ],
     ) {
         return scalar_text(p);
     }
@@ -124,7 +130,11 @@ fn parent_id(m: &Map<String, Value>) -> Option<String> {
         .as_array()?
         .iter()
         .filter_map(Value::as_object)
-        .find_map(|r| r.get("spanID").or_else(|| r.get("spanId")).and_then(scalar_text))
+        .find_map(|r| {
+            r.get("spanID")
+                .or_else(|| r.get("spanId"))
+                .and_then(scalar_text)
+        })
 }
 
 /// Converts an OTLP `AnyValue` (`{"stringValue": ...}` etc.) to plain JSON.
@@ -163,7 +173,11 @@ fn any_value(v: &Value) -> Value {
     }
     if let Some(a) = m.get("arrayValue") {
         let items = a.get("values").and_then(Value::as_array);
-        return Value::Array(items.map(|xs| xs.iter().map(any_value).collect()).unwrap_or_default());
+        return Value::Array(
+            items
+                .map(|xs| xs.iter().map(any_value).collect())
+                .unwrap_or_default(),
+        );
     }
     if let Some(kv) = m.get("kvlistValue") {
         return Value::Object(attributes(kv.get("values").unwrap_or(&Value::Null)));
@@ -208,10 +222,16 @@ fn norm_enum(v: &Value, numeric: &[&str]) -> Value {
 /// Parses RFC 3339 text (`2024-05-01T12:00:00.123456Z`, offsets allowed) to Unix nanoseconds.
 pub(crate) fn parse_rfc3339_ns(s: &str) -> Option<f64> {
     let b = s.trim().as_bytes();
-    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !(b[10] == b'T' || b[10] == b' ' || b[10] == b't') {
+    if b.len() < 19
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !(b[10] == b'T' || b[10] == b' ' || b[10] == b't')
+    {
         return None;
     }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> { std::str::from_utf8(b.get(r)?).ok()?.parse().ok() };
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        std::str::from_utf8(b.get(r)?).ok()?.parse().ok()
+    };
     let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
     let mut i = 19;
@@ -288,7 +308,8 @@ fn parse_span(m: &Map<String, Value>, key_attrs: &[String]) -> Raw {
             evs.iter()
                 .filter_map(Value::as_object)
                 .map(|e| {
-                    let mut ea = attributes(first(e, &["attributes", "fields"]).unwrap_or(&Value::Null));
+                    let mut ea =
+                        attributes(first(e, &["attributes", "fields"]).unwrap_or(&Value::Null));
                     let name = e
                         .get("name")
                         .and_then(Value::as_str)
@@ -307,7 +328,11 @@ fn parse_span(m: &Map<String, Value>, key_attrs: &[String]) -> Raw {
     }
     for (n, ea) in &raw_events {
         let k = seen.entry(n.clone()).or_default();
-        let key = if totals[n.as_str()] > 1 { format!("{n}[{k}]") } else { n.clone() };
+        let key = if totals[n.as_str()] > 1 {
+            format!("{n}[{k}]")
+        } else {
+            n.clone()
+        };
         *k += 1;
         events.insert(key, json!({ "attributes": ea }));
     }
@@ -317,7 +342,17 @@ fn parse_span(m: &Map<String, Value>, key_attrs: &[String]) -> Raw {
     if let Some(k) = m.get("kind").filter(|v| !v.is_null()) {
         body.insert(
             "kind".into(),
-            norm_enum(k, &["unspecified", "internal", "server", "client", "producer", "consumer"]),
+            norm_enum(
+                k,
+                &[
+                    "unspecified",
+                    "internal",
+                    "server",
+                    "client",
+                    "producer",
+                    "consumer",
+                ],
+            ),
         );
     }
     if let Some(Value::Object(st)) = m.get("status") {
@@ -325,7 +360,8 @@ fn parse_span(m: &Map<String, Value>, key_attrs: &[String]) -> Raw {
         if let Some(c) = first(st, &["code", "status_code", "statusCode"]) {
             s.insert("code".into(), norm_enum(c, &["unset", "ok", "error"]));
         }
-        if let Some(msg) = first(st, &["message", "description"]).filter(|v| v.as_str() != Some("")) {
+        if let Some(msg) = first(st, &["message", "description"]).filter(|v| v.as_str() != Some(""))
+        {
             s.insert("message".into(), msg.clone());
         }
         if !s.is_empty() {
@@ -334,7 +370,10 @@ fn parse_span(m: &Map<String, Value>, key_attrs: &[String]) -> Raw {
     }
     let start = first(m, &["startTimeUnixNano", "start_time_unix_nano"])
         .and_then(|v| time_ns(v, Some(1.0)))
-        .or_else(|| first(m, &["start_time", "startTime", "timestamp", "start"]).and_then(|v| time_ns(v, None)));
+        .or_else(|| {
+            first(m, &["start_time", "startTime", "timestamp", "start"])
+                .and_then(|v| time_ns(v, None))
+        });
     let end = first(m, &["endTimeUnixNano", "end_time_unix_nano"])
         .and_then(|v| time_ns(v, Some(1.0)))
         .or_else(|| first(m, &["end_time", "endTime", "end"]).and_then(|v| time_ns(v, None)));
@@ -353,7 +392,10 @@ fn parse_span(m: &Map<String, Value>, key_attrs: &[String]) -> Raw {
     let mut identity = name.clone();
     for k in key_attrs {
         if let Some(v) = attrs.get(k) {
-            let text = v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+            let text = v
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string());
             identity.push_str(&format!("{{{k}={text}}}"));
         }
     }
@@ -372,7 +414,11 @@ fn parse_span(m: &Map<String, Value>, key_attrs: &[String]) -> Raw {
 }
 
 /// Builds the span forest of one side of the comparison.
-pub(crate) fn parse_trace(doc: &Value, side: &'static str, key_attrs: &[String]) -> Result<Trace, SemdiffError> {
+pub(crate) fn parse_trace(
+    doc: &Value,
+    side: &'static str,
+    key_attrs: &[String],
+) -> Result<Trace, SemdiffError> {
     let mut objs = Vec::new();
     if !collect(doc, &mut objs) {
         return Err(SemdiffError::Trace {
@@ -426,7 +472,12 @@ pub(crate) fn parse_trace(doc: &Value, side: &'static str, key_attrs: &[String])
     }
     let order = |list: &mut Vec<usize>| {
         if list.iter().all(|&i| starts[i].is_some()) {
-            list.sort_by(|&a, &b| starts[a].unwrap_or(0.0).total_cmp(&starts[b].unwrap_or(0.0)).then(a.cmp(&b)));
+            list.sort_by(|&a, &b| {
+                starts[a]
+                    .unwrap_or(0.0)
+                    .total_cmp(&starts[b].unwrap_or(0.0))
+                    .then(a.cmp(&b))
+            });
         } else {
             list.sort_unstable();
         }
@@ -474,6 +525,9 @@ pub(crate) fn diff_traces(d: &mut Differ<'_>, a: &Trace, b: &Trace) {
     diff_siblings(d, a, &a.roots, b, &b.roots, &mut path);
 }
 
+/// Span trees deeper than this are not descended further (the recursion stays bounded).
+const MAX_SPAN_DEPTH: usize = 256;
+
 fn occurrences(t: &Trace, list: &[usize]) -> Vec<(usize, usize)> {
     // (index into list, occurrence number of its identity)
     let mut seen: HashMap<&str, usize> = HashMap::new();
@@ -497,6 +551,12 @@ fn diff_siblings<'a>(
     path: &mut Path<'a>,
 ) {
     if d.stopped() {
+        return;
+    }
+    if path.len() > MAX_SPAN_DEPTH {
+        d.degrade(format!(
+            "span tree deeper than {MAX_SPAN_DEPTH} levels: deeper spans were not compared"
+        ));
         return;
     }
     let mut count: HashMap<&str, (usize, usize)> = HashMap::new();
@@ -556,17 +616,33 @@ fn diff_siblings<'a>(
     }
 }
 
-fn compare_span<'a>(d: &mut Differ<'_>, ta: &'a Trace, i: usize, tb: &'a Trace, j: usize, path: &mut Path<'a>) {
+fn compare_span<'a>(
+    d: &mut Differ<'_>,
+    ta: &'a Trace,
+    i: usize,
+    tb: &'a Trace,
+    j: usize,
+    path: &mut Path<'a>,
+) {
     let (sa, sb) = (&ta.spans[i], &tb.spans[j]);
     d.diff(&sa.body, &sb.body, path);
     if let (Some(x), Some(y)) = (sa.duration_ms, sb.duration_ms)
         && !d.opts.ignore_keys.contains("duration_ms")
     {
-        let tol = d.opts.duration_abs_tol_ms.max(d.opts.duration_rel_tol * x.abs().max(y.abs()));
+        let tol = d
+            .opts
+            .duration_abs_tol_ms
+            .max(d.opts.duration_rel_tol * x.abs().max(y.abs()));
         if (x - y).abs() > tol {
             let round = |v: f64| Number::from_f64((v * 1000.0).round() / 1000.0).map(Value::Number);
             path.push(Seg::Key("duration_ms"));
-            d.emit(Op::Changed, path, None, round(x).as_ref(), round(y).as_ref());
+            d.emit(
+                Op::Changed,
+                path,
+                None,
+                round(x).as_ref(),
+                round(y).as_ref(),
+            );
             path.pop();
         }
     }
@@ -582,7 +658,10 @@ mod tests {
         assert_eq!(parse_rfc3339_ns("1970-01-01T00:00:00Z"), Some(0.0));
         assert_eq!(parse_rfc3339_ns("1970-01-02T00:00:01.5Z"), Some(86_401.5e9));
         assert_eq!(parse_rfc3339_ns("1970-01-01T01:00:00+01:00"), Some(0.0));
-        assert_eq!(parse_rfc3339_ns("2000-03-01T00:00:00Z"), Some(951_868_800e9));
+        assert_eq!(
+            parse_rfc3339_ns("2000-03-01T00:00:00Z"),
+            Some(951_868_800e9)
+        );
         assert_eq!(parse_rfc3339_ns("nope"), None);
     }
 
@@ -595,7 +674,9 @@ mod tests {
             json!([true])
         );
         assert_eq!(
-            any_value(&json!({"kvlistValue": {"values": [{"key": "a", "value": {"doubleValue": 1.5}}]}})),
+            any_value(
+                &json!({"kvlistValue": {"values": [{"key": "a", "value": {"doubleValue": 1.5}}]}})
+            ),
             json!({"a": 1.5})
         );
     }

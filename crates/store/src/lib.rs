@@ -150,7 +150,7 @@ pub struct LeasePolicy {
 /// The answer to a lease request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Lease {
-    Job(JobRecord),
+    Job(Box<JobRecord>),
     Idle,
     /// The sandbox is being stopped or is unknown: its agent should exit.
     Stop,
@@ -183,7 +183,7 @@ pub enum Finish {
 /// The answer to a completion.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Completed {
-    Done(JobRecord),
+    Done(Box<JobRecord>),
     /// The lease is not the job's current one (lapsed, cancelled, or already completed).
     Stale,
 }

@@ -537,7 +537,7 @@ impl Store for SqliteStore {
             .await?
             .ok_or_else(|| corrupt("leased job vanished"))?;
         tx.commit().await?;
-        Ok(Lease::Job(job))
+        Ok(Lease::Job(Box::new(job)))
     }
 
     async fn heartbeat(
@@ -628,11 +628,11 @@ impl Store for SqliteStore {
                     .bind(sandbox_id)
                     .execute(&mut *tx)
                     .await?;
-                Completed::Done(
+                Completed::Done(Box::new(
                     Self::job_tx(&mut tx, job_id)
                         .await?
                         .ok_or_else(|| corrupt("completed job vanished"))?,
-                )
+                ))
             }
             _ => Completed::Stale,
         };

@@ -59,7 +59,7 @@ async fn setup(store: &dyn Store) {
 
 fn leased(l: Lease) -> JobRecord {
     match l {
-        Lease::Job(j) => j,
+        Lease::Job(j) => *j,
         other => panic!("expected a job, got {other:?}"),
     }
 }

@@ -30,7 +30,10 @@ pub fn binary(package: &str, name: &str) -> PathBuf {
 }
 
 fn build(package: &str, name: &str, path: &Path) {
-    let profile = target_dir().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let profile = target_dir()
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.args(["build", "-q", "-p", package, "--bin", name]);
@@ -38,5 +41,9 @@ fn build(package: &str, name: &str, path: &Path) {
         cmd.arg("--release");
     }
     let status = cmd.status().expect("run cargo build");
-    assert!(status.success() && path.exists(), "building {name} failed; expected it at {}", path.display());
+    assert!(
+        status.success() && path.exists(),
+        "building {name} failed; expected it at {}",
+        path.display()
+    );
 }

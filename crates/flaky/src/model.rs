@@ -1,0 +1,338 @@
+//! The scoring model: per-test flip rate and entropy with exponential decay across versions
+//! (after Kowalczyk et al., "Modeling and Ranking Flaky Tests at Apple", ICSE-SEIP 2020),
+//! a Beta-Binomial estimate of the chance that a failure is not caused by the code, and the
+//! per-failure and per-test verdicts. See `docs/flaky.md` for the formulas.
+
+use serde::Serialize;
+
+use crate::Options;
+
+/// One test in one run.
+#[derive(Debug, Clone)]
+pub(crate) struct Obs {
+    /// Index of the run (in analysis order).
+    pub run: usize,
+    /// Index of the version (commit) the run tested.
+    pub version: usize,
+    pub failed_attempts: u32,
+    pub passed_attempts: u32,
+    pub message: Option<String>,
+}
+
+impl Obs {
+    fn failed(&self) -> bool {
+        self.failed_attempts > 0
+    }
+    fn passed(&self) -> bool {
+        self.passed_attempts > 0
+    }
+}
+
+/// A verdict on a test or on one failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Fails and passes on the same code.
+    Flaky,
+    /// Fails consistently from some commit on: likely a real regression.
+    Failing,
+    /// Passes.
+    Passing,
+    /// Too few runs to tell.
+    InsufficientData,
+}
+
+/// Why a failure got its verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// A rerun in the same run passed (Surefire `flakyFailure`, or the test passed again).
+    PassedOnRerun,
+    /// Another run of the same commit passed.
+    PassedOnSameCommit,
+    /// It fails on every run of at least `min_failing_streak` consecutive commits.
+    ConsistentFailure,
+    /// A short failing streak followed by passes on later commits.
+    Isolated,
+    /// The latest commits fail and the test has no history of flakiness.
+    NewFailure,
+    /// The latest commits fail and the test has flaked before.
+    FlakyHistory,
+    /// Fewer than `min_runs` runs of this test.
+    TooFewRuns,
+}
+
+/// The verdict on one failure, with evidence.
+#[derive(Debug, Clone)]
+pub(crate) struct FailureVerdict {
+    pub obs: usize,
+    pub verdict: Verdict,
+    pub reason: Reason,
+    pub streak_start: Option<usize>,
+    pub streak_len: usize,
+    pub fixed_at: Option<usize>,
+    pub passed_runs: Vec<usize>,
+}
+
+/// The scores and verdicts of one test.
+#[derive(Debug, Clone)]
+pub(crate) struct TestScore {
+    pub runs: usize,
+    pub failures: usize,
+    pub commits: usize,
+    pub flip_rate: f64,
+    pub entropy: f64,
+    pub failure_rate: f64,
+    pub p_not_code: f64,
+    pub flaky_score: f64,
+    pub verdict: Verdict,
+    pub failures_detail: Vec<FailureVerdict>,
+}
+
+fn binary_entropy(p: f64) -> f64 {
+    if p <= 0.0 || p >= 1.0 || p.is_nan() {
+        0.0
+    } else {
+        -(p * p.log2() + (1.0 - p) * (1.0 - p).log2())
+    }
+}
+
+fn finite01(x: f64) -> f64 {
+    if x.is_finite() {
+        x.clamp(0.0, 1.0)
+    } else {
+        0.0
+    }
+}
+
+/// Scores one test from its observations (sorted by run order). `last_version` is the
+/// newest version of the whole analysis; `version_known[v]` says whether version `v` is a
+/// real commit (runs of unknown commits are never "the same commit").
+pub(crate) fn score(
+    obs: &[Obs],
+    last_version: usize,
+    version_known: &[bool],
+    opts: &Options,
+) -> TestScore {
+    let half_life = if opts.decay_half_life > 0.0 {
+        opts.decay_half_life
+    } else {
+        f64::INFINITY
+    };
+    let weight = |v: usize| 0.5f64.powf((last_version.saturating_sub(v)) as f64 / half_life);
+
+    // Versions this test ran on, in order, with pass/fail presence.
+    let mut versions: Vec<(usize, bool, bool)> = Vec::new(); // (version, any pass, any fail)
+    for o in obs {
+        match versions.iter_mut().rev().find(|v| v.0 == o.version) {
+            Some(v) => {
+                v.1 |= o.passed();
+                v.2 |= o.failed();
+            }
+            None => versions.push((o.version, o.passed(), o.failed())),
+        }
+    }
+    versions.sort_by_key(|v| v.0);
+    let vpos = |v: usize| versions.binary_search_by_key(&v, |x| x.0).unwrap_or(0);
+    // A failing version: it failed and nothing passed on it. Streaks of consecutive ones.
+    let failing: Vec<bool> = versions.iter().map(|v| v.2 && !v.1).collect();
+    let mut streak_of = vec![(0usize, 0usize); versions.len()]; // (start pos, length)
+    let mut k = 0;
+    while k < versions.len() {
+        if failing[k] {
+            let start = k;
+            while k < versions.len() && failing[k] {
+                k += 1;
+            }
+            for s in streak_of.iter_mut().take(k).skip(start) {
+                *s = (start, k - start);
+            }
+        } else {
+            k += 1;
+        }
+    }
+
+    // Flip rate and failure rate, decayed by version age.
+    let mut statuses: Vec<(bool, f64)> = Vec::with_capacity(obs.len() + 4);
+    let (mut fail_w, mut all_w) = (0.0, 0.0);
+    for o in obs {
+        let w = weight(o.version);
+        all_w += w;
+        if o.failed() {
+            fail_w += w;
+            statuses.push((true, w));
+        }
+        if o.passed() {
+            statuses.push((false, w));
+        }
+    }
+    let (mut flip_w, mut trans_w) = (0.0, 0.0);
+    for pair in statuses.windows(2) {
+        trans_w += pair[1].1;
+        if pair[0].0 != pair[1].0 {
+            flip_w += pair[1].1;
+        }
+    }
+    let flip_rate = if trans_w > 0.0 { flip_w / trans_w } else { 0.0 };
+    let failure_rate = if all_w > 0.0 { fail_w / all_w } else { 0.0 };
+    let entropy = binary_entropy(failure_rate);
+
+    // Per-failure verdicts and the Beta evidence.
+    let (mut alpha, mut beta) = (opts.prior_alpha, opts.prior_beta);
+    let mut details = Vec::new();
+    let mut flaked_before = false;
+    let runs = obs.len();
+    let enough = runs >= opts.min_runs;
+    for (i, o) in obs.iter().enumerate() {
+        if !o.failed() {
+            continue;
+        }
+        let w = weight(o.version);
+        let p = vpos(o.version);
+        let same_commit_passes: Vec<usize> =
+            if version_known.get(o.version).copied().unwrap_or(false) {
+                obs.iter()
+                    .filter(|x| x.version == o.version && x.passed() && x.run != o.run)
+                    .map(|x| x.run)
+                    .take(5)
+                    .collect()
+            } else {
+                Vec::new()
+            };
+        let (start, len) = streak_of[p];
+        let mut d = FailureVerdict {
+            obs: i,
+            verdict: Verdict::Flaky,
+            reason: Reason::PassedOnRerun,
+            streak_start: None,
+            streak_len: 0,
+            fixed_at: None,
+            passed_runs: Vec::new(),
+        };
+        if o.passed() {
+            alpha += w;
+        } else if !same_commit_passes.is_empty() {
+            alpha += w;
+            d.reason = Reason::PassedOnSameCommit;
+            d.passed_runs = same_commit_passes;
+        } else {
+            let fixed_at = versions.get(start + len).map(|v| v.0);
+            d.streak_start = Some(versions[start].0);
+            d.streak_len = len;
+            d.fixed_at = fixed_at;
+            if len >= opts.min_failing_streak.max(1) {
+                beta += w;
+                d.verdict = Verdict::Failing;
+                d.reason = Reason::ConsistentFailure;
+            } else if fixed_at.is_some() {
+                alpha += 0.75 * w;
+                beta += 0.25 * w;
+                d.reason = Reason::Isolated;
+            } else {
+                alpha += 0.5 * w;
+                beta += 0.5 * w;
+                if flaked_before {
+                    d.reason = Reason::FlakyHistory;
+                } else {
+                    d.verdict = Verdict::Failing;
+                    d.reason = Reason::NewFailure;
+                }
+            }
+        }
+        if !enough && !matches!(d.reason, Reason::PassedOnRerun | Reason::PassedOnSameCommit) {
+            d.verdict = Verdict::InsufficientData;
+            d.reason = Reason::TooFewRuns;
+        }
+        flaked_before |= d.verdict == Verdict::Flaky;
+        details.push(d);
+    }
+    let p_not_code = finite01(alpha / (alpha + beta));
+    let intensity = 0.5 * (2.0 * flip_rate).min(1.0) + 0.5 * entropy;
+    let flaky_score = if details.is_empty() {
+        0.0
+    } else {
+        finite01(p_not_code * intensity)
+    };
+
+    let hard = details
+        .iter()
+        .any(|d| matches!(d.reason, Reason::PassedOnRerun | Reason::PassedOnSameCommit));
+    let last_failed_now = obs.last().is_some_and(|o| o.failed() && !o.passed());
+    let current_failing = last_failed_now
+        && details
+            .last()
+            .is_some_and(|d| d.verdict == Verdict::Failing);
+    let verdict = if runs == 0 {
+        Verdict::InsufficientData
+    } else if current_failing && enough {
+        Verdict::Failing
+    } else if hard {
+        Verdict::Flaky
+    } else if !enough {
+        Verdict::InsufficientData
+    } else if details.iter().any(|d| d.verdict == Verdict::Flaky) {
+        Verdict::Flaky
+    } else {
+        Verdict::Passing
+    };
+    TestScore {
+        runs,
+        failures: details.len(),
+        commits: versions.len(),
+        flip_rate: finite01(flip_rate),
+        entropy: finite01(entropy),
+        failure_rate: finite01(failure_rate),
+        p_not_code,
+        flaky_score,
+        verdict,
+        failures_detail: details,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(seq: &[(usize, u32, u32)]) -> Vec<Obs> {
+        seq.iter()
+            .enumerate()
+            .map(|(run, &(version, f, p))| Obs {
+                run,
+                version,
+                failed_attempts: f,
+                passed_attempts: p,
+                message: None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn entropy_bounds() {
+        assert_eq!(binary_entropy(0.0), 0.0);
+        assert!((binary_entropy(0.5) - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn regression_vs_flake() {
+        let known = vec![true; 20];
+        let o = Options::default();
+        // passes on 0..10, fails from 10 on
+        let reg: Vec<_> = (0..20)
+            .map(|v| (v, u32::from(v >= 10), u32::from(v < 10)))
+            .collect();
+        let s = score(&obs(&reg), 19, &known, &o);
+        assert_eq!(s.verdict, Verdict::Failing);
+        assert!(s.flaky_score < 0.1, "{}", s.flaky_score);
+        // fails every third commit
+        let fl: Vec<_> = (0..20)
+            .map(|v| (v, u32::from(v % 3 == 1), u32::from(v % 3 != 1)))
+            .collect();
+        let s2 = score(&obs(&fl), 19, &known, &o);
+        assert_eq!(s2.verdict, Verdict::Flaky);
+        assert!(s2.flaky_score > 0.4, "{}", s2.flaky_score);
+        // a rerun pass is hard evidence
+        let s3 = score(&obs(&[(0, 0, 1), (1, 1, 1), (2, 0, 1)]), 2, &known, &o);
+        assert_eq!(s3.verdict, Verdict::Flaky);
+        assert_eq!(s3.failures_detail[0].reason, Reason::PassedOnRerun);
+    }
+}

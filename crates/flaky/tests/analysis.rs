@@ -1,0 +1,264 @@
+//! Verdicts across runs and commits, the job spec, the CLI, the evaluation floor and the
+//! score bounds.
+
+use proptest::prelude::*;
+use serde_json::json;
+use shoal_flaky::sim::{SimConfig, roc_auc, simulate};
+use shoal_flaky::{Options, Reason, Run, Verdict, analyze, cli, run_spec};
+
+fn report_xml(cases: &[(&str, char)]) -> String {
+    let mut x = String::from("<testsuite name=\"s\">");
+    for (name, st) in cases {
+        match st {
+            'P' => x.push_str(&format!("<testcase classname=\"k\" name=\"{name}\"/>")),
+            'F' => x.push_str(&format!(
+                "<testcase classname=\"k\" name=\"{name}\"><failure message=\"no\"/></testcase>"
+            )),
+            'R' => x.push_str(&format!(
+                "<testcase classname=\"k\" name=\"{name}\"><flakyFailure message=\"t\"/></testcase>"
+            )),
+            _ => x.push_str(&format!(
+                "<testcase classname=\"k\" name=\"{name}\"><skipped/></testcase>"
+            )),
+        }
+    }
+    x.push_str("</testsuite>");
+    x
+}
+
+/// One run per (commit, statuses-of-tests a/b/c).
+fn history(rows: &[(&str, &str)]) -> Vec<Run> {
+    rows.iter()
+        .enumerate()
+        .map(|(i, (commit, st))| {
+            let cases: Vec<(&str, char)> =
+                ["a", "b", "c"].iter().copied().zip(st.chars()).collect();
+            Run {
+                run_id: format!("r{i}"),
+                commit: commit.to_string(),
+                started_at: Some(format!("2024-05-01T10:{i:02}:00Z")),
+                junit_xml: report_xml(&cases),
+            }
+        })
+        .collect()
+}
+
+fn verdict_of(report: &shoal_flaky::Report, id: &str) -> Verdict {
+    report.tests.iter().find(|t| t.id == id).unwrap().verdict
+}
+
+#[test]
+fn same_commit_pass_regression_and_stable() {
+    // a: flaky (fails and passes on c2); b: regression from c4; c: stable.
+    let runs = history(&[
+        ("c1", "PPP"),
+        ("c2", "FPP"),
+        ("c2", "PPP"),
+        ("c3", "PPP"),
+        ("c4", "PFP"),
+        ("c5", "PFP"),
+        ("c6", "FFP"),
+        ("c6", "PFP"),
+    ]);
+    let r = analyze(&runs, &Options::default());
+    assert_eq!(verdict_of(&r, "k::a"), Verdict::Flaky);
+    assert_eq!(verdict_of(&r, "k::b"), Verdict::Failing);
+    assert_eq!(verdict_of(&r, "k::c"), Verdict::Passing);
+    let fa: Vec<_> = r.failures.iter().filter(|f| f.test == "k::a").collect();
+    assert!(
+        fa.iter()
+            .all(|f| f.verdict == Verdict::Flaky && f.reason == Reason::PassedOnSameCommit)
+    );
+    assert_eq!(fa[0].passed_in_runs, vec!["r2".to_string()]);
+    let fb: Vec<_> = r.failures.iter().filter(|f| f.test == "k::b").collect();
+    assert_eq!(fb.len(), 4);
+    assert!(fb.iter().all(|f| f.verdict == Verdict::Failing));
+    assert_eq!(fb[0].failing_since_commit.as_deref(), Some("c4"));
+    assert_eq!(fb[0].consecutive_failing_commits, Some(3));
+    let score = |id: &str| r.tests.iter().find(|t| t.id == id).unwrap().flaky_score;
+    assert!(score("k::a") > score("k::b"));
+    assert_eq!(score("k::c"), 0.0);
+}
+
+#[test]
+fn runs_are_ordered_by_started_at() {
+    let mut runs = history(&[
+        ("c1", "P"),
+        ("c2", "P"),
+        ("c3", "F"),
+        ("c4", "F"),
+        ("c5", "F"),
+    ]);
+    runs.reverse();
+    let r = analyze(&runs, &Options::default());
+    assert_eq!(verdict_of(&r, "k::a"), Verdict::Failing);
+    assert_eq!(r.failures[0].run_id, "r2");
+}
+
+#[test]
+fn rerun_pass_and_isolated_and_fixed_regression() {
+    let runs = history(&[
+        ("c1", "PPP"),
+        ("c2", "RPP"),
+        ("c3", "PFF"),
+        ("c4", "PPF"),
+        ("c5", "PPF"),
+        ("c6", "PPP"),
+        ("c7", "PPP"),
+    ]);
+    let r = analyze(&runs, &Options::default());
+    assert_eq!(verdict_of(&r, "k::a"), Verdict::Flaky);
+    assert_eq!(
+        r.failures.iter().find(|f| f.test == "k::a").unwrap().reason,
+        Reason::PassedOnRerun
+    );
+    // b failed once between passes: isolated -> flaky
+    let fb = r.failures.iter().find(|f| f.test == "k::b").unwrap();
+    assert_eq!((fb.verdict, fb.reason), (Verdict::Flaky, Reason::Isolated));
+    assert_eq!(fb.passed_again_at_commit.as_deref(), Some("c4"));
+    // c: a fixed regression (3 failing commits) -> failures failing, test passing now
+    assert!(
+        r.failures
+            .iter()
+            .filter(|f| f.test == "k::c")
+            .all(|f| f.verdict == Verdict::Failing)
+    );
+    assert_eq!(verdict_of(&r, "k::c"), Verdict::Passing);
+}
+
+#[test]
+fn too_few_runs_and_skips() {
+    let runs = history(&[("c1", "FPS"), ("c2", "PPS")]);
+    let r = analyze(&runs, &Options::default());
+    assert_eq!(verdict_of(&r, "k::a"), Verdict::InsufficientData);
+    assert_eq!(r.failures[0].verdict, Verdict::InsufficientData);
+    assert!(
+        r.tests.iter().all(|t| t.id != "k::c"),
+        "skipped-only tests have no runs"
+    );
+    let o = Options {
+        min_runs: 1,
+        ..Options::default()
+    };
+    let r = analyze(&runs, &o);
+    assert_eq!(verdict_of(&r, "k::a"), Verdict::Flaky);
+}
+
+#[test]
+fn run_spec_shape_and_errors() {
+    let runs = history(&[("c1", "PF"), ("c1", "FF"), ("c2", "PF"), ("c3", "PF")]);
+    let spec = json!({"runs": runs, "options": {"min_runs": 2}});
+    let out = run_spec(&spec).unwrap();
+    let tests = out["tests"].as_array().unwrap();
+    for t in tests {
+        for k in ["id", "runs", "failures", "flaky_score", "verdict"] {
+            assert!(t.get(k).is_some(), "{k} missing in {t}");
+        }
+    }
+    for f in out["failures"].as_array().unwrap() {
+        for k in ["test", "run_id", "verdict"] {
+            assert!(f.get(k).is_some());
+        }
+    }
+    assert_eq!(out["errors"], json!([]));
+    let e = run_spec(&json!({"runs": [], "bogus": 1}))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unknown field `bogus`"), "{e}");
+    let e = run_spec(&json!({"runs": [], "options": {"min_run": 1}}))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unknown field `min_run`"), "{e}");
+    let e = run_spec(&json!({"runs": [{"run_id": "x"}]}))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("missing field"), "{e}");
+    let empty = run_spec(&json!({"runs": []})).unwrap();
+    assert_eq!(empty, json!({"tests": [], "failures": [], "errors": []}));
+}
+
+#[test]
+fn cli_exit_codes() {
+    let dir = std::env::temp_dir().join(format!("flaky-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fx = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let good = fx.join("surefire-reruns.xml");
+    let bad = fx.join("malformed.xml");
+    assert_eq!(
+        cli::run(&[good.clone(), bad.clone()], None, cli::Format::Text),
+        0
+    );
+    assert_eq!(
+        cli::run(std::slice::from_ref(&bad), None, cli::Format::Json),
+        1
+    );
+    assert_eq!(
+        cli::run(&[dir.join("missing.xml")], None, cli::Format::Json),
+        2
+    );
+    assert_eq!(cli::run(&[], None, cli::Format::Json), 2);
+    let runs_json = dir.join("runs.json");
+    let runs = history(&[("c1", "PP"), ("c1", "FP"), ("c2", "PP")]);
+    std::fs::write(&runs_json, json!({"runs": runs}).to_string()).unwrap();
+    assert_eq!(cli::run(&[], Some(&runs_json), cli::Format::Json), 0);
+    std::fs::write(&runs_json, "{not json").unwrap();
+    assert_eq!(cli::run(&[], Some(&runs_json), cli::Format::Json), 2);
+    let text = cli::render_text(&analyze(&runs, &Options::default()));
+    assert!(
+        text.contains("k::a") && text.contains("passed_on_same_commit"),
+        "{text}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn auc_on_fixed_seed_is_high() {
+    let sim = simulate(&SimConfig {
+        seed: 7,
+        ..SimConfig::default()
+    });
+    let report = analyze(&sim.runs, &Options::default());
+    let samples: Vec<(f64, bool)> = sim
+        .truth
+        .iter()
+        .map(|t| {
+            let score = report
+                .tests
+                .iter()
+                .find(|r| r.id == t.id)
+                .unwrap()
+                .flaky_score;
+            (score, t.flake_p > 0.0)
+        })
+        .collect();
+    let auc = roc_auc(&samples);
+    assert!(auc > 0.9, "AUC {auc}");
+    // every injected, still-broken regression is called failing
+    for t in &sim.truth {
+        if let Some((_, None)) = t.regression {
+            let v = report.tests.iter().find(|r| r.id == t.id).unwrap().verdict;
+            assert_eq!(v, Verdict::Failing, "{}", t.id);
+        }
+    }
+}
+
+proptest! {
+    #[test]
+    fn flaky_score_is_in_unit_interval(
+        rows in prop::collection::vec((0u8..4, "[PFRS]{3}"), 0..30),
+        half_life in 0.0f64..100.0,
+        min_runs in 0usize..5,
+        streak in 0usize..5,
+        alpha in 0.0f64..5.0,
+        beta in 0.0f64..5.0,
+    ) {
+        let rows: Vec<(String, String)> = rows.into_iter().map(|(c, s)| (format!("c{c}"), s)).collect();
+        let refs: Vec<(&str, &str)> = rows.iter().map(|(c, s)| (c.as_str(), s.as_str())).collect();
+        let opts = Options { decay_half_life: half_life, min_runs, min_failing_streak: streak, prior_alpha: alpha, prior_beta: beta };
+        let r = analyze(&history(&refs), &opts);
+        for t in &r.tests {
+            prop_assert!((0.0..=1.0).contains(&t.flaky_score), "{}", t.flaky_score);
+            prop_assert!(t.flaky_score.is_finite());
+        }
+    }
+}

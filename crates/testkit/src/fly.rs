@@ -1,1 +1,0 @@
-//! The Fly Machines emulator (see the fly issue).

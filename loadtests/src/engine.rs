@@ -1,0 +1,816 @@
+//! The simulator: replays a [`Workload`] on a virtual clock against the `sim` provider
+//! ([`shoal_fleet::sim::SimFleet`]) under one [`Policy`], and measures cold starts, waits, billed
+//! and idle sandbox-seconds.
+//!
+//! # Events
+//!
+//! The clock jumps from event to event: job arrivals (from the workload), job completions, boot
+//! completions, policy timers and the peers' polling passes. Events at the same millisecond are
+//! handled in that order: completions, boots, arrivals, timers and polls; so a job arriving at the
+//! very instant an idle timeout expires finds its sandbox still warm. A job goes to an idle ready
+//! sandbox of its tenant at once if there is one (the most recently idle first, as an agent that
+//! has just finished asks again first), otherwise it queues (first in, first out) until a
+//! sandbox is free or finishes booting.
+//!
+//! A **cold start** is a job handed to a sandbox at the instant that sandbox finished a create,
+//! start or resume: it waited for a boot. A job's **wait** is the time from its arrival to its
+//! first start.
+//!
+//! # Policies
+//!
+//! - `fixed:T` and `adaptive` run Shoal's own planner, [`shoal_planner::plan`]. After every
+//!   instant that touched a tenant (the planner's debounce, at its finest), the simulator builds a
+//!   [`Snapshot`] holding that tenant's pool only and applies the plan's steps to the sim
+//!   provider. Timers wake a pool exactly when its next idle timeout, retention or pre-warm
+//!   boundary falls due (production uses a slow tick; exact timers are its limit). So planning
+//!   work per event is one pool's, never the fleet's.
+//! - `keda` and `fly-autoscaler` are models of those projects' own control loops (see
+//!   [`crate::peers`] and `docs/policy.md`); they poll on their own periods and do not use the
+//!   planner.
+//!
+//! The run ends when no event is left: every job is done and every sandbox has gone idle and
+//! been stopped by the policy, so the idle tail after the last job is counted.
+
+use crate::peers::{self, FlyState, KedaState};
+use crate::policy::Policy;
+use crate::workload::{Ms, Workload};
+use shoal_core::SandboxState;
+use shoal_fleet::sim::{
+    Boot, BootOutcome, Halted, SimConfig, SimError, SimFleet, SimId, SimLatencies,
+};
+use shoal_planner::adaptive::{AdaptiveConfig, TenantAdaptive};
+use shoal_planner::{IdleAction, PoolPolicy, PoolSnapshot, SandboxView, Snapshot, Step};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::time::Instant;
+
+const NONE: u32 = u32::MAX;
+
+/// How a simulation is run.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    pub latencies: SimLatencies,
+    /// Probability that a boot fails (the provider's scripted failures).
+    pub failure_rate: f64,
+    pub seed: u64,
+    /// Per-tenant cap on sandboxes; `None` for unlimited.
+    pub max_sandboxes: Option<u32>,
+    /// The adaptive policy's knobs (its `lead_ms` is raised to the slowest boot).
+    pub adaptive: AdaptiveConfig,
+    /// Time every planning call (for the scale figures).
+    pub measure: bool,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            latencies: SimLatencies::default(),
+            failure_rate: 0.0,
+            seed: 1,
+            max_sandboxes: None,
+            adaptive: AdaptiveConfig::default(),
+            measure: false,
+        }
+    }
+}
+
+/// The contract's figures (plus jobs interrupted by a policy that stopped a busy sandbox).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Outcome {
+    pub jobs: u64,
+    pub cold_starts: u64,
+    pub cold_start_rate: f64,
+    pub wait_p50_s: f64,
+    pub wait_p99_s: f64,
+    pub sandbox_seconds: f64,
+    pub idle_sandbox_seconds: f64,
+    pub provider_calls: u64,
+    /// Jobs whose sandbox was stopped under them (they ran again); always 0 for Shoal's planner.
+    pub interrupted_jobs: u64,
+}
+
+/// How the run went, for the scale figures.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct RunStats {
+    /// Events handled (arrivals, completions, boots, timers, polls).
+    pub events: u64,
+    /// Planner calls (one per touched pool per instant).
+    pub plans: u64,
+    /// Planning time per call, in nanoseconds (when measured).
+    pub plan_ns_p50: u64,
+    pub plan_ns_p99: u64,
+    pub plan_ns_max: u64,
+    /// Largest pool a planner call saw.
+    pub max_pool: usize,
+    /// Sandboxes ever created.
+    pub sandboxes_created: u64,
+    /// Most sandboxes active (booting, ready or busy) at once.
+    pub peak_active: u64,
+    /// Virtual time at which the run ended.
+    pub end_s: f64,
+}
+
+/// A simulation that could not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("sim provider refused a call: {0}")]
+    Provider(#[from] SimError),
+    #[error("the run ended with {0} sandboxes still active")]
+    LeftActive(u64),
+    #[error("the run ended with {0} jobs not done")]
+    JobsLeft(u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    Complete = 0,
+    Ready = 1,
+    Arrival = 2,
+    Timer = 3,
+    Poll = 4,
+}
+
+/// (time, kind, seq, a, b): completion (sandbox, run), ready (sandbox, boot seq), timer (tenant),
+/// poll (tenant).
+type Ev = (Ms, Kind, u64, u32, u32);
+
+#[derive(Debug, Default)]
+struct Tenant {
+    queue: VecDeque<u32>,
+    running: u32,
+    /// Ready idle sandboxes, least recently idle first.
+    idle: Vec<SimId>,
+    /// The tenant's pool as the planner sees it (all policies keep it: it is the list of the
+    /// tenant's sandboxes).
+    snap: Snapshot,
+    adaptive: TenantAdaptive,
+    timer_at: Option<Ms>,
+    dirty: bool,
+    keda: KedaState,
+    fly: FlyState,
+}
+
+impl Tenant {
+    fn pool(&self) -> &PoolSnapshot {
+        &self.snap.pools[0]
+    }
+    fn pool_mut(&mut self) -> &mut PoolSnapshot {
+        &mut self.snap.pools[0]
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct JobRec {
+    wait_ms: Ms,
+    started: bool,
+    cold: bool,
+    done: bool,
+    interrupted: bool,
+}
+
+/// The running simulation. `pub(crate)` so the peers' models can act on it.
+pub(crate) struct Engine<'w> {
+    pub(crate) w: &'w Workload,
+    pub(crate) policy: Policy,
+    pub(crate) opts: SimOptions,
+    pub(crate) now: Ms,
+    pub(crate) fleet: SimFleet,
+    tenants: Vec<Tenant>,
+    heap: BinaryHeap<Reverse<Ev>>,
+    seq: u64,
+    jobs: Vec<JobRec>,
+    waits: Vec<Ms>,
+    /// Per sandbox: the job it runs, its run counter, its position in its pool's view list.
+    sb_job: Vec<u32>,
+    sb_run: Vec<u32>,
+    sb_pos: Vec<u32>,
+    /// Per sandbox: when it last became ready (for the ReplicaSet's ranking), and a random
+    /// machine id (fly-autoscaler orders by id).
+    pub(crate) sb_ready_at: Vec<Ms>,
+    pub(crate) sb_fly_id: Vec<u64>,
+    rng: u64,
+    dirty: Vec<u32>,
+    stats: RunStats,
+    plan_ns: Vec<u32>,
+    done_jobs: u64,
+    interrupted: u64,
+}
+
+fn idle_timeout_ms(policy: Policy) -> Ms {
+    match policy {
+        Policy::Fixed(s) => (s * 1000.0).round() as Ms,
+        _ => 0,
+    }
+}
+
+/// One job's fate, for tests and per-job analysis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobResult {
+    pub cold: bool,
+    pub wait_ms: Ms,
+    pub interrupted: bool,
+}
+
+/// Runs one simulation.
+pub fn simulate(
+    w: &Workload,
+    policy: Policy,
+    opts: &SimOptions,
+) -> Result<(Outcome, RunStats), EngineError> {
+    simulate_detailed(w, policy, opts).map(|(o, s, _)| (o, s))
+}
+
+/// Runs one simulation and also returns each job's fate, in workload order.
+pub fn simulate_detailed(
+    w: &Workload,
+    policy: Policy,
+    opts: &SimOptions,
+) -> Result<(Outcome, RunStats, Vec<JobResult>), EngineError> {
+    let mut opts = opts.clone();
+    let l = opts.latencies;
+    opts.adaptive.lead_ms = opts
+        .adaptive
+        .lead_ms
+        .max(l.create_ms.max(l.start_ms).max(l.resume_ms));
+    if let Policy::Adaptive(Some(worth_s)) = policy {
+        opts.adaptive.cold_start_worth_ms = (worth_s * 1000.0).round() as Ms;
+    }
+    let pool_policy = PoolPolicy {
+        max_sandboxes: opts.max_sandboxes,
+        idle_timeout_ms: idle_timeout_ms(policy),
+        idle_action: IdleAction::Stop,
+        ..PoolPolicy::default()
+    };
+    let tenants = (0..w.tenants.len())
+        .map(|i| Tenant {
+            snap: Snapshot {
+                pools: vec![PoolSnapshot {
+                    tenant: i.to_string(),
+                    policy: pool_policy.clone(),
+                    queued: 0,
+                    running: 0,
+                    draining: false,
+                    prewarm: None,
+                    sandboxes: Vec::new(),
+                }],
+                fleet_max_active: None,
+            },
+            ..Tenant::default()
+        })
+        .collect();
+    let fleet = SimFleet::new(SimConfig {
+        latencies: opts.latencies,
+        failure_rate: opts.failure_rate,
+        seed: opts.seed,
+    });
+    let mut e = Engine {
+        w,
+        policy,
+        now: 0,
+        fleet,
+        tenants,
+        heap: BinaryHeap::new(),
+        seq: 0,
+        jobs: vec![JobRec::default(); w.jobs.len()],
+        waits: Vec::with_capacity(w.jobs.len()),
+        sb_job: Vec::new(),
+        sb_run: Vec::new(),
+        sb_pos: Vec::new(),
+        sb_ready_at: Vec::new(),
+        sb_fly_id: Vec::new(),
+        rng: opts.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1,
+        dirty: Vec::new(),
+        stats: RunStats::default(),
+        plan_ns: Vec::new(),
+        done_jobs: 0,
+        interrupted: 0,
+        opts,
+    };
+    e.run()?;
+    Ok(e.finish())
+}
+
+impl<'w> Engine<'w> {
+    fn uses_planner(&self) -> bool {
+        matches!(self.policy, Policy::Fixed(_) | Policy::Adaptive(_))
+    }
+
+    pub(crate) fn next_random(&mut self) -> u64 {
+        // xorshift64*
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn push(&mut self, at: Ms, kind: Kind, a: u32, b: u32) {
+        self.seq += 1;
+        self.heap.push(Reverse((at, kind, self.seq, a, b)));
+    }
+
+    fn run(&mut self) -> Result<(), EngineError> {
+        let mut next_job = 0usize;
+        loop {
+            let arrival = self
+                .w
+                .jobs
+                .get(next_job)
+                .map(|j| (j.arrival_ms, Kind::Arrival));
+            let top = self.heap.peek().map(|Reverse(e)| (e.0, e.1));
+            let take_arrival = match (arrival, top) {
+                (None, None) => {
+                    // Plans made at the last instant may still set timers.
+                    self.flush()?;
+                    if self.heap.is_empty() {
+                        break;
+                    }
+                    continue;
+                }
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some(a), Some(t)) => a <= t,
+            };
+            let at = if take_arrival {
+                arrival.map(|a| a.0)
+            } else {
+                top.map(|t| t.0)
+            }
+            .unwrap_or(self.now);
+            if at > self.now {
+                if !self.dirty.is_empty() {
+                    // The instant is over: plan the pools it touched, then look again (the plans
+                    // may have set earlier events).
+                    self.flush()?;
+                    continue;
+                }
+                self.now = at;
+            }
+            self.stats.events += 1;
+            if take_arrival {
+                self.arrival(next_job as u32)?;
+                next_job += 1;
+                continue;
+            }
+            let Some(Reverse((_, kind, _, a, b))) = self.heap.pop() else {
+                break;
+            };
+            match kind {
+                Kind::Complete => self.complete(a, b)?,
+                Kind::Ready => self.ready(Boot {
+                    id: a,
+                    ready_at: self.now,
+                    seq: b,
+                })?,
+                Kind::Timer => {
+                    let t = &mut self.tenants[a as usize];
+                    if t.timer_at == Some(self.now) {
+                        t.timer_at = None;
+                        self.mark(a);
+                    }
+                }
+                Kind::Poll => self.poll(a)?,
+                Kind::Arrival => {}
+            }
+            let active = self.fleet.active();
+            if active > self.stats.peak_active {
+                self.stats.peak_active = active;
+            }
+        }
+        self.flush()?;
+        if self.done_jobs != self.w.jobs.len() as u64 {
+            return Err(EngineError::JobsLeft(
+                self.w.jobs.len() as u64 - self.done_jobs,
+            ));
+        }
+        if self.fleet.active() > 0 {
+            return Err(EngineError::LeftActive(self.fleet.active()));
+        }
+        Ok(())
+    }
+
+    /// Plans every pool touched at this instant (planner policies only).
+    fn flush(&mut self) -> Result<(), EngineError> {
+        while let Some(t) = self.dirty.pop() {
+            self.tenants[t as usize].dirty = false;
+            self.plan_tenant(t)?;
+        }
+        Ok(())
+    }
+
+    fn mark(&mut self, t: u32) {
+        if !self.uses_planner() {
+            return;
+        }
+        let ten = &mut self.tenants[t as usize];
+        if !ten.dirty {
+            ten.dirty = true;
+            self.dirty.push(t);
+        }
+    }
+
+    // ----- jobs -----
+
+    fn arrival(&mut self, j: u32) -> Result<(), EngineError> {
+        let t = self.w.jobs[j as usize].tenant;
+        let now = self.now;
+        let cfg = &self.opts.adaptive;
+        let ten = &mut self.tenants[t as usize];
+        ten.adaptive.arrival(now, cfg);
+        ten.queue.push_back(j);
+        self.dispatch_idle(t)?;
+        self.mark(t);
+        self.ensure_poll(t);
+        Ok(())
+    }
+
+    /// Hands queued jobs to idle ready sandboxes (warm starts).
+    fn dispatch_idle(&mut self, t: u32) -> Result<(), EngineError> {
+        loop {
+            let ten = &mut self.tenants[t as usize];
+            if ten.queue.is_empty() || ten.idle.is_empty() {
+                return Ok(());
+            }
+            let (Some(sb), Some(j)) = (ten.idle.pop(), ten.queue.pop_front()) else {
+                return Ok(());
+            };
+            self.start_job(j, sb, false)?;
+        }
+    }
+
+    fn start_job(&mut self, j: u32, sb: SimId, cold: bool) -> Result<(), EngineError> {
+        let now = self.now;
+        self.fleet.assign(sb, now)?;
+        let job = self.w.jobs[j as usize];
+        let rec = &mut self.jobs[j as usize];
+        if !rec.started {
+            rec.started = true;
+            rec.wait_ms = now - job.arrival_ms;
+            self.waits.push(now - job.arrival_ms);
+        }
+        rec.cold |= cold;
+        self.sb_job[sb as usize] = j;
+        self.sb_run[sb as usize] += 1;
+        let run = self.sb_run[sb as usize];
+        let ten = &mut self.tenants[job.tenant as usize];
+        ten.running += 1;
+        let pos = self.sb_pos[sb as usize] as usize;
+        let v = &mut ten.pool_mut().sandboxes[pos];
+        v.state = SandboxState::Busy;
+        v.since = now;
+        v.idle_since = None;
+        self.push(now + job.duration_ms, Kind::Complete, sb, run);
+        Ok(())
+    }
+
+    fn complete(&mut self, sb: SimId, run: u32) -> Result<(), EngineError> {
+        if self.sb_run[sb as usize] != run || self.sb_job[sb as usize] == NONE {
+            return Ok(()); // The job was interrupted; this completion never happens.
+        }
+        let j = self.sb_job[sb as usize];
+        self.sb_job[sb as usize] = NONE;
+        let t = self.w.jobs[j as usize].tenant;
+        self.jobs[j as usize].done = true;
+        self.done_jobs += 1;
+        self.fleet.release(sb, self.now)?;
+        let now = self.now;
+        let ten = &mut self.tenants[t as usize];
+        ten.running -= 1;
+        ten.adaptive.finished(now);
+        self.became_idle(t, sb);
+        self.dispatch_idle(t)?;
+        self.mark(t);
+        Ok(())
+    }
+
+    fn became_idle(&mut self, t: u32, sb: SimId) {
+        let now = self.now;
+        let ten = &mut self.tenants[t as usize];
+        let pos = self.sb_pos[sb as usize] as usize;
+        let v = &mut ten.pool_mut().sandboxes[pos];
+        v.state = SandboxState::Ready;
+        v.since = now;
+        v.idle_since = Some(now);
+        ten.idle.push(sb);
+    }
+
+    fn ready(&mut self, boot: Boot) -> Result<(), EngineError> {
+        let Some(t) = self.fleet.tenant(boot.id) else {
+            return Ok(());
+        };
+        match self.fleet.boot_done(boot, self.now) {
+            BootOutcome::Stale => return Ok(()),
+            BootOutcome::Failed => {
+                let state = self.fleet.state(boot.id);
+                match state {
+                    Some(shoal_fleet::sim::SimState::Stopped) => {
+                        self.set_view(t, boot.id, SandboxState::Stopped)
+                    }
+                    Some(shoal_fleet::sim::SimState::Suspended) => {
+                        self.set_view(t, boot.id, SandboxState::Suspended)
+                    }
+                    _ => self.remove_view(t, boot.id),
+                }
+            }
+            BootOutcome::Ready => {
+                self.sb_ready_at[boot.id as usize] = self.now;
+                let ten = &mut self.tenants[t as usize];
+                if let Some(j) = ten.queue.pop_front() {
+                    self.start_job(j, boot.id, true)?;
+                } else {
+                    self.became_idle(t, boot.id);
+                }
+            }
+        }
+        self.mark(t);
+        Ok(())
+    }
+
+    // ----- sandboxes, as the policies change them -----
+
+    fn set_view(&mut self, t: u32, sb: SimId, state: SandboxState) {
+        let now = self.now;
+        let pos = self.sb_pos[sb as usize] as usize;
+        let v = &mut self.tenants[t as usize].pool_mut().sandboxes[pos];
+        v.state = state;
+        v.since = now;
+        v.idle_since = None;
+    }
+
+    fn remove_view(&mut self, t: u32, sb: SimId) {
+        let pos = self.sb_pos[sb as usize] as usize;
+        let list = &mut self.tenants[t as usize].pool_mut().sandboxes;
+        list.swap_remove(pos);
+        if let Some(moved) = list.get(pos) {
+            let id: SimId = moved.id.parse().unwrap_or(NONE);
+            if let Some(p) = self.sb_pos.get_mut(id as usize) {
+                *p = pos as u32;
+            }
+        }
+        self.sb_pos[sb as usize] = NONE;
+    }
+
+    fn new_sandbox(&mut self, t: u32) {
+        let boot = self.fleet.create(t, self.now);
+        let id = boot.id as usize;
+        debug_assert_eq!(id, self.sb_job.len());
+        self.sb_job.push(NONE);
+        self.sb_run.push(0);
+        let r = self.next_random();
+        self.sb_fly_id.push(r);
+        self.sb_ready_at.push(Ms::MIN);
+        let now = self.now;
+        let list = &mut self.tenants[t as usize].pool_mut().sandboxes;
+        self.sb_pos.push(list.len() as u32);
+        list.push(SandboxView {
+            id: boot.id.to_string(),
+            state: SandboxState::Booting,
+            since: now,
+            idle_since: None,
+        });
+        self.push(boot.ready_at, Kind::Ready, boot.id, boot.seq);
+    }
+
+    /// Creates `n` sandboxes for tenant `t`.
+    pub(crate) fn create(&mut self, t: u32, n: u32) {
+        for _ in 0..n {
+            self.new_sandbox(t);
+        }
+    }
+
+    /// Starts (or resumes) a sleeping sandbox.
+    pub(crate) fn wake(&mut self, t: u32, sb: SimId, resume: bool) -> Result<(), EngineError> {
+        let boot = if resume {
+            self.fleet.resume(sb, self.now)?
+        } else {
+            self.fleet.start(sb, self.now)?
+        };
+        self.set_view(t, sb, SandboxState::Booting);
+        self.push(boot.ready_at, Kind::Ready, boot.id, boot.seq);
+        Ok(())
+    }
+
+    /// Stops, suspends or destroys a sandbox, busy or not; a job it was running goes back to the
+    /// front of its tenant's queue.
+    pub(crate) fn halt(&mut self, t: u32, sb: SimId, to: SandboxState) -> Result<(), EngineError> {
+        let now = self.now;
+        let halted = match to {
+            SandboxState::Suspended => self.fleet.suspend(sb, now)?,
+            SandboxState::Destroyed => self.fleet.destroy(sb, now)?,
+            _ => self.fleet.stop(sb, now)?,
+        };
+        let ten = &mut self.tenants[t as usize];
+        if let Some(i) = ten.idle.iter().position(|&x| x == sb) {
+            ten.idle.remove(i);
+        }
+        if halted == Halted::InterruptedJob {
+            let j = self.sb_job[sb as usize];
+            self.sb_job[sb as usize] = NONE;
+            self.sb_run[sb as usize] += 1;
+            ten.running -= 1;
+            ten.queue.push_front(j);
+            let rec = &mut self.jobs[j as usize];
+            if !rec.interrupted {
+                rec.interrupted = true;
+                self.interrupted += 1;
+            }
+        }
+        if to == SandboxState::Destroyed {
+            self.remove_view(t, sb);
+        } else {
+            self.set_view(t, sb, to);
+        }
+        if halted == Halted::InterruptedJob {
+            self.dispatch_idle(t)?;
+        }
+        Ok(())
+    }
+
+    // ----- the planner -----
+
+    fn plan_tenant(&mut self, t: u32) -> Result<(), EngineError> {
+        let now = self.now;
+        let started = self.opts.measure.then(Instant::now);
+        let cfg = &self.opts.adaptive;
+        let adaptive = matches!(self.policy, Policy::Adaptive(_));
+        let ten = &mut self.tenants[t as usize];
+        let advice = adaptive.then(|| ten.adaptive.prewarm(now, cfg));
+        let (queued, running) = (ten.queue.len() as u32, ten.running);
+        let pool = ten.pool_mut();
+        pool.queued = queued;
+        pool.running = running;
+        pool.prewarm = advice.and_then(|a| a.prewarm());
+        let plan = shoal_planner::plan(&ten.snap, now);
+        if let Some(s) = started {
+            self.plan_ns
+                .push(s.elapsed().as_nanos().min(u32::MAX as u128) as u32);
+        }
+        self.stats.plans += 1;
+        self.stats.max_pool = self
+            .stats
+            .max_pool
+            .max(self.tenants[t as usize].pool().sandboxes.len());
+        for step in plan.steps {
+            let id = || {
+                step.sandbox()
+                    .and_then(|s| s.parse::<SimId>().ok())
+                    .unwrap_or(NONE)
+            };
+            match &step {
+                Step::Create { .. } => self.new_sandbox(t),
+                Step::Start { .. } => self.wake(t, id(), false)?,
+                Step::Resume { .. } => self.wake(t, id(), true)?,
+                Step::Stop { .. } => self.halt(t, id(), SandboxState::Stopped)?,
+                Step::Suspend { .. } => self.halt(t, id(), SandboxState::Suspended)?,
+                Step::Destroy { .. } => self.halt(t, id(), SandboxState::Destroyed)?,
+            }
+        }
+        // When must this pool be planned again if nothing happens?
+        let ten = &self.tenants[t as usize];
+        let p = &ten.pool().policy;
+        let mut next = advice.and_then(|a| a.next_change).filter(|&x| x > now);
+        let mut consider = |x: Ms| {
+            if x > now {
+                next = Some(next.map_or(x, |n| n.min(x)));
+            }
+        };
+        for s in &ten.pool().sandboxes {
+            match s.state {
+                SandboxState::Ready => {
+                    consider(s.idle_since.unwrap_or(s.since) + p.idle_timeout_ms)
+                }
+                SandboxState::Stopped | SandboxState::Suspended => {
+                    consider(s.since + p.retention_ms)
+                }
+                SandboxState::Booting => consider(s.since + p.boot_timeout_ms),
+                _ => {}
+            }
+        }
+        if let Some(x) = next {
+            let ten = &mut self.tenants[t as usize];
+            if ten.timer_at.is_none_or(|cur| x < cur || cur <= now) {
+                ten.timer_at = Some(x);
+                self.push(x, Kind::Timer, t, 0);
+            }
+        }
+        Ok(())
+    }
+
+    // ----- the peers' polling loops -----
+
+    fn ensure_poll(&mut self, t: u32) {
+        let period = match self.policy {
+            Policy::Keda => peers::KEDA_HPA_PERIOD_MS,
+            Policy::FlyAutoscaler => peers::FLY_INTERVAL_MS,
+            _ => return,
+        };
+        let phase = self.phase(t, period);
+        let ten = &mut self.tenants[t as usize];
+        let slot = match self.policy {
+            Policy::Keda => &mut ten.keda.next_poll,
+            _ => &mut ten.fly.next_poll,
+        };
+        if slot.is_some() {
+            return;
+        }
+        // The next tick of this tenant's loop strictly after now.
+        let k = (self.now - phase).div_euclid(period) + 1;
+        let at = phase + k * period;
+        *slot = Some(at);
+        self.push(at, Kind::Poll, t, 0);
+    }
+
+    /// Each tenant's loop started at its own moment: a fixed, seeded phase.
+    pub(crate) fn phase(&self, t: u32, period: Ms) -> Ms {
+        let mut x = (t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.opts.seed;
+        x ^= x >> 29;
+        x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x ^= x >> 32;
+        (x % period as u64) as Ms
+    }
+
+    fn poll(&mut self, t: u32) -> Result<(), EngineError> {
+        let again = match self.policy {
+            Policy::Keda => {
+                self.tenants[t as usize].keda.next_poll = None;
+                peers::keda_pass(self, t)?
+            }
+            Policy::FlyAutoscaler => {
+                self.tenants[t as usize].fly.next_poll = None;
+                peers::fly_pass(self, t)?
+            }
+            _ => false,
+        };
+        if again {
+            self.ensure_poll(t);
+        }
+        Ok(())
+    }
+
+    /// What the peers' models read of a tenant.
+    pub(crate) fn demand(&self, t: u32) -> u32 {
+        let ten = &self.tenants[t as usize];
+        ten.queue.len() as u32 + ten.running
+    }
+
+    pub(crate) fn sandboxes(&self, t: u32) -> &[SandboxView] {
+        &self.tenants[t as usize].pool().sandboxes
+    }
+
+    pub(crate) fn keda_state(&mut self, t: u32) -> &mut KedaState {
+        &mut self.tenants[t as usize].keda
+    }
+
+    // ----- results -----
+
+    fn finish(mut self) -> (Outcome, RunStats, Vec<JobResult>) {
+        let n = self.w.jobs.len() as u64;
+        let cold = self.jobs.iter().filter(|j| j.cold).count() as u64;
+        self.waits.sort_unstable();
+        let pct = |v: &[Ms], q: f64| -> Ms {
+            if v.is_empty() {
+                return 0;
+            }
+            let i = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
+            v[i]
+        };
+        let meter = self.fleet.meter(self.now);
+        let outcome = Outcome {
+            jobs: n,
+            cold_starts: cold,
+            cold_start_rate: if n == 0 { 0.0 } else { cold as f64 / n as f64 },
+            wait_p50_s: pct(&self.waits, 0.50) as f64 / 1000.0,
+            wait_p99_s: pct(&self.waits, 0.99) as f64 / 1000.0,
+            sandbox_seconds: meter.sandbox_ms as f64 / 1000.0,
+            idle_sandbox_seconds: meter.idle_ms as f64 / 1000.0,
+            provider_calls: self.fleet.calls().total(),
+            interrupted_jobs: self.interrupted,
+        };
+        self.plan_ns.sort_unstable();
+        let p = |q: f64| -> u64 {
+            if self.plan_ns.is_empty() {
+                return 0;
+            }
+            let i =
+                ((q * self.plan_ns.len() as f64).ceil() as usize).clamp(1, self.plan_ns.len()) - 1;
+            self.plan_ns[i] as u64
+        };
+        let mut stats = self.stats.clone();
+        stats.plan_ns_p50 = p(0.50);
+        stats.plan_ns_p99 = p(0.99);
+        stats.plan_ns_max = self.plan_ns.last().copied().unwrap_or(0) as u64;
+        stats.sandboxes_created = self.fleet.created() as u64;
+        stats.end_s = self.now as f64 / 1000.0;
+        let jobs = self
+            .jobs
+            .iter()
+            .map(|j| JobResult {
+                cold: j.cold,
+                wait_ms: j.wait_ms,
+                interrupted: j.interrupted,
+            })
+            .collect();
+        (outcome, stats, jobs)
+    }
+}

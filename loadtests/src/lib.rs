@@ -1,0 +1,18 @@
+//! Shoal's load generator and policy simulator.
+//!
+//! - [`workload`]: the contract's workload CSV.
+//! - [`generate`]: seeded multi-tenant workloads, and one derived from the Azure LLM trace.
+//! - [`engine`]: the simulator (virtual clock, `sim` provider, Shoal's planner or a peer's loop).
+//! - [`peers`]: the KEDA and fly-autoscaler baselines.
+//! - [`report`]: every policy on every workload, as a table and a plot.
+
+pub mod engine;
+pub mod generate;
+pub mod peers;
+pub mod policy;
+pub mod report;
+pub mod workload;
+
+pub use engine::{JobResult, Outcome, RunStats, SimOptions, simulate, simulate_detailed};
+pub use policy::Policy;
+pub use workload::{Job, Workload};

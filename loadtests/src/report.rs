@@ -1,0 +1,202 @@
+//! The policy report: every policy on every workload, as a Markdown table, a JSON file and an
+//! SVG plot of cold-start rate against idle sandbox-hours (drawn with plotters).
+
+use crate::engine::{EngineError, Outcome, SimOptions, simulate};
+use crate::policy::Policy;
+use crate::workload::Workload;
+use plotters::prelude::*;
+use std::fmt::Write as _;
+
+/// The policies the report compares.
+pub fn default_policies() -> Vec<Policy> {
+    let mut v: Vec<Policy> = [30.0, 60.0, 120.0, 300.0, 600.0, 1200.0]
+        .into_iter()
+        .map(Policy::Fixed)
+        .collect();
+    v.extend([Policy::Adaptive(None), Policy::Keda, Policy::FlyAutoscaler]);
+    v
+}
+
+/// One cell of the report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Row {
+    pub workload: String,
+    pub policy: String,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+/// Runs `policies` on each named workload, two at a time.
+pub fn run_all(
+    workloads: &[(String, Workload)],
+    policies: &[Policy],
+    opts: &SimOptions,
+) -> Result<Vec<Row>, EngineError> {
+    let tasks: Vec<(usize, Policy)> = (0..workloads.len())
+        .flat_map(|w| policies.iter().map(move |&p| (w, p)))
+        .collect();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&(w, p)) = tasks.get(i) else { break };
+                    let r = simulate(&workloads[w].1, p, opts).map(|(o, _)| Row {
+                        workload: workloads[w].0.clone(),
+                        policy: p.to_string(),
+                        outcome: o,
+                    });
+                    if let Ok(mut v) = results.lock() {
+                        v.push((i, r));
+                    }
+                }
+            });
+        }
+    });
+    let mut v = results.into_inner().unwrap_or_default();
+    v.sort_by_key(|(i, _)| *i);
+    v.into_iter().map(|(_, r)| r).collect()
+}
+
+/// The Markdown table, one section per workload.
+pub fn table(rows: &[Row]) -> String {
+    let mut s = String::new();
+    let mut last = "";
+    for r in rows {
+        if r.workload != last {
+            last = &r.workload;
+            let _ = writeln!(s, "\n**{}** ({} jobs)\n", r.workload, r.outcome.jobs);
+            s.push_str("| policy | cold starts | cold-start rate | idle sandbox-s | sandbox-s | wait p50 s | wait p99 s | provider calls | interrupted jobs |\n");
+            s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        }
+        let o = &r.outcome;
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.2}% | {:.0} | {:.0} | {:.2} | {:.2} | {} | {} |",
+            r.policy,
+            o.cold_starts,
+            o.cold_start_rate * 100.0,
+            o.idle_sandbox_seconds,
+            o.sandbox_seconds,
+            o.wait_p50_s,
+            o.wait_p99_s,
+            o.provider_calls,
+            o.interrupted_jobs
+        );
+    }
+    s
+}
+
+/// The acceptance checks per workload: adaptive vs fixed:600, keda, fly-autoscaler.
+pub fn checks(rows: &[Row]) -> Vec<(String, bool, String)> {
+    let mut out = Vec::new();
+    let mut names: Vec<&str> = rows.iter().map(|r| r.workload.as_str()).collect();
+    names.dedup();
+    for w in names {
+        let get = |p: &str| {
+            rows.iter()
+                .find(|r| r.workload == w && r.policy == p)
+                .map(|r| &r.outcome)
+        };
+        let (Some(a), Some(f), Some(k), Some(fl)) = (
+            get("adaptive"),
+            get("fixed:600"),
+            get("keda"),
+            get("fly-autoscaler"),
+        ) else {
+            continue;
+        };
+        let fewer = 1.0 - a.cold_starts as f64 / f.cold_starts.max(1) as f64;
+        let ok = fewer >= 0.40
+            && a.idle_sandbox_seconds <= f.idle_sandbox_seconds
+            && a.cold_starts < k.cold_starts
+            && a.idle_sandbox_seconds < k.idle_sandbox_seconds
+            && a.cold_starts < fl.cold_starts
+            && a.idle_sandbox_seconds < fl.idle_sandbox_seconds;
+        let msg = format!(
+            "{w}: adaptive {:.0}% fewer cold starts than fixed:600, idle {:.0} vs {:.0} s; keda {}/{:.0}; fly-autoscaler {}/{:.0}",
+            fewer * 100.0,
+            a.idle_sandbox_seconds,
+            f.idle_sandbox_seconds,
+            k.cold_starts,
+            k.idle_sandbox_seconds,
+            fl.cold_starts,
+            fl.idle_sandbox_seconds
+        );
+        out.push((w.to_string(), ok, msg));
+    }
+    out
+}
+
+/// Draws one panel per workload: cold-start rate (y) against idle sandbox-hours (x), the fixed
+/// timeouts as a connected curve and the other policies as labelled points.
+pub fn plot_svg(rows: &[Row], path: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    let mut names: Vec<&str> = rows.iter().map(|r| r.workload.as_str()).collect();
+    names.dedup();
+    let cols = 2usize;
+    let nrows = names.len().div_ceil(cols).max(1);
+    let root = SVGBackend::new(path, (1100, 460 * nrows as u32)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let panels = root.split_evenly((nrows, cols));
+    for (w, area) in names.iter().zip(panels.iter()) {
+        let mine: Vec<&Row> = rows.iter().filter(|r| r.workload == *w).collect();
+        let xs = mine.iter().map(|r| r.outcome.idle_sandbox_seconds / 3600.0);
+        let ys = mine.iter().map(|r| r.outcome.cold_start_rate * 100.0);
+        let xmax = xs.fold(0.0f64, f64::max) * 1.15 + 1e-9;
+        let ymax = ys.fold(0.0f64, f64::max) * 1.15 + 1e-9;
+        let mut chart = ChartBuilder::on(area)
+            .caption(*w, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0.0..xmax, 0.0..ymax)?;
+        chart
+            .configure_mesh()
+            .x_desc("idle sandbox-hours")
+            .y_desc("cold-start rate (%)")
+            .light_line_style(WHITE)
+            .draw()?;
+        let fixed: Vec<(f64, f64)> = mine
+            .iter()
+            .filter(|r| r.policy.starts_with("fixed:"))
+            .map(|r| {
+                (
+                    r.outcome.idle_sandbox_seconds / 3600.0,
+                    r.outcome.cold_start_rate * 100.0,
+                )
+            })
+            .collect();
+        chart.draw_series(LineSeries::new(fixed.iter().copied(), BLUE.stroke_width(2)))?;
+        for r in &mine {
+            let p = (
+                r.outcome.idle_sandbox_seconds / 3600.0,
+                r.outcome.cold_start_rate * 100.0,
+            );
+            let color = match r.policy.as_str() {
+                "adaptive" => RED,
+                "keda" => MAGENTA,
+                "fly-autoscaler" => GREEN,
+                _ => BLUE,
+            };
+            let label = r.policy.trim_start_matches("fixed:").to_string();
+            let label = if r.policy.starts_with("fixed:") {
+                format!("fixed {label}s")
+            } else {
+                label
+            };
+            chart.draw_series(std::iter::once(Circle::new(p, 5, color.filled())))?;
+            chart.draw_series(std::iter::once(Text::new(
+                label,
+                (p.0, p.1),
+                ("sans-serif", 13).into_font().color(&color),
+            )))?;
+        }
+    }
+    root.present()?;
+    Ok(())
+}

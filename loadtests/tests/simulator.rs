@@ -1,0 +1,274 @@
+//! The simulator checked against answers known by hand, and one test per policy invariant.
+
+use shoal_fleet::sim::SimLatencies;
+use shoal_loadtests::generate::{self, Profile};
+use shoal_loadtests::{Policy, SimOptions, Workload, simulate, simulate_detailed};
+
+const DURATION_MS: i64 = 10_000;
+
+/// One tenant, one job at a time: each job starts `gap` after the previous one ended.
+/// Returns the workload and, for `fixed:T`, the answer computed by hand.
+fn sequential(gaps_s: &[i64], t_s: i64, lat: SimLatencies) -> (Workload, u64, f64) {
+    let mut rows = vec![("t".to_string(), 0i64, DURATION_MS)];
+    // The first job waits for a create.
+    let mut end = lat.create_ms + DURATION_MS;
+    let mut cold = 1u64;
+    let mut idle_ms = 0i64;
+    for &g in gaps_s {
+        let arrival = end + g * 1000;
+        rows.push(("t".to_string(), arrival, DURATION_MS));
+        if g > t_s {
+            // Stopped after T idle; the job waits for a start.
+            cold += 1;
+            idle_ms += t_s * 1000;
+            end = arrival + lat.start_ms + DURATION_MS;
+        } else {
+            idle_ms += g * 1000;
+            end = arrival + DURATION_MS;
+        }
+    }
+    // The idle tail: the last sandbox idles T, then is stopped.
+    idle_ms += t_s * 1000;
+    (Workload::from_rows(rows), cold, idle_ms as f64 / 1000.0)
+}
+
+#[test]
+fn fixed_timeout_matches_the_hand_computed_answer() {
+    let lat = SimLatencies::default();
+    // Gaps in seconds; 60 is exactly the timeout and stays warm.
+    let gaps = [5, 50, 100, 60, 200, 30, 500, 61, 59, 1_000];
+    for t in [30, 60, 120, 600] {
+        let (w, cold, idle) = sequential(&gaps, t, lat);
+        let (o, _) = simulate(&w, Policy::Fixed(t as f64), &SimOptions::default()).unwrap();
+        let by_hand = 1 + gaps.iter().filter(|&&g| g > t).count() as u64;
+        assert_eq!(cold, by_hand);
+        assert_eq!(o.jobs, gaps.len() as u64 + 1);
+        assert_eq!(
+            o.cold_starts, cold,
+            "fixed:{t}: cold starts are the gaps longer than T, plus the first"
+        );
+        assert_eq!(
+            o.idle_sandbox_seconds, idle,
+            "fixed:{t}: idle is min(gap, T) per gap plus the tail T"
+        );
+        assert_eq!(
+            o.sandbox_seconds,
+            idle + 10.0 * o.jobs as f64,
+            "billed = idle + busy, boot excluded"
+        );
+        assert_eq!(o.interrupted_jobs, 0);
+        // One create, a stop and a start per cold start after the first, the final stop, and
+        // the destroy when the stopped sandbox outlives its retention (1 h) after the last job.
+        assert_eq!(o.provider_calls, 1 + 2 * (cold - 1) + 1 + 1);
+        let wait_p99 = if cold > 1 { 3.0 } else { 0.0 };
+        assert_eq!(o.wait_p99_s, wait_p99);
+    }
+}
+
+fn small(seed: u64) -> Workload {
+    let mut p: Profile = generate::profile("saas-mix").unwrap();
+    p.tenants = 25;
+    p.jobs = 1_500.0;
+    p.days = 0.5;
+    generate::generate(&p, seed)
+}
+
+fn all_policies() -> Vec<Policy> {
+    vec![
+        Policy::Fixed(60.0),
+        Policy::Fixed(600.0),
+        Policy::Adaptive(None),
+        Policy::Keda,
+        Policy::FlyAutoscaler,
+    ]
+}
+
+#[test]
+fn every_policy_finishes_every_job_and_stops_every_sandbox() {
+    let w = small(11);
+    let busy_s: f64 = w.jobs.iter().map(|j| j.duration_ms as f64 / 1000.0).sum();
+    for p in all_policies() {
+        // `simulate` fails if a job is left or a sandbox is still running at the end.
+        let (o, s) = simulate(&w, p, &SimOptions::default()).unwrap_or_else(|e| panic!("{p}: {e}"));
+        assert_eq!(o.jobs, w.jobs.len() as u64);
+        assert!(o.cold_starts <= o.jobs && o.cold_starts > 0, "{p}");
+        assert!(o.idle_sandbox_seconds <= o.sandbox_seconds, "{p}");
+        assert!(
+            o.sandbox_seconds + 1e-6 >= busy_s + o.idle_sandbox_seconds,
+            "{p}: every job's run is billed"
+        );
+        assert!(s.end_s * 1000.0 >= w.span_ms() as f64, "{p}");
+    }
+}
+
+#[test]
+fn shoals_planner_never_stops_a_busy_sandbox_and_bills_exactly_busy_plus_idle() {
+    let w = small(12);
+    let busy_ms: i64 = w.jobs.iter().map(|j| j.duration_ms).sum();
+    for p in [
+        Policy::Fixed(30.0),
+        Policy::Fixed(1200.0),
+        Policy::Adaptive(None),
+        Policy::Adaptive(Some(60.0)),
+    ] {
+        let (o, _) = simulate(&w, p, &SimOptions::default()).unwrap();
+        assert_eq!(o.interrupted_jobs, 0, "{p}");
+        let billed_ms = (o.sandbox_seconds * 1000.0).round() as i64;
+        let idle_ms = (o.idle_sandbox_seconds * 1000.0).round() as i64;
+        assert_eq!(billed_ms, busy_ms + idle_ms, "{p}");
+    }
+}
+
+#[test]
+fn a_longer_fixed_timeout_trades_idle_time_for_cold_starts() {
+    let (w, _, _) = sequential(
+        &[5, 50, 100, 60, 200, 30, 500, 61, 59, 1_000, 300, 900],
+        60,
+        SimLatencies::default(),
+    );
+    let mut last: Option<(u64, f64)> = None;
+    for t in [0.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0] {
+        let (o, _) = simulate(&w, Policy::Fixed(t), &SimOptions::default()).unwrap();
+        if let Some((cold, idle)) = last {
+            assert!(
+                o.cold_starts <= cold && o.idle_sandbox_seconds >= idle,
+                "fixed:{t}"
+            );
+        }
+        last = Some((o.cold_starts, o.idle_sandbox_seconds));
+    }
+}
+
+#[test]
+fn adaptive_decides_from_the_past_only() {
+    // Two workloads equal up to a point and different after it: every job before the point
+    // must fare exactly the same, so nothing after it leaked into the decisions.
+    let a = small(13);
+    let cut = a.span_ms() / 2;
+    let mut b = a.clone();
+    b.jobs.retain(|j| j.arrival_ms < cut);
+    let kept = b.jobs.len();
+    for j in a.jobs.iter().filter(|j| j.arrival_ms >= cut).step_by(3) {
+        b.jobs.push(shoal_loadtests::Job {
+            arrival_ms: j.arrival_ms + 7_777,
+            ..*j
+        });
+    }
+    b.sort();
+    let opts = SimOptions::default();
+    let (_, _, ra) = simulate_detailed(&a, Policy::Adaptive(None), &opts).unwrap();
+    let (_, _, rb) = simulate_detailed(&b, Policy::Adaptive(None), &opts).unwrap();
+    // Jobs whose whole life ended before the cut cannot be affected by what comes after.
+    let early = a
+        .jobs
+        .iter()
+        .take(kept)
+        .filter(|j| j.arrival_ms + j.duration_ms + 60_000 < cut)
+        .count();
+    assert!(early > 100);
+    assert_eq!(ra[..early], rb[..early]);
+}
+
+#[test]
+fn adaptive_prewarms_a_cron_tenant_after_a_few_runs() {
+    // Every 30 minutes, one 20 s job, a second of jitter.
+    let rows: Vec<(String, i64, i64)> = (0..40)
+        .map(|i| {
+            (
+                "cron".to_string(),
+                i * 1_800_000 + (i * 7 % 3) * 400,
+                20_000,
+            )
+        })
+        .collect();
+    let w = Workload::from_rows(rows);
+    let (a, _, jobs) =
+        simulate_detailed(&w, Policy::Adaptive(None), &SimOptions::default()).unwrap();
+    let (f, _) = simulate(&w, Policy::Fixed(600.0), &SimOptions::default()).unwrap();
+    assert_eq!(
+        f.cold_starts, 40,
+        "fixed:600 is cold on every run of a 30-minute cron"
+    );
+    assert!(
+        jobs[6..].iter().all(|j| !j.cold),
+        "warm once the period is learned: {jobs:?}"
+    );
+    assert!(
+        a.idle_sandbox_seconds < f.idle_sandbox_seconds / 10.0,
+        "{} vs {}",
+        a.idle_sandbox_seconds,
+        f.idle_sandbox_seconds
+    );
+}
+
+#[test]
+fn keda_waits_out_its_cooldown_and_fly_stops_within_a_pass() {
+    let w = Workload::from_rows([("t", 0i64, 10_000i64)]);
+    let (k, _) = simulate(&w, Policy::Keda, &SimOptions::default()).unwrap();
+    assert_eq!(k.cold_starts, 1);
+    // Activation waits for a 30 s poll; scale to zero waits 300 s after the last active poll.
+    assert!(
+        k.wait_p50_s > 3.0 && k.wait_p50_s <= 33.0,
+        "{}",
+        k.wait_p50_s
+    );
+    assert!(
+        k.idle_sandbox_seconds >= 270.0 && k.idle_sandbox_seconds <= 360.0,
+        "{}",
+        k.idle_sandbox_seconds
+    );
+    let (f, _) = simulate(&w, Policy::FlyAutoscaler, &SimOptions::default()).unwrap();
+    assert_eq!(f.cold_starts, 1);
+    assert!(
+        f.wait_p50_s > 3.0 && f.wait_p50_s <= 18.0,
+        "{}",
+        f.wait_p50_s
+    );
+    assert!(f.idle_sandbox_seconds <= 15.0, "{}", f.idle_sandbox_seconds);
+}
+
+#[test]
+fn the_peers_are_not_busy_aware() {
+    let w = small(14);
+    for p in [Policy::Keda, Policy::FlyAutoscaler] {
+        let (o, _) = simulate(&w, p, &SimOptions::default()).unwrap();
+        assert!(
+            o.interrupted_jobs > 0,
+            "{p} stops busy sandboxes when it picks by id or age"
+        );
+    }
+}
+
+#[test]
+fn scripted_failures_are_retried_and_runs_are_reproducible() {
+    let w = small(15);
+    let opts = SimOptions {
+        failure_rate: 0.3,
+        seed: 9,
+        ..SimOptions::default()
+    };
+    for p in all_policies() {
+        let a = simulate(&w, p, &opts).unwrap_or_else(|e| panic!("{p}: {e}"));
+        let b = simulate(&w, p, &opts).unwrap();
+        assert_eq!(a.0, b.0, "{p}");
+        let clean = simulate(&w, p, &SimOptions::default()).unwrap();
+        assert!(
+            a.0.provider_calls > clean.0.provider_calls,
+            "{p}: failed boots cost calls"
+        );
+    }
+}
+
+#[test]
+fn max_sandboxes_caps_each_tenant() {
+    let rows: Vec<(String, i64, i64)> = (0..20).map(|i| ("t".to_string(), i, 60_000)).collect();
+    let w = Workload::from_rows(rows);
+    let opts = SimOptions {
+        max_sandboxes: Some(3),
+        ..SimOptions::default()
+    };
+    let (o, s) = simulate(&w, Policy::Fixed(60.0), &opts).unwrap();
+    assert_eq!(s.sandboxes_created, 3);
+    assert_eq!(o.cold_starts, 3);
+    assert!(o.wait_p99_s >= 360.0);
+}
