@@ -80,6 +80,8 @@ pub enum ProviderField {
 pub struct ProviderTables {
     pub name: Option<String>,
     pub process: Option<ProcessTable>,
+    /// `[provider.fly]`: see `docs/providers/fly.md`.
+    pub fly: Option<shoal_fleet::fly::FlyConfig>,
 }
 
 impl FileConfig {
@@ -129,6 +131,11 @@ pub struct Config {
     pub fleet_max_sandboxes: Option<u32>,
     pub metrics_max_tenants: usize,
     pub agent_bin: PathBuf,
+    /// The `[provider.fly]` table, when the provider is `fly`.
+    pub fly: Option<shoal_fleet::fly::FlyConfig>,
+    /// `FLY_API_TOKEN`, when the provider is `fly` (never printed).
+    #[serde(skip)]
+    pub fly_token: Option<String>,
 }
 
 /// Durations print as humans write them.
@@ -280,9 +287,9 @@ impl Config {
                 "provider: `{provider}` is not one of {}",
                 PROVIDERS.join(", ")
             ));
-        } else if provider != "process" {
+        } else if !["process", "fly"].contains(&provider.as_str()) {
             errs.push(format!(
-                "provider: `{provider}` is not available in this build yet (process is)"
+                "provider: `{provider}` is not available in this build yet (process and fly are)"
             ));
         }
         let advertise_url = match pick(&args.advertise_url, &file.advertise_url, "advertise_url") {
@@ -307,8 +314,14 @@ impl Config {
                 format!("http://{host}:{}", listen.port())
             }
         };
+        // Where the provider can keep memory cheaply, idle sandboxes are suspended by default.
+        let default_idle = if provider == "process" {
+            "stop"
+        } else {
+            "suspend"
+        };
         let idle_action =
-            pick(&None, &file.idle_action, "idle_action").unwrap_or_else(|| "stop".into());
+            pick(&None, &file.idle_action, "idle_action").unwrap_or_else(|| default_idle.into());
         if idle_action != "stop" && idle_action != "suspend" {
             errs.push(format!(
                 "idle_action: `{idle_action}` is not stop or suspend"
@@ -341,8 +354,33 @@ impl Config {
                 agent_bin.display()
             ));
         }
+        let fly = file.tables().fly;
+        let fly_token = std::env::var("FLY_API_TOKEN")
+            .ok()
+            .filter(|t| !t.trim().is_empty());
+        if provider == "fly" {
+            match &fly {
+                None => errs.push(
+                    "provider.fly: the [provider.fly] table is required with the fly provider"
+                        .into(),
+                ),
+                Some(f) => errs.extend(
+                    f.validate()
+                        .into_iter()
+                        .map(|p| format!("provider.fly: {p}")),
+                ),
+            }
+            if fly_token.is_none() {
+                errs.push("FLY_API_TOKEN: required with the fly provider".into());
+            }
+            if pick(&args.advertise_url, &file.advertise_url, "advertise_url").is_none() {
+                errs.push("advertise_url: required with the fly provider (the URL machines reach the scheduler at)".into());
+            }
+        }
         if errs.is_empty() {
             Ok(Config {
+                fly,
+                fly_token,
                 listen,
                 data_dir,
                 database_url,

@@ -45,6 +45,32 @@ fn admin_token(cfg: &Config) -> anyhow::Result<String> {
     Ok(t)
 }
 
+/// The provider the configuration names, reporting its observations on `sink`.
+pub fn build_provider(
+    cfg: &Config,
+    sink: shoal_fleet::ObservationSink,
+) -> anyhow::Result<Arc<dyn Provider>> {
+    Ok(match cfg.provider.as_str() {
+        "process" => Arc::new(ProcessProvider::new(
+            ProcessConfig {
+                agent_bin: cfg.agent_bin.clone(),
+                root: cfg.data_dir.join("sandboxes"),
+                stop_grace: Duration::from_secs(15),
+            },
+            sink,
+        )),
+        "fly" => {
+            let fly = cfg
+                .fly
+                .clone()
+                .context("the [provider.fly] table is required")?;
+            let token = cfg.fly_token.clone().context("FLY_API_TOKEN is required")?;
+            Arc::new(shoal_fleet::fly::FlyProvider::new(fly, token, sink)?)
+        }
+        other => anyhow::bail!("provider `{other}` is not available in this build"),
+    })
+}
+
 /// Runs the scheduler until `stop` resolves, then shuts down cleanly: agents are told to stop,
 /// sandboxes are stopped, their last ledger entries written.
 pub async fn serve(
@@ -60,17 +86,7 @@ pub async fn serve(
             .context("opening the store")?,
     );
     let (sink, observations) = tokio::sync::mpsc::unbounded_channel();
-    let provider: Arc<dyn Provider> = match cfg.provider.as_str() {
-        "process" => Arc::new(ProcessProvider::new(
-            ProcessConfig {
-                agent_bin: cfg.agent_bin.clone(),
-                root: cfg.data_dir.join("sandboxes"),
-                stop_grace: Duration::from_secs(15),
-            },
-            sink,
-        )),
-        other => anyhow::bail!("provider `{other}` is not available in this build"),
-    };
+    let provider = build_provider(&cfg, sink)?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;

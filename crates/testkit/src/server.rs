@@ -63,6 +63,7 @@ impl Server {
         let mut cmd = Command::new(shoal);
         cmd.arg("serve")
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--advertise-url", &format!("http://127.0.0.1:{port}")])
             .arg("--data-dir")
             .arg(&dir.0)
             .args(extra_args)

@@ -1,0 +1,213 @@
+//! End to end with `shoal serve --provider fly` against the Fly Machines emulator, whose machines
+//! run the real `shoal-agent`: three tenants' jobs all succeed, idle pools suspend and wake for new
+//! work; under Fly's faults (5xx, 429 bursts, a region out of capacity) every job still succeeds,
+//! Shoal never goes past Fly's rate limits, and no machine is left running or unknown at the end.
+
+use anyhow::Result;
+use reqwest::Method;
+use serde_json::{Value, json};
+use shoal_testkit::fly::{Emulator, EmulatorConfig, Faults, ThrottleBursts};
+use shoal_testkit::server::Server;
+use std::time::Duration;
+
+const TENANTS: [&str; 3] = ["acme", "globex", "initech"];
+
+fn active(p: &Value) -> u64 {
+    ["booting", "ready", "busy"]
+        .iter()
+        .map(|s| p["sandboxes"][s].as_u64().unwrap_or(0))
+        .sum()
+}
+
+async fn start(faults: Faults) -> Result<(Emulator, Server, std::path::PathBuf)> {
+    let agent = shoal_testkit::bins::binary("shoal-agent", "shoal-agent");
+    let emu = Emulator::start(EmulatorConfig {
+        faults,
+        ..EmulatorConfig::default().with_agent(agent)
+    })
+    .await?;
+    let dir = std::env::temp_dir().join(format!(
+        "shoal-fly-e2e-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("shoal.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[provider]\nname = \"fly\"\n[provider.fly]\napi_url = \"{}\"\napp = \"{}\"\nregions = [\"ams\", \"fra\", \"ord\"]\nimage = \"registry.fly.io/shoal-agent:test\"\npoll_interval = \"500ms\"\n",
+            emu.url(),
+            emu.app()
+        ),
+    )?;
+    let server = Server::start(
+        &["--config", config.to_str().unwrap(), "--idle-timeout", "2s"],
+        &[("FLY_API_TOKEN", "test-token")],
+    )
+    .await?;
+    for t in TENANTS {
+        let (st, v) = server
+            .send(
+                Method::PUT,
+                &format!("/v1/tenants/{t}"),
+                &json!({"plan": "pro", "limits": {"max_sandboxes": 3}}),
+            )
+            .await?;
+        anyhow::ensure!(st == 201, "{st} {v}");
+    }
+    Ok((emu, server, dir))
+}
+
+async fn run_jobs(s: &Server, per_tenant: usize, tag: &str) -> Result<Vec<(String, String)>> {
+    let mut ids = Vec::new();
+    for i in 0..per_tenant {
+        for t in TENANTS {
+            let (st, v) = s
+                .send(Method::POST, "/v1/jobs", &json!({"tenant": t, "kind": "agent", "spec": {"command": ["sh", "-c", format!("sleep 0.2; echo {tag}-{t}-{i}")]}}))
+                .await?;
+            anyhow::ensure!(st == 202, "{st} {v}");
+            ids.push((
+                v["id"].as_str().unwrap().to_string(),
+                format!("{tag}-{t}-{i}\n"),
+            ));
+        }
+    }
+    for (id, want) in &ids {
+        let j = s
+            .wait_for(&format!("job {id}"), Duration::from_secs(180), || async {
+                let j = s.get(&format!("/v1/jobs/{id}")).await?;
+                Ok(
+                    matches!(j["state"].as_str(), Some("succeeded" | "failed" | "dead"))
+                        .then_some(j),
+                )
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}\n{}", s.log()))?;
+        assert_eq!(j["state"], "succeeded", "{j}");
+        assert_eq!(j["result"]["stdout"].as_str(), Some(want.as_str()));
+    }
+    Ok(ids)
+}
+
+async fn wait_idle(s: &Server, t: &str, state: &str) -> Result<()> {
+    s.wait_for(
+        &format!("{t}'s pool to go {state}"),
+        Duration::from_secs(90),
+        || async {
+            let p = s.get(&format!("/v1/pools/{t}")).await?;
+            Ok((active(&p) == 0 && p["sandboxes"][state].as_u64() > Some(0)).then_some(()))
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fly_pools_run_suspend_and_wake() -> Result<()> {
+    let (emu, mut s, dir) = start(Faults::default()).await?;
+    run_jobs(&s, 20, "first").await?;
+    for t in TENANTS {
+        wait_idle(&s, t, "suspended").await?;
+    }
+    let suspended: Vec<String> = emu
+        .machines()
+        .into_iter()
+        .filter(|m| m.state == "suspended")
+        .map(|m| m.id)
+        .collect();
+    assert!(
+        !suspended.is_empty(),
+        "idle machines were not suspended: {:?}",
+        emu.machines()
+    );
+    let machines_before = emu.machines().len();
+    // New work wakes the suspended machines rather than creating new ones.
+    run_jobs(&s, 1, "again").await?;
+    assert_eq!(
+        emu.machines().len(),
+        machines_before,
+        "new work created machines instead of waking suspended ones"
+    );
+    let stats = emu.stats();
+    assert_eq!(
+        stats.past_rate_limit, 0,
+        "requests past Fly's limits: {stats:?}"
+    );
+    assert_eq!(
+        stats.spec_violations, 0,
+        "requests not in the spec: {:?}",
+        stats.violation_samples
+    );
+    assert!(s.stop().await?.success());
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fly_under_faults_loses_no_job_and_leaves_no_machine() -> Result<()> {
+    let faults = Faults {
+        server_error_fraction: 0.10,
+        throttle: Some(ThrottleBursts {
+            every_ms: 5_000,
+            length_ms: 500,
+        }),
+        no_capacity: vec!["ams".into()],
+        ..Default::default()
+    };
+    let (emu, mut s, dir) = start(faults).await?;
+    run_jobs(&s, 20, "faulty").await?;
+    let stats = emu.stats();
+    assert_eq!(
+        stats.past_rate_limit, 0,
+        "Shoal went past Fly's rate limits: {stats:?}"
+    );
+    assert_eq!(stats.spec_violations, 0, "{:?}", stats.violation_samples);
+    assert!(
+        stats.capacity_refusals > 0,
+        "the out-of-capacity region was never tried"
+    );
+    assert!(
+        emu.machines().iter().all(|m| m.region != "ams"),
+        "a machine landed in the region without capacity"
+    );
+    eprintln!(
+        "API calls per machine start under faults: {:.2}",
+        stats.calls_per_start()
+    );
+    assert!(
+        stats.calls_per_start() <= 3.0,
+        "a start cost {:.2} calls on average",
+        stats.calls_per_start()
+    );
+    // Every machine belongs to a sandbox the scheduler knows.
+    let known: Vec<String> = {
+        let mut ids = Vec::new();
+        for t in TENANTS {
+            for sb in s.get(&format!("/v1/pools/{t}")).await?["sandbox_list"]
+                .as_array()
+                .unwrap()
+            {
+                ids.push(sb["id"].as_str().unwrap().to_string());
+            }
+        }
+        ids
+    };
+    for m in emu.machines() {
+        let sandbox = m.metadata.get("shoal_sandbox").cloned().unwrap_or_default();
+        assert!(
+            known.contains(&sandbox),
+            "machine {} ({sandbox}) is unknown to the scheduler",
+            m.id
+        );
+    }
+    // A clean shutdown leaves no machine running.
+    assert!(s.stop().await?.success());
+    let running: Vec<_> = emu
+        .machines()
+        .into_iter()
+        .filter(|m| m.state == "started" || m.state == "starting")
+        .collect();
+    assert!(running.is_empty(), "machines left running: {running:?}");
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}
