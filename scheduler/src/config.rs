@@ -70,7 +70,7 @@ pub struct FileConfig {
 #[serde(untagged)]
 pub enum ProviderField {
     Name(String),
-    Table(ProviderTables),
+    Table(Box<ProviderTables>),
 }
 
 /// The `[provider]` table: the provider's name and one table per provider (`[provider.process]`,
@@ -95,7 +95,7 @@ impl FileConfig {
 
     fn tables(&self) -> ProviderTables {
         match &self.provider {
-            Some(ProviderField::Table(t)) => t.clone(),
+            Some(ProviderField::Table(t)) => (**t).clone(),
             _ => ProviderTables::default(),
         }
     }
