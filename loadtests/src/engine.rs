@@ -38,7 +38,7 @@ use shoal_core::SandboxState;
 use shoal_fleet::sim::{
     Boot, BootOutcome, Halted, SimConfig, SimError, SimFleet, SimId, SimLatencies,
 };
-use shoal_planner::adaptive::{AdaptiveConfig, TenantAdaptive};
+use shoal_planner::adaptive::{AdaptiveConfig, IdleBudget, TenantAdaptive};
 use shoal_planner::{IdleAction, PoolPolicy, PoolSnapshot, SandboxView, Snapshot, Step};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -57,6 +57,8 @@ pub struct SimOptions {
     pub max_sandboxes: Option<u32>,
     /// The adaptive policy's knobs (its `lead_ms` is raised to the slowest boot).
     pub adaptive: AdaptiveConfig,
+    /// The idle budget `adaptive` (without an explicit worth) revises its worth by.
+    pub budget: IdleBudget,
     /// Time every planning call (for the scale figures).
     pub measure: bool,
 }
@@ -69,6 +71,7 @@ impl Default for SimOptions {
             seed: 1,
             max_sandboxes: None,
             adaptive: AdaptiveConfig::default(),
+            budget: IdleBudget::default(),
             measure: false,
         }
     }
@@ -128,10 +131,11 @@ enum Kind {
     Arrival = 2,
     Timer = 3,
     Poll = 4,
+    Budget = 5,
 }
 
 /// (time, kind, seq, a, b): completion (sandbox, run), ready (sandbox, boot seq), timer (tenant),
-/// poll (tenant).
+/// poll (tenant), budget (none).
 type Ev = (Ms, Kind, u64, u32, u32);
 
 #[derive(Debug, Default)]
@@ -194,6 +198,8 @@ pub(crate) struct Engine<'w> {
     plan_ns: Vec<u32>,
     done_jobs: u64,
     interrupted: u64,
+    /// Arrivals not yet replayed (the budget stops revising after the last one).
+    arrivals_left: usize,
 }
 
 fn idle_timeout_ms(policy: Policy) -> Ms {
@@ -284,8 +290,13 @@ pub fn simulate_detailed(
         plan_ns: Vec::new(),
         done_jobs: 0,
         interrupted: 0,
+        arrivals_left: w.jobs.len(),
         opts,
     };
+    if policy == Policy::Adaptive(None) {
+        let step = e.opts.budget.step_ms.max(1);
+        e.push(step, Kind::Budget, 0, 0);
+    }
     e.run()?;
     Ok(e.finish())
 }
@@ -371,6 +382,7 @@ impl<'w> Engine<'w> {
                     }
                 }
                 Kind::Poll => self.poll(a)?,
+                Kind::Budget => self.revise_budget(),
                 Kind::Arrival => {}
             }
             let active = self.fleet.active();
@@ -417,7 +429,11 @@ impl<'w> Engine<'w> {
         let now = self.now;
         let cfg = &self.opts.adaptive;
         let ten = &mut self.tenants[t as usize];
-        ten.adaptive.arrival(now, cfg);
+        if let Some(gap) = ten.adaptive.arrival(now, cfg) {
+            self.opts.budget.gap_closed(gap);
+        }
+        self.arrivals_left -= 1;
+        let ten = &mut self.tenants[t as usize];
         ten.queue.push_back(j);
         self.dispatch_idle(t)?;
         self.mark(t);
@@ -695,6 +711,18 @@ impl<'w> Engine<'w> {
             }
         }
         Ok(())
+    }
+
+    /// `adaptive`'s shared idle budget: revise the worth of a cold start from the idle time
+    /// spent so far against the reference, while arrivals remain.
+    fn revise_budget(&mut self) {
+        let spent = self.fleet.meter(self.now).idle_ms;
+        let w = &mut self.opts.adaptive.cold_start_worth_ms;
+        *w = self.opts.budget.revise(spent, *w);
+        if self.arrivals_left > 0 {
+            let step = self.opts.budget.step_ms.max(1);
+            self.push(self.now + step, Kind::Budget, 0, 0);
+        }
     }
 
     // ----- the peers' polling loops -----

@@ -33,6 +33,14 @@
 //! While a level has fewer than [`AdaptiveConfig::min_samples`] gaps it keeps a sandbox for the
 //! fixed [`AdaptiveConfig::fallback_keep_alive_ms`].
 //!
+//! [`TenantAdaptive::prewarm`] holds the running jobs plus one sandbox per level above them whose
+//! decision says "warm now" (sandboxes are interchangeable, so a warm level above a cold one costs
+//! one sandbox, not every one in between).
+//!
+//! `worth` is one number for every tenant and level, so warm time goes wherever it saves the most
+//! cold starts. [`IdleBudget`] sets it: instead of a fixed knob, it is revised so that the fleet's
+//! idle time tracks a share of what a fixed timeout would have spent on the same past gaps.
+//!
 //! # Relation to "Serverless in the Wild"
 //!
 //! Shahrad et al. (USENIX ATC 2020) keep, per application, a histogram of idle times in one-minute
@@ -278,6 +286,8 @@ struct Level {
     /// Rises since the decision was last computed.
     fresh: usize,
     decision: Option<Decision>,
+    /// The [`AdaptiveConfig::cold_start_worth_ms`] the decision was computed with.
+    worth: Millis,
 }
 
 impl Level {
@@ -287,7 +297,8 @@ impl Level {
         if self.idle.len() < cfg.min_samples.max(1) {
             return Decision::KeepAlive(cfg.fallback_keep_alive_ms);
         }
-        let stale = self.fresh >= (self.idle.len() / 8).max(1);
+        let stale =
+            self.fresh >= (self.idle.len() / 8).max(1) || self.worth != cfg.cold_start_worth_ms;
         match self.decision {
             Some(d) if !stale => d,
             _ => {
@@ -300,6 +311,7 @@ impl Level {
                 };
                 self.decision = Some(d);
                 self.fresh = 0;
+                self.worth = cfg.cold_start_worth_ms;
                 d
             }
         }
@@ -339,25 +351,28 @@ impl TenantAdaptive {
         self.demand
     }
 
-    /// A job was enqueued at `at`.
-    pub fn arrival(&mut self, at: Millis, cfg: &AdaptiveConfig) {
+    /// A job was enqueued at `at`. Returns the idle gap this closed at its level, if any (for
+    /// an [`IdleBudget`]).
+    pub fn arrival(&mut self, at: Millis, cfg: &AdaptiveConfig) -> Option<Millis> {
         self.demand += 1;
         let k = self.demand;
         if k > cfg.max_levels {
-            return;
+            return None;
         }
         if self.levels.len() < k as usize {
             self.levels.push(Level::default());
         }
         let level = &mut self.levels[k as usize - 1];
-        if let Some(fell) = level.fell_at.take() {
-            level.idle.observe(at - fell, cfg);
+        let gap = level.fell_at.take().map(|fell| at - fell);
+        if let Some(g) = gap {
+            level.idle.observe(g, cfg);
         }
         if let Some(rose) = level.rose_at {
             level.iat.observe(at - rose, cfg);
         }
         level.rose_at = Some(at);
         level.fresh += 1;
+        gap
     }
 
     /// A job ended (succeeded, failed or cancelled) at `at`.
@@ -388,17 +403,12 @@ impl TenantAdaptive {
     pub fn prewarm(&mut self, now: Millis, cfg: &AdaptiveConfig) -> Advice {
         let mut hold = 0;
         let mut next: Option<Millis> = None;
-        for (i, level) in self
-            .levels
-            .iter_mut()
-            .enumerate()
-            .skip(self.demand as usize)
-        {
+        for level in self.levels.iter_mut().skip(self.demand as usize) {
             let Some(fell) = level.fell_at else { continue };
             let rose = level.rose_at;
             let (warm, change) = level.decision(cfg).at(now, fell, rose);
             if warm {
-                hold = i as u32 + 1;
+                hold = hold.max(self.demand) + 1;
             }
             if let Some(c) = change {
                 next = Some(next.map_or(c, |n| n.min(c)));
@@ -408,6 +418,68 @@ impl TenantAdaptive {
             hold,
             next_change: next,
         }
+    }
+}
+
+/// An idle budget shared by every tenant: instead of a fixed [`AdaptiveConfig::cold_start_worth_ms`],
+/// the worth of a cold start is revised so that the fleet's idle time tracks `ratio` times what a
+/// fixed idle timeout of `reference_timeout_ms` would have spent on the same past gaps.
+///
+/// One worth for all tenants is what makes the budget go where it buys most cold starts: every
+/// level keeps a warm second only if it saves at least `1 / worth` cold starts, so the marginal
+/// price of a cold start is equal everywhere (the Lagrangian of "fewest cold starts for this much
+/// idle time"). The reference is computed from gaps that have ended ([`TenantAdaptive::arrival`]
+/// returns them), so the budget, like the rest of the policy, uses only the past.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdleBudget {
+    /// The fixed timeout whose idle time is the reference.
+    pub reference_timeout_ms: Millis,
+    /// The share of the reference to spend.
+    pub ratio: f64,
+    /// How often the worth is revised.
+    pub step_ms: Millis,
+    /// Reference idle time so far: `min(gap, reference_timeout_ms)` over every closed gap.
+    reference_ms: i64,
+}
+
+impl Default for IdleBudget {
+    fn default() -> Self {
+        IdleBudget {
+            reference_timeout_ms: 600_000,
+            ratio: 1.0,
+            step_ms: 3_600_000,
+            reference_ms: 0,
+        }
+    }
+}
+
+impl IdleBudget {
+    /// The smallest and largest worth the budget sets.
+    pub const WORTH_RANGE_MS: (Millis, Millis) = (10_000, 86_400_000);
+
+    /// A level's idle gap of `gap_ms` ended.
+    pub fn gap_closed(&mut self, gap_ms: Millis) {
+        self.reference_ms += gap_ms.clamp(0, self.reference_timeout_ms);
+    }
+
+    /// The reference idle time so far.
+    pub fn reference_ms(&self) -> i64 {
+        self.reference_ms
+    }
+
+    /// The worth to use from now on, given the idle time actually spent so far and the worth in
+    /// use. Moves by at most a factor of 1.25 per step, on a grid of quarter powers of two so
+    /// levels recompute their decisions only when it really changes; unchanged until the
+    /// reference is an hour of idle time.
+    pub fn revise(&self, spent_idle_ms: i64, worth_ms: Millis) -> Millis {
+        if self.reference_ms < 3_600_000 {
+            return worth_ms;
+        }
+        let target = self.ratio * self.reference_ms as f64;
+        let factor = (target / spent_idle_ms.max(1) as f64).clamp(0.9, 1.12);
+        let q = ((worth_ms.max(1) as f64 * factor).log2() * 4.0).round() / 4.0;
+        let (lo, hi) = Self::WORTH_RANGE_MS;
+        (q.exp2().round() as Millis).clamp(lo, hi)
     }
 }
 
@@ -500,5 +572,45 @@ mod tests {
         assert_eq!(quiet.next_change, Some(now - 5_000));
         assert_eq!(t.prewarm(now - 5_000, &c).hold, 2);
         assert_eq!(t.prewarm(now + 1, &c).hold, 0);
+    }
+
+    #[test]
+    fn the_budget_moves_the_worth_towards_the_reference_idle_time() {
+        let mut b = IdleBudget::default();
+        assert_eq!(b.revise(0, 3_000_000), 3_000_000, "no reference yet");
+        for _ in 0..100 {
+            b.gap_closed(1_000_000); // counts 600 s each
+            b.gap_closed(10_000);
+        }
+        assert_eq!(b.reference_ms(), 100 * 610_000);
+        let under = b.revise(b.reference_ms() / 2, 3_000_000);
+        let over = b.revise(b.reference_ms() * 2, 3_000_000);
+        assert!((3_000_001..=3_750_000).contains(&under), "{under}");
+        assert!((2_400_000..3_000_000).contains(&over), "{over}");
+    }
+
+    #[test]
+    fn hold_counts_warm_levels_not_the_highest_one() {
+        let c = cfg();
+        let mut t = TenantAdaptive::new();
+        // Level 1 comes back after long, irregular gaps (no keep-alive, no window); level 2
+        // comes back within a second half the time (a short keep-alive).
+        let mut now = 0;
+        let mut last = 0;
+        for i in 0..12 {
+            last = now;
+            t.arrival(now, &c);
+            t.arrival(now + 1_000, &c);
+            t.finished(now + 2_000);
+            t.arrival(now + 3_000, &c);
+            t.finished(now + 4_000);
+            t.finished(now + 4_500);
+            now += 900_000 + (i * i * 530_000) % 2_700_000;
+        }
+        assert_eq!(t.decision(1, &c), Some(Decision::KeepAlive(0)));
+        assert_eq!(t.decision(2, &c), Some(Decision::KeepAlive(1_001)));
+        // Nothing running, level 2 still within its keep-alive, level 1 not: one warm sandbox
+        // (counting up to the highest warm level would hold two).
+        assert_eq!(t.prewarm(last + 4_600, &c).hold, 1);
     }
 }
