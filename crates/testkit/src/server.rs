@@ -15,6 +15,15 @@ pub struct Server {
     child: Option<Child>,
     _dir: Option<tempfile_dir::TempDir>,
     http: reqwest::Client,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+fn append(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
 }
 
 mod tempfile_dir {
@@ -55,41 +64,68 @@ pub fn free_port() -> u16 {
 impl Server {
     /// Starts `shoal serve` with the given extra flags and environment.
     pub async fn start(extra_args: &[&str], env: &[(&str, &str)]) -> Result<Server> {
+        let dir = tempfile_dir::TempDir::new("shoal-e2e")?;
+        let token = format!("test-admin-{}", rand::random::<u64>());
+        let mut s = Server {
+            url: String::new(),
+            token,
+            data_dir: dir.0.clone(),
+            child: None,
+            _dir: Some(dir),
+            http: reqwest::Client::new(),
+            args: extra_args.iter().map(|a| a.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        s.spawn().await?;
+        Ok(s)
+    }
+
+    /// Starts the scheduler again on the same data directory and token (after [`Server::stop`]
+    /// or [`Server::kill`]), on a new port.
+    pub async fn restart(&mut self) -> Result<()> {
+        anyhow::ensure!(self.child.is_none(), "still running");
+        self.spawn().await
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
         let shoal = crate::bins::binary("shoal-scheduler", "shoal");
         let agent = crate::bins::binary("shoal-agent", "shoal-agent");
-        let dir = tempfile_dir::TempDir::new("shoal-e2e")?;
         let port = free_port();
-        let token = format!("test-admin-{}", rand::random::<u64>());
         let mut cmd = Command::new(shoal);
         cmd.arg("serve")
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--advertise-url", &format!("http://127.0.0.1:{port}")])
             .arg("--data-dir")
-            .arg(&dir.0)
-            .args(extra_args)
-            .env("SHOAL_ADMIN_TOKEN", &token)
+            .arg(&self.data_dir)
+            .args(&self.args)
+            .env("SHOAL_ADMIN_TOKEN", &self.token)
             .env("SHOAL_AGENT_BIN", agent)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
             .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.0.join("serve.log"))?)
-            .stderr(std::fs::File::create(dir.0.join("serve.err"))?);
-        for (k, v) in env {
+            .stdout(append(&self.data_dir.join("serve.log"))?)
+            .stderr(append(&self.data_dir.join("serve.err"))?);
+        for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().context("starting shoal serve")?;
-        let mut s = Server {
-            url: format!("http://127.0.0.1:{port}"),
-            token,
-            data_dir: dir.0.clone(),
-            child: Some(child),
-            _dir: Some(dir),
-            http: reqwest::Client::new(),
+        self.child = Some(cmd.spawn().context("starting shoal serve")?);
+        self.url = format!("http://127.0.0.1:{port}");
+        self.wait_ready().await
+    }
+
+    /// Kills the scheduler with SIGKILL: no clean shutdown.
+    pub fn kill(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            bail!("not running")
         };
-        s.wait_ready().await?;
-        Ok(s)
+        child.kill()?;
+        child.wait()?;
+        Ok(())
     }
 
     async fn wait_ready(&mut self) -> Result<()> {
