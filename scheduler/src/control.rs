@@ -3,6 +3,7 @@
 //! provider; it also turns the provider's observations into sandbox states and ledger entries,
 //! expires lapsed leases, and collects provider resources the store does not know.
 
+use crate::leader::Leadership;
 use crate::state::{App, now_ms};
 use serde_json::json;
 use shoal_core::{Millis, PlanTier, SandboxSize, SandboxState};
@@ -12,6 +13,7 @@ use shoal_metering::{LedgerEntry, LedgerKind};
 use shoal_planner::{IdleAction, PoolPolicy, PoolSnapshot, SandboxView, Snapshot, Step};
 use shoal_store::{NewSandbox, SandboxRecord, StoreError};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -56,7 +58,13 @@ pub struct Control {
     retry: RetryPolicy,
     /// When each sandbox started running, for the compute-seconds metric.
     running_since: Mutex<HashMap<String, Millis>>,
+    leadership: Arc<dyn Leadership>,
+    /// The fencing epoch while this replica leads; 0 while it does not.
+    epoch: AtomicU64,
 }
+
+/// How often a leader confirms it still leads (and so how long a deposed one may act at most).
+const LEADER_CHECK: Duration = Duration::from_secs(1);
 
 /// The token of a sandbox: derived from the scheduler's secret and the sandbox id, so it need not
 /// be stored and can be given again when a sandbox restarts.
@@ -77,21 +85,62 @@ fn weight(plan: PlanTier) -> u32 {
 }
 
 impl Control {
-    pub fn new(app: Arc<App>) -> Arc<Self> {
+    pub fn new(app: Arc<App>, leadership: Arc<dyn Leadership>) -> Arc<Self> {
         Arc::new(Control {
             app,
             backoff: Mutex::new(CreateBackoff::default()),
             retry: RetryPolicy::default(),
             running_since: Mutex::new(HashMap::new()),
+            leadership,
+            epoch: AtomicU64::new(0),
         })
     }
 
-    /// Runs until shutdown: planning passes and observation handling.
-    pub async fn run(self: Arc<Self>, mut obs: UnboundedReceiver<Observation>) {
-        if let Err(e) = self.reconcile(true).await {
-            tracing::error!(error = %e, "reconciling with the provider failed");
+    /// Whether this replica leads now (checked every second by the leadership task).
+    fn leads(&self) -> bool {
+        self.epoch.load(Ordering::SeqCst) != 0
+    }
+
+    /// Contends for leadership until shutdown; while leading, reconciles once and keeps
+    /// confirming the lease on leadership.
+    async fn lead(self: Arc<Self>) {
+        let mut shutdown = self.app.shutdown.subscribe();
+        loop {
+            let epoch = tokio::select! {
+                e = self.leadership.acquire() => e,
+                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
+            };
+            if let Err(e) = self.reconcile(true).await {
+                tracing::error!(error = %e, "reconciling with the provider failed");
+            }
+            self.epoch.store(epoch, Ordering::SeqCst);
+            self.app.ready.send_replace(true);
+            self.app.kick.notify_one();
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(LEADER_CHECK) => {}
+                    _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
+                }
+                if !self.leadership.check(epoch).await {
+                    self.epoch.store(0, Ordering::SeqCst);
+                    tracing::warn!(epoch, "deposed: this replica stops planning");
+                    break;
+                }
+            }
         }
-        self.app.ready.send_replace(true);
+    }
+
+    /// Runs until shutdown: planning passes (while leading) and observation handling.
+    pub async fn run(
+        self: Arc<Self>,
+        mut obs: UnboundedReceiver<Observation>,
+        follower_ready: bool,
+    ) {
+        if follower_ready {
+            // Any replica serves the API and agents; only planning waits for leadership.
+            self.app.ready.send_replace(true);
+        }
+        tokio::spawn(Arc::clone(&self).lead());
         let this = Arc::clone(&self);
         let mut provider_done = self.app.provider_stopped.subscribe();
         let observer = tokio::spawn(async move {
@@ -115,11 +164,14 @@ impl Control {
             tokio::select! {
                 _ = self.app.kick.notified() => tokio::time::sleep(DEBOUNCE).await,
                 _ = tokio::time::sleep(TICK) => {
-                    if let Err(e) = self.expire().await {
+                    if self.leads() && let Err(e) = self.expire().await {
                         tracing::warn!(error = %e, "expiring leases failed");
                     }
                 }
                 _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
+            }
+            if !self.leads() {
+                continue;
             }
             if let Err(e) = self.pass().await {
                 tracing::warn!(error = %e, "planning pass failed");
@@ -302,6 +354,15 @@ impl Control {
     }
 
     async fn create(self: Arc<Self>, rec: SandboxRecord) {
+        if !self.leads() {
+            // Deposed since the plan: the new leader decides again.
+            let _ = self
+                .app
+                .store
+                .sandbox_down(&rec.id, SandboxState::Destroyed, now_ms())
+                .await;
+            return;
+        }
         let spec = self.spec(&rec);
         let provider = Arc::clone(&self.app.provider);
         let r = self.retry.run(|| provider.create(&spec)).await;
@@ -348,6 +409,20 @@ impl Control {
 
     /// The provider side of a step on an existing sandbox, then the store's final state.
     async fn call(self: Arc<Self>, step: Step, rec: SandboxRecord, prev: SandboxState) {
+        if !self.leads() {
+            let mid = match step {
+                Step::Resume { .. } | Step::Start { .. } => SandboxState::Booting,
+                Step::Suspend { .. } => SandboxState::Suspending,
+                Step::Stop { .. } => SandboxState::Stopping,
+                _ => SandboxState::Destroying,
+            };
+            let _ = self
+                .app
+                .store
+                .transition(&rec.id, &[mid], prev, now_ms())
+                .await;
+            return;
+        }
         let provider = Arc::clone(&self.app.provider);
         let spec = self.spec(&rec);
         let sref = SandboxRef {

@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 pub mod dashboard;
 pub mod error;
+pub mod leader;
 pub mod limits;
 pub mod metrics;
 pub mod state;
@@ -71,6 +72,12 @@ pub fn build_provider(
     })
 }
 
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "shoal".into())
+}
+
 /// Runs the scheduler until `stop` resolves, then shuts down cleanly: agents are told to stop,
 /// sandboxes are stopped, their last ledger entries written.
 pub async fn serve(
@@ -92,8 +99,18 @@ pub async fn serve(
         .with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     let app = Arc::new(App::new(cfg, store, Arc::clone(&provider), token.clone()));
-    let control = control::Control::new(Arc::clone(&app));
-    let control_task = tokio::spawn(Arc::clone(&control).run(observations));
+    let (leadership, followers): (Arc<dyn leader::Leadership>, bool) =
+        if app.cfg.database_url.starts_with("postgres") {
+            let holder = format!("{}:{}", hostname(), std::process::id());
+            (
+                Arc::new(leader::PgLeader::new(&app.cfg.database_url, &holder)),
+                true,
+            )
+        } else {
+            (Arc::new(leader::Solo), false)
+        };
+    let control = control::Control::new(Arc::clone(&app), leadership);
+    let control_task = tokio::spawn(Arc::clone(&control).run(observations, followers));
 
     let host = if addr.ip().is_unspecified() {
         "127.0.0.1".to_string()
