@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -109,6 +110,13 @@ pub async fn serve(
         } else {
             (Arc::new(leader::Solo), false)
         };
+    if followers {
+        let bus = bus::PgBus::connect(&app.cfg.database_url)
+            .await
+            .context("connecting the wake-up bus")?;
+        let _ = app.bus.set(bus.clone());
+        tokio::spawn(bus.listen(Arc::downgrade(&app)));
+    }
     let control = control::Control::new(Arc::clone(&app), leadership);
     let control_task = tokio::spawn(Arc::clone(&control).run(observations, followers));
 

@@ -33,6 +33,8 @@ pub struct App {
     pub ready: watch::Sender<bool>,
     /// Set once the provider has stopped every sandbox at shutdown.
     pub provider_stopped: watch::Sender<bool>,
+    /// Wake-ups to and from other replicas, when there can be any (Postgres).
+    pub bus: std::sync::OnceLock<crate::bus::PgBus>,
 }
 
 impl App {
@@ -57,6 +59,7 @@ impl App {
             shutdown: watch::channel(false).0,
             ready: watch::channel(false).0,
             provider_stopped: watch::channel(false).0,
+            bus: std::sync::OnceLock::new(),
         }
     }
 
@@ -66,8 +69,17 @@ impl App {
         Arc::clone(map.entry(tenant.to_string()).or_default())
     }
 
-    /// Work changed for `tenant`: wake its waiting agents and the control loop.
+    /// Work changed for `tenant`: wake its waiting agents and the control loop, here and on the
+    /// other replicas.
     pub fn work_changed(&self, tenant: &str) {
+        self.wake_local(tenant);
+        if let Some(bus) = self.bus.get() {
+            bus.publish(tenant);
+        }
+    }
+
+    /// Wakes this replica's waiting agents of `tenant` and its control loop.
+    pub fn wake_local(&self, tenant: &str) {
         self.tenant_signal(tenant).notify_waiters();
         self.kick.notify_one();
     }
