@@ -201,20 +201,13 @@ impl Control {
         Ok(())
     }
 
-    async fn snapshot(
-        &self,
-        now: Millis,
-    ) -> Result<(Snapshot, HashMap<String, SandboxSize>), StoreError> {
-        snapshot(&self.app, now).await
-    }
-
     /// One planning pass: snapshot, plan, apply.
     async fn pass(self: &Arc<Self>) -> Result<(), StoreError> {
         if self.app.is_shutting_down() {
             return Ok(());
         }
         let now = now_ms();
-        let (snap, sizes) = self.snapshot(now).await?;
+        let (snap, sizes) = snapshot(&self.app).await?;
         let plan = shoal_planner::plan(&snap, now);
         {
             let mut desired = self.app.desired.write().unwrap_or_else(|e| e.into_inner());
@@ -646,10 +639,7 @@ impl Control {
 
 /// Builds the snapshot the planner sees now, with each tenant's sandbox size; updates the pool
 /// gauges on the way.
-pub async fn snapshot(
-    app: &App,
-    now: Millis,
-) -> Result<(Snapshot, HashMap<String, SandboxSize>), StoreError> {
+pub async fn snapshot(app: &App) -> Result<(Snapshot, HashMap<String, SandboxSize>), StoreError> {
     let tenants = app.store.tenants().await?;
     let counts: HashMap<String, shoal_store::QueueCounts> =
         app.store.queue_counts().await?.into_iter().collect();
@@ -660,29 +650,24 @@ pub async fn snapshot(
     let caps = app.provider.capabilities();
     let mut sizes = HashMap::new();
     let mut pools = Vec::with_capacity(tenants.len());
+    let mut depth: HashMap<String, i64> = HashMap::new();
+    let mut running: HashMap<String, i64> = HashMap::new();
+    let mut sandbox_gauge: HashMap<(String, &str), i64> = HashMap::new();
     for t in tenants {
         let limits = t.limits();
         let c = counts.get(&t.id).copied().unwrap_or_default();
         let sandboxes = by_tenant.remove(&t.id).unwrap_or_default();
-        app.metrics
-            .queue_depth
-            .with_label_values(&[app.metrics.tenant(&t.id)])
-            .set(c.queued as i64);
-        app.metrics
-            .jobs_running
-            .with_label_values(&[app.metrics.tenant(&t.id)])
-            .set(c.running as i64);
-        let mut per_state: HashMap<&str, i64> = HashMap::new();
+        // Tenants past the label bound share `other`: their gauges add up, set once below.
+        let label = app.metrics.tenant(&t.id).to_string();
+        *depth.entry(label.clone()).or_default() += c.queued as i64;
+        *running.entry(label.clone()).or_default() += c.running as i64;
+        for b in ["booting", "ready", "busy", "suspended", "stopped"] {
+            sandbox_gauge.entry((label.clone(), b)).or_default();
+        }
         for s in &sandboxes {
             if let Some(b) = s.state.pool_bucket() {
-                *per_state.entry(b).or_default() += 1;
+                *sandbox_gauge.entry((label.clone(), b)).or_default() += 1;
             }
-        }
-        for b in ["booting", "ready", "busy", "suspended", "stopped"] {
-            app.metrics
-                .sandboxes
-                .with_label_values(&[app.metrics.tenant(&t.id), b])
-                .set(per_state.get(b).copied().unwrap_or(0));
         }
         sizes.insert(t.id.clone(), limits.sandbox_size);
         let idle_action = if app.cfg.idle_action == "suspend" && caps.suspend {
@@ -722,7 +707,18 @@ pub async fn snapshot(
                 .collect(),
         });
     }
-    let _ = now;
+    for (label, v) in depth {
+        app.metrics.queue_depth.with_label_values(&[&label]).set(v);
+    }
+    for (label, v) in running {
+        app.metrics.jobs_running.with_label_values(&[&label]).set(v);
+    }
+    for ((label, state), v) in sandbox_gauge {
+        app.metrics
+            .sandboxes
+            .with_label_values(&[&label, state])
+            .set(v);
+    }
     Ok((
         Snapshot {
             pools,
@@ -735,6 +731,6 @@ pub async fn snapshot(
 /// The plan the planner would make now, without applying it.
 pub async fn dry_run(app: &App) -> Result<shoal_planner::Plan, StoreError> {
     let now = now_ms();
-    let (snap, _) = snapshot(app, now).await?;
+    let (snap, _) = snapshot(app).await?;
     Ok(shoal_planner::plan(&snap, now))
 }

@@ -65,7 +65,12 @@ impl Server {
     /// Starts `shoal serve` with the given extra flags and environment.
     pub async fn start(extra_args: &[&str], env: &[(&str, &str)]) -> Result<Server> {
         let dir = tempfile_dir::TempDir::new("shoal-e2e")?;
-        let token = format!("test-admin-{}", rand::random::<u64>());
+        // Replicas share one admin token: a caller may pass it in `env`.
+        let token = env
+            .iter()
+            .find(|(k, _)| *k == "SHOAL_ADMIN_TOKEN")
+            .map(|(_, v)| v.to_string())
+            .unwrap_or_else(|| format!("test-admin-{}", rand::random::<u64>()));
         let mut s = Server {
             url: String::new(),
             token,
