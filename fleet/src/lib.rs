@@ -3,7 +3,9 @@
 //! provider calls, and the conformance suite every provider must pass.
 
 pub mod conformance;
+pub mod docker;
 pub mod fly;
+pub mod kubernetes;
 pub mod process;
 pub mod retry;
 pub mod sim;

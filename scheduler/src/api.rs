@@ -1,17 +1,22 @@
 //! The HTTP API v1 (see CONTRACT.md): tenants and keys, jobs, pools, usage, health, metrics, and the
-//! agents' `/v1/agent/*` endpoints.
+//! agents' `/v1/agent/*` endpoints. Each handler carries its `#[utoipa::path]`, and `routes` mounts
+//! it with that same attribute, so `/openapi.json` lists exactly what is served.
 
 use crate::auth::{Agent, COOKIE, Caller};
 use crate::error::{ApiError, Body};
+use crate::openapi::{ApiDoc, ErrorBody};
 use crate::state::{App, hash_token, new_token, now_ms};
-use crate::{dashboard, views};
+use crate::views::{
+    self, Accepted, CompletedView, EventList, JobPage, JobView, NewKey, PlanView, PoolList,
+    PoolView, SandboxCounts, TenantList, TenantView,
+};
+use crate::{dashboard, live, usage};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use shoal_core::{JobKind, JobState, Limits, LimitsPatch, PlanTier, SandboxState};
 use shoal_protocol::{
     Assignment, Completion, Heartbeat, HeartbeatResponse, LeaseRequest, LeaseResponse, Outcome,
@@ -19,31 +24,56 @@ use shoal_protocol::{
 use shoal_store::{Admitted, Completed, Finish, JobFilter, Lease, LeasePolicy, NewJob};
 use std::sync::Arc;
 use std::time::Duration;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Largest request body: 32 MiB.
 pub const MAX_BODY: usize = 32 * 1024 * 1024;
 
+/// Every documented route, each mounted from its handler's own `#[utoipa::path]`.
+pub fn routes() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(dashboard::page))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(list_tenants))
+        .routes(routes!(put_tenant, get_tenant))
+        .routes(routes!(create_key))
+        .routes(routes!(drain))
+        .routes(routes!(enqueue, list_jobs))
+        .routes(routes!(get_job))
+        .routes(routes!(cancel_job))
+        .routes(routes!(pools))
+        .routes(routes!(pool))
+        .routes(routes!(events))
+        .routes(routes!(dry_run_plan))
+        .routes(routes!(usage::usage))
+        .routes(routes!(live::overview))
+        .routes(routes!(live::history))
+        .routes(routes!(live::stream))
+        .routes(routes!(agent_lease))
+        .routes(routes!(agent_heartbeat))
+        .routes(routes!(agent_complete))
+}
+
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/", get(dashboard::page))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/v1/tenants", get(list_tenants))
-        .route("/v1/tenants/{id}", put(put_tenant).get(get_tenant))
-        .route("/v1/tenants/{id}/keys", post(create_key))
-        .route("/v1/tenants/{id}/drain", post(drain))
-        .route("/v1/jobs", post(enqueue).get(list_jobs))
-        .route("/v1/jobs/{id}", get(get_job))
-        .route("/v1/jobs/{id}/cancel", post(cancel_job))
-        .route("/v1/pools", get(pools))
-        .route("/v1/pools/{tenant}", get(pool))
-        .route("/v1/events", get(events))
-        .route("/v1/plan", get(dry_run_plan))
-        .route("/v1/usage", get(crate::usage::usage))
-        .route("/v1/agent/lease", post(agent_lease))
-        .route("/v1/agent/heartbeat", post(agent_heartbeat))
-        .route("/v1/agent/complete", post(agent_complete))
+    let (router, doc) = routes().split_for_parts();
+    let doc = Arc::new(doc.to_pretty_json().unwrap_or_else(|_| "{}".into()));
+    router
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || {
+                let doc = Arc::clone(&doc);
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        doc.as_str().to_string(),
+                    )
+                }
+            }),
+        )
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
@@ -51,6 +81,19 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
+/// Alive.
+#[utoipa::path(get, path = "/healthz", tag = "health", security(),
+    responses((status = 200, description = "alive", body = String, content_type = "text/plain")))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Ready: reconciled with the provider, the store answering, not shutting down.
+#[utoipa::path(get, path = "/readyz", tag = "health", security(),
+    responses(
+        (status = 200, description = "ready", body = String, content_type = "text/plain"),
+        (status = 503, description = "not ready", body = ErrorBody),
+    ))]
 async fn readyz(State(app): State<Arc<App>>) -> Result<&'static str, ApiError> {
     if app.is_shutting_down() {
         return Err(ApiError::unavailable("shutting down"));
@@ -62,6 +105,9 @@ async fn readyz(State(app): State<Arc<App>>) -> Result<&'static str, ApiError> {
     Ok("ready")
 }
 
+/// Prometheus metrics, text exposition format 0.0.4.
+#[utoipa::path(get, path = "/metrics", tag = "health", security(),
+    responses((status = 200, description = "metrics", body = String, content_type = "text/plain; version=0.0.4")))]
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     let mut r = app.metrics.render().into_response();
     r.headers_mut().insert(
@@ -90,20 +136,40 @@ fn valid_tenant_id(id: &str) -> Result<(), ApiError> {
     }
 }
 
-#[derive(Deserialize)]
+/// `PUT /v1/tenants/{id}`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PutTenant {
+pub struct PutTenant {
+    /// `free`, `pro`, `team` or `enterprise`.
+    #[schema(example = "pro")]
     plan: String,
+    /// Overrides of the plan's limits: `max_sandboxes`, `max_concurrent_jobs`, `jobs_per_month`,
+    /// `enqueue_rate_per_s`, `enqueue_burst`, `min_warm`, `idle_timeout_s`, `sandbox_size`
+    /// (`{"cpus", "memory_mb"}`); `null` is unlimited.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     limits: Option<LimitsPatch>,
 }
 
-async fn tenant_view(app: &App, t: &shoal_store::TenantRecord) -> Result<Value, ApiError> {
+pub(crate) async fn tenant_view(
+    app: &App,
+    t: &shoal_store::TenantRecord,
+) -> Result<TenantView, ApiError> {
     let period = shoal_metering::month_of(now_ms());
     let jobs = app.store.period_jobs(&t.id, period.0).await?;
     Ok(views::tenant(t, period, jobs))
 }
 
+/// Creates or updates a tenant (admin).
+#[utoipa::path(put, path = "/v1/tenants/{id}", tag = "tenants",
+    params(("id" = String, Path, description = "1-63 of a-z, 0-9, - and _")),
+    request_body = PutTenant,
+    responses(
+        (status = 201, description = "created", body = TenantView),
+        (status = 200, description = "updated", body = TenantView),
+        (status = 400, description = "invalid", body = ErrorBody),
+        (status = 403, description = "not the admin", body = ErrorBody),
+    ))]
 async fn put_tenant(
     State(app): State<Arc<App>>,
     caller: Caller,
@@ -133,11 +199,18 @@ async fn put_tenant(
     Ok((status, Json(tenant_view(&app, &t).await?)).into_response())
 }
 
+/// A tenant, its limits and this period's usage against its quota.
+#[utoipa::path(get, path = "/v1/tenants/{id}", tag = "tenants",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, body = TenantView),
+        (status = 404, body = ErrorBody),
+    ))]
 async fn get_tenant(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TenantView>, ApiError> {
     caller.check_tenant(&id)?;
     let t = app
         .store
@@ -147,19 +220,26 @@ async fn get_tenant(
     Ok(Json(tenant_view(&app, &t).await?))
 }
 
+/// The tenants the caller reaches.
+#[utoipa::path(get, path = "/v1/tenants", tag = "tenants",
+    responses((status = 200, body = TenantList), (status = 401, body = ErrorBody)))]
 async fn list_tenants(
     State(app): State<Arc<App>>,
     caller: Caller,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TenantList>, ApiError> {
     let mut out = Vec::new();
     for t in app.store.tenants().await? {
         if caller.check_tenant(&t.id).is_ok() {
             out.push(tenant_view(&app, &t).await?);
         }
     }
-    Ok(Json(json!({ "tenants": out })))
+    Ok(Json(TenantList { tenants: out }))
 }
 
+/// A new API key for the tenant, shown once (admin).
+#[utoipa::path(post, path = "/v1/tenants/{id}/keys", tag = "tenants",
+    params(("id" = String, Path)),
+    responses((status = 201, body = NewKey), (status = 404, body = ErrorBody)))]
 async fn create_key(
     State(app): State<Arc<App>>,
     caller: Caller,
@@ -172,13 +252,16 @@ async fn create_key(
         .ok_or_else(|| ApiError::not_found("tenant", &id))?;
     let key = new_token("shk_");
     app.store.add_key(&id, &hash_token(&key), now_ms()).await?;
-    Ok((StatusCode::CREATED, Json(json!({"tenant": id, "key": key}))).into_response())
+    Ok((StatusCode::CREATED, Json(NewKey { tenant: id, key })).into_response())
 }
 
-#[derive(Deserialize)]
+/// `POST /v1/tenants/{id}/drain`; an empty body drains.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct DrainReq {
+pub struct DrainReq {
+    /// `false` resumes the tenant.
     #[serde(default = "yes")]
+    #[schema(default = true)]
     draining: bool,
 }
 
@@ -186,12 +269,17 @@ fn yes() -> bool {
     true
 }
 
+/// Drains a tenant: its sandboxes get no new work and idle ones stop (admin).
+#[utoipa::path(post, path = "/v1/tenants/{id}/drain", tag = "tenants",
+    params(("id" = String, Path)),
+    request_body(content = Option<DrainReq>, description = "optional; an empty body drains"),
+    responses((status = 200, body = TenantView), (status = 404, body = ErrorBody)))]
 async fn drain(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(id): Path<String>,
     body: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TenantView>, ApiError> {
     caller.require_admin()?;
     let draining = if body.iter().all(u8::is_ascii_whitespace) {
         true
@@ -215,7 +303,7 @@ async fn drain(
             Some(&id),
             now_ms(),
             if draining { "drained" } else { "undrained" },
-            &json!({}),
+            &serde_json::json!({}),
         )
         .await?;
     app.work_changed(&id);
@@ -227,20 +315,25 @@ async fn drain(
     Ok(Json(tenant_view(&app, &t).await?))
 }
 
-#[derive(Deserialize)]
+/// `POST /v1/jobs`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Enqueue {
-    tenant: String,
-    kind: String,
-    spec: Value,
+pub struct Enqueue {
+    pub tenant: String,
+    /// `agent`, `semantic_diff` or `flaky_analysis`.
+    #[schema(example = "agent")]
+    pub kind: String,
+    /// The kind's spec; for `agent`: `{"command": [...], "env"?, "workdir"?, "timeout_s"?}`.
+    #[schema(value_type = Object)]
+    pub spec: Value,
     #[serde(default)]
-    idempotency_key: Option<String>,
+    pub idempotency_key: Option<String>,
     #[serde(default)]
-    priority: Option<i32>,
+    pub priority: Option<i32>,
     #[serde(default)]
-    max_attempts: Option<u32>,
+    pub max_attempts: Option<u32>,
     #[serde(default)]
-    timeout_s: Option<u64>,
+    pub timeout_s: Option<u64>,
 }
 
 /// Checks a job's spec against its kind, so a job that cannot run is refused at the door.
@@ -301,6 +394,16 @@ fn validate_spec(kind: JobKind, spec: &Value) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Admits a job for a tenant.
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
+    request_body = Enqueue,
+    responses(
+        (status = 202, description = "admitted", body = Accepted),
+        (status = 200, description = "the idempotency key was seen: the first job", body = JobView),
+        (status = 400, body = ErrorBody),
+        (status = 404, description = "no such tenant", body = ErrorBody),
+        (status = 429, description = "`rate_limited` or `quota_exceeded`, with Retry-After", body = ErrorBody),
+    ))]
 async fn enqueue(
     State(app): State<Arc<App>>,
     caller: Caller,
@@ -310,6 +413,29 @@ async fn enqueue(
     if app.is_shutting_down() {
         return Err(ApiError::unavailable("shutting down"));
     }
+    match admit(&app, req).await? {
+        Admission::Existing(job) => Ok((StatusCode::OK, Json(views::job(&job))).into_response()),
+        Admission::Created(job) => Ok((
+            StatusCode::ACCEPTED,
+            Json(Accepted {
+                id: job.id,
+                state: "queued".into(),
+            }),
+        )
+            .into_response()),
+    }
+}
+
+/// What admitting a job did.
+pub enum Admission {
+    Created(shoal_store::JobRecord),
+    /// Its idempotency key was seen before: the first job.
+    Existing(shoal_store::JobRecord),
+}
+
+/// Admission, the same for every way in (`POST /v1/jobs`, the ingress queue): validation, the
+/// tenant's enqueue rate and monthly quota, idempotency, then the job is durable.
+pub async fn admit(app: &App, req: Enqueue) -> Result<Admission, ApiError> {
     let kind: JobKind = req.kind.parse().map_err(|e| {
         ApiError::invalid(
             "kind",
@@ -355,7 +481,8 @@ async fn enqueue(
     let label = app.metrics.tenant(&tenant.id);
     if let Err(wait) = app
         .rates
-        .check(&tenant.id, limits.enqueue_rate_per_s, limits.enqueue_burst)
+        .acquire(&tenant.id, limits.enqueue_rate_per_s, limits.enqueue_burst)
+        .await
     {
         app.metrics
             .rejected
@@ -390,7 +517,7 @@ async fn enqueue(
         .admit(new, period.0, limits.jobs_per_month)
         .await?
     {
-        Admitted::Existing(job) => Ok((StatusCode::OK, Json(views::job(&job))).into_response()),
+        Admitted::Existing(job) => Ok(Admission::Existing(job)),
         Admitted::QuotaExceeded { used, limit } => {
             app.metrics
                 .rejected
@@ -421,7 +548,7 @@ async fn enqueue(
                     .await?
             {
                 app.metrics.quota_warnings.with_label_values(&[label]).inc();
-                let detail = json!({"jobs": period_jobs, "quota": q, "period_start": views::rfc3339(period.0)});
+                let detail = serde_json::json!({"jobs": period_jobs, "quota": q, "period_start": views::rfc3339(period.0)});
                 app.store
                     .record_event(Some(&tenant.id), now, "quota_warning", &detail)
                     .await?;
@@ -433,20 +560,20 @@ async fn enqueue(
                 .entry(tenant.id.clone())
                 .or_insert_with(std::time::Instant::now);
             app.work_changed(&tenant.id);
-            Ok((
-                StatusCode::ACCEPTED,
-                Json(json!({"id": job.id, "state": "queued"})),
-            )
-                .into_response())
+            Ok(Admission::Created(job))
         }
     }
 }
 
+/// A job, with its result once it has one.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path)),
+    responses((status = 200, body = JobView), (status = 404, body = ErrorBody)))]
 async fn get_job(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JobView>, ApiError> {
     let job = app
         .store
         .job(&id)
@@ -459,20 +586,28 @@ async fn get_job(
     Ok(Json(views::job(&job)))
 }
 
-#[derive(Deserialize)]
+/// Filters and paging of `GET /v1/jobs`.
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-struct ListJobs {
+#[into_params(parameter_in = Query)]
+pub struct ListJobs {
     tenant: Option<String>,
+    /// `queued`, `running`, `succeeded`, `failed`, `cancelled` or `dead`.
     state: Option<String>,
+    /// 1 to 1000; 100 when absent.
     limit: Option<u32>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
+/// A page of jobs, newest first.
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListJobs),
+    responses((status = 200, body = JobPage), (status = 400, body = ErrorBody)))]
 async fn list_jobs(
     State(app): State<Arc<App>>,
     caller: Caller,
     q: Result<Query<ListJobs>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JobPage>, ApiError> {
     let Query(q) = q.map_err(|e| crate::error::shape_error(&e.body_text()))?;
     if let Some(t) = &q.tenant {
         caller.check_tenant(t)?;
@@ -512,16 +647,25 @@ async fn list_jobs(
     } else {
         None
     };
-    Ok(Json(
-        json!({"jobs": jobs.iter().map(views::job).collect::<Vec<_>>(), "next_cursor": next}),
-    ))
+    Ok(Json(JobPage {
+        jobs: jobs.iter().map(views::job).collect(),
+        next_cursor: next,
+    }))
 }
 
+/// Cancels a queued or running job.
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, body = JobView),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "the job already succeeded or failed", body = ErrorBody),
+    ))]
 async fn cancel_job(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JobView>, ApiError> {
     let job = app
         .store
         .job(&id)
@@ -552,60 +696,66 @@ async fn cancel_job(
 }
 
 /// One tenant's pool as the API shows it.
-async fn pool_view(app: &App, tenant: &str, with_sandboxes: bool) -> Result<Value, ApiError> {
+async fn pool_view(
+    app: &App,
+    t: &shoal_store::TenantRecord,
+    with_sandboxes: bool,
+) -> Result<PoolView, ApiError> {
     let counts = app
         .store
         .queue_counts()
         .await?
         .into_iter()
-        .find(|(t, _)| t == tenant)
+        .find(|(id, _)| id == &t.id)
         .map(|(_, c)| c)
         .unwrap_or_default();
-    let sandboxes = app.store.sandboxes(Some(tenant)).await?;
-    let mut by_state = json!({"booting": 0, "ready": 0, "busy": 0, "suspended": 0, "stopped": 0});
+    let sandboxes = app.store.sandboxes(Some(&t.id)).await?;
+    let mut by_state = SandboxCounts::default();
     for s in &sandboxes {
-        if let Some(b) = s.state.pool_bucket() {
-            by_state[b] = json!(by_state[b].as_u64().unwrap_or(0) + 1);
-        }
+        by_state.add(s.state);
     }
     let desired = app
         .desired
         .read()
         .unwrap_or_else(|e| e.into_inner())
-        .get(tenant)
+        .get(&t.id)
         .copied()
         .unwrap_or(0);
-    let mut v = json!({
-        "tenant": tenant,
-        "desired": desired,
-        "queued": counts.queued,
-        "running": counts.running,
-        "sandboxes": by_state,
-    });
-    if with_sandboxes {
-        v["sandbox_list"] = json!(sandboxes.iter().map(views::sandbox).collect::<Vec<_>>());
-    }
-    Ok(v)
+    Ok(PoolView {
+        tenant: t.id.clone(),
+        plan: t.plan,
+        draining: t.draining,
+        desired,
+        queued: counts.queued,
+        running: counts.running,
+        sandboxes: by_state,
+        sandbox_list: with_sandboxes.then(|| sandboxes.iter().map(views::sandbox).collect()),
+        events: None,
+    })
 }
 
-async fn pools(State(app): State<Arc<App>>, caller: Caller) -> Result<Json<Value>, ApiError> {
+/// Per tenant: sandboxes by state against desired, queued and running jobs.
+#[utoipa::path(get, path = "/v1/pools", tag = "pools",
+    responses((status = 200, body = PoolList), (status = 401, body = ErrorBody)))]
+async fn pools(State(app): State<Arc<App>>, caller: Caller) -> Result<Json<PoolList>, ApiError> {
     let mut out = Vec::new();
     for t in app.store.tenants().await? {
         if caller.check_tenant(&t.id).is_ok() {
-            let mut v = pool_view(&app, &t.id, false).await?;
-            v["plan"] = json!(t.plan);
-            v["draining"] = json!(t.draining);
-            out.push(v);
+            out.push(pool_view(&app, &t, false).await?);
         }
     }
-    Ok(Json(json!({"pools": out})))
+    Ok(Json(PoolList { pools: out }))
 }
 
+/// One pool with each sandbox and the tenant's recent events.
+#[utoipa::path(get, path = "/v1/pools/{tenant}", tag = "pools",
+    params(("tenant" = String, Path)),
+    responses((status = 200, body = PoolView), (status = 404, body = ErrorBody)))]
 async fn pool(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(tenant): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PoolView>, ApiError> {
     caller.check_tenant(&tenant)?;
     let t = app
         .store
@@ -614,31 +764,36 @@ async fn pool(
         .ok_or_else(|| ApiError::not_found("tenant", &tenant))?;
     // `sandboxes` keeps the counts, as in the list of pools; each sandbox is in `sandbox_list`
     // (docs/adr/0001).
-    let mut v = pool_view(&app, &tenant, true).await?;
-    v["plan"] = json!(t.plan);
-    v["draining"] = json!(t.draining);
-    v["events"] = json!(
+    let mut v = pool_view(&app, &t, true).await?;
+    v.events = Some(
         app.store
             .events(Some(&tenant), 50)
             .await?
             .iter()
-            .map(|e| json!({"at": views::rfc3339(e.at), "kind": e.kind, "detail": e.detail}))
-            .collect::<Vec<_>>()
+            .map(views::event)
+            .collect(),
     );
     Ok(Json(v))
 }
 
-#[derive(Deserialize)]
-struct EventsQuery {
+/// Filters of `GET /v1/events`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// One tenant's events; without it (admin only) every tenant's.
     tenant: Option<String>,
+    /// At most this many, newest first (100 when absent, at most 1000).
     limit: Option<u32>,
 }
 
+/// Scaling actions and warnings, newest first.
+#[utoipa::path(get, path = "/v1/events", tag = "pools", params(EventsQuery),
+    responses((status = 200, body = EventList), (status = 403, body = ErrorBody)))]
 async fn events(
     State(app): State<Arc<App>>,
     caller: Caller,
     Query(q): Query<EventsQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EventList>, ApiError> {
     if let Some(t) = &q.tenant {
         caller.check_tenant(t)?;
     } else {
@@ -648,24 +803,36 @@ async fn events(
         .store
         .events(q.tenant.as_deref(), q.limit.unwrap_or(100).min(1000))
         .await?;
-    Ok(Json(
-        json!({"events": evs.iter().map(|e| json!({"tenant": e.tenant, "at": views::rfc3339(e.at), "kind": e.kind, "detail": e.detail})).collect::<Vec<_>>()}),
-    ))
+    Ok(Json(EventList {
+        events: evs.iter().map(views::event).collect(),
+    }))
 }
 
+/// What the planner would do now, without doing it (admin).
+#[utoipa::path(get, path = "/v1/plan", tag = "pools",
+    responses((status = 200, body = PlanView), (status = 403, body = ErrorBody)))]
 async fn dry_run_plan(
     State(app): State<Arc<App>>,
     caller: Caller,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PlanView>, ApiError> {
     caller.require_admin()?;
     let plan = crate::control::dry_run(&app).await?;
-    Ok(Json(
-        json!({"dry_run": true, "pools": plan.pools, "steps": plan.steps}),
-    ))
+    Ok(Json(PlanView {
+        dry_run: true,
+        pools: plan.pools,
+        steps: plan.steps,
+    }))
 }
 
 // The agents' endpoints.
 
+/// An agent asks for its sandbox's next job (long poll, at most 60 s).
+#[utoipa::path(post, path = "/v1/agent/lease", tag = "agent", security(("bearer" = [])),
+    request_body(content = Object, description = "`{\"wait_ms\"?}`"),
+    responses(
+        (status = 200, description = "`run` with an assignment, `idle` or `stop`", body = Object),
+        (status = 401, body = ErrorBody),
+    ))]
 async fn agent_lease(
     State(app): State<Arc<App>>,
     Agent(sandbox): Agent,
@@ -733,6 +900,10 @@ async fn agent_lease(
     }
 }
 
+/// An agent extends its job's lease and learns of a cancel.
+#[utoipa::path(post, path = "/v1/agent/heartbeat", tag = "agent", security(("bearer" = [])),
+    request_body(content = Object, description = "`{\"job_id\", \"lease_id\"}`"),
+    responses((status = 200, description = "`{\"ok\", \"cancel\"}`", body = Object), (status = 401, body = ErrorBody)))]
 async fn agent_heartbeat(
     State(app): State<Arc<App>>,
     Agent(sandbox): Agent,
@@ -760,6 +931,13 @@ async fn agent_heartbeat(
     }))
 }
 
+/// An agent reports how its job ended.
+#[utoipa::path(post, path = "/v1/agent/complete", tag = "agent", security(("bearer" = [])),
+    request_body(content = Object, description = "`{\"job_id\", \"lease_id\", \"outcome\"}`"),
+    responses(
+        (status = 200, body = CompletedView),
+        (status = 409, description = "the lease is not the job's current one", body = ErrorBody),
+    ))]
 async fn agent_complete(
     State(app): State<Arc<App>>,
     Agent(sandbox): Agent,
@@ -788,7 +966,11 @@ async fn agent_complete(
                     .with_label_values(&[app.metrics.tenant(&job.tenant), job.state.as_str()])
                     .inc();
             }
-            Ok(Json(json!({"id": job.id, "state": job.state})).into_response())
+            Ok(Json(CompletedView {
+                id: job.id,
+                state: job.state,
+            })
+            .into_response())
         }
         Completed::Stale => Err(ApiError::conflict(format!(
             "lease `{}` is not the current lease of job `{}`",

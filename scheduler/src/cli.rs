@@ -74,12 +74,13 @@ pub enum OperatorCommand {
         #[arg(long)]
         undo: bool,
     },
-    /// What the planner would do now.
+    /// What the planner would do now, without doing it (`--dry-run` is required: the planner only
+    /// acts inside the scheduler).
     Plan {
         #[command(flatten)]
         conn: Conn,
-        /// Print the plan without applying it (the only mode).
-        #[arg(long, default_value_t = true)]
+        /// Print the plan without applying it.
+        #[arg(long)]
         dry_run: bool,
     },
 }
@@ -291,6 +292,12 @@ fn execute(cmd: OperatorCommand) -> Result<String, String> {
                     let sb = &p["sandboxes"];
                     vec![
                         s(&p["tenant"]),
+                        s(&p["plan"]),
+                        if p["draining"].as_bool() == Some(true) {
+                            "draining".into()
+                        } else {
+                            String::new()
+                        },
                         s(&p["desired"]),
                         s(&p["queued"]),
                         s(&p["running"]),
@@ -305,6 +312,8 @@ fn execute(cmd: OperatorCommand) -> Result<String, String> {
             let mut out = table(
                 &[
                     "TENANT",
+                    "PLAN",
+                    "STATE",
                     "DESIRED",
                     "QUEUED",
                     "RUNNING",
@@ -479,7 +488,13 @@ fn execute(cmd: OperatorCommand) -> Result<String, String> {
                 if undo { "resumed" } else { "draining" }
             ))
         }
-        OperatorCommand::Plan { conn, dry_run: _ } => {
+        OperatorCommand::Plan { conn, dry_run } => {
+            if !dry_run {
+                return Err(
+                    "`shoal plan` only prints a dry run: pass --dry-run (the scheduler applies plans itself)"
+                        .into(),
+                );
+            }
             let (v, _) = call(&conn, Method::GET, "/v1/plan", &[], None)?;
             if conn.json {
                 return Ok(pretty(&v));

@@ -82,6 +82,10 @@ pub struct ProviderTables {
     pub process: Option<ProcessTable>,
     /// `[provider.fly]`: see `docs/providers/fly.md`.
     pub fly: Option<shoal_fleet::fly::FlyConfig>,
+    /// `[provider.docker]`: see `docs/providers/docker.md`.
+    pub docker: Option<shoal_fleet::docker::DockerConfig>,
+    /// `[provider.kubernetes]`: see `docs/providers/kubernetes.md`.
+    pub kubernetes: Option<shoal_fleet::kubernetes::KubernetesConfig>,
 }
 
 impl FileConfig {
@@ -136,6 +140,10 @@ pub struct Config {
     /// `FLY_API_TOKEN`, when the provider is `fly` (never printed).
     #[serde(skip)]
     pub fly_token: Option<String>,
+    /// The `[provider.docker]` table (its defaults when absent), when the provider is `docker`.
+    pub docker: Option<shoal_fleet::docker::DockerConfig>,
+    /// The `[provider.kubernetes]` table, when the provider is `kubernetes`.
+    pub kubernetes: Option<shoal_fleet::kubernetes::KubernetesConfig>,
 }
 
 /// Durations print as humans write them.
@@ -269,9 +277,12 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from("./.shoal"));
         let database_url = pick(&args.database_url, &file.database_url, "database_url")
             .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("shoal.db").display()));
-        if !database_url.starts_with("sqlite:") {
+        if !["sqlite:", "postgres://", "postgresql://"]
+            .iter()
+            .any(|p| database_url.starts_with(p))
+        {
             errs.push(format!(
-                "database_url: `{database_url}`: this build stores in SQLite only (sqlite://PATH)"
+                "database_url: `{database_url}` is neither sqlite://PATH nor postgres://..."
             ));
         }
         let redis_url = pick(&args.redis_url, &file.redis_url, "redis_url");
@@ -287,9 +298,9 @@ impl Config {
                 "provider: `{provider}` is not one of {}",
                 PROVIDERS.join(", ")
             ));
-        } else if !["process", "fly"].contains(&provider.as_str()) {
+        } else if !["process", "fly", "docker", "kubernetes"].contains(&provider.as_str()) {
             errs.push(format!(
-                "provider: `{provider}` is not available in this build yet (process and fly are)"
+                "provider: `{provider}` is not available in this build yet (process, docker, fly and kubernetes are)"
             ));
         }
         let advertise_url = match pick(&args.advertise_url, &file.advertise_url, "advertise_url") {
@@ -377,8 +388,38 @@ impl Config {
                 errs.push("advertise_url: required with the fly provider (the URL machines reach the scheduler at)".into());
             }
         }
+        let docker = (provider == "docker").then(|| file.tables().docker.unwrap_or_default());
+        if let Some(d) = &docker {
+            errs.extend(
+                d.validate()
+                    .into_iter()
+                    .map(|p| format!("provider.docker: {p}")),
+            );
+            if d.image.is_none() && d.agent_bin.is_none() && !agent_bin.exists() {
+                errs.push(format!(
+                    "agent_bin: {} does not exist, and the docker provider builds its image from it (build shoal-agent, or set SHOAL_AGENT_BIN or provider.docker.image)",
+                    agent_bin.display()
+                ));
+            }
+        }
+        let kubernetes = file.tables().kubernetes;
+        if provider == "kubernetes" {
+            match &kubernetes {
+                None => errs.push(
+                    "provider.kubernetes: the [provider.kubernetes] table is required with the kubernetes provider"
+                        .into(),
+                ),
+                Some(k) => errs.extend(k.validate()),
+            }
+            if pick(&args.advertise_url, &file.advertise_url, "advertise_url").is_none() {
+                errs.push("advertise_url: required with the kubernetes provider (the URL pods reach the scheduler at)".into());
+            }
+        }
+        let kubernetes = kubernetes.filter(|_| provider == "kubernetes");
         if errs.is_empty() {
             Ok(Config {
+                kubernetes,
+                docker,
                 fly,
                 fly_token,
                 listen,

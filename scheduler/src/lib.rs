@@ -11,7 +11,9 @@ pub mod dashboard;
 pub mod error;
 pub mod leader;
 pub mod limits;
+pub mod live;
 pub mod metrics;
+pub mod openapi;
 pub mod state;
 pub mod usage;
 pub mod views;
@@ -20,7 +22,7 @@ use anyhow::Context;
 use config::Config;
 use shoal_fleet::Provider;
 use shoal_fleet::process::{ProcessConfig, ProcessProvider};
-use shoal_store::{SqliteStore, Store};
+use shoal_store::Store;
 use state::App;
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,8 +71,84 @@ pub fn build_provider(
             let token = cfg.fly_token.clone().context("FLY_API_TOKEN is required")?;
             Arc::new(shoal_fleet::fly::FlyProvider::new(fly, token, sink)?)
         }
+        "docker" => {
+            let mut docker = cfg.docker.clone().unwrap_or_default();
+            if docker.agent_bin.is_none() {
+                docker.agent_bin = Some(cfg.agent_bin.clone());
+            }
+            Arc::new(shoal_fleet::docker::DockerProvider::new(docker, sink)?)
+        }
+        "kubernetes" => {
+            let k8s = cfg
+                .kubernetes
+                .clone()
+                .context("the [provider.kubernetes] table is required")?;
+            // Reading the kubeconfig (or in-cluster settings) is async; serve runs on the
+            // multi-threaded runtime, so this waits for it in place.
+            let provider = tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current()
+                    .block_on(shoal_fleet::kubernetes::KubernetesProvider::new(k8s, sink))
+            })?;
+            Arc::new(provider)
+        }
         other => anyhow::bail!("provider `{other}` is not available in this build"),
     })
+}
+
+/// The ingress queue to consume: Redis when `redis_url` is set, else the Postgres database; none
+/// on the embedded default.
+async fn ingress_queue(cfg: &Config) -> anyhow::Result<Option<shoal_store::ingress::IngressQueue>> {
+    use shoal_store::ingress::{DEFAULT_QUEUE, IngressQueue};
+    let url = match (&cfg.redis_url, cfg.database_url.starts_with("postgres")) {
+        (Some(r), _) => r.clone(),
+        (None, true) => cfg.database_url.clone(),
+        (None, false) => return Ok(None),
+    };
+    Ok(Some(
+        IngressQueue::connect(&url, DEFAULT_QUEUE)
+            .await
+            .context("connecting the ingress queue")?,
+    ))
+}
+
+/// Admits what the platform pushed into the ingress queue, through the same admission as
+/// `POST /v1/jobs`, until shutdown.
+async fn ingress(app: Arc<App>, queue: shoal_store::ingress::IngressQueue) {
+    use shoal_store::ingress::{AdmitError, ConsumerConfig, IngressJob, run_ingress};
+    let worker = format!("{}-{}", hostname(), std::process::id());
+    let mut shutdown = app.shutdown.subscribe();
+    let admit_app = Arc::clone(&app);
+    let admit = move |job: IngressJob| {
+        let app = Arc::clone(&admit_app);
+        async move {
+            let req = api::Enqueue {
+                tenant: job.tenant,
+                kind: job.kind,
+                spec: job.spec,
+                idempotency_key: job.idempotency_key,
+                priority: job.priority,
+                max_attempts: job.max_attempts,
+                timeout_s: job.timeout_s,
+            };
+            match api::admit(&app, req).await {
+                Ok(_) => Ok(()),
+                Err(e) if e.code == "rate_limited" || e.status.is_server_error() => {
+                    Err(AdmitError::Retry {
+                        after: e.retry_after_s.map(std::time::Duration::from_secs),
+                        message: e.message,
+                    })
+                }
+                Err(e) => Err(AdmitError::Rejected {
+                    code: e.code.to_string(),
+                    message: e.message,
+                }),
+            }
+        }
+    };
+    run_ingress(queue, ConsumerConfig::new(worker), admit, async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    })
+    .await;
 }
 
 fn hostname() -> String {
@@ -88,18 +166,25 @@ pub async fn serve(
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     let token = admin_token(&cfg)?;
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&cfg.database_url)
-            .await
-            .context("opening the store")?,
-    );
+    let store: Arc<dyn Store> = shoal_store::open(&cfg.database_url)
+        .await
+        .context("opening the store")?;
+    let rates = limits::RateLimits::connect(cfg.redis_url.as_deref())
+        .await
+        .context("connecting the shared rate limits")?;
     let (sink, observations) = tokio::sync::mpsc::unbounded_channel();
     let provider = build_provider(&cfg, sink)?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
-    let app = Arc::new(App::new(cfg, store, Arc::clone(&provider), token.clone()));
+    let app = Arc::new(App::new(
+        cfg,
+        store,
+        Arc::clone(&provider),
+        token.clone(),
+        rates,
+    ));
     let (leadership, followers): (Arc<dyn leader::Leadership>, bool) =
         if app.cfg.database_url.starts_with("postgres") {
             let holder = format!("{}:{}", hostname(), std::process::id());
@@ -119,6 +204,10 @@ pub async fn serve(
     }
     let control = control::Control::new(Arc::clone(&app), leadership);
     let control_task = tokio::spawn(Arc::clone(&control).run(observations, followers));
+    let live_task = tokio::spawn(live::run(Arc::clone(&app)));
+    let ingress_task = ingress_queue(&app.cfg)
+        .await?
+        .map(|queue| tokio::spawn(ingress(Arc::clone(&app), queue)));
 
     let host = if addr.ip().is_unspecified() {
         "127.0.0.1".to_string()
@@ -159,6 +248,10 @@ pub async fn serve(
     provider.shutdown().await;
     app.provider_stopped.send_replace(true);
     let _ = control_task.await;
+    let _ = live_task.await;
+    if let Some(t) = ingress_task {
+        let _ = t.await;
+    }
     let _ = http_stop_tx.send(());
     match tokio::time::timeout(Duration::from_secs(5), server).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),

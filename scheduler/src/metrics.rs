@@ -1,6 +1,8 @@
 //! The scheduler's Prometheus metrics, with a bound on how many tenants get a label of their own.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
 use std::collections::HashSet;
 use std::sync::Mutex;
 
@@ -20,6 +22,12 @@ pub struct Metrics {
     pub quota_warnings: IntCounterVec,
     pub rejected: IntCounterVec,
     pub compute_seconds: prometheus::CounterVec,
+    /// The size the planner last wanted per pool (set by the live view's sampler).
+    pub sandboxes_desired: IntGaugeVec,
+    /// Jobs admitted this month over the monthly quota (set by the live view's sampler).
+    pub quota_usage_ratio: GaugeVec,
+    /// Provider resources the store does not know or knows as destroyed (set by the sampler).
+    pub sandboxes_leaked: IntGaugeVec,
     tenants: Mutex<HashSet<String>>,
     max_tenants: usize,
 }
@@ -67,7 +75,29 @@ impl Metrics {
         registry
             .register(Box::new(compute_seconds.clone()))
             .expect("unique metric");
+        let quota_usage_ratio = GaugeVec::new(
+            Opts::new(
+                "shoal_quota_usage_ratio",
+                "Jobs admitted this month over the tenant's monthly quota (absent when unlimited).",
+            ),
+            &["tenant"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(quota_usage_ratio.clone()))
+            .expect("unique metric");
         Metrics {
+            sandboxes_desired: gauge(
+                "shoal_sandboxes_desired",
+                "The pool size the planner last wanted.",
+                &["tenant"],
+            ),
+            sandboxes_leaked: gauge(
+                "shoal_sandboxes_leaked",
+                "Provider sandboxes that the store does not know or knows as destroyed, at the last check.",
+                &["provider"],
+            ),
+            quota_usage_ratio,
             jobs_enqueued: counter(
                 "shoal_jobs_enqueued_total",
                 "Jobs admitted.",
@@ -145,6 +175,20 @@ impl Metrics {
         let mut buf = Vec::new();
         let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// The `outcome` label of a provider call.
+pub fn provider_outcome(error: Option<&shoal_fleet::ProviderError>) -> &'static str {
+    use shoal_fleet::ProviderError as E;
+    match error {
+        None => "ok",
+        Some(E::RateLimited { .. }) => "rate_limited",
+        Some(E::Capacity(_)) => "capacity",
+        Some(E::NotFound(_)) => "not_found",
+        Some(E::Conflict(_)) => "conflict",
+        Some(E::Transient(_)) => "transient",
+        Some(E::Permanent(_)) => "permanent",
     }
 }
 

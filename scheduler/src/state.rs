@@ -35,6 +35,8 @@ pub struct App {
     pub provider_stopped: watch::Sender<bool>,
     /// Wake-ups to and from other replicas, when there can be any (Postgres).
     pub bus: std::sync::OnceLock<crate::bus::PgBus>,
+    /// The operators' live view: overview, history, event feed.
+    pub live: crate::live::Live,
 }
 
 impl App {
@@ -43,6 +45,7 @@ impl App {
         store: Arc<dyn Store>,
         provider: Arc<dyn Provider>,
         admin_token: String,
+        rates: RateLimits,
     ) -> Self {
         let metrics = Metrics::new(cfg.metrics_max_tenants);
         App {
@@ -50,7 +53,7 @@ impl App {
             store,
             provider,
             metrics,
-            rates: RateLimits::default(),
+            rates,
             admin_token,
             kick: Notify::new(),
             waiters: Mutex::new(HashMap::new()),
@@ -60,6 +63,7 @@ impl App {
             ready: watch::channel(false).0,
             provider_stopped: watch::channel(false).0,
             bus: std::sync::OnceLock::new(),
+            live: crate::live::Live::default(),
         }
     }
 

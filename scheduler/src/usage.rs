@@ -8,20 +8,61 @@ use crate::views::{parse_rfc3339, rfc3339};
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use shoal_core::{JobState, Millis};
 use shoal_metering::{Granularity, Usage, bucketize, intervals, month_of, total};
 use std::sync::Arc;
+use utoipa::{IntoParams, ToSchema};
 
-#[derive(Deserialize)]
+/// The query of `GET /v1/usage`.
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct UsageQuery {
+    /// One tenant (a tenant key: its own); without it, every tenant added up.
     tenant: Option<String>,
+    /// RFC 3339; the start of the current month when absent.
     from: Option<String>,
+    /// RFC 3339; now when absent.
     to: Option<String>,
+    /// `hour`, `day` (the default) or `month`.
     granularity: Option<String>,
+    /// `json` (the default) or `csv`.
     format: Option<String>,
+}
+
+/// One bucket of a usage report.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageBucket {
+    pub start: String,
+    pub end: String,
+    pub sandbox_seconds: f64,
+    pub vcpu_seconds: f64,
+    pub gib_seconds: f64,
+    pub jobs_succeeded: u64,
+    pub jobs_failed: u64,
+}
+
+/// The report's total over `[from, to)`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageTotal {
+    pub sandbox_seconds: f64,
+    pub vcpu_seconds: f64,
+    pub gib_seconds: f64,
+    pub jobs_succeeded: u64,
+    pub jobs_failed: u64,
+}
+
+/// `GET /v1/usage` as JSON.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageReport {
+    pub tenant: Option<String>,
+    pub from: String,
+    pub to: String,
+    #[schema(value_type = String, example = "day")]
+    pub granularity: Granularity,
+    pub buckets: Vec<UsageBucket>,
+    pub total: UsageTotal,
 }
 
 /// Most buckets one report may hold.
@@ -36,16 +77,16 @@ pub struct Row {
     pub failed: u64,
 }
 
-fn row_json(r: &Row) -> Value {
-    json!({
-        "start": rfc3339(r.start),
-        "end": rfc3339(r.end),
-        "sandbox_seconds": r.usage.sandbox_seconds(),
-        "vcpu_seconds": r.usage.vcpu_seconds(),
-        "gib_seconds": r.usage.gib_seconds(),
-        "jobs_succeeded": r.succeeded,
-        "jobs_failed": r.failed,
-    })
+fn bucket(r: &Row) -> UsageBucket {
+    UsageBucket {
+        start: rfc3339(r.start),
+        end: rfc3339(r.end),
+        sandbox_seconds: r.usage.sandbox_seconds(),
+        vcpu_seconds: r.usage.vcpu_seconds(),
+        gib_seconds: r.usage.gib_seconds(),
+        jobs_succeeded: r.succeeded,
+        jobs_failed: r.failed,
+    }
 }
 
 /// Computes the report's rows and total for `tenant` (or all) over `[from, to)`.
@@ -96,6 +137,14 @@ pub async fn report(
     Ok((rows, tot))
 }
 
+/// Compute usage, split exactly into hour, day or month buckets, with job counts.
+#[utoipa::path(get, path = "/v1/usage", tag = "usage", params(UsageQuery),
+    responses(
+        (status = 200, description = "JSON, or CSV with `format=csv`",
+            content((UsageReport = "application/json"), (String = "text/csv"))),
+        (status = 400, body = crate::openapi::ErrorBody),
+        (status = 404, description = "no such tenant", body = crate::openapi::ErrorBody),
+    ))]
 pub async fn usage(
     State(app): State<Arc<App>>,
     caller: Caller,
@@ -148,22 +197,21 @@ pub async fn usage(
     }
     let (rows, tot) = report(&app, tenant.as_deref(), from, to, g).await?;
     match q.format.as_deref().unwrap_or("json") {
-        "json" => {
-            let mut total = row_json(&tot);
-            if let Some(o) = total.as_object_mut() {
-                o.remove("start");
-                o.remove("end");
-            }
-            Ok(axum::Json(json!({
-                "tenant": tenant,
-                "from": rfc3339(from),
-                "to": rfc3339(to),
-                "granularity": g,
-                "buckets": rows.iter().map(row_json).collect::<Vec<_>>(),
-                "total": total,
-            }))
-            .into_response())
-        }
+        "json" => Ok(axum::Json(UsageReport {
+            tenant,
+            from: rfc3339(from),
+            to: rfc3339(to),
+            granularity: g,
+            buckets: rows.iter().map(bucket).collect(),
+            total: UsageTotal {
+                sandbox_seconds: tot.usage.sandbox_seconds(),
+                vcpu_seconds: tot.usage.vcpu_seconds(),
+                gib_seconds: tot.usage.gib_seconds(),
+                jobs_succeeded: tot.succeeded,
+                jobs_failed: tot.failed,
+            },
+        })
+        .into_response()),
         "csv" => {
             let who = tenant.as_deref().unwrap_or("*");
             let mut out = String::from(

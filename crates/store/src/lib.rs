@@ -1,8 +1,12 @@
 //! Shoal's persistence: the [`Store`] trait the scheduler, dispatcher and fleet use, its records,
-//! and the SQLite implementation (the embedded default). Every state change that must not be lost
+//! its two implementations (SQLite, the embedded default, and Postgres, for several replicas; pick
+//! one from a URL with [`open`]), and the apalis ingress queue ([`ingress`]). Every state change that must not be lost
 //! or doubled (admission with its idempotency key and quota, a lease, a completion) is one
 //! transaction here, so the invariants hold whatever the callers race.
 
+pub mod ingress;
+pub mod postgres;
+pub mod ratelimit;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -10,7 +14,21 @@ use serde::Serialize;
 use shoal_core::{JobState, Limits, LimitsPatch, Millis, PlanTier, SandboxState};
 use shoal_metering::LedgerEntry;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+use std::sync::Arc;
+
+/// Opens the store a database URL names: `sqlite://PATH` (or `sqlite::memory:`) for SQLite,
+/// `postgres://…` or `postgresql://…` for Postgres. Either way the schema is brought up to date.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresStore::open(url).await?))
+    } else if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::open(url).await?))
+    } else {
+        Err(StoreError::UnsupportedUrl(url.into()))
+    }
+}
 
 /// What went wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -22,19 +40,24 @@ pub enum StoreError {
     /// A row holds a value this version does not understand.
     #[error("corrupt record: {0}")]
     Corrupt(String),
-    #[error("unsupported database URL `{0}` (sqlite://PATH)")]
+    #[error("unsupported database URL `{0}` (sqlite://PATH or postgres://USER@HOST/DB)")]
     UnsupportedUrl(String),
 }
 
 impl StoreError {
     /// The database cannot be reached now (as opposed to a query that is wrong).
     pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self,
+        match self {
             StoreError::Database(
-                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
-            )
-        )
+                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_),
+            ) => true,
+            // Postgres: connection exceptions (class 08), the server shutting down or not
+            // accepting connections yet (57P01-57P03).
+            StoreError::Database(sqlx::Error::Database(e)) => e
+                .code()
+                .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+            _ => false,
+        }
     }
 }
 

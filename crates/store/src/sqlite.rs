@@ -449,7 +449,13 @@ impl Store for SqliteStore {
         };
         let sandbox = sandbox_from_row(&row)?;
         match sandbox.state {
-            SandboxState::Booting | SandboxState::Suspended | SandboxState::Suspending => {
+            // A suspended sandbox's agent is frozen: a request it sent before the freeze must not
+            // make the sandbox look ready (resume sets it booting before the provider call).
+            SandboxState::Suspended | SandboxState::Suspending => {
+                tx.commit().await?;
+                return Ok(Lease::Idle);
+            }
+            SandboxState::Booting => {
                 sqlx::query("UPDATE sandboxes SET state = 'ready', since = ?, idle_since = ?, last_seen = ? WHERE id = ?")
                     .bind(now)
                     .bind(now)

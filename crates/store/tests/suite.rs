@@ -1,15 +1,65 @@
 //! The store conformance suite: every guarantee the scheduler relies on, checked against a real
-//! SQLite database file (and, with the Postgres store, against a real Postgres server).
+//! SQLite database file and against a real Postgres server (started by `shoal_testkit::services`).
+//! Each check is one function taking a `Store`; [`conformance!`] makes a test of it per backend.
 
 use serde_json::json;
 use shoal_core::{JobState, LimitsPatch, PlanTier, SandboxState};
 use shoal_store::*;
+use shoal_testkit::services::Postgres;
 use std::sync::Arc;
 
-async fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
+/// What keeps a test's database alive: its directory or its server.
+enum Db {
+    Sqlite(#[allow(dead_code)] tempfile::TempDir),
+    Postgres(#[allow(dead_code)] Postgres),
+}
+
+async fn sqlite() -> Option<(Arc<dyn Store>, Db)> {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("test.db").display());
-    (Arc::new(SqliteStore::open(&url).await.unwrap()), dir)
+    Some((shoal_store::open(&url).await.unwrap(), Db::Sqlite(dir)))
+}
+
+/// A fresh Postgres server; `None` (skip) where Postgres is not installed, outside CI.
+async fn postgres() -> Option<(Arc<dyn Store>, Db)> {
+    let pg = Postgres::start().expect("starting Postgres")?;
+    let url = pg.create_database().unwrap();
+    Some((shoal_store::open(&url).await.unwrap(), Db::Postgres(pg)))
+}
+
+/// One test per backend for each check: `name => check_fn`.
+macro_rules! conformance {
+    ($($name:ident => $check:ident),+ $(,)?) => {
+        mod sqlite_store {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let (store, _db) = sqlite().await.unwrap();
+                    $check(store).await;
+                }
+            )+
+        }
+        mod postgres_store {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let Some((store, _db)) = postgres().await else { return };
+                    $check(store).await;
+                }
+            )+
+        }
+    };
+}
+
+conformance! {
+    keeps_every_guarantee => suite,
+    concurrent_leases_never_hand_out_a_job_twice => concurrent_leases,
+    ledger_and_events_round_trip => ledger_and_events,
+    concurrent_admissions_keep_quota_and_idempotency => concurrent_admissions,
+    concurrency_limit_holds_across_concurrent_leases => concurrency_limit_races,
+    open_refuses_an_unknown_url => unknown_url,
 }
 
 fn job(id: &str, tenant: &str, key: Option<&str>, priority: i32, at: i64) -> NewJob {
@@ -396,6 +446,39 @@ async fn suite(store: Arc<dyn Store>) {
         "warned once per period"
     );
 
+    // A suspended sandbox's frozen agent gets no work and does not make it look ready.
+    store
+        .admit(job("ju2", "u", None, 0, 50_000), 0, Some(100))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .transition(
+                "sbu",
+                &[
+                    SandboxState::Ready,
+                    SandboxState::Busy,
+                    SandboxState::Booting
+                ],
+                SandboxState::Suspended,
+                50_001
+            )
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.lease("sbu", POLICY, 50_002).await.unwrap(),
+        Lease::Idle
+    );
+    assert_eq!(
+        store.sandbox("sbu").await.unwrap().unwrap().state,
+        SandboxState::Suspended
+    );
+    assert_eq!(
+        store.job("ju2").await.unwrap().unwrap().state,
+        JobState::Queued
+    );
+
     // The list pages newest first with a cursor.
     let page1 = store
         .jobs(&JobFilter {
@@ -424,16 +507,8 @@ async fn suite(store: Arc<dyn Store>) {
     );
 }
 
-#[tokio::test]
-async fn sqlite_store_keeps_every_guarantee() {
-    let (store, _dir) = sqlite().await;
-    suite(store).await;
-}
-
 /// Many concurrent lease requests for few jobs: each job goes to exactly one sandbox.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_leases_never_hand_out_a_job_twice() {
-    let (store, _dir) = sqlite().await;
+async fn concurrent_leases(store: Arc<dyn Store>) {
     store
         .put_tenant("t", PlanTier::Enterprise, &LimitsPatch::default(), 0)
         .await
@@ -493,9 +568,7 @@ async fn concurrent_leases_never_hand_out_a_job_twice() {
     assert_eq!((before, all.len()), (40, 40));
 }
 
-#[tokio::test]
-async fn ledger_and_events_round_trip() {
-    let (store, _dir) = sqlite().await;
+async fn ledger_and_events(store: Arc<dyn Store>) {
     store
         .put_tenant("t", PlanTier::Pro, &LimitsPatch::default(), 0)
         .await
@@ -529,4 +602,127 @@ async fn ledger_and_events_round_trip() {
         (ev[0].kind.as_str(), ev[0].detail["sandbox"].as_str()),
         ("create", Some("s"))
     );
+}
+
+/// Many admissions at once, some repeating idempotency keys, against a quota: the quota is never
+/// overrun and each key makes exactly one job.
+async fn concurrent_admissions(store: Arc<dyn Store>) {
+    store
+        .put_tenant("t", PlanTier::Pro, &LimitsPatch::default(), 0)
+        .await
+        .unwrap();
+    let mut handles = Vec::new();
+    for i in 0..40 {
+        let store = Arc::clone(&store);
+        handles.push(tokio::spawn(async move {
+            // Keys k0..k9, each sent four times.
+            let key = format!("k{}", i % 10);
+            store
+                .admit(job(&format!("j{i}"), "t", Some(&key), 0, i), 0, Some(6))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut created = Vec::new();
+    let mut existing = 0;
+    let mut refused = 0;
+    for h in handles {
+        match h.await.unwrap() {
+            Admitted::Created { job, period_jobs } => created.push((job, period_jobs)),
+            Admitted::Existing(_) => existing += 1,
+            Admitted::QuotaExceeded { used, limit } => {
+                assert_eq!((used, limit), (6, 6));
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(created.len(), 6, "exactly the quota is admitted");
+    let mut counts: Vec<u64> = created.iter().map(|(_, n)| *n).collect();
+    counts.sort();
+    assert_eq!(
+        counts,
+        [1, 2, 3, 4, 5, 6],
+        "each admission saw its own count"
+    );
+    let mut keys: Vec<_> = created
+        .iter()
+        .map(|(j, _)| j.idempotency_key.clone().unwrap())
+        .collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 6, "no key made two jobs");
+    // Every repeat of an admitted key got the first job; the other keys' tries were refused.
+    assert_eq!(existing + refused, 34);
+    assert_eq!(store.period_jobs("t", 0).await.unwrap(), 6);
+    let all = store
+        .jobs(&JobFilter {
+            tenant: Some("t".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 6);
+}
+
+/// Sandboxes of one tenant leasing at once never run more jobs than its concurrency limit.
+async fn concurrency_limit_races(store: Arc<dyn Store>) {
+    store
+        .put_tenant("t", PlanTier::Enterprise, &LimitsPatch::default(), 0)
+        .await
+        .unwrap();
+    for i in 0..8 {
+        store
+            .insert_sandbox(NewSandbox {
+                id: format!("s{i}"),
+                tenant: "t".into(),
+                provider: "process".into(),
+                token_hash: format!("h{i}"),
+                cpus_milli: 1000,
+                memory_mb: 512,
+                now: 0,
+            })
+            .await
+            .unwrap();
+    }
+    for i in 0..20 {
+        store
+            .admit(job(&format!("j{i}"), "t", None, 0, i), 0, None)
+            .await
+            .unwrap();
+    }
+    let policy = LeasePolicy {
+        max_concurrent_jobs: Some(2),
+        ..POLICY
+    };
+    let mut handles = Vec::new();
+    for i in 0..8 {
+        let store = Arc::clone(&store);
+        handles.push(tokio::spawn(async move {
+            store.lease(&format!("s{i}"), policy, 1).await.unwrap()
+        }));
+    }
+    let mut leased = 0;
+    for h in handles {
+        if let Lease::Job(_) = h.await.unwrap() {
+            leased += 1;
+        }
+    }
+    assert_eq!(leased, 2);
+    let running = store
+        .jobs(&JobFilter {
+            state: Some(JobState::Running),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(running.len(), 2);
+}
+
+async fn unknown_url(_store: Arc<dyn Store>) {
+    assert!(matches!(
+        shoal_store::open("mysql://localhost/shoal").await,
+        Err(StoreError::UnsupportedUrl(_))
+    ));
 }

@@ -4,4 +4,6 @@
 
 pub mod bins;
 pub mod fly;
+pub mod kubelet;
 pub mod server;
+pub mod services;

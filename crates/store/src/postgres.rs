@@ -1,0 +1,991 @@
+//! The Postgres store, for several scheduler replicas sharing one database. Same schema meanings
+//! and same answers as the SQLite store; what differs is how races between replicas are settled:
+//!
+//! - Admission locks the tenant's quota row for the month (`tenant_periods`, created on first
+//!   use) before it looks up the idempotency key and counts, so two replicas admitting for one
+//!   tenant take turns: the quota cannot be overrun and one key cannot make two jobs.
+//! - A lease locks the sandbox row, then (with a concurrency limit) the tenant row, then picks the
+//!   tenant's next queued job with `FOR UPDATE SKIP LOCKED`, so replicas leasing at once never
+//!   wait on each other's jobs and never hand out one job twice.
+//! - Every transaction that touches both a sandbox and its jobs locks the sandbox first, so they
+//!   cannot deadlock, and decides what to do only after its locks are held (Postgres's
+//!   `READ COMMITTED` gives each later statement a fresh view).
+
+use crate::*;
+use shoal_metering::LedgerKind;
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::{PgConnection, Row};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The Postgres implementation of [`Store`].
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+const JOB_COLS: &str = "id, tenant, kind, spec, idempotency_key, priority, max_attempts, timeout_s, state, attempts, \
+     sandbox_id, lease_id, lease_expires_at, result, error, created_at, started_at, finished_at, seq";
+const SANDBOX_COLS: &str = "id, tenant, state, provider, provider_id, cpus_milli, memory_mb, since, idle_since, last_seen, jobs_run, created_at";
+const TENANT_COLS: &str = "id, plan, overrides, draining, quota_warned_at, created_at, updated_at";
+
+macro_rules! sql {
+    ($($part:expr),+ $(,)?) => {
+        sqlx::AssertSqlSafe(const_format::concatcp!($($part),+))
+    };
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+fn json_col(row: &PgRow, col: &str) -> Result<Option<serde_json::Value>> {
+    let raw: Option<String> = row.try_get(col)?;
+    raw.map(|s| serde_json::from_str(&s).map_err(corrupt))
+        .transpose()
+}
+
+fn job_from_row(row: &PgRow) -> Result<JobRecord> {
+    Ok(JobRecord {
+        id: row.try_get("id")?,
+        tenant: row.try_get("tenant")?,
+        kind: row.try_get("kind")?,
+        spec: json_col(row, "spec")?.unwrap_or(serde_json::Value::Null),
+        idempotency_key: row.try_get("idempotency_key")?,
+        priority: row.try_get("priority")?,
+        max_attempts: row.try_get::<i64, _>("max_attempts")? as u32,
+        timeout_s: row.try_get::<i64, _>("timeout_s")? as u64,
+        state: JobState::from_str(row.try_get("state")?).map_err(corrupt)?,
+        attempts: row.try_get::<i64, _>("attempts")? as u32,
+        sandbox_id: row.try_get("sandbox_id")?,
+        lease_id: row.try_get("lease_id")?,
+        lease_expires_at: row.try_get("lease_expires_at")?,
+        result: json_col(row, "result")?,
+        error: json_col(row, "error")?,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        seq: row.try_get("seq")?,
+    })
+}
+
+fn sandbox_from_row(row: &PgRow) -> Result<SandboxRecord> {
+    Ok(SandboxRecord {
+        id: row.try_get("id")?,
+        tenant: row.try_get("tenant")?,
+        state: SandboxState::from_str(row.try_get("state")?).map_err(corrupt)?,
+        provider: row.try_get("provider")?,
+        provider_id: row.try_get("provider_id")?,
+        cpus_milli: row.try_get::<i64, _>("cpus_milli")? as u64,
+        memory_mb: row.try_get::<i64, _>("memory_mb")? as u64,
+        since: row.try_get("since")?,
+        idle_since: row.try_get("idle_since")?,
+        last_seen: row.try_get("last_seen")?,
+        jobs_run: row.try_get::<i64, _>("jobs_run")? as u64,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn tenant_from_row(row: &PgRow) -> Result<TenantRecord> {
+    let overrides: String = row.try_get("overrides")?;
+    Ok(TenantRecord {
+        id: row.try_get("id")?,
+        plan: PlanTier::from_str(row.try_get("plan")?).map_err(corrupt)?,
+        overrides: serde_json::from_str(&overrides).map_err(corrupt)?,
+        draining: row.try_get("draining")?,
+        quota_warned_at: row.try_get("quota_warned_at")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
+
+impl PostgresStore {
+    /// Connects to the database at `url` (`postgres://…` or `postgresql://…`) and brings its
+    /// schema up to date. Replicas starting together are safe: sqlx holds an advisory lock while
+    /// it migrates.
+    pub async fn open(url: &str) -> Result<Self> {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(StoreError::UnsupportedUrl(url.into()));
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await?;
+        Self::from_pool(pool).await
+    }
+
+    /// Uses an existing pool, bringing its schema up to date.
+    pub async fn from_pool(pool: PgPool) -> Result<Self> {
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(PostgresStore { pool })
+    }
+
+    /// The connection pool, for others sharing the database (the ingress queue, leader election).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn job_tx(tx: &mut PgConnection, id: &str) -> Result<Option<JobRecord>> {
+        let row = sqlx::query(sql!("SELECT ", JOB_COLS, " FROM jobs WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    /// Locks a sandbox row for the rest of the transaction; `None` when there is no such sandbox.
+    async fn lock_sandbox(tx: &mut PgConnection, id: &str) -> Result<Option<SandboxRecord>> {
+        let row = sqlx::query(sql!(
+            "SELECT ",
+            SANDBOX_COLS,
+            " FROM sandboxes WHERE id = $1 FOR UPDATE"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        row.as_ref().map(sandbox_from_row).transpose()
+    }
+
+    /// Puts a running job back in the queue, or makes it dead when its attempts are spent.
+    async fn put_back(
+        tx: &mut PgConnection,
+        job: &JobRecord,
+        error: &serde_json::Value,
+        now: Millis,
+    ) -> Result<JobRecord> {
+        let dead = job.attempts >= job.max_attempts;
+        sqlx::query(
+            "UPDATE jobs SET state = $1, sandbox_id = CASE WHEN $2 THEN sandbox_id ELSE NULL END, lease_id = NULL, \
+             lease_expires_at = NULL, error = $3, finished_at = CASE WHEN $2 THEN $4 ELSE NULL END \
+             WHERE id = $5 AND state = 'running'",
+        )
+        .bind(if dead { JobState::Dead.as_str() } else { JobState::Queued.as_str() })
+        .bind(dead)
+        .bind(error.to_string())
+        .bind(now)
+        .bind(&job.id)
+        .execute(&mut *tx)
+        .await?;
+        Ok(Self::job_tx(tx, &job.id)
+            .await?
+            .unwrap_or_else(|| job.clone()))
+    }
+
+    /// A sandbox holding no running job is ready again. The caller holds the sandbox's lock, so
+    /// no lease can slip a job onto it between the check and the update.
+    async fn settle_sandbox(tx: &mut PgConnection, sandbox_id: &str, now: Millis) -> Result<()> {
+        sqlx::query(
+            "UPDATE sandboxes SET state = 'ready', since = $1, idle_since = $1 WHERE id = $2 AND state = 'busy' \
+             AND NOT EXISTS (SELECT 1 FROM jobs WHERE sandbox_id = $2 AND state = 'running')",
+        )
+        .bind(now)
+        .bind(sandbox_id)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+
+    /// The running jobs of a sandbox, locked.
+    async fn running_on(tx: &mut PgConnection, sandbox_id: &str) -> Result<Vec<JobRecord>> {
+        let rows = sqlx::query(sql!(
+            "SELECT ",
+            JOB_COLS,
+            " FROM jobs WHERE sandbox_id = $1 AND state = 'running' ORDER BY id FOR UPDATE"
+        ))
+        .bind(sandbox_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    async fn begin(&self) -> Result<Tx> {
+        Ok(self.pool.begin().await?)
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn put_tenant(
+        &self,
+        id: &str,
+        plan: PlanTier,
+        overrides: &LimitsPatch,
+        now: Millis,
+    ) -> Result<(TenantRecord, bool)> {
+        let overrides = serde_json::to_string(overrides).map_err(corrupt)?;
+        // `xmax = 0` holds for a row this statement inserted, not for one it updated.
+        let row = sqlx::query(sql!(
+            "INSERT INTO tenants (id, plan, overrides, created_at, updated_at) VALUES ($1, $2, $3, $4, $4) \
+             ON CONFLICT (id) DO UPDATE SET plan = excluded.plan, overrides = excluded.overrides, updated_at = excluded.updated_at \
+             RETURNING ",
+            TENANT_COLS,
+            ", (xmax = 0) AS inserted"
+        ))
+        .bind(id)
+        .bind(plan.as_str())
+        .bind(overrides)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        let created: bool = row.try_get("inserted")?;
+        Ok((tenant_from_row(&row)?, created))
+    }
+
+    async fn tenant(&self, id: &str) -> Result<Option<TenantRecord>> {
+        let row = sqlx::query(sql!("SELECT ", TENANT_COLS, " FROM tenants WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(tenant_from_row).transpose()
+    }
+
+    async fn tenants(&self) -> Result<Vec<TenantRecord>> {
+        let rows = sqlx::query(sql!("SELECT ", TENANT_COLS, " FROM tenants ORDER BY id"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(tenant_from_row).collect()
+    }
+
+    async fn set_draining(&self, id: &str, draining: bool, now: Millis) -> Result<bool> {
+        let r = sqlx::query("UPDATE tenants SET draining = $1, updated_at = $2 WHERE id = $3")
+            .bind(draining)
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn mark_quota_warned(&self, id: &str, period_start: Millis, now: Millis) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE tenants SET quota_warned_at = $1 WHERE id = $2 AND (quota_warned_at IS NULL OR quota_warned_at < $3)",
+        )
+        .bind(now)
+        .bind(id)
+        .bind(period_start)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn add_key(&self, tenant: &str, key_hash: &str, now: Millis) -> Result<()> {
+        sqlx::query("INSERT INTO api_keys (key_hash, tenant, created_at) VALUES ($1, $2, $3)")
+            .bind(key_hash)
+            .bind(tenant)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn key_tenant(&self, key_hash: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT tenant FROM api_keys WHERE key_hash = $1")
+                .bind(key_hash)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn period_jobs(&self, tenant: &str, period_start: Millis) -> Result<u64> {
+        let n: Option<i64> = sqlx::query_scalar(
+            "SELECT jobs FROM tenant_periods WHERE tenant = $1 AND period_start = $2",
+        )
+        .bind(tenant)
+        .bind(period_start)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(n.unwrap_or(0) as u64)
+    }
+
+    async fn admit(
+        &self,
+        job: NewJob,
+        period_start: Millis,
+        limit: Option<u64>,
+    ) -> Result<Admitted> {
+        let mut tx = self.begin().await?;
+        // Take the tenant's turn first: the quota row of this month, made on first use.
+        sqlx::query(
+            "INSERT INTO tenant_periods (tenant, period_start, jobs) VALUES ($1, $2, 0) ON CONFLICT DO NOTHING",
+        )
+        .bind(&job.tenant)
+        .bind(period_start)
+        .execute(&mut *tx)
+        .await?;
+        let used: i64 = sqlx::query_scalar(
+            "SELECT jobs FROM tenant_periods WHERE tenant = $1 AND period_start = $2 FOR UPDATE",
+        )
+        .bind(&job.tenant)
+        .bind(period_start)
+        .fetch_one(&mut *tx)
+        .await?;
+        // With the turn held, a job admitted under this key by another replica is visible.
+        if let Some(key) = &job.idempotency_key {
+            let row = sqlx::query(sql!(
+                "SELECT ",
+                JOB_COLS,
+                " FROM jobs WHERE tenant = $1 AND idempotency_key = $2"
+            ))
+            .bind(&job.tenant)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = row {
+                let existing = job_from_row(&row)?;
+                tx.commit().await?;
+                return Ok(Admitted::Existing(existing));
+            }
+        }
+        if let Some(limit) = limit
+            && used as u64 >= limit
+        {
+            tx.commit().await?;
+            return Ok(Admitted::QuotaExceeded {
+                used: used as u64,
+                limit,
+            });
+        }
+        let row = sqlx::query(sql!(
+            "INSERT INTO jobs (id, tenant, kind, spec, idempotency_key, priority, max_attempts, timeout_s, state, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', $9) RETURNING ",
+            JOB_COLS
+        ))
+        .bind(&job.id)
+        .bind(&job.tenant)
+        .bind(&job.kind)
+        .bind(job.spec.to_string())
+        .bind(&job.idempotency_key)
+        .bind(job.priority)
+        .bind(job.max_attempts as i64)
+        .bind(job.timeout_s as i64)
+        .bind(job.created_at)
+        .fetch_one(&mut *tx)
+        .await;
+        let row = match row {
+            Ok(row) => row,
+            // The key was taken under another month's turn in the meantime (a request racing
+            // across the month boundary): the first job stands.
+            Err(sqlx::Error::Database(e)) if e.constraint() == Some("jobs_idempotency") => {
+                tx.rollback().await?;
+                let key = job.idempotency_key.as_deref().unwrap_or_default();
+                let row = sqlx::query(sql!(
+                    "SELECT ",
+                    JOB_COLS,
+                    " FROM jobs WHERE tenant = $1 AND idempotency_key = $2"
+                ))
+                .bind(&job.tenant)
+                .bind(key)
+                .fetch_one(&self.pool)
+                .await?;
+                return Ok(Admitted::Existing(job_from_row(&row)?));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let stored = job_from_row(&row)?;
+        sqlx::query(
+            "UPDATE tenant_periods SET jobs = jobs + 1 WHERE tenant = $1 AND period_start = $2",
+        )
+        .bind(&job.tenant)
+        .bind(period_start)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Admitted::Created {
+            job: stored,
+            period_jobs: used as u64 + 1,
+        })
+    }
+
+    async fn job(&self, id: &str) -> Result<Option<JobRecord>> {
+        let row = sqlx::query(sql!("SELECT ", JOB_COLS, " FROM jobs WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    async fn jobs(&self, f: &JobFilter) -> Result<Vec<JobRecord>> {
+        let rows = sqlx::query(sql!(
+            "SELECT ",
+            JOB_COLS,
+            " FROM jobs WHERE ($1::text IS NULL OR tenant = $1) AND ($2::text IS NULL OR state = $2) \
+             AND ($3::bigint IS NULL OR seq < $3) ORDER BY seq DESC LIMIT $4"
+        ))
+        .bind(&f.tenant)
+        .bind(f.state.map(|s| s.as_str()))
+        .bind(f.before_seq)
+        .bind(f.limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    async fn cancel(&self, id: &str, now: Millis) -> Result<Option<JobRecord>> {
+        // One statement: it waits for a lease or completion holding the row, then re-checks the
+        // state. A running job keeps its lease id so the agent's next heartbeat learns of it.
+        let updated = sqlx::query(sql!(
+            "UPDATE jobs SET state = 'cancelled', finished_at = $1 WHERE id = $2 AND state IN ('queued', 'running') \
+             RETURNING ",
+            JOB_COLS
+        ))
+        .bind(now)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        match updated {
+            Some(row) => Ok(Some(job_from_row(&row)?)),
+            None => self.job(id).await,
+        }
+    }
+
+    async fn queue_counts(&self) -> Result<Vec<(String, QueueCounts)>> {
+        let rows = sqlx::query(
+            "SELECT tenant, state, COUNT(*) AS n FROM jobs WHERE state IN ('queued', 'running') \
+             GROUP BY tenant, state ORDER BY tenant",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: Vec<(String, QueueCounts)> = Vec::new();
+        for row in rows {
+            let tenant: String = row.try_get("tenant")?;
+            let state: String = row.try_get("state")?;
+            let n = row.try_get::<i64, _>("n")? as u64;
+            let i = match out.iter().position(|(t, _)| *t == tenant) {
+                Some(i) => i,
+                None => {
+                    out.push((tenant, QueueCounts::default()));
+                    out.len() - 1
+                }
+            };
+            if state == "queued" {
+                out[i].1.queued = n;
+            } else {
+                out[i].1.running = n;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn lease(&self, sandbox_id: &str, policy: LeasePolicy, now: Millis) -> Result<Lease> {
+        let mut tx = self.begin().await?;
+        let Some(sandbox) = Self::lock_sandbox(&mut tx, sandbox_id).await? else {
+            return Ok(Lease::Stop);
+        };
+        match sandbox.state {
+            // A suspended sandbox's agent is frozen: a request it sent before the freeze must not
+            // make the sandbox look ready (resume sets it booting before the provider call).
+            SandboxState::Suspended | SandboxState::Suspending => {
+                tx.commit().await?;
+                return Ok(Lease::Idle);
+            }
+            SandboxState::Booting => {
+                sqlx::query("UPDATE sandboxes SET state = 'ready', since = $1, idle_since = $1, last_seen = $1 WHERE id = $2")
+                    .bind(now)
+                    .bind(sandbox_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            SandboxState::Busy => {
+                // The agent asks for work while we think it holds some: it lost that job (it
+                // restarted), so the job goes back.
+                let lost = serde_json::json!({"code": "agent_lost_job", "message": "the sandbox's agent asked for new work while holding this job"});
+                for job in Self::running_on(&mut tx, sandbox_id).await? {
+                    Self::put_back(&mut tx, &job, &lost, now).await?;
+                }
+                sqlx::query("UPDATE sandboxes SET state = 'ready', since = $1, idle_since = $1, last_seen = $1 WHERE id = $2")
+                    .bind(now)
+                    .bind(sandbox_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            SandboxState::Ready => {
+                sqlx::query("UPDATE sandboxes SET last_seen = $1 WHERE id = $2")
+                    .bind(now)
+                    .bind(sandbox_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            SandboxState::Stopping
+            | SandboxState::Stopped
+            | SandboxState::Destroying
+            | SandboxState::Destroyed => {
+                tx.commit().await?;
+                return Ok(Lease::Stop);
+            }
+        }
+        if policy.draining {
+            tx.commit().await?;
+            return Ok(Lease::Idle);
+        }
+        if let Some(max) = policy.max_concurrent_jobs {
+            // Leases of one tenant with a concurrency limit take turns on the tenant row, so
+            // two replicas cannot both see one free slot. (`NO KEY UPDATE` leaves admissions'
+            // foreign-key checks on the tenant unblocked.)
+            sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR NO KEY UPDATE")
+                .bind(&sandbox.tenant)
+                .execute(&mut *tx)
+                .await?;
+            let running: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM jobs WHERE tenant = $1 AND state = 'running'",
+            )
+            .bind(&sandbox.tenant)
+            .fetch_one(&mut *tx)
+            .await?;
+            if running >= max as i64 {
+                tx.commit().await?;
+                return Ok(Lease::Idle);
+            }
+        }
+        // Jobs another replica is leasing right now are skipped, not waited for.
+        let next: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE tenant = $1 AND state = 'queued' ORDER BY priority DESC, seq \
+             LIMIT 1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(&sandbox.tenant)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(job_id) = next else {
+            tx.commit().await?;
+            return Ok(Lease::Idle);
+        };
+        let lease_id = uuid::Uuid::now_v7().to_string();
+        let row = sqlx::query(sql!(
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, sandbox_id = $1, lease_id = $2, \
+             lease_expires_at = $3, started_at = $4 WHERE id = $5 AND state = 'queued' RETURNING ",
+            JOB_COLS
+        ))
+        .bind(sandbox_id)
+        .bind(&lease_id)
+        .bind(now + policy.lease_ttl_ms)
+        .bind(now)
+        .bind(&job_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Err(corrupt("a locked queued job changed under its lock"));
+        };
+        let job = job_from_row(&row)?;
+        sqlx::query(
+            "UPDATE sandboxes SET state = 'busy', since = $1, idle_since = NULL WHERE id = $2",
+        )
+        .bind(now)
+        .bind(sandbox_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Lease::Job(Box::new(job)))
+    }
+
+    async fn heartbeat(
+        &self,
+        job_id: &str,
+        lease_id: &str,
+        ttl_ms: Millis,
+        now: Millis,
+    ) -> Result<HeartbeatAnswer> {
+        let r = sqlx::query(
+            "UPDATE jobs SET lease_expires_at = $1 WHERE id = $2 AND lease_id = $3 AND state = 'running'",
+        )
+        .bind(now + ttl_ms)
+        .bind(job_id)
+        .bind(lease_id)
+        .execute(&self.pool)
+        .await?;
+        if r.rows_affected() == 1 {
+            return Ok(HeartbeatAnswer {
+                ok: true,
+                cancel: false,
+            });
+        }
+        let cancelled: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM jobs WHERE id = $1 AND lease_id = $2 AND state = 'cancelled'",
+        )
+        .bind(job_id)
+        .bind(lease_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(HeartbeatAnswer {
+            ok: false,
+            cancel: cancelled.is_some(),
+        })
+    }
+
+    async fn complete(
+        &self,
+        sandbox_id: &str,
+        job_id: &str,
+        lease_id: &str,
+        finish: Finish,
+        now: Millis,
+    ) -> Result<Completed> {
+        let mut tx = self.begin().await?;
+        // Sandbox first, then the job: the order every transaction here keeps.
+        Self::lock_sandbox(&mut tx, sandbox_id).await?;
+        let job = sqlx::query(sql!(
+            "SELECT ",
+            JOB_COLS,
+            " FROM jobs WHERE id = $1 FOR UPDATE"
+        ))
+        .bind(job_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .as_ref()
+        .map(job_from_row)
+        .transpose()?;
+        let held = job.as_ref().is_some_and(|j| {
+            j.state == JobState::Running
+                && j.lease_id.as_deref() == Some(lease_id)
+                && j.sandbox_id.as_deref() == Some(sandbox_id)
+        });
+        let out = match (job, held) {
+            (Some(job), true) => {
+                match finish {
+                    Finish::Succeeded { result } => {
+                        Self::finish(
+                            &mut tx,
+                            job_id,
+                            JobState::Succeeded,
+                            Some(result),
+                            None,
+                            now,
+                        )
+                        .await?
+                    }
+                    Finish::Failed { result, error } => {
+                        Self::finish(&mut tx, job_id, JobState::Failed, result, Some(error), now)
+                            .await?
+                    }
+                    Finish::Retry { error } => {
+                        // A job handed back (its agent is stopping) has not used an attempt.
+                        sqlx::query(
+                            "UPDATE jobs SET attempts = attempts - 1 WHERE id = $1 AND attempts > 0",
+                        )
+                        .bind(job_id)
+                        .execute(&mut *tx)
+                        .await?;
+                        let job = JobRecord {
+                            attempts: job.attempts.saturating_sub(1),
+                            ..job
+                        };
+                        Self::put_back(&mut tx, &job, &error, now).await?;
+                    }
+                }
+                sqlx::query("UPDATE sandboxes SET jobs_run = jobs_run + 1 WHERE id = $1")
+                    .bind(sandbox_id)
+                    .execute(&mut *tx)
+                    .await?;
+                Completed::Done(Box::new(
+                    Self::job_tx(&mut tx, job_id)
+                        .await?
+                        .ok_or_else(|| corrupt("completed job vanished"))?,
+                ))
+            }
+            _ => Completed::Stale,
+        };
+        Self::settle_sandbox(&mut tx, sandbox_id, now).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn expire_leases(&self, now: Millis) -> Result<Vec<JobRecord>> {
+        let mut tx = self.begin().await?;
+        // Find the sandboxes first and lock them (in id order), then re-read their lapsed jobs
+        // under the locks: a heartbeat or completion that won the race is respected.
+        let sandboxes: Vec<Option<String>> = sqlx::query_scalar(
+            "SELECT DISTINCT sandbox_id FROM jobs WHERE state = 'running' AND lease_expires_at < $1 \
+             ORDER BY sandbox_id",
+        )
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        for sb in sandboxes.iter().flatten() {
+            Self::lock_sandbox(&mut tx, sb).await?;
+        }
+        let rows = sqlx::query(sql!(
+            "SELECT ",
+            JOB_COLS,
+            " FROM jobs WHERE state = 'running' AND lease_expires_at < $1 ORDER BY id FOR UPDATE"
+        ))
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let lapsed = serde_json::json!({"code": "lease_expired", "message": "the agent stopped heartbeating"});
+        let mut out = Vec::new();
+        for row in &rows {
+            let job = job_from_row(row)?;
+            // A job leased onto a sandbox this pass did not lock waits for the next pass, so the
+            // lock order holds.
+            if job
+                .sandbox_id
+                .as_ref()
+                .is_some_and(|sb| !sandboxes.iter().flatten().any(|s| s == sb))
+            {
+                continue;
+            }
+            let back = Self::put_back(&mut tx, &job, &lapsed, now).await?;
+            if let Some(sb) = &job.sandbox_id {
+                Self::settle_sandbox(&mut tx, sb, now).await?;
+            }
+            out.push(back);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn insert_sandbox(&self, s: NewSandbox) -> Result<SandboxRecord> {
+        let row = sqlx::query(sql!(
+            "INSERT INTO sandboxes (id, tenant, state, provider, token_hash, cpus_milli, memory_mb, since, created_at) \
+             VALUES ($1, $2, 'booting', $3, $4, $5, $6, $7, $7) RETURNING ",
+            SANDBOX_COLS
+        ))
+        .bind(&s.id)
+        .bind(&s.tenant)
+        .bind(&s.provider)
+        .bind(&s.token_hash)
+        .bind(s.cpus_milli as i64)
+        .bind(s.memory_mb as i64)
+        .bind(s.now)
+        .fetch_one(&self.pool)
+        .await?;
+        sandbox_from_row(&row)
+    }
+
+    async fn set_provider_id(&self, id: &str, provider_id: &str) -> Result<()> {
+        sqlx::query("UPDATE sandboxes SET provider_id = $1 WHERE id = $2")
+            .bind(provider_id)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn transition(
+        &self,
+        id: &str,
+        from: &[SandboxState],
+        to: SandboxState,
+        now: Millis,
+    ) -> Result<bool> {
+        // One statement: the state it checks is the state it changes.
+        let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
+        let r = sqlx::query(
+            "UPDATE sandboxes SET state = $1, since = $2, idle_since = CASE WHEN $1 = 'ready' THEN $2 ELSE NULL END \
+             WHERE id = $3 AND state = ANY($4)",
+        )
+        .bind(to.as_str())
+        .bind(now)
+        .bind(id)
+        .bind(&from)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn sandbox_down(
+        &self,
+        id: &str,
+        to: SandboxState,
+        now: Millis,
+    ) -> Result<Vec<JobRecord>> {
+        let mut tx = self.begin().await?;
+        Self::lock_sandbox(&mut tx, id).await?;
+        let lost = serde_json::json!({"code": "sandbox_lost", "message": format!("sandbox {id} went {to} while running the job")});
+        let mut back = Vec::new();
+        for job in Self::running_on(&mut tx, id).await? {
+            back.push(Self::put_back(&mut tx, &job, &lost, now).await?);
+        }
+        sqlx::query(
+            "UPDATE sandboxes SET state = $1, since = $2, idle_since = NULL WHERE id = $3 AND state != 'destroyed'",
+        )
+        .bind(to.as_str())
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(back)
+    }
+
+    async fn sandbox(&self, id: &str) -> Result<Option<SandboxRecord>> {
+        let row = sqlx::query(sql!(
+            "SELECT ",
+            SANDBOX_COLS,
+            " FROM sandboxes WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(sandbox_from_row).transpose()
+    }
+
+    async fn sandbox_by_token(&self, token_hash: &str) -> Result<Option<SandboxRecord>> {
+        let row = sqlx::query(sql!(
+            "SELECT ",
+            SANDBOX_COLS,
+            " FROM sandboxes WHERE token_hash = $1"
+        ))
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(sandbox_from_row).transpose()
+    }
+
+    async fn sandboxes(&self, tenant: Option<&str>) -> Result<Vec<SandboxRecord>> {
+        let rows = sqlx::query(sql!(
+            "SELECT ",
+            SANDBOX_COLS,
+            " FROM sandboxes WHERE state != 'destroyed' AND ($1::text IS NULL OR tenant = $1) \
+             ORDER BY tenant, created_at, id"
+        ))
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(sandbox_from_row).collect()
+    }
+
+    async fn append_ledger(&self, e: &LedgerEntry) -> Result<()> {
+        let (kind, cpus, mem) = match e.kind {
+            LedgerKind::Running {
+                cpus_milli,
+                memory_mb,
+            } => ("running", Some(cpus_milli as i64), Some(memory_mb as i64)),
+            LedgerKind::Stopped => ("stopped", None, None),
+        };
+        sqlx::query(
+            "INSERT INTO ledger (sandbox_id, tenant, at, kind, cpus_milli, memory_mb) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&e.sandbox_id)
+        .bind(&e.tenant)
+        .bind(e.at)
+        .bind(kind)
+        .bind(cpus)
+        .bind(mem)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn ledger(&self, tenant: Option<&str>) -> Result<Vec<LedgerEntry>> {
+        let rows = sqlx::query(
+            "SELECT sandbox_id, tenant, at, kind, cpus_milli, memory_mb FROM ledger \
+             WHERE ($1::text IS NULL OR tenant = $1) ORDER BY seq",
+        )
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let kind: String = row.try_get("kind")?;
+                let kind = match kind.as_str() {
+                    "running" => LedgerKind::Running {
+                        cpus_milli: row.try_get::<Option<i64>, _>("cpus_milli")?.unwrap_or(0)
+                            as u64,
+                        memory_mb: row.try_get::<Option<i64>, _>("memory_mb")?.unwrap_or(0) as u64,
+                    },
+                    "stopped" => LedgerKind::Stopped,
+                    other => return Err(corrupt(format!("ledger kind {other}"))),
+                };
+                Ok(LedgerEntry {
+                    sandbox_id: row.try_get("sandbox_id")?,
+                    tenant: row.try_get("tenant")?,
+                    at: row.try_get("at")?,
+                    kind,
+                })
+            })
+            .collect()
+    }
+
+    async fn finished_jobs(
+        &self,
+        tenant: Option<&str>,
+        from: Millis,
+        to: Millis,
+    ) -> Result<Vec<Finished>> {
+        let rows = sqlx::query(
+            "SELECT finished_at, state FROM jobs WHERE ($1::text IS NULL OR tenant = $1) \
+             AND finished_at >= $2 AND finished_at < $3",
+        )
+        .bind(tenant)
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Finished {
+                    at: r.try_get("finished_at")?,
+                    state: JobState::from_str(r.try_get("state")?).map_err(corrupt)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn record_event(
+        &self,
+        tenant: Option<&str>,
+        at: Millis,
+        kind: &str,
+        detail: &serde_json::Value,
+    ) -> Result<()> {
+        sqlx::query("INSERT INTO events (tenant, at, kind, detail) VALUES ($1, $2, $3, $4)")
+            .bind(tenant)
+            .bind(at)
+            .bind(kind)
+            .bind(detail.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn events(&self, tenant: Option<&str>, limit: u32) -> Result<Vec<EventRecord>> {
+        let rows = sqlx::query(
+            "SELECT seq, tenant, at, kind, detail FROM events WHERE ($1::text IS NULL OR tenant = $1) \
+             ORDER BY seq DESC LIMIT $2",
+        )
+        .bind(tenant)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(EventRecord {
+                    seq: r.try_get("seq")?,
+                    tenant: r.try_get("tenant")?,
+                    at: r.try_get("at")?,
+                    kind: r.try_get("kind")?,
+                    detail: json_col(r, "detail")?.unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+}
+
+impl PostgresStore {
+    /// Records a terminal outcome of the job whose lease the caller checked under its lock.
+    async fn finish(
+        tx: &mut PgConnection,
+        job_id: &str,
+        state: JobState,
+        result: Option<serde_json::Value>,
+        error: Option<serde_json::Value>,
+        now: Millis,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE jobs SET state = $1, result = $2, error = $3, finished_at = $4, lease_id = NULL, \
+             lease_expires_at = NULL WHERE id = $5 AND state = 'running'",
+        )
+        .bind(state.as_str())
+        .bind(result.map(|r| r.to_string()))
+        .bind(error.map(|e| e.to_string()))
+        .bind(now)
+        .bind(job_id)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+}
