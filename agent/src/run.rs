@@ -348,6 +348,7 @@ async fn run_command(spec: &AgentSpec, job_timeout_s: u64) -> Outcome {
             Ok(())
         });
     }
+    let ooms_before = oom_kills();
     let started = Instant::now();
     let mut child = match cmd.spawn() {
         Ok(c) => c,
@@ -401,6 +402,16 @@ async fn run_command(spec: &AgentSpec, job_timeout_s: u64) -> Outcome {
             result: Some(value),
             error: JobError::new("exit_code", format!("the command exited with {code}")),
         },
+        // SIGKILL while the sandbox's cgroup counted a new OOM kill: the kernel killed it for memory.
+        None if result.signal == Some(libc::SIGKILL) && oom_kills() > ooms_before => {
+            Outcome::Failed {
+                result: Some(value),
+                error: JobError::new(
+                    "oom_killed",
+                    "the command used more memory than the sandbox has and was killed (out of memory)",
+                ),
+            }
+        }
         None => Outcome::Failed {
             result: Some(value),
             error: JobError::new(
@@ -412,4 +423,22 @@ async fn run_command(spec: &AgentSpec, job_timeout_s: u64) -> Outcome {
             ),
         },
     }
+}
+
+/// OOM kills the sandbox's memory cgroup has counted (cgroup v2 `memory.events`, else v1
+/// `memory.oom_control`); 0 where neither is readable (a process sandbox outside a cgroup limit).
+fn oom_kills() -> u64 {
+    [
+        "/sys/fs/cgroup/memory.events",
+        "/sys/fs/cgroup/memory/memory.oom_control",
+    ]
+    .iter()
+    .filter_map(|p| std::fs::read_to_string(p).ok())
+    .find_map(|text| {
+        text.lines().find_map(|l| {
+            l.strip_prefix("oom_kill ")
+                .and_then(|n| n.trim().parse().ok())
+        })
+    })
+    .unwrap_or(0)
 }

@@ -1,5 +1,5 @@
 //! Latency figures of the `docker` provider on this machine's engine, for
-//! `docs/benchmarks-docker.md`: image build, container create and start (raw engine calls and the
+//! `docs/benchmarks.md`: image build, container create and start (raw engine calls and the
 //! provider's `create`), pause, unpause, stop and start again. It measures and prints; it asserts
 //! nothing about time. Ignored by default; run it with
 //!

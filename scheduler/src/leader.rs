@@ -127,6 +127,46 @@ impl Leadership for PgLeader {
     }
 }
 
+/// Leadership through a `coordination.k8s.io` Lease (the `kubernetes` provider): the Lease's
+/// transition count is the fencing token; the hold is renewed on every check.
+pub struct K8sLeader {
+    lock: shoal_fleet::kubernetes::lease::LeaseLock,
+}
+
+impl K8sLeader {
+    pub fn new(lock: shoal_fleet::kubernetes::lease::LeaseLock) -> Self {
+        K8sLeader { lock }
+    }
+}
+
+#[async_trait]
+impl Leadership for K8sLeader {
+    async fn acquire(&self) -> u64 {
+        loop {
+            match self.lock.try_acquire(crate::state::now_ms()).await {
+                Ok(Some(l)) => {
+                    tracing::info!(holder = %self.lock.holder(), token = l.token, "this replica holds the Lease");
+                    return l.token.max(1);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "contending for the Lease failed"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    async fn check(&self, epoch: u64) -> bool {
+        match self.lock.renew(crate::state::now_ms()).await {
+            Ok(Some(l)) => l.token.max(1) == epoch,
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "renewing the Lease failed");
+                false
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

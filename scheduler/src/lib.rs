@@ -174,6 +174,22 @@ pub async fn serve(
         .context("connecting the shared rate limits")?;
     let (sink, observations) = tokio::sync::mpsc::unbounded_channel();
     let provider = build_provider(&cfg, sink)?;
+    // With the kubernetes provider, replicas elect their leader through a Lease.
+    let k8s_lease = match &cfg.kubernetes {
+        Some(k) if cfg.provider == "kubernetes" => {
+            let client = tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(shoal_fleet::kubernetes::client(k))
+            })?;
+            Some(shoal_fleet::kubernetes::lease::LeaseLock::new(
+                client,
+                &k.network.scheduler_namespace,
+                "shoal-scheduler",
+                &format!("{}-{}", hostname(), std::process::id()),
+                Duration::from_secs(15),
+            ))
+        }
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
@@ -185,16 +201,16 @@ pub async fn serve(
         token.clone(),
         rates,
     ));
-    let (leadership, followers): (Arc<dyn leader::Leadership>, bool) =
-        if app.cfg.database_url.starts_with("postgres") {
-            let holder = format!("{}:{}", hostname(), std::process::id());
-            (
-                Arc::new(leader::PgLeader::new(&app.cfg.database_url, &holder)),
-                true,
-            )
-        } else {
-            (Arc::new(leader::Solo), false)
-        };
+    let holder = format!("{}-{}", hostname(), std::process::id());
+    let postgres = app.cfg.database_url.starts_with("postgres");
+    let (leadership, followers): (Arc<dyn leader::Leadership>, bool) = match &k8s_lease {
+        Some(lock) => (Arc::new(leader::K8sLeader::new(lock.clone())), postgres),
+        None if postgres => (
+            Arc::new(leader::PgLeader::new(&app.cfg.database_url, &holder)),
+            true,
+        ),
+        None => (Arc::new(leader::Solo), false),
+    };
     if followers {
         let bus = bus::PgBus::connect(&app.cfg.database_url)
             .await

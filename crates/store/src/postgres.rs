@@ -649,6 +649,7 @@ impl Store for PostgresStore {
                         Self::finish(
                             &mut tx,
                             job_id,
+                            lease_id,
                             JobState::Succeeded,
                             Some(result),
                             None,
@@ -657,8 +658,16 @@ impl Store for PostgresStore {
                         .await?
                     }
                     Finish::Failed { result, error } => {
-                        Self::finish(&mut tx, job_id, JobState::Failed, result, Some(error), now)
-                            .await?
+                        Self::finish(
+                            &mut tx,
+                            job_id,
+                            lease_id,
+                            JobState::Failed,
+                            result,
+                            Some(error),
+                            now,
+                        )
+                        .await?
                     }
                     Finish::Retry { error } => {
                         // A job handed back (its agent is stopping) has not used an attempt.
@@ -970,6 +979,7 @@ impl PostgresStore {
     async fn finish(
         tx: &mut PgConnection,
         job_id: &str,
+        lease_id: &str,
         state: JobState,
         result: Option<serde_json::Value>,
         error: Option<serde_json::Value>,
@@ -984,6 +994,15 @@ impl PostgresStore {
         .bind(error.map(|e| e.to_string()))
         .bind(now)
         .bind(job_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO job_completions (job_id, lease_id, state, at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(job_id)
+        .bind(lease_id)
+        .bind(state.as_str())
+        .bind(now)
         .execute(&mut *tx)
         .await?;
         Ok(())

@@ -629,6 +629,13 @@ impl Store for SqliteStore {
                     .bind(lease_id)
                     .execute(&mut *tx)
                     .await?;
+                    sqlx::query("INSERT INTO job_completions (job_id, lease_id, state, at) VALUES (?, ?, ?, ?)")
+                        .bind(job_id)
+                        .bind(lease_id)
+                        .bind(state.as_str())
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 sqlx::query("UPDATE sandboxes SET jobs_run = jobs_run + 1 WHERE id = ?")
                     .bind(sandbox_id)
