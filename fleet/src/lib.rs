@@ -150,4 +150,15 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Stops everything this provider started, for a clean shutdown of the scheduler.
     async fn shutdown(&self) {}
+
+    /// A tenant's limits, for providers that mirror them (the Kubernetes ResourceQuota); called
+    /// when a tenant is first seen and whenever its limits change. Most providers ignore it.
+    async fn tenant_limits(
+        &self,
+        _tenant: &str,
+        _max_sandboxes: Option<u32>,
+        _size: SandboxSize,
+    ) -> Result<(), ProviderError> {
+        Ok(())
+    }
 }

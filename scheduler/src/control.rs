@@ -61,6 +61,8 @@ pub struct Control {
     leadership: Arc<dyn Leadership>,
     /// The fencing epoch while this replica leads; 0 while it does not.
     epoch: AtomicU64,
+    /// The tenant limits last given to the provider.
+    limits_sent: Mutex<HashMap<String, (Option<u32>, SandboxSize)>>,
 }
 
 /// How often a leader confirms it still leads (and so how long a deposed one may act at most).
@@ -93,6 +95,7 @@ impl Control {
             running_since: Mutex::new(HashMap::new()),
             leadership,
             epoch: AtomicU64::new(0),
+            limits_sent: Mutex::new(HashMap::new()),
         })
     }
 
@@ -208,6 +211,7 @@ impl Control {
         }
         let now = now_ms();
         let (snap, sizes) = snapshot(&self.app).await?;
+        self.send_limits(&snap, &sizes);
         let plan = shoal_planner::plan(&snap, now);
         {
             let mut desired = self.app.desired.write().unwrap_or_else(|e| e.into_inner());
@@ -222,6 +226,32 @@ impl Control {
             }
         }
         Ok(())
+    }
+
+    /// Gives the provider the limits of tenants it has not seen or whose limits changed.
+    fn send_limits(self: &Arc<Self>, snap: &Snapshot, sizes: &HashMap<String, SandboxSize>) {
+        let mut sent = self.limits_sent.lock().unwrap_or_else(|e| e.into_inner());
+        for pool in &snap.pools {
+            let now = (
+                pool.policy.max_sandboxes,
+                sizes.get(&pool.tenant).copied().unwrap_or_default(),
+            );
+            if sent.get(&pool.tenant) == Some(&now) {
+                continue;
+            }
+            sent.insert(pool.tenant.clone(), now);
+            let (this, tenant) = (Arc::clone(self), pool.tenant.clone());
+            tokio::spawn(async move {
+                if let Err(e) = this.app.provider.tenant_limits(&tenant, now.0, now.1).await {
+                    tracing::warn!(tenant, error = %e, "giving the provider a tenant's limits failed");
+                    // Try again on the next pass.
+                    this.limits_sent
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&tenant);
+                }
+            });
+        }
     }
 
     fn spec(&self, s: &SandboxRecord) -> SandboxSpec {

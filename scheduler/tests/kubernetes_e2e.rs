@@ -45,7 +45,7 @@ async fn start(tenants: &[(&str, u32)]) -> Result<Rig> {
     std::fs::write(
         &config,
         format!(
-            "[provider]\nname = \"kubernetes\"\n[provider.kubernetes]\nkubeconfig = {:?}\nimage = \"ghcr.io/shoal/agent:test\"\nstate_timeout = \"20s\"\nrewatch_delay = \"200ms\"\n[provider.kubernetes.quota]\ndefault_max_sandboxes = 3\n[provider.kubernetes.network]\nscheduler_cidrs = [\"127.0.0.1/32\"]\n",
+            "[provider]\nname = \"kubernetes\"\n[provider.kubernetes]\nkubeconfig = {:?}\nimage = \"ghcr.io/shoal/agent:test\"\nstate_timeout = \"20s\"\nrewatch_delay = \"200ms\"\n[provider.kubernetes.quota]\ndefault_max_sandboxes = 5\n[provider.kubernetes.network]\nscheduler_cidrs = [\"127.0.0.1/32\"]\n",
             emu.write_kubeconfig()?
         ),
     )?;
@@ -155,6 +155,7 @@ async fn kubernetes_pools_run_go_idle_and_come_back() -> Result<()> {
             ))
             .await?
             .expect("a ResourceQuota per tenant");
+        // The quota mirrors the tenant's plan limit (3), not the config's default (5).
         assert_eq!(q["spec"]["hard"]["pods"], "3");
         let secrets = emu
             .list(&format!("/api/v1/namespaces/{ns}/secrets"))

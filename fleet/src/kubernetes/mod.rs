@@ -1262,6 +1262,22 @@ impl Provider for KubernetesProvider {
 
     /// Leaves the pods running: another replica (or this one, restarted) takes them over, and
     /// idle ones are deleted by the planner as usual.
+    async fn tenant_limits(
+        &self,
+        tenant: &str,
+        max_sandboxes: Option<u32>,
+        size: SandboxSize,
+    ) -> Result<(), ProviderError> {
+        self.set_tenant_limits(
+            tenant,
+            TenantLimits {
+                max_sandboxes,
+                size,
+            },
+        )
+        .await
+    }
+
     async fn shutdown(&self) {
         self.follower.abort();
     }
