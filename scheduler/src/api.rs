@@ -565,6 +565,24 @@ pub async fn admit(app: &App, req: Enqueue) -> Result<Admission, ApiError> {
     }
 }
 
+/// The job `id` if the caller may see it. A tenant key learns nothing of other tenants' jobs, not
+/// even that they exist: those are "not found" too.
+async fn visible_job(
+    app: &App,
+    caller: &Caller,
+    id: &str,
+) -> Result<shoal_store::JobRecord, ApiError> {
+    let job = app
+        .store
+        .job(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("job", id))?;
+    caller
+        .check_tenant(&job.tenant)
+        .map_err(|_| ApiError::not_found("job", id))?;
+    Ok(job)
+}
+
 /// A job, with its result once it has one.
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
     params(("id" = String, Path)),
@@ -574,15 +592,7 @@ async fn get_job(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
-    let job = app
-        .store
-        .job(&id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("job", &id))?;
-    // A tenant key learns nothing of other tenants' jobs, not even that they exist.
-    caller
-        .check_tenant(&job.tenant)
-        .map_err(|_| ApiError::not_found("job", &id))?;
+    let job = visible_job(&app, &caller, &id).await?;
     Ok(Json(views::job(&job)))
 }
 
@@ -666,26 +676,21 @@ async fn cancel_job(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
-    let job = app
-        .store
-        .job(&id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("job", &id))?;
-    caller
-        .check_tenant(&job.tenant)
-        .map_err(|_| ApiError::not_found("job", &id))?;
+    let job = visible_job(&app, &caller, &id).await?;
     if job.state.is_terminal() && job.state != JobState::Cancelled {
         return Err(ApiError::conflict(format!(
             "job `{id}` already {}",
             job.state
         )));
     }
+    let was = job.state;
     let job = app
         .store
         .cancel(&id, now_ms())
         .await?
         .ok_or_else(|| ApiError::not_found("job", &id))?;
-    if job.state == JobState::Cancelled && job.finished_at.is_some() {
+    // Counted once: cancelling a cancelled job again changes nothing.
+    if was != JobState::Cancelled && job.state == JobState::Cancelled {
         app.metrics
             .jobs_finished
             .with_label_values(&[app.metrics.tenant(&job.tenant), "cancelled"])
