@@ -246,7 +246,9 @@ async fn dashboard_follows_the_pools_drains_and_cancels_in_chromium() -> Result<
         "document.querySelector('#live') && document.querySelector('#live').textContent === 'live'",
     )
     .await?;
-    assert_eq!(b.eval(&cell("acme", "active"))?, "0");
+    // The stream's first overview renders the rows; wait for it rather than race it.
+    b.wait("acme's row", &format!("{} === '0'", cell("acme", "active")))
+        .await?;
     assert_eq!(
         b.eval("location.pathname")?,
         "/",

@@ -7,6 +7,7 @@
 pub mod ingress;
 pub mod postgres;
 pub mod ratelimit;
+mod rows;
 pub mod sqlite;
 
 use async_trait::async_trait;

@@ -11,9 +11,12 @@
 //!   cannot deadlock, and decides what to do only after its locks are held (Postgres's
 //!   `READ COMMITTED` gives each later statement a fresh view).
 
+use crate::rows::{
+    JOB_COLS, SANDBOX_COLS, corrupt, job_from_row, json_col, sandbox_from_row, sql, tenant_from_row,
+};
 use crate::*;
 use shoal_metering::LedgerKind;
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Row};
 use std::str::FromStr;
 use std::time::Duration;
@@ -24,80 +27,7 @@ pub struct PostgresStore {
     pool: PgPool,
 }
 
-const JOB_COLS: &str = "id, tenant, kind, spec, idempotency_key, priority, max_attempts, timeout_s, state, attempts, \
-     sandbox_id, lease_id, lease_expires_at, result, error, created_at, started_at, finished_at, seq";
-const SANDBOX_COLS: &str = "id, tenant, state, provider, provider_id, cpus_milli, memory_mb, since, idle_since, last_seen, jobs_run, created_at";
 const TENANT_COLS: &str = "id, plan, overrides, draining, quota_warned_at, created_at, updated_at";
-
-macro_rules! sql {
-    ($($part:expr),+ $(,)?) => {
-        sqlx::AssertSqlSafe(const_format::concatcp!($($part),+))
-    };
-}
-
-fn corrupt(what: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(what.to_string())
-}
-
-fn json_col(row: &PgRow, col: &str) -> Result<Option<serde_json::Value>> {
-    let raw: Option<String> = row.try_get(col)?;
-    raw.map(|s| serde_json::from_str(&s).map_err(corrupt))
-        .transpose()
-}
-
-fn job_from_row(row: &PgRow) -> Result<JobRecord> {
-    Ok(JobRecord {
-        id: row.try_get("id")?,
-        tenant: row.try_get("tenant")?,
-        kind: row.try_get("kind")?,
-        spec: json_col(row, "spec")?.unwrap_or(serde_json::Value::Null),
-        idempotency_key: row.try_get("idempotency_key")?,
-        priority: row.try_get("priority")?,
-        max_attempts: row.try_get::<i64, _>("max_attempts")? as u32,
-        timeout_s: row.try_get::<i64, _>("timeout_s")? as u64,
-        state: JobState::from_str(row.try_get("state")?).map_err(corrupt)?,
-        attempts: row.try_get::<i64, _>("attempts")? as u32,
-        sandbox_id: row.try_get("sandbox_id")?,
-        lease_id: row.try_get("lease_id")?,
-        lease_expires_at: row.try_get("lease_expires_at")?,
-        result: json_col(row, "result")?,
-        error: json_col(row, "error")?,
-        created_at: row.try_get("created_at")?,
-        started_at: row.try_get("started_at")?,
-        finished_at: row.try_get("finished_at")?,
-        seq: row.try_get("seq")?,
-    })
-}
-
-fn sandbox_from_row(row: &PgRow) -> Result<SandboxRecord> {
-    Ok(SandboxRecord {
-        id: row.try_get("id")?,
-        tenant: row.try_get("tenant")?,
-        state: SandboxState::from_str(row.try_get("state")?).map_err(corrupt)?,
-        provider: row.try_get("provider")?,
-        provider_id: row.try_get("provider_id")?,
-        cpus_milli: row.try_get::<i64, _>("cpus_milli")? as u64,
-        memory_mb: row.try_get::<i64, _>("memory_mb")? as u64,
-        since: row.try_get("since")?,
-        idle_since: row.try_get("idle_since")?,
-        last_seen: row.try_get("last_seen")?,
-        jobs_run: row.try_get::<i64, _>("jobs_run")? as u64,
-        created_at: row.try_get("created_at")?,
-    })
-}
-
-fn tenant_from_row(row: &PgRow) -> Result<TenantRecord> {
-    let overrides: String = row.try_get("overrides")?;
-    Ok(TenantRecord {
-        id: row.try_get("id")?,
-        plan: PlanTier::from_str(row.try_get("plan")?).map_err(corrupt)?,
-        overrides: serde_json::from_str(&overrides).map_err(corrupt)?,
-        draining: row.try_get("draining")?,
-        quota_warned_at: row.try_get("quota_warned_at")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
 
 type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
 

@@ -1,0 +1,130 @@
+//! Row mapping shared by the SQLite and Postgres stores. Both keep the same columns with the same
+//! encodings (times as integer milliseconds, JSON as text, states as their names), so one mapper,
+//! generic over the database's row type, serves both.
+
+use crate::{JobRecord, Result, SandboxRecord, StoreError, TenantRecord};
+use shoal_core::{JobState, PlanTier, SandboxState};
+use sqlx::{ColumnIndex, Decode, Row, Type};
+use std::str::FromStr;
+
+pub(crate) const JOB_COLS: &str = "id, tenant, kind, spec, idempotency_key, priority, max_attempts, timeout_s, state, attempts, \
+     sandbox_id, lease_id, lease_expires_at, result, error, created_at, started_at, finished_at, seq";
+pub(crate) const SANDBOX_COLS: &str = "id, tenant, state, provider, provider_id, cpus_milli, memory_mb, since, idle_since, last_seen, jobs_run, created_at";
+
+/// Builds a query from constant parts: the column lists above and the statement around them.
+macro_rules! sql {
+    ($($part:expr),+ $(,)?) => {
+        sqlx::AssertSqlSafe(const_format::concatcp!($($part),+))
+    };
+}
+pub(crate) use sql;
+
+pub(crate) fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+/// What a row type must decode for the mappers: text, optional text, integers, booleans.
+pub(crate) trait StoreRow<'r>: Row {
+    fn text(&'r self, col: &'r str) -> Result<&'r str>;
+    fn string(&'r self, col: &'r str) -> Result<String>;
+    fn opt_string(&'r self, col: &'r str) -> Result<Option<String>>;
+    fn int(&'r self, col: &'r str) -> Result<i64>;
+    fn opt_int(&'r self, col: &'r str) -> Result<Option<i64>>;
+    fn int32(&'r self, col: &'r str) -> Result<i32>;
+    fn boolean(&'r self, col: &'r str) -> Result<bool>;
+}
+
+impl<'r, R> StoreRow<'r> for R
+where
+    R: Row,
+    &'r str: ColumnIndex<R> + Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    i32: Decode<'r, R::Database> + Type<R::Database>,
+    bool: Decode<'r, R::Database> + Type<R::Database>,
+{
+    fn text(&'r self, col: &'r str) -> Result<&'r str> {
+        Ok(self.try_get(col)?)
+    }
+    fn string(&'r self, col: &'r str) -> Result<String> {
+        Ok(self.try_get(col)?)
+    }
+    fn opt_string(&'r self, col: &'r str) -> Result<Option<String>> {
+        Ok(self.try_get(col)?)
+    }
+    fn int(&'r self, col: &'r str) -> Result<i64> {
+        Ok(self.try_get(col)?)
+    }
+    fn opt_int(&'r self, col: &'r str) -> Result<Option<i64>> {
+        Ok(self.try_get(col)?)
+    }
+    fn int32(&'r self, col: &'r str) -> Result<i32> {
+        Ok(self.try_get(col)?)
+    }
+    fn boolean(&'r self, col: &'r str) -> Result<bool> {
+        Ok(self.try_get(col)?)
+    }
+}
+
+/// A JSON column stored as text.
+pub(crate) fn json_col<'r, R: StoreRow<'r>>(
+    row: &'r R,
+    col: &'r str,
+) -> Result<Option<serde_json::Value>> {
+    row.opt_string(col)?
+        .map(|s| serde_json::from_str(&s).map_err(corrupt))
+        .transpose()
+}
+
+pub(crate) fn job_from_row<'r, R: StoreRow<'r>>(row: &'r R) -> Result<JobRecord> {
+    Ok(JobRecord {
+        id: row.string("id")?,
+        tenant: row.string("tenant")?,
+        kind: row.string("kind")?,
+        spec: json_col(row, "spec")?.unwrap_or(serde_json::Value::Null),
+        idempotency_key: row.opt_string("idempotency_key")?,
+        priority: row.int32("priority")?,
+        max_attempts: row.int("max_attempts")? as u32,
+        timeout_s: row.int("timeout_s")? as u64,
+        state: JobState::from_str(row.text("state")?).map_err(corrupt)?,
+        attempts: row.int("attempts")? as u32,
+        sandbox_id: row.opt_string("sandbox_id")?,
+        lease_id: row.opt_string("lease_id")?,
+        lease_expires_at: row.opt_int("lease_expires_at")?,
+        result: json_col(row, "result")?,
+        error: json_col(row, "error")?,
+        created_at: row.int("created_at")?,
+        started_at: row.opt_int("started_at")?,
+        finished_at: row.opt_int("finished_at")?,
+        seq: row.int("seq")?,
+    })
+}
+
+pub(crate) fn sandbox_from_row<'r, R: StoreRow<'r>>(row: &'r R) -> Result<SandboxRecord> {
+    Ok(SandboxRecord {
+        id: row.string("id")?,
+        tenant: row.string("tenant")?,
+        state: SandboxState::from_str(row.text("state")?).map_err(corrupt)?,
+        provider: row.string("provider")?,
+        provider_id: row.opt_string("provider_id")?,
+        cpus_milli: row.int("cpus_milli")? as u64,
+        memory_mb: row.int("memory_mb")? as u64,
+        since: row.int("since")?,
+        idle_since: row.opt_int("idle_since")?,
+        last_seen: row.opt_int("last_seen")?,
+        jobs_run: row.int("jobs_run")? as u64,
+        created_at: row.int("created_at")?,
+    })
+}
+
+pub(crate) fn tenant_from_row<'r, R: StoreRow<'r>>(row: &'r R) -> Result<TenantRecord> {
+    Ok(TenantRecord {
+        id: row.string("id")?,
+        plan: PlanTier::from_str(row.text("plan")?).map_err(corrupt)?,
+        overrides: serde_json::from_str(row.text("overrides")?).map_err(corrupt)?,
+        draining: row.boolean("draining")?,
+        quota_warned_at: row.opt_int("quota_warned_at")?,
+        created_at: row.int("created_at")?,
+        updated_at: row.int("updated_at")?,
+    })
+}
