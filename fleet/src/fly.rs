@@ -1274,12 +1274,22 @@ impl Provider for FlyProvider {
 
     async fn shutdown(&self) {
         if self.inner.cfg.stop_on_shutdown {
+            // Ask Fly first: a machine whose start just finished may not be in the book yet.
+            let running_now: std::collections::HashSet<String> = match self.inner.refresh().await {
+                Ok(listed) => listed
+                    .into_iter()
+                    .filter(|o| o.state == ObservedState::Running)
+                    .map(|o| o.sandbox.provider_id)
+                    .collect(),
+                Err(_) => Default::default(),
+            };
             let mine: Vec<String> = {
                 let book = self.inner.book();
                 book.machines
                     .iter()
-                    .filter(|(_, t)| {
-                        t.created_here.is_some() && t.last == Some(ObservedState::Running)
+                    .filter(|(id, t)| {
+                        t.created_here.is_some()
+                            && (t.last == Some(ObservedState::Running) || running_now.contains(*id))
                     })
                     .map(|(id, _)| id.clone())
                     .collect()

@@ -63,6 +63,8 @@ pub struct Control {
     epoch: AtomicU64,
     /// The tenant limits last given to the provider.
     limits_sent: Mutex<HashMap<String, (Option<u32>, SandboxSize)>>,
+    /// Provider calls in flight, so a shutdown can let them finish before stopping sandboxes.
+    inflight: Mutex<tokio::task::JoinSet<()>>,
 }
 
 /// How often a leader confirms it still leads (and so how long a deposed one may act at most).
@@ -96,7 +98,23 @@ impl Control {
             leadership,
             epoch: AtomicU64::new(0),
             limits_sent: Mutex::new(HashMap::new()),
+            inflight: Mutex::new(tokio::task::JoinSet::new()),
         })
+    }
+
+    /// Runs a provider call in the background, tracked for [`Control::settle`].
+    fn track(&self, call: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut set = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        while set.try_join_next().is_some() {}
+        set.spawn(call);
+    }
+
+    /// Waits (at most `limit`) for the provider calls in flight, so that a sandbox being started
+    /// at shutdown is running, and so stopped, rather than left starting.
+    pub async fn settle(&self, limit: Duration) {
+        let mut set = std::mem::take(&mut *self.inflight.lock().unwrap_or_else(|e| e.into_inner()));
+        let _ =
+            tokio::time::timeout(limit, async { while set.join_next().await.is_some() {} }).await;
     }
 
     /// Whether this replica leads now (checked every second by the leadership task).
@@ -340,7 +358,7 @@ impl Control {
                     .record_event(Some(&tenant), now, "create", &json!({"sandbox": rec.id}))
                     .await?;
                 let this = Arc::clone(self);
-                tokio::spawn(async move { this.create(rec).await });
+                self.track(async move { this.create(rec).await });
                 return Ok(());
             }
             Step::Resume { .. } => (&[SandboxState::Suspended], SandboxState::Booting),
@@ -372,7 +390,7 @@ impl Control {
             .record_event(Some(&tenant), now, op, &json!({"sandbox": id}))
             .await?;
         let this = Arc::clone(self);
-        tokio::spawn(async move { this.call(step, rec, prev).await });
+        self.track(async move { this.call(step, rec, prev).await });
         Ok(())
     }
 

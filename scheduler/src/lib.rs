@@ -261,6 +261,7 @@ pub async fn serve(
     // Agents waiting for work are told to stop; busy ones finish or hand their job back while the
     // API still answers them.
     app.shutdown.send_replace(true);
+    control.settle(Duration::from_secs(20)).await;
     provider.shutdown().await;
     app.provider_stopped.send_replace(true);
     let _ = control_task.await;

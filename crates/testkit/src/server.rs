@@ -232,7 +232,7 @@ impl Server {
         unsafe {
             libc::kill(child.id() as i32, libc::SIGTERM);
         }
-        let deadline = Instant::now() + Duration::from_secs(40);
+        let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             if let Some(s) = child.try_wait()? {
                 return Ok(s);
@@ -240,7 +240,7 @@ impl Server {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 bail!(
-                    "shoal serve did not stop within 40s after SIGTERM: {}",
+                    "shoal serve did not stop within 90s after SIGTERM: {}",
                     self.log()
                 );
             }
