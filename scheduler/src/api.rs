@@ -211,12 +211,7 @@ async fn get_tenant(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<TenantView>, ApiError> {
-    caller.check_tenant(&id)?;
-    let t = app
-        .store
-        .tenant(&id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("tenant", &id))?;
+    let t = visible_tenant(&app, &caller, &id).await?;
     Ok(Json(tenant_view(&app, &t).await?))
 }
 
@@ -565,6 +560,19 @@ pub async fn admit(app: &App, req: Enqueue) -> Result<Admission, ApiError> {
     }
 }
 
+/// The tenant `id` if the caller's key reaches it (403 otherwise, 404 when there is none).
+async fn visible_tenant(
+    app: &App,
+    caller: &Caller,
+    id: &str,
+) -> Result<shoal_store::TenantRecord, ApiError> {
+    caller.check_tenant(id)?;
+    app.store
+        .tenant(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("tenant", id))
+}
+
 /// The job `id` if the caller may see it. A tenant key learns nothing of other tenants' jobs, not
 /// even that they exist: those are "not found" too.
 async fn visible_job(
@@ -761,12 +769,7 @@ async fn pool(
     caller: Caller,
     Path(tenant): Path<String>,
 ) -> Result<Json<PoolView>, ApiError> {
-    caller.check_tenant(&tenant)?;
-    let t = app
-        .store
-        .tenant(&tenant)
-        .await?
-        .ok_or_else(|| ApiError::not_found("tenant", &tenant))?;
+    let t = visible_tenant(&app, &caller, &tenant).await?;
     // `sandboxes` keeps the counts, as in the list of pools; each sandbox is in `sandbox_list`
     // (docs/adr/0001).
     let mut v = pool_view(&app, &t, true).await?;
