@@ -1,7 +1,8 @@
-//! Criterion benchmark: diffing two ~10 MB JSON documents (parsed and from text).
+//! Criterion benchmark: diffing two ~10 MB JSON documents, parsed and from text, as
+//! `serde_json::Value`s and as compact `Doc`s (the form `shoal-agent semdiff` reads files into).
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use shoal_semdiff::{Options, diff};
+use shoal_semdiff::{Doc, Options, diff, diff_docs};
 
 #[path = "support/generator.rs"]
 mod generator;
@@ -21,6 +22,17 @@ fn bench(c: &mut Criterion) {
             let a: serde_json::Value = serde_json::from_str(&ta).unwrap();
             let b: serde_json::Value = serde_json::from_str(&tb).unwrap();
             diff(&a, &b, &opts).unwrap()
+        })
+    });
+    let (da, db) = (Doc::from_value(&a), Doc::from_value(&b));
+    g.bench_function("doc_diff_parsed", |bench| {
+        bench.iter(|| diff_docs(&da, &db, &opts).unwrap())
+    });
+    g.bench_function("doc_parse_and_diff", |bench| {
+        bench.iter(|| {
+            let a = Doc::parse(ta.as_bytes()).unwrap();
+            let b = Doc::parse(tb.as_bytes()).unwrap();
+            diff_docs(&a, &b, &opts).unwrap()
         })
     });
     let unordered = Options::from_value(&serde_json::json!({

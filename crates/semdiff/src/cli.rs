@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::{DiffResult, Options, SemdiffError, diff};
+use crate::{DiffResult, Doc, Options, SemdiffError, diff_docs};
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,29 +16,27 @@ pub enum Format {
     Text,
 }
 
-/// Reads a JSON file; a file of JSON lines (e.g. an OTLP file exporter's output) is read as
-/// an array of its lines.
-fn read_json(path: &Path) -> Result<Value, SemdiffError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SemdiffError::Io {
+fn read_text(path: &Path) -> Result<String, SemdiffError> {
+    std::fs::read_to_string(path).map_err(|source| SemdiffError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
-    match serde_json::from_str(&text) {
-        Ok(v) => Ok(v),
-        Err(first) => {
-            let lines: Result<Vec<Value>, _> = text
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(serde_json::from_str)
-                .collect();
-            match lines {
-                Ok(vs) if vs.len() > 1 => Ok(Value::Array(vs)),
-                _ => Err(SemdiffError::Json {
-                    path: path.to_path_buf(),
-                    source: first,
-                }),
-            }
-        }
+    })
+}
+
+/// Reads a JSON file into the compact [`Doc`] (the text is dropped once parsed, so two large
+/// files never sit in memory as text and tree at once); a file of JSON lines (e.g. an OTLP
+/// file exporter's output) is read as an array of its lines.
+fn read_doc(path: &Path) -> Result<Doc, SemdiffError> {
+    let text = read_text(path)?;
+    match Doc::parse(text.as_bytes()) {
+        Ok(d) => Ok(d),
+        Err(first) => match Doc::parse_lines(&text) {
+            Ok(d) if d.line_count() > 1 => Ok(d),
+            _ => Err(SemdiffError::Json {
+                path: path.to_path_buf(),
+                source: first,
+            }),
+        },
     }
 }
 
@@ -90,12 +88,19 @@ fn run_inner(
     options: Option<&Path>,
 ) -> Result<DiffResult, SemdiffError> {
     let opts = match options {
-        Some(p) => Options::from_value(&read_json(p)?)?,
+        Some(p) => {
+            let text = read_text(p)?;
+            let v: Value = serde_json::from_str(&text).map_err(|source| SemdiffError::Json {
+                path: p.to_path_buf(),
+                source,
+            })?;
+            Options::from_value(&v)?
+        }
         None => Options::default(),
     };
-    let a = read_json(baseline)?;
-    let b = read_json(candidate)?;
-    diff(&a, &b, &opts)
+    let a = read_doc(baseline)?;
+    let b = read_doc(candidate)?;
+    diff_docs(&a, &b, &opts)
 }
 
 /// Runs the command: prints the result to stdout (errors to stderr) and returns the exit code.

@@ -9,10 +9,9 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use serde_json::{Map, Number, Value};
-
 use crate::options::Compiled;
 use crate::pointer::{Path, Seg, render};
+use crate::tree::{Kind, Num, Tree};
 use crate::{Change, Op};
 
 /// Walks two documents and collects changes.
@@ -95,13 +94,13 @@ impl<'o> Differ<'o> {
     }
 
     /// Records a change unless its path is ignored.
-    pub fn emit(
+    pub fn emit<'t, T: Tree<'t>>(
         &mut self,
         op: Op,
         path: &[Seg<'_>],
         from: Option<String>,
-        before: Option<&Value>,
-        after: Option<&Value>,
+        before: Option<T>,
+        after: Option<T>,
     ) {
         if self.opts.is_ignored(path) {
             return;
@@ -118,13 +117,13 @@ impl<'o> Differ<'o> {
             op,
             path: render(path),
             from,
-            before: before.cloned(),
-            after: after.cloned(),
+            before: before.map(T::to_value),
+            after: after.map(T::to_value),
         });
     }
 
     /// True when `a` and `b` are equal under the options (no change would be reported).
-    pub fn probe_equal<'a>(&mut self, a: &'a Value, b: &'a Value, path: &mut Path<'a>) -> bool {
+    pub fn probe_equal<'a, T: Tree<'a>>(&mut self, a: T, b: T, path: &mut Path<'a>) -> bool {
         let mut d = Differ::new(self.opts);
         d.probe = true;
         d.nodes = self.nodes;
@@ -136,26 +135,26 @@ impl<'o> Differ<'o> {
         !d.found
     }
 
-    fn probe_at<'a>(&mut self, a: &'a Value, b: &'a Value, path: &mut Path<'a>, i: usize) -> bool {
+    fn probe_at<'a, T: Tree<'a>>(&mut self, a: T, b: T, path: &mut Path<'a>, i: usize) -> bool {
         path.push(Seg::Idx(i));
         let eq = self.probe_equal(a, b, path);
         path.pop();
         eq
     }
 
-    fn diff_at<'a>(&mut self, a: &'a Value, b: &'a Value, path: &mut Path<'a>, i: usize) {
+    fn diff_at<'a, T: Tree<'a>>(&mut self, a: T, b: T, path: &mut Path<'a>, i: usize) {
         path.push(Seg::Idx(i));
         self.diff(a, b, path);
         path.pop();
     }
 
-    fn emit_at(
+    fn emit_at<'t, T: Tree<'t>>(
         &mut self,
         op: Op,
         path: &mut Path<'_>,
         i: usize,
-        before: Option<&Value>,
-        after: Option<&Value>,
+        before: Option<T>,
+        after: Option<T>,
     ) {
         path.push(Seg::Idx(i));
         self.emit(op, path, None, before, after);
@@ -180,8 +179,8 @@ impl<'o> Differ<'o> {
         }
     }
 
-    pub fn num_eq(&self, a: &Number, b: &Number) -> bool {
-        let exact = |n: &Number| {
+    pub fn num_eq(&self, a: Num, b: Num) -> bool {
+        let exact = |n: Num| {
             n.as_i64()
                 .map(i128::from)
                 .or_else(|| n.as_u64().map(i128::from))
@@ -191,9 +190,7 @@ impl<'o> Differ<'o> {
         {
             return true;
         }
-        let (Some(x), Some(y)) = (a.as_f64(), b.as_f64()) else {
-            return a == b;
-        };
+        let (x, y) = (a.as_f64(), b.as_f64());
         if x == y && (exact(a).is_none() || exact(b).is_none()) {
             return true;
         }
@@ -212,31 +209,31 @@ impl<'o> Differ<'o> {
     }
 
     /// Canonical hash of a value under the options: equal values hash equal.
-    fn hash_value<'a>(&mut self, v: &'a Value, path: &mut Path<'a>) -> u64 {
+    fn hash_value<'a, T: Tree<'a>>(&mut self, v: T, path: &mut Path<'a>) -> u64 {
         if self.opts.is_ignored(path) {
             return IGNORED_HASH;
         }
         self.nodes += 1;
-        match v {
-            Value::Null => mix(1),
-            Value::Bool(b) => mix(2 + u64::from(*b)),
-            Value::Number(n) => {
+        match v.kind() {
+            Kind::Null => mix(1),
+            Kind::Bool => mix(2 + u64::from(v.as_bool() == Some(true))),
+            Kind::Number => {
                 if self.opts.has_tolerance() {
                     mix(4)
                 } else {
-                    let f = n.as_f64().unwrap_or(0.0);
+                    let f = v.as_num().map_or(0.0, Num::as_f64);
                     let f = if f == 0.0 { 0.0 } else { f };
                     mix(5 ^ f.to_bits())
                 }
             }
-            Value::String(s) => hash_str(&self.norm(s)) ^ 6,
-            Value::Array(items) => {
+            Kind::String => hash_str(&self.norm(v.as_str().unwrap_or_default())) ^ 6,
+            Kind::Array => {
                 let opts = self.opts;
                 let unordered = opts.is_unordered(path) || opts.array_key(path).is_some();
                 let mut h = mix(7 + u64::from(unordered));
-                for (i, item) in items.iter().enumerate() {
+                for i in 0..v.len() {
                     path.push(Seg::Idx(i));
-                    let eh = self.hash_value(item, path);
+                    let eh = self.hash_value(v.item(i), path);
                     path.pop();
                     h = if unordered {
                         h.wrapping_add(mix(eh))
@@ -246,9 +243,9 @@ impl<'o> Differ<'o> {
                 }
                 h
             }
-            Value::Object(map) => {
+            Kind::Object => {
                 let mut h = mix(9);
-                for (k, val) in map {
+                for (k, val) in v.entries() {
                     if self.opts.ignore_keys.contains(k) {
                         continue;
                     }
@@ -269,7 +266,7 @@ impl<'o> Differ<'o> {
     }
 
     /// Compares `a` (baseline) with `b` (candidate) at `path`.
-    pub fn diff<'a>(&mut self, a: &'a Value, b: &'a Value, path: &mut Path<'a>) {
+    pub fn diff<'a, T: Tree<'a>>(&mut self, a: T, b: T, path: &mut Path<'a>) {
         if self.stopped() {
             return;
         }
@@ -279,8 +276,8 @@ impl<'o> Differ<'o> {
                 "max_nodes ({}) exceeded: the rest was compared as whole subtrees",
                 self.opts.max_nodes
             ));
-            if a != b {
-                let op = if std::mem::discriminant(a) == std::mem::discriminant(b) {
+            if !a.same(b) {
+                let op = if a.kind() == b.kind() {
                     Op::Changed
                 } else {
                     Op::TypeChanged
@@ -289,36 +286,28 @@ impl<'o> Differ<'o> {
             }
             return;
         }
-        match (a, b) {
-            (Value::Null, Value::Null) => {}
-            (Value::Bool(x), Value::Bool(y)) => {
-                if x != y {
-                    self.emit(Op::Changed, path, None, Some(a), Some(b));
-                }
-            }
-            (Value::Number(x), Value::Number(y)) => {
-                if !self.num_eq(x, y) {
-                    self.emit(Op::Changed, path, None, Some(a), Some(b));
-                }
-            }
-            (Value::String(x), Value::String(y)) => {
-                if !self.str_eq(x, y) {
-                    self.emit(Op::Changed, path, None, Some(a), Some(b));
-                }
-            }
-            (Value::Array(x), Value::Array(y)) => self.diff_array(x, y, path),
-            (Value::Object(x), Value::Object(y)) => self.diff_object(x, y, path),
-            _ => self.emit(Op::TypeChanged, path, None, Some(a), Some(b)),
+        let equal = match (a.kind(), b.kind()) {
+            (Kind::Null, Kind::Null) => true,
+            (Kind::Bool, Kind::Bool) => a.as_bool() == b.as_bool(),
+            (Kind::Number, Kind::Number) => match (a.as_num(), b.as_num()) {
+                (Some(x), Some(y)) => self.num_eq(x, y),
+                _ => false,
+            },
+            (Kind::String, Kind::String) => self.str_eq(
+                a.as_str().unwrap_or_default(),
+                b.as_str().unwrap_or_default(),
+            ),
+            (Kind::Array, Kind::Array) => return self.diff_array(a, b, path),
+            (Kind::Object, Kind::Object) => return self.diff_object(a, b, path),
+            _ => return self.emit(Op::TypeChanged, path, None, Some(a), Some(b)),
+        };
+        if !equal {
+            self.emit(Op::Changed, path, None, Some(a), Some(b));
         }
     }
 
-    fn diff_object<'a>(
-        &mut self,
-        x: &'a Map<String, Value>,
-        y: &'a Map<String, Value>,
-        path: &mut Path<'a>,
-    ) {
-        for (k, va) in x {
+    fn diff_object<'a, T: Tree<'a>>(&mut self, x: T, y: T, path: &mut Path<'a>) {
+        for (k, va) in x.entries() {
             if self.stopped() {
                 return;
             }
@@ -334,11 +323,11 @@ impl<'o> Differ<'o> {
             }
             path.pop();
         }
-        for (k, vb) in y {
+        for (k, vb) in y.entries() {
             if self.stopped() {
                 return;
             }
-            if x.contains_key(k) || self.opts.ignore_keys.contains(k) {
+            if x.get(k).is_some() || self.opts.ignore_keys.contains(k) {
                 continue;
             }
             path.push(Seg::Key(k));
@@ -347,7 +336,7 @@ impl<'o> Differ<'o> {
         }
     }
 
-    fn diff_array<'a>(&mut self, x: &'a [Value], y: &'a [Value], path: &mut Path<'a>) {
+    fn diff_array<'a, T: Tree<'a>>(&mut self, x: T, y: T, path: &mut Path<'a>) {
         let opts = self.opts;
         if let Some(field) = opts.array_key(path) {
             let unordered = opts.is_unordered(path);
@@ -363,10 +352,10 @@ impl<'o> Differ<'o> {
 
     /// Matches elements of `x[xs]` to `y[ys]` by canonical hash, confirming each match.
     /// Returns the matches (sorted by baseline index) and the unmatched indices.
-    fn match_by_hash<'a>(
+    fn match_by_hash<'a, T: Tree<'a>>(
         &mut self,
-        x: &'a [Value],
-        y: &'a [Value],
+        x: T,
+        y: T,
         xs: &[usize],
         ys: &[usize],
         path: &mut Path<'a>,
@@ -374,7 +363,7 @@ impl<'o> Differ<'o> {
         let mut buckets: HashMap<u64, VecDeque<usize>> = HashMap::with_capacity(ys.len());
         for &j in ys {
             path.push(Seg::Idx(j));
-            let h = self.hash_value(&y[j], path);
+            let h = self.hash_value(y.item(j), path);
             path.pop();
             buckets.entry(h).or_default().push_back(j);
         }
@@ -386,7 +375,7 @@ impl<'o> Differ<'o> {
                 break;
             }
             path.push(Seg::Idx(i));
-            let h = self.hash_value(&x[i], path);
+            let h = self.hash_value(x.item(i), path);
             path.pop();
             let mut hit = None;
             if let Some(q) = buckets.get_mut(&h) {
@@ -394,7 +383,7 @@ impl<'o> Differ<'o> {
                 // float tolerances, where every number hashes alike.
                 for k in 0..q.len().min(8) {
                     let j = q[k];
-                    if self.probe_at(&x[i], &y[j], path, i) {
+                    if self.probe_at(x.item(i), y.item(j), path, i) {
                         q.remove(k);
                         hit = Some(j);
                         break;
@@ -413,16 +402,16 @@ impl<'o> Differ<'o> {
         (matched, ux, uy)
     }
 
-    fn diff_ordered<'a>(&mut self, x: &'a [Value], y: &'a [Value], path: &mut Path<'a>) {
+    fn diff_ordered<'a, T: Tree<'a>>(&mut self, x: T, y: T, path: &mut Path<'a>) {
         let (n, m) = (x.len(), y.len());
         let mut pre = 0;
-        while pre < n && pre < m && self.probe_at(&x[pre], &y[pre], path, pre) {
+        while pre < n && pre < m && self.probe_at(x.item(pre), y.item(pre), path, pre) {
             pre += 1;
         }
         let mut suf = 0;
         while suf < n - pre
             && suf < m - pre
-            && self.probe_at(&x[n - 1 - suf], &y[m - 1 - suf], path, n - 1 - suf)
+            && self.probe_at(x.item(n - 1 - suf), y.item(m - 1 - suf), path, n - 1 - suf)
         {
             suf += 1;
         }
@@ -433,7 +422,7 @@ impl<'o> Differ<'o> {
         }
         if xs.len() == 1 && ys.len() == 1 {
             // One element replaced in place: compare it directly.
-            self.diff_at(&x[xs[0]], &y[ys[0]], path, xs[0]);
+            self.diff_at(x.item(xs[0]), y.item(ys[0]), path, xs[0]);
             return;
         }
         let (matched, ux, uy) = self.match_by_hash(x, y, &xs, &ys, path);
@@ -446,12 +435,7 @@ impl<'o> Differ<'o> {
                 anchors_x.push(i);
                 anchors_y.push(j);
             } else {
-                path.push(Seg::Idx(i));
-                let from = render(path);
-                path.pop();
-                path.push(Seg::Idx(j));
-                self.emit(Op::Moved, path, Some(from), None, None);
-                path.pop();
+                self.emit_moved::<T>(path, i, j);
             }
         }
         // Pair what is left gap by gap (between consecutive anchors), in order.
@@ -466,38 +450,48 @@ impl<'o> Differ<'o> {
             let gy = uy.get(q).map(|&j| gap_y(j));
             match (gx, gy) {
                 (Some(a), Some(b)) if a == b => {
-                    self.diff_at(&x[ux[p]], &y[uy[q]], path, ux[p]);
+                    self.diff_at(x.item(ux[p]), y.item(uy[q]), path, ux[p]);
                     p += 1;
                     q += 1;
                 }
                 (Some(a), Some(b)) if a < b => {
-                    self.emit_at(Op::Removed, path, ux[p], Some(&x[ux[p]]), None);
+                    self.emit_at(Op::Removed, path, ux[p], Some(x.item(ux[p])), None);
                     p += 1;
                 }
                 (Some(_), None) => {
-                    self.emit_at(Op::Removed, path, ux[p], Some(&x[ux[p]]), None);
+                    self.emit_at(Op::Removed, path, ux[p], Some(x.item(ux[p])), None);
                     p += 1;
                 }
                 _ => {
-                    self.emit_at(Op::Added, path, uy[q], None, Some(&y[uy[q]]));
+                    self.emit_at(Op::Added, path, uy[q], None, Some(y.item(uy[q])));
                     q += 1;
                 }
             }
         }
     }
 
+    /// Reports that the element at baseline index `i` moved to candidate index `j`.
+    fn emit_moved<'a, T: Tree<'a>>(&mut self, path: &mut Path<'_>, i: usize, j: usize) {
+        path.push(Seg::Idx(i));
+        let from = render(path);
+        path.pop();
+        path.push(Seg::Idx(j));
+        self.emit::<T>(Op::Moved, path, Some(from), None, None);
+        path.pop();
+    }
+
     /// Similarity used to pair leftover elements of unordered arrays (0 = do not pair).
-    fn similarity<'a>(&mut self, a: &'a Value, b: &'a Value, path: &mut Path<'a>, i: usize) -> f64 {
-        match (a, b) {
-            (Value::Object(x), Value::Object(y)) => {
-                let union = x.len() + y.keys().filter(|k| !x.contains_key(*k)).count();
+    fn similarity<'a, T: Tree<'a>>(&mut self, a: T, b: T, path: &mut Path<'a>, i: usize) -> f64 {
+        match (a.kind(), b.kind()) {
+            (Kind::Object, Kind::Object) => {
+                let union = a.len() + b.entries().filter(|(k, _)| a.get(k).is_none()).count();
                 if union == 0 {
                     return 1.0;
                 }
                 path.push(Seg::Idx(i));
                 let mut same = 0usize;
-                for (k, va) in x {
-                    if let Some(vb) = y.get(k) {
+                for (k, va) in a.entries() {
+                    if let Some(vb) = b.get(k) {
                         path.push(Seg::Key(k));
                         if self.probe_equal(va, vb, path) {
                             same += 1;
@@ -508,16 +502,15 @@ impl<'o> Differ<'o> {
                 path.pop();
                 0.05 + same as f64 / union as f64
             }
-            (Value::Array(_), Value::Array(_)) => 0.05,
-            _ if std::mem::discriminant(a) == std::mem::discriminant(b) => 0.05,
+            (ka, kb) if ka == kb => 0.05,
             _ => 0.0,
         }
     }
 
-    fn diff_unordered<'a>(
+    fn diff_unordered<'a, T: Tree<'a>>(
         &mut self,
-        x: &'a [Value],
-        y: &'a [Value],
+        x: T,
+        y: T,
         xs: Vec<usize>,
         ys: Vec<usize>,
         path: &mut Path<'a>,
@@ -531,7 +524,7 @@ impl<'o> Differ<'o> {
                 let mut rest_x = Vec::new();
                 for &i in &ux {
                     let hit = (0..uy.len())
-                        .find(|&k| !used_y[k] && self.probe_at(&x[i], &y[uy[k]], path, i));
+                        .find(|&k| !used_y[k] && self.probe_at(x.item(i), y.item(uy[k]), path, i));
                     match hit {
                         Some(k) => used_y[k] = true,
                         None => rest_x.push(i),
@@ -547,7 +540,7 @@ impl<'o> Differ<'o> {
                 let mut scored = Vec::new();
                 for &i in &rest_x {
                     for &j in &rest_y {
-                        let s = self.similarity(&x[i], &y[j], path, i);
+                        let s = self.similarity(x.item(i), y.item(j), path, i);
                         if s > 0.0 {
                             scored.push((s, i, j));
                         }
@@ -579,35 +572,36 @@ impl<'o> Differ<'o> {
         }
         pairs.sort_unstable();
         for (i, j) in pairs {
-            self.diff_at(&x[i], &y[j], path, i);
+            self.diff_at(x.item(i), y.item(j), path, i);
         }
         for i in ux {
-            self.emit_at(Op::Removed, path, i, Some(&x[i]), None);
+            self.emit_at(Op::Removed, path, i, Some(x.item(i)), None);
         }
         for j in uy {
-            self.emit_at(Op::Added, path, j, None, Some(&y[j]));
+            self.emit_at(Op::Added, path, j, None, Some(y.item(j)));
         }
     }
 
-    fn key_of(&self, v: &Value, field: &str) -> Option<String> {
-        match v.as_object()?.get(field)? {
-            Value::String(s) => Some(format!("s:{}", self.norm(s))),
-            other => Some(format!("v:{other}")),
+    fn key_of<'a, T: Tree<'a>>(&self, v: T, field: &str) -> Option<String> {
+        let k = v.get(field)?;
+        match k.as_str() {
+            Some(s) => Some(format!("s:{}", self.norm(s))),
+            None => Some(format!("v:{}", k.to_value())),
         }
     }
 
-    fn diff_keyed<'a>(
+    fn diff_keyed<'a, T: Tree<'a>>(
         &mut self,
-        x: &'a [Value],
-        y: &'a [Value],
+        x: T,
+        y: T,
         path: &mut Path<'a>,
         field: &str,
         unordered: bool,
     ) {
         let mut by_key: HashMap<String, VecDeque<usize>> = HashMap::new();
         let mut unkeyed_y = Vec::new();
-        for (j, v) in y.iter().enumerate() {
-            match self.key_of(v, field) {
+        for j in 0..y.len() {
+            match self.key_of(y.item(j), field) {
                 Some(k) => by_key.entry(k).or_default().push_back(j),
                 None => unkeyed_y.push(j),
             }
@@ -615,8 +609,8 @@ impl<'o> Differ<'o> {
         let mut matched = Vec::new();
         let mut removed = Vec::new();
         let mut unkeyed_x = Vec::new();
-        for (i, v) in x.iter().enumerate() {
-            match self.key_of(v, field) {
+        for i in 0..x.len() {
+            match self.key_of(x.item(i), field) {
                 Some(k) => match by_key.get_mut(&k).and_then(|q| q.pop_front()) {
                     Some(j) => matched.push((i, j)),
                     None => removed.push(i),
@@ -629,25 +623,20 @@ impl<'o> Differ<'o> {
             let stay = lis_flags(&js);
             for (k, &(i, j)) in matched.iter().enumerate() {
                 if !stay[k] {
-                    path.push(Seg::Idx(i));
-                    let from = render(path);
-                    path.pop();
-                    path.push(Seg::Idx(j));
-                    self.emit(Op::Moved, path, Some(from), None, None);
-                    path.pop();
+                    self.emit_moved::<T>(path, i, j);
                 }
             }
         }
         for &(i, j) in &matched {
-            self.diff_at(&x[i], &y[j], path, i);
+            self.diff_at(x.item(i), y.item(j), path, i);
         }
         for i in removed {
-            self.emit_at(Op::Removed, path, i, Some(&x[i]), None);
+            self.emit_at(Op::Removed, path, i, Some(x.item(i)), None);
         }
         let mut added: Vec<usize> = by_key.into_values().flatten().collect();
         added.sort_unstable();
         for j in added {
-            self.emit_at(Op::Added, path, j, None, Some(&y[j]));
+            self.emit_at(Op::Added, path, j, None, Some(y.item(j)));
         }
         // Elements without the key field fall back to multiset matching.
         if !unkeyed_x.is_empty() || !unkeyed_y.is_empty() {

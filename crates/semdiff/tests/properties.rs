@@ -1,8 +1,9 @@
-//! Property tests: self-equality, ignore options and multiset arrays.
+//! Property tests: self-equality, ignore options and multiset arrays, and the compact `Doc`
+//! giving exactly the result the `Value` form gives.
 
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
-use shoal_semdiff::{Options, diff};
+use shoal_semdiff::{Doc, Options, diff, diff_docs};
 
 fn arb_json() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
@@ -25,7 +26,71 @@ fn opts(v: Value) -> Options {
     Options::from_value(&v).unwrap()
 }
 
+/// A candidate made from `doc` by a few seeded edits, so the pair has changes at every depth.
+fn mutate(doc: &Value, seed: u64) -> Value {
+    fn walk(v: &Value, s: &mut u64) -> Value {
+        *s ^= *s << 13;
+        *s ^= *s >> 7;
+        *s ^= *s << 17;
+        let roll = *s % 16;
+        match v {
+            Value::Array(items) => {
+                let mut out: Vec<Value> = items.iter().map(|x| walk(x, s)).collect();
+                if roll == 0 && out.len() > 1 {
+                    out.swap(0, 1);
+                } else if roll == 1 {
+                    out.push(json!("new"));
+                } else if roll == 2 && !out.is_empty() {
+                    out.remove(0);
+                }
+                Value::Array(out)
+            }
+            Value::Object(m) => {
+                let mut out: Map<String, Value> =
+                    m.iter().map(|(k, x)| (k.clone(), walk(x, s))).collect();
+                if roll == 3 {
+                    out.insert("added".into(), json!(1));
+                } else if roll == 4
+                    && let Some(k) = out.keys().next().cloned()
+                {
+                    out.remove(&k);
+                }
+                Value::Object(out)
+            }
+            Value::Number(n) if roll < 3 => json!(n.as_f64().unwrap_or(0.0) * 1.001 + 0.5),
+            Value::String(t) if roll < 3 => json!(format!("{t}x")),
+            other if roll == 5 => json!([other.clone()]),
+            other => other.clone(),
+        }
+    }
+    let mut s = seed | 1;
+    walk(doc, &mut s)
+}
+
 proptest! {
+    #[test]
+    fn compact_doc_diffs_exactly_like_value(doc in arb_json(), seed in any::<u64>()) {
+        let other = mutate(&doc, seed);
+        let (da, db) = (Doc::from_value(&doc), Doc::from_value(&other));
+        prop_assert_eq!(da.to_value(), doc.clone());
+        // Parsed from text too: the tree serde_json's own parser makes of it (which, without
+        // serde_json's `float_roundtrip`, may read a float back a last digit off).
+        let text = other.to_string();
+        let reparsed: Value = serde_json::from_str(&text).unwrap();
+        let parsed = Doc::parse(text.as_bytes()).unwrap();
+        prop_assert_eq!(parsed.to_value(), reparsed.clone());
+        for o in [
+            Options::default(),
+            opts(json!({"unordered_arrays": true})),
+            opts(json!({"array_keys": {"": "a"}, "ignore_keys": ["b"]})),
+            opts(json!({"float_abs_tol": 0.6, "normalize": [{"pattern": "x+$", "replace": ""}]})),
+            opts(json!({"ignore_paths": ["/*/a", "/**/c"], "max_nodes": 20})),
+        ] {
+            prop_assert_eq!(diff_docs(&da, &db, &o).unwrap(), diff(&doc, &other, &o).unwrap());
+            prop_assert_eq!(diff_docs(&da, &parsed, &o).unwrap(), diff(&doc, &reparsed, &o).unwrap());
+        }
+    }
+
     #[test]
     fn self_diff_is_equal(doc in arb_json()) {
         for o in [

@@ -1,0 +1,526 @@
+//! A compact, read-only JSON document for large inputs.
+//!
+//! `serde_json::Value` spends about 14 bytes of memory per byte of a number-dense document (a
+//! 32-byte enum per value, a B-tree node per object, a heap allocation per key and string).
+//! [`Doc`] keeps the same tree in a few flat arrays: a 16-byte node per value, a 4-byte slot per
+//! array element, an 8-byte (key, value) pair per object entry, all string values in one text
+//! arena and every distinct key once. Object entries are sorted by key and deduplicated (the
+//! last one wins) at build time, exactly as `serde_json::Map` would hold them, so the differ
+//! reports the same changes in the same order from either form.
+//!
+//! The tree is built by serde_json's own parser through a `DeserializeSeed`, so the grammar,
+//! the error messages (with line and column) and the nesting limit are serde_json's. Key
+//! interning uses `hashbrown::HashTable` because the standard `HashMap` cannot look up a key
+//! stored in an arena without owning a copy of it.
+
+use std::fmt;
+use std::hash::{BuildHasher, RandomState};
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+
+use crate::tree::{Kind, Num, Tree};
+
+/// One value. Strings, arrays and objects point into the document's arenas as (start, length).
+#[derive(Debug, Clone, Copy)]
+enum Node {
+    Null,
+    Bool(bool),
+    U(u64),
+    I(i64),
+    F(f64),
+    Str(u32, u32),
+    Arr(u32, u32),
+    Obj(u32, u32),
+}
+
+/// One object entry: an interned key and the value's node.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    key: u32,
+    node: u32,
+}
+
+/// A parsed JSON document in compact form. Build it with [`Doc::parse`], [`Doc::from_value`]
+/// or through `serde::Deserialize`; diff two with [`crate::diff_docs`].
+#[derive(Debug, Clone)]
+pub struct Doc {
+    nodes: Vec<Node>,
+    kids: Vec<u32>,
+    entries: Vec<Entry>,
+    strs: String,
+    keys: Vec<(u32, u32)>,
+    key_text: String,
+    root: u32,
+    /// Read from JSON lines: the root array holds the lines.
+    lines: bool,
+}
+
+impl Doc {
+    /// Parses JSON text (one document; trailing whitespace only).
+    pub fn parse(text: &[u8]) -> Result<Doc, serde_json::Error> {
+        let mut b = Builder::default();
+        let mut de = serde_json::Deserializer::from_slice(text);
+        let root = Seed::value(&mut b).deserialize(&mut de)?;
+        de.end()?;
+        Ok(b.finish(root))
+    }
+
+    /// Parses JSON lines (one document per non-empty line) into one array of them.
+    pub fn parse_lines(text: &str) -> Result<Doc, serde_json::Error> {
+        let mut b = Builder::default();
+        let mut ids = Vec::new();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let mut de = serde_json::Deserializer::from_str(line);
+            ids.push(Seed::value(&mut b).deserialize(&mut de)?);
+            de.end()?;
+        }
+        b.kid_stack.extend(ids);
+        let root = b.finish_array(0).map_err(de::Error::custom)?;
+        let mut doc = b.finish(root);
+        doc.lines = true;
+        Ok(doc)
+    }
+
+    /// The compact form of a `Value`.
+    pub fn from_value(value: &Value) -> Doc {
+        let mut b = Builder::default();
+        let root = Seed::value(&mut b)
+            .deserialize(value)
+            .expect("a Value always converts");
+        b.finish(root)
+    }
+
+    /// The document as a `Value`.
+    pub fn to_value(&self) -> Value {
+        self.root().to_value()
+    }
+
+    /// For a document read by [`Doc::parse_lines`]: how many lines it held (else 1).
+    pub fn line_count(&self) -> usize {
+        match self.nodes[self.root as usize] {
+            Node::Arr(_, len) if self.lines => len as usize,
+            _ => 1,
+        }
+    }
+
+    /// How many values the document holds.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// The heap memory the document holds, in bytes.
+    pub fn heap_bytes(&self) -> usize {
+        self.nodes.capacity() * size_of::<Node>()
+            + self.kids.capacity() * size_of::<u32>()
+            + self.entries.capacity() * size_of::<Entry>()
+            + self.strs.capacity()
+            + self.keys.capacity() * size_of::<(u32, u32)>()
+            + self.key_text.capacity()
+    }
+
+    pub(crate) fn root(&self) -> DocRef<'_> {
+        DocRef {
+            doc: self,
+            id: self.root,
+        }
+    }
+
+    fn key(&self, k: u32) -> &str {
+        let (start, len) = self.keys[k as usize];
+        &self.key_text[start as usize..(start + len) as usize]
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Doc {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut b = Builder::default();
+        let root = Seed::value(&mut b).deserialize(deserializer)?;
+        Ok(b.finish(root))
+    }
+}
+
+/// A node of a [`Doc`].
+#[derive(Clone, Copy)]
+pub(crate) struct DocRef<'a> {
+    doc: &'a Doc,
+    id: u32,
+}
+
+impl DocRef<'_> {
+    fn node(&self) -> Node {
+        self.doc.nodes[self.id as usize]
+    }
+
+    fn at(&self, id: u32) -> Self {
+        DocRef { doc: self.doc, id }
+    }
+
+    fn entry_slice(&self) -> &[Entry] {
+        match self.node() {
+            Node::Obj(start, len) => &self.doc.entries[start as usize..(start + len) as usize],
+            _ => &[],
+        }
+    }
+}
+
+impl<'a> Tree<'a> for DocRef<'a> {
+    fn kind(self) -> Kind {
+        match self.node() {
+            Node::Null => Kind::Null,
+            Node::Bool(_) => Kind::Bool,
+            Node::U(_) | Node::I(_) | Node::F(_) => Kind::Number,
+            Node::Str(..) => Kind::String,
+            Node::Arr(..) => Kind::Array,
+            Node::Obj(..) => Kind::Object,
+        }
+    }
+
+    fn as_bool(self) -> Option<bool> {
+        match self.node() {
+            Node::Bool(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    fn as_num(self) -> Option<Num> {
+        match self.node() {
+            Node::U(u) => Some(Num::U(u)),
+            Node::I(i) => Some(Num::I(i)),
+            Node::F(f) => Some(Num::F(f)),
+            _ => None,
+        }
+    }
+
+    fn as_str(self) -> Option<&'a str> {
+        match self.node() {
+            Node::Str(start, len) => Some(&self.doc.strs[start as usize..(start + len) as usize]),
+            _ => None,
+        }
+    }
+
+    fn len(self) -> usize {
+        match self.node() {
+            Node::Arr(_, len) | Node::Obj(_, len) => len as usize,
+            _ => 0,
+        }
+    }
+
+    fn item(self, i: usize) -> Self {
+        match self.node() {
+            Node::Arr(start, len) if i < len as usize => self.at(self.doc.kids[start as usize + i]),
+            _ => panic!("item {i} of a node that is not an array that long"),
+        }
+    }
+
+    fn entries(self) -> impl Iterator<Item = (&'a str, Self)> + 'a {
+        let doc = self.doc;
+        let slice: &'a [Entry] = match doc.nodes[self.id as usize] {
+            Node::Obj(start, len) => &doc.entries[start as usize..(start + len) as usize],
+            _ => &[],
+        };
+        slice
+            .iter()
+            .map(move |e| (doc.key(e.key), DocRef { doc, id: e.node }))
+    }
+
+    fn get(self, key: &str) -> Option<Self> {
+        let slice = self.entry_slice();
+        let i = slice
+            .binary_search_by(|e| self.doc.key(e.key).cmp(key))
+            .ok()?;
+        Some(self.at(slice[i].node))
+    }
+
+    fn to_value(self) -> Value {
+        match self.node() {
+            Node::Null => Value::Null,
+            Node::Bool(b) => Value::Bool(b),
+            Node::U(_) | Node::I(_) | Node::F(_) => {
+                self.as_num().map_or(Value::Null, Num::to_value)
+            }
+            Node::Str(..) => Value::String(self.as_str().unwrap_or_default().to_string()),
+            Node::Arr(..) => {
+                Value::Array((0..self.len()).map(|i| self.item(i).to_value()).collect())
+            }
+            Node::Obj(..) => Value::Object(
+                self.entries()
+                    .map(|(k, v)| (k.to_string(), v.to_value()))
+                    .collect::<Map<String, Value>>(),
+            ),
+        }
+    }
+}
+
+/// Builds a [`Doc`] bottom-up: children are pushed before their parent, and an array's or
+/// object's children wait on a stack until it closes, then move to the arena in one piece.
+#[derive(Default)]
+struct Builder {
+    nodes: Vec<Node>,
+    kids: Vec<u32>,
+    entries: Vec<Entry>,
+    strs: String,
+    keys: Vec<(u32, u32)>,
+    key_text: String,
+    key_index: hashbrown::HashTable<u32>,
+    hasher: RandomState,
+    kid_stack: Vec<u32>,
+    entry_stack: Vec<Entry>,
+}
+
+const TOO_LARGE: &str =
+    "the document is too large for the compact form (over 4 Gi values or bytes)";
+
+fn idx(n: usize) -> Result<u32, &'static str> {
+    u32::try_from(n).map_err(|_| TOO_LARGE)
+}
+
+impl Builder {
+    fn push(&mut self, node: Node) -> Result<u32, &'static str> {
+        let id = idx(self.nodes.len())?;
+        self.nodes.push(node);
+        Ok(id)
+    }
+
+    fn string(&mut self, s: &str) -> Result<u32, &'static str> {
+        let start = idx(self.strs.len())?;
+        let len = idx(s.len())?;
+        idx(self.strs.len() + s.len())?;
+        self.strs.push_str(s);
+        self.push(Node::Str(start, len))
+    }
+
+    fn key(&mut self, s: &str) -> Result<u32, &'static str> {
+        let hash = self.hasher.hash_one(s);
+        let (keys, text) = (&self.keys, &self.key_text);
+        let same = |&k: &u32| {
+            let (start, len) = keys[k as usize];
+            &text[start as usize..(start + len) as usize] == s
+        };
+        if let Some(&k) = self.key_index.find(hash, same) {
+            return Ok(k);
+        }
+        let k = idx(self.keys.len())?;
+        let start = idx(self.key_text.len())?;
+        idx(self.key_text.len() + s.len())?;
+        self.key_text.push_str(s);
+        self.keys.push((start, s.len() as u32));
+        let (keys, text, hasher) = (&self.keys, &self.key_text, &self.hasher);
+        self.key_index.insert_unique(hash, k, |&k| {
+            let (start, len) = keys[k as usize];
+            hasher.hash_one(&text[start as usize..(start + len) as usize])
+        });
+        Ok(k)
+    }
+
+    fn finish_array(&mut self, base: usize) -> Result<u32, &'static str> {
+        let start = idx(self.kids.len())?;
+        let len = idx(self.kid_stack.len() - base)?;
+        idx(self.kids.len() + len as usize)?;
+        self.kids.extend(self.kid_stack.drain(base..));
+        self.push(Node::Arr(start, len))
+    }
+
+    fn finish_object(&mut self, base: usize) -> Result<u32, &'static str> {
+        let (keys, text) = (&self.keys, &self.key_text);
+        let key = |k: u32| {
+            let (start, len) = keys[k as usize];
+            &text[start as usize..(start + len) as usize]
+        };
+        let run = &mut self.entry_stack[base..];
+        // A stable sort keeps repeated keys in document order; the last of each wins.
+        run.sort_by(|a, b| key(a.key).cmp(key(b.key)));
+        let start = idx(self.entries.len())?;
+        for (i, e) in run.iter().enumerate() {
+            if run.get(i + 1).is_none_or(|next| next.key != e.key) {
+                self.entries.push(*e);
+            }
+        }
+        let len = idx(self.entries.len())? - start;
+        self.entry_stack.truncate(base);
+        self.push(Node::Obj(start, len))
+    }
+
+    fn finish(mut self, root: u32) -> Doc {
+        self.nodes.shrink_to_fit();
+        self.kids.shrink_to_fit();
+        self.entries.shrink_to_fit();
+        self.strs.shrink_to_fit();
+        self.keys.shrink_to_fit();
+        self.key_text.shrink_to_fit();
+        Doc {
+            nodes: self.nodes,
+            kids: self.kids,
+            entries: self.entries,
+            strs: self.strs,
+            keys: self.keys,
+            key_text: self.key_text,
+            root,
+            lines: false,
+        }
+    }
+}
+
+/// Deserializes one value into the builder and answers its node id; with `key`, an object
+/// key into the interned keys, answering the key's id.
+struct Seed<'b> {
+    b: &'b mut Builder,
+    key: bool,
+}
+
+impl<'b> Seed<'b> {
+    fn value(b: &'b mut Builder) -> Self {
+        Seed { b, key: false }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Seed<'_> {
+    type Value = u32;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<u32, D::Error> {
+        if self.key {
+            deserializer.deserialize_str(self)
+        } else {
+            deserializer.deserialize_any(self)
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for Seed<'_> {
+    type Value = u32;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(if self.key {
+            "an object key"
+        } else {
+            "any JSON value"
+        })
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<u32, E> {
+        self.b.push(Node::Null).map_err(E::custom)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<u32, E> {
+        self.visit_unit()
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<u32, D::Error> {
+        d.deserialize_any(self)
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<u32, E> {
+        self.b.push(Node::Bool(v)).map_err(E::custom)
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<u32, E> {
+        let node = match Num::from_i64(v) {
+            Num::U(u) => Node::U(u),
+            _ => Node::I(v),
+        };
+        self.b.push(node).map_err(E::custom)
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<u32, E> {
+        self.b.push(Node::U(v)).map_err(E::custom)
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<u32, E> {
+        // serde_json's Value turns a non-finite float into null; so does this.
+        let node = if v.is_finite() {
+            Node::F(v)
+        } else {
+            Node::Null
+        };
+        self.b.push(node).map_err(E::custom)
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<u32, E> {
+        if self.key {
+            self.b.key(v).map_err(E::custom)
+        } else {
+            self.b.string(v).map_err(E::custom)
+        }
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u32, A::Error> {
+        let b = self.b;
+        let base = b.kid_stack.len();
+        while let Some(id) = seq.next_element_seed(Seed::value(&mut *b))? {
+            b.kid_stack.push(id);
+        }
+        b.finish_array(base).map_err(de::Error::custom)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<u32, A::Error> {
+        let b = self.b;
+        let base = b.entry_stack.len();
+        while let Some(key) = map.next_key_seed(Seed {
+            b: &mut *b,
+            key: true,
+        })? {
+            let node = map.next_value_seed(Seed::value(&mut *b))?;
+            b.entry_stack.push(Entry { key, node });
+        }
+        b.finish_object(base).map_err(de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn round_trips_through_value() {
+        let v = json!({"b": [1, -2, 2.5, "x", null, true, {"z": {}, "a": []}], "a": "y", "": 0});
+        let d = Doc::from_value(&v);
+        assert_eq!(d.to_value(), v);
+        let parsed = Doc::parse(v.to_string().as_bytes()).unwrap();
+        assert_eq!(parsed.to_value(), v);
+        assert!(parsed.root().same(d.root()));
+    }
+
+    #[test]
+    fn keeps_keys_sorted_and_the_last_of_a_repeated_key() {
+        let d = Doc::parse(br#"{"b": 1, "a": 2, "b": 3, "c": {"k": 1, "k": 2}}"#).unwrap();
+        let keys: Vec<&str> = d.root().entries().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["a", "b", "c"]);
+        assert_eq!(
+            d.to_value(),
+            serde_json::from_str::<Value>(r#"{"a":2,"b":3,"c":{"k":2}}"#).unwrap()
+        );
+        assert_eq!(d.root().get("b").and_then(Tree::as_num), Some(Num::U(3)));
+        assert!(d.root().get("z").is_none());
+    }
+
+    #[test]
+    fn reports_bad_json_with_its_position() {
+        let e = Doc::parse(b"{\n  \"a\": [1, 2,\n}").unwrap_err();
+        assert_eq!(e.line(), 3, "{e}");
+        assert!(Doc::parse(b"[1] [2]").is_err());
+    }
+
+    #[test]
+    fn json_lines_become_one_array() {
+        let d = Doc::parse_lines("{\"a\": 1}\n\n[2]\n").unwrap();
+        assert_eq!(d.to_value(), json!([{"a": 1}, [2]]));
+    }
+
+    #[test]
+    fn holds_a_record_log_in_a_few_bytes_per_byte_of_text() {
+        let rows: Vec<Value> = (0..2000)
+            .map(
+                |i| json!({"id": format!("r{i}"), "n": i, "x": i as f64 / 3.0, "tags": ["a", "b"]}),
+            )
+            .collect();
+        let text = Value::Array(rows).to_string();
+        let d = Doc::parse(text.as_bytes()).unwrap();
+        assert!(
+            d.heap_bytes() < 3 * text.len(),
+            "{} bytes held for {} bytes of text",
+            d.heap_bytes(),
+            text.len()
+        );
+    }
+}

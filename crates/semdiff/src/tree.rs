@@ -1,0 +1,174 @@
+//! What the differ needs of a JSON document, as a small trait, so one differ walks both
+//! `serde_json::Value` (the API's documents) and the compact [`crate::Doc`] (large documents read
+//! from text, at a fraction of `Value`'s memory).
+
+use serde_json::{Number, Value};
+
+/// The JSON type of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Null,
+    Bool,
+    Number,
+    String,
+    Array,
+    Object,
+}
+
+/// A JSON number as serde_json holds it without `arbitrary_precision`: a non-negative integer,
+/// a negative integer or a float. Equality is serde_json's (`1` and `1.0` differ).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Num {
+    U(u64),
+    I(i64),
+    F(f64),
+}
+
+impl Num {
+    pub fn as_i64(self) -> Option<i64> {
+        match self {
+            Num::U(u) => i64::try_from(u).ok(),
+            Num::I(i) => Some(i),
+            Num::F(_) => None,
+        }
+    }
+
+    pub fn as_u64(self) -> Option<u64> {
+        match self {
+            Num::U(u) => Some(u),
+            Num::I(_) | Num::F(_) => None,
+        }
+    }
+
+    pub fn as_f64(self) -> f64 {
+        match self {
+            Num::U(u) => u as f64,
+            Num::I(i) => i as f64,
+            Num::F(f) => f,
+        }
+    }
+
+    /// From a signed integer, kept as `U` when non-negative, as serde_json does.
+    pub fn from_i64(i: i64) -> Num {
+        if i >= 0 { Num::U(i as u64) } else { Num::I(i) }
+    }
+
+    pub fn from_number(n: &Number) -> Num {
+        if let Some(u) = n.as_u64() {
+            Num::U(u)
+        } else if let Some(i) = n.as_i64() {
+            Num::I(i)
+        } else {
+            Num::F(n.as_f64().unwrap_or(0.0))
+        }
+    }
+
+    pub fn to_value(self) -> Value {
+        match self {
+            Num::U(u) => Value::Number(u.into()),
+            Num::I(i) => Value::Number(i.into()),
+            Num::F(f) => Number::from_f64(f).map_or(Value::Null, Value::Number),
+        }
+    }
+}
+
+/// A read-only view of one node of a JSON document. Object entries come in key order (byte
+/// order, as `serde_json::Map` keeps them), one entry per key.
+pub(crate) trait Tree<'a>: Copy + 'a {
+    fn kind(self) -> Kind;
+    fn as_bool(self) -> Option<bool>;
+    fn as_num(self) -> Option<Num>;
+    fn as_str(self) -> Option<&'a str>;
+    /// The number of array elements or object entries (0 for scalars).
+    fn len(self) -> usize;
+    /// Array element `i` (`i < len()`).
+    fn item(self, i: usize) -> Self;
+    /// Object entries in key order (empty for non-objects).
+    fn entries(self) -> impl Iterator<Item = (&'a str, Self)> + 'a;
+    /// The value of an object's key.
+    fn get(self, key: &str) -> Option<Self>;
+    /// The node as an owned `Value` (for reported changes).
+    fn to_value(self) -> Value;
+
+    /// Exact structural equality, as `Value`'s `==`.
+    fn same(self, other: Self) -> bool {
+        if self.kind() != other.kind() {
+            return false;
+        }
+        match self.kind() {
+            Kind::Null => true,
+            Kind::Bool => self.as_bool() == other.as_bool(),
+            Kind::Number => self.as_num() == other.as_num(),
+            Kind::String => self.as_str() == other.as_str(),
+            Kind::Array => {
+                self.len() == other.len()
+                    && (0..self.len()).all(|i| self.item(i).same(other.item(i)))
+            }
+            Kind::Object => {
+                self.len() == other.len()
+                    && self
+                        .entries()
+                        .zip(other.entries())
+                        .all(|((ka, va), (kb, vb))| ka == kb && va.same(vb))
+            }
+        }
+    }
+}
+
+impl<'a> Tree<'a> for &'a Value {
+    fn kind(self) -> Kind {
+        match self {
+            Value::Null => Kind::Null,
+            Value::Bool(_) => Kind::Bool,
+            Value::Number(_) => Kind::Number,
+            Value::String(_) => Kind::String,
+            Value::Array(_) => Kind::Array,
+            Value::Object(_) => Kind::Object,
+        }
+    }
+
+    fn as_bool(self) -> Option<bool> {
+        Value::as_bool(self)
+    }
+
+    fn as_num(self) -> Option<Num> {
+        match self {
+            Value::Number(n) => Some(Num::from_number(n)),
+            _ => None,
+        }
+    }
+
+    fn as_str(self) -> Option<&'a str> {
+        Value::as_str(self)
+    }
+
+    fn len(self) -> usize {
+        match self {
+            Value::Array(a) => a.len(),
+            Value::Object(m) => m.len(),
+            _ => 0,
+        }
+    }
+
+    fn item(self, i: usize) -> Self {
+        &self.as_array().expect("item of an array")[i]
+    }
+
+    fn entries(self) -> impl Iterator<Item = (&'a str, Self)> + 'a {
+        self.as_object()
+            .into_iter()
+            .flat_map(|m| m.iter().map(|(k, v)| (k.as_str(), v)))
+    }
+
+    fn get(self, key: &str) -> Option<Self> {
+        self.as_object()?.get(key)
+    }
+
+    fn to_value(self) -> Value {
+        self.clone()
+    }
+
+    fn same(self, other: Self) -> bool {
+        self == other
+    }
+}
