@@ -5,11 +5,15 @@
 //! - [`engine`]: the simulator (virtual clock, `sim` provider, Shoal's planner or a peer's loop).
 //! - [`peers`]: the KEDA and fly-autoscaler baselines.
 //! - [`report`]: every policy on every workload, as a table and a plot.
+//! - [`faults`]: the fault run: replicas on Postgres and Redis killed while jobs flow, then checked.
+//! - [`queuebench`]: Shoal against a bare apalis worker loop on the same Postgres and Redis.
 
 pub mod engine;
+pub mod faults;
 pub mod generate;
 pub mod peers;
 pub mod policy;
+pub mod queuebench;
 pub mod report;
 pub mod workload;
 

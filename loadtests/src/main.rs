@@ -1,11 +1,12 @@
 //! `shoal-loadtests`: the policy simulator (`simulate`), the workload generator (`generate`), the
-//! policy report (`report`) and the simulator's scale run (`scale`).
+//! policy report (`report`), the simulator's scale run (`scale`), the fault run against real
+//! replicas (`faults`) and the comparison with a bare apalis worker loop (`queue-bench`).
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use shoal_fleet::sim::SimLatencies;
 use shoal_loadtests::generate::{self, AzureDerivation, Profile};
-use shoal_loadtests::{Policy, SimOptions, Workload, report, simulate};
+use shoal_loadtests::{Policy, SimOptions, Workload, faults, queuebench, report, simulate};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -135,6 +136,63 @@ enum Cmd {
         #[command(flatten)]
         sim: SimArgs,
     },
+    /// The fault run: scheduler replicas on Postgres and Redis killed with SIGKILL while jobs
+    /// flow, Postgres restarted once, then every job checked (release binaries under --release).
+    Faults {
+        #[arg(long, default_value_t = 20_000)]
+        jobs: usize,
+        #[arg(long, default_value_t = 100)]
+        tenants: usize,
+        #[arg(long, default_value_t = 3)]
+        replicas: usize,
+        /// Concurrent enqueueing clients.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Kill one replica this often (`3s`, `1500ms`).
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        kill_every: std::time::Duration,
+        /// Every N-th job goes through the apalis ingress queue (0: none).
+        #[arg(long, default_value_t = 10)]
+        ingress_every: usize,
+        /// Each tenant's max_sandboxes.
+        #[arg(long, default_value_t = 1)]
+        max_sandboxes: u32,
+        /// Write the report as JSON here too.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Shoal against a bare apalis worker loop, side by side on one Postgres and one Redis.
+    QueueBench {
+        #[arg(long, default_value_t = 10_000)]
+        jobs: usize,
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        #[arg(long, default_value_t = 300)]
+        sequential: usize,
+        #[arg(long, default_value_t = 4)]
+        tenants: usize,
+        #[arg(long, default_value_t = 2)]
+        sandboxes_per_tenant: u32,
+        /// Write the figures as JSON here too.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+fn write_json(out: Option<&Path>, v: &impl serde::Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(v)?;
+    if let Some(out) = out {
+        std::fs::write(out, &text).with_context(|| format!("writing {}", out.display()))?;
+    }
+    println!("{text}");
+    Ok(())
 }
 
 fn read_workload(path: &Path) -> Result<Workload> {
@@ -307,6 +365,53 @@ fn main() -> Result<()> {
                 "outcome": outcome,
             });
             println!("{}", serde_json::to_string_pretty(&summary)?);
+        }
+        Cmd::Faults {
+            jobs,
+            tenants,
+            replicas,
+            clients,
+            kill_every,
+            ingress_every,
+            max_sandboxes,
+            out,
+        } => {
+            let mut cfg = faults::FaultConfig::new(jobs, tenants);
+            cfg.replicas = replicas;
+            cfg.clients = clients;
+            cfg.kill_every = kill_every;
+            cfg.ingress_every = ingress_every;
+            cfg.max_sandboxes = max_sandboxes;
+            cfg.verbose = true;
+            let Some(report) = runtime()?.block_on(faults::run(cfg))? else {
+                bail!("Postgres and Redis are needed (scripts/test installs them)");
+            };
+            for c in &report.checks {
+                println!("PASS {c}");
+            }
+            write_json(out.as_deref(), &report)?;
+        }
+        Cmd::QueueBench {
+            jobs,
+            clients,
+            sequential,
+            tenants,
+            sandboxes_per_tenant,
+            out,
+        } => {
+            let cfg = queuebench::BenchConfig {
+                jobs,
+                clients,
+                sequential,
+                tenants,
+                sandboxes_per_tenant,
+                verbose: true,
+            };
+            let Some(figures) = runtime()?.block_on(queuebench::run(&cfg))? else {
+                bail!("Postgres and Redis are needed (scripts/test installs them)");
+            };
+            println!("{}", queuebench::table(&figures));
+            write_json(out.as_deref(), &figures)?;
         }
     }
     Ok(())

@@ -6,6 +6,7 @@
 use anyhow::Result;
 use reqwest::Method;
 use serde_json::{Value, json};
+use shoal_loadtests::queuebench::enqueue_noop as enqueue;
 use shoal_testkit::server::Server;
 use std::time::{Duration, Instant};
 
@@ -27,18 +28,6 @@ async fn wait_done(s: &Server, id: &str) -> Result<Value> {
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-}
-
-async fn enqueue(s: &Server, tenant: &str) -> Result<String> {
-    let (st, v) = s
-        .send(
-            Method::POST,
-            "/v1/jobs",
-            &json!({"tenant": tenant, "kind": "agent", "spec": {"command": ["true"]}}),
-        )
-        .await?;
-    anyhow::ensure!(st == 202, "{st} {v}");
-    Ok(v["id"].as_str().unwrap().to_string())
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

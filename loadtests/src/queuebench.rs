@@ -1,0 +1,518 @@
+//! Shoal against a bare apalis worker loop, side by side on the same Postgres and Redis servers
+//! (`shoal-loadtests queue-bench`). The bare loop is the floor of what a queue costs: no-op jobs
+//! pushed by concurrent clients into apalis (Postgres, then Redis) and taken by one worker whose
+//! handler only records when it started. Shoal then runs the same shape of load end to end:
+//! release `shoal serve` on the same Postgres (its store) and Redis (its shared rate limits and
+//! ingress queue), no-op `true` agent jobs across several tenants through `POST /v1/jobs`, with
+//! admission, quotas and rate limits, fairness between tenants, leases and completions.
+//!
+//! Each system is measured twice:
+//! - **burst**: `jobs` jobs pushed by `clients` concurrent clients as fast as they go; jobs per
+//!   second from the first push to the last job recorded done (apalis: its row `Done` / its id in
+//!   the `done` set; Shoal: `succeeded` in the store), and enqueue-to-start p50/p99 over all jobs
+//!   (a queue that builds up shows here);
+//! - **sequential**: `sequential` jobs one after another, each pushed once the previous one
+//!   started: enqueue-to-start on an idle system.
+//!
+//! Enqueue-to-start is push time to handler start for apalis (microsecond clock, in process), and
+//! the job's `started_at - created_at` for Shoal (the store's millisecond clock), as in the spine
+//! benchmark (`scheduler/benches/spine.rs`).
+
+use anyhow::{Context, Result, bail};
+use apalis_core::backend::TaskSink;
+use apalis_core::backend::ext::poll_strategy::{IntervalStrategy, PollWith};
+use apalis_core::error::{BoxDynError, WorkerError};
+use apalis_core::task::data::Data;
+use apalis_core::worker::builder::WorkerBuilder;
+use apalis_postgres::PostgresStorage;
+use apalis_redis::RedisStorage;
+use reqwest::Method;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use shoal_testkit::server::Server;
+use shoal_testkit::services::{Postgres, Redis};
+use sqlx::PgPool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The load of one run.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// Jobs of the burst.
+    pub jobs: usize,
+    /// Concurrent clients of the burst.
+    pub clients: usize,
+    /// Jobs of the sequential run.
+    pub sequential: usize,
+    /// Shoal: tenants, and ready sandboxes per tenant.
+    pub tenants: usize,
+    pub sandboxes_per_tenant: u32,
+    pub verbose: bool,
+}
+
+/// One system's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct Figures {
+    pub system: String,
+    pub jobs: usize,
+    pub clients: usize,
+    pub seconds: f64,
+    pub jobs_per_s: f64,
+    /// Pushing alone: the clients' rate.
+    pub enqueue_per_s: f64,
+    pub burst_start_p50_ms: f64,
+    pub burst_start_p99_ms: f64,
+    pub sequential_start_p50_ms: f64,
+    pub sequential_start_p99_ms: f64,
+}
+
+impl Figures {
+    /// Figures from the latencies of the burst and of the sequential run (sorted here).
+    fn new(
+        system: &str,
+        cfg: &BenchConfig,
+        seconds: f64,
+        enqueue_s: f64,
+        mut burst: Vec<f64>,
+        mut sequential: Vec<f64>,
+    ) -> Self {
+        burst.sort_by(f64::total_cmp);
+        sequential.sort_by(f64::total_cmp);
+        Figures {
+            system: system.into(),
+            jobs: cfg.jobs,
+            clients: cfg.clients,
+            seconds,
+            jobs_per_s: cfg.jobs as f64 / seconds,
+            enqueue_per_s: cfg.jobs as f64 / enqueue_s,
+            burst_start_p50_ms: pct(&burst, 0.5),
+            burst_start_p99_ms: pct(&burst, 0.99),
+            sequential_start_p50_ms: pct(&sequential, 0.5),
+            sequential_start_p99_ms: pct(&sequential, 0.99),
+        }
+    }
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+/// The bare loop's job: when it was pushed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Probe {
+    pushed_us: i64,
+}
+
+/// What the handler records.
+#[derive(Clone, Default)]
+struct Seen {
+    /// Push-to-start of every job, in milliseconds.
+    lat_ms: Arc<Mutex<Vec<f64>>>,
+    started: Arc<tokio::sync::Notify>,
+}
+
+async fn handle(job: Probe, seen: Data<Seen>) -> Result<(), BoxDynError> {
+    let lat = (now_us() - job.pushed_us) as f64 / 1000.0;
+    seen.lat_ms
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(lat);
+    seen.started.notify_one();
+    Ok(())
+}
+
+/// One apalis backend: a sink to push into and a count of jobs done.
+#[derive(Clone)]
+enum Bare {
+    Postgres {
+        pool: PgPool,
+        storage: PostgresStorage<Probe>,
+    },
+    Redis {
+        url: String,
+        storage: RedisStorage<Probe>,
+        config: apalis_redis::Config,
+    },
+}
+
+impl Bare {
+    fn name(&self) -> &'static str {
+        match self {
+            Bare::Postgres { .. } => "bare apalis-postgres",
+            Bare::Redis { .. } => "bare apalis-redis",
+        }
+    }
+
+    async fn push(&self) -> Result<()> {
+        let job = Probe {
+            pushed_us: now_us(),
+        };
+        match self {
+            Bare::Postgres { storage, .. } => storage.clone().push(job).await?,
+            Bare::Redis { storage, .. } => storage.clone().push(job).await?,
+        }
+        Ok(())
+    }
+
+    async fn done(&self) -> Result<usize> {
+        Ok(match self {
+            Bare::Postgres { pool, .. } => {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM apalis.jobs WHERE job_type = 'bench' AND status = 'Done'",
+                )
+                .fetch_one(pool)
+                .await?;
+                n as usize
+            }
+            Bare::Redis { url, config, .. } => {
+                let mut conn = redis::Client::open(url.as_str())?
+                    .get_multiplexed_async_connection()
+                    .await?;
+                let n: usize = redis::cmd("SCARD")
+                    .arg(config.done_jobs_set())
+                    .query_async(&mut conn)
+                    .await?;
+                n
+            }
+        })
+    }
+
+    /// Runs the worker until `stop` fires.
+    fn spawn_worker(
+        &self,
+        seen: Seen,
+        stop: tokio::sync::oneshot::Receiver<()>,
+    ) -> tokio::task::JoinHandle<()> {
+        let signal = async move {
+            let _ = stop.await;
+            Ok::<(), WorkerError>(())
+        };
+        match self {
+            Bare::Postgres { storage, .. } => {
+                // LISTEN/NOTIFY wakes the worker on a push: apalis-postgres at its quickest.
+                let worker = WorkerBuilder::new("bench-pg")
+                    .backend(storage.clone().with_pubsub())
+                    .data(seen)
+                    .build(handle);
+                tokio::spawn(async move {
+                    if let Err(e) = worker.run_until(signal).await {
+                        eprintln!("apalis-postgres worker: {e}");
+                    }
+                })
+            }
+            Bare::Redis { storage, .. } => {
+                // apalis-redis has no push notification: poll every millisecond when idle.
+                let backend = PollWith::new(
+                    storage.clone(),
+                    IntervalStrategy::new(Duration::from_millis(1)),
+                );
+                let worker = WorkerBuilder::new("bench-redis")
+                    .backend(backend)
+                    .data(seen)
+                    .build(handle);
+                tokio::spawn(async move {
+                    if let Err(e) = worker.run_until(signal).await {
+                        eprintln!("apalis-redis worker: {e}");
+                    }
+                })
+            }
+        }
+    }
+}
+
+async fn bench_bare(bare: Bare, cfg: &BenchConfig) -> Result<Figures> {
+    let seen = Seen::default();
+    let (stop_tx, stop) = tokio::sync::oneshot::channel();
+    let worker = bare.spawn_worker(seen.clone(), stop);
+
+    // Sequential: each job pushed once the previous one started.
+    for _ in 0..cfg.sequential {
+        let started = seen.started.notified();
+        bare.push().await?;
+        tokio::time::timeout(Duration::from_secs(30), started)
+            .await
+            .context("a job did not start within 30 s")?;
+    }
+    let sequential =
+        std::mem::take(&mut *seen.lat_ms.lock().unwrap_or_else(|e| e.into_inner()));
+    let base = bare.done().await?;
+
+    // Burst.
+    let t0 = Instant::now();
+    let mut clients = tokio::task::JoinSet::new();
+    for c in 0..cfg.clients {
+        let bare = bare.clone();
+        let n = cfg.jobs / cfg.clients + usize::from(c < cfg.jobs % cfg.clients);
+        clients.spawn(async move {
+            for _ in 0..n {
+                bare.push().await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = clients.join_next().await {
+        r??;
+    }
+    let enqueue = t0.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while bare.done().await? < base + cfg.jobs {
+        if Instant::now() > deadline {
+            bail!("{}: jobs not done within 600 s", bare.name());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), worker).await;
+    let burst = std::mem::take(&mut *seen.lat_ms.lock().unwrap_or_else(|e| e.into_inner()));
+    Ok(Figures::new(
+        bare.name(),
+        cfg,
+        seconds,
+        enqueue,
+        burst,
+        sequential,
+    ))
+}
+
+/// Enqueues a no-op `true` agent job for `tenant` over HTTP; the job's id.
+pub async fn enqueue_noop(s: &Server, tenant: &str) -> Result<String> {
+    let (st, v) = s
+        .send(
+            Method::POST,
+            "/v1/jobs",
+            &json!({"tenant": tenant, "kind": "agent", "spec": {"command": ["true"]}}),
+        )
+        .await?;
+    anyhow::ensure!(st == 202, "{st} {v}");
+    v["id"].as_str().map(str::to_string).context("no job id")
+}
+
+async fn bench_shoal(pg: &Postgres, redis: &Redis, cfg: &BenchConfig) -> Result<Figures> {
+    let url = pg.create_database()?;
+    let redis_url = redis.url();
+    let s = Server::start(
+        &[
+            "--database-url",
+            url.as_str(),
+            "--redis-url",
+            redis_url.as_str(),
+            "--idle-timeout",
+            "10m",
+        ],
+        &[("RUST_LOG", "warn")],
+    )
+    .await?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&url)
+        .await?;
+    let per = cfg.sandboxes_per_tenant;
+    let limits = json!({"enqueue_rate_per_s": null, "jobs_per_month": null,
+        "max_sandboxes": per, "min_warm": per});
+    for t in 0..cfg.tenants {
+        let (st, v) = s
+            .send(
+                Method::PUT,
+                &format!("/v1/tenants/b{t}"),
+                &json!({"plan": "enterprise", "limits": limits}),
+            )
+            .await?;
+        anyhow::ensure!(st == 201, "{st} {v}");
+    }
+    // Every sandbox ready (min_warm) before measuring: boots are not the queue's cost.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for t in 0..cfg.tenants {
+        loop {
+            let p = s.get(&format!("/v1/pools/b{t}")).await?;
+            if p["sandboxes"]["ready"].as_u64() == Some(u64::from(per)) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("sandboxes of b{t} not ready: {p}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    let lat = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let mut v: Vec<f64> = sqlx::query_scalar::<_, i64>(sql)
+                .fetch_all(&pool)
+                .await?
+                .into_iter()
+                .map(|ms| ms as f64)
+                .collect();
+            v.sort_by(f64::total_cmp);
+            anyhow::Ok(v)
+        }
+    };
+
+    // Sequential: each job enqueued once the previous one started, round the tenants.
+    for i in 0..cfg.sequential {
+        let id = enqueue_noop(&s, &format!("b{}", i % cfg.tenants)).await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let started: Option<Option<i64>> =
+                sqlx::query_scalar("SELECT started_at FROM jobs WHERE id = $1")
+                    .bind(&id)
+                    .fetch_optional(&pool)
+                    .await?;
+            if started.flatten().is_some() {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("job {id} did not start within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let sequential =
+        lat("SELECT started_at - created_at FROM jobs WHERE started_at IS NOT NULL").await?;
+    let (before,): (i64,) = sqlx::query_as("SELECT count(*) FROM jobs")
+        .fetch_one(&pool)
+        .await?;
+    // Wait for the sequential jobs to finish, so the burst starts on an idle system.
+    loop {
+        let open: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state IN ('queued', 'running')")
+                .fetch_one(&pool)
+                .await?;
+        if open == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Burst.
+    let s = Arc::new(s);
+    let t0 = Instant::now();
+    let t0_ms = chrono::Utc::now().timestamp_millis();
+    let mut clients = tokio::task::JoinSet::new();
+    for c in 0..cfg.clients {
+        let s = Arc::clone(&s);
+        let tenants = cfg.tenants;
+        let n = cfg.jobs / cfg.clients + usize::from(c < cfg.jobs % cfg.clients);
+        clients.spawn(async move {
+            for i in 0..n {
+                enqueue_noop(&s, &format!("b{}", (c + i * 7) % tenants)).await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = clients.join_next().await {
+        r??;
+    }
+    let enqueue_s = t0.elapsed().as_secs_f64();
+    let total = before as usize + cfg.jobs;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'succeeded'")
+            .fetch_one(&pool)
+            .await?;
+        if done as usize >= total {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("shoal: {done} of {total} jobs done within 600 s");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    let burst: Vec<f64> = sqlx::query_scalar::<_, i64>(
+        "SELECT started_at - created_at FROM jobs WHERE created_at >= $1",
+    )
+    .bind(t0_ms)
+    .fetch_all(&pool)
+    .await?
+    .into_iter()
+    .map(|ms| ms as f64)
+    .collect();
+    anyhow::ensure!(burst.len() == cfg.jobs, "{} burst jobs found", burst.len());
+    Ok(Figures::new(
+        "shoal (postgres store, redis limits)",
+        cfg,
+        seconds,
+        enqueue_s,
+        burst,
+        sequential,
+    ))
+}
+
+/// Runs the comparison on one Postgres and one Redis of its own; `Ok(None)` when either is not
+/// installed.
+pub async fn run(cfg: &BenchConfig) -> Result<Option<Vec<Figures>>> {
+    let Some(pg) = Postgres::start()? else {
+        return Ok(None);
+    };
+    let Some(redis) = Redis::start()? else {
+        return Ok(None);
+    };
+    let say = |m: &str| {
+        if cfg.verbose {
+            eprintln!("[queue-bench] {m}");
+        }
+    };
+    let mut out = Vec::new();
+
+    say("bare apalis-postgres");
+    let url = pg.create_database()?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(16)
+        .connect(&url)
+        .await?;
+    PostgresStorage::setup(&pool).await?;
+    let storage =
+        PostgresStorage::new(&pool).with_config(apalis_postgres::Config::default().queue("bench"));
+    out.push(bench_bare(Bare::Postgres { pool, storage }, cfg).await?);
+
+    say("bare apalis-redis");
+    let config = apalis_redis::Config::default().queue("bench");
+    let conn = apalis_redis::connect(redis.url()).await?;
+    let storage = RedisStorage::new(conn).with_config(config.clone());
+    out.push(
+        bench_bare(
+            Bare::Redis {
+                url: redis.url(),
+                storage,
+                config,
+            },
+            cfg,
+        )
+        .await?,
+    );
+
+    say("shoal");
+    out.push(bench_shoal(&pg, &redis, cfg).await?);
+    Ok(Some(out))
+}
+
+/// The figures as a Markdown table.
+pub fn table(figures: &[Figures]) -> String {
+    let mut s = String::from(
+        "| system | jobs | clients | jobs/s end to end | enqueue/s | burst enqueue-to-start p50 / p99 | sequential enqueue-to-start p50 / p99 |\n|---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for f in figures {
+        s.push_str(&format!(
+            "| {} | {} | {} | {:.0} | {:.0} | {:.1} ms / {:.1} ms | {:.2} ms / {:.2} ms |\n",
+            f.system,
+            f.jobs,
+            f.clients,
+            f.jobs_per_s,
+            f.enqueue_per_s,
+            f.burst_start_p50_ms,
+            f.burst_start_p99_ms,
+            f.sequential_start_p50_ms,
+            f.sequential_start_p99_ms
+        ));
+    }
+    s
+}
