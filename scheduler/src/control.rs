@@ -20,6 +20,14 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 /// How long events are gathered before a planning pass.
 const DEBOUNCE: Duration = Duration::from_millis(2);
+/// Under a steady stream of events, a pass waits this many times as long as the last pass's
+/// snapshot took to read (every tenant's queue counts and sandboxes: it grows with the backlog),
+/// so reading takes at most a fifth of the loop's time. Provider calls do not count, so a pass
+/// that stopped sandboxes does not delay the next wake; an event after a quiet spell is planned
+/// after `DEBOUNCE` alone.
+const PASS_GAP_FACTOR: u32 = 4;
+/// The longest such wait.
+const MAX_PASS_GAP: Duration = Duration::from_millis(100);
 /// The slow tick: timeouts, lease expiry, retention.
 const TICK: Duration = Duration::from_secs(1);
 /// How often the provider is checked for resources the store does not know.
@@ -181,9 +189,13 @@ impl Control {
         });
         let mut last_collect = Instant::now();
         let mut shutdown = self.app.shutdown.subscribe();
+        let mut next_pass = Instant::now();
         loop {
             tokio::select! {
-                _ = self.app.kick.notified() => tokio::time::sleep(DEBOUNCE).await,
+                _ = self.app.kick.notified() => {
+                    tokio::time::sleep(DEBOUNCE).await;
+                    tokio::time::sleep_until(next_pass.into()).await;
+                }
                 _ = tokio::time::sleep(TICK) => {
                     if self.leads() && let Err(e) = self.expire().await {
                         tracing::warn!(error = %e, "expiring leases failed");
@@ -194,8 +206,9 @@ impl Control {
             if !self.leads() {
                 continue;
             }
-            if let Err(e) = self.pass().await {
-                tracing::warn!(error = %e, "planning pass failed");
+            match self.pass().await {
+                Ok(read) => next_pass = Instant::now() + (read * PASS_GAP_FACTOR).min(MAX_PASS_GAP),
+                Err(e) => tracing::warn!(error = %e, "planning pass failed"),
             }
             if last_collect.elapsed() >= COLLECT_EVERY {
                 last_collect = Instant::now();
@@ -222,13 +235,15 @@ impl Control {
         Ok(())
     }
 
-    /// One planning pass: snapshot, plan, apply.
-    async fn pass(self: &Arc<Self>) -> Result<(), StoreError> {
+    /// One planning pass: snapshot, plan, apply. Answers how long the snapshot took to read.
+    async fn pass(self: &Arc<Self>) -> Result<Duration, StoreError> {
         if self.app.is_shutting_down() {
-            return Ok(());
+            return Ok(Duration::ZERO);
         }
         let now = now_ms();
+        let reading = Instant::now();
         let (snap, sizes) = snapshot(&self.app).await?;
+        let read = reading.elapsed();
         self.send_limits(&snap, &sizes);
         let plan = shoal_planner::plan(&snap, now);
         {
@@ -243,7 +258,7 @@ impl Control {
                 tracing::warn!(error = %e, "applying a step failed");
             }
         }
-        Ok(())
+        Ok(read)
     }
 
     /// Gives the provider the limits of tenants it has not seen or whose limits changed.
