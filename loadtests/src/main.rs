@@ -169,7 +169,7 @@ enum Cmd {
         clients: usize,
         #[arg(long, default_value_t = 300)]
         sequential: usize,
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 8)]
         tenants: usize,
         #[arg(long, default_value_t = 2)]
         sandboxes_per_tenant: u32,
