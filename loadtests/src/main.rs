@@ -169,6 +169,9 @@ enum Cmd {
         clients: usize,
         #[arg(long, default_value_t = 300)]
         sequential: usize,
+        /// Shoal: messages pushed one at a time into the ingress queue.
+        #[arg(long, default_value_t = 30)]
+        ingress: usize,
         #[arg(long, default_value_t = 8)]
         tenants: usize,
         #[arg(long, default_value_t = 2)]
@@ -395,6 +398,7 @@ fn main() -> Result<()> {
             jobs,
             clients,
             sequential,
+            ingress,
             tenants,
             sandboxes_per_tenant,
             out,
@@ -403,6 +407,7 @@ fn main() -> Result<()> {
                 jobs,
                 clients,
                 sequential,
+                ingress,
                 tenants,
                 sandboxes_per_tenant,
                 verbose: true,

@@ -44,6 +44,8 @@ pub struct BenchConfig {
     pub clients: usize,
     /// Jobs of the sequential run.
     pub sequential: usize,
+    /// Shoal: messages pushed one at a time into the ingress queue.
+    pub ingress: usize,
     /// Shoal: tenants, and ready sandboxes per tenant.
     pub tenants: usize,
     pub sandboxes_per_tenant: u32,
@@ -64,6 +66,12 @@ pub struct Figures {
     pub burst_start_p99_ms: f64,
     pub sequential_start_p50_ms: f64,
     pub sequential_start_p99_ms: f64,
+    /// Shoal only: a job pushed into the apalis ingress queue of an idle scheduler, from the
+    /// push to its admission (`created_at`), one message at a time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ingress_admit_p50_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ingress_admit_p99_ms: Option<f64>,
 }
 
 impl Figures {
@@ -89,6 +97,8 @@ impl Figures {
             burst_start_p99_ms: pct(&burst, 0.99),
             sequential_start_p50_ms: pct(&sequential, 0.5),
             sequential_start_p99_ms: pct(&sequential, 0.99),
+            ingress_admit_p50_ms: None,
+            ingress_admit_p99_ms: None,
         }
     }
 }
@@ -382,6 +392,7 @@ async fn bench_shoal(pg: &Postgres, redis: &Redis, cfg: &BenchConfig) -> Result<
     }
     let sequential =
         lat("SELECT started_at - created_at FROM jobs WHERE started_at IS NOT NULL").await?;
+    let ingress = ingress_admissions(&pool, &redis_url, cfg).await?;
     let (before,): (i64,) = sqlx::query_as("SELECT count(*) FROM jobs")
         .fetch_one(&pool)
         .await?;
@@ -451,14 +462,62 @@ async fn bench_shoal(pg: &Postgres, redis: &Redis, cfg: &BenchConfig) -> Result<
     .map(|ms| ms as f64)
     .collect();
     anyhow::ensure!(burst.len() == cfg.jobs, "{} burst jobs found", burst.len());
-    Ok(Figures::new(
+    let mut figures = Figures::new(
         "shoal (postgres store, redis limits)",
         cfg,
         seconds,
         enqueue_s,
         burst,
         sequential,
-    ))
+    );
+    figures.ingress_admit_p50_ms = Some(pct(&ingress, 0.5));
+    figures.ingress_admit_p99_ms = Some(pct(&ingress, 0.99));
+    Ok(figures)
+}
+
+/// Pushes `cfg.ingress` jobs into the ingress queue one at a time, each once the previous one
+/// was admitted, and answers each one's push-to-admission time in ms (sorted): how soon an idle
+/// scheduler's ingress consumer sees a message.
+async fn ingress_admissions(pool: &PgPool, redis_url: &str, cfg: &BenchConfig) -> Result<Vec<f64>> {
+    let ingress = shoal_client::Ingress::connect(redis_url)
+        .await
+        .context("connecting the ingress queue")?;
+    let mut out = Vec::with_capacity(cfg.ingress);
+    for i in 0..cfg.ingress {
+        let key = format!("ingress-bench-{i}");
+        // Idle between messages, as a platform's occasional push finds it.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let pushed = chrono::Utc::now().timestamp_millis();
+        ingress
+            .push(shoal_client::NewJob {
+                tenant: format!("b{}", i % cfg.tenants),
+                kind: "agent".into(),
+                spec: json!({"command": ["true"]}),
+                idempotency_key: Some(key.clone()),
+                priority: None,
+                max_attempts: None,
+                timeout_s: None,
+            })
+            .await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let created = loop {
+            let created: Option<i64> =
+                sqlx::query_scalar("SELECT created_at FROM jobs WHERE idempotency_key = $1")
+                    .bind(&key)
+                    .fetch_optional(pool)
+                    .await?;
+            if let Some(c) = created {
+                break c;
+            }
+            if Instant::now() > deadline {
+                bail!("ingress message {key} not admitted within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        out.push((created - pushed) as f64);
+    }
+    out.sort_by(f64::total_cmp);
+    Ok(out)
 }
 
 /// Runs the comparison on one Postgres and one Redis of its own; `Ok(None)` when either is not
@@ -527,6 +586,14 @@ pub fn table(figures: &[Figures]) -> String {
             f.sequential_start_p50_ms,
             f.sequential_start_p99_ms
         ));
+    }
+    for f in figures {
+        if let (Some(p50), Some(p99)) = (f.ingress_admit_p50_ms, f.ingress_admit_p99_ms) {
+            s.push_str(&format!(
+                "\n{}: ingress push to admission, one message at a time: p50 {p50:.0} ms, p99 {p99:.0} ms\n",
+                f.system
+            ));
+        }
     }
     s
 }

@@ -22,6 +22,12 @@
 //!   those messages' payload and metadata, in one Lua script, in batches. Rejected (`Killed`)
 //!   messages are kept as the record of what was refused. On Postgres the janitor deletes the
 //!   queue's `Done` rows.
+//! - Workers sleeping on an idle queue. After an empty fetch an apalis 1.0 worker waits to be
+//!   woken, and with no poll strategy only its heartbeat wakes it: a message pushed into an idle
+//!   queue waited about 2.8 s (the 3 s heartbeat) before it was admitted, measured by
+//!   `shoal-loadtests queue-bench`. So the worker polls the backend every
+//!   [`ConsumerConfig::idle_poll`] while idle (Postgres: woken by `LISTEN/NOTIFY` too, which
+//!   alone misses wake-ups). An idle poll is one cheap query per replica.
 //! - Workers dying silently after a Redis restart. A worker whose backend errors ends its stream
 //!   and nobody hears of it; a restarted Redis also forgets the worker's registration. So the
 //!   consumer is a supervisor: it runs the worker as a task and, every
@@ -33,10 +39,11 @@
 //!   apalis re-enqueues the messages it held in flight.
 
 use apalis_core::backend::TaskSink;
+use apalis_core::backend::ext::poll_strategy::{IntervalStrategy, PollWith, Strategy};
 use apalis_core::error::{AbortError, BoxDynError, WorkerError};
 use apalis_core::task::data::Data;
 use apalis_core::worker::builder::WorkerBuilder;
-use apalis_postgres::PostgresStorage;
+use apalis_postgres::{PostgresStorage, Pubsub};
 use apalis_redis::{ConnectionManager, RedisStorage};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -329,6 +336,8 @@ pub struct ConsumerConfig {
     pub janitor_interval: Duration,
     /// The longest wait between tries of a message that could not be admitted yet.
     pub max_retry_wait: Duration,
+    /// How often an idle worker asks the backend for new messages.
+    pub idle_poll: Duration,
 }
 
 impl ConsumerConfig {
@@ -338,6 +347,7 @@ impl ConsumerConfig {
             health_interval: Duration::from_secs(2),
             janitor_interval: Duration::from_secs(10),
             max_retry_wait: Duration::from_secs(10),
+            idle_poll: Duration::from_millis(20),
         }
     }
 }
@@ -436,7 +446,7 @@ pub async fn run_ingress<F, Fut>(
             }
         }
         let (worker_stop_tx, worker_stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let mut worker = spawn_worker(&queue, &config.worker_name, handler.clone(), worker_stop_rx);
+        let mut worker = spawn_worker(&queue, &config, handler.clone(), worker_stop_rx);
         let mut health = tokio::time::interval(config.health_interval);
         let mut janitor = tokio::time::interval(config.janitor_interval);
         let restart = loop {
@@ -488,7 +498,7 @@ pub async fn run_ingress<F, Fut>(
 
 fn spawn_worker(
     queue: &IngressQueue,
-    name: &str,
+    config: &ConsumerConfig,
     handler: Handler,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) -> tokio::task::JoinHandle<Result<(), WorkerError>> {
@@ -498,15 +508,24 @@ fn spawn_worker(
     };
     match queue {
         IngressQueue::Redis { storage, .. } => {
-            let worker = WorkerBuilder::new(name)
-                .backend(storage.clone())
+            // apalis-redis has no notification of a push: poll while idle.
+            let backend = PollWith::new(storage.clone(), IntervalStrategy::new(config.idle_poll));
+            let worker = WorkerBuilder::new(config.worker_name.as_str())
+                .backend(backend)
                 .data(handler)
                 .build(handle);
             tokio::spawn(worker.run_until(signal))
         }
-        IngressQueue::Postgres { storage, .. } => {
-            let worker = WorkerBuilder::new(name)
-                .backend(storage.clone())
+        IngressQueue::Postgres {
+            pool,
+            queue,
+            storage,
+        } => {
+            let strategy = Strategy::new()
+                .stream(Pubsub::new(pool.clone(), queue.clone()))
+                .interval(config.idle_poll);
+            let worker = WorkerBuilder::new(config.worker_name.as_str())
+                .backend(PollWith::new(storage.clone(), strategy))
                 .data(handler)
                 .build(handle);
             tokio::spawn(worker.run_until(signal))
