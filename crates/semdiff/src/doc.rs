@@ -41,6 +41,11 @@ struct Entry {
     node: u32,
 }
 
+/// The text of a (start, length) span of an arena.
+fn span(text: &str, (start, len): (u32, u32)) -> &str {
+    &text[start as usize..(start + len) as usize]
+}
+
 /// A parsed JSON document in compact form. Build it with [`Doc::parse`], [`Doc::from_value`]
 /// or through `serde::Deserialize`; diff two with [`crate::diff_docs`].
 #[derive(Debug, Clone)]
@@ -127,8 +132,7 @@ impl Doc {
     }
 
     fn key(&self, k: u32) -> &str {
-        let (start, len) = self.keys[k as usize];
-        &self.key_text[start as usize..(start + len) as usize]
+        span(&self.key_text, self.keys[k as usize])
     }
 }
 
@@ -147,7 +151,7 @@ pub(crate) struct DocRef<'a> {
     id: u32,
 }
 
-impl DocRef<'_> {
+impl<'a> DocRef<'a> {
     fn node(&self) -> Node {
         self.doc.nodes[self.id as usize]
     }
@@ -156,7 +160,7 @@ impl DocRef<'_> {
         DocRef { doc: self.doc, id }
     }
 
-    fn entry_slice(&self) -> &[Entry] {
+    fn entry_slice(self) -> &'a [Entry] {
         match self.node() {
             Node::Obj(start, len) => &self.doc.entries[start as usize..(start + len) as usize],
             _ => &[],
@@ -194,7 +198,7 @@ impl<'a> Tree<'a> for DocRef<'a> {
 
     fn as_str(self) -> Option<&'a str> {
         match self.node() {
-            Node::Str(start, len) => Some(&self.doc.strs[start as usize..(start + len) as usize]),
+            Node::Str(start, len) => Some(span(&self.doc.strs, (start, len))),
             _ => None,
         }
     }
@@ -215,11 +219,7 @@ impl<'a> Tree<'a> for DocRef<'a> {
 
     fn entries(self) -> impl Iterator<Item = (&'a str, Self)> + 'a {
         let doc = self.doc;
-        let slice: &'a [Entry] = match doc.nodes[self.id as usize] {
-            Node::Obj(start, len) => &doc.entries[start as usize..(start + len) as usize],
-            _ => &[],
-        };
-        slice
+        self.entry_slice()
             .iter()
             .map(move |e| (doc.key(e.key), DocRef { doc, id: e.node }))
     }
@@ -293,10 +293,7 @@ impl Builder {
     fn key(&mut self, s: &str) -> Result<u32, &'static str> {
         let hash = self.hasher.hash_one(s);
         let (keys, text) = (&self.keys, &self.key_text);
-        let same = |&k: &u32| {
-            let (start, len) = keys[k as usize];
-            &text[start as usize..(start + len) as usize] == s
-        };
+        let same = |&k: &u32| span(text, keys[k as usize]) == s;
         if let Some(&k) = self.key_index.find(hash, same) {
             return Ok(k);
         }
@@ -306,10 +303,8 @@ impl Builder {
         self.key_text.push_str(s);
         self.keys.push((start, s.len() as u32));
         let (keys, text, hasher) = (&self.keys, &self.key_text, &self.hasher);
-        self.key_index.insert_unique(hash, k, |&k| {
-            let (start, len) = keys[k as usize];
-            hasher.hash_one(&text[start as usize..(start + len) as usize])
-        });
+        self.key_index
+            .insert_unique(hash, k, |&k| hasher.hash_one(span(text, keys[k as usize])));
         Ok(k)
     }
 
@@ -323,10 +318,7 @@ impl Builder {
 
     fn finish_object(&mut self, base: usize) -> Result<u32, &'static str> {
         let (keys, text) = (&self.keys, &self.key_text);
-        let key = |k: u32| {
-            let (start, len) = keys[k as usize];
-            &text[start as usize..(start + len) as usize]
-        };
+        let key = |k: u32| span(text, keys[k as usize]);
         let run = &mut self.entry_stack[base..];
         // A stable sort keeps repeated keys in document order; the last of each wins.
         run.sort_by(|a, b| key(a.key).cmp(key(b.key)));
