@@ -250,16 +250,20 @@ async fn client(
     Ok(sent)
 }
 
+/// The key of the scheduler's leadership advisory lock (`LOCK_KEY` in `scheduler/src/leader.rs`,
+/// which this harness does not link).
+const LEADER_LOCK_KEY: i64 = 0x73_68_6f_61_6c;
+
 /// The pid of the replica holding the leadership lock now, if any.
 fn leader_pid(pg: &Postgres, db: &str) -> Option<u32> {
-    let held = rows(
-        pg,
-        db,
-        // The advisory lock of key 0x73686f616c ("shoal"): class id the high 32 bits, object id the low.
+    // `pg_locks` shows a bigint advisory key as class id (high 32 bits) and object id (low).
+    let sql = format!(
         "SELECT l.holder FROM shoal_leader l WHERE EXISTS (SELECT 1 FROM pg_locks \
-         WHERE locktype = 'advisory' AND granted AND classid = 115 AND objid = 1752129900)",
-    )
-    .ok()?;
+         WHERE locktype = 'advisory' AND granted AND classid = {} AND objid = {})",
+        LEADER_LOCK_KEY >> 32,
+        LEADER_LOCK_KEY & 0xffff_ffff
+    );
+    let held = rows(pg, db, &sql).ok()?;
     held.first()?.first()?.rsplit('-').next()?.parse().ok()
 }
 

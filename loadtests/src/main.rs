@@ -163,19 +163,8 @@ enum Cmd {
     },
     /// Shoal against a bare apalis worker loop, side by side on one Postgres and one Redis.
     QueueBench {
-        #[arg(long, default_value_t = 10_000)]
-        jobs: usize,
-        #[arg(long, default_value_t = 16)]
-        clients: usize,
-        #[arg(long, default_value_t = 300)]
-        sequential: usize,
-        /// Shoal: messages pushed one at a time into the ingress queue.
-        #[arg(long, default_value_t = 30)]
-        ingress: usize,
-        #[arg(long, default_value_t = 8)]
-        tenants: usize,
-        #[arg(long, default_value_t = 2)]
-        sandboxes_per_tenant: u32,
+        #[command(flatten)]
+        cfg: queuebench::BenchConfig,
         /// Write the figures as JSON here too.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -394,24 +383,7 @@ fn main() -> Result<()> {
             }
             write_json(out.as_deref(), &report)?;
         }
-        Cmd::QueueBench {
-            jobs,
-            clients,
-            sequential,
-            ingress,
-            tenants,
-            sandboxes_per_tenant,
-            out,
-        } => {
-            let cfg = queuebench::BenchConfig {
-                jobs,
-                clients,
-                sequential,
-                ingress,
-                tenants,
-                sandboxes_per_tenant,
-                verbose: true,
-            };
+        Cmd::QueueBench { cfg, out } => {
             let Some(figures) = runtime()?.block_on(queuebench::run(&cfg))? else {
                 bail!("Postgres and Redis are needed (scripts/test installs them)");
             };

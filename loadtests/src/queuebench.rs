@@ -35,20 +35,29 @@ use sqlx::PgPool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The load of one run.
-#[derive(Debug, Clone)]
+/// The load of one run (also the `queue-bench` command's flags).
+#[derive(Debug, Clone, clap::Args)]
 pub struct BenchConfig {
     /// Jobs of the burst.
+    #[arg(long, default_value_t = 10_000)]
     pub jobs: usize,
     /// Concurrent clients of the burst.
+    #[arg(long, default_value_t = 16)]
     pub clients: usize,
     /// Jobs of the sequential run.
+    #[arg(long, default_value_t = 300)]
     pub sequential: usize,
     /// Shoal: messages pushed one at a time into the ingress queue.
+    #[arg(long, default_value_t = 30)]
     pub ingress: usize,
-    /// Shoal: tenants, and ready sandboxes per tenant.
+    /// Shoal: tenants.
+    #[arg(long, default_value_t = 8)]
     pub tenants: usize,
+    /// Shoal: ready sandboxes per tenant.
+    #[arg(long, default_value_t = 2)]
     pub sandboxes_per_tenant: u32,
+    /// Progress on stderr.
+    #[arg(skip = true)]
     pub verbose: bool,
 }
 
@@ -360,13 +369,12 @@ async fn bench_shoal(pg: &Postgres, redis: &Redis, cfg: &BenchConfig) -> Result<
     let lat = |sql: &'static str| {
         let pool = pool.clone();
         async move {
-            let mut v: Vec<f64> = sqlx::query_scalar::<_, i64>(sql)
+            let v: Vec<f64> = sqlx::query_scalar::<_, i64>(sql)
                 .fetch_all(&pool)
                 .await?
                 .into_iter()
                 .map(|ms| ms as f64)
                 .collect();
-            v.sort_by(f64::total_cmp);
             anyhow::Ok(v)
         }
     };

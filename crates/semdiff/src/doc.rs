@@ -48,7 +48,7 @@ fn span(text: &str, (start, len): (u32, u32)) -> &str {
 
 /// A parsed JSON document in compact form. Build it with [`Doc::parse`], [`Doc::from_value`]
 /// or through `serde::Deserialize`; diff two with [`crate::diff_docs`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Doc {
     nodes: Vec<Node>,
     kids: Vec<u32>,
@@ -256,12 +256,8 @@ impl<'a> Tree<'a> for DocRef<'a> {
 /// object's children wait on a stack until it closes, then move to the arena in one piece.
 #[derive(Default)]
 struct Builder {
-    nodes: Vec<Node>,
-    kids: Vec<u32>,
-    entries: Vec<Entry>,
-    strs: String,
-    keys: Vec<(u32, u32)>,
-    key_text: String,
+    /// The arenas being filled (`root` and `lines` are set at the end).
+    doc: Doc,
     key_index: hashbrown::HashTable<u32>,
     hasher: RandomState,
     kid_stack: Vec<u32>,
@@ -277,79 +273,71 @@ fn idx(n: usize) -> Result<u32, &'static str> {
 
 impl Builder {
     fn push(&mut self, node: Node) -> Result<u32, &'static str> {
-        let id = idx(self.nodes.len())?;
-        self.nodes.push(node);
+        let id = idx(self.doc.nodes.len())?;
+        self.doc.nodes.push(node);
         Ok(id)
     }
 
     fn string(&mut self, s: &str) -> Result<u32, &'static str> {
-        let start = idx(self.strs.len())?;
+        let start = idx(self.doc.strs.len())?;
         let len = idx(s.len())?;
-        idx(self.strs.len() + s.len())?;
-        self.strs.push_str(s);
+        idx(self.doc.strs.len() + s.len())?;
+        self.doc.strs.push_str(s);
         self.push(Node::Str(start, len))
     }
 
     fn key(&mut self, s: &str) -> Result<u32, &'static str> {
         let hash = self.hasher.hash_one(s);
-        let (keys, text) = (&self.keys, &self.key_text);
-        let same = |&k: &u32| span(text, keys[k as usize]) == s;
+        let doc = &self.doc;
+        let same = |&k: &u32| doc.key(k) == s;
         if let Some(&k) = self.key_index.find(hash, same) {
             return Ok(k);
         }
-        let k = idx(self.keys.len())?;
-        let start = idx(self.key_text.len())?;
-        idx(self.key_text.len() + s.len())?;
-        self.key_text.push_str(s);
-        self.keys.push((start, s.len() as u32));
-        let (keys, text, hasher) = (&self.keys, &self.key_text, &self.hasher);
+        let k = idx(self.doc.keys.len())?;
+        let start = idx(self.doc.key_text.len())?;
+        idx(self.doc.key_text.len() + s.len())?;
+        self.doc.key_text.push_str(s);
+        self.doc.keys.push((start, s.len() as u32));
+        let (doc, hasher) = (&self.doc, &self.hasher);
         self.key_index
-            .insert_unique(hash, k, |&k| hasher.hash_one(span(text, keys[k as usize])));
+            .insert_unique(hash, k, |&k| hasher.hash_one(doc.key(k)));
         Ok(k)
     }
 
     fn finish_array(&mut self, base: usize) -> Result<u32, &'static str> {
-        let start = idx(self.kids.len())?;
+        let start = idx(self.doc.kids.len())?;
         let len = idx(self.kid_stack.len() - base)?;
-        idx(self.kids.len() + len as usize)?;
-        self.kids.extend(self.kid_stack.drain(base..));
+        idx(self.doc.kids.len() + len as usize)?;
+        self.doc.kids.extend(self.kid_stack.drain(base..));
         self.push(Node::Arr(start, len))
     }
 
     fn finish_object(&mut self, base: usize) -> Result<u32, &'static str> {
-        let (keys, text) = (&self.keys, &self.key_text);
-        let key = |k: u32| span(text, keys[k as usize]);
+        let doc = &self.doc;
         let run = &mut self.entry_stack[base..];
         // A stable sort keeps repeated keys in document order; the last of each wins.
-        run.sort_by(|a, b| key(a.key).cmp(key(b.key)));
-        let start = idx(self.entries.len())?;
+        run.sort_by(|a, b| doc.key(a.key).cmp(doc.key(b.key)));
+        let start = idx(self.doc.entries.len())?;
         for (i, e) in run.iter().enumerate() {
             if run.get(i + 1).is_none_or(|next| next.key != e.key) {
-                self.entries.push(*e);
+                self.doc.entries.push(*e);
             }
         }
-        let len = idx(self.entries.len())? - start;
+        let len = idx(self.doc.entries.len())? - start;
         self.entry_stack.truncate(base);
         self.push(Node::Obj(start, len))
     }
 
-    fn finish(mut self, root: u32) -> Doc {
-        self.nodes.shrink_to_fit();
-        self.kids.shrink_to_fit();
-        self.entries.shrink_to_fit();
-        self.strs.shrink_to_fit();
-        self.keys.shrink_to_fit();
-        self.key_text.shrink_to_fit();
-        Doc {
-            nodes: self.nodes,
-            kids: self.kids,
-            entries: self.entries,
-            strs: self.strs,
-            keys: self.keys,
-            key_text: self.key_text,
-            root,
-            lines: false,
-        }
+    fn finish(self, root: u32) -> Doc {
+        let mut doc = self.doc;
+        doc.nodes.shrink_to_fit();
+        doc.kids.shrink_to_fit();
+        doc.entries.shrink_to_fit();
+        doc.strs.shrink_to_fit();
+        doc.keys.shrink_to_fit();
+        doc.key_text.shrink_to_fit();
+        doc.root = root;
+        doc
     }
 }
 
