@@ -229,7 +229,7 @@ struct Done(Outcome);
 
 async fn run_kind(a: &Assignment) -> Done {
     let outcome = match a.kind.as_str() {
-        "agent" => match serde_json::from_value::<AgentSpec>(a.spec.clone()) {
+        "agent" => match serde_json::from_str::<AgentSpec>(a.spec.get()) {
             Ok(spec) => run_command(&spec, a.timeout_s).await,
             Err(e) => Outcome::Failed {
                 result: None,
@@ -238,13 +238,14 @@ async fn run_kind(a: &Assignment) -> Done {
         },
         "semantic_diff" => {
             analysis(a.spec.clone(), |s| {
-                shoal_semdiff::run_spec(&s).map_err(|e| e.to_string())
+                shoal_semdiff::run_spec(s.get()).map_err(|e| e.to_string())
             })
             .await
         }
         "flaky_analysis" => {
             analysis(a.spec.clone(), |s| {
-                shoal_flaky::run_spec(&s).map_err(|e| e.to_string())
+                let spec = serde_json::from_str(s.get()).map_err(|e| e.to_string())?;
+                shoal_flaky::run_spec(&spec).map_err(|e| e.to_string())
             })
             .await
         }
@@ -260,8 +261,10 @@ async fn run_kind(a: &Assignment) -> Done {
 }
 
 async fn analysis(
-    spec: serde_json::Value,
-    f: impl FnOnce(serde_json::Value) -> Result<serde_json::Value, String> + Send + 'static,
+    spec: std::sync::Arc<serde_json::value::RawValue>,
+    f: impl FnOnce(std::sync::Arc<serde_json::value::RawValue>) -> Result<serde_json::Value, String>
+    + Send
+    + 'static,
 ) -> Outcome {
     match tokio::task::spawn_blocking(move || f(spec)).await {
         Ok(Ok(result)) => Outcome::Succeeded { result },

@@ -6,7 +6,6 @@ use shoal_fleet::conformance::{self, SuiteConfig};
 use shoal_fleet::fly::{FlyConfig, FlyProvider, TAG_SANDBOX};
 use shoal_fleet::{Provider, ProviderError, SandboxRef, SandboxSpec};
 use shoal_testkit::fly::{Emulator, EmulatorConfig, Faults};
-use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::mpsc::unbounded_channel;
 
@@ -14,17 +13,6 @@ use tokio::sync::mpsc::unbounded_channel;
 /// reach its (absent) scheduler.
 fn with_agent() -> EmulatorConfig {
     EmulatorConfig::default().with_agent(shoal_testkit::bins::binary("shoal-agent", "shoal-agent"))
-}
-
-fn process_env(pid: u32) -> BTreeMap<String, String> {
-    std::fs::read(format!("/proc/{pid}/environ"))
-        .unwrap_or_default()
-        .split(|b| *b == 0)
-        .filter_map(|kv| {
-            let (k, v) = std::str::from_utf8(kv).ok()?.split_once('=')?;
-            Some((k.to_string(), v.to_string()))
-        })
-        .collect()
 }
 
 fn provider_config(emu: &Emulator, regions: &[&str]) -> FlyConfig {
@@ -103,7 +91,7 @@ async fn the_agent_runs_in_its_machine_with_the_sandboxs_settings() -> anyhow::R
     let pid = machine.pid.expect("a started machine runs the agent");
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))?;
     assert!(exe.ends_with("shoal-agent"), "{exe:?}");
-    let env = process_env(pid);
+    let env = shoal_testkit::procfs::environ_with(pid, "FLY_MACHINE_ID").await;
     for (k, v) in s.agent_env() {
         assert_eq!(env.get(&k), Some(&v), "{k} in the agent's environment");
     }

@@ -887,11 +887,14 @@ async fn agent_lease(
                         .observe((now - job.created_at).max(0) as f64 / 1000.0);
                 }
                 app.kick.notify_one();
+                let spec = serde_json::value::to_raw_value(&job.spec)
+                    .expect("a stored spec is JSON and serialises")
+                    .into();
                 return Ok(Json(LeaseResponse::Run(Assignment {
                     job_id: job.id,
                     lease_id: job.lease_id.unwrap_or_default(),
                     kind: job.kind,
-                    spec: job.spec,
+                    spec,
                     attempt: job.attempts,
                     timeout_s: job.timeout_s,
                     heartbeat_ms: app.cfg.heartbeat_interval.as_millis() as u64,

@@ -187,31 +187,30 @@ fn diff_trees<'a, T: Tree<'a>>(
     })
 }
 
-/// Runs a `semantic_diff` job: `{"baseline": JSON, "candidate": JSON, "options": {...}?}`.
-pub fn run_spec(spec: &Value) -> Result<Value, SemdiffError> {
-    let Some(obj) = spec.as_object() else {
-        return Err(SemdiffError::Spec(
-            "the spec must be an object {\"baseline\", \"candidate\", \"options\"?}".into(),
-        ));
-    };
-    if let Some(unknown) = obj
-        .keys()
-        .find(|k| !matches!(k.as_str(), "baseline" | "candidate" | "options"))
-    {
-        return Err(SemdiffError::Spec(format!(
-            "unknown field `{unknown}`, expected `baseline`, `candidate` or `options`"
-        )));
-    }
-    let baseline = obj
-        .get("baseline")
-        .ok_or_else(|| SemdiffError::Spec("missing field `baseline`".into()))?;
-    let candidate = obj
-        .get("candidate")
-        .ok_or_else(|| SemdiffError::Spec("missing field `candidate`".into()))?;
-    let options = match obj.get("options") {
+/// A `semantic_diff` job's spec, its two documents read straight into compact [`Doc`]s.
+#[derive(serde::Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an object {\"baseline\", \"candidate\", \"options\"?}"
+)]
+struct JobSpec {
+    baseline: Doc,
+    candidate: Doc,
+    #[serde(default)]
+    options: Option<Value>,
+}
+
+/// Runs a `semantic_diff` job from its spec's JSON text:
+/// `{"baseline": JSON, "candidate": JSON, "options": {...}?}`. The documents are parsed into
+/// [`Doc`]s as they are read, so a job costs what `shoal-agent semdiff` costs on files, not a
+/// `serde_json::Value` tree per document.
+pub fn run_spec(spec: &str) -> Result<Value, SemdiffError> {
+    let spec: JobSpec =
+        serde_json::from_str(spec).map_err(|e| SemdiffError::Spec(e.to_string()))?;
+    let options = match &spec.options {
         None | Some(Value::Null) => Options::default(),
         Some(v) => Options::from_value(v)?,
     };
-    let result = diff(baseline, candidate, &options)?;
+    let result = diff_docs(&spec.baseline, &spec.candidate, &options)?;
     Ok(serde_json::to_value(result).expect("a diff result always serialises"))
 }

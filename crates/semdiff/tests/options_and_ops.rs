@@ -297,7 +297,9 @@ fn unknown_options_are_rejected_clearly() {
 
 #[test]
 fn run_spec_shape_and_errors() {
-    let out = run_spec(&json!({"baseline": {"a": 1}, "candidate": {"a": 2, "b": true}})).unwrap();
+    let out =
+        run_spec(&json!({"baseline": {"a": 1}, "candidate": {"a": 2, "b": true}}).to_string())
+            .unwrap();
     assert_eq!(
         out,
         json!({"equal": false, "changes": [
@@ -305,20 +307,31 @@ fn run_spec_shape_and_errors() {
             {"op": "added", "path": "/b", "after": true}
         ]})
     );
-    let out =
-        run_spec(&json!({"baseline": [1], "candidate": [1], "options": {"mode": "json"}})).unwrap();
+    let out = run_spec(
+        &json!({"baseline": [1], "candidate": [1], "options": {"mode": "json"}}).to_string(),
+    )
+    .unwrap();
     assert_eq!(out, json!({"equal": true, "changes": []}));
-    let e = run_spec(&json!({"baseline": 1, "candidate": 1, "extra": 1}))
+    let e = run_spec(&json!({"baseline": 1, "candidate": 1, "extra": 1}).to_string())
         .unwrap_err()
         .to_string();
     assert!(e.contains("unknown field `extra`"), "{e}");
-    let e = run_spec(&json!({"baseline": 1})).unwrap_err().to_string();
-    assert!(e.contains("candidate"), "{e}");
-    let e = run_spec(&json!({"baseline": 1, "candidate": 1, "options": {"mode": "xml"}}))
+    let e = run_spec(&json!({"baseline": 1}).to_string())
         .unwrap_err()
         .to_string();
+    assert!(e.contains("candidate"), "{e}");
+    let e =
+        run_spec(&json!({"baseline": 1, "candidate": 1, "options": {"mode": "xml"}}).to_string())
+            .unwrap_err()
+            .to_string();
     assert!(e.contains("invalid options"), "{e}");
-    assert!(run_spec(&json!([1])).is_err());
+    let e = run_spec(&json!([1]).to_string()).unwrap_err().to_string();
+    assert!(e.contains("an object"), "{e}");
+    let e = run_spec("{\"baseline\": {\"a\": ").unwrap_err().to_string();
+    assert!(
+        e.contains("line 1"),
+        "a truncated spec is named with its position: {e}"
+    );
 }
 
 #[test]

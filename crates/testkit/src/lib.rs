@@ -5,5 +5,6 @@
 pub mod bins;
 pub mod fly;
 pub mod kubelet;
+pub mod procfs;
 pub mod server;
 pub mod services;

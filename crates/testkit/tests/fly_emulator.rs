@@ -51,19 +51,6 @@ fn process_state(pid: u32) -> Option<char> {
     stat.rsplit_once(')')?.1.trim().chars().next()
 }
 
-fn process_env(pid: u32) -> BTreeMap<String, String> {
-    std::fs::read(format!("/proc/{pid}/environ"))
-        .unwrap_or_default()
-        .split(|b| *b == 0)
-        .filter_map(|kv| {
-            std::str::from_utf8(kv)
-                .ok()?
-                .split_once('=')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn machines_run_their_env_and_follow_stop_suspend_start_destroy() -> anyhow::Result<()> {
     let cfg = EmulatorConfig {
@@ -87,7 +74,7 @@ async fn machines_run_their_env_and_follow_stop_suspend_start_destroy() -> anyho
     c.wait(&m.id, WaitState::Started, WAIT).await?;
     let view = emu.machines().into_iter().find(|v| v.id == m.id).unwrap();
     let pid = view.pid.expect("a started machine runs its process");
-    let env = process_env(pid);
+    let env = shoal_testkit::procfs::environ_with(pid, "FLY_MACHINE_ID").await;
     assert_eq!(
         env.get("SHOAL_SANDBOX_TOKEN").map(String::as_str),
         Some("tok")
