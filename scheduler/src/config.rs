@@ -169,6 +169,17 @@ fn env_var(key: &str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
+/// The scheduler's URL as a sandbox on this host reaches it when no `advertise_url` is given:
+/// the listen address, with loopback standing in for an unspecified (`0.0.0.0`, `::`) host.
+pub fn advertise_url_for(listen: SocketAddr) -> String {
+    if listen.ip().is_unspecified() {
+        format!("http://127.0.0.1:{}", listen.port())
+    } else {
+        // `SocketAddr`'s display brackets an IPv6 host.
+        format!("http://{listen}")
+    }
+}
+
 impl Config {
     /// Resolves flags (with their environment variables), the config file and `SHOAL_*`
     /// overrides of file-only keys into one validated config.
@@ -311,19 +322,7 @@ impl Config {
                 errs.push(format!("advertise_url: `{u}` is not an http(s) URL"));
                 u
             }
-            None => {
-                let host = if listen.ip().is_unspecified() {
-                    "127.0.0.1".to_string()
-                } else {
-                    listen.ip().to_string()
-                };
-                let host = if listen.is_ipv6() && !listen.ip().is_unspecified() {
-                    format!("[{host}]")
-                } else {
-                    host
-                };
-                format!("http://{host}:{}", listen.port())
-            }
+            None => advertise_url_for(listen),
         };
         // Where the provider can keep memory cheaply, idle sandboxes are suspended by default.
         let default_idle = if provider == "process" {

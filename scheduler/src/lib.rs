@@ -160,7 +160,7 @@ fn hostname() -> String {
 /// Runs the scheduler until `stop` resolves, then shuts down cleanly: agents are told to stop,
 /// sandboxes are stopped, their last ledger entries written.
 pub async fn serve(
-    cfg: Config,
+    mut cfg: Config,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
@@ -194,6 +194,10 @@ pub async fn serve(
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
+    if cfg.listen.port() == 0 && cfg.advertise_url == config::advertise_url_for(cfg.listen) {
+        // Listening on a port the system picks: the derived URL names the port actually bound.
+        cfg.advertise_url = config::advertise_url_for(addr);
+    }
     let app = Arc::new(App::new(
         cfg,
         store,

@@ -213,3 +213,25 @@ async fn pool_grows_runs_stops_wakes_and_bills() -> Result<()> {
 fn urlenc(s: &str) -> String {
     s.replace('+', "%2B").replace(':', "%3A")
 }
+
+/// Started as a user would, without an advertise URL, on a port the system picks
+/// (`--listen 127.0.0.1:0`): the agents are told the port actually bound, so jobs run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduler_on_a_port_the_system_picks_runs_jobs() -> Result<()> {
+    let mut s = Server::start(&["--listen", "127.0.0.1:0"], &[]).await?;
+    assert!(
+        !s.url.ends_with(":0"),
+        "the printed API address names the bound port: {}",
+        s.url
+    );
+    let (status, _) = s
+        .send(Method::PUT, "/v1/tenants/anyport", &json!({"plan": "pro"}))
+        .await?;
+    assert_eq!(status, 201);
+    let id = enqueue(&s, "anyport", "echo reached").await?;
+    let job = wait_job(&s, &id, Duration::from_secs(60)).await?;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["result"]["stdout"], "reached\n");
+    s.stop().await?;
+    Ok(())
+}

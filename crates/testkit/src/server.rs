@@ -98,12 +98,18 @@ impl Server {
     async fn spawn(&mut self) -> Result<()> {
         let shoal = crate::bins::binary("shoal-scheduler", "shoal");
         let agent = crate::bins::binary("shoal-agent", "shoal-agent");
+        // A caller that passes its own `--listen` (say `127.0.0.1:0`) gets no advertise URL
+        // either, as a user starting `shoal serve` would; the URL is then read from what the
+        // scheduler prints.
+        let own_listen = !self.args.iter().any(|a| a == "--listen");
         let port = free_port();
         let mut cmd = Command::new(shoal);
-        cmd.arg("serve")
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--advertise-url", &format!("http://127.0.0.1:{port}")])
-            .arg("--data-dir")
+        cmd.arg("serve");
+        if own_listen {
+            cmd.args(["--listen", &format!("127.0.0.1:{port}")])
+                .args(["--advertise-url", &format!("http://127.0.0.1:{port}")]);
+        }
+        cmd.arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.args)
             .env("SHOAL_ADMIN_TOKEN", &self.token)
@@ -118,9 +124,26 @@ impl Server {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
+        let log_start = std::fs::metadata(self.data_dir.join("serve.log")).map_or(0, |m| m.len());
         self.child = Some(cmd.spawn().context("starting shoal serve")?);
-        self.url = format!("http://127.0.0.1:{port}");
-        self.wait_ready().await
+        self.url = if own_listen {
+            format!("http://127.0.0.1:{port}")
+        } else {
+            String::new()
+        };
+        self.wait_ready(log_start as usize).await
+    }
+
+    /// The API's base URL as the scheduler printed it at start (`  API:  http://ADDR/v1 ...`),
+    /// in what it wrote to `serve.log` past `from`.
+    fn printed_url(&self, from: usize) -> Option<String> {
+        let log = std::fs::read_to_string(self.data_dir.join("serve.log")).ok()?;
+        let line = log
+            .get(from..)?
+            .lines()
+            .find(|l| l.trim_start().starts_with("API:"))?;
+        let url = line.split_whitespace().nth(1)?;
+        Some(url.trim_end_matches("/v1").to_string())
     }
 
     /// Kills the scheduler with SIGKILL: no clean shutdown.
@@ -133,15 +156,19 @@ impl Server {
         Ok(())
     }
 
-    async fn wait_ready(&mut self) -> Result<()> {
+    async fn wait_ready(&mut self, log_start: usize) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
+            if self.url.is_empty() {
+                self.url = self.printed_url(log_start).unwrap_or_default();
+            }
             if let Some(c) = self.child.as_mut()
                 && let Some(status) = c.try_wait()?
             {
                 bail!("shoal serve exited with {status}: {}", self.log());
             }
-            if let Ok(r) = self.http.get(format!("{}/readyz", self.url)).send().await
+            if !self.url.is_empty()
+                && let Ok(r) = self.http.get(format!("{}/readyz", self.url)).send().await
                 && r.status().is_success()
             {
                 return Ok(());
