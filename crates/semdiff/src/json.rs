@@ -46,23 +46,41 @@ fn hash_str(s: &str) -> u64 {
     mix(h)
 }
 
-/// Longest strictly increasing subsequence of `seq`, as a flag per position.
-pub(crate) fn lis_flags(seq: &[usize]) -> Vec<bool> {
-    let mut tails: Vec<usize> = Vec::new(); // indices into seq
-    let mut prev: Vec<Option<usize>> = vec![None; seq.len()];
-    for (k, &v) in seq.iter().enumerate() {
-        let pos = tails.partition_point(|&t| seq[t] < v);
-        if pos > 0 {
-            prev[k] = Some(tails[pos - 1]);
+/// Of matched pairs `(i, j)` (baseline index, candidate index; sorted by `i`, each `j` once):
+/// which stay in place, the others being reported as moved. The pairs that stay are a longest
+/// chain with `j` increasing (a longest increasing subsequence), and among the longest chains
+/// the one keeping the most elements at their own index: in `[a, b, c] -> [c, b, a]` it is `a`
+/// and `c` that moved, not `b`, which is where it was.
+///
+/// A Fenwick tree over `j` holds the best chain ending below each `j`, so this is
+/// `O(n log n)` like the plain patience method; no crate offers the tie-break.
+pub(crate) fn stay_flags(pairs: &[(usize, usize)]) -> Vec<bool> {
+    // A chain's score: (length, pairs kept at their own index); then the index of its last pair.
+    type Best = Option<((usize, usize), usize)>;
+    let size = pairs.iter().map(|&(_, j)| j + 1).max().unwrap_or(0);
+    let mut tree: Vec<Best> = vec![None; size + 1];
+    let mut prev: Vec<Option<usize>> = vec![None; pairs.len()];
+    let mut best: Best = None;
+    for (k, &(i, j)) in pairs.iter().enumerate() {
+        // The best chain whose last `j` is below this one: Fenwick positions 1..=j.
+        let mut below: Best = None;
+        let mut x = j;
+        while x > 0 {
+            below = below.max(tree[x]);
+            x &= x - 1;
         }
-        if pos == tails.len() {
-            tails.push(k);
-        } else {
-            tails[pos] = k;
+        let (len, kept) = below.map_or((0, 0), |(score, _)| score);
+        prev[k] = below.map(|(_, last)| last);
+        let here = Some(((len + 1, kept + usize::from(i == j)), k));
+        best = best.max(here);
+        let mut x = j + 1;
+        while x <= size {
+            tree[x] = tree[x].max(here);
+            x += x & x.wrapping_neg();
         }
     }
-    let mut flags = vec![false; seq.len()];
-    let mut cur = tails.last().copied();
+    let mut flags = vec![false; pairs.len()];
+    let mut cur = best.map(|(_, last)| last);
     while let Some(k) = cur {
         flags[k] = true;
         cur = prev[k];
@@ -426,8 +444,7 @@ impl<'o> Differ<'o> {
             return;
         }
         let (matched, ux, uy) = self.match_by_hash(x, y, &xs, &ys, path);
-        let js: Vec<usize> = matched.iter().map(|&(_, j)| j).collect();
-        let stay = lis_flags(&js);
+        let stay = stay_flags(&matched);
         let mut anchors_x = Vec::new();
         let mut anchors_y = Vec::new();
         for (k, &(i, j)) in matched.iter().enumerate() {
@@ -619,8 +636,7 @@ impl<'o> Differ<'o> {
             }
         }
         if !unordered {
-            let js: Vec<usize> = matched.iter().map(|&(_, j)| j).collect();
-            let stay = lis_flags(&js);
+            let stay = stay_flags(&matched);
             for (k, &(i, j)) in matched.iter().enumerate() {
                 if !stay[k] {
                     self.emit_moved::<T>(path, i, j);
@@ -641,6 +657,59 @@ impl<'o> Differ<'o> {
         // Elements without the key field fall back to multiset matching.
         if !unkeyed_x.is_empty() || !unkeyed_y.is_empty() {
             self.diff_unordered(x, y, unkeyed_x, unkeyed_y, path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stay_flags;
+    use proptest::prelude::*;
+
+    /// The longest increasing subsequence's length, and the most elements at their own index
+    /// among such subsequences, by the quadratic textbook recurrence.
+    fn reference(pairs: &[(usize, usize)]) -> (usize, usize) {
+        let mut best: Vec<(usize, usize)> = Vec::with_capacity(pairs.len());
+        for (k, &(i, j)) in pairs.iter().enumerate() {
+            let mut b = (0, 0);
+            for l in 0..k {
+                if pairs[l].1 < j {
+                    b = b.max(best[l]);
+                }
+            }
+            best.push((b.0 + 1, b.1 + usize::from(i == j)));
+        }
+        best.into_iter().max().unwrap_or((0, 0))
+    }
+
+    #[test]
+    fn reversed_keeps_the_middle() {
+        assert_eq!(
+            stay_flags(&[(0, 2), (1, 1), (2, 0)]),
+            vec![false, true, false]
+        );
+        assert!(stay_flags(&[]).is_empty());
+    }
+
+    proptest! {
+        #[test]
+        fn stays_are_a_longest_chain_keeping_most_in_place(
+            perm in Just((0..12usize).collect::<Vec<_>>()).prop_shuffle(),
+            keep in proptest::collection::vec(any::<bool>(), 12),
+        ) {
+            // Matched pairs: a random subset of a random permutation, sorted by baseline index.
+            let pairs: Vec<(usize, usize)> = perm
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| keep[*i])
+                .map(|(i, &j)| (i, j))
+                .collect();
+            let flags = stay_flags(&pairs);
+            let stay: Vec<(usize, usize)> =
+                pairs.iter().zip(&flags).filter(|(_, f)| **f).map(|(p, _)| *p).collect();
+            prop_assert!(stay.windows(2).all(|w| w[0].1 < w[1].1), "{:?}", stay);
+            let kept = stay.iter().filter(|(i, j)| i == j).count();
+            prop_assert_eq!((stay.len(), kept), reference(&pairs));
         }
     }
 }

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Number, Value, json};
 
-use crate::json::{Differ, lis_flags};
+use crate::json::{Differ, stay_flags};
 use crate::pointer::{Path, Seg};
 use crate::{Op, SemdiffError};
 
@@ -586,7 +586,7 @@ fn diff_siblings<'a>(
         .map(|((id, occ), q)| (q, segment(id, occ, indexed(id))))
         .collect();
     added.sort();
-    let stay = lis_flags(&matched.iter().map(|m| m.1).collect::<Vec<_>>());
+    let stay = stay_flags(&matched.iter().map(|m| (m.0, m.1)).collect::<Vec<_>>());
     for (k, (p, q, seg)) in matched.iter().enumerate() {
         if !stay[k] {
             path.push(Seg::Name(seg.clone()));

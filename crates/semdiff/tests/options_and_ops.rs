@@ -113,6 +113,31 @@ fn moved_array_element() {
 }
 
 #[test]
+fn an_element_left_where_it_was_is_not_moved() {
+    // Reversed: one element can stay; it is the one still at its own index.
+    let r = diff(&json!([1, 2, 3]), &json!([3, 2, 1]), &Options::default()).unwrap();
+    let moved: Vec<(&str, Option<&str>)> = r
+        .changes
+        .iter()
+        .map(|c| {
+            assert_eq!(c.op, Op::Moved);
+            (c.path.as_str(), c.from.as_deref())
+        })
+        .collect();
+    assert_eq!(moved, vec![("/2", Some("/0")), ("/0", Some("/2"))]);
+    // A swap around a fixed middle, inside a longer array.
+    let r = diff(
+        &json!(["a", "b", "c", "d", "e"]),
+        &json!(["a", "d", "c", "b", "e"]),
+        &Options::default(),
+    )
+    .unwrap();
+    let mut paths: Vec<&str> = r.changes.iter().map(|c| c.path.as_str()).collect();
+    paths.sort();
+    assert_eq!(paths, vec!["/1", "/3"], "{:?}", r.changes);
+}
+
+#[test]
 fn changed_element_inside_array_of_objects() {
     let got = ops(
         json!({"items": [{"id": 1, "v": "x"}, {"id": 2, "v": "y"}, {"id": 3, "v": "z"}]}),
