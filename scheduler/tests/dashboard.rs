@@ -1,7 +1,7 @@
 //! The dashboard in headless Chromium (Debian's `chromium`) against the real scheduler: it signs
 //! in through `/?token=`, follows the pools live (server-sent events, no reload) while jobs run,
-//! shows the 80% quota warning, drains a tenant and cancels a job from the page, and saves
-//! screenshots to `docs/`. Chromium is driven over the DevTools protocol. Under `CI=true` a
+//! shows the 80% quota warning, drains a tenant and cancels a job from the page, and takes
+//! screenshots (written to `docs/` with `SHOAL_UPDATE_SCREENSHOTS=1`). Chromium is driven over the DevTools protocol. Under `CI=true` a
 //! missing Chromium fails the test instead of skipping it.
 
 use anyhow::{Context, Result, bail};
@@ -216,10 +216,16 @@ async fn dashboard_follows_the_pools_drains_and_cancels_in_chromium() -> Result<
         eprintln!("chromium not found: skipping the browser test (apt-get install chromium)");
         return Ok(());
     };
-    let docs = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("workspace")?
-        .join("docs");
+    // The screenshots are taken (and checked to be PNGs) on every run, but written over the
+    // ones in `docs/` only when asked, so that running the tests leaves the tree as it was.
+    let docs = if std::env::var_os("SHOAL_UPDATE_SCREENSHOTS").is_some() {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .context("workspace")?
+            .join("docs")
+    } else {
+        Path::new(env!("CARGO_TARGET_TMPDIR")).to_path_buf()
+    };
     let s = Server::start(&["--idle-timeout", "30s"], &[]).await?;
     for (t, body) in [
         (
