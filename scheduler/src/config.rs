@@ -31,6 +31,10 @@ pub struct ServeArgs {
     /// Default pool idle timeout (2s, 10m, ...) [default: 5m].
     #[arg(long, env = "SHOAL_IDLE_TIMEOUT")]
     pub idle_timeout: Option<String>,
+    /// How idle sandboxes are kept: `fixed` (the idle timeout), `adaptive` or
+    /// `adaptive:SECONDS` (learned per tenant; docs/policy.md) [default: fixed].
+    #[arg(long, env = "SHOAL_IDLE_POLICY")]
+    pub idle_policy: Option<String>,
     /// The scheduler's URL as sandboxes reach it.
     #[arg(long, env = "SHOAL_ADVERTISE_URL")]
     pub advertise_url: Option<String>,
@@ -48,6 +52,8 @@ pub struct FileConfig {
     /// and per-provider tables such as `[provider.fly]`).
     pub provider: Option<ProviderField>,
     pub idle_timeout: Option<String>,
+    /// `fixed`, `adaptive` or `adaptive:SECONDS`: how idle sandboxes are kept.
+    pub idle_policy: Option<String>,
     pub advertise_url: Option<String>,
     /// `stop` or `suspend`: what an idle sandbox becomes.
     pub idle_action: Option<String>,
@@ -122,6 +128,7 @@ pub struct Config {
     pub provider: String,
     #[serde(with = "humantime_serde_compat")]
     pub idle_timeout: Duration,
+    pub idle_policy: crate::idle::IdlePolicy,
     pub advertise_url: String,
     pub idle_action: String,
     #[serde(with = "humantime_serde_compat")]
@@ -330,6 +337,12 @@ impl Config {
         } else {
             "suspend"
         };
+        let idle_policy = pick(&args.idle_policy, &file.idle_policy, "idle_policy")
+            .map_or(Ok(crate::idle::IdlePolicy::Fixed), |p| p.parse())
+            .unwrap_or_else(|e| {
+                errs.push(format!("idle_policy: {e}"));
+                crate::idle::IdlePolicy::Fixed
+            });
         let idle_action =
             pick(&None, &file.idle_action, "idle_action").unwrap_or_else(|| default_idle.into());
         if idle_action != "stop" && idle_action != "suspend" {
@@ -427,6 +440,7 @@ impl Config {
                 redis_url,
                 provider,
                 idle_timeout,
+                idle_policy,
                 advertise_url,
                 idle_action,
                 retention,
@@ -465,11 +479,13 @@ mod tests {
             listen: Some("nowhere".into()),
             provider: Some("mainframe".into()),
             idle_timeout: Some("10 parsecs".into()),
+            idle_policy: Some("sometimes".into()),
             ..Default::default()
         };
         let errs = Config::resolve(&args).unwrap_err().0;
         for key in [
             "idle_timeout",
+            "idle_policy",
             "lease_ttl",
             "listen",
             "provider",

@@ -242,7 +242,7 @@ impl Control {
         }
         let now = now_ms();
         let reading = Instant::now();
-        let (snap, sizes) = snapshot(&self.app).await?;
+        let (snap, sizes) = snapshot(&self.app, now).await?;
         let read = reading.elapsed();
         self.send_limits(&snap, &sizes);
         let plan = shoal_planner::plan(&snap, now);
@@ -700,9 +700,13 @@ impl Control {
     }
 }
 
-/// Builds the snapshot the planner sees now, with each tenant's sandbox size; updates the pool
-/// gauges on the way.
-pub async fn snapshot(app: &App) -> Result<(Snapshot, HashMap<String, SandboxSize>), StoreError> {
+/// Builds the snapshot the planner sees at `now`, with each tenant's sandbox size; updates the
+/// pool gauges on the way. Under the adaptive idle policy, the pools of tenants without an idle
+/// timeout of their own get the policy's advice (`crate::idle`).
+pub async fn snapshot(
+    app: &App,
+    now: Millis,
+) -> Result<(Snapshot, HashMap<String, SandboxSize>), StoreError> {
     let tenants = app.store.tenants().await?;
     let counts: HashMap<String, shoal_store::QueueCounts> =
         app.store.queue_counts().await?.into_iter().collect();
@@ -716,6 +720,7 @@ pub async fn snapshot(app: &App) -> Result<(Snapshot, HashMap<String, SandboxSiz
     let mut depth: HashMap<String, i64> = HashMap::new();
     let mut running: HashMap<String, i64> = HashMap::new();
     let mut sandbox_gauge: HashMap<(String, &str), i64> = HashMap::new();
+    let mut adaptive_pools = std::collections::HashSet::new();
     for t in tenants {
         let limits = t.limits();
         let c = counts.get(&t.id).copied().unwrap_or_default();
@@ -733,6 +738,9 @@ pub async fn snapshot(app: &App) -> Result<(Snapshot, HashMap<String, SandboxSiz
             }
         }
         sizes.insert(t.id.clone(), limits.sandbox_size);
+        if limits.idle_timeout_s.is_none() {
+            adaptive_pools.insert(t.id.clone());
+        }
         let idle_action = if app.cfg.idle_action == "suspend" && caps.suspend {
             IdleAction::Suspend
         } else {
@@ -782,18 +790,19 @@ pub async fn snapshot(app: &App) -> Result<(Snapshot, HashMap<String, SandboxSiz
             .with_label_values(&[&label, state])
             .set(v);
     }
-    Ok((
-        Snapshot {
-            pools,
-            fleet_max_active: app.cfg.fleet_max_sandboxes,
-        },
-        sizes,
-    ))
+    let mut snap = Snapshot {
+        pools,
+        fleet_max_active: app.cfg.fleet_max_sandboxes,
+    };
+    if let Some(adaptive) = &app.adaptive {
+        adaptive.apply(&mut snap, &adaptive_pools, now);
+    }
+    Ok((snap, sizes))
 }
 
 /// The plan the planner would make now, without applying it.
 pub async fn dry_run(app: &App) -> Result<shoal_planner::Plan, StoreError> {
     let now = now_ms();
-    let (snap, _) = snapshot(app).await?;
+    let (snap, _) = snapshot(app, now).await?;
     Ok(shoal_planner::plan(&snap, now))
 }

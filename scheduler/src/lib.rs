@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod dashboard;
 pub mod error;
+pub mod idle;
 pub mod leader;
 pub mod limits;
 pub mod live;

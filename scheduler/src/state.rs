@@ -37,6 +37,8 @@ pub struct App {
     pub bus: std::sync::OnceLock<crate::bus::PgBus>,
     /// The operators' live view: overview, history, event feed.
     pub live: crate::live::Live,
+    /// The adaptive idle policy's histories, when `idle_policy` is adaptive.
+    pub adaptive: Option<crate::idle::AdaptiveIdle>,
 }
 
 impl App {
@@ -48,6 +50,12 @@ impl App {
         rates: RateLimits,
     ) -> Self {
         let metrics = Metrics::new(cfg.metrics_max_tenants);
+        let adaptive = match cfg.idle_policy {
+            crate::idle::IdlePolicy::Adaptive { worth_s } => {
+                Some(crate::idle::AdaptiveIdle::new(worth_s))
+            }
+            crate::idle::IdlePolicy::Fixed => None,
+        };
         App {
             cfg,
             store,
@@ -64,6 +72,7 @@ impl App {
             provider_stopped: watch::channel(false).0,
             bus: std::sync::OnceLock::new(),
             live: crate::live::Live::default(),
+            adaptive,
         }
     }
 

@@ -235,3 +235,32 @@ async fn a_scheduler_on_a_port_the_system_picks_runs_jobs() -> Result<()> {
     s.stop().await?;
     Ok(())
 }
+
+/// `--idle-policy adaptive`: the adaptive idle policy runs in the scheduler itself. With no
+/// history yet, a tenant's idle sandbox is kept for the policy's fallback keep-alive (a minute),
+/// not stopped after the 1 s idle timeout a `fixed` scheduler would apply; jobs run as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_adaptive_idle_policy_runs_in_the_scheduler() -> Result<()> {
+    let mut s = Server::start(&["--idle-timeout", "1s", "--idle-policy", "adaptive"], &[]).await?;
+    let (st, _) = s
+        .send(Method::PUT, "/v1/tenants/learner", &json!({"plan": "pro"}))
+        .await?;
+    assert_eq!(st, 201);
+    let id = enqueue(&s, "learner", "echo one").await?;
+    let job = wait_job(&s, &id, Duration::from_secs(60)).await?;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    // Three idle timeouts later the sandbox is still warm ...
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let p = pool(&s, "learner").await?;
+    assert_eq!(p["sandboxes"]["ready"], 1, "{p}");
+    // ... and the next job runs on it.
+    let id = enqueue(&s, "learner", "echo two").await?;
+    let second = wait_job(&s, &id, Duration::from_secs(60)).await?;
+    assert_eq!(second["state"], "succeeded", "{second}");
+    assert_eq!(
+        second["sandbox_id"], job["sandbox_id"],
+        "the same warm sandbox"
+    );
+    s.stop().await?;
+    Ok(())
+}
