@@ -214,6 +214,27 @@ fn urlenc(s: &str) -> String {
     s.replace('+', "%2B").replace(':', "%3A")
 }
 
+/// Creates `tenant` on the pro plan.
+async fn pro_tenant(s: &Server, tenant: &str) -> Result<()> {
+    let (status, v) = s
+        .send(
+            Method::PUT,
+            &format!("/v1/tenants/{tenant}"),
+            &json!({"plan": "pro"}),
+        )
+        .await?;
+    anyhow::ensure!(status == 201, "creating {tenant} answered {status}: {v}");
+    Ok(())
+}
+
+/// Enqueues `cmd` for `tenant` and waits for it to succeed; answers the job.
+async fn run_to_success(s: &Server, tenant: &str, cmd: &str) -> Result<Value> {
+    let id = enqueue(s, tenant, cmd).await?;
+    let job = wait_job(s, &id, Duration::from_secs(60)).await?;
+    anyhow::ensure!(job["state"] == "succeeded", "{job}");
+    Ok(job)
+}
+
 /// Started as a user would, without an advertise URL, on a port the system picks
 /// (`--listen 127.0.0.1:0`): the agents are told the port actually bound, so jobs run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,13 +245,8 @@ async fn a_scheduler_on_a_port_the_system_picks_runs_jobs() -> Result<()> {
         "the printed API address names the bound port: {}",
         s.url
     );
-    let (status, _) = s
-        .send(Method::PUT, "/v1/tenants/anyport", &json!({"plan": "pro"}))
-        .await?;
-    assert_eq!(status, 201);
-    let id = enqueue(&s, "anyport", "echo reached").await?;
-    let job = wait_job(&s, &id, Duration::from_secs(60)).await?;
-    assert_eq!(job["state"], "succeeded", "{job}");
+    pro_tenant(&s, "anyport").await?;
+    let job = run_to_success(&s, "anyport", "echo reached").await?;
     assert_eq!(job["result"]["stdout"], "reached\n");
     s.stop().await?;
     Ok(())
@@ -242,21 +258,14 @@ async fn a_scheduler_on_a_port_the_system_picks_runs_jobs() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_adaptive_idle_policy_runs_in_the_scheduler() -> Result<()> {
     let mut s = Server::start(&["--idle-timeout", "1s", "--idle-policy", "adaptive"], &[]).await?;
-    let (st, _) = s
-        .send(Method::PUT, "/v1/tenants/learner", &json!({"plan": "pro"}))
-        .await?;
-    assert_eq!(st, 201);
-    let id = enqueue(&s, "learner", "echo one").await?;
-    let job = wait_job(&s, &id, Duration::from_secs(60)).await?;
-    assert_eq!(job["state"], "succeeded", "{job}");
+    pro_tenant(&s, "learner").await?;
+    let job = run_to_success(&s, "learner", "echo one").await?;
     // Three idle timeouts later the sandbox is still warm ...
     tokio::time::sleep(Duration::from_secs(3)).await;
     let p = pool(&s, "learner").await?;
     assert_eq!(p["sandboxes"]["ready"], 1, "{p}");
     // ... and the next job runs on it.
-    let id = enqueue(&s, "learner", "echo two").await?;
-    let second = wait_job(&s, &id, Duration::from_secs(60)).await?;
-    assert_eq!(second["state"], "succeeded", "{second}");
+    let second = run_to_success(&s, "learner", "echo two").await?;
     assert_eq!(
         second["sandbox_id"], job["sandbox_id"],
         "the same warm sandbox"
