@@ -101,13 +101,7 @@ impl AdaptiveIdle {
                 continue;
             }
             let t = tenants.entry(pool.tenant.clone()).or_default();
-            let demand = pool.queued + pool.running;
-            while t.demand() < demand {
-                t.arrival(now, &self.cfg);
-            }
-            while t.demand() > demand {
-                t.finished(now);
-            }
+            t.observe_demand(pool.queued + pool.running, now, &self.cfg);
             pool.prewarm = t.prewarm(now, &self.cfg).prewarm();
             pool.policy.idle_timeout_ms = 0;
         }

@@ -386,6 +386,23 @@ impl TenantAdaptive {
         self.demand -= 1;
     }
 
+    /// Demand is `demand` at `now`, as counted by a caller that sees counts rather than each
+    /// job (the scheduler's planning passes): each unit it rose by is an arrival and each unit it
+    /// fell by a finish, all at `now`. Levels above [`AdaptiveConfig::max_levels`] are not
+    /// tracked, so a change up there is a count, not a walk through every level, however deep
+    /// the backlog.
+    pub fn observe_demand(&mut self, demand: u32, now: Millis, cfg: &AdaptiveConfig) {
+        let cap = cfg.max_levels;
+        self.demand = self.demand.min(cap.max(demand));
+        while self.demand < demand.min(cap) {
+            self.arrival(now, cfg);
+        }
+        while self.demand > demand {
+            self.finished(now);
+        }
+        self.demand = self.demand.max(demand);
+    }
+
     /// The idle-gap history of level `k` (1-based), if tracked.
     pub fn level(&self, k: u32) -> Option<&GapHistogram> {
         self.levels
@@ -486,6 +503,29 @@ impl IdleBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Counting demand in bulk leaves the history exactly as job-by-job arrivals and
+        /// finishes would, including past the tracked levels.
+        #[test]
+        fn observed_demand_is_job_by_job(steps in proptest::collection::vec((0u32..12, 1i64..5_000), 1..60)) {
+            let cfg = AdaptiveConfig { max_levels: 4, ..AdaptiveConfig::default() };
+            let (mut bulk, mut one_by_one) = (TenantAdaptive::new(), TenantAdaptive::new());
+            let mut now = 0;
+            for (demand, dt) in steps {
+                now += dt;
+                bulk.observe_demand(demand, now, &cfg);
+                while one_by_one.demand() < demand {
+                    one_by_one.arrival(now, &cfg);
+                }
+                while one_by_one.demand() > demand {
+                    one_by_one.finished(now);
+                }
+                prop_assert_eq!(&bulk, &one_by_one);
+            }
+        }
+    }
 
     fn cfg() -> AdaptiveConfig {
         AdaptiveConfig {
