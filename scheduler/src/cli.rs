@@ -248,15 +248,18 @@ fn execute(cmd: OperatorCommand) -> Result<String, String> {
                         s(&t["plan"]),
                         s(&t["limits"]["max_sandboxes"]),
                         format!("{}/{}", s(&t["usage"]["jobs"]), s(&t["usage"]["quota"])),
-                        if t["usage"]["warning"].as_bool() == Some(true) {
-                            "over 80%".into()
+                        // One word per cell, none blank, so rows split into the same columns.
+                        if t["usage"]["exceeded"].as_bool() == Some(true) {
+                            "exceeded".into()
+                        } else if t["usage"]["warning"].as_bool() == Some(true) {
+                            "over-80%".into()
                         } else {
-                            String::new()
+                            "ok".into()
                         },
                         if t["draining"].as_bool() == Some(true) {
                             "draining".into()
                         } else {
-                            String::new()
+                            "serving".into()
                         },
                     ]
                 })
@@ -293,10 +296,12 @@ fn execute(cmd: OperatorCommand) -> Result<String, String> {
                     vec![
                         s(&p["tenant"]),
                         s(&p["plan"]),
+                        // Named either way (as on the dashboard), so that no cell is blank
+                        // and every row splits into the same columns.
                         if p["draining"].as_bool() == Some(true) {
                             "draining".into()
                         } else {
-                            String::new()
+                            "serving".into()
                         },
                         s(&p["desired"]),
                         s(&p["queued"]),

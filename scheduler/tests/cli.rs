@@ -108,6 +108,13 @@ async fn every_subcommand_against_a_running_scheduler() -> Result<()> {
     assert!(r.stdout.starts_with("TENANT"), "{}", r.stdout);
     let names: Vec<String> = r.rows().iter().map(|row| row[0].clone()).collect();
     assert_eq!(names, ["acme", "globex"], "{}", r.stdout);
+    // TENANT PLAN MAX-SANDBOXES JOBS/QUOTA QUOTA STATE: no blank cell.
+    assert_eq!(
+        r.rows()[0][3..],
+        ["0/1000", "ok", "serving"],
+        "{}",
+        r.stdout
+    );
     let v = shoal(&s, &["tenants", "--json"]).await?.json()?;
     assert_eq!(v["tenants"].as_array().map(Vec::len), Some(2));
     assert_eq!(v["tenants"][0]["limits"]["max_sandboxes"], 2);
@@ -160,10 +167,10 @@ async fn every_subcommand_against_a_running_scheduler() -> Result<()> {
         .into_iter()
         .find(|row| row[0] == "acme")
         .context("no acme row")?;
-    // TENANT PLAN [STATE] DESIRED QUEUED RUNNING ...: acme is not draining, so no STATE cell.
+    // TENANT PLAN STATE DESIRED QUEUED RUNNING ...
     assert_eq!(
-        (acme[1].as_str(), acme[4].as_str()),
-        ("pro", "1"),
+        (acme[1].as_str(), acme[2].as_str(), acme[5].as_str()),
+        ("pro", "serving", "1"),
         "{acme:?}"
     );
     let r = shoal(&s, &["pools", "acme"]).await?;
