@@ -242,7 +242,7 @@ impl Control {
         }
         let now = now_ms();
         let reading = Instant::now();
-        let (snap, sizes) = snapshot(&self.app, now).await?;
+        let (snap, sizes) = snapshot(&self.app, now, true).await?;
         let read = reading.elapsed();
         self.send_limits(&snap, &sizes);
         let plan = shoal_planner::plan(&snap, now);
@@ -702,10 +702,12 @@ impl Control {
 
 /// Builds the snapshot the planner sees at `now`, with each tenant's sandbox size; updates the
 /// pool gauges on the way. Under the adaptive idle policy, the pools of tenants without an idle
-/// timeout of their own get the policy's advice (`crate::idle`).
+/// timeout of their own get the policy's advice (`crate::idle`), and with `record` (a planning
+/// pass, not a dry run) their demand goes into its history.
 pub async fn snapshot(
     app: &App,
     now: Millis,
+    record: bool,
 ) -> Result<(Snapshot, HashMap<String, SandboxSize>), StoreError> {
     let tenants = app.store.tenants().await?;
     let counts: HashMap<String, shoal_store::QueueCounts> =
@@ -720,7 +722,6 @@ pub async fn snapshot(
     let mut depth: HashMap<String, i64> = HashMap::new();
     let mut running: HashMap<String, i64> = HashMap::new();
     let mut sandbox_gauge: HashMap<(String, &str), i64> = HashMap::new();
-    let mut adaptive_pools = std::collections::HashSet::new();
     for t in tenants {
         let limits = t.limits();
         let c = counts.get(&t.id).copied().unwrap_or_default();
@@ -738,15 +739,12 @@ pub async fn snapshot(
             }
         }
         sizes.insert(t.id.clone(), limits.sandbox_size);
-        if limits.idle_timeout_s.is_none() {
-            adaptive_pools.insert(t.id.clone());
-        }
         let idle_action = if app.cfg.idle_action == "suspend" && caps.suspend {
             IdleAction::Suspend
         } else {
             IdleAction::Stop
         };
-        pools.push(PoolSnapshot {
+        let mut pool = PoolSnapshot {
             tenant: t.id.clone(),
             policy: PoolPolicy {
                 min_warm: limits.min_warm,
@@ -776,7 +774,13 @@ pub async fn snapshot(
                     idle_since: s.idle_since,
                 })
                 .collect(),
-        });
+        };
+        if let Some(adaptive) = &app.adaptive
+            && limits.idle_timeout_s.is_none()
+        {
+            adaptive.advise(&mut pool, now, record);
+        }
+        pools.push(pool);
     }
     for (label, v) in depth {
         app.metrics.queue_depth.with_label_values(&[&label]).set(v);
@@ -790,19 +794,18 @@ pub async fn snapshot(
             .with_label_values(&[&label, state])
             .set(v);
     }
-    let mut snap = Snapshot {
-        pools,
-        fleet_max_active: app.cfg.fleet_max_sandboxes,
-    };
-    if let Some(adaptive) = &app.adaptive {
-        adaptive.apply(&mut snap, &adaptive_pools, now);
-    }
-    Ok((snap, sizes))
+    Ok((
+        Snapshot {
+            pools,
+            fleet_max_active: app.cfg.fleet_max_sandboxes,
+        },
+        sizes,
+    ))
 }
 
 /// The plan the planner would make now, without applying it.
 pub async fn dry_run(app: &App) -> Result<shoal_planner::Plan, StoreError> {
     let now = now_ms();
-    let (snap, _) = snapshot(app, now).await?;
+    let (snap, _) = snapshot(app, now, false).await?;
     Ok(shoal_planner::plan(&snap, now))
 }

@@ -4,7 +4,7 @@
 //!
 //! The adaptive policy learns each tenant's gaps from its demand (queued plus running jobs). The
 //! leader sees every tenant's demand in each planning pass (after every enqueue and completion,
-//! and at least once a second), so [`AdaptiveIdle::apply`] feeds the change since the last pass
+//! and at least once a second), so [`AdaptiveIdle::advise`] feeds the change since the last pass
 //! as arrivals and finishes, then sets the pool's pre-warm hold and an idle timeout of zero:
 //! every idle sandbox beyond the hold stops at once. Changes that cancel out between two passes
 //! (a job finished and another enqueued within the same few milliseconds) are not seen; they
@@ -14,9 +14,9 @@
 
 use serde::{Deserialize, Serialize};
 use shoal_core::Millis;
-use shoal_planner::Snapshot;
+use shoal_planner::PoolSnapshot;
 use shoal_planner::adaptive::{AdaptiveConfig, TenantAdaptive};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 /// How idle sandboxes are kept.
@@ -38,9 +38,9 @@ impl std::str::FromStr for IdlePolicy {
             "fixed" => Ok(IdlePolicy::Fixed),
             "adaptive" => Ok(IdlePolicy::Adaptive { worth_s: None }),
             other => match other.strip_prefix("adaptive:").map(str::parse::<u32>) {
-                Some(Ok(w)) if w > 0 => Ok(IdlePolicy::Adaptive { worth_s: Some(w) }),
+                Some(Ok(w)) => Ok(IdlePolicy::Adaptive { worth_s: Some(w) }),
                 _ => Err(format!(
-                    "`{s}` is not fixed, adaptive or adaptive:SECONDS (a whole number above 0)"
+                    "`{s}` is not fixed, adaptive or adaptive:SECONDS (a whole number of seconds)"
                 )),
             },
         }
@@ -91,20 +91,25 @@ impl AdaptiveIdle {
         }
     }
 
-    /// For each pool in `snap` whose tenant is in `managed` (those without an idle timeout of
-    /// their own): records how its demand changed since the last call, and sets its pre-warm
-    /// hold and an idle timeout of zero. Pools of other tenants are left as they are.
-    pub fn apply(&self, snap: &mut Snapshot, managed: &HashSet<String>, now: Millis) {
+    /// Sets `pool`'s pre-warm hold at `now` and an idle timeout of zero (the caller passes only
+    /// pools of tenants without an idle timeout of their own). With `record`, the pool's demand
+    /// is first recorded: its change since the last recorded pass is fed to the history as
+    /// arrivals and finishes. Without (a dry run), the advice is the same but computed on a copy,
+    /// so looking does not teach the policy anything.
+    pub fn advise(&self, pool: &mut PoolSnapshot, now: Millis, record: bool) {
         let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
-        for pool in snap.pools.iter_mut() {
-            if !managed.contains(&pool.tenant) {
-                continue;
-            }
+        let demand = pool.queued + pool.running;
+        let advice = if record {
             let t = tenants.entry(pool.tenant.clone()).or_default();
-            t.observe_demand(pool.queued + pool.running, now, &self.cfg);
-            pool.prewarm = t.prewarm(now, &self.cfg).prewarm();
-            pool.policy.idle_timeout_ms = 0;
-        }
+            t.observe_demand(demand, now, &self.cfg);
+            t.prewarm(now, &self.cfg)
+        } else {
+            let mut t = tenants.get(&pool.tenant).cloned().unwrap_or_default();
+            t.observe_demand(demand, now, &self.cfg);
+            t.prewarm(now, &self.cfg)
+        };
+        pool.prewarm = advice.prewarm();
+        pool.policy.idle_timeout_ms = 0;
     }
 }
 
@@ -112,11 +117,11 @@ impl AdaptiveIdle {
 mod tests {
     use super::*;
     use shoal_core::SandboxState;
-    use shoal_planner::{PoolPolicy, PoolSnapshot, SandboxView, Step, plan};
+    use shoal_planner::{PoolPolicy, SandboxView, Snapshot, Step, plan};
 
     #[test]
     fn policies_parse_and_print_back() {
-        for s in ["fixed", "adaptive", "adaptive:1500"] {
+        for s in ["fixed", "adaptive", "adaptive:1500", "adaptive:0"] {
             let p: IdlePolicy = s.parse().unwrap();
             assert_eq!(p.to_string(), s);
         }
@@ -124,7 +129,7 @@ mod tests {
             "",
             "sometimes",
             "adaptive:",
-            "adaptive:0",
+            "adaptive:1.5x",
             "adaptive:-3",
             "fixed:60",
         ] {
@@ -154,46 +159,43 @@ mod tests {
         }
     }
 
+    /// The pool advised at `now` (recording its demand), as a one-pool snapshot to plan.
+    fn advised(adaptive: &AdaptiveIdle, mut p: PoolSnapshot, now: Millis) -> Snapshot {
+        adaptive.advise(&mut p, now, true);
+        assert_eq!(
+            p.policy.idle_timeout_ms, 0,
+            "beyond the hold, idle stops at once"
+        );
+        Snapshot {
+            pools: vec![p],
+            fleet_max_active: None,
+        }
+    }
+
     /// A tenant whose jobs come every 40 s, each running 5 s. With too little history its idle
     /// sandbox is kept for the fallback keep-alive; once a few gaps are known the policy stops it
     /// at once and wakes one again just before the next job is due, so a sandbox is warm when the
-    /// job comes and sits idle for only the wake's lead. A tenant left to its own idle timeout is
-    /// not touched.
+    /// job comes and sits idle for only the wake's lead.
     #[test]
     fn a_regular_tenant_is_stopped_between_jobs_and_woken_in_time() {
         let adaptive = AdaptiveIdle::new(None);
-        let managed: HashSet<String> = ["regular".to_string()].into();
         let lead = AdaptiveConfig::default().lead_ms;
         for round in 0..8 {
             let start = round * 40_000;
-            let mut busy = Snapshot {
-                pools: vec![pool("regular", 0, 1, vec![])],
-                fleet_max_active: None,
-            };
-            adaptive.apply(&mut busy, &managed, start);
-            assert_eq!(busy.pools[0].policy.idle_timeout_ms, 0);
+            advised(&adaptive, pool("regular", 0, 1, vec![]), start);
             let done = start + 5_000;
-            let mut idle = Snapshot {
-                pools: vec![
-                    pool("regular", 0, 0, vec![idle_sandbox(done)]),
-                    pool("own-timeout", 0, 0, vec![idle_sandbox(done)]),
-                ],
-                fleet_max_active: None,
-            };
-            adaptive.apply(&mut idle, &managed, done);
-            assert_eq!(idle.pools[1].policy.idle_timeout_ms, 300_000);
-            assert_eq!(idle.pools[1].prewarm, None);
+            let idle = advised(
+                &adaptive,
+                pool("regular", 0, 0, vec![idle_sandbox(done)]),
+                done,
+            );
             let stops_now = plan(&idle, done)
                 .steps
                 .iter()
-                .any(|s| matches!(s, Step::Stop { tenant, .. } if tenant == "regular"));
+                .any(|s| matches!(s, Step::Stop { .. }));
             // Just before the next job is due: is a sandbox held warm for it?
             let due = start + 40_000;
-            let mut before = Snapshot {
-                pools: vec![pool("regular", 0, 0, vec![])],
-                fleet_max_active: None,
-            };
-            adaptive.apply(&mut before, &managed, due - lead / 2);
+            let before = advised(&adaptive, pool("regular", 0, 0, vec![]), due - lead / 2);
             let warm_for_next = before.pools[0].prewarm.is_some_and(|(hold, _)| hold >= 1);
             if round < 2 {
                 assert!(
@@ -218,25 +220,44 @@ mod tests {
     #[test]
     fn with_no_history_the_fallback_keep_alive_applies() {
         let adaptive = AdaptiveIdle::new(None);
-        let managed: HashSet<String> = ["once".to_string()].into();
-        let mut s = Snapshot {
-            pools: vec![pool("once", 1, 0, vec![])],
-            fleet_max_active: None,
-        };
-        adaptive.apply(&mut s, &managed, 0);
-        let mut s = Snapshot {
-            pools: vec![pool("once", 0, 0, vec![idle_sandbox(10_000)])],
-            fleet_max_active: None,
-        };
-        adaptive.apply(&mut s, &managed, 10_000);
+        advised(&adaptive, pool("once", 1, 0, vec![]), 0);
+        let s = advised(
+            &adaptive,
+            pool("once", 0, 0, vec![idle_sandbox(10_000)]),
+            10_000,
+        );
         assert_eq!(s.pools[0].prewarm.map(|(hold, _)| hold), Some(1));
         let fallback = AdaptiveConfig::default().fallback_keep_alive_ms;
-        adaptive.apply(&mut s, &managed, 10_000 + fallback + 1);
+        let late = 10_000 + fallback + 1;
+        let s = advised(
+            &adaptive,
+            pool("once", 0, 0, vec![idle_sandbox(10_000)]),
+            late,
+        );
         assert_eq!(s.pools[0].prewarm, None, "the keep-alive has lapsed");
-        let steps = plan(&s, 10_000 + fallback + 1).steps;
+        let steps = plan(&s, late).steps;
         assert!(
             steps.iter().any(|st| matches!(st, Step::Stop { .. })),
             "{steps:?}"
         );
+    }
+
+    /// A dry run gets the advice a pass would, and leaves the history as it was: a job seen
+    /// only by a dry run is not an arrival.
+    #[test]
+    fn a_dry_run_advises_without_recording() {
+        let adaptive = AdaptiveIdle::new(None);
+        advised(&adaptive, pool("t", 1, 0, vec![]), 0);
+        advised(&adaptive, pool("t", 0, 0, vec![idle_sandbox(5_000)]), 5_000);
+        let history = || adaptive.tenants.lock().unwrap().get("t").cloned();
+        let before = history();
+        let mut looked = pool("t", 1, 0, vec![]);
+        adaptive.advise(&mut looked, 6_000, false);
+        assert_eq!(history(), before, "the dry run recorded nothing");
+        let mut passed = pool("t", 1, 0, vec![]);
+        adaptive.advise(&mut passed, 6_000, true);
+        assert_eq!(looked.prewarm, passed.prewarm, "the same advice");
+        assert_eq!(looked.policy.idle_timeout_ms, 0);
+        assert_ne!(history(), before, "a pass records the arrival");
     }
 }

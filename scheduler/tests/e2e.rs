@@ -48,14 +48,7 @@ async fn enqueue(s: &Server, tenant: &str, cmd: &str) -> Result<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_grows_runs_stops_wakes_and_bills() -> Result<()> {
     let mut s = Server::start(&["--idle-timeout", "2s"], &[]).await?;
-    let (st, _) = s
-        .send(
-            Method::PUT,
-            "/v1/tenants/acme",
-            &json!({"plan": "pro", "limits": {"max_sandboxes": 4}}),
-        )
-        .await?;
-    assert_eq!(st, 201);
+    pro_tenant(&s, "acme", json!({"max_sandboxes": 4})).await?;
 
     // 50 jobs, each printing its own number.
     let mut ids = Vec::new();
@@ -214,13 +207,13 @@ fn urlenc(s: &str) -> String {
     s.replace('+', "%2B").replace(':', "%3A")
 }
 
-/// Creates `tenant` on the pro plan.
-async fn pro_tenant(s: &Server, tenant: &str) -> Result<()> {
+/// Creates `tenant` on the pro plan, with these limits overridden.
+async fn pro_tenant(s: &Server, tenant: &str, limits: Value) -> Result<()> {
     let (status, v) = s
         .send(
             Method::PUT,
             &format!("/v1/tenants/{tenant}"),
-            &json!({"plan": "pro"}),
+            &json!({"plan": "pro", "limits": limits}),
         )
         .await?;
     anyhow::ensure!(status == 201, "creating {tenant} answered {status}: {v}");
@@ -245,7 +238,7 @@ async fn a_scheduler_on_a_port_the_system_picks_runs_jobs() -> Result<()> {
         "the printed API address names the bound port: {}",
         s.url
     );
-    pro_tenant(&s, "anyport").await?;
+    pro_tenant(&s, "anyport", json!({})).await?;
     let job = run_to_success(&s, "anyport", "echo reached").await?;
     assert_eq!(job["result"]["stdout"], "reached\n");
     s.stop().await?;
@@ -254,16 +247,22 @@ async fn a_scheduler_on_a_port_the_system_picks_runs_jobs() -> Result<()> {
 
 /// `--idle-policy adaptive`: the adaptive idle policy runs in the scheduler itself. With no
 /// history yet, a tenant's idle sandbox is kept for the policy's fallback keep-alive (a minute),
-/// not stopped after the 1 s idle timeout a `fixed` scheduler would apply; jobs run as usual.
+/// not stopped after the 1 s idle timeout a `fixed` scheduler would apply; jobs run as usual. A
+/// tenant with an idle timeout of its own keeps it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_adaptive_idle_policy_runs_in_the_scheduler() -> Result<()> {
     let mut s = Server::start(&["--idle-timeout", "1s", "--idle-policy", "adaptive"], &[]).await?;
-    pro_tenant(&s, "learner").await?;
+    pro_tenant(&s, "learner", json!({})).await?;
+    pro_tenant(&s, "own-timeout", json!({"idle_timeout_s": 1})).await?;
     let job = run_to_success(&s, "learner", "echo one").await?;
-    // Three idle timeouts later the sandbox is still warm ...
+    run_to_success(&s, "own-timeout", "echo mine").await?;
+    // Three idle timeouts later the learner's sandbox is still warm ...
     tokio::time::sleep(Duration::from_secs(3)).await;
     let p = pool(&s, "learner").await?;
     assert_eq!(p["sandboxes"]["ready"], 1, "{p}");
+    // ... while the tenant with its own 1 s timeout has had its sandbox stopped.
+    let own = pool(&s, "own-timeout").await?;
+    assert_eq!(active(&own), 0, "{own}");
     // ... and the next job runs on it.
     let second = run_to_success(&s, "learner", "echo two").await?;
     assert_eq!(
