@@ -59,6 +59,7 @@ impl RunArgs {
 }
 
 pub fn main(args: RunArgs) -> i32 {
+    hide_own_memory();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_target(false)
@@ -80,6 +81,20 @@ pub fn main(args: RunArgs) -> i32 {
             eprintln!("shoal-agent: {e:#}");
             1
         }
+    }
+}
+
+/// Makes this process undumpable, so the jobs it runs (same user) cannot read its environment,
+/// which holds the sandbox token, through `/proc/<agent>/environ`, nor attach to it. The job's
+/// own processes are dumpable again: exec resets the flag.
+fn hide_own_memory() {
+    // SAFETY: prctl(PR_SET_DUMPABLE, 0) only changes a flag of this process.
+    let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    if rc != 0 {
+        eprintln!(
+            "shoal-agent: could not make the agent undumpable: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 

@@ -151,6 +151,13 @@ pub trait Provider: Send + Sync + 'static {
     /// Stops everything this provider started, for a clean shutdown of the scheduler.
     async fn shutdown(&self) {}
 
+    /// Why this provider's sandboxes are not isolated from the host and from each other, when
+    /// they are not (the `process` provider on a host without bubblewrap). The scheduler shows it
+    /// at start and on the dashboard, and admits one tenant only unless told otherwise.
+    fn isolation_warning(&self) -> Option<String> {
+        None
+    }
+
     /// A tenant's limits, for providers that mirror them (the Kubernetes ResourceQuota); called
     /// when a tenant is first seen and whenever its limits change. Most providers ignore it.
     async fn tenant_limits(

@@ -189,6 +189,22 @@ async fn put_tenant(
             e.to_string(),
         ));
     }
+    // On a host whose sandboxes are not isolated, a second tenant would share them with the
+    // first: refused unless the operator said `--insecure-shared-host`.
+    let _gate = app.tenant_gate.lock().await;
+    if let Some(warning) = app.shared_host_refusal() {
+        let others = app.store.tenants().await?;
+        if others.iter().any(|t| t.id != id) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "insecure_shared_host",
+                format!(
+                    "this scheduler admits one tenant only: {warning} (start it with \
+                     --insecure-shared-host to admit more anyway)"
+                ),
+            ));
+        }
+    }
     let (t, created) = app.store.put_tenant(&id, plan, &patch, now_ms()).await?;
     app.kick.notify_one();
     let status = if created {

@@ -38,6 +38,10 @@ pub struct ServeArgs {
     /// The scheduler's URL as sandboxes reach it.
     #[arg(long, env = "SHOAL_ADVERTISE_URL")]
     pub advertise_url: Option<String>,
+    /// Admit more than one tenant even when sandboxes cannot be isolated from each other (the
+    /// process provider on a host without bubblewrap).
+    #[arg(long, env = "SHOAL_INSECURE_SHARED_HOST")]
+    pub insecure_shared_host: bool,
 }
 
 /// The config file's shape. Every key is optional; `SHOAL_<KEY>` overrides a top-level key.
@@ -116,6 +120,12 @@ impl FileConfig {
 pub struct ProcessTable {
     /// The `shoal-agent` binary [default: beside the `shoal` binary].
     pub agent_bin: Option<PathBuf>,
+    /// `auto` (bubblewrap when it works here, else unconfined with a warning), `bubblewrap`
+    /// (refuse to start without it) or `none` [default: auto; `SHOAL_PROCESS_ISOLATION`].
+    pub isolation: Option<String>,
+    /// The first of the 65,536 uids sandboxes run as when the scheduler is root
+    /// [default: 1200000; `SHOAL_PROCESS_UID_BASE`].
+    pub uid_base: Option<u32>,
 }
 
 /// The resolved configuration.
@@ -142,6 +152,12 @@ pub struct Config {
     pub fleet_max_sandboxes: Option<u32>,
     pub metrics_max_tenants: usize,
     pub agent_bin: PathBuf,
+    /// How the process provider confines sandboxes.
+    pub process_isolation: shoal_fleet::process::jail::IsolationMode,
+    /// The process provider's first sandbox uid (when the scheduler runs as root).
+    pub process_uid_base: u32,
+    /// Admit several tenants even on a host where sandboxes are not isolated.
+    pub insecure_shared_host: bool,
     /// The `[provider.fly]` table, when the provider is `fly`.
     pub fly: Option<shoal_fleet::fly::FlyConfig>,
     /// `FLY_API_TOKEN`, when the provider is `fly` (never printed).
@@ -377,6 +393,30 @@ impl Config {
                 agent_bin.display()
             ));
         }
+        let process_table = file.tables().process.unwrap_or_default();
+        let process_isolation = env_var("process_isolation")
+            .or(process_table.isolation)
+            .map_or(Ok(Default::default()), |m| m.parse())
+            .unwrap_or_else(|e| {
+                errs.push(format!("provider.process.isolation: {e}"));
+                Default::default()
+            });
+        let process_uid_base = match env_var("process_uid_base") {
+            Some(v) => v.parse().unwrap_or_else(|_| {
+                errs.push(format!("SHOAL_PROCESS_UID_BASE: `{v}` is not a uid"));
+                0
+            }),
+            None => process_table
+                .uid_base
+                .unwrap_or(shoal_fleet::process::DEFAULT_UID_BASE),
+        };
+        // Sandboxes never run as root or as a uid that wraps past the top of the range.
+        if process_uid_base == 0 || process_uid_base > u32::MAX - 65_536 {
+            errs.push(format!(
+                "provider.process.uid_base: {process_uid_base} must be between 1 and {}",
+                u32::MAX - 65_536
+            ));
+        }
         let fly = file.tables().fly;
         let fly_token = std::env::var("FLY_API_TOKEN")
             .ok()
@@ -450,6 +490,9 @@ impl Config {
                 fleet_max_sandboxes,
                 metrics_max_tenants,
                 agent_bin,
+                process_isolation,
+                process_uid_base,
+                insecure_shared_host: args.insecure_shared_host,
             })
         } else {
             Err(ConfigErrors(errs))

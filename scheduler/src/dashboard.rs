@@ -18,6 +18,14 @@ use utoipa::IntoParams;
 /// The page itself.
 const PAGE: &str = include_str!("dashboard.html");
 
+/// `text` made safe to place between HTML tags.
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
 /// The query of `GET /`.
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -33,7 +41,7 @@ pub struct PageQuery {
         (status = 303, description = "with `token`: sets the session cookie, redirects to `/`"),
     ))]
 pub async fn page(
-    State(_app): State<Arc<App>>,
+    State(app): State<Arc<App>>,
     Query(q): Query<PageQuery>,
     parts: Parts,
 ) -> Response {
@@ -42,7 +50,16 @@ pub async fn page(
     }
     let signed_in = cookie_token(&parts).is_some();
     let html = if signed_in {
-        PAGE.to_string()
+        match &app.isolation_warning {
+            Some(w) => PAGE.replace(
+                "<!--warning-->",
+                &format!(
+                    "<p class=\"notice warning\" id=isolation-warning><strong>Warning:</strong> {}</p>",
+                    html_escape(w)
+                ),
+            ),
+            None => PAGE.to_string(),
+        }
     } else {
         PAGE.replace(
             "<!--signin-->",

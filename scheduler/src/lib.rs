@@ -43,11 +43,59 @@ fn admin_token(cfg: &Config) -> anyhow::Result<String> {
         return Ok(t.trim().to_string());
     }
     let t = state::new_token("sha_");
-    std::fs::write(&path, format!("{t}\n"))
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| f.write_all(format!("{t}\n").as_bytes()))
         .with_context(|| format!("writing {}", path.display()))?;
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
     Ok(t)
+}
+
+/// Creates the data directory readable by this user only (0700).
+fn private_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating data dir {}", dir.display()))?;
+    // A data dir made by an older version, or by hand, is shut too.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making {} private", dir.display()))?;
+    Ok(())
+}
+
+/// Makes the embedded database readable by this user only (0600) before SQLite opens it; SQLite
+/// gives its journal and WAL files the database file's mode.
+fn private_sqlite_file(database_url: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let Some(rest) = database_url.strip_prefix("sqlite:") else {
+        return Ok(());
+    };
+    let path = rest.trim_start_matches("//");
+    let path = path.split('?').next().unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        return Ok(());
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {path}"))?;
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let file = format!("{path}{suffix}");
+        if std::path::Path::new(&file).exists() {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("making {file} private"))?;
+        }
+    }
+    Ok(())
 }
 
 /// The provider the configuration names, reporting its observations on `sink`.
@@ -56,14 +104,37 @@ pub fn build_provider(
     sink: shoal_fleet::ObservationSink,
 ) -> anyhow::Result<Arc<dyn Provider>> {
     Ok(match cfg.provider.as_str() {
-        "process" => Arc::new(ProcessProvider::new(
-            ProcessConfig {
-                agent_bin: cfg.agent_bin.clone(),
-                root: cfg.data_dir.join("sandboxes"),
-                stop_grace: Duration::from_secs(15),
-            },
-            sink,
-        )),
+        "process" => {
+            let root = cfg.data_dir.join("sandboxes");
+            std::fs::create_dir_all(&root)
+                .with_context(|| format!("creating {}", root.display()))?;
+            let isolation =
+                shoal_fleet::process::jail::Isolation::probe(cfg.process_isolation, &root)?;
+            if matches!(
+                isolation,
+                shoal_fleet::process::jail::Isolation::Unconfined { .. }
+            ) && shoal_fleet::process::jail::is_root()
+            {
+                // Unconfined sandboxes still run as users of their own, who must pass through
+                // (not list) the data directory to reach their working directories; the database
+                // and the admin token stay 0600.
+                use std::os::unix::fs::PermissionsExt;
+                for dir in [&cfg.data_dir, &root] {
+                    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+                        .with_context(|| format!("chmod {}", dir.display()))?;
+                }
+            }
+            Arc::new(ProcessProvider::new(
+                ProcessConfig {
+                    agent_bin: cfg.agent_bin.clone(),
+                    root,
+                    stop_grace: Duration::from_secs(15),
+                    isolation,
+                    uid_base: cfg.process_uid_base,
+                },
+                sink,
+            ))
+        }
         "fly" => {
             let fly = cfg
                 .fly
@@ -164,9 +235,9 @@ pub async fn serve(
     mut cfg: Config,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    private_data_dir(&cfg.data_dir)?;
     let token = admin_token(&cfg)?;
+    private_sqlite_file(&cfg.database_url)?;
     let store: Arc<dyn Store> = shoal_store::open(&cfg.database_url)
         .await
         .context("opening the store")?;
@@ -251,6 +322,17 @@ pub async fn serve(
         "  Admin token: {token}   (also in {})",
         app.cfg.data_dir.join("admin-token").display()
     );
+
+    if let Some(w) = &app.isolation_warning {
+        let rule = if app.cfg.insecure_shared_host {
+            "--insecure-shared-host is set: several tenants are admitted anyway"
+        } else {
+            "one tenant only is admitted (--insecure-shared-host admits more anyway)"
+        };
+        let line = "!".repeat(78);
+        eprintln!("{line}\n  WARNING: {w}\n  {rule}.\n{line}");
+        tracing::warn!(warning = %w, insecure_shared_host = app.cfg.insecure_shared_host, "sandboxes are not isolated");
+    }
 
     let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let router = api::router(Arc::clone(&app));

@@ -39,6 +39,11 @@ pub struct App {
     pub live: crate::live::Live,
     /// The adaptive idle policy's histories, when `idle_policy` is adaptive.
     pub adaptive: Option<crate::idle::AdaptiveIdle>,
+    /// Why sandboxes are not isolated on this host, when they are not (shown at start and on the
+    /// dashboard).
+    pub isolation_warning: Option<String>,
+    /// Serializes tenant creation while the one-tenant rule of an unisolated host applies.
+    pub tenant_gate: tokio::sync::Mutex<()>,
 }
 
 impl App {
@@ -57,6 +62,8 @@ impl App {
             crate::idle::IdlePolicy::Fixed => None,
         };
         App {
+            isolation_warning: provider.isolation_warning(),
+            tenant_gate: tokio::sync::Mutex::new(()),
             cfg,
             store,
             provider,
@@ -74,6 +81,14 @@ impl App {
             live: crate::live::Live::default(),
             adaptive,
         }
+    }
+
+    /// The reason a second tenant is refused: sandboxes are not isolated here and the operator
+    /// did not pass `--insecure-shared-host`.
+    pub fn shared_host_refusal(&self) -> Option<&str> {
+        self.isolation_warning
+            .as_deref()
+            .filter(|_| !self.cfg.insecure_shared_host)
     }
 
     /// The notifier agents of `tenant` wait on.

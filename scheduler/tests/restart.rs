@@ -7,6 +7,8 @@ use anyhow::Result;
 use reqwest::Method;
 use serde_json::{Value, json};
 use shoal_testkit::server::{Server, processes_under};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 async fn enqueue(s: &Server, cmd: &str) -> Result<String> {
@@ -31,15 +33,41 @@ async fn wait_state(s: &Server, id: &str, states: &[&str], timeout: Duration) ->
     .await
 }
 
+/// A loopback HTTP server that counts the requests it answers; answers its port.
+async fn count_calls(calls: Arc<AtomicUsize>) -> Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let calls = Arc::clone(&calls);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                if conn.read(&mut buf).await.is_ok_and(|n| n > 0) {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    let _ = conn
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        )
+                        .await;
+                }
+            });
+        }
+    });
+    Ok(port)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_hands_back_and_restart_finishes() -> Result<()> {
     let mut s = Server::start(&[], &[("SHOAL_AGENT_GRACE", "1s")]).await?;
     s.send(Method::PUT, "/v1/tenants/t", &json!({"plan": "pro"}))
         .await?;
-    let counter = s.data_dir.join("runs");
+    // Each run calls the test back (a sandbox sees nothing of the host's files to count in).
+    let runs = Arc::new(AtomicUsize::new(0));
+    let port = count_calls(Arc::clone(&runs)).await?;
     let id = enqueue(
         &s,
-        &format!("echo run >> {}; sleep 4; echo done", counter.display()),
+        &format!("curl -s http://127.0.0.1:{port}/run; sleep 4; echo done"),
     )
     .await?;
     wait_state(&s, &id, &["running"], Duration::from_secs(30)).await?;
@@ -69,7 +97,7 @@ async fn sigterm_hands_back_and_restart_finishes() -> Result<()> {
         "the hand-back at shutdown did not use an attempt: {j}"
     );
     assert_eq!(
-        std::fs::read_to_string(&counter)?.lines().count(),
+        runs.load(Ordering::SeqCst),
         2,
         "ran once before the stop, once after"
     );

@@ -302,8 +302,35 @@ pub fn processes_under(dir: &Path) -> Vec<u32> {
                 .next()
                 .is_some_and(|rest| rest.trim_start().starts_with('Z'));
             !zombie
-                && std::fs::read_link(format!("/proc/{pid}/cwd"))
+                && (std::fs::read_link(format!("/proc/{pid}/cwd"))
                     .is_ok_and(|cwd| cwd.starts_with(&dir))
+                    || confined_under(*pid, &dir))
         })
         .collect()
+}
+
+/// Whether process `pid` runs in a bubblewrap sandbox whose `/work` is `dir/<sandbox>/work`:
+/// such a process's working directory reads `/work`, so it is found by its mounts instead. A
+/// mount's root is its path within its own filesystem, which is a suffix of the host's path.
+fn confined_under(pid: u32, dir: &Path) -> bool {
+    let Ok(mounts) = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")) else {
+        return false;
+    };
+    mounts.lines().any(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let (Some(root), Some(point)) = (fields.get(3), fields.get(4)) else {
+            return false;
+        };
+        if *point != "/work" {
+            return false;
+        }
+        let root = Path::new(root);
+        let Some(sandbox) = root.parent().and_then(|p| p.file_name()) else {
+            return false;
+        };
+        dir.join(sandbox)
+            .join("work")
+            .to_string_lossy()
+            .ends_with(&*root.to_string_lossy())
+    })
 }

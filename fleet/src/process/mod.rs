@@ -1,9 +1,15 @@
-//! The `process` provider: each sandbox is a `shoal-agent` child process with its own working
-//! directory under the data directory. Development only: it isolates nothing.
+//! The `process` provider: each sandbox is a `shoal-agent` process on this host, confined by
+//! bubblewrap ([`jail`]): its own mount, PID, IPC and UTS namespaces, a read-only view of the
+//! system, its own working directory as `/work`, its own user when the scheduler runs as root, and
+//! an empty environment plus what the agent needs. Where the host cannot confine it, it runs
+//! unconfined and [`ProcessProvider::isolation`] says so (the scheduler then warns and admits one
+//! tenant only).
 //!
-//! Stop is SIGTERM to the agent's process group (SIGKILL after a grace period), suspend and resume
-//! are SIGSTOP and SIGCONT. Agents are started with a parent-death signal, so a scheduler that
-//! dies, even by SIGKILL, leaves no agent behind.
+//! Stop is SIGTERM to the agent (SIGKILL to its process group after a grace period), suspend and
+//! resume are SIGSTOP and SIGCONT to the group. Sandboxes are started with a parent-death signal,
+//! so a scheduler that dies, even by SIGKILL, leaves no agent behind.
+
+pub mod jail;
 
 use crate::{
     Capabilities, Observation, ObservationSink, ObservedState, Provider, ProviderError, SandboxRef,
@@ -26,7 +32,17 @@ pub struct ProcessConfig {
     pub root: PathBuf,
     /// How long a stopping agent may take before it is killed.
     pub stop_grace: Duration,
+    /// How sandboxes are confined (decided once by [`jail::Isolation::probe`]).
+    pub isolation: jail::Isolation,
+    /// When the scheduler runs as root, each live sandbox gets a uid of its own from
+    /// `[uid_base, uid_base + 65536)`.
+    pub uid_base: u32,
 }
+
+/// The default first sandbox uid: above the ranges distributions hand to people and to
+/// subordinate-id maps (`/etc/subuid` starts at 100000), below 2^31.
+pub const DEFAULT_UID_BASE: u32 = 1_200_000;
+const UID_COUNT: u32 = 65_536;
 
 struct Entry {
     spec: SandboxSpec,
@@ -35,6 +51,8 @@ struct Entry {
     /// Bumped by the watcher each time the current process exits.
     exited: watch::Receiver<u64>,
     generation: u64,
+    /// The sandbox's own uid, while it has one.
+    uid: Option<u32>,
 }
 
 /// The process provider.
@@ -42,6 +60,7 @@ pub struct ProcessProvider {
     cfg: ProcessConfig,
     sink: ObservationSink,
     sandboxes: Arc<Mutex<HashMap<String, Entry>>>,
+    uids: Arc<Mutex<jail::UidPool>>,
 }
 
 fn now_ms() -> Millis {
@@ -56,20 +75,55 @@ fn provider_id(sandbox_id: &str) -> String {
 }
 
 fn signal_group(pid: i32, sig: i32) {
-    // SAFETY: kill(2) with a negative pid signals the process group the agent leads; it touches no
-    // memory of ours.
+    // SAFETY: kill(2) with a negative pid signals the process group the sandbox leads; it touches
+    // no memory of ours.
     unsafe {
         libc::kill(-pid, sig);
     }
 }
 
+/// SIGTERM to the agent of the sandbox whose process group is `pgid` (once to each process in
+/// `told`), not to bubblewrap, which would end the sandbox at once, before the agent hands its
+/// job back.
+fn terminate_agent(pgid: i32, told: &mut std::collections::HashSet<i32>) {
+    for pid in jail::group_members_except_bwrap(pgid) {
+        if !told.insert(pid) {
+            continue;
+        }
+        // SAFETY: as in `signal_group`, for one process.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+}
+
+/// Variables of the scheduler's environment a sandbox's agent may inherit: its own settings and
+/// the log filter. Nothing else (the admin token, database URLs, cloud credentials stay out).
+fn inherited_agent_env() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(k, _)| k == "RUST_LOG" || k.starts_with("SHOAL_AGENT_"))
+        .filter(|(k, _)| k != "SHOAL_AGENT_BIN")
+        .collect()
+}
+
 impl ProcessProvider {
-    pub fn new(cfg: ProcessConfig, sink: ObservationSink) -> Self {
+    pub fn new(mut cfg: ProcessConfig, sink: ObservationSink) -> Self {
+        // bubblewrap binds the agent by path from inside the sandbox's directory.
+        if let Ok(abs) = std::fs::canonicalize(&cfg.agent_bin) {
+            cfg.agent_bin = abs;
+        }
+        let uids = jail::UidPool::new(cfg.uid_base, UID_COUNT);
         ProcessProvider {
             cfg,
             sink,
             sandboxes: Arc::new(Mutex::new(HashMap::new())),
+            uids: Arc::new(Mutex::new(uids)),
         }
+    }
+
+    /// How this provider's sandboxes are confined.
+    pub fn isolation(&self) -> &jail::Isolation {
+        &self.cfg.isolation
     }
 
     fn observe(&self, spec: &SandboxSpec, state: ObservedState) {
@@ -84,25 +138,103 @@ impl ProcessProvider {
         });
     }
 
-    fn workdir(&self, sandbox_id: &str) -> PathBuf {
+    /// The sandbox's own directory: its agent's log, and `work/`, the only part its processes
+    /// see.
+    fn sandbox_dir(&self, sandbox_id: &str) -> PathBuf {
         self.cfg.root.join(sandbox_id)
+    }
+
+    /// The uid sandbox `sandbox_id` runs as, and whether it was newly taken: the one it had, else
+    /// a free one; `None` when the scheduler is not root (every sandbox then runs as the
+    /// scheduler's user, in namespaces of its own).
+    fn sandbox_uid(&self, sandbox_id: &str) -> Result<(Option<u32>, bool), ProviderError> {
+        if !jail::is_root() {
+            return Ok((None, false));
+        }
+        if let Some(uid) = self
+            .sandboxes
+            .lock()
+            .unwrap()
+            .get(sandbox_id)
+            .and_then(|e| e.uid)
+        {
+            return Ok((Some(uid), false));
+        }
+        let uid = self.uids.lock().unwrap().take();
+        uid.map(|u| (Some(u), true))
+            .ok_or_else(|| ProviderError::Capacity("every sandbox uid is in use".into()))
     }
 
     /// Starts the agent process for `spec`; the caller holds no lock.
     fn spawn(&self, spec: &SandboxSpec) -> Result<(), ProviderError> {
-        let dir = self.workdir(&spec.sandbox_id);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| ProviderError::Permanent(format!("creating {}: {e}", dir.display())))?;
+        // Inside bubblewrap a missing or non-executable agent would only show as a sandbox that
+        // exits at once; say so here, as an unconfined spawn would.
+        use std::os::unix::fs::PermissionsExt;
+        match std::fs::metadata(&self.cfg.agent_bin) {
+            Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => {}
+            _ => {
+                return Err(ProviderError::Permanent(format!(
+                    "the agent {} is not an executable file",
+                    self.cfg.agent_bin.display()
+                )));
+            }
+        }
+        let dir = self.sandbox_dir(&spec.sandbox_id);
+        let work = dir.join("work");
+        std::fs::create_dir_all(&work)
+            .map_err(|e| ProviderError::Permanent(format!("creating {}: {e}", work.display())))?;
+        let (uid, fresh) = self.sandbox_uid(&spec.sandbox_id)?;
+        let give_back = |e: ProviderError| {
+            if let Some(u) = uid.filter(|_| fresh) {
+                self.uids.lock().unwrap().give_back(u);
+            }
+            e
+        };
+        if let Some(uid) = uid {
+            // The sandbox's user alone reaches its files.
+            let _ = std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o700));
+            jail::chown(&work, uid).map_err(|e| {
+                give_back(ProviderError::Permanent(format!(
+                    "chown {}: {e}",
+                    work.display()
+                )))
+            })?;
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("agent.log"))
-            .map_err(|e| ProviderError::Permanent(format!("agent log: {e}")))?;
+            .map_err(|e| give_back(ProviderError::Permanent(format!("agent log: {e}"))))?;
         let log2 = log
             .try_clone()
-            .map_err(|e| ProviderError::Permanent(e.to_string()))?;
-        let mut cmd = tokio::process::Command::new(&self.cfg.agent_bin);
-        cmd.current_dir(&dir)
+            .map_err(|e| give_back(ProviderError::Permanent(e.to_string())))?;
+        let mut cmd = match &self.cfg.isolation {
+            jail::Isolation::Bubblewrap { bwrap } => {
+                let jail = jail::Jail {
+                    bwrap: bwrap.clone(),
+                    workdir: work.clone(),
+                    agent_bin: self.cfg.agent_bin.clone(),
+                    uid,
+                };
+                let mut cmd = tokio::process::Command::new(bwrap);
+                cmd.args(jail.args(&[]));
+                cmd
+            }
+            jail::Isolation::Unconfined { .. } => {
+                let mut cmd = tokio::process::Command::new(&self.cfg.agent_bin);
+                if let Some(uid) = uid {
+                    // Not confined, but not root either: the data directory (0700) stays shut.
+                    cmd.uid(uid).gid(uid);
+                }
+                cmd
+            }
+        };
+        cmd.current_dir(&work)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", jail::WORKDIR_IN_SANDBOX)
+            .env("TMPDIR", "/tmp")
+            .envs(inherited_agent_env())
             .envs(spec.agent_env())
             .stdin(std::process::Stdio::null())
             .stdout(log)
@@ -117,7 +249,10 @@ impl ProcessProvider {
             });
         }
         let mut child = cmd.spawn().map_err(|e| {
-            ProviderError::Permanent(format!("spawning {}: {e}", self.cfg.agent_bin.display()))
+            give_back(ProviderError::Permanent(format!(
+                "spawning {}: {e}",
+                self.cfg.agent_bin.display()
+            )))
         })?;
         let pid = child.id().map(|p| p as i32);
         let (tx, rx) = watch::channel(0u64);
@@ -132,6 +267,7 @@ impl ProcessProvider {
                     pid,
                     exited: rx,
                     generation,
+                    uid,
                 },
             );
             generation
@@ -184,9 +320,26 @@ impl ProcessProvider {
         if state == ObservedState::Suspended {
             signal_group(pid, libc::SIGCONT);
         }
-        signal_group(pid, libc::SIGTERM);
+        let confined = matches!(self.cfg.isolation, jail::Isolation::Bubblewrap { .. });
+        if !confined {
+            signal_group(pid, libc::SIGTERM);
+        }
         let exited_in_time = tokio::time::timeout(self.cfg.stop_grace, async {
-            let _ = exited.wait_for(|g| *g > 0).await;
+            if confined {
+                // A sandbox stopped just after it started may not have exec'd its agent yet:
+                // until it exits, whatever of it is not bubblewrap is asked again.
+                let mut tick = tokio::time::interval(Duration::from_millis(50));
+                let mut told = std::collections::HashSet::new();
+                loop {
+                    terminate_agent(pid, &mut told);
+                    tokio::select! {
+                        _ = exited.wait_for(|g| *g > 0) => break,
+                        _ = tick.tick() => {}
+                    }
+                }
+            } else {
+                let _ = exited.wait_for(|g| *g > 0).await;
+            }
         })
         .await
         .is_ok();
@@ -226,6 +379,10 @@ impl Provider for ProcessProvider {
             suspend: true,
             stop: true,
         }
+    }
+
+    fn isolation_warning(&self) -> Option<String> {
+        self.cfg.isolation.warning()
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<String, ProviderError> {
@@ -298,7 +455,10 @@ impl Provider for ProcessProvider {
             Err(e) => return Err(e),
         }
         let removed = self.sandboxes.lock().unwrap().remove(&sandbox.sandbox_id);
-        let _ = std::fs::remove_dir_all(self.workdir(&sandbox.sandbox_id));
+        let _ = std::fs::remove_dir_all(self.sandbox_dir(&sandbox.sandbox_id));
+        if let Some(uid) = removed.as_ref().and_then(|e| e.uid) {
+            self.uids.lock().unwrap().give_back(uid);
+        }
         if let Some(e) = removed {
             self.observe(&e.spec, ObservedState::Gone);
         }
