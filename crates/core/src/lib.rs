@@ -1,6 +1,7 @@
 //! Shoal's domain types and state machines: tenants and their plan limits, jobs and their states,
 //! sandboxes and their states, sizes. Plain data with no I/O, shared by every other crate.
 
+pub mod audit;
 pub mod job;
 pub mod limits;
 pub mod sandbox;
