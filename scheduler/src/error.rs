@@ -105,55 +105,115 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A JSON body whose every failure is a clear API error: not JSON, the wrong shape, an unknown or
-/// missing field, too large.
+/// A JSON body whose every failure is a clear API error: not JSON, not an object, the wrong
+/// shape, an unknown or missing field, too large.
 pub struct Body<T>(pub T);
+
+/// [`Body`], or nothing when the body is empty (or only whitespace).
+pub struct OptionalBody<T>(pub Option<T>);
+
+/// The body's bytes, with a body over the limit refused as 413.
+async fn read_bytes<S: Send + Sync>(
+    req: Request,
+    state: &S,
+) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::Bytes::from_request(req, state)
+        .await
+        .map_err(|r| {
+            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "the body is over 32 MiB",
+                )
+            } else {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    format!("cannot read the body: {r}"),
+                )
+            }
+        })
+}
+
+/// A body's bytes, with a body over the limit refused as 413 in the API's shape.
+pub struct RawBody(pub axum::body::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        read_bytes(req, state).await.map(RawBody)
+    }
+}
+
+/// A JSON object read as `T`. (serde reads a struct from a list of its fields too; no caller
+/// means that, so anything but an object is refused.)
+pub fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("the body is not JSON: {e}"),
+        )
+    })?;
+    if !value.is_object() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "the body must be a JSON object",
+        ));
+    }
+    serde_json::from_value(value).map_err(|e| shape_error(&e.to_string()))
+}
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|r| {
-                if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "payload_too_large",
-                        "the body is over 32 MiB",
-                    )
-                } else {
-                    ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "invalid",
-                        format!("cannot read the body: {r}"),
-                    )
-                }
-            })?;
-        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "malformed_json",
-                format!("the body is not JSON: {e}"),
-            )
-        })?;
-        serde_json::from_value(value)
-            .map(Body)
-            .map_err(|e| shape_error(&e.to_string()))
+        let bytes = read_bytes(req, state).await?;
+        parse_object(&bytes).map(Body)
+    }
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = read_bytes(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalBody(None));
+        }
+        parse_object(&bytes).map(|v| OptionalBody(Some(v)))
     }
 }
 
 /// A serde error as an API error, naming the field where serde says which.
 pub fn shape_error(msg: &str) -> ApiError {
-    let field = ["unknown field `", "missing field `"].iter().find_map(|p| {
-        let rest = &msg[msg.find(p)? + p.len()..];
-        Some(rest[..rest.find('`')?].to_string())
-    });
+    let field = ["unknown field `", "missing field `"]
+        .iter()
+        .find_map(|p| {
+            let rest = &msg[msg.find(p)? + p.len()..];
+            Some(rest[..rest.find('`')?].to_string())
+        })
+        .or_else(|| query_field(msg));
     let err = ApiError::new(StatusCode::BAD_REQUEST, "invalid", msg.to_string());
     match field {
         Some(f) => err.field(f),
         None => err,
     }
+}
+
+/// The query parameter a framework message names, as in `Failed to deserialize query string:
+/// limit: invalid digit found in string`.
+pub fn query_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("Failed to deserialize query string: ")?;
+    let (field, _) = rest.split_once(": ")?;
+    (!field.is_empty()
+        && field
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+    .then(|| field.to_string())
 }
 
 #[cfg(test)]
@@ -173,5 +233,31 @@ mod tests {
             Some("kind")
         );
         assert_eq!(shape_error("invalid type: string").field, None);
+        assert_eq!(
+            shape_error("Failed to deserialize query string: limit: invalid digit found in string")
+                .field
+                .as_deref(),
+            Some("limit")
+        );
+    }
+
+    #[derive(serde::Deserialize, Debug)]
+    #[allow(dead_code)]
+    struct Two {
+        a: Option<bool>,
+        b: Option<bool>,
+    }
+
+    #[test]
+    fn only_an_object_is_read_as_a_struct() {
+        assert!(parse_object::<Two>(br#"{"a": true}"#).is_ok());
+        for bad in [&b"[null, null]"[..], b"[]", b"true", b"\"x\""] {
+            let e = parse_object::<Two>(bad).unwrap_err();
+            assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "invalid"));
+        }
+        assert_eq!(
+            parse_object::<Two>(b"{").unwrap_err().code,
+            "malformed_json"
+        );
     }
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod dashboard;
 pub mod error;
+pub mod guard;
 pub mod idle;
 pub mod leader;
 pub mod limits;
@@ -18,6 +19,7 @@ pub mod openapi;
 pub mod state;
 pub mod usage;
 pub mod views;
+pub mod wire;
 
 use anyhow::Context;
 use config::Config;
@@ -28,26 +30,32 @@ use state::App;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Where the admin token came from, as the start banner says.
+enum TokenSource {
+    Environment,
+    File(std::path::PathBuf),
+}
+
 /// The admin token: `SHOAL_ADMIN_TOKEN`, else the one in `<data-dir>/admin-token`, else a new one
 /// written there.
-fn admin_token(cfg: &Config) -> anyhow::Result<String> {
+fn admin_token(cfg: &Config) -> anyhow::Result<(String, TokenSource)> {
     if let Ok(t) = std::env::var("SHOAL_ADMIN_TOKEN")
         && !t.trim().is_empty()
     {
-        return Ok(t.trim().to_string());
+        return Ok((t.trim().to_string(), TokenSource::Environment));
     }
     let path = cfg.data_dir.join("admin-token");
     if let Ok(t) = std::fs::read_to_string(&path)
         && !t.trim().is_empty()
     {
-        return Ok(t.trim().to_string());
+        return Ok((t.trim().to_string(), TokenSource::File(path)));
     }
     let t = state::new_token("sha_");
     std::fs::write(&path, format!("{t}\n"))
         .with_context(|| format!("writing {}", path.display()))?;
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
-    Ok(t)
+    Ok((t, TokenSource::File(path)))
 }
 
 /// The provider the configuration names, reporting its observations on `sink`.
@@ -166,7 +174,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
-    let token = admin_token(&cfg)?;
+    let (token, token_source) = admin_token(&cfg)?;
     let store: Arc<dyn Store> = shoal_store::open(&cfg.database_url)
         .await
         .context("opening the store")?;
@@ -247,15 +255,19 @@ pub async fn serve(
         "  API:         http://{host}:{}/v1   (Authorization: Bearer <admin token>)",
         addr.port()
     );
-    println!(
-        "  Admin token: {token}   (also in {})",
-        app.cfg.data_dir.join("admin-token").display()
-    );
+    match &token_source {
+        TokenSource::Environment => {
+            println!("  Admin token: {token}   (from SHOAL_ADMIN_TOKEN)")
+        }
+        TokenSource::File(path) => {
+            println!("  Admin token: {token}   (also in {})", path.display())
+        }
+    }
 
     let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let router = api::router(Arc::clone(&app));
     let server = tokio::spawn(async move {
-        axum::serve(listener, router)
+        axum::serve(wire::JsonErrors(listener), router)
             .with_graceful_shutdown(async {
                 let _ = http_stop_rx.await;
             })
