@@ -62,6 +62,7 @@ pub fn routes() -> OpenApiRouter<Arc<App>> {
 
 pub fn router(app: Arc<App>) -> Router {
     let (router, doc) = routes().split_for_parts();
+    let doc = crate::openapi::finish(doc);
     let doc = Arc::new(doc.to_pretty_json().unwrap_or_else(|_| "{}".into()));
     router
         .route(

@@ -46,6 +46,45 @@ impl Modify for Security {
     }
 }
 
+/// Every operation answers any error it does not list in the one error shape: the `default`
+/// response. (The guard in front of every route answers 405, 414, 415 and the cross-origin 403 in
+/// it too; docs/adr/0005-api-hardening.md.)
+struct ErrorDefault;
+
+impl Modify for ErrorDefault {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let error = ResponseBuilder::new()
+            .description(
+                "an error: `{\"error\": {\"code\", \"message\", \"field\"?}}` with a fitting status",
+            )
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build();
+        for item in openapi.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                op.responses
+                    .responses
+                    .entry("default".into())
+                    .or_insert_with(|| error.clone().into());
+            }
+        }
+    }
+}
+
 /// Every error answer: `{"error": {"code", "message", "field"?}}`.
 #[derive(Serialize, ToSchema)]
 pub struct ErrorBody {
@@ -66,7 +105,13 @@ pub struct ErrorDetail {
 
 /// The whole document, as `/openapi.json` serves it.
 pub fn document() -> utoipa::openapi::OpenApi {
-    crate::api::routes().split_for_parts().1
+    finish(crate::api::routes().split_for_parts().1)
+}
+
+/// What is added once every path is in: the default error response of each operation.
+pub fn finish(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    ErrorDefault.modify(&mut doc);
+    doc
 }
 
 #[cfg(test)]
@@ -104,6 +149,8 @@ mod tests {
             ("/v1/tenants/{id}", "put"),
             ("/v1/tenants/{id}", "get"),
             ("/v1/tenants/{id}/keys", "post"),
+            ("/v1/tenants/{id}/keys", "get"),
+            ("/v1/tenants/{id}/keys/{key_id}", "delete"),
             ("/v1/tenants/{id}/drain", "post"),
             ("/v1/jobs", "post"),
             ("/v1/jobs", "get"),
@@ -126,7 +173,13 @@ mod tests {
                 "{method} {path} is not documented"
             );
         }
+        assert!(
+            doc["paths"]["/v1/jobs"]["post"]["responses"]["default"].is_object(),
+            "errors are documented on every operation"
+        );
         for schema in [
+            "KeyList",
+            "NewKey",
             "JobView",
             "TenantView",
             "PoolView",
