@@ -62,8 +62,9 @@ pub fn routes() -> OpenApiRouter<Arc<App>> {
 
 pub fn router(app: Arc<App>) -> Router {
     let (router, doc) = routes().split_for_parts();
-    let doc = crate::openapi::finish(doc);
-    let doc = Arc::new(doc.to_pretty_json().unwrap_or_else(|_| "{}".into()));
+    let doc = Arc::new(
+        serde_json::to_string_pretty(&crate::openapi::finish(doc)).unwrap_or_else(|_| "{}".into()),
+    );
     router
         .route(
             "/openapi.json",
@@ -204,9 +205,21 @@ async fn put_tenant(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(id): Path<String>,
-    Body(req): Body<PutTenant>,
+    Body(req): Body<Value>,
 ) -> Result<Response, ApiError> {
     caller.require_admin()?;
+    let req: PutTenant = crate::error::parse_object_with(
+        req,
+        &[
+            "/limits/max_sandboxes",
+            "/limits/max_concurrent_jobs",
+            "/limits/jobs_per_month",
+            "/limits/enqueue_burst",
+            "/limits/min_warm",
+            "/limits/idle_timeout_s",
+            "/limits/sandbox_size/memory_mb",
+        ],
+    )?;
     valid_tenant_id(&id)?;
     let plan: PlanTier = req
         .plan
@@ -413,7 +426,7 @@ pub struct Enqueue {
 }
 
 /// Longest a job (or an agent command) may run: a week.
-const MAX_TIMEOUT_S: u64 = 7 * 86_400;
+pub(crate) const MAX_TIMEOUT_S: u64 = 7 * 86_400;
 
 /// Checks a job's spec against its kind, so a job that cannot run is refused at the door: the
 /// kind's shape, then what the shape alone does not say (a command that names no program, text
@@ -516,8 +529,24 @@ fn validate_spec(kind: JobKind, spec: &Value) -> Result<(), ApiError> {
 async fn enqueue(
     State(app): State<Arc<App>>,
     caller: Caller,
-    Body(req): Body<Enqueue>,
+    Body(req): Body<Value>,
 ) -> Result<Response, ApiError> {
+    let req: Enqueue = crate::error::parse_object_with(
+        req,
+        &[
+            "/priority",
+            "/max_attempts",
+            "/timeout_s",
+            "/spec/timeout_s",
+            "/spec/options/max_nodes",
+            "/spec/options/max_pairwise",
+            "/spec/options/max_changes",
+            "/spec/options/max_value_bytes",
+            "/spec/options/max_result_bytes",
+            "/spec/options/min_runs",
+            "/spec/options/min_failing_streak",
+        ],
+    )?;
     caller.check_tenant(&req.tenant)?;
     if app.is_shutting_down() {
         return Err(ApiError::unavailable("shutting down"));
@@ -553,11 +582,11 @@ pub async fn admit(app: &App, req: Enqueue) -> Result<Admission, ApiError> {
     })?;
     validate_spec(kind, &req.spec)?;
     if let Some(k) = &req.idempotency_key
-        && (k.is_empty() || k.len() > 255 || k.chars().any(char::is_control))
+        && (k.is_empty() || k.chars().count() > 255 || k.chars().any(char::is_control))
     {
         return Err(ApiError::invalid(
             "idempotency_key",
-            "must be 1-255 bytes of text without control characters (NUL, newlines, ...)",
+            "must be 1-255 characters without control characters (NUL, newlines, ...)",
         ));
     }
     let max_attempts = req.max_attempts.unwrap_or(3);

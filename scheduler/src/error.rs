@@ -109,7 +109,7 @@ impl IntoResponse for ApiError {
 /// shape, an unknown or missing field, too large.
 pub struct Body<T>(pub T);
 
-/// [`Body`], or nothing when the body is empty (or only whitespace).
+/// [`Body`], or nothing when the body is empty (only whitespace) or JSON `null`.
 pub struct OptionalBody<T>(pub Option<T>);
 
 /// The body's bytes, with a body over the limit refused as 413.
@@ -167,6 +167,40 @@ pub fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_value(value).map_err(|e| shape_error(&e.to_string()))
 }
 
+/// Integers written as whole floats (`3.0`), which JSON Schema counts as integers, made integers at
+/// these JSON Pointers, so that serde reads them into integer fields. Only fields the API defines
+/// are named: a job's own documents keep their numbers as written.
+pub fn whole_numbers(v: &mut serde_json::Value, pointers: &[&str]) {
+    for p in pointers {
+        if let Some(n) = v.pointer_mut(p)
+            && let Some(f) = n.as_f64().filter(|_| n.is_f64())
+            && f.fract() == 0.0
+        {
+            if f >= 0.0 && f <= u64::MAX as f64 {
+                *n = serde_json::Value::from(f as u64);
+            } else if f < 0.0 && f >= i64::MIN as f64 {
+                *n = serde_json::Value::from(f as i64);
+            }
+        }
+    }
+}
+
+/// A JSON object read as `T`, with [`whole_numbers`] at `pointers` first.
+pub fn parse_object_with<T: DeserializeOwned>(
+    mut value: serde_json::Value,
+    pointers: &[&str],
+) -> Result<T, ApiError> {
+    if !value.is_object() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "the body must be a JSON object",
+        ));
+    }
+    whole_numbers(&mut value, pointers);
+    serde_json::from_value(value).map_err(|e| shape_error(&e.to_string()))
+}
+
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
 
@@ -181,7 +215,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalBody<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = read_bytes(req, state).await?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
+        let blank = bytes.iter().all(u8::is_ascii_whitespace);
+        if blank || bytes.trim_ascii() == b"null" {
             return Ok(OptionalBody(None));
         }
         parse_object(&bytes).map(|v| OptionalBody(Some(v)))
@@ -246,6 +281,17 @@ mod tests {
     struct Two {
         a: Option<bool>,
         b: Option<bool>,
+    }
+
+    #[test]
+    fn whole_floats_become_integers_where_named() {
+        let mut v = serde_json::json!({"a": 3.0, "b": -2.0, "c": 1.5, "d": {"e": 4.0}, "f": 5.0});
+        whole_numbers(&mut v, &["/a", "/b", "/c", "/d/e", "/missing"]);
+        assert_eq!(
+            v,
+            serde_json::json!({"a": 3, "b": -2, "c": 1.5, "d": {"e": 4}, "f": 5.0})
+        );
+        assert!(v["f"].is_f64(), "an unnamed number keeps its form");
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod limits;
 pub mod live;
 pub mod metrics;
 pub mod openapi;
+pub mod schemas;
 pub mod state;
 pub mod usage;
 pub mod views;

@@ -4,6 +4,7 @@
 //! drift from what the server does.
 
 use serde::Serialize;
+use serde_json::{Value, json};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
@@ -46,45 +47,6 @@ impl Modify for Security {
     }
 }
 
-/// Every operation answers any error it does not list in the one error shape: the `default`
-/// response. (The guard in front of every route answers 405, 414, 415 and the cross-origin 403 in
-/// it too; docs/adr/0005-api-hardening.md.)
-struct ErrorDefault;
-
-impl Modify for ErrorDefault {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
-        let error = ResponseBuilder::new()
-            .description(
-                "an error: `{\"error\": {\"code\", \"message\", \"field\"?}}` with a fitting status",
-            )
-            .content(
-                "application/json",
-                ContentBuilder::new()
-                    .schema(Some(Ref::from_schema_name("ErrorBody")))
-                    .build(),
-            )
-            .build();
-        for item in openapi.paths.paths.values_mut() {
-            for op in [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                op.responses
-                    .responses
-                    .entry("default".into())
-                    .or_insert_with(|| error.clone().into());
-            }
-        }
-    }
-}
-
 /// Every error answer: `{"error": {"code", "message", "field"?}}`.
 #[derive(Serialize, ToSchema)]
 pub struct ErrorBody {
@@ -104,13 +66,59 @@ pub struct ErrorDetail {
 }
 
 /// The whole document, as `/openapi.json` serves it.
-pub fn document() -> utoipa::openapi::OpenApi {
+pub fn document() -> Value {
     finish(crate::api::routes().split_for_parts().1)
 }
 
-/// What is added once every path is in: the default error response of each operation.
-pub fn finish(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
-    ErrorDefault.modify(&mut doc);
+/// The document once every path is in: each operation answers any error it does not list in the
+/// one error shape (its `default` response; the guard in front of every route answers 405, 414,
+/// 415 and the cross-origin 403 in that shape too), and the request inputs whose Rust types say
+/// less than admission checks get their precise schemas ([`crate::schemas`]).
+pub fn finish(doc: utoipa::openapi::OpenApi) -> Value {
+    let mut doc = serde_json::to_value(doc).unwrap_or_default();
+    let error = json!({
+        "description": "an error: `{\"error\": {\"code\", \"message\", \"field\"?}}` with a fitting status",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+    });
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for item in paths.values_mut() {
+            let Some(item) = item.as_object_mut() else {
+                continue;
+            };
+            for (_, op) in item.iter_mut() {
+                if let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) {
+                    responses.entry("default").or_insert_with(|| error.clone());
+                }
+            }
+        }
+    }
+    let schemas = &mut doc["components"]["schemas"];
+    schemas["Enqueue"] = crate::schemas::enqueue();
+    schemas["PutTenant"]["properties"]["limits"] = crate::schemas::limits_patch();
+    schemas["PutTenant"]["properties"]["plan"]["enum"] =
+        json!(["free", "pro", "team", "enterprise"]);
+    for param in doc["paths"]["/v1/tenants/{id}"]["put"]["parameters"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+    {
+        if param["name"] == "id" {
+            param["schema"] = crate::schemas::tenant_id();
+        }
+    }
+    doc["paths"]["/v1/stream"]["get"]["responses"]["200"]["content"]["text/event-stream"]["schema"] =
+        crate::schemas::stream_event();
+    for (path, name, schema) in crate::schemas::query_params() {
+        for param in doc["paths"][path]["get"]["parameters"]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+        {
+            if param["name"] == name {
+                param["schema"] = schema.clone();
+            }
+        }
+    }
     doc
 }
 
@@ -143,7 +151,7 @@ mod tests {
 
     #[test]
     fn document_covers_the_contract() {
-        let doc = serde_json::to_value(document()).expect("json");
+        let doc = document();
         for (path, method) in [
             ("/v1/tenants", "get"),
             ("/v1/tenants/{id}", "put"),
@@ -176,6 +184,13 @@ mod tests {
         assert!(
             doc["paths"]["/v1/jobs"]["post"]["responses"]["default"].is_object(),
             "errors are documented on every operation"
+        );
+        assert_eq!(
+            doc["components"]["schemas"]["Enqueue"]["oneOf"]
+                .as_array()
+                .map(Vec::len),
+            Some(3),
+            "a spec's schema follows its kind"
         );
         for schema in [
             "KeyList",

@@ -278,7 +278,8 @@ impl Limits {
     }
 
     /// Every inconsistency at once, empty when the limits are usable: each set limit within its
-    /// [`range`], `min_warm` within `max_sandboxes`.
+    /// [`range`]. (`min_warm` above `max_sandboxes` is no error: the planner never keeps more
+    /// sandboxes than `max_sandboxes`, warm or not.)
     pub fn validate(&self) -> Vec<LimitError> {
         let mut errs = Vec::new();
         let mut bad = |field, message: String| errs.push(LimitError { field, message });
@@ -331,11 +332,6 @@ impl Limits {
             if let Some(Err(m)) = check {
                 bad(field, m);
             }
-        }
-        if let Some(m) = self.max_sandboxes
-            && self.min_warm > m
-        {
-            bad("min_warm", "must not exceed max_sandboxes".into());
         }
         let s = self.sandbox_size;
         if !(s.cpus >= range::CPUS.0 && s.cpus <= range::CPUS.1) {
@@ -413,9 +409,9 @@ mod tests {
         let patch: LimitsPatch =
             serde_json::from_str(r#"{"max_sandboxes": 1, "min_warm": 3, "enqueue_burst": 0}"#)
                 .unwrap();
-        let errs = Limits::resolve(PlanTier::Free, &patch).validate();
-        let fields: Vec<_> = errs.iter().map(|e| e.field).collect();
-        assert_eq!(fields, ["enqueue_burst", "min_warm"]);
+        let limits = Limits::resolve(PlanTier::Free, &patch);
+        let fields: Vec<_> = limits.validate().iter().map(|e| e.field).collect();
+        assert_eq!(fields, ["enqueue_burst"]);
     }
 
     /// The issue's cases: a rate so small its period overflows, an idle timeout that wraps when
