@@ -4,9 +4,16 @@ use anyhow::{Context, Result, bail};
 use shoal_protocol::{Completion, Heartbeat, HeartbeatResponse, LeaseRequest, LeaseResponse};
 use std::time::Duration;
 
-/// A completion the scheduler refused because the lease is no longer the job's.
-#[derive(Debug)]
-pub struct StaleLease;
+/// The scheduler's answer to a completion it read.
+#[derive(Debug, PartialEq)]
+pub enum CompleteAnswer {
+    /// Recorded.
+    Recorded,
+    /// Refused because the lease is no longer the job's.
+    Stale,
+    /// Refused as it is (too large, malformed): sending it again would get the same answer.
+    Refused { status: u16, message: String },
+}
 
 pub struct Client {
     http: reqwest::Client,
@@ -67,8 +74,9 @@ impl Client {
         }
     }
 
-    /// Reports an outcome: `Ok(Ok(()))` recorded, `Ok(Err(StaleLease))` refused as stale.
-    pub async fn complete(&self, c: &Completion) -> Result<Result<(), StaleLease>> {
+    /// Reports an outcome; `Err` when the scheduler could not be reached or could not answer now
+    /// (worth retrying).
+    pub async fn complete(&self, c: &Completion) -> Result<CompleteAnswer> {
         let resp = self
             .post("/v1/agent/complete")
             .timeout(Duration::from_secs(30))
@@ -76,8 +84,12 @@ impl Client {
             .send()
             .await?;
         match resp.status().as_u16() {
-            200 => Ok(Ok(())),
-            409 => Ok(Err(StaleLease)),
+            200 => Ok(CompleteAnswer::Recorded),
+            409 => Ok(CompleteAnswer::Stale),
+            status @ (400 | 413 | 415 | 422) => Ok(CompleteAnswer::Refused {
+                status,
+                message: resp.text().await.unwrap_or_default(),
+            }),
             s => bail!(
                 "complete answered {s}: {}",
                 resp.text().await.unwrap_or_default()

@@ -2,7 +2,7 @@
 //! scheduler says stop. On SIGTERM an idle agent exits at once and a busy one lets its job finish
 //! within a grace period, else stops it and hands the job back.
 
-use crate::client::{Client, StaleLease};
+use crate::client::{Client, CompleteAnswer};
 use crate::tail::Tail;
 use anyhow::{Context, Result};
 use shoal_protocol::{
@@ -151,20 +151,64 @@ async fn work(args: RunArgs) -> Result<()> {
     }
 }
 
-/// Reports an outcome, retrying while the scheduler cannot be reached.
+/// The outcome as it can be recorded: a result over the scheduler's size or depth bound becomes
+/// a failure with the code `result_too_large`, so the job ends at once instead of being refused
+/// on every try until its lease lapses.
+pub fn recordable(outcome: Outcome) -> Outcome {
+    let result = match &outcome {
+        Outcome::Succeeded { result }
+        | Outcome::Failed {
+            result: Some(result),
+            ..
+        } => result,
+        _ => return outcome,
+    };
+    let text = serde_json::to_string(result).unwrap_or_default();
+    match shoal_protocol::result_too_large(&text) {
+        Some(error) => Outcome::Failed {
+            result: None,
+            error,
+        },
+        None => outcome,
+    }
+}
+
+/// Reports an outcome, retrying while the scheduler cannot be reached. One the scheduler refuses
+/// as it is (too large, malformed) is reported once more as a failure saying why, without its
+/// result.
 async fn report(client: &Client, a: &Assignment, outcome: Outcome) {
-    let c = Completion {
+    let mut c = Completion {
         job_id: a.job_id.clone(),
         lease_id: a.lease_id.clone(),
-        outcome,
+        outcome: recordable(outcome),
     };
     let mut wait = Duration::from_millis(100);
+    let mut refused_before = false;
     for _ in 0..40 {
         match client.complete(&c).await {
-            Ok(Ok(())) => return,
-            Ok(Err(StaleLease)) => {
+            Ok(CompleteAnswer::Recorded) => return,
+            Ok(CompleteAnswer::Stale) => {
                 tracing::info!(job = %a.job_id, "completion refused: the lease moved on");
                 return;
+            }
+            Ok(CompleteAnswer::Refused { status, message }) => {
+                tracing::warn!(job = %a.job_id, status, %message, "completion refused");
+                if refused_before {
+                    return;
+                }
+                refused_before = true;
+                let code = if status == 413 {
+                    shoal_protocol::RESULT_TOO_LARGE
+                } else {
+                    "completion_refused"
+                };
+                c.outcome = Outcome::Failed {
+                    result: None,
+                    error: JobError::new(
+                        code,
+                        format!("the scheduler refused the job's completion ({status}): {message}"),
+                    ),
+                };
             }
             Err(e) => {
                 tracing::warn!(job = %a.job_id, error = %format!("{e:#}"), "reporting failed; retrying");
@@ -459,4 +503,41 @@ fn oom_kills() -> u64 {
         })
     })
     .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_result_too_deep_or_too_large_ends_the_job_as_result_too_large() {
+        let mut deep = json!(1);
+        for _ in 0..125 {
+            deep = json!([deep]);
+        }
+        let big = json!({"s": "x".repeat(shoal_protocol::MAX_RESULT_BYTES)});
+        for result in [deep, big] {
+            match recordable(Outcome::Succeeded { result }) {
+                Outcome::Failed {
+                    result: None,
+                    error,
+                } => {
+                    assert_eq!(
+                        error.code,
+                        shoal_protocol::RESULT_TOO_LARGE,
+                        "{}",
+                        error.message
+                    )
+                }
+                other => panic!("kept: {:?}", std::mem::discriminant(&other)),
+            }
+        }
+        let ok =
+            json!({"equal": false, "changes": [{"op": "added", "path": "/a", "after": [[1]]}]});
+        match recordable(Outcome::Succeeded { result: ok.clone() }) {
+            Outcome::Succeeded { result } => assert_eq!(result, ok),
+            _ => panic!("a small result was refused"),
+        }
+    }
 }

@@ -3,12 +3,12 @@
 //! it with that same attribute, so `/openapi.json` lists exactly what is served.
 
 use crate::auth::{Agent, COOKIE, Caller};
-use crate::error::{ApiError, Body};
+use crate::error::{ApiError, Body, OptionalBody, RawBody};
 use crate::openapi::{ApiDoc, ErrorBody};
 use crate::state::{App, hash_token, new_token, now_ms};
 use crate::views::{
-    self, Accepted, CompletedView, EventList, JobPage, JobView, NewKey, PlanView, PoolList,
-    PoolView, SandboxCounts, TenantList, TenantView,
+    self, Accepted, CompletedView, EventList, JobPage, JobView, KeyList, NewKey, PlanView,
+    PoolList, PoolView, SandboxCounts, TenantList, TenantView,
 };
 use crate::{dashboard, live, usage};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::Value;
+use shoal_core::limits::ObjectOnly;
 use shoal_core::{JobKind, JobState, Limits, LimitsPatch, PlanTier, SandboxState};
 use shoal_protocol::{
     Assignment, Completion, Heartbeat, HeartbeatResponse, LeaseRequest, LeaseResponse, Outcome,
@@ -40,7 +41,8 @@ pub fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(metrics))
         .routes(routes!(list_tenants))
         .routes(routes!(put_tenant, get_tenant))
-        .routes(routes!(create_key))
+        .routes(routes!(create_key, list_keys))
+        .routes(routes!(revoke_key))
         .routes(routes!(drain))
         .routes(routes!(enqueue, list_jobs))
         .routes(routes!(get_job))
@@ -60,7 +62,9 @@ pub fn routes() -> OpenApiRouter<Arc<App>> {
 
 pub fn router(app: Arc<App>) -> Router {
     let (router, doc) = routes().split_for_parts();
-    let doc = Arc::new(doc.to_pretty_json().unwrap_or_else(|_| "{}".into()));
+    let doc = Arc::new(
+        serde_json::to_string_pretty(&crate::openapi::finish(doc)).unwrap_or_else(|_| "{}".into()),
+    );
     router
         .route(
             "/openapi.json",
@@ -78,6 +82,7 @@ pub fn router(app: Arc<App>) -> Router {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(crate::guard::layer))
         .with_state(app)
 }
 
@@ -105,16 +110,42 @@ async fn readyz(State(app): State<Arc<App>>) -> Result<&'static str, ApiError> {
     Ok("ready")
 }
 
-/// Prometheus metrics, text exposition format 0.0.4.
-#[utoipa::path(get, path = "/metrics", tag = "health", security(),
-    responses((status = 200, description = "metrics", body = String, content_type = "text/plain; version=0.0.4")))]
-async fn metrics(State(app): State<Arc<App>>) -> Response {
+/// Prometheus metrics, text exposition format 0.0.4. Open by default; with `metrics_token` (or
+/// `metrics_auth = true`) set, a bearer token is required (docs/operators.md).
+#[utoipa::path(get, path = "/metrics", tag = "health", security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "metrics", body = String, content_type = "text/plain; version=0.0.4"),
+        (status = 401, description = "a token is required and was not given", body = ErrorBody),
+    ))]
+async fn metrics(State(app): State<Arc<App>>, headers: axum::http::HeaderMap) -> Response {
+    if let Err(e) = metrics_allowed(&app, &headers).await {
+        return e.into_response();
+    }
     let mut r = app.metrics.render().into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     r
+}
+
+/// Whether `/metrics` may answer this request: always when it is open, else for the metrics token
+/// or the admin token.
+async fn metrics_allowed(app: &App, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let cfg = &app.cfg;
+    if cfg.metrics_token.is_none() && !cfg.metrics_auth {
+        return Ok(());
+    }
+    let token = crate::auth::bearer_token(headers).ok_or_else(ApiError::unauthorized)?;
+    let by_metrics_token = cfg
+        .metrics_token
+        .as_deref()
+        .is_some_and(|t| crate::auth::constant_time_eq(&token, t));
+    if by_metrics_token || crate::auth::authenticate(app, &token).await? == Some(Caller::Admin) {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized())
+    }
 }
 
 fn valid_tenant_id(id: &str) -> Result<(), ApiError> {
@@ -148,7 +179,7 @@ pub struct PutTenant {
     /// (`{"cpus", "memory_mb"}`); `null` is unlimited.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
-    limits: Option<LimitsPatch>,
+    limits: Option<ObjectOnly<LimitsPatch>>,
 }
 
 pub(crate) async fn tenant_view(
@@ -174,15 +205,27 @@ async fn put_tenant(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(id): Path<String>,
-    Body(req): Body<PutTenant>,
+    Body(req): Body<Value>,
 ) -> Result<Response, ApiError> {
     caller.require_admin()?;
+    let req: PutTenant = crate::error::parse_object_with(
+        req,
+        &[
+            "/limits/max_sandboxes",
+            "/limits/max_concurrent_jobs",
+            "/limits/jobs_per_month",
+            "/limits/enqueue_burst",
+            "/limits/min_warm",
+            "/limits/idle_timeout_s",
+            "/limits/sandbox_size/memory_mb",
+        ],
+    )?;
     valid_tenant_id(&id)?;
     let plan: PlanTier = req
         .plan
         .parse()
         .map_err(|e| ApiError::invalid("plan", format!("{e}: free, pro, team or enterprise")))?;
-    let patch = req.limits.unwrap_or_default();
+    let patch = req.limits.map(|l| l.0).unwrap_or_default();
     if let Some(e) = Limits::resolve(plan, &patch).validate().into_iter().next() {
         return Err(ApiError::invalid(
             format!("limits.{}", e.field),
@@ -247,10 +290,14 @@ async fn list_tenants(
     Ok(Json(TenantList { tenants: out }))
 }
 
-/// A new API key for the tenant, shown once (admin).
+/// A new API key for the tenant, shown once (admin). The body, if any, is ignored.
 #[utoipa::path(post, path = "/v1/tenants/{id}/keys", tag = "tenants",
     params(("id" = String, Path)),
-    responses((status = 201, body = NewKey), (status = 404, body = ErrorBody)))]
+    responses(
+        (status = 201, body = NewKey),
+        (status = 403, description = "not the admin", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ))]
 async fn create_key(
     State(app): State<Arc<App>>,
     caller: Caller,
@@ -262,8 +309,62 @@ async fn create_key(
         .await?
         .ok_or_else(|| ApiError::not_found("tenant", &id))?;
     let key = new_token("shk_");
-    app.store.add_key(&id, &hash_token(&key), now_ms()).await?;
-    Ok((StatusCode::CREATED, Json(NewKey { tenant: id, key })).into_response())
+    let key_id = format!("key_{}", uuid::Uuid::now_v7().simple());
+    app.store
+        .add_key(&id, &key_id, &hash_token(&key), now_ms())
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(NewKey {
+            id: key_id,
+            tenant: id,
+            key,
+        }),
+    )
+        .into_response())
+}
+
+/// The tenant's API keys, oldest first: ids and times, never a key (the admin, or the tenant's
+/// own key).
+#[utoipa::path(get, path = "/v1/tenants/{id}/keys", tag = "tenants",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, body = KeyList),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ))]
+async fn list_keys(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<KeyList>, ApiError> {
+    let t = visible_tenant(&app, &caller, &id).await?;
+    let keys = app.store.keys(&t.id).await?;
+    Ok(Json(KeyList {
+        keys: keys.iter().map(views::key).collect(),
+    }))
+}
+
+/// Revokes one of the tenant's keys, at once on every replica (the admin, or the tenant's own
+/// key).
+#[utoipa::path(delete, path = "/v1/tenants/{id}/keys/{key_id}", tag = "tenants",
+    params(("id" = String, Path), ("key_id" = String, Path)),
+    responses(
+        (status = 204, description = "revoked"),
+        (status = 403, body = ErrorBody),
+        (status = 404, description = "no such tenant, or no such key of it", body = ErrorBody),
+    ))]
+async fn revoke_key(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path((id, key_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let t = visible_tenant(&app, &caller, &id).await?;
+    if app.store.revoke_key(&t.id, &key_id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("key", &key_id))
+    }
 }
 
 /// `POST /v1/tenants/{id}/drain`; an empty body drains.
@@ -284,28 +385,21 @@ fn yes() -> bool {
 #[utoipa::path(post, path = "/v1/tenants/{id}/drain", tag = "tenants",
     params(("id" = String, Path)),
     request_body(content = Option<DrainReq>, description = "optional; an empty body drains"),
-    responses((status = 200, body = TenantView), (status = 404, body = ErrorBody)))]
+    responses(
+        (status = 200, body = TenantView),
+        (status = 400, description = "not an object `{\"draining\"?}`", body = ErrorBody),
+        (status = 403, description = "not the admin", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 413, body = ErrorBody),
+    ))]
 async fn drain(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(id): Path<String>,
-    body: axum::body::Bytes,
+    OptionalBody(req): OptionalBody<DrainReq>,
 ) -> Result<Json<TenantView>, ApiError> {
     caller.require_admin()?;
-    let draining = if body.iter().all(u8::is_ascii_whitespace) {
-        true
-    } else {
-        let v: Value = serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "malformed_json",
-                format!("the body is not JSON: {e}"),
-            )
-        })?;
-        serde_json::from_value::<DrainReq>(v)
-            .map_err(|e| crate::error::shape_error(&e.to_string()))?
-            .draining
-    };
+    let draining = req.is_none_or(|r| r.draining);
     if !app.store.set_draining(&id, draining, now_ms()).await? {
         return Err(ApiError::not_found("tenant", &id));
     }
@@ -347,18 +441,55 @@ pub struct Enqueue {
     pub timeout_s: Option<u64>,
 }
 
-/// Checks a job's spec against its kind, so a job that cannot run is refused at the door.
+/// Longest a job (or an agent command) may run: a week.
+pub(crate) const MAX_TIMEOUT_S: u64 = 7 * 86_400;
+
+/// Checks a job's spec against its kind, so a job that cannot run is refused at the door: the
+/// kind's shape, then what the shape alone does not say (a command that names no program, text
+/// with NUL that no process can take, an environment name no process can have, options whose
+/// patterns or ranges are wrong).
 fn validate_spec(kind: JobKind, spec: &Value) -> Result<(), ApiError> {
     let bad = |msg: String| ApiError::invalid("spec", msg);
     match kind {
         JobKind::Agent => {
+            if !spec.is_object() {
+                return Err(bad("agent spec must be an object".into()));
+            }
             let s: shoal_protocol::AgentSpec = serde_json::from_value(spec.clone())
                 .map_err(|e| bad(format!("agent spec: {e}")))?;
             if s.command.is_empty() || s.command[0].is_empty() {
                 return Err(bad("agent spec: `command` must name a program".into()));
             }
-            if s.timeout_s == Some(0) {
-                return Err(bad("agent spec: `timeout_s` must be at least 1".into()));
+            if let Some(i) = s.command.iter().position(|a| a.contains('\0')) {
+                return Err(bad(format!(
+                    "agent spec: `command[{i}]` contains a NUL character"
+                )));
+            }
+            for (k, v) in &s.env {
+                if k.is_empty() || k.contains('=') || k.contains('\0') {
+                    return Err(bad(format!(
+                        "agent spec: environment name {k:?} must be non-empty, without `=` or NUL"
+                    )));
+                }
+                if v.contains('\0') {
+                    return Err(bad(format!(
+                        "agent spec: the value of environment variable `{k}` contains a NUL character"
+                    )));
+                }
+            }
+            if let Some(w) = &s.workdir
+                && (w.is_empty() || w.contains('\0'))
+            {
+                return Err(bad(
+                    "agent spec: `workdir` must be a non-empty path without NUL".into(),
+                ));
+            }
+            if let Some(t) = s.timeout_s
+                && !(1..=MAX_TIMEOUT_S).contains(&t)
+            {
+                return Err(bad(format!(
+                    "agent spec: `timeout_s` must be between 1 and {MAX_TIMEOUT_S}"
+                )));
             }
         }
         JobKind::SemanticDiff => {
@@ -376,30 +507,26 @@ fn validate_spec(kind: JobKind, spec: &Value) -> Result<(), ApiError> {
             {
                 return Err(bad(format!("semantic_diff spec: unknown field `{k}`")));
             }
-            if let Some(o) = obj.get("options") {
-                serde_json::from_value::<shoal_semdiff::Options>(o.clone())
-                    .map_err(|e| bad(format!("semantic_diff options: {e}")))?;
+            match obj.get("options") {
+                None | Some(Value::Null) => {}
+                Some(o) if !o.is_object() => {
+                    return Err(bad("semantic_diff options must be an object".into()));
+                }
+                Some(o) => shoal_semdiff::Options::from_value(o)
+                    .and_then(|o| o.check())
+                    .map_err(|e| bad(format!("semantic_diff {e}")))?,
             }
         }
         JobKind::FlakyAnalysis => {
             let obj = spec
                 .as_object()
                 .ok_or_else(|| bad("flaky_analysis spec must be an object".into()))?;
-            let runs = obj
-                .get("runs")
-                .ok_or_else(|| bad("flaky_analysis spec: missing `runs`".into()))?;
-            serde_json::from_value::<Vec<shoal_flaky::Run>>(runs.clone())
-                .map_err(|e| bad(format!("flaky_analysis runs: {e}")))?;
-            if let Some(k) = obj
-                .keys()
-                .find(|k| !["runs", "options"].contains(&k.as_str()))
+            if let Some(o) = obj.get("options")
+                && !(o.is_object() || o.is_null())
             {
-                return Err(bad(format!("flaky_analysis spec: unknown field `{k}`")));
+                return Err(bad("flaky_analysis options must be an object".into()));
             }
-            if let Some(o) = obj.get("options") {
-                serde_json::from_value::<shoal_flaky::Options>(o.clone())
-                    .map_err(|e| bad(format!("flaky_analysis options: {e}")))?;
-            }
+            shoal_flaky::parse_spec(spec).map_err(|e| bad(e.to_string()))?;
         }
     }
     Ok(())
@@ -418,8 +545,24 @@ fn validate_spec(kind: JobKind, spec: &Value) -> Result<(), ApiError> {
 async fn enqueue(
     State(app): State<Arc<App>>,
     caller: Caller,
-    Body(req): Body<Enqueue>,
+    Body(req): Body<Value>,
 ) -> Result<Response, ApiError> {
+    let req: Enqueue = crate::error::parse_object_with(
+        req,
+        &[
+            "/priority",
+            "/max_attempts",
+            "/timeout_s",
+            "/spec/timeout_s",
+            "/spec/options/max_nodes",
+            "/spec/options/max_pairwise",
+            "/spec/options/max_changes",
+            "/spec/options/max_value_bytes",
+            "/spec/options/max_result_bytes",
+            "/spec/options/min_runs",
+            "/spec/options/min_failing_streak",
+        ],
+    )?;
     caller.check_tenant(&req.tenant)?;
     if app.is_shutting_down() {
         return Err(ApiError::unavailable("shutting down"));
@@ -455,11 +598,11 @@ pub async fn admit(app: &App, req: Enqueue) -> Result<Admission, ApiError> {
     })?;
     validate_spec(kind, &req.spec)?;
     if let Some(k) = &req.idempotency_key
-        && (k.is_empty() || k.len() > 255)
+        && (k.is_empty() || k.chars().count() > 255 || k.chars().any(char::is_control))
     {
         return Err(ApiError::invalid(
             "idempotency_key",
-            "must be 1-255 characters",
+            "must be 1-255 characters without control characters (NUL, newlines, ...)",
         ));
     }
     let max_attempts = req.max_attempts.unwrap_or(3);
@@ -470,10 +613,10 @@ pub async fn admit(app: &App, req: Enqueue) -> Result<Admission, ApiError> {
         ));
     }
     let timeout_s = req.timeout_s.unwrap_or(3600);
-    if !(1..=7 * 86_400).contains(&timeout_s) {
+    if !(1..=MAX_TIMEOUT_S).contains(&timeout_s) {
         return Err(ApiError::invalid(
             "timeout_s",
-            "must be between 1 and 604800",
+            format!("must be between 1 and {MAX_TIMEOUT_S}"),
         ));
     }
     let priority = req.priority.unwrap_or(0);
@@ -552,7 +695,7 @@ pub async fn admit(app: &App, req: Enqueue) -> Result<Admission, ApiError> {
                 .with_label_values(&[label, kind.as_str()])
                 .inc();
             if let Some(q) = limits.jobs_per_month
-                && period_jobs * 5 >= q * 4
+                && period_jobs.saturating_mul(5) >= q.saturating_mul(4)
                 && app
                     .store
                     .mark_quota_warned(&tenant.id, period.0, now)
@@ -577,7 +720,7 @@ pub async fn admit(app: &App, req: Enqueue) -> Result<Admission, ApiError> {
 }
 
 /// The tenant `id` if the caller's key reaches it (403 otherwise, 404 when there is none).
-async fn visible_tenant(
+pub(crate) async fn visible_tenant(
     app: &App,
     caller: &Caller,
     id: &str,
@@ -620,6 +763,10 @@ async fn get_job(
     Ok(Json(views::job(&job)))
 }
 
+/// Most bytes of results and errors one page of `GET /v1/jobs` carries: 8 MiB. A page stops
+/// before the job that would pass it (it always holds one), and `next_cursor` goes on from there.
+pub const LIST_MAX_BYTES: u64 = 8 * 1024 * 1024;
+
 /// Filters and paging of `GET /v1/jobs`.
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -629,14 +776,20 @@ pub struct ListJobs {
     /// `queued`, `running`, `succeeded`, `failed`, `cancelled` or `dead`.
     state: Option<String>,
     /// 1 to 1000; 100 when absent.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
-/// A page of jobs, newest first.
+/// A page of jobs, newest first: at most `limit` jobs, and no more than 8 MiB of results (a page
+/// stops before the job that would pass that, holding at least one); `next_cursor` continues.
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListJobs),
-    responses((status = 200, body = JobPage), (status = 400, body = ErrorBody)))]
+    responses(
+        (status = 200, body = JobPage),
+        (status = 400, body = ErrorBody),
+        (status = 403, description = "a tenant key asking for another tenant", body = ErrorBody),
+    ))]
 async fn list_jobs(
     State(app): State<Arc<App>>,
     caller: Caller,
@@ -667,22 +820,25 @@ async fn list_jobs(
                 .map_err(|_| ApiError::invalid("cursor", "not a cursor from a previous page"))
         })
         .transpose()?;
-    let jobs = app
+    let page = app
         .store
-        .jobs(&JobFilter {
-            tenant,
-            state,
-            limit,
-            before_seq,
-        })
+        .job_page(
+            &JobFilter {
+                tenant,
+                state,
+                limit,
+                before_seq,
+            },
+            LIST_MAX_BYTES,
+        )
         .await?;
-    let next = if jobs.len() == limit as usize {
-        jobs.last().map(|j| j.seq.to_string())
+    let next = if page.more {
+        page.jobs.last().map(|j| j.seq.to_string())
     } else {
         None
     };
     Ok(Json(JobPage {
-        jobs: jobs.iter().map(views::job).collect(),
+        jobs: page.jobs.iter().map(views::job).collect(),
         next_cursor: next,
     }))
 }
@@ -802,31 +958,41 @@ async fn pool(
 
 /// Filters of `GET /v1/events`.
 #[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// One tenant's events; without it (admin only) every tenant's.
     tenant: Option<String>,
-    /// At most this many, newest first (100 when absent, at most 1000).
+    /// At most this many, newest first: 1 to 1000, 100 when absent.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
 /// Scaling actions and warnings, newest first.
 #[utoipa::path(get, path = "/v1/events", tag = "pools", params(EventsQuery),
-    responses((status = 200, body = EventList), (status = 403, body = ErrorBody)))]
+    responses(
+        (status = 200, body = EventList),
+        (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, description = "no such tenant", body = ErrorBody),
+    ))]
 async fn events(
     State(app): State<Arc<App>>,
     caller: Caller,
-    Query(q): Query<EventsQuery>,
+    q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<EventList>, ApiError> {
-    if let Some(t) = &q.tenant {
-        caller.check_tenant(t)?;
-    } else {
-        caller.require_admin()?;
+    let Query(q) = q.map_err(|e| crate::error::shape_error(&e.body_text()))?;
+    match &q.tenant {
+        Some(t) => {
+            visible_tenant(&app, &caller, t).await?;
+        }
+        None => caller.require_admin()?,
     }
-    let evs = app
-        .store
-        .events(q.tenant.as_deref(), q.limit.unwrap_or(100).min(1000))
-        .await?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("limit", "must be between 1 and 1000"));
+    }
+    let evs = app.store.events(q.tenant.as_deref(), limit).await?;
     Ok(Json(EventList {
         events: evs.iter().map(views::event).collect(),
     }))
@@ -958,19 +1124,44 @@ async fn agent_heartbeat(
     }))
 }
 
-/// An agent reports how its job ended.
-#[utoipa::path(post, path = "/v1/agent/complete", tag = "agent", security(("bearer" = [])),
-    request_body(content = Object, description = "`{\"job_id\", \"lease_id\", \"outcome\"}`"),
-    responses(
-        (status = 200, body = CompletedView),
-        (status = 409, description = "the lease is not the job's current one", body = ErrorBody),
-    ))]
-async fn agent_complete(
-    State(app): State<Arc<App>>,
-    Agent(sandbox): Agent,
-    Body(c): Body<Completion>,
-) -> Result<Response, ApiError> {
-    let finish = match c.outcome {
+/// The ids of a completion, read without the rest of it: serde skips the fields it does not need
+/// without recursing, so they are read from a completion of any depth.
+#[derive(Deserialize)]
+struct CompletionIds {
+    job_id: String,
+    lease_id: String,
+}
+
+/// Bytes a completion may take beyond its result: the ids, the outcome and an error.
+const COMPLETION_OVERHEAD: usize = 64 * 1024;
+
+/// What to record of a completion's body: the outcome, or a failure `result_too_large` when the
+/// body is over the result bounds of `shoal_protocol` (a result nests one level inside the body).
+fn finish_of(body: &[u8]) -> Result<Finish, ApiError> {
+    let depth = shoal_protocol::json_text_depth(body);
+    let too_large = if body.len() > shoal_protocol::MAX_RESULT_BYTES + COMPLETION_OVERHEAD {
+        Some(format!(
+            "the completion is {} bytes, over the {} bytes a result may take",
+            body.len(),
+            shoal_protocol::MAX_RESULT_BYTES
+        ))
+    } else if depth > shoal_protocol::MAX_RESULT_DEPTH + 1 {
+        Some(format!(
+            "the result nests about {} levels deep, over the {} levels a result may take",
+            depth - 1,
+            shoal_protocol::MAX_RESULT_DEPTH
+        ))
+    } else {
+        None
+    };
+    if let Some(message) = too_large {
+        return Ok(Finish::Failed {
+            result: None,
+            error: serde_json::json!({"code": shoal_protocol::RESULT_TOO_LARGE, "message": message}),
+        });
+    }
+    let c: Completion = crate::error::parse_object(body)?;
+    Ok(match c.outcome {
         Outcome::Succeeded { result } => Finish::Succeeded { result },
         Outcome::Failed { result, error } => Finish::Failed {
             result,
@@ -979,10 +1170,43 @@ async fn agent_complete(
         Outcome::Retry { error } => Finish::Retry {
             error: serde_json::to_value(error).unwrap_or_default(),
         },
-    };
+    })
+}
+
+/// An agent reports how its job ended. A completion whose result is over the bounds (10 MiB of
+/// JSON, 64 levels deep) is recorded as the job failing with `result_too_large`, at once: the
+/// answer is final, so the agent does not retry it until the lease lapses.
+#[utoipa::path(post, path = "/v1/agent/complete", tag = "agent", security(("bearer" = [])),
+    request_body(content = Object, description = "`{\"job_id\", \"lease_id\", \"outcome\"}`"),
+    responses(
+        (status = 200, body = CompletedView),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 409, description = "the lease is not the job's current one", body = ErrorBody),
+        (status = 413, body = ErrorBody),
+    ))]
+async fn agent_complete(
+    State(app): State<Arc<App>>,
+    Agent(sandbox): Agent,
+    body: RawBody,
+) -> Result<Response, ApiError> {
+    let body = body.0;
+    let ids: CompletionIds = serde_json::from_slice(&body).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("the body is not JSON: {e}"),
+            )
+        } else {
+            crate::error::shape_error(&e.to_string())
+        }
+    })?;
+    let finish = finish_of(&body)?;
+    drop(body);
     let done = app
         .store
-        .complete(&sandbox.id, &c.job_id, &c.lease_id, finish, now_ms())
+        .complete(&sandbox.id, &ids.job_id, &ids.lease_id, finish, now_ms())
         .await?;
     app.work_changed(&sandbox.tenant);
     match done {
@@ -1001,18 +1225,74 @@ async fn agent_complete(
         }
         Completed::Stale => Err(ApiError::conflict(format!(
             "lease `{}` is not the current lease of job `{}`",
-            c.lease_id, c.job_id
+            ids.lease_id, ids.job_id
         ))
         .field("lease_id")),
     }
 }
 
-/// `GET /?token=...` sets the session cookie and redirects to `/`.
-pub fn session_redirect(token: &str) -> Response {
+/// A token can be a cookie's value as it is: only the characters RFC 6265 allows there (no
+/// space, quote, comma, semicolon or backslash), so nothing can add an attribute.
+fn cookie_safe(token: &str) -> bool {
+    !token.is_empty()
+        && token
+            .bytes()
+            .all(|b| matches!(b, 0x21 | 0x23..=0x2b | 0x2d..=0x3a | 0x3c..=0x5b | 0x5d..=0x7e))
+}
+
+/// `GET /?token=...`: sets the session cookie to `token` and redirects to `/`, when the token is
+/// the admin token or a tenant's key (anything else is refused, so no one can plant a cookie).
+pub async fn session_redirect(app: &App, token: &str) -> Result<Response, ApiError> {
+    if crate::auth::authenticate(app, token).await?.is_none() {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the token is neither the admin token nor a tenant's key",
+        )
+        .field("token"));
+    }
+    if !cookie_safe(token) {
+        return Err(ApiError::invalid(
+            "token",
+            "this token has characters a cookie cannot carry; use the API with `Authorization: Bearer` instead",
+        ));
+    }
     let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/");
     let mut r = (StatusCode::SEE_OTHER, [(header::LOCATION, "/")]).into_response();
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
-        r.headers_mut().insert(header::SET_COOKIE, v);
+    let v = HeaderValue::from_str(&cookie).map_err(ApiError::internal)?;
+    r.headers_mut().insert(header::SET_COOKIE, v);
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_tokens_go_into_a_cookie() {
+        assert!(cookie_safe("sha_0123abcd"));
+        assert!(cookie_safe("test-admin-42"));
+        for bad in ["", "a;Max-Age=9", "a b", "a,b", "a\"b", "a\\b", "é"] {
+            assert!(!cookie_safe(bad), "{bad}");
+        }
     }
-    r
+
+    #[test]
+    fn a_too_deep_or_too_large_completion_fails_its_job() {
+        let deep = format!(
+            r#"{{"job_id":"j","lease_id":"l","outcome":"succeeded","result":{}1{}}}"#,
+            "[".repeat(125),
+            "]".repeat(125)
+        );
+        let Finish::Failed {
+            result: None,
+            error,
+        } = finish_of(deep.as_bytes()).unwrap()
+        else {
+            panic!("a deep result was recorded");
+        };
+        assert_eq!(error["code"], shoal_protocol::RESULT_TOO_LARGE);
+        let ok = br#"{"job_id":"j","lease_id":"l","outcome":"succeeded","result":{"a":[[1]]}}"#;
+        assert!(matches!(finish_of(ok).unwrap(), Finish::Succeeded { .. }));
+    }
 }

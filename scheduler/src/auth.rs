@@ -2,10 +2,10 @@
 //! `Authorization: Bearer` header (or the dashboard's session cookie).
 
 use crate::error::ApiError;
-use crate::state::{App, hash_token};
+use crate::state::{App, hash_token, now_ms};
 use axum::extract::FromRequestParts;
-use axum::http::header;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
 use shoal_store::SandboxRecord;
 use std::sync::Arc;
 
@@ -49,19 +49,18 @@ impl Caller {
     }
 }
 
-fn bearer(parts: &Parts) -> Option<String> {
-    let h = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = h.split_once(' ')?;
+/// The token of an `Authorization: Bearer TOKEN` header, if any.
+pub fn bearer_token(h: &HeaderMap) -> Option<String> {
+    let v = h.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim().to_string())
 }
 
 /// The session cookie's token, if any.
-pub fn cookie_token(parts: &Parts) -> Option<String> {
-    parts
-        .headers
-        .get_all(header::COOKIE)
+pub fn session_token(h: &HeaderMap) -> Option<String> {
+    h.get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
@@ -71,12 +70,40 @@ pub fn cookie_token(parts: &Parts) -> Option<String> {
         })
 }
 
-fn constant_time_eq(a: &str, b: &str) -> bool {
+/// The session cookie's token, if any.
+pub fn cookie_token(parts: &Parts) -> Option<String> {
+    session_token(&parts.headers)
+}
+
+pub fn constant_time_eq(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes()
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0
+}
+
+/// How often a key's `last_used_at` is written: at most once a minute per key, so that checking a
+/// key stays a read.
+const TOUCH_EVERY_MS: i64 = 60_000;
+
+/// Who `token` is: the admin, a tenant's key, or nobody (`None`). Keys are read from the store on
+/// every call (no cache), so a revoked key stops working at once on every replica.
+pub async fn authenticate(app: &App, token: &str) -> Result<Option<Caller>, ApiError> {
+    if constant_time_eq(token, &app.admin_token) {
+        return Ok(Some(Caller::Admin));
+    }
+    let Some(key) = app.store.key(&hash_token(token)).await? else {
+        return Ok(None);
+    };
+    let now = now_ms();
+    if key.last_used_at.is_none_or(|t| now - t >= TOUCH_EVERY_MS)
+        && let Err(e) = app.store.touch_key(&key.id, now).await
+    {
+        // Only the key's last use is lost; the call itself goes on.
+        tracing::warn!(key = %key.id, error = %e, "cannot record a key's use");
+    }
+    Ok(Some(Caller::Tenant(key.tenant)))
 }
 
 impl FromRequestParts<Arc<App>> for Caller {
@@ -86,16 +113,12 @@ impl FromRequestParts<Arc<App>> for Caller {
         parts: &mut Parts,
         app: &Arc<App>,
     ) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts)
+        let token = bearer_token(&parts.headers)
             .or_else(|| cookie_token(parts))
             .ok_or_else(ApiError::unauthorized)?;
-        if constant_time_eq(&token, &app.admin_token) {
-            return Ok(Caller::Admin);
-        }
-        match app.store.key_tenant(&hash_token(&token)).await? {
-            Some(t) => Ok(Caller::Tenant(t)),
-            None => Err(ApiError::unauthorized()),
-        }
+        authenticate(app, &token)
+            .await?
+            .ok_or_else(ApiError::unauthorized)
     }
 }
 
@@ -109,7 +132,7 @@ impl FromRequestParts<Arc<App>> for Agent {
         parts: &mut Parts,
         app: &Arc<App>,
     ) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts).ok_or_else(ApiError::unauthorized)?;
+        let token = bearer_token(&parts.headers).ok_or_else(ApiError::unauthorized)?;
         match app.store.sandbox_by_token(&hash_token(&token)).await? {
             Some(s) => Ok(Agent(s)),
             None => Err(ApiError::unauthorized()),

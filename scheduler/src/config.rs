@@ -73,6 +73,10 @@ pub struct FileConfig {
     pub fleet_max_sandboxes: Option<u32>,
     /// Most tenants named in metric labels; the rest are counted as `other`.
     pub metrics_max_tenants: Option<usize>,
+    /// `/metrics` requires `Authorization: Bearer` with this token (or the admin token).
+    pub metrics_token: Option<String>,
+    /// `/metrics` requires the admin token (or `metrics_token`); open when false and no token.
+    pub metrics_auth: Option<bool>,
 }
 
 /// `provider = "NAME"` or a `[provider]` table.
@@ -151,6 +155,11 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     pub fleet_max_sandboxes: Option<u32>,
     pub metrics_max_tenants: usize,
+    /// `metrics_token` (`SHOAL_METRICS_TOKEN`): a bearer token `/metrics` requires (never printed).
+    #[serde(skip)]
+    pub metrics_token: Option<String>,
+    /// `/metrics` requires a token: `metrics_token` or the admin token.
+    pub metrics_auth: bool,
     pub agent_bin: PathBuf,
     /// How the process provider confines sandboxes.
     pub process_isolation: shoal_fleet::process::jail::IsolationMode,
@@ -383,6 +392,25 @@ impl Config {
             }),
             None => file.metrics_max_tenants.unwrap_or(500),
         };
+        let metrics_token = env_var("metrics_token")
+            .or(file.metrics_token.clone())
+            .map(|t| t.trim().to_string());
+        if metrics_token.as_deref() == Some("") {
+            errs.push("metrics_token: must not be empty".into());
+        }
+        let metrics_auth = match env_var("metrics_auth") {
+            Some(v) => match v.trim() {
+                "true" | "1" | "yes" => true,
+                "false" | "0" | "no" => false,
+                other => {
+                    errs.push(format!(
+                        "SHOAL_METRICS_AUTH: `{other}` is not true or false"
+                    ));
+                    false
+                }
+            },
+            None => file.metrics_auth.unwrap_or(false),
+        } || metrics_token.is_some();
         let agent_bin = env_var("agent_bin")
             .map(PathBuf::from)
             .or_else(|| file.tables().process.and_then(|p| p.agent_bin))
@@ -489,6 +517,8 @@ impl Config {
                 heartbeat_interval,
                 fleet_max_sandboxes,
                 metrics_max_tenants,
+                metrics_token,
+                metrics_auth,
                 agent_bin,
                 process_isolation,
                 process_uid_base,

@@ -751,11 +751,15 @@ pub async fn snapshot(
                 max_sandboxes: limits.max_sandboxes,
                 max_concurrent_jobs: limits.max_concurrent_jobs,
                 slots_per_sandbox: 1,
-                idle_timeout_ms: limits
-                    .idle_timeout_s
-                    .map_or(app.cfg.idle_timeout.as_millis() as Millis, |s| {
-                        s as Millis * 1000
-                    }),
+                idle_timeout_ms: limits.idle_timeout_s.map_or(
+                    app.cfg.idle_timeout.as_millis() as Millis,
+                    |s| {
+                        // Validated to a year at most; saturating all the same.
+                        Millis::try_from(s)
+                            .unwrap_or(Millis::MAX)
+                            .saturating_mul(1000)
+                    },
+                ),
                 idle_action,
                 retention_ms: app.cfg.retention.as_millis() as Millis,
                 boot_timeout_ms: app.cfg.boot_timeout.as_millis() as Millis,

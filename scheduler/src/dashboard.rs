@@ -39,14 +39,22 @@ pub struct PageQuery {
     responses(
         (status = 200, description = "the dashboard", body = String, content_type = "text/html"),
         (status = 303, description = "with `token`: sets the session cookie, redirects to `/`"),
+        (status = 400, description = "a token a cookie cannot carry", body = crate::openapi::ErrorBody),
+        (status = 401, description = "a token that is neither the admin token nor a key", body = crate::openapi::ErrorBody),
     ))]
 pub async fn page(
     State(app): State<Arc<App>>,
-    Query(q): Query<PageQuery>,
+    q: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
     parts: Parts,
 ) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return crate::error::shape_error(&e.body_text()).into_response(),
+    };
     if let Some(t) = q.token {
-        return session_redirect(&t);
+        return session_redirect(&app, &t)
+            .await
+            .unwrap_or_else(IntoResponse::into_response);
     }
     let signed_in = cookie_token(&parts).is_some();
     let html = if signed_in {
@@ -71,7 +79,7 @@ pub async fn page(
             (header::CACHE_CONTROL, "no-store"),
             (
                 header::CONTENT_SECURITY_POLICY,
-                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' data:",
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
             ),
         ],
         Html(html),

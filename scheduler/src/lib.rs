@@ -9,15 +9,18 @@ pub mod config;
 pub mod control;
 pub mod dashboard;
 pub mod error;
+pub mod guard;
 pub mod idle;
 pub mod leader;
 pub mod limits;
 pub mod live;
 pub mod metrics;
 pub mod openapi;
+pub mod schemas;
 pub mod state;
 pub mod usage;
 pub mod views;
+pub mod wire;
 
 use anyhow::Context;
 use config::Config;
@@ -28,19 +31,25 @@ use state::App;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Where the admin token came from, as the start banner says.
+enum TokenSource {
+    Environment,
+    File(std::path::PathBuf),
+}
+
 /// The admin token: `SHOAL_ADMIN_TOKEN`, else the one in `<data-dir>/admin-token`, else a new one
 /// written there.
-fn admin_token(cfg: &Config) -> anyhow::Result<String> {
+fn admin_token(cfg: &Config) -> anyhow::Result<(String, TokenSource)> {
     if let Ok(t) = std::env::var("SHOAL_ADMIN_TOKEN")
         && !t.trim().is_empty()
     {
-        return Ok(t.trim().to_string());
+        return Ok((t.trim().to_string(), TokenSource::Environment));
     }
     let path = cfg.data_dir.join("admin-token");
     if let Ok(t) = std::fs::read_to_string(&path)
         && !t.trim().is_empty()
     {
-        return Ok(t.trim().to_string());
+        return Ok((t.trim().to_string(), TokenSource::File(path)));
     }
     let t = state::new_token("sha_");
     use std::io::Write;
@@ -53,7 +62,7 @@ fn admin_token(cfg: &Config) -> anyhow::Result<String> {
         .open(&path)
         .and_then(|mut f| f.write_all(format!("{t}\n").as_bytes()))
         .with_context(|| format!("writing {}", path.display()))?;
-    Ok(t)
+    Ok((t, TokenSource::File(path)))
 }
 
 /// Creates the data directory readable by this user only (0700).
@@ -236,7 +245,7 @@ pub async fn serve(
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     private_data_dir(&cfg.data_dir)?;
-    let token = admin_token(&cfg)?;
+    let (token, token_source) = admin_token(&cfg)?;
     private_sqlite_file(&cfg.database_url)?;
     let store: Arc<dyn Store> = shoal_store::open(&cfg.database_url)
         .await
@@ -318,10 +327,14 @@ pub async fn serve(
         "  API:         http://{host}:{}/v1   (Authorization: Bearer <admin token>)",
         addr.port()
     );
-    println!(
-        "  Admin token: {token}   (also in {})",
-        app.cfg.data_dir.join("admin-token").display()
-    );
+    match &token_source {
+        TokenSource::Environment => {
+            println!("  Admin token: {token}   (from SHOAL_ADMIN_TOKEN)")
+        }
+        TokenSource::File(path) => {
+            println!("  Admin token: {token}   (also in {})", path.display())
+        }
+    }
 
     if let Some(w) = &app.isolation_warning {
         let rule = if app.cfg.insecure_shared_host {
@@ -337,7 +350,7 @@ pub async fn serve(
     let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let router = api::router(Arc::clone(&app));
     let server = tokio::spawn(async move {
-        axum::serve(listener, router)
+        axum::serve(wire::JsonErrors(listener), router)
             .with_graceful_shutdown(async {
                 let _ = http_stop_rx.await;
             })

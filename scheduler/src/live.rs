@@ -410,7 +410,12 @@ pub struct History {
 
 /// Queue depth and pool size over the last hour, a sample every 5 s.
 #[utoipa::path(get, path = "/v1/history", tag = "operators", params(HistoryQuery),
-    responses((status = 200, body = History), (status = 403, body = ErrorBody)))]
+    responses(
+        (status = 200, body = History),
+        (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, description = "no such tenant", body = ErrorBody),
+    ))]
 pub async fn history(
     State(app): State<Arc<App>>,
     caller: Caller,
@@ -418,7 +423,7 @@ pub async fn history(
 ) -> Result<Json<History>, ApiError> {
     let Query(q) = q.map_err(|e| crate::error::shape_error(&e.body_text()))?;
     if let Some(t) = &q.tenant {
-        caller.check_tenant(t)?;
+        crate::api::visible_tenant(&app, &caller, t).await?;
     }
     let tenant = q.tenant.or_else(|| caller.tenant().map(str::to_string));
     Ok(Json(History {

@@ -136,7 +136,7 @@ pub fn quota_usage(period: (Millis, Millis), jobs: u64, quota: Option<u64>) -> Q
         jobs,
         quota,
         fraction: quota.map(|q| if q == 0 { 1.0 } else { jobs as f64 / q as f64 }),
-        warning: quota.is_some_and(|q| jobs * 5 >= q * 4),
+        warning: quota.is_some_and(|q| jobs.saturating_mul(5) >= q.saturating_mul(4)),
         exceeded: quota.is_some_and(|q| jobs >= q),
     }
 }
@@ -287,8 +287,34 @@ pub struct Accepted {
 /// A new tenant API key, shown once.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct NewKey {
+    /// The key's id, to list and revoke it by.
+    pub id: String,
     pub tenant: String,
+    /// The key itself: `Authorization: Bearer KEY`. Shown this once.
     pub key: String,
+}
+
+/// One of a tenant's API keys (never the key itself).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyView {
+    pub id: String,
+    pub created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<String>,
+}
+
+/// `GET /v1/tenants/{id}/keys`, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyList {
+    pub keys: Vec<KeyView>,
+}
+
+pub fn key(k: &shoal_store::KeyRecord) -> KeyView {
+    KeyView {
+        id: k.id.clone(),
+        created_at: rfc3339(k.created_at),
+        last_used_at: k.last_used_at.map(rfc3339),
+    }
 }
 
 /// `GET /v1/plan`: what the planner would do now, without doing it.

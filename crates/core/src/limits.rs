@@ -172,10 +172,43 @@ pub struct LimitsPatch {
     pub idle_timeout_s: Option<Option<u64>>,
     #[serde(
         default,
-        deserialize_with = "present",
+        deserialize_with = "present_object",
         skip_serializing_if = "Option::is_none"
     )]
     pub sandbox_size: Option<Option<SandboxSize>>,
+}
+
+/// A `T` read only from an object (JSON `{...}`). serde's derived structs also accept a list of
+/// their fields in order (`[null, null]`), which no API caller means; this refuses it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectOnly<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOnly<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+            type Value = ObjectOnly<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(ObjectOnly)
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+/// [`present`] for a field that must be an object (or `null`).
+fn present_object<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<ObjectOnly<T>>::deserialize(d).map(|v| Some(v.map(|o| o.0)))
 }
 
 /// Tells a present `null` (`Some(None)`) from an absent field (`None`, through `#[serde(default)]`).
@@ -185,6 +218,21 @@ where
     T: Deserialize<'de>,
 {
     Option::<T>::deserialize(d).map(Some)
+}
+
+/// The range each limit may take (a set limit; `null`, unlimited, is always accepted). Bounds are
+/// far beyond any real use and small enough that no arithmetic on a limit can overflow.
+pub mod range {
+    pub const MAX_SANDBOXES: (u32, u32) = (1, 100_000);
+    pub const MAX_CONCURRENT_JOBS: (u32, u32) = (1, 1_000_000);
+    pub const JOBS_PER_MONTH: (u64, u64) = (0, 1_000_000_000_000);
+    pub const ENQUEUE_RATE_PER_S: (f64, f64) = (0.001, 1_000_000.0);
+    pub const ENQUEUE_BURST: (u32, u32) = (1, 1_000_000);
+    pub const MIN_WARM: (u32, u32) = (0, 100_000);
+    /// Up to a year.
+    pub const IDLE_TIMEOUT_S: (u64, u64) = (0, 31_536_000);
+    pub const CPUS: (f64, f64) = (0.001, 1024.0);
+    pub const MEMORY_MB: (u64, u64) = (16, 4 * 1024 * 1024);
 }
 
 /// One limit that does not make sense.
@@ -229,43 +277,82 @@ impl Limits {
         l
     }
 
-    /// Every inconsistency at once, empty when the limits are usable.
+    /// Every inconsistency at once, empty when the limits are usable: each set limit within its
+    /// [`range`]. (`min_warm` above `max_sandboxes` is no error: the planner never keeps more
+    /// sandboxes than `max_sandboxes`, warm or not.)
     pub fn validate(&self) -> Vec<LimitError> {
         let mut errs = Vec::new();
-        let mut bad = |field, message: &str| {
-            errs.push(LimitError {
-                field,
-                message: message.into(),
-            })
-        };
-        if let Some(r) = self.enqueue_rate_per_s
-            && !(r.is_finite() && r > 0.0)
-        {
-            bad("enqueue_rate_per_s", "must be a positive number or null");
+        let mut bad = |field, message: String| errs.push(LimitError { field, message });
+        fn within<T: PartialOrd + fmt::Display + Copy>(
+            v: T,
+            (lo, hi): (T, T),
+        ) -> Result<(), String> {
+            if v >= lo && v <= hi {
+                Ok(())
+            } else {
+                Err(format!(
+                    "must be between {lo} and {hi}, or null for unlimited"
+                ))
+            }
         }
-        if self.enqueue_burst == Some(0) {
-            bad("enqueue_burst", "must be at least 1 or null");
-        }
-        if self.max_sandboxes == Some(0) {
-            bad(
+        let checks: [(&'static str, Option<Result<(), String>>); 7] = [
+            (
                 "max_sandboxes",
-                "must be at least 1 or null (a tenant with no sandbox can run nothing)",
-            );
-        }
-        if self.max_concurrent_jobs == Some(0) {
-            bad("max_concurrent_jobs", "must be at least 1 or null");
-        }
-        if let Some(m) = self.max_sandboxes
-            && self.min_warm > m
-        {
-            bad("min_warm", "must not exceed max_sandboxes");
+                self.max_sandboxes.map(|v| within(v, range::MAX_SANDBOXES)),
+            ),
+            (
+                "max_concurrent_jobs",
+                self.max_concurrent_jobs
+                    .map(|v| within(v, range::MAX_CONCURRENT_JOBS)),
+            ),
+            (
+                "jobs_per_month",
+                self.jobs_per_month
+                    .map(|v| within(v, range::JOBS_PER_MONTH)),
+            ),
+            (
+                "enqueue_rate_per_s",
+                self.enqueue_rate_per_s.map(|v| {
+                    // NaN fails both comparisons, so it is refused too.
+                    within(v, range::ENQUEUE_RATE_PER_S)
+                }),
+            ),
+            (
+                "enqueue_burst",
+                self.enqueue_burst.map(|v| within(v, range::ENQUEUE_BURST)),
+            ),
+            ("min_warm", Some(within(self.min_warm, range::MIN_WARM))),
+            (
+                "idle_timeout_s",
+                self.idle_timeout_s
+                    .map(|v| within(v, range::IDLE_TIMEOUT_S)),
+            ),
+        ];
+        for (field, check) in checks {
+            if let Some(Err(m)) = check {
+                bad(field, m);
+            }
         }
         let s = self.sandbox_size;
-        if !(s.cpus.is_finite() && s.cpus >= 0.001 && s.cpus <= 1024.0) {
-            bad("sandbox_size", "cpus must be between 0.001 and 1024");
+        if !(s.cpus >= range::CPUS.0 && s.cpus <= range::CPUS.1) {
+            bad(
+                "sandbox_size",
+                format!(
+                    "cpus must be between {} and {}",
+                    range::CPUS.0,
+                    range::CPUS.1
+                ),
+            );
         }
-        if s.memory_mb < 16 || s.memory_mb > 4 * 1024 * 1024 {
-            bad("sandbox_size", "memory_mb must be between 16 and 4194304");
+        if within(s.memory_mb, range::MEMORY_MB).is_err() {
+            bad(
+                "sandbox_size",
+                format!(
+                    "memory_mb must be between {} and {}",
+                    range::MEMORY_MB.0,
+                    range::MEMORY_MB.1
+                ),
+            );
         }
         errs
     }
@@ -322,8 +409,64 @@ mod tests {
         let patch: LimitsPatch =
             serde_json::from_str(r#"{"max_sandboxes": 1, "min_warm": 3, "enqueue_burst": 0}"#)
                 .unwrap();
-        let errs = Limits::resolve(PlanTier::Free, &patch).validate();
-        let fields: Vec<_> = errs.iter().map(|e| e.field).collect();
-        assert_eq!(fields, ["enqueue_burst", "min_warm"]);
+        let limits = Limits::resolve(PlanTier::Free, &patch);
+        let fields: Vec<_> = limits.validate().iter().map(|e| e.field).collect();
+        assert_eq!(fields, ["enqueue_burst"]);
+    }
+
+    /// The issue's cases: a rate so small its period overflows, an idle timeout that wraps when
+    /// made milliseconds, and limits sent as a list.
+    #[test]
+    fn limits_out_of_range_are_refused() {
+        for (patch, field) in [
+            (r#"{"enqueue_rate_per_s": 1e-300}"#, "enqueue_rate_per_s"),
+            (r#"{"enqueue_rate_per_s": -1}"#, "enqueue_rate_per_s"),
+            (r#"{"enqueue_rate_per_s": 1e300}"#, "enqueue_rate_per_s"),
+            (
+                r#"{"idle_timeout_s": 18446744073709551615}"#,
+                "idle_timeout_s",
+            ),
+            (
+                r#"{"jobs_per_month": 18446744073709551615}"#,
+                "jobs_per_month",
+            ),
+            (r#"{"max_sandboxes": 4294967295}"#, "max_sandboxes"),
+            (r#"{"max_concurrent_jobs": 0}"#, "max_concurrent_jobs"),
+            (r#"{"enqueue_burst": 4294967295}"#, "enqueue_burst"),
+            (
+                r#"{"max_sandboxes": null, "min_warm": 4294967295}"#,
+                "min_warm",
+            ),
+            (
+                r#"{"sandbox_size": {"cpus": 1e-9, "memory_mb": 512}}"#,
+                "sandbox_size",
+            ),
+            (
+                r#"{"sandbox_size": {"cpus": 1, "memory_mb": 18446744073709551615}}"#,
+                "sandbox_size",
+            ),
+        ] {
+            let patch: LimitsPatch = serde_json::from_str(patch).unwrap();
+            let errs = Limits::resolve(PlanTier::Enterprise, &patch).validate();
+            assert!(errs.iter().any(|e| e.field == field), "{patch:?}: {errs:?}");
+        }
+        let edge: LimitsPatch = serde_json::from_str(
+            r#"{"enqueue_rate_per_s": 0.001, "idle_timeout_s": 31536000, "jobs_per_month": 0, "max_sandboxes": 100000, "min_warm": 100000}"#,
+        )
+        .unwrap();
+        assert_eq!(Limits::resolve(PlanTier::Free, &edge).validate(), []);
+        assert!(serde_json::from_str::<ObjectOnly<LimitsPatch>>("[null, null]").is_err());
+        assert!(serde_json::from_str::<LimitsPatch>(r#"{"sandbox_size": [1, 512]}"#).is_err());
+        let ok: ObjectOnly<LimitsPatch> =
+            serde_json::from_str(r#"{"sandbox_size": {"cpus": 2, "memory_mb": 1024}}"#).unwrap();
+        assert_eq!(
+            ok.0.sandbox_size,
+            Some(Some(SandboxSize {
+                cpus: 2.0,
+                memory_mb: 1024
+            }))
+        );
+        let null: LimitsPatch = serde_json::from_str(r#"{"sandbox_size": null}"#).unwrap();
+        assert_eq!(null.sandbox_size, Some(None));
     }
 }

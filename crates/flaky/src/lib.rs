@@ -68,6 +68,29 @@ impl Default for Options {
     }
 }
 
+impl Options {
+    /// Every option within its range: the half-life finite and not negative, the priors finite
+    /// and positive (a score is a probability only then).
+    pub fn check(&self) -> Result<(), FlakyError> {
+        let bad = |m: String| Err(FlakyError::Spec(format!("options: {m}")));
+        if !(self.decay_half_life >= 0.0 && self.decay_half_life <= 1e9) {
+            return bad(format!(
+                "decay_half_life must be between 0 and 1e9, got {}",
+                self.decay_half_life
+            ));
+        }
+        for (name, v) in [
+            ("prior_alpha", self.prior_alpha),
+            ("prior_beta", self.prior_beta),
+        ] {
+            if !(v > 0.0 && v <= 1e9) {
+                return bad(format!("{name} must be above 0 and at most 1e9, got {v}"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// One test across all runs.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TestReport {
@@ -300,7 +323,9 @@ struct Spec {
 /// Parses a `{"runs": [...], "options"?}` document (the job spec and `--runs` file).
 pub fn parse_spec(spec: &Value) -> Result<(Vec<Run>, Options), FlakyError> {
     let s = Spec::deserialize(spec).map_err(|e| FlakyError::Spec(e.to_string()))?;
-    Ok((s.runs, s.options.unwrap_or_default()))
+    let options = s.options.unwrap_or_default();
+    options.check()?;
+    Ok((s.runs, options))
 }
 
 /// Runs a `flaky_analysis` job: `{"runs": [{"run_id", "commit", "started_at"?, "junit_xml"}],

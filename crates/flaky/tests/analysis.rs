@@ -173,6 +173,17 @@ fn run_spec_shape_and_errors() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("missing field"), "{e}");
+    // Options out of range would make scores that are not probabilities: refused.
+    for (opts, name) in [
+        (json!({"prior_alpha": -1.0}), "prior_alpha"),
+        (json!({"prior_beta": 0.0}), "prior_beta"),
+        (json!({"decay_half_life": -3.0}), "decay_half_life"),
+    ] {
+        let e = run_spec(&json!({"runs": [], "options": opts}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(name), "{e}");
+    }
     let empty = run_spec(&json!({"runs": []})).unwrap();
     assert_eq!(empty, json!({"tests": [], "failures": [], "errors": []}));
 }

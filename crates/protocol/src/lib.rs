@@ -17,6 +17,70 @@ pub mod env {
 /// Most bytes of stdout and of stderr kept in a result: the tail.
 pub const OUTPUT_TAIL_BYTES: usize = 64 * 1024;
 
+/// Largest result the scheduler records, as compact JSON text: 10 MiB. (A `semantic_diff` result
+/// is bounded below this by its own `max_result_bytes`, at most 8 MiB.)
+pub const MAX_RESULT_BYTES: usize = 10 * 1024 * 1024;
+
+/// Deepest result the scheduler records: 64 levels of arrays and objects, so that the result
+/// inside a completion, a stored job or a job view stays well under the 128 levels JSON parsers
+/// commonly accept.
+pub const MAX_RESULT_DEPTH: usize = 64;
+
+/// The error code of a job whose result is over [`MAX_RESULT_BYTES`] or [`MAX_RESULT_DEPTH`].
+pub const RESULT_TOO_LARGE: &str = "result_too_large";
+
+/// Levels of arrays and objects in a JSON text, found by scanning its bytes (strings skipped), so
+/// that text of any depth is measured without a recursive parse. Text that is not JSON gives a
+/// number all the same; only valid JSON's number is meaningful.
+pub fn json_text_depth(text: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in text {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// Why a result cannot be recorded, if it cannot: over [`MAX_RESULT_BYTES`] of JSON text or
+/// [`MAX_RESULT_DEPTH`] levels deep. `text` is the result's compact JSON text.
+pub fn result_too_large(text: &str) -> Option<JobError> {
+    let depth = json_text_depth(text.as_bytes());
+    if text.len() > MAX_RESULT_BYTES {
+        Some(JobError::new(
+            RESULT_TOO_LARGE,
+            format!(
+                "the result is {} bytes of JSON, over the {MAX_RESULT_BYTES} bytes a result may take",
+                text.len()
+            ),
+        ))
+    } else if depth > MAX_RESULT_DEPTH {
+        Some(JobError::new(
+            RESULT_TOO_LARGE,
+            format!(
+                "the result nests {depth} levels deep, over the {MAX_RESULT_DEPTH} levels a result may take"
+            ),
+        ))
+    } else {
+        None
+    }
+}
+
 /// `POST /v1/agent/lease`: ask for the next job of this sandbox's tenant, waiting up to `wait_ms`.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct LeaseRequest {
@@ -193,6 +257,19 @@ pub struct AgentResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn depth_is_counted_outside_strings_only() {
+        assert_eq!(json_text_depth(b"1"), 0);
+        assert_eq!(json_text_depth(br#"{"a": [1, {"b": []}]}"#), 4);
+        assert_eq!(json_text_depth(br#"["[[[[", "\"{{{"]"#), 1);
+        let deep = format!("{}1{}", "[".repeat(500), "]".repeat(500));
+        assert_eq!(json_text_depth(deep.as_bytes()), 500);
+        assert!(result_too_large(&deep).is_some_and(|e| e.code == RESULT_TOO_LARGE));
+        assert!(result_too_large(r#"{"ok": true}"#).is_none());
+        let big = format!("\"{}\"", "x".repeat(MAX_RESULT_BYTES));
+        assert!(result_too_large(&big).is_some());
+    }
 
     #[test]
     fn completion_wire_shape_is_flat() {

@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use crate::bound::{bound_value, json_len};
 use crate::options::Compiled;
 use crate::pointer::{Path, Seg, render};
 use crate::tree::{Kind, Num, Tree};
@@ -24,7 +25,12 @@ pub(crate) struct Differ<'o> {
     pub truncated: bool,
     pub degraded: Option<String>,
     pub nodes: usize,
+    /// Bytes of JSON the changes recorded so far take in the result.
+    bytes: u64,
 }
+
+/// Bytes of a result's JSON kept for what is not a change: `equal`, `truncated`, `degraded`.
+const RESULT_FRAME_BYTES: u64 = 512;
 
 const IGNORED_HASH: u64 = 0x5bd1_e995_1234_5678;
 
@@ -98,6 +104,7 @@ impl<'o> Differ<'o> {
             truncated: false,
             degraded: None,
             nodes: 0,
+            bytes: 0,
         }
     }
 
@@ -131,13 +138,31 @@ impl<'o> Differ<'o> {
             self.truncated = true;
             return;
         }
-        self.changes.push(Change {
+        let limit = self.opts.max_value_bytes;
+        let bounded = |v: Option<T>| match v.map(|v| bound_value(v.to_value(), limit)) {
+            Some((v, cut)) => (Some(v), cut),
+            None => (None, None),
+        };
+        let (before, before_truncated) = bounded(before);
+        let (after, after_truncated) = bounded(after);
+        let change = Change {
             op,
             path: render(path),
             from,
-            before: before.map(T::to_value),
-            after: after.map(T::to_value),
-        });
+            before,
+            after,
+            before_truncated,
+            after_truncated,
+        };
+        // The change and the comma before it.
+        let size = json_len(&change) + 1;
+        let budget = (self.opts.max_result_bytes as u64).saturating_sub(RESULT_FRAME_BYTES);
+        if self.bytes + size > budget {
+            self.truncated = true;
+            return;
+        }
+        self.bytes += size;
+        self.changes.push(change);
     }
 
     /// True when `a` and `b` are equal under the options (no change would be reported).

@@ -15,6 +15,7 @@
 //! [`run_spec`] is the `semantic_diff` job kind of the Shoal contract and [`cli`] is
 //! `shoal-agent semdiff`. See `docs/semdiff.md`.
 
+pub mod bound;
 pub mod cli;
 mod doc;
 mod json;
@@ -27,7 +28,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub use doc::Doc;
-pub use options::{Mode, NormalizeRule, Options, UnorderedArrays};
+pub use options::{
+    DEFAULT_MAX_RESULT_BYTES, DEFAULT_MAX_VALUE_BYTES, MAX_RESULT_BYTES, Mode, NormalizeRule,
+    Options, UnorderedArrays,
+};
 
 use tree::Tree;
 
@@ -76,6 +80,13 @@ pub struct Change {
     /// The candidate value, absent for `removed`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub after: Option<Value>,
+    /// Set when `before` was too large to show as itself: `before` is then a string (the start of
+    /// the string, or of the value's JSON text) and this its full size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before_truncated: Option<bound::Cut>,
+    /// The same for `after`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after_truncated: Option<bound::Cut>,
 }
 
 /// The result of a comparison, serialised as the contract's `semantic_diff` result.
@@ -83,9 +94,10 @@ pub struct Change {
 pub struct DiffResult {
     /// No change was found.
     pub equal: bool,
-    /// The changes, at most `max_changes` of them.
+    /// The changes, at most `max_changes` of them and `max_result_bytes` of JSON in all.
     pub changes: Vec<Change>,
-    /// More changes existed than `max_changes`; the list stops there.
+    /// More changes existed than `max_changes` or `max_result_bytes` let through; the list stops
+    /// there.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
     /// Why part of the comparison was coarser than asked (a limit was reached).

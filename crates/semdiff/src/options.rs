@@ -107,7 +107,20 @@ pub struct Options {
     pub max_pairwise: usize,
     /// Limit: changes reported; past it the result says `"truncated": true`.
     pub max_changes: usize,
+    /// Limit: bytes of JSON a change's `before` or `after` may take; a larger (or deeper) value is
+    /// cut to a string of this size and marked (`before_truncated`, `after_truncated`).
+    pub max_value_bytes: usize,
+    /// Limit: bytes of JSON the whole result may take; the list of changes stops before it would
+    /// pass this and the result says `"truncated": true`.
+    pub max_result_bytes: usize,
 }
+
+/// `max_value_bytes` by default: 4 KiB.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 4 * 1024;
+/// `max_result_bytes` by default: 1 MiB.
+pub const DEFAULT_MAX_RESULT_BYTES: usize = 1024 * 1024;
+/// The most `max_result_bytes` may be set to: 8 MiB.
+pub const MAX_RESULT_BYTES: usize = 8 * 1024 * 1024;
 
 impl Default for Options {
     fn default() -> Self {
@@ -126,6 +139,8 @@ impl Default for Options {
             max_nodes: 20_000_000,
             max_pairwise: 1_000_000,
             max_changes: 10_000,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
         }
     }
 }
@@ -134,6 +149,12 @@ impl Options {
     /// Parses options from JSON, rejecting unknown fields with a clear message.
     pub fn from_value(value: &serde_json::Value) -> Result<Self, SemdiffError> {
         Options::deserialize(value).map_err(|e| SemdiffError::Options(e.to_string()))
+    }
+
+    /// Checks what reading alone cannot: every pattern and regular expression compiles, every
+    /// tolerance and limit is in its range. A job whose options pass this does not fail on them.
+    pub fn check(&self) -> Result<(), SemdiffError> {
+        Compiled::new(self).map(|_| ())
     }
 }
 
@@ -155,6 +176,8 @@ pub(crate) struct Compiled {
     pub max_nodes: usize,
     pub max_pairwise: usize,
     pub max_changes: usize,
+    pub max_value_bytes: usize,
+    pub max_result_bytes: usize,
 }
 
 fn tol(name: &str, v: Option<f64>) -> Result<Option<f64>, SemdiffError> {
@@ -205,6 +228,18 @@ impl Compiled {
                 "max_changes must be at least 1".into(),
             ));
         }
+        if !(16..=MAX_RESULT_BYTES).contains(&o.max_value_bytes) {
+            return Err(SemdiffError::Options(format!(
+                "max_value_bytes must be between 16 and {MAX_RESULT_BYTES}, got {}",
+                o.max_value_bytes
+            )));
+        }
+        if !(1024..=MAX_RESULT_BYTES).contains(&o.max_result_bytes) {
+            return Err(SemdiffError::Options(format!(
+                "max_result_bytes must be between 1024 and {MAX_RESULT_BYTES}, got {}",
+                o.max_result_bytes
+            )));
+        }
         Ok(Compiled {
             ignore_paths,
             ignore_keys: o.ignore_keys.iter().cloned().collect(),
@@ -221,6 +256,8 @@ impl Compiled {
             max_nodes: o.max_nodes,
             max_pairwise: o.max_pairwise,
             max_changes: o.max_changes,
+            max_value_bytes: o.max_value_bytes,
+            max_result_bytes: o.max_result_bytes,
         })
     }
 

@@ -84,6 +84,31 @@ impl TenantRecord {
     }
 }
 
+/// A tenant's API key as stored (its hash only; the key itself is never kept).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyRecord {
+    /// The key's id, to list and revoke it by (not a secret).
+    pub id: String,
+    pub tenant: String,
+    pub created_at: Millis,
+    pub last_used_at: Option<Millis>,
+}
+
+/// A page of the jobs list.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobPage {
+    /// Newest first; each without its spec (`null`), which a list never shows.
+    pub jobs: Vec<JobRecord>,
+    /// More jobs match after the last of this page.
+    pub more: bool,
+}
+
+/// The bytes a job takes in a page of the list: its result and error as stored, plus a fixed
+/// allowance for its other fields.
+pub fn listed_bytes(result_len: usize, error_len: usize) -> u64 {
+    (result_len + error_len) as u64 + 512
+}
+
 /// A job as stored.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct JobRecord {
@@ -264,8 +289,18 @@ pub trait Store: Send + Sync + 'static {
     /// Marks the tenant warned for the period starting at `period_start`; `true` only the first
     /// time in that period.
     async fn mark_quota_warned(&self, id: &str, period_start: Millis, now: Millis) -> Result<bool>;
-    async fn add_key(&self, tenant: &str, key_hash: &str, now: Millis) -> Result<()>;
+    /// Records a new key of `tenant` by its id and hash.
+    async fn add_key(&self, tenant: &str, key_id: &str, key_hash: &str, now: Millis) -> Result<()>;
     async fn key_tenant(&self, key_hash: &str) -> Result<Option<String>>;
+    /// The key with this hash, if it exists (a revoked key does not).
+    async fn key(&self, key_hash: &str) -> Result<Option<KeyRecord>>;
+    /// The tenant's keys, oldest first.
+    async fn keys(&self, tenant: &str) -> Result<Vec<KeyRecord>>;
+    /// Deletes the tenant's key `key_id`; `true` if there was one. Every replica reads keys from
+    /// the store on each request, so the key stops working everywhere at once.
+    async fn revoke_key(&self, tenant: &str, key_id: &str) -> Result<bool>;
+    /// Records that the key was used at `now`.
+    async fn touch_key(&self, key_id: &str, now: Millis) -> Result<()>;
     /// Jobs the tenant had admitted in the period starting at `period_start`.
     async fn period_jobs(&self, tenant: &str, period_start: Millis) -> Result<u64>;
 
@@ -280,6 +315,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Admitted>;
     async fn job(&self, id: &str) -> Result<Option<JobRecord>>;
     async fn jobs(&self, filter: &JobFilter) -> Result<Vec<JobRecord>>;
+    /// A page of the jobs list: at most `filter.limit` jobs, newest first, without their specs,
+    /// stopping before the job whose [`listed_bytes`] would take the page over `max_bytes` (a
+    /// page holds at least one job). Rows are read one at a time, so the page's bound is also what
+    /// the store holds in memory.
+    async fn job_page(&self, filter: &JobFilter, max_bytes: u64) -> Result<JobPage>;
     /// Cancels a queued or running job; a finished one is returned as it is.
     async fn cancel(&self, id: &str, now: Millis) -> Result<Option<JobRecord>>;
     async fn queue_counts(&self) -> Result<Vec<(String, QueueCounts)>>;

@@ -40,9 +40,16 @@ pub fn default_burst(rate: f64, burst: Option<u32>) -> u32 {
     burst.unwrap_or_else(|| (rate.ceil() as u32).max(1)).max(1)
 }
 
-/// The emission interval of `rate` per second, as governor builds it (at least 1 ns).
+/// The longest emission interval: one day. The API only accepts rates whose interval is at most
+/// 1,000 s; anything else (zero, negative, NaN, tiny) is clamped here instead of panicking.
+pub const MAX_PERIOD: Duration = Duration::from_secs(86_400);
+
+/// The emission interval of `rate` per second, as governor builds it (at least 1 ns, at most
+/// [`MAX_PERIOD`]).
 pub fn period(rate: f64) -> Duration {
-    Duration::from_secs_f64(1.0 / rate).max(Duration::from_nanos(1))
+    Duration::try_from_secs_f64(1.0 / rate)
+        .unwrap_or(MAX_PERIOD)
+        .clamp(Duration::from_nanos(1), MAX_PERIOD)
 }
 
 /// KEYS[1]: the tenant's key. ARGV[1]: t (µs), ARGV[2]: tau (µs), ARGV[3]: now (µs), or empty for
@@ -150,5 +157,30 @@ impl TenantRateLimiter for RedisRateLimiter {
         burst: u32,
     ) -> Result<Result<(), Duration>, RateLimitError> {
         self.run(tenant, rate, burst, None).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_rate_has_a_period_without_panicking() {
+        for rate in [
+            1e-300,
+            0.0,
+            -1.0,
+            f64::NAN,
+            f64::INFINITY,
+            f64::MIN_POSITIVE,
+            1e300,
+        ] {
+            let p = period(rate);
+            assert!(
+                p >= Duration::from_nanos(1) && p <= MAX_PERIOD,
+                "{rate}: {p:?}"
+            );
+        }
+        assert_eq!(period(4.0), Duration::from_millis(250));
     }
 }

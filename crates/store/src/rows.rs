@@ -9,6 +9,10 @@ use std::str::FromStr;
 
 pub(crate) const JOB_COLS: &str = "id, tenant, kind, spec, idempotency_key, priority, max_attempts, timeout_s, state, attempts, \
      sandbox_id, lease_id, lease_expires_at, result, error, created_at, started_at, finished_at, seq";
+/// The job columns of a list: the spec left out (a list never shows it, and it may be 32 MiB).
+pub(crate) const JOB_LIST_COLS: &str = "id, tenant, kind, CAST(NULL AS TEXT) AS spec, idempotency_key, priority, max_attempts, timeout_s, state, attempts, \
+     sandbox_id, lease_id, lease_expires_at, result, error, created_at, started_at, finished_at, seq";
+pub(crate) const KEY_COLS: &str = "id, tenant, created_at, last_used_at";
 pub(crate) const SANDBOX_COLS: &str = "id, tenant, state, provider, provider_id, cpus_milli, memory_mb, since, idle_since, last_seen, jobs_run, created_at";
 
 /// Builds a query from constant parts: the column lists above and the statement around them.
@@ -28,6 +32,7 @@ pub(crate) trait StoreRow<'r>: Row {
     fn text(&'r self, col: &'r str) -> Result<&'r str>;
     fn string(&'r self, col: &'r str) -> Result<String>;
     fn opt_string(&'r self, col: &'r str) -> Result<Option<String>>;
+    fn opt_text(&'r self, col: &'r str) -> Result<Option<&'r str>>;
     fn int(&'r self, col: &'r str) -> Result<i64>;
     fn opt_int(&'r self, col: &'r str) -> Result<Option<i64>>;
     fn int32(&'r self, col: &'r str) -> Result<i32>;
@@ -50,6 +55,9 @@ where
         Ok(self.try_get(col)?)
     }
     fn opt_string(&'r self, col: &'r str) -> Result<Option<String>> {
+        Ok(self.try_get(col)?)
+    }
+    fn opt_text(&'r self, col: &'r str) -> Result<Option<&'r str>> {
         Ok(self.try_get(col)?)
     }
     fn int(&'r self, col: &'r str) -> Result<i64> {
@@ -97,6 +105,55 @@ pub(crate) fn job_from_row<'r, R: StoreRow<'r>>(row: &'r R) -> Result<JobRecord>
         started_at: row.opt_int("started_at")?,
         finished_at: row.opt_int("finished_at")?,
         seq: row.int("seq")?,
+    })
+}
+
+/// Builds a [`crate::JobPage`] from the rows of a list, read one at a time: at most `limit` jobs
+/// (the query asks for one more, to know whether there is a next page), stopping before the job
+/// that would take the page over `max_bytes`.
+pub(crate) struct PageBuilder {
+    page: crate::JobPage,
+    bytes: u64,
+    limit: usize,
+    max_bytes: u64,
+}
+
+impl PageBuilder {
+    pub(crate) fn new(limit: u32, max_bytes: u64) -> Self {
+        PageBuilder {
+            page: crate::JobPage::default(),
+            bytes: 0,
+            limit: limit as usize,
+            max_bytes,
+        }
+    }
+
+    /// Adds the job of `row`; `false` when the page is full (the row is not added).
+    pub(crate) fn push<'r, R: StoreRow<'r>>(&mut self, row: &'r R) -> Result<bool> {
+        let len = |c| -> Result<usize> { Ok(row.opt_text(c)?.map_or(0, str::len)) };
+        let size = crate::listed_bytes(len("result")?, len("error")?);
+        let full = self.page.jobs.len() == self.limit
+            || (!self.page.jobs.is_empty() && self.bytes + size > self.max_bytes);
+        if full {
+            self.page.more = true;
+            return Ok(false);
+        }
+        self.bytes += size;
+        self.page.jobs.push(job_from_row(row)?);
+        Ok(true)
+    }
+
+    pub(crate) fn finish(self) -> crate::JobPage {
+        self.page
+    }
+}
+
+pub(crate) fn key_from_row<'r, R: StoreRow<'r>>(row: &'r R) -> Result<crate::KeyRecord> {
+    Ok(crate::KeyRecord {
+        id: row.string("id")?,
+        tenant: row.string("tenant")?,
+        created_at: row.int("created_at")?,
+        last_used_at: row.opt_int("last_used_at")?,
     })
 }
 

@@ -2,7 +2,8 @@
 //! transactions so concurrent writers queue on SQLite's lock instead of failing half-way.
 
 use crate::rows::{
-    JOB_COLS, SANDBOX_COLS, corrupt, job_from_row, json_col, sandbox_from_row, sql, tenant_from_row,
+    JOB_COLS, JOB_LIST_COLS, KEY_COLS, PageBuilder, SANDBOX_COLS, corrupt, job_from_row, json_col,
+    key_from_row, sandbox_from_row, sql, tenant_from_row,
 };
 use crate::*;
 use shoal_metering::LedgerKind;
@@ -195,8 +196,9 @@ impl Store for SqliteStore {
         Ok(r.rows_affected() == 1)
     }
 
-    async fn add_key(&self, tenant: &str, key_hash: &str, now: Millis) -> Result<()> {
-        sqlx::query("INSERT INTO api_keys (key_hash, tenant, created_at) VALUES (?, ?, ?)")
+    async fn add_key(&self, tenant: &str, key_id: &str, key_hash: &str, now: Millis) -> Result<()> {
+        sqlx::query("INSERT INTO api_keys (id, key_hash, tenant, created_at) VALUES (?, ?, ?, ?)")
+            .bind(key_id)
             .bind(key_hash)
             .bind(tenant)
             .bind(now)
@@ -212,6 +214,48 @@ impl Store for SqliteStore {
                 .fetch_optional(&self.pool)
                 .await?,
         )
+    }
+
+    async fn key(&self, key_hash: &str) -> Result<Option<KeyRecord>> {
+        let row = sqlx::query(sql!(
+            "SELECT ",
+            KEY_COLS,
+            " FROM api_keys WHERE key_hash = ?"
+        ))
+        .bind(key_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+
+    async fn keys(&self, tenant: &str) -> Result<Vec<KeyRecord>> {
+        let rows = sqlx::query(sql!(
+            "SELECT ",
+            KEY_COLS,
+            " FROM api_keys WHERE tenant = ? ORDER BY created_at, id"
+        ))
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    async fn revoke_key(&self, tenant: &str, key_id: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM api_keys WHERE tenant = ? AND id = ?")
+            .bind(tenant)
+            .bind(key_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn touch_key(&self, key_id: &str, now: Millis) -> Result<()> {
+        sqlx::query("UPDATE api_keys SET last_used_at = ? WHERE id = ?")
+            .bind(now)
+            .bind(key_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn period_jobs(&self, tenant: &str, period_start: Millis) -> Result<u64> {
@@ -317,6 +361,28 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(job_from_row).collect()
+    }
+
+    async fn job_page(&self, f: &JobFilter, max_bytes: u64) -> Result<JobPage> {
+        use futures::TryStreamExt;
+        let mut rows = sqlx::query(sql!(
+            "SELECT ",
+            JOB_LIST_COLS,
+            " FROM jobs WHERE (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR state = ?2) AND (?3 IS NULL OR seq < ?3) \
+             ORDER BY seq DESC LIMIT ?4"
+        ))
+        .bind(&f.tenant)
+        .bind(f.state.map(|s| s.as_str()))
+        .bind(f.before_seq)
+        .bind(i64::from(f.limit) + 1)
+        .fetch(&self.pool);
+        let mut page = PageBuilder::new(f.limit, max_bytes);
+        while let Some(row) = rows.try_next().await? {
+            if !page.push(&row)? {
+                break;
+            }
+        }
+        Ok(page.finish())
     }
 
     async fn cancel(&self, id: &str, now: Millis) -> Result<Option<JobRecord>> {

@@ -60,6 +60,8 @@ conformance! {
     concurrent_admissions_keep_quota_and_idempotency => concurrent_admissions,
     concurrency_limit_holds_across_concurrent_leases => concurrency_limit_races,
     open_refuses_an_unknown_url => unknown_url,
+    keys_are_listed_and_revoked_by_id => keys,
+    job_pages_stop_at_their_byte_budget => job_pages,
 }
 
 fn job(id: &str, tenant: &str, key: Option<&str>, priority: i32, at: i64) -> NewJob {
@@ -725,4 +727,106 @@ async fn unknown_url(_store: Arc<dyn Store>) {
         shoal_store::open("mysql://localhost/shoal").await,
         Err(StoreError::UnsupportedUrl(_))
     ));
+}
+
+async fn keys(store: Arc<dyn Store>) {
+    setup(&*store).await;
+    store.add_key("t", "key_1", "hash-1", 10).await.unwrap();
+    store.add_key("t", "key_2", "hash-2", 20).await.unwrap();
+    store.add_key("u", "key_3", "hash-3", 30).await.unwrap();
+    let k = store.key("hash-1").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            k.id.as_str(),
+            k.tenant.as_str(),
+            k.created_at,
+            k.last_used_at
+        ),
+        ("key_1", "t", 10, None)
+    );
+    store.touch_key("key_1", 99).await.unwrap();
+    assert_eq!(
+        store.key("hash-1").await.unwrap().unwrap().last_used_at,
+        Some(99)
+    );
+    let ids = |v: Vec<KeyRecord>| v.into_iter().map(|k| k.id).collect::<Vec<_>>();
+    assert_eq!(ids(store.keys("t").await.unwrap()), ["key_1", "key_2"]);
+    // A key is revoked only through its own tenant, and then it no longer authenticates.
+    assert!(!store.revoke_key("u", "key_1").await.unwrap());
+    assert!(store.revoke_key("t", "key_1").await.unwrap());
+    assert!(!store.revoke_key("t", "key_1").await.unwrap());
+    assert_eq!(store.key("hash-1").await.unwrap(), None);
+    assert_eq!(store.key_tenant("hash-1").await.unwrap(), None);
+    assert_eq!(ids(store.keys("t").await.unwrap()), ["key_2"]);
+    assert_eq!(
+        store.key_tenant("hash-2").await.unwrap().as_deref(),
+        Some("t")
+    );
+}
+
+async fn job_pages(store: Arc<dyn Store>) {
+    setup(&*store).await;
+    // Five finished jobs whose results are 10 KB each, newest first: p4 .. p0.
+    for i in 0..5 {
+        let id = format!("p{i}");
+        store
+            .admit(job(&id, "t", None, 0, i), 0, None)
+            .await
+            .unwrap();
+        let j = leased(store.lease("sb1", POLICY, 10 + i).await.unwrap());
+        let result = json!({"stdout": "x".repeat(10_000)});
+        store
+            .complete(
+                "sb1",
+                &j.id,
+                j.lease_id.as_deref().unwrap(),
+                Finish::Succeeded { result },
+                11 + i,
+            )
+            .await
+            .unwrap();
+    }
+    let filter = JobFilter {
+        tenant: Some("t".into()),
+        limit: 10,
+        ..Default::default()
+    };
+    let one = listed_bytes(10_000 + 16, 0);
+    // A budget for two and a half jobs holds two; the rest follow from the cursor.
+    let page = store.job_page(&filter, one * 5 / 2).await.unwrap();
+    let ids: Vec<_> = page.jobs.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids, ["p4", "p3"]);
+    assert!(page.more);
+    assert!(
+        page.jobs
+            .iter()
+            .all(|j| j.spec.is_null() && j.result.is_some())
+    );
+    let next = JobFilter {
+        before_seq: Some(page.jobs[1].seq),
+        ..filter.clone()
+    };
+    let rest = store.job_page(&next, one * 100).await.unwrap();
+    assert_eq!(rest.jobs.len(), 3);
+    assert!(!rest.more, "the last page says so");
+    // A budget below one job still gives one, so a list always moves on.
+    let tiny = store.job_page(&filter, 1).await.unwrap();
+    assert_eq!((tiny.jobs.len(), tiny.more), (1, true));
+    // The count limit holds as before, and `more` is exact at the end.
+    let two = store
+        .job_page(
+            &JobFilter {
+                limit: 2,
+                ..filter.clone()
+            },
+            u64::MAX,
+        )
+        .await
+        .unwrap();
+    assert_eq!((two.jobs.len(), two.more), (2, true));
+    let all = store
+        .job_page(&JobFilter { limit: 5, ..filter }, u64::MAX)
+        .await
+        .unwrap();
+    assert_eq!((all.jobs.len(), all.more), (5, false));
 }
