@@ -1,13 +1,16 @@
 //! The agent's HTTP client for `/v1/agent/*`, authenticated with the sandbox token.
 
 use anyhow::{Context, Result, bail};
-use shoal_protocol::{Completion, Heartbeat, HeartbeatResponse, LeaseRequest, LeaseResponse};
+use shoal_protocol::{
+    Completion, Heartbeat, HeartbeatResponse, LeaseRequest, LeaseResponse, LogChunk,
+};
 use std::time::Duration;
 
 /// A completion the scheduler refused because the lease is no longer the job's.
 #[derive(Debug)]
 pub struct StaleLease;
 
+#[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     base: String,
@@ -67,6 +70,29 @@ impl Client {
         }
     }
 
+    /// Ships a chunk of the job's output: `Ok(Ok(()))` stored, `Ok(Err(StaleLease))` refused.
+    pub async fn log(
+        &self,
+        job_id: &str,
+        lease_id: &str,
+        offset: u64,
+        bytes: Vec<u8>,
+    ) -> Result<Result<(), StaleLease>> {
+        let resp = self
+            .post("/v1/agent/log")
+            .timeout(Duration::from_secs(10))
+            .query(&LogChunk {
+                job_id: job_id.to_string(),
+                lease_id: lease_id.to_string(),
+                offset,
+            })
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(bytes)
+            .send()
+            .await?;
+        held(resp, "log").await
+    }
+
     /// Reports an outcome: `Ok(Ok(()))` recorded, `Ok(Err(StaleLease))` refused as stale.
     pub async fn complete(&self, c: &Completion) -> Result<Result<(), StaleLease>> {
         let resp = self
@@ -75,13 +101,18 @@ impl Client {
             .json(c)
             .send()
             .await?;
-        match resp.status().as_u16() {
-            200 => Ok(Ok(())),
-            409 => Ok(Err(StaleLease)),
-            s => bail!(
-                "complete answered {s}: {}",
-                resp.text().await.unwrap_or_default()
-            ),
-        }
+        held(resp, "complete").await
+    }
+}
+
+/// The answer to a call about a job under its lease: 200 done, 409 the lease is stale.
+async fn held(resp: reqwest::Response, call: &str) -> Result<Result<(), StaleLease>> {
+    match resp.status().as_u16() {
+        200 => Ok(Ok(())),
+        409 => Ok(Err(StaleLease)),
+        s => bail!(
+            "{call} answered {s}: {}",
+            resp.text().await.unwrap_or_default()
+        ),
     }
 }
