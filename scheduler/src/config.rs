@@ -69,6 +69,44 @@ pub struct FileConfig {
     pub fleet_max_sandboxes: Option<u32>,
     /// Most tenants named in metric labels; the rest are counted as `other`.
     pub metrics_max_tenants: Option<usize>,
+    /// Most bytes of output kept per job (the newest): a count, or with `KiB` / `MiB`.
+    pub max_log_bytes: Option<ByteCount>,
+}
+
+/// A number of bytes in the config file: `1048576` or `"1MiB"`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum ByteCount {
+    Number(u64),
+    Text(String),
+}
+
+/// The default `max_log_bytes`: 1 MiB.
+pub const DEFAULT_MAX_LOG_BYTES: u64 = 1024 * 1024;
+/// The range `max_log_bytes` may take.
+pub const MAX_LOG_BYTES_RANGE: std::ops::RangeInclusive<u64> = 1024..=256 * 1024 * 1024;
+
+/// `1048576`, `512KiB`, `1MiB`, `1GiB` as a number of bytes.
+pub fn parse_bytes(raw: &str) -> Result<u64, String> {
+    let t = raw.trim();
+    let (num, unit) = t
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((t, ""), |i| (&t[..i], t[i..].trim()));
+    let mult: u64 = match unit {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "`{raw}`: unknown unit `{other}` (a number of bytes, or with KiB, MiB or GiB)"
+            ));
+        }
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("`{raw}` is not a number of bytes"))
 }
 
 /// `provider = "NAME"` or a `[provider]` table.
@@ -141,6 +179,8 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     pub fleet_max_sandboxes: Option<u32>,
     pub metrics_max_tenants: usize,
+    /// Most bytes of output kept per job, the newest.
+    pub max_log_bytes: u64,
     pub agent_bin: PathBuf,
     /// The `[provider.fly]` table, when the provider is `fly`.
     pub fly: Option<shoal_fleet::fly::FlyConfig>,
@@ -367,6 +407,29 @@ impl Config {
             }),
             None => file.metrics_max_tenants.unwrap_or(500),
         };
+        let max_log_bytes = match env_var("max_log_bytes")
+            .map(ByteCount::Text)
+            .or(file.max_log_bytes.clone())
+        {
+            None => Ok(DEFAULT_MAX_LOG_BYTES),
+            Some(ByteCount::Number(n)) => Ok(n),
+            Some(ByteCount::Text(t)) => parse_bytes(&t),
+        }
+        .and_then(|n| {
+            if MAX_LOG_BYTES_RANGE.contains(&n) {
+                Ok(n)
+            } else {
+                Err(format!(
+                    "{n} is outside {} to {} bytes (1 KiB to 256 MiB)",
+                    MAX_LOG_BYTES_RANGE.start(),
+                    MAX_LOG_BYTES_RANGE.end()
+                ))
+            }
+        })
+        .unwrap_or_else(|e| {
+            errs.push(format!("max_log_bytes: {e}"));
+            DEFAULT_MAX_LOG_BYTES
+        });
         let agent_bin = env_var("agent_bin")
             .map(PathBuf::from)
             .or_else(|| file.tables().process.and_then(|p| p.agent_bin))
@@ -449,6 +512,7 @@ impl Config {
                 heartbeat_interval,
                 fleet_max_sandboxes,
                 metrics_max_tenants,
+                max_log_bytes,
                 agent_bin,
             })
         } else {
@@ -473,7 +537,11 @@ mod tests {
     fn every_bad_value_is_reported_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("shoal.toml");
-        std::fs::write(&path, "idle_action = \"nap\"\nlease_ttl = \"soon\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "idle_action = \"nap\"\nlease_ttl = \"soon\"\nmax_log_bytes = \"lots\"\n",
+        )
+        .unwrap();
         let args = ServeArgs {
             config: Some(path),
             listen: Some("nowhere".into()),
@@ -484,6 +552,7 @@ mod tests {
         };
         let errs = Config::resolve(&args).unwrap_err().0;
         for key in [
+            "max_log_bytes",
             "idle_timeout",
             "idle_policy",
             "lease_ttl",
@@ -494,6 +563,44 @@ mod tests {
             assert!(
                 errs.iter().any(|e| e.starts_with(key)),
                 "{key} not reported in {errs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn byte_counts_read_with_units_and_stay_in_range() {
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert_eq!(parse_bytes("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_bytes(" 2 MiB "), Ok(2 << 20));
+        assert!(parse_bytes("1MB").is_err());
+        assert!(parse_bytes("-1").is_err());
+        assert!(parse_bytes("99999999999999999999GiB").is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let agent = dir.path().join("shoal-agent");
+        std::fs::write(&agent, "").unwrap();
+        let resolve = |body: &str| {
+            let path = dir.path().join("shoal.toml");
+            std::fs::write(
+                &path,
+                format!("{body}\n[provider.process]\nagent_bin = {agent:?}\n"),
+            )
+            .unwrap();
+            Config::resolve(&ServeArgs {
+                config: Some(path),
+                ..Default::default()
+            })
+        };
+        assert_eq!(resolve("").unwrap().max_log_bytes, DEFAULT_MAX_LOG_BYTES);
+        assert_eq!(resolve("max_log_bytes = 4096").unwrap().max_log_bytes, 4096);
+        assert_eq!(
+            resolve("max_log_bytes = \"64KiB\"").unwrap().max_log_bytes,
+            65536
+        );
+        for bad in ["max_log_bytes = 10", "max_log_bytes = \"1GiB\""] {
+            let errs = resolve(bad).unwrap_err().0;
+            assert!(
+                errs.iter().any(|e| e.starts_with("max_log_bytes")),
+                "{bad}: {errs:?}"
             );
         }
     }

@@ -39,6 +39,8 @@ pub struct App {
     pub live: crate::live::Live,
     /// The adaptive idle policy's histories, when `idle_policy` is adaptive.
     pub adaptive: Option<crate::idle::AdaptiveIdle>,
+    /// Callers waiting on one job: its end, its new output.
+    pub jobs: crate::jobwatch::JobWatch,
 }
 
 impl App {
@@ -73,6 +75,7 @@ impl App {
             bus: std::sync::OnceLock::new(),
             live: crate::live::Live::default(),
             adaptive,
+            jobs: crate::jobwatch::JobWatch::default(),
         }
     }
 
@@ -88,6 +91,15 @@ impl App {
         self.wake_local(tenant);
         if let Some(bus) = self.bus.get() {
             bus.publish(tenant);
+        }
+    }
+
+    /// Something about job `id` changed (`pulse`): wake whoever waits on it, here and on the
+    /// other replicas.
+    pub fn job_changed(&self, id: &str, pulse: crate::jobwatch::Pulse) {
+        self.jobs.pulse(id, pulse);
+        if let Some(bus) = self.bus.get() {
+            bus.publish_job(id, pulse);
         }
     }
 
