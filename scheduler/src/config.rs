@@ -71,6 +71,9 @@ pub struct FileConfig {
     pub metrics_max_tenants: Option<usize>,
     /// Most bytes of output kept per job (the newest): a count, or with `KiB` / `MiB`.
     pub max_log_bytes: Option<ByteCount>,
+    /// How often a request waiting on a job (`wait_s`, a followed log) looks at the job again
+    /// though nothing woke it: a safety net for a wake-up lost between replicas.
+    pub job_recheck: Option<String>,
 }
 
 /// A number of bytes in the config file: `1048576` or `"1MiB"`.
@@ -181,6 +184,8 @@ pub struct Config {
     pub metrics_max_tenants: usize,
     /// Most bytes of output kept per job, the newest.
     pub max_log_bytes: u64,
+    #[serde(with = "humantime_serde_compat")]
+    pub job_recheck: Duration,
     pub agent_bin: PathBuf,
     /// The `[provider.fly]` table, when the provider is `fly`.
     pub fly: Option<shoal_fleet::fly::FlyConfig>,
@@ -306,6 +311,12 @@ impl Config {
             "heartbeat_interval",
             pick(&None, &file.heartbeat_interval, "heartbeat_interval"),
             "1s",
+            Duration::from_millis(100),
+        );
+        let job_recheck = duration(
+            "job_recheck",
+            pick(&None, &file.job_recheck, "job_recheck"),
+            "5s",
             Duration::from_millis(100),
         );
         if heartbeat_interval * 3 > lease_ttl && lease_ttl > Duration::ZERO {
@@ -513,6 +524,7 @@ impl Config {
                 fleet_max_sandboxes,
                 metrics_max_tenants,
                 max_log_bytes,
+                job_recheck,
                 agent_bin,
             })
         } else {

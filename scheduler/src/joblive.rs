@@ -3,8 +3,8 @@
 //! until it ends), and the agents' `POST /v1/agent/log`, by which a running job's output arrives.
 //!
 //! Waiters do not poll: they sleep on the job's wake-up (`crate::jobwatch`), pulsed wherever the
-//! job changes, and re-read the job only when woken, with a slow re-read as a safety net for a
-//! wake-up lost between replicas. Output is never held in memory beyond one page per reader: it
+//! job changes, and re-read the job only when woken, with a slow re-read (`job_recheck`, 5 s) as a
+//! safety net for a wake-up lost between replicas. Output is never held in memory beyond one page per reader: it
 //! is stored as it arrives (at most `max_log_bytes` per job) and each reader reads its next page
 //! from the store when woken, so a job printing hundreds of megabytes to many followers costs the
 //! scheduler a page per follower.
@@ -28,8 +28,6 @@ use std::time::Duration;
 use tokio::sync::watch;
 use utoipa::IntoParams;
 
-/// How often a waiter re-reads a job that nothing woke: only a safety net.
-const REREAD: Duration = Duration::from_secs(5);
 /// The most bytes of output read from the store and sent at a time.
 const PAGE: usize = 64 * 1024;
 /// The longest `wait_s`.
@@ -78,7 +76,7 @@ pub async fn wait_for_end(
         }
         tokio::select! {
             _ = watcher.state_changed() => {}
-            _ = tokio::time::sleep(REREAD) => {}
+            _ = tokio::time::sleep(app.cfg.job_recheck) => {}
             _ = tokio::time::sleep_until(deadline) => break,
             _ = shutting_down(app.shutdown.subscribe()) => break,
         }
@@ -197,7 +195,7 @@ impl LogReader {
             };
             tokio::select! {
                 _ = watcher.changed() => {}
-                _ = tokio::time::sleep(REREAD) => {}
+                _ = tokio::time::sleep(self.app.cfg.job_recheck) => {}
                 _ = shutting_down(self.shutdown.clone()) => return Ok(None),
             }
         }

@@ -2,8 +2,9 @@
 //! log shows a line the job printed while the job is still running and ends when the job ends;
 //! `wait_s` answers when the job ends (or after its seconds); bad `wait_s` values are refused;
 //! another tenant's key sees neither the log nor the wait; waiters and followers that hang up are
-//! forgotten; a job printing more than `max_log_bytes` keeps the newest bytes; and a job printing
-//! 200 MB grows neither the scheduler's memory nor the agent's by more than a few MiB.
+//! forgotten; a job printing more than `max_log_bytes` keeps the newest bytes; a job printing
+//! 200 MB grows neither the scheduler's memory nor the agent's by more than a few MiB; and on
+//! Postgres, a replica's waiters and followers are woken by a job that runs against another.
 //!
 //! No timing assertions: each job waits for a flag file that the test creates only after it has
 //! seen what it wants to see.
@@ -287,11 +288,12 @@ async fn follow_and_wait_see_the_job_as_it_runs_and_ends() -> Result<()> {
 async fn a_log_longer_than_max_log_bytes_keeps_its_newest_bytes() -> Result<()> {
     let s = Server::start(&[], &[("SHOAL_MAX_LOG_BYTES", "4KiB")]).await?;
     tenant_with_key(&s, "acme").await?;
-    // 100,000 bytes in numbered lines, on stdout and stderr.
+    // 100,000 bytes in numbered lines. (On one stream: two pipes are read as their bytes come,
+    // and a pipe that the command fills faster than it is read holds its bytes back a while.)
     let id = enqueue(
         &s,
         "acme",
-        "i=0; while [ $i -lt 5000 ]; do printf 'line %013d\\n' $i; i=$((i+1)); done; echo last >&2",
+        "i=0; while [ $i -lt 5000 ]; do printf 'line %013d\\n' $i; i=$((i+1)); done; echo last",
     )
     .await?;
     let job = s.get(&format!("/v1/jobs/{id}?wait_s=60")).await?;
@@ -402,5 +404,58 @@ async fn a_job_printing_200_mb_keeps_memory_bounded() -> Result<()> {
         agent_peak < 64 * MIB,
         "the agent's peak RSS was {agent_peak} bytes"
     );
+    Ok(())
+}
+
+/// Two replicas on one Postgres, their slow re-read turned off (`job_recheck` 10 min): a job's
+/// waiters and followers on both replicas see its output and its end, so the replica its agent
+/// does not talk to is woken by the other's notifications.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_wake_each_others_waiters_and_followers() -> Result<()> {
+    let Some(pg) = shoal_testkit::services::Postgres::start()? else {
+        return Ok(());
+    };
+    let url = pg.create_database()?;
+    let env = [
+        ("SHOAL_ADMIN_TOKEN", "replicas-token"),
+        ("SHOAL_JOB_RECHECK", "10m"),
+    ];
+    let args = ["--database-url", url.as_str(), "--idle-timeout", "60s"];
+    let a = Server::start(&args, &env).await?;
+    let b = Server::start(&args, &env).await?;
+    tenant_with_key(&a, "acme").await?;
+    let flags = tempfile::tempdir()?;
+    let flag = flags.path().join("go");
+    let id = enqueue(&a, "acme", &gated("started", &flag, "echo finished")).await?;
+
+    let mut followers = Vec::new();
+    let mut waiters = Vec::new();
+    for s in [&a, &b] {
+        let mut f = s
+            .req(Method::GET, &format!("/v1/jobs/{id}/logs?follow=true"))
+            .send()
+            .await?;
+        let mut seen = Vec::new();
+        read_until(&mut f, &mut seen, "started\n").await?;
+        followers.push((f, seen));
+        let (u, t) = (format!("{}/v1/jobs/{id}?wait_s=60", s.url), s.token.clone());
+        waiters.push(tokio::spawn(async move {
+            let r = reqwest::Client::new().get(u).bearer_auth(t).send().await?;
+            anyhow::Ok(r.json::<Value>().await?)
+        }));
+    }
+    wait_watchers(&a, "replica a's follower and waiter", |n| n >= 2).await?;
+    wait_watchers(&b, "replica b's follower and waiter", |n| n >= 2).await?;
+    std::fs::write(&flag, "")?;
+    for w in waiters {
+        let job = w.await??;
+        assert_eq!(job["state"], "succeeded", "{job}");
+    }
+    for (mut f, mut seen) in followers {
+        read_until(&mut f, &mut seen, "finished\n").await?;
+        let end = tokio::time::timeout(Duration::from_secs(60), f.chunk()).await??;
+        assert!(end.is_none(), "the followed log ends with the job");
+        assert_eq!(String::from_utf8(seen)?, "started\nfinished\n");
+    }
     Ok(())
 }
