@@ -1,7 +1,9 @@
 //! The agent's HTTP client for `/v1/agent/*`, authenticated with the sandbox token.
 
 use anyhow::{Context, Result, bail};
-use shoal_protocol::{Completion, Heartbeat, HeartbeatResponse, LeaseRequest, LeaseResponse};
+use shoal_protocol::{
+    Completion, Heartbeat, HeartbeatResponse, LeaseRequest, LeaseResponse, LogChunk,
+};
 use std::time::Duration;
 
 /// The scheduler's answer to a completion it read.
@@ -15,6 +17,12 @@ pub enum CompleteAnswer {
     Refused { status: u16, message: String },
 }
 
+/// A call under a lease (a log chunk) the scheduler refused because the lease is no longer the
+/// job's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaleLease;
+
+#[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     base: String,
@@ -71,6 +79,36 @@ impl Client {
         match resp.status().as_u16() {
             200 => Ok(resp.json().await?),
             s => bail!("heartbeat answered {s}"),
+        }
+    }
+
+    /// Ships a chunk of the job's output: `Ok(Ok(()))` stored, `Ok(Err(StaleLease))` refused.
+    pub async fn log(
+        &self,
+        job_id: &str,
+        lease_id: &str,
+        offset: u64,
+        bytes: Vec<u8>,
+    ) -> Result<Result<(), StaleLease>> {
+        let resp = self
+            .post("/v1/agent/log")
+            .timeout(Duration::from_secs(10))
+            .query(&LogChunk {
+                job_id: job_id.to_string(),
+                lease_id: lease_id.to_string(),
+                offset,
+            })
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(bytes)
+            .send()
+            .await?;
+        match resp.status().as_u16() {
+            200 => Ok(Ok(())),
+            409 => Ok(Err(StaleLease)),
+            s => bail!(
+                "log answered {s}: {}",
+                resp.text().await.unwrap_or_default()
+            ),
         }
     }
 

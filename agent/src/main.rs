@@ -1,9 +1,10 @@
 //! `shoal-agent`: runs inside a sandbox. It asks the scheduler for its tenant's jobs with its
 //! sandbox token, runs each one (a command, a semantic diff, a flaky-test analysis), heartbeats
-//! while it runs, and reports the outcome. `semdiff` and `flaky` run the analysis engines locally,
+//! while it runs, ships the command's output as it is written, and reports the outcome. `semdiff` and `flaky` run the analysis engines locally,
 //! without a scheduler.
 
 mod client;
+mod logship;
 mod run;
 mod tail;
 

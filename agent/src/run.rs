@@ -3,6 +3,7 @@
 //! within a grace period, else stops it and hands the job back.
 
 use crate::client::{Client, CompleteAnswer};
+use crate::logship::{self, LogBuffer};
 use crate::tail::Tail;
 use anyhow::{Context, Result};
 use shoal_protocol::{
@@ -11,6 +12,7 @@ use shoal_protocol::{
 };
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
@@ -248,14 +250,49 @@ async fn heartbeat_until_interrupted(client: &Client, a: &Assignment) -> Interru
     }
 }
 
-/// Runs one job; `None` when there is nothing to report (cancelled, or the lease was lost).
+/// How long a finished job's last output may take to ship before its outcome is reported anyway.
+const LAST_OUTPUT_WAIT: Duration = Duration::from_secs(30);
+
+/// Runs one job while its output is shipped; `None` when there is nothing to report (cancelled,
+/// or the lease was lost).
 async fn execute(
+    client: &Client,
+    a: &Assignment,
+    stop: watch::Receiver<bool>,
+    grace: Duration,
+) -> Option<Outcome> {
+    let log = LogBuffer::new(a.log_max_bytes);
+    let mut shipper = tokio::spawn(logship::ship(
+        client.clone(),
+        a.job_id.clone(),
+        a.lease_id.clone(),
+        Arc::clone(&log),
+    ));
+    let outcome = supervise(client, a, stop, grace, Arc::clone(&log)).await;
+    if outcome.is_some() {
+        // The job's output is all in before its end is reported, so that whoever reads the log
+        // once the job has ended reads all of it.
+        log.close();
+        if tokio::time::timeout(LAST_OUTPUT_WAIT, &mut shipper)
+            .await
+            .is_err()
+        {
+            tracing::warn!(job = %a.job_id, "the last output could not be shipped in time");
+        }
+    }
+    shipper.abort();
+    outcome
+}
+
+/// Runs the job's work against heartbeats and the agent's own shutdown.
+async fn supervise(
     client: &Client,
     a: &Assignment,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
+    log: Arc<LogBuffer>,
 ) -> Option<Outcome> {
-    let work = run_kind(a);
+    let work = run_kind(a, log);
     tokio::pin!(work);
     let interrupt = tokio::select! {
         outcome = &mut work => return Some(outcome.0),
@@ -286,10 +323,10 @@ async fn execute(
 /// The outcome of running a job, wrapped so that dropping the future kills its process.
 struct Done(Outcome);
 
-async fn run_kind(a: &Assignment) -> Done {
+async fn run_kind(a: &Assignment, log: Arc<LogBuffer>) -> Done {
     let outcome = match a.kind.as_str() {
         "agent" => match serde_json::from_str::<AgentSpec>(a.spec.get()) {
-            Ok(spec) => run_command(&spec, a.timeout_s).await,
+            Ok(spec) => run_command(&spec, a.timeout_s, log).await,
             Err(e) => Outcome::Failed {
                 result: None,
                 error: JobError::new("invalid_spec", e.to_string()),
@@ -365,7 +402,9 @@ fn resolve_workdir(dir: Option<&str>) -> Result<PathBuf> {
     Ok(p)
 }
 
-async fn pump(mut r: impl tokio::io::AsyncRead + Unpin) -> Tail {
+/// Reads one of the command's pipes to its end: into its own tail (for the result) and into the
+/// job's shipped output, interleaved with the other pipe as the reads come.
+async fn pump(mut r: impl tokio::io::AsyncRead + Unpin, log: Arc<LogBuffer>) -> Tail {
     let mut tail = Tail::new(OUTPUT_TAIL_BYTES);
     let mut buf = vec![0u8; 16 * 1024];
     while let Ok(n) = r.read(&mut buf).await {
@@ -373,11 +412,12 @@ async fn pump(mut r: impl tokio::io::AsyncRead + Unpin) -> Tail {
             break;
         }
         tail.push(&buf[..n]);
+        log.push(&buf[..n]);
     }
     tail
 }
 
-async fn run_command(spec: &AgentSpec, job_timeout_s: u64) -> Outcome {
+async fn run_command(spec: &AgentSpec, job_timeout_s: u64, log: Arc<LogBuffer>) -> Outcome {
     let Some((program, args)) = spec.command.split_first() else {
         return Outcome::Failed {
             result: None,
@@ -422,8 +462,11 @@ async fn run_command(spec: &AgentSpec, job_timeout_s: u64) -> Outcome {
         }
     };
     let mut guard = GroupGuard(child.id().map(|p| p as i32));
-    let out = tokio::spawn(pump(child.stdout.take().expect("piped stdout")));
-    let err = tokio::spawn(pump(child.stderr.take().expect("piped stderr")));
+    let out = tokio::spawn(pump(
+        child.stdout.take().expect("piped stdout"),
+        Arc::clone(&log),
+    ));
+    let err = tokio::spawn(pump(child.stderr.take().expect("piped stderr"), log));
     let timeout = Duration::from_secs(spec.timeout_s.unwrap_or(job_timeout_s).max(1));
     let (status, timed_out) = match tokio::time::timeout(timeout, child.wait()).await {
         Ok(s) => (s.ok(), false),

@@ -7,10 +7,12 @@
 //! - [`report`]: every policy on every workload, as a table and a plot.
 //! - [`faults`]: the fault run: replicas on Postgres and Redis killed while jobs flow, then checked.
 //! - [`queuebench`]: Shoal against a bare apalis worker loop on the same Postgres and Redis.
+//! - [`logbench`]: waiting on jobs (`wait_s`) and following their output, measured.
 
 pub mod engine;
 pub mod faults;
 pub mod generate;
+pub mod logbench;
 pub mod peers;
 pub mod policy;
 pub mod queuebench;

@@ -1,12 +1,15 @@
 //! `shoal-loadtests`: the policy simulator (`simulate`), the workload generator (`generate`), the
 //! policy report (`report`), the simulator's scale run (`scale`), the fault run against real
-//! replicas (`faults`) and the comparison with a bare apalis worker loop (`queue-bench`).
+//! replicas (`faults`), the comparison with a bare apalis worker loop (`queue-bench`) and the
+//! measurements of waiting on jobs and following their output (`log-bench`).
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use shoal_fleet::sim::SimLatencies;
 use shoal_loadtests::generate::{self, AzureDerivation, Profile};
-use shoal_loadtests::{Policy, SimOptions, Workload, faults, queuebench, report, simulate};
+use shoal_loadtests::{
+    Policy, SimOptions, Workload, faults, logbench, queuebench, report, simulate,
+};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -158,6 +161,15 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         max_sandboxes: u32,
         /// Write the report as JSON here too.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Waiting on jobs (`wait_s`) and following their output: wake-up and delay, and a big job's
+    /// memory.
+    LogBench {
+        #[command(flatten)]
+        cfg: logbench::LogBenchConfig,
+        /// Write the figures as JSON here too.
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -382,6 +394,11 @@ fn main() -> Result<()> {
                 println!("PASS {c}");
             }
             write_json(out.as_deref(), &report)?;
+        }
+        Cmd::LogBench { cfg, out } => {
+            let figures = runtime()?.block_on(logbench::run(&cfg))?;
+            println!("{}", logbench::table(&figures));
+            write_json(out.as_deref(), &figures)?;
         }
         Cmd::QueueBench { cfg, out } => {
             let Some(figures) = runtime()?.block_on(queuebench::run(&cfg))? else {

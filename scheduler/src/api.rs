@@ -4,13 +4,14 @@
 
 use crate::auth::{Agent, COOKIE, Caller};
 use crate::error::{ApiError, Body, OptionalBody, RawBody};
+use crate::jobwatch::Pulse;
 use crate::openapi::{ApiDoc, ErrorBody};
 use crate::state::{App, hash_token, new_token, now_ms};
 use crate::views::{
     self, Accepted, CompletedView, EventList, JobPage, JobView, KeyList, NewKey, PlanView,
     PoolList, PoolView, SandboxCounts, TenantList, TenantView,
 };
-use crate::{dashboard, live, usage};
+use crate::{dashboard, joblive, live, usage};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -46,6 +47,7 @@ pub fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(drain))
         .routes(routes!(enqueue, list_jobs))
         .routes(routes!(get_job))
+        .routes(routes!(joblive::logs))
         .routes(routes!(cancel_job))
         .routes(routes!(pools))
         .routes(routes!(pool))
@@ -58,6 +60,7 @@ pub fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(agent_lease))
         .routes(routes!(agent_heartbeat))
         .routes(routes!(agent_complete))
+        .routes(routes!(joblive::agent_log))
 }
 
 pub fn router(app: Arc<App>) -> Router {
@@ -121,6 +124,7 @@ async fn metrics(State(app): State<Arc<App>>, headers: axum::http::HeaderMap) ->
     if let Err(e) = metrics_allowed(&app, &headers).await {
         return e.into_response();
     }
+    app.metrics.job_watchers.set(app.jobs.watchers());
     let mut r = app.metrics.render().into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -734,7 +738,7 @@ pub(crate) async fn visible_tenant(
 
 /// The job `id` if the caller may see it. A tenant key learns nothing of other tenants' jobs, not
 /// even that they exist: those are "not found" too.
-async fn visible_job(
+pub(crate) async fn visible_job(
     app: &App,
     caller: &Caller,
     id: &str,
@@ -750,16 +754,35 @@ async fn visible_job(
     Ok(job)
 }
 
-/// A job, with its result once it has one.
+/// The query of `GET /v1/jobs/{id}`.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct GetJob {
+    /// Wait up to this many seconds (a whole number from 0 to 60) for the job to end: the answer
+    /// comes as soon as it has ended, else after `wait_s` with the job as it is then.
+    #[param(value_type = Option<u32>, minimum = 0, maximum = 60)]
+    wait_s: Option<String>,
+}
+
+/// A job, with its result once it has one; with `wait_s`, once it has ended (or `wait_s` passed).
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
-    params(("id" = String, Path)),
-    responses((status = 200, body = JobView), (status = 404, body = ErrorBody)))]
+    params(("id" = String, Path), GetJob),
+    responses(
+        (status = 200, body = JobView),
+        (status = 400, description = "`wait_s` is not 0 to 60", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ))]
 async fn get_job(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(id): Path<String>,
+    q: Result<Query<GetJob>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<JobView>, ApiError> {
+    let Query(q) = q.map_err(|e| crate::error::shape_error(&e.body_text()))?;
+    let wait = joblive::parse_wait_s(q.wait_s.as_deref())?;
     let job = visible_job(&app, &caller, &id).await?;
+    let job = joblive::wait_for_end(&app, job, wait).await?;
     Ok(Json(views::job(&job)))
 }
 
@@ -877,6 +900,7 @@ async fn cancel_job(
             .inc();
     }
     app.work_changed(&job.tenant);
+    app.job_changed(&job.id, Pulse::State);
     Ok(Json(views::job(&job)))
 }
 
@@ -1080,6 +1104,7 @@ async fn agent_lease(
                     attempt: job.attempts,
                     timeout_s: job.timeout_s,
                     heartbeat_ms: app.cfg.heartbeat_interval.as_millis() as u64,
+                    log_max_bytes: Some(app.cfg.max_log_bytes),
                 })));
             }
             Lease::Idle => {
@@ -1211,6 +1236,7 @@ async fn agent_complete(
     app.work_changed(&sandbox.tenant);
     match done {
         Completed::Done(job) => {
+            app.job_changed(&job.id, Pulse::State);
             if job.state.is_terminal() {
                 app.metrics
                     .jobs_finished

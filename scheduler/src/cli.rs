@@ -1,4 +1,5 @@
-//! The operators' CLI: `shoal tenants|pools|jobs|usage|drain|plan`, talking to a running scheduler
+//! The operators' CLI: `shoal tenants|pools|jobs|usage|drain|plan` (`jobs submit` and `jobs logs`
+//! in `crate::jobcli`), talking to a running scheduler
 //! at `SHOAL_URL` with `SHOAL_TOKEN` (else `SHOAL_ADMIN_TOKEN`). Tables for people, `--json` for
 //! scripts.
 
@@ -15,10 +16,10 @@ pub struct Conn {
         default_value = "http://127.0.0.1:8080",
         global = true
     )]
-    url: String,
+    pub(crate) url: String,
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Subcommand, Clone)]
@@ -42,7 +43,7 @@ pub enum OperatorCommand {
         conn: Conn,
         tenant: Option<String>,
     },
-    /// Jobs: list, show or cancel.
+    /// Jobs: submit (and wait), list, show, cancel, print their output.
     Jobs {
         #[command(flatten)]
         conn: Conn,
@@ -101,9 +102,20 @@ pub enum JobsCommand {
     Cancel {
         id: String,
     },
+    /// Submit a job and print its id; with --wait, wait for it to end and exit with its exit
+    /// code (0 succeeded, the command's own code, 124 timed out, 125 failed without an exit code,
+    /// 128+N killed by signal N, 75 dead, 130 cancelled).
+    Submit(crate::jobcli::SubmitArgs),
+    /// Print a job's output (stdout and stderr as written, the newest part kept); with --follow,
+    /// keep printing it as it runs until the job ends.
+    Logs {
+        id: String,
+        #[arg(long)]
+        follow: bool,
+    },
 }
 
-fn token() -> Option<String> {
+pub(crate) fn token() -> Option<String> {
     std::env::var("SHOAL_TOKEN")
         .ok()
         .or_else(|| std::env::var("SHOAL_ADMIN_TOKEN").ok())
@@ -186,6 +198,18 @@ fn s(v: &Value) -> String {
 }
 
 pub fn run(cmd: OperatorCommand) -> ExitCode {
+    // These two print as they go and choose their own exit code.
+    let cmd = match cmd {
+        OperatorCommand::Jobs {
+            conn,
+            command: JobsCommand::Submit(args),
+        } => return crate::jobcli::submit(&conn, &args),
+        OperatorCommand::Jobs {
+            conn,
+            command: JobsCommand::Logs { id, follow },
+        } => return crate::jobcli::logs(&conn, &id, follow),
+        other => other,
+    };
     match execute(cmd) {
         Ok(out) => {
             print!("{out}");
@@ -395,6 +419,10 @@ fn execute(cmd: OperatorCommand) -> Result<String, String> {
                 }
                 JobsCommand::Show { id } => {
                     call(&conn, Method::GET, &format!("/v1/jobs/{id}"), &[], None)?.0
+                }
+                // Run by `run` itself, which prints as they go.
+                JobsCommand::Submit { .. } | JobsCommand::Logs { .. } => {
+                    return Err("`jobs submit` and `jobs logs` print as they go".into());
                 }
                 JobsCommand::Cancel { id } => {
                     call(

@@ -77,6 +77,47 @@ pub struct FileConfig {
     pub metrics_token: Option<String>,
     /// `/metrics` requires the admin token (or `metrics_token`); open when false and no token.
     pub metrics_auth: Option<bool>,
+    /// Most bytes of output kept per job (the newest): a count, or with `KiB` / `MiB`.
+    pub max_log_bytes: Option<ByteCount>,
+    /// How often a request waiting on a job (`wait_s`, a followed log) looks at the job again
+    /// though nothing woke it: a safety net for a wake-up lost between replicas.
+    pub job_recheck: Option<String>,
+}
+
+/// A number of bytes in the config file: `1048576` or `"1MiB"`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum ByteCount {
+    Number(u64),
+    Text(String),
+}
+
+/// The default `max_log_bytes`: 1 MiB.
+pub const DEFAULT_MAX_LOG_BYTES: u64 = 1024 * 1024;
+/// The range `max_log_bytes` may take.
+pub const MAX_LOG_BYTES_RANGE: std::ops::RangeInclusive<u64> = 1024..=256 * 1024 * 1024;
+
+/// `1048576`, `512KiB`, `1MiB`, `1GiB` as a number of bytes.
+pub fn parse_bytes(raw: &str) -> Result<u64, String> {
+    let t = raw.trim();
+    let (num, unit) = t
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((t, ""), |i| (&t[..i], t[i..].trim()));
+    let mult: u64 = match unit {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "`{raw}`: unknown unit `{other}` (a number of bytes, or with KiB, MiB or GiB)"
+            ));
+        }
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("`{raw}` is not a number of bytes"))
 }
 
 /// `provider = "NAME"` or a `[provider]` table.
@@ -160,6 +201,10 @@ pub struct Config {
     pub metrics_token: Option<String>,
     /// `/metrics` requires a token: `metrics_token` or the admin token.
     pub metrics_auth: bool,
+    /// Most bytes of output kept per job, the newest.
+    pub max_log_bytes: u64,
+    #[serde(with = "humantime_serde_compat")]
+    pub job_recheck: Duration,
     pub agent_bin: PathBuf,
     /// How the process provider confines sandboxes.
     pub process_isolation: shoal_fleet::process::jail::IsolationMode,
@@ -293,6 +338,12 @@ impl Config {
             "1s",
             Duration::from_millis(100),
         );
+        let job_recheck = duration(
+            "job_recheck",
+            pick(&None, &file.job_recheck, "job_recheck"),
+            "5s",
+            Duration::from_millis(100),
+        );
         if heartbeat_interval * 3 > lease_ttl && lease_ttl > Duration::ZERO {
             errs.push(format!(
                 "heartbeat_interval: {} must be at most a third of lease_ttl ({})",
@@ -411,6 +462,29 @@ impl Config {
             },
             None => file.metrics_auth.unwrap_or(false),
         } || metrics_token.is_some();
+        let max_log_bytes = match env_var("max_log_bytes")
+            .map(ByteCount::Text)
+            .or(file.max_log_bytes.clone())
+        {
+            None => Ok(DEFAULT_MAX_LOG_BYTES),
+            Some(ByteCount::Number(n)) => Ok(n),
+            Some(ByteCount::Text(t)) => parse_bytes(&t),
+        }
+        .and_then(|n| {
+            if MAX_LOG_BYTES_RANGE.contains(&n) {
+                Ok(n)
+            } else {
+                Err(format!(
+                    "{n} is outside {} to {} bytes (1 KiB to 256 MiB)",
+                    MAX_LOG_BYTES_RANGE.start(),
+                    MAX_LOG_BYTES_RANGE.end()
+                ))
+            }
+        })
+        .unwrap_or_else(|e| {
+            errs.push(format!("max_log_bytes: {e}"));
+            DEFAULT_MAX_LOG_BYTES
+        });
         let agent_bin = env_var("agent_bin")
             .map(PathBuf::from)
             .or_else(|| file.tables().process.and_then(|p| p.agent_bin))
@@ -519,6 +593,8 @@ impl Config {
                 metrics_max_tenants,
                 metrics_token,
                 metrics_auth,
+                max_log_bytes,
+                job_recheck,
                 agent_bin,
                 process_isolation,
                 process_uid_base,
@@ -546,7 +622,11 @@ mod tests {
     fn every_bad_value_is_reported_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("shoal.toml");
-        std::fs::write(&path, "idle_action = \"nap\"\nlease_ttl = \"soon\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "idle_action = \"nap\"\nlease_ttl = \"soon\"\nmax_log_bytes = \"lots\"\n",
+        )
+        .unwrap();
         let args = ServeArgs {
             config: Some(path),
             listen: Some("nowhere".into()),
@@ -557,6 +637,7 @@ mod tests {
         };
         let errs = Config::resolve(&args).unwrap_err().0;
         for key in [
+            "max_log_bytes",
             "idle_timeout",
             "idle_policy",
             "lease_ttl",
@@ -567,6 +648,44 @@ mod tests {
             assert!(
                 errs.iter().any(|e| e.starts_with(key)),
                 "{key} not reported in {errs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn byte_counts_read_with_units_and_stay_in_range() {
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert_eq!(parse_bytes("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_bytes(" 2 MiB "), Ok(2 << 20));
+        assert!(parse_bytes("1MB").is_err());
+        assert!(parse_bytes("-1").is_err());
+        assert!(parse_bytes("99999999999999999999GiB").is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let agent = dir.path().join("shoal-agent");
+        std::fs::write(&agent, "").unwrap();
+        let resolve = |body: &str| {
+            let path = dir.path().join("shoal.toml");
+            std::fs::write(
+                &path,
+                format!("{body}\n[provider.process]\nagent_bin = {agent:?}\n"),
+            )
+            .unwrap();
+            Config::resolve(&ServeArgs {
+                config: Some(path),
+                ..Default::default()
+            })
+        };
+        assert_eq!(resolve("").unwrap().max_log_bytes, DEFAULT_MAX_LOG_BYTES);
+        assert_eq!(resolve("max_log_bytes = 4096").unwrap().max_log_bytes, 4096);
+        assert_eq!(
+            resolve("max_log_bytes = \"64KiB\"").unwrap().max_log_bytes,
+            65536
+        );
+        for bad in ["max_log_bytes = 10", "max_log_bytes = \"1GiB\""] {
+            let errs = resolve(bad).unwrap_err().0;
+            assert!(
+                errs.iter().any(|e| e.starts_with("max_log_bytes")),
+                "{bad}: {errs:?}"
             );
         }
     }

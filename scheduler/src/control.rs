@@ -3,6 +3,7 @@
 //! provider; it also turns the provider's observations into sandbox states and ledger entries,
 //! expires lapsed leases, and collects provider resources the store does not know.
 
+use crate::jobwatch::Pulse;
 use crate::leader::Leadership;
 use crate::state::{App, now_ms};
 use serde_json::json;
@@ -231,6 +232,7 @@ impl Control {
                     .inc();
             }
             self.app.work_changed(&job.tenant);
+            self.app.job_changed(&job.id, Pulse::State);
         }
         Ok(())
     }
@@ -640,12 +642,18 @@ impl Control {
                         .inc();
                 }
                 self.app.work_changed(&rec.tenant);
+                for j in &back {
+                    self.app.job_changed(&j.id, Pulse::State);
+                }
             }
             ObservedState::Gone => {
-                store
+                let back = store
                     .sandbox_down(&rec.id, SandboxState::Destroyed, now)
                     .await?;
                 self.app.work_changed(&rec.tenant);
+                for j in &back {
+                    self.app.job_changed(&j.id, Pulse::State);
+                }
             }
             _ => {}
         }

@@ -1,8 +1,9 @@
 //! The operators' dashboard at `/`: one self-contained page (`dashboard.html`: no CDN, no build
 //! step, charts drawn as inline SVG) that reads the API with the session cookie and follows
 //! `/v1/stream` (server-sent events) to update live. It shows the fleet overview, a page per
-//! tenant, charts of queue depth and pool size over the last hour and compute hours per day, and
-//! lets an operator drain a tenant or cancel a job.
+//! tenant, charts of queue depth and pool size over the last hour and compute hours per day, a
+//! page per job (reached from a tenant's job list) whose output streams in live while the job runs
+//! (`/v1/jobs/{id}/logs?follow=true`), and lets an operator drain a tenant or cancel a job.
 
 use crate::api::session_redirect;
 use crate::auth::cookie_token;

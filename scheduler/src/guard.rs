@@ -5,7 +5,8 @@
 //!   body as `application/json`. A bearer token is never sent by a browser on its own, so
 //!   bearer-authenticated requests need neither check; their body may come as JSON, without a
 //!   content type, or as `application/x-www-form-urlencoded` (what `curl -d` declares when told
-//!   nothing else; the body is still read as JSON). Any other declared type is refused (415).
+//!   nothing else; the body is still read as JSON). Any other declared type is refused (415),
+//!   except on the agents' own endpoints (`/v1/agent/*`, sandbox tokens only).
 //! - Headers: `Content-Security-Policy` (none of anything, `frame-ancestors 'none'`, unless the
 //!   answer sets its own, as the dashboard does), `X-Frame-Options: DENY`,
 //!   `X-Content-Type-Options: nosniff`, `Referrer-Policy: no-referrer`.
@@ -133,7 +134,10 @@ fn refuse(req: &Request) -> Option<ApiError> {
             "a request signed in by the session cookie must come from this server's own pages (its Origin must name this host)",
         ));
     }
-    if has_body(h) {
+    // The agents' endpoints answer sandbox tokens only (never the session cookie), and one of
+    // them takes raw output (`POST /v1/agent/log`, `application/octet-stream`).
+    let agent_call = req.uri().path().starts_with("/v1/agent/");
+    if has_body(h) && !agent_call {
         let declared = h
             .get(header::CONTENT_TYPE)
             .map(|v| v.to_str().unwrap_or(""));

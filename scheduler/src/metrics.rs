@@ -28,6 +28,10 @@ pub struct Metrics {
     pub quota_usage_ratio: GaugeVec,
     /// Provider resources the store does not know or knows as destroyed (set by the sampler).
     pub sandboxes_leaked: IntGaugeVec,
+    /// Callers waiting on one job (`wait_s`, followed logs), set when the metrics are read.
+    pub job_watchers: prometheus::IntGauge,
+    /// Bytes of job output stored, as agents ship it.
+    pub log_bytes: IntCounterVec,
     tenants: Mutex<HashSet<String>>,
     max_tenants: usize,
 }
@@ -86,7 +90,21 @@ impl Metrics {
         registry
             .register(Box::new(quota_usage_ratio.clone()))
             .expect("unique metric");
+        let job_watchers = prometheus::IntGauge::new(
+            "shoal_job_watchers",
+            "Requests waiting on one job: `wait_s` waits and followed logs.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(job_watchers.clone()))
+            .expect("unique metric");
         Metrics {
+            job_watchers,
+            log_bytes: counter(
+                "shoal_log_bytes_total",
+                "Bytes of job output that agents shipped and the scheduler stored.",
+                &["tenant"],
+            ),
             sandboxes_desired: gauge(
                 "shoal_sandboxes_desired",
                 "The pool size the planner last wanted.",

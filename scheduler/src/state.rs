@@ -44,6 +44,8 @@ pub struct App {
     pub isolation_warning: Option<String>,
     /// Serializes tenant creation while the one-tenant rule of an unisolated host applies.
     pub tenant_gate: tokio::sync::Mutex<()>,
+    /// Callers waiting on one job: its end, its new output.
+    pub jobs: crate::jobwatch::JobWatch,
 }
 
 impl App {
@@ -80,6 +82,7 @@ impl App {
             bus: std::sync::OnceLock::new(),
             live: crate::live::Live::default(),
             adaptive,
+            jobs: crate::jobwatch::JobWatch::default(),
         }
     }
 
@@ -103,6 +106,15 @@ impl App {
         self.wake_local(tenant);
         if let Some(bus) = self.bus.get() {
             bus.publish(tenant);
+        }
+    }
+
+    /// Something about job `id` changed (`pulse`): wake whoever waits on it, here and on the
+    /// other replicas.
+    pub fn job_changed(&self, id: &str, pulse: crate::jobwatch::Pulse) {
+        self.jobs.pulse(id, pulse);
+        if let Some(bus) = self.bus.get() {
+            bus.publish_job(id, pulse);
         }
     }
 

@@ -1,6 +1,7 @@
 //! The operators' CLI against a running scheduler (the real `shoal serve`): every subcommand's
 //! table for people and `--json` for scripts, `usage` as CSV, cancel and drain acting on the
-//! scheduler, `plan --dry-run` showing a step it did not take, and clear failures.
+//! scheduler, `plan --dry-run` showing a step it did not take, clear failures, and `jobs submit
+//! --wait` exiting with the job's exit code, `jobs logs` printing its output.
 
 use anyhow::{Context, Result};
 use reqwest::Method;
@@ -11,6 +12,7 @@ use std::time::Duration;
 /// What one run of `shoal` did.
 struct Run {
     ok: bool,
+    code: Option<i32>,
     stdout: String,
     stderr: String,
 }
@@ -43,6 +45,7 @@ async fn shoal_as(s: &Server, token: Option<&str>, args: &[&str]) -> Result<Run>
     let out = cmd.output().await?;
     Ok(Run {
         ok: out.status.success(),
+        code: out.status.code(),
         stdout: String::from_utf8(out.stdout)?,
         stderr: String::from_utf8(out.stderr)?,
     })
@@ -347,5 +350,179 @@ async fn plan_dry_run_shows_what_the_planner_would_do() -> Result<()> {
     // Nothing ran: the job is still queued.
     let jobs = s.get("/v1/jobs?tenant=acme").await?;
     assert_eq!(jobs["jobs"][0]["state"], "queued", "{jobs}");
+    Ok(())
+}
+
+/// `shoal` with the admin token and `stdin` as its standard input.
+async fn shoal_with_stdin(s: &Server, args: &[&str], stdin: &str) -> Result<Run> {
+    use tokio::io::AsyncWriteExt;
+    let bin = shoal_testkit::bins::binary("shoal-scheduler", "shoal");
+    let mut child = tokio::process::Command::new(bin)
+        .args(args)
+        .env("SHOAL_URL", &s.url)
+        .env("SHOAL_TOKEN", &s.token)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut input = child.stdin.take().context("stdin")?;
+    input.write_all(stdin.as_bytes()).await?;
+    drop(input);
+    let out = child.wait_with_output().await?;
+    Ok(Run {
+        ok: out.status.success(),
+        code: out.status.code(),
+        stdout: String::from_utf8(out.stdout)?,
+        stderr: String::from_utf8(out.stderr)?,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_waits_and_exits_with_the_jobs_exit_code() -> Result<()> {
+    let s = Server::start(&["--idle-timeout", "60s"], &[]).await?;
+    shoal(&s, &["tenants", "acme", "--plan", "pro"]).await?;
+    fn submit<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec!["jobs", "submit", "--tenant", "acme"];
+        args.extend_from_slice(extra);
+        args
+    }
+
+    // Without --wait: the id, at once.
+    let r = shoal(&s, &submit(&["--", "sh", "-c", "echo queued"])).await?;
+    let id = r.stdout.trim().to_string();
+    assert!(id.starts_with("job_") && !id.contains('\n'), "{}", r.stdout);
+    assert_eq!(s.get(&format!("/v1/jobs/{id}")).await?["tenant"], "acme");
+    let v = shoal(&s, &submit(&["--json", "--", "true"]))
+        .await?
+        .json()?;
+    assert_eq!(v["state"], "queued", "{v}");
+
+    // With --wait: the id first, then the job's own exit code.
+    let r = shoal_as(
+        &s,
+        Some(&s.token),
+        &submit(&["--wait", "--", "sh", "-c", "echo out; echo err >&2; exit 7"]),
+    )
+    .await?;
+    assert_eq!(r.code, Some(7), "{} {}", r.stdout, r.stderr);
+    let id = r.stdout.lines().next().context("no id")?.to_string();
+    assert!(r.stderr.contains("failed (exit 7)"), "{}", r.stderr);
+    let j = s.get(&format!("/v1/jobs/{id}")).await?;
+    assert_eq!(
+        (j["state"].as_str(), j["result"]["exit_code"].as_i64()),
+        (Some("failed"), Some(7))
+    );
+    // jobs logs prints its output; --follow on an ended job prints it and ends.
+    let r = shoal(&s, &["jobs", "logs", &id]).await?;
+    let mut lines: Vec<&str> = r.stdout.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(lines, ["err", "out"], "{}", r.stdout);
+    let r = shoal(&s, &["jobs", "logs", &id, "--follow"]).await?;
+    assert_eq!(r.stdout.len(), "out\nerr\n".len(), "{}", r.stdout);
+
+    let r = shoal_as(&s, Some(&s.token), &submit(&["--wait", "--", "true"])).await?;
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let r = shoal_as(
+        &s,
+        Some(&s.token),
+        &submit(&["--wait", "--", "sh", "-c", "kill -9 $$"]),
+    )
+    .await?;
+    assert_eq!(r.code, Some(128 + 9), "{}", r.stderr);
+    let r = shoal_as(
+        &s,
+        Some(&s.token),
+        &submit(&["--wait", "--timeout-s", "1", "--", "sleep", "30"]),
+    )
+    .await?;
+    assert_eq!(r.code, Some(124), "{}", r.stderr);
+
+    // Other kinds take their spec from a file or standard input; a semantic diff that finds a
+    // difference exits 1, as diff(1) does.
+    let dir = tempfile::tempdir()?;
+    let spec = dir.path().join("diff.json");
+    std::fs::write(&spec, r#"{"baseline": {"a": 1}, "candidate": {"a": 2}}"#)?;
+    let spec = spec.to_string_lossy().into_owned();
+    let r = shoal_as(
+        &s,
+        Some(&s.token),
+        &[
+            "jobs",
+            "submit",
+            "--tenant",
+            "acme",
+            "--kind",
+            "semantic_diff",
+            "--spec",
+            &spec,
+            "--wait",
+        ],
+    )
+    .await?;
+    assert_eq!(r.code, Some(1), "{} {}", r.stdout, r.stderr);
+    let r = shoal_with_stdin(
+        &s,
+        &[
+            "jobs",
+            "submit",
+            "--tenant",
+            "acme",
+            "--kind",
+            "semantic_diff",
+            "--spec",
+            "-",
+            "--wait",
+        ],
+        r#"{"baseline": [1, 2], "candidate": [1, 2]}"#,
+    )
+    .await?;
+    assert_eq!(r.code, Some(0), "{} {}", r.stdout, r.stderr);
+
+    // Refused before anything is stored: no spec, both a spec and a command, a bad spec.
+    let before = s.get("/v1/jobs?tenant=acme&limit=1000").await?["jobs"]
+        .as_array()
+        .map_or(0, Vec::len);
+    for (args, says) in [
+        (submit(&["--kind", "semantic_diff", "--wait"]), "--spec"),
+        (submit(&["--spec", &spec, "--", "true"]), "not both"),
+        (submit(&["--wait"]), "after `--`"),
+        (
+            submit(&["--kind", "flaky_analysis", "--spec", &spec]),
+            "400",
+        ),
+    ] {
+        let r = shoal_as(&s, Some(&s.token), &args).await?;
+        assert!(
+            r.code == Some(1) && r.stderr.contains(says),
+            "{args:?}: {:?} {}",
+            r.code,
+            r.stderr
+        );
+    }
+    let after = s.get("/v1/jobs?tenant=acme&limit=1000").await?["jobs"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(before, after, "a refused submission stores nothing");
+
+    // A job cancelled while `submit --wait` waits: 130.
+    let bin = shoal_testkit::bins::binary("shoal-scheduler", "shoal");
+    let mut child = tokio::process::Command::new(bin)
+        .args(submit(&["--wait", "--", "sleep", "600"]))
+        .env("SHOAL_URL", &s.url)
+        .env("SHOAL_TOKEN", &s.token)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().context("stdout")?);
+    let mut id = String::new();
+    tokio::io::AsyncBufReadExt::read_line(&mut stdout, &mut id).await?;
+    let id = id.trim().to_string();
+    wait_state(&s, &id, "running").await?;
+    let (st, _) = s
+        .send(Method::POST, &format!("/v1/jobs/{id}/cancel"), &json!({}))
+        .await?;
+    assert_eq!(st, 200);
+    let status = tokio::time::timeout(Duration::from_secs(120), child.wait()).await??;
+    assert_eq!(status.code(), Some(130));
     Ok(())
 }

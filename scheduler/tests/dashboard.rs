@@ -1,6 +1,7 @@
 //! The dashboard in headless Chromium (Debian's `chromium`) against the real scheduler: it signs
 //! in through `/?token=`, follows the pools live (server-sent events, no reload) while jobs run,
-//! shows the 80% quota warning, drains a tenant and cancels a job from the page, and takes
+//! shows the 80% quota warning, drains a tenant and cancels a job from the page, shows a job's
+//! output live on its own page (reached from the tenant's job list) while it runs, and takes
 //! screenshots (written to `docs/` with `SHOAL_UPDATE_SCREENSHOTS=1`). Chromium is driven over the DevTools protocol. Under `CI=true` a
 //! missing Chromium fails the test instead of skipping it.
 
@@ -387,6 +388,45 @@ async fn dashboard_follows_the_pools_drains_and_cancels_in_chromium() -> Result<
     )
     .await?;
     b.screenshot(&docs.join("dashboard-tenant.png"))?;
+    assert_eq!(b.eval("window.__sameDocument")?, true);
+
+    // A job's page, from its tenant's job list: its output shows while it runs (it waits for a
+    // flag created only once the page shows its first line), then the rest and its end.
+    // (The flag is written into the job's own working directory, all a confined job sees.)
+    let job = enqueue(
+        &s,
+        "initech",
+        "echo compiling; while [ ! -e go ]; do sleep 0.05; done; echo 'warning: x' >&2; echo done",
+    )
+    .await?;
+    b.eval("location.hash = '#/tenant/initech'; true")?;
+    let link = format!("tr[data-job=\"{job}\"] a[href=\"#/job/{job}\"]");
+    b.wait(
+        "the job's link in the tenant's job list",
+        &format!("document.querySelector('{link}')"),
+    )
+    .await?;
+    b.eval(&format!("document.querySelector('{link}').click(); true"))?;
+    b.wait(
+        "the job's first line, live",
+        "(document.querySelector('#log') || {}).textContent === 'compiling\\n'",
+    )
+    .await?;
+    assert_eq!(s.get(&format!("/v1/jobs/{job}")).await?["state"], "running");
+    assert!(s.write_in_job_sandbox(&job, "go").await?);
+    b.wait(
+        "the rest of the output and the job's end",
+        "document.querySelector('#log').textContent.includes('done\\n') && \
+         (document.querySelector('#jobinfo .badge') || {}).textContent === 'succeeded'",
+    )
+    .await?;
+    let log = b.eval("document.querySelector('#log').textContent")?;
+    assert!(
+        log.as_str()
+            .is_some_and(|l| l.starts_with("compiling\n") && l.contains("warning: x\n")),
+        "{log}"
+    );
+    b.screenshot(&docs.join("dashboard-job.png"))?;
     assert_eq!(b.eval("window.__sameDocument")?, true);
     Ok(())
 }

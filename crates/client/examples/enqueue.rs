@@ -1,8 +1,8 @@
 //! Enqueues one job through the HTTP API, or pushes it into the ingress queue, and shows it.
 //!
 //! ```text
-//! SHOAL_URL=http://127.0.0.1:8080 SHOAL_TOKEN=... cargo run -p shoal-client --example enqueue -- acme echo hi
-//! SHOAL_INGRESS_URL=redis://127.0.0.1:6379/ cargo run -p shoal-client --example enqueue -- acme echo hi
+//! SHOAL_URL=http://127.0.0.1:8080 SHOAL_TOKEN=... cargo run -p shoal-client --features ingress --example enqueue -- acme echo hi
+//! SHOAL_INGRESS_URL=redis://127.0.0.1:6379/ cargo run -p shoal-client --features ingress --example enqueue -- acme echo hi
 //! ```
 //!
 //! With `SHOAL_INGRESS_URL` set the job goes into the queue (no scheduler needs to be up);

@@ -1,6 +1,8 @@
-//! The platform's Rust client for Shoal: the HTTP API `/v1` (tenants, jobs, usage) through
-//! [`Client`], and pushes into the apalis ingress queue through [`Ingress`], which a scheduler
-//! drains even when it was down while the job was pushed.
+//! The platform's Rust client for Shoal: the HTTP API `/v1` (tenants, jobs, usage, waiting for a
+//! job, its output while it runs) through [`Client`], which needs only reqwest and serde. With the
+//! `ingress` feature, also pushes into the apalis ingress queue through `Ingress`, which a
+//! scheduler drains even when it was down while the job was pushed (that brings in the store's
+//! Redis and Postgres drivers).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), shoal_client::ClientError> {
@@ -10,7 +12,12 @@
 //! let queued = shoal
 //!     .enqueue(&NewJob::agent("acme", ["sh", "-c", "echo hi"]).idempotency_key("build-42"))
 //!     .await?;
-//! let job = shoal.job(&queued.id).await?;
+//! // Its output while it runs, line by line, until it ends.
+//! let mut log = shoal.follow_logs(&queued.id).await?;
+//! while let Some(line) = log.next_line().await? {
+//!     print!("{line}");
+//! }
+//! let job = shoal.wait(&queued.id).await?;
 //! println!("{} is {}", job.id, job.state);
 //! # Ok(())
 //! # }
@@ -18,8 +25,15 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::time::{Duration, Instant};
 
-pub use shoal_store::ingress::{DEFAULT_QUEUE, IngressError, IngressJob};
+#[cfg(feature = "ingress")]
+mod ingress;
+#[cfg(feature = "ingress")]
+pub use ingress::{DEFAULT_QUEUE, Ingress, IngressError, IngressJob};
+
+/// The longest wait one request asks the scheduler for (`wait_s`).
+pub const MAX_WAIT_S: u64 = 60;
 
 /// What went wrong talking to Shoal.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +51,8 @@ pub enum ClientError {
     #[error("request failed: {0}")]
     Http(#[from] reqwest::Error),
     #[error("bad base URL: {0}")]
-    Url(#[from] url::ParseError),
+    Url(String),
+    #[cfg(feature = "ingress")]
     #[error("ingress queue: {0}")]
     Ingress(#[from] IngressError),
 }
@@ -101,20 +116,6 @@ impl NewJob {
     }
 }
 
-impl From<NewJob> for IngressJob {
-    fn from(j: NewJob) -> Self {
-        IngressJob {
-            tenant: j.tenant,
-            kind: j.kind,
-            spec: j.spec,
-            idempotency_key: j.idempotency_key,
-            priority: j.priority,
-            max_attempts: j.max_attempts,
-            timeout_s: j.timeout_s,
-        }
-    }
-}
-
 /// The answer to an enqueue.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Enqueued {
@@ -146,6 +147,16 @@ pub struct Job {
     pub started_at: Option<String>,
     #[serde(default)]
     pub finished_at: Option<String>,
+}
+
+impl Job {
+    /// Whether the job has ended: `succeeded`, `failed`, `cancelled` or `dead`.
+    pub fn is_finished(&self) -> bool {
+        matches!(
+            self.state.as_str(),
+            "succeeded" | "failed" | "cancelled" | "dead"
+        )
+    }
 }
 
 /// A page of jobs, newest first.
@@ -186,7 +197,7 @@ pub struct UsageQuery {
 /// A client of one Shoal scheduler (or a load balancer in front of its replicas).
 #[derive(Clone)]
 pub struct Client {
-    base: url::Url,
+    base: reqwest::Url,
     token: String,
     http: reqwest::Client,
 }
@@ -194,7 +205,13 @@ pub struct Client {
 impl Client {
     /// `base_url` like `http://127.0.0.1:8080`; `token` the admin token or a tenant key.
     pub fn new(base_url: &str, token: impl Into<String>) -> Result<Self, ClientError> {
-        let mut base = url::Url::parse(base_url)?;
+        let mut base =
+            reqwest::Url::parse(base_url).map_err(|e| ClientError::Url(e.to_string()))?;
+        if base.cannot_be_a_base() {
+            return Err(ClientError::Url(format!(
+                "`{base_url}` cannot be a base URL"
+            )));
+        }
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
         }
@@ -205,8 +222,19 @@ impl Client {
         })
     }
 
-    fn url(&self, path: &str) -> Result<url::Url, ClientError> {
-        Ok(self.base.join(path)?)
+    /// The URL of `v1/...` with each of `segments` appended as one percent-encoded path segment.
+    fn url(&self, path: &str, segments: &[&str]) -> Result<reqwest::Url, ClientError> {
+        let mut url = self
+            .base
+            .join(path)
+            .map_err(|e| ClientError::Url(e.to_string()))?;
+        if !segments.is_empty() {
+            url.path_segments_mut()
+                .map_err(|_| ClientError::Url("not a base URL".into()))?
+                .pop_if_empty()
+                .extend(segments);
+        }
+        Ok(url)
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
@@ -243,7 +271,7 @@ impl Client {
         if let Some(limits) = limits {
             body["limits"] = limits;
         }
-        let url = self.url(&format!("v1/tenants/{}", enc(id)))?;
+        let url = self.url("v1/tenants/", &[id])?;
         Ok(self
             .send(self.http.put(url).json(&body))
             .await?
@@ -253,14 +281,14 @@ impl Client {
 
     /// The tenant, its limits and this period's usage.
     pub async fn tenant(&self, id: &str) -> Result<Value, ClientError> {
-        let url = self.url(&format!("v1/tenants/{}", enc(id)))?;
+        let url = self.url("v1/tenants/", &[id])?;
         Ok(self.send(self.http.get(url)).await?.json().await?)
     }
 
     /// Enqueues a job (202); with a known idempotency key, the first job (200, `created: false`).
     pub async fn enqueue(&self, job: &NewJob) -> Result<Enqueued, ClientError> {
         let resp = self
-            .send(self.http.post(self.url("v1/jobs")?).json(job))
+            .send(self.http.post(self.url("v1/jobs", &[])?).json(job))
             .await?;
         let created = resp.status() == reqwest::StatusCode::ACCEPTED;
         let mut e: Enqueued = resp.json().await?;
@@ -269,58 +297,144 @@ impl Client {
     }
 
     pub async fn job(&self, id: &str) -> Result<Job, ClientError> {
-        let url = self.url(&format!("v1/jobs/{}", enc(id)))?;
+        let url = self.url("v1/jobs/", &[id])?;
         Ok(self.send(self.http.get(url)).await?.json().await?)
     }
 
+    /// The job once it has ended, or as it is after `wait_s` seconds (at most 60): one request,
+    /// answered by the scheduler the moment the job ends.
+    pub async fn job_wait(&self, id: &str, wait_s: u64) -> Result<Job, ClientError> {
+        let wait_s = wait_s.min(MAX_WAIT_S);
+        let req = self
+            .http
+            .get(self.url("v1/jobs/", &[id])?)
+            .query(&[("wait_s", wait_s)])
+            .timeout(Duration::from_secs(wait_s + 30));
+        Ok(self.send(req).await?.json().await?)
+    }
+
+    /// Waits until the job has ended, however long that takes, a minute-long request at a time.
+    pub async fn wait(&self, id: &str) -> Result<Job, ClientError> {
+        loop {
+            let job = self.job_wait(id, MAX_WAIT_S).await?;
+            if job.is_finished() {
+                return Ok(job);
+            }
+        }
+    }
+
+    /// Waits until the job has ended or `limit` has passed; the job as it is then.
+    pub async fn wait_for(&self, id: &str, limit: Duration) -> Result<Job, ClientError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let job = self.job_wait(id, left.as_secs().min(MAX_WAIT_S)).await?;
+            if job.is_finished() || left < Duration::from_secs(1) {
+                return Ok(job);
+            }
+        }
+    }
+
+    /// Enqueues a job and waits until it has ended (or, with an idempotency key seen before,
+    /// until the first job with that key has).
+    pub async fn submit_and_wait(&self, job: &NewJob) -> Result<Job, ClientError> {
+        let queued = self.enqueue(job).await?;
+        self.wait(&queued.id).await
+    }
+
+    /// The job's output so far: stdout and stderr as written, the newest part the scheduler keeps
+    /// (`max_log_bytes`, 1 MiB unless configured).
+    pub async fn logs(&self, id: &str) -> Result<Vec<u8>, ClientError> {
+        let url = self.url("v1/jobs/", &[id, "logs"])?;
+        Ok(self.send(self.http.get(url)).await?.bytes().await?.to_vec())
+    }
+
+    /// The job's output so far and then as it is written, until the job ends.
+    pub async fn follow_logs(&self, id: &str) -> Result<LogStream, ClientError> {
+        let url = self.url("v1/jobs/", &[id, "logs"])?;
+        let resp = self
+            .send(self.http.get(url).query(&[("follow", "true")]))
+            .await?;
+        Ok(LogStream {
+            resp,
+            line: Vec::new(),
+            ended: false,
+        })
+    }
+
     pub async fn jobs(&self, query: &JobQuery) -> Result<JobPage, ClientError> {
-        let req = self.http.get(self.url("v1/jobs")?).query(query);
+        let req = self.http.get(self.url("v1/jobs", &[])?).query(query);
         Ok(self.send(req).await?.json().await?)
     }
 
     /// Cancels a queued or running job; the job.
     pub async fn cancel(&self, id: &str) -> Result<Job, ClientError> {
-        let url = self.url(&format!("v1/jobs/{}/cancel", enc(id)))?;
+        let url = self.url("v1/jobs/", &[id, "cancel"])?;
         Ok(self.send(self.http.post(url)).await?.json().await?)
     }
 
     /// Usage buckets and their total, as JSON.
     pub async fn usage(&self, query: &UsageQuery) -> Result<Value, ClientError> {
-        let req = self.http.get(self.url("v1/usage")?).query(query);
+        let req = self.http.get(self.url("v1/usage", &[])?).query(query);
         Ok(self.send(req).await?.json().await?)
     }
 }
 
-/// A path segment, percent-encoded.
-fn enc(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes())
-        .collect::<String>()
-        .replace('+', "%20")
+/// A job's output as it arrives (see [`Client::follow_logs`]): in chunks as the scheduler sends
+/// them, or in lines. Ends when the job has ended and all of its output was read.
+pub struct LogStream {
+    resp: reqwest::Response,
+    /// The start of a line not yet ended.
+    line: Vec<u8>,
+    ended: bool,
 }
 
-/// The ingress queue, for pushing jobs whether or not a scheduler is up: the scheduler admits
-/// them when it runs, with the same validation, limits and idempotency as [`Client::enqueue`].
-/// A job refused there (bad input, unknown tenant, quota) is recorded as rejected in the queue.
-#[derive(Clone)]
-pub struct Ingress {
-    queue: shoal_store::ingress::IngressQueue,
-}
+/// The longest line [`LogStream::next_line`] gathers; a longer one comes in pieces this long.
+pub const MAX_LINE: usize = 1024 * 1024;
 
-impl Ingress {
-    /// The queue at `url` (`redis://…` or `postgres://…`, the scheduler's `--redis-url` or
-    /// database), named [`DEFAULT_QUEUE`] unless the scheduler was told otherwise.
-    pub async fn connect(url: &str) -> Result<Self, ClientError> {
-        Self::connect_queue(url, DEFAULT_QUEUE).await
+impl LogStream {
+    /// The next bytes of output; `None` at the end.
+    pub async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, ClientError> {
+        if !self.line.is_empty() {
+            return Ok(Some(std::mem::take(&mut self.line)));
+        }
+        if self.ended {
+            return Ok(None);
+        }
+        match self.resp.chunk().await? {
+            Some(c) => Ok(Some(c.to_vec())),
+            None => {
+                self.ended = true;
+                Ok(None)
+            }
+        }
     }
 
-    pub async fn connect_queue(url: &str, queue: &str) -> Result<Self, ClientError> {
-        Ok(Ingress {
-            queue: shoal_store::ingress::IngressQueue::connect(url, queue).await?,
-        })
-    }
-
-    /// Pushes a job; answers it as queued, with the idempotency key it was given if it had none.
-    pub async fn push(&self, job: impl Into<IngressJob>) -> Result<IngressJob, ClientError> {
-        Ok(self.queue.push(job.into()).await?)
+    /// The next line of output with its `\n` (the last one may have none), bytes that are not
+    /// UTF-8 replaced; `None` at the end.
+    pub async fn next_line(&mut self) -> Result<Option<String>, ClientError> {
+        loop {
+            if let Some(i) = self.line.iter().position(|b| *b == b'\n') {
+                let rest = self.line.split_off(i + 1);
+                let line = std::mem::replace(&mut self.line, rest);
+                return Ok(Some(String::from_utf8_lossy(&line).into_owned()));
+            }
+            if self.line.len() >= MAX_LINE {
+                let rest = self.line.split_off(MAX_LINE);
+                let piece = std::mem::replace(&mut self.line, rest);
+                return Ok(Some(String::from_utf8_lossy(&piece).into_owned()));
+            }
+            if self.ended {
+                if self.line.is_empty() {
+                    return Ok(None);
+                }
+                let line = std::mem::take(&mut self.line);
+                return Ok(Some(String::from_utf8_lossy(&line).into_owned()));
+            }
+            match self.resp.chunk().await? {
+                Some(c) => self.line.extend_from_slice(&c),
+                None => self.ended = true,
+            }
+        }
     }
 }

@@ -1,9 +1,10 @@
-//! The client against the real `shoal serve` binary, and its push into a real Redis queue.
+//! The client against the real `shoal serve` binary (waiting for a job, following its output
+//! while it runs), and (feature `ingress`) its push into a real Redis queue.
 
-use anyhow::Result;
-use shoal_client::{Client, ClientError, Ingress, JobQuery, NewJob, UsageQuery};
+use anyhow::{Context, Result};
+use shoal_client::{Client, ClientError, JobQuery, NewJob, UsageQuery};
 use shoal_testkit::server::Server;
-use shoal_testkit::services::Redis;
+use std::time::Duration;
 
 #[tokio::test]
 async fn client_covers_the_api() -> Result<()> {
@@ -66,9 +67,11 @@ async fn client_covers_the_api() -> Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "ingress")]
 #[tokio::test]
 async fn push_into_the_ingress_queue() -> Result<()> {
-    let Some(redis) = Redis::start()? else {
+    use shoal_client::Ingress;
+    let Some(redis) = shoal_testkit::services::Redis::start()? else {
         return Ok(());
     };
     let ingress = Ingress::connect(&redis.url()).await?;
@@ -86,5 +89,46 @@ async fn push_into_the_ingress_queue() -> Result<()> {
     .stats()
     .await?;
     assert_eq!(stats.stored, 2);
+    Ok(())
+}
+
+/// Submit and wait; follow a job's output line by line while it runs (the job waits for a flag
+/// the test creates only once it has read the first line), to the end; bounded waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_for_jobs_and_follows_their_output() -> Result<()> {
+    let server = Server::start(&["--idle-timeout", "60s"], &[]).await?;
+    let shoal = Client::new(&server.url, &server.token)?;
+    shoal.put_tenant("acme", "pro", None).await?;
+
+    let done = shoal
+        .submit_and_wait(&NewJob::agent("acme", ["sh", "-c", "echo hi; exit 3"]))
+        .await?;
+    assert!(done.is_finished());
+    assert_eq!(done.state, "failed");
+    assert_eq!(done.result.as_ref().context("result")?["exit_code"], 3);
+    assert_eq!(shoal.logs(&done.id).await?, b"hi\n");
+
+    // The job waits for a flag in its own working directory, where the test writes it.
+    let script = "echo one; while [ ! -e go ]; do sleep 0.05; done; echo two; printf three";
+    let queued = shoal
+        .enqueue(&NewJob::agent("acme", ["sh", "-c", script]))
+        .await?;
+    let mut log = shoal.follow_logs(&queued.id).await?;
+    assert_eq!(log.next_line().await?.as_deref(), Some("one\n"));
+    // Still running: it waits for the flag. A short wait says so.
+    let now = shoal.wait_for(&queued.id, Duration::from_secs(1)).await?;
+    assert_eq!(now.state, "running");
+    assert!(server.write_in_job_sandbox(&queued.id, "go").await?);
+    assert_eq!(log.next_line().await?.as_deref(), Some("two\n"));
+    assert_eq!(log.next_line().await?.as_deref(), Some("three"));
+    assert_eq!(log.next_line().await?, None, "the log ends with the job");
+    assert_eq!(log.next_chunk().await?, None);
+    let job = shoal.wait(&queued.id).await?;
+    assert_eq!(job.state, "succeeded");
+
+    match shoal.wait("job_missing").await {
+        Err(ClientError::Api { status: 404, .. }) => {}
+        other => panic!("expected a 404, got {other:?}"),
+    }
     Ok(())
 }

@@ -80,6 +80,15 @@ pub fn result_too_large(text: &str) -> Option<JobError> {
         None
     }
 }
+/// The most bytes of output an agent sends in one `POST /v1/agent/log`.
+pub const LOG_CHUNK_BYTES: usize = 256 * 1024;
+/// The largest body `POST /v1/agent/log` accepts (a chunk and room to spare).
+pub const LOG_BODY_LIMIT: usize = 1024 * 1024;
+/// How often, at the longest, an agent ships the output its job wrote since the last shipment.
+pub const LOG_SHIP_EVERY_MS: u64 = 1000;
+/// The highest offset a chunk may claim (offsets are stored as signed 64-bit integers; this
+/// leaves them room and is far beyond any real output).
+pub const LOG_MAX_OFFSET: u64 = 1 << 53;
 
 /// `POST /v1/agent/lease`: ask for the next job of this sandbox's tenant, waiting up to `wait_ms`.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -121,6 +130,10 @@ pub struct Assignment {
     pub timeout_s: u64,
     /// Milliseconds between heartbeats the scheduler expects; the lease lapses after a few missed.
     pub heartbeat_ms: u64,
+    /// The most bytes of output the scheduler keeps per job: an agent need not hold more than
+    /// this of output it has not shipped yet. Absent from an older scheduler.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_max_bytes: Option<u64>,
 }
 
 /// How a [`LeaseResponse`] is read. serde reads an internally tagged enum by first buffering the
@@ -136,6 +149,8 @@ struct FlatLeaseResponse {
     attempt: Option<u32>,
     timeout_s: Option<u64>,
     heartbeat_ms: Option<u64>,
+    #[serde(default)]
+    log_max_bytes: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -164,6 +179,7 @@ impl TryFrom<FlatLeaseResponse> for LeaseResponse {
                 attempt: need(f.attempt, "attempt")?,
                 timeout_s: need(f.timeout_s, "timeout_s")?,
                 heartbeat_ms: need(f.heartbeat_ms, "heartbeat_ms")?,
+                log_max_bytes: f.log_max_bytes,
             }),
         })
     }
@@ -183,6 +199,25 @@ pub struct HeartbeatResponse {
     pub ok: bool,
     /// The job was cancelled: stop running it.
     pub cancel: bool,
+}
+
+/// The query of `POST /v1/agent/log`, whose body is the output's bytes (at most
+/// [`LOG_BODY_LIMIT`]): the chunk starts at `offset` of this attempt's output (stdout and stderr
+/// interleaved as written, counted from 0), so a chunk sent again is stored once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogChunk {
+    pub job_id: String,
+    pub lease_id: String,
+    pub offset: u64,
+}
+
+/// The answer to a shipped chunk: the job's log now holds its output from `start` to `end`.
+/// A stale lease is answered 409 instead.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogStored {
+    pub start: u64,
+    pub end: u64,
 }
 
 /// How a job attempt ended, as the agent reports it.
@@ -302,6 +337,7 @@ mod tests {
             attempt: 2,
             timeout_s: 60,
             heartbeat_ms: 1000,
+            log_max_bytes: Some(4096),
         });
         let text = serde_json::to_string(&run).unwrap();
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -315,7 +351,10 @@ mod tests {
             spec,
             "the spec's text arrives as it was sent"
         );
-        assert_eq!((back.attempt, back.timeout_s), (2, 60));
+        assert_eq!(
+            (back.attempt, back.timeout_s, back.log_max_bytes),
+            (2, 60, Some(4096))
+        );
         let e = serde_json::from_str::<LeaseResponse>(r#"{"action":"run","job_id":"j"}"#)
             .unwrap_err()
             .to_string();

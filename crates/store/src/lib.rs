@@ -5,6 +5,7 @@
 //! transaction here, so the invariants hold whatever the callers race.
 
 pub mod ingress;
+pub mod joblog;
 pub mod postgres;
 pub mod ratelimit;
 mod rows;
@@ -264,6 +265,27 @@ pub struct EventRecord {
     pub detail: serde_json::Value,
 }
 
+/// The answer to shipping a chunk of a job's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogAppend {
+    /// Stored (or already stored); the log now holds the bytes from `start` to `end`.
+    Stored { start: u64, end: u64 },
+    /// The job is not running on that sandbox under that lease: nothing was stored.
+    Stale,
+}
+
+/// A stretch of a job's kept output.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogSlice {
+    /// The offset of the oldest byte kept.
+    pub start: u64,
+    /// Bytes written in all: where the next output will start.
+    pub end: u64,
+    /// The offset `data` starts at (the one asked for, or `start` when that was trimmed away).
+    pub at: u64,
+    pub data: Vec<u8>,
+}
+
 /// A finished job, for usage reports.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Finished {
@@ -382,4 +404,21 @@ pub trait Store: Send + Sync + 'static {
         detail: &serde_json::Value,
     ) -> Result<()>;
     async fn events(&self, tenant: Option<&str>, limit: u32) -> Result<Vec<EventRecord>>;
+
+    // Job output.
+    /// Stores output that the agent of `sandbox_id` shipped for `job_id` under `lease_id`: `data`
+    /// at `offset` of that attempt's output (see [`joblog`]), keeping the newest `max_bytes` of
+    /// the job's output. Refused as [`LogAppend::Stale`] unless the job is running on that
+    /// sandbox under that lease, so nothing is added once a job has ended.
+    async fn append_log(
+        &self,
+        sandbox_id: &str,
+        job_id: &str,
+        lease_id: &str,
+        offset: u64,
+        data: &[u8],
+        max_bytes: u64,
+    ) -> Result<LogAppend>;
+    /// At most `limit` bytes (at least 1) of the job's kept output from offset `from` on.
+    async fn job_log(&self, job_id: &str, from: u64, limit: usize) -> Result<LogSlice>;
 }

@@ -15,6 +15,7 @@ use crate::rows::{
     JOB_COLS, JOB_LIST_COLS, KEY_COLS, PageBuilder, SANDBOX_COLS, corrupt, job_from_row, json_col,
     key_from_row, sandbox_from_row, sql, tenant_from_row,
 };
+use crate::rows::{log_head_from_row, log_slice_from_rows};
 use crate::*;
 use shoal_metering::LedgerKind;
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -969,6 +970,113 @@ impl Store for PostgresStore {
                 })
             })
             .collect()
+    }
+
+    async fn append_log(
+        &self,
+        sandbox_id: &str,
+        job_id: &str,
+        lease_id: &str,
+        offset: u64,
+        data: &[u8],
+        max_bytes: u64,
+    ) -> Result<LogAppend> {
+        let mut tx = self.begin().await?;
+        // The job's row, locked: appends to one job take turns, and a completion (which locks the
+        // row to end the job) waits for an append in flight, so nothing is added after the end.
+        let held: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM jobs WHERE id = $1 AND state = 'running' AND lease_id = $2 AND sandbox_id = $3 \
+             FOR NO KEY UPDATE",
+        )
+        .bind(job_id)
+        .bind(lease_id)
+        .bind(sandbox_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if held.is_none() {
+            return Ok(LogAppend::Stale);
+        }
+        let head = sqlx::query(
+            "SELECT start_offset, end_offset, lease_id, lease_pos FROM job_log_heads WHERE job_id = $1",
+        )
+        .bind(job_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .as_ref()
+        .map(log_head_from_row)
+        .transpose()?;
+        let Some(w) = joblog::plan_append(head.as_ref(), lease_id, offset, data, max_bytes) else {
+            tx.commit().await?;
+            return Ok(LogAppend::Stored {
+                start: head.as_ref().map_or(0, |h| h.start),
+                end: head.as_ref().map_or(0, |h| h.end),
+            });
+        };
+        let start = w.head.start as i64;
+        sqlx::query("INSERT INTO job_logs (job_id, start_offset, data) VALUES ($1, $2, $3)")
+            .bind(job_id)
+            .bind(w.at as i64)
+            .bind(&*w.bytes)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "DELETE FROM job_logs WHERE job_id = $1 AND start_offset < $2 AND start_offset + octet_length(data) <= $2",
+        )
+        .bind(job_id)
+        .bind(start)
+        .execute(&mut *tx)
+        .await?;
+        // The one chunk the limit cuts through keeps its tail.
+        sqlx::query(
+            "UPDATE job_logs SET data = substring(data from ($2 - start_offset + 1)::int), start_offset = $2 \
+             WHERE job_id = $1 AND start_offset < $2",
+        )
+        .bind(job_id)
+        .bind(start)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO job_log_heads (job_id, start_offset, end_offset, lease_id, lease_pos) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (job_id) DO UPDATE SET start_offset = $2, end_offset = $3, lease_id = $4, lease_pos = $5",
+        )
+        .bind(job_id)
+        .bind(start)
+        .bind(w.head.end as i64)
+        .bind(&w.head.lease_id)
+        .bind(w.head.lease_pos as i64)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(LogAppend::Stored {
+            start: w.head.start,
+            end: w.head.end,
+        })
+    }
+
+    async fn job_log(&self, job_id: &str, from: u64, limit: usize) -> Result<LogSlice> {
+        let head: Option<(i64, i64)> =
+            sqlx::query_as("SELECT start_offset, end_offset FROM job_log_heads WHERE job_id = $1")
+                .bind(job_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let head = head.map(|(s, e)| (s as u64, e as u64));
+        let from = match joblog::read_from(head, from) {
+            Ok(from) => from,
+            Err(nothing) => return Ok(nothing),
+        };
+        let rows = sqlx::query(
+            "SELECT start_offset, data FROM job_logs WHERE job_id = $1 AND start_offset >= \
+             COALESCE((SELECT MAX(start_offset) FROM job_logs WHERE job_id = $1 AND start_offset <= $2), 0) \
+             AND start_offset < $4 ORDER BY start_offset LIMIT $3",
+        )
+        .bind(job_id)
+        .bind(from as i64)
+        .bind(joblog::READ_CHUNKS)
+        // Only the chunks that reach into the bytes asked for.
+        .bind(from.saturating_add(limit.max(1) as u64) as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        log_slice_from_rows(&rows, head.unwrap_or_default(), from, limit)
     }
 }
 

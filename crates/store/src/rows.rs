@@ -37,6 +37,7 @@ pub(crate) trait StoreRow<'r>: Row {
     fn opt_int(&'r self, col: &'r str) -> Result<Option<i64>>;
     fn int32(&'r self, col: &'r str) -> Result<i32>;
     fn boolean(&'r self, col: &'r str) -> Result<bool>;
+    fn bytes(&'r self, col: &'r str) -> Result<Vec<u8>>;
 }
 
 impl<'r, R> StoreRow<'r> for R
@@ -47,6 +48,7 @@ where
     i64: Decode<'r, R::Database> + Type<R::Database>,
     i32: Decode<'r, R::Database> + Type<R::Database>,
     bool: Decode<'r, R::Database> + Type<R::Database>,
+    Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
 {
     fn text(&'r self, col: &'r str) -> Result<&'r str> {
         Ok(self.try_get(col)?)
@@ -70,6 +72,9 @@ where
         Ok(self.try_get(col)?)
     }
     fn boolean(&'r self, col: &'r str) -> Result<bool> {
+        Ok(self.try_get(col)?)
+    }
+    fn bytes(&'r self, col: &'r str) -> Result<Vec<u8>> {
         Ok(self.try_get(col)?)
     }
 }
@@ -183,5 +188,36 @@ pub(crate) fn tenant_from_row<'r, R: StoreRow<'r>>(row: &'r R) -> Result<TenantR
         quota_warned_at: row.opt_int("quota_warned_at")?,
         created_at: row.int("created_at")?,
         updated_at: row.int("updated_at")?,
+    })
+}
+
+/// A `job_log_heads` row.
+pub(crate) fn log_head_from_row<'r, R: StoreRow<'r>>(row: &'r R) -> Result<crate::joblog::LogHead> {
+    Ok(crate::joblog::LogHead {
+        start: row.int("start_offset")? as u64,
+        end: row.int("end_offset")? as u64,
+        lease_id: row.string("lease_id")?,
+        lease_pos: row.int("lease_pos")? as u64,
+    })
+}
+
+/// At most `limit` bytes from `from` on, out of `job_logs` rows (`start_offset`, `data`) in offset
+/// order, in a log holding `start..end`.
+pub(crate) fn log_slice_from_rows<'r, R: StoreRow<'r>>(
+    rows: &'r [R],
+    (start, end): (u64, u64),
+    from: u64,
+    limit: usize,
+) -> Result<crate::LogSlice> {
+    let chunks = rows
+        .iter()
+        .map(|r| Ok((r.int("start_offset")? as u64, r.bytes("data")?)))
+        .collect::<Result<Vec<_>>>()?;
+    let (at, data) = crate::joblog::join_chunks(chunks, from, limit.max(1));
+    Ok(crate::LogSlice {
+        start,
+        end,
+        at,
+        data,
     })
 }

@@ -62,6 +62,8 @@ conformance! {
     open_refuses_an_unknown_url => unknown_url,
     keys_are_listed_and_revoked_by_id => keys,
     job_pages_stop_at_their_byte_budget => job_pages,
+    job_logs_keep_the_newest_output_of_the_lease_holder => job_logs,
+    concurrent_log_appends_store_each_byte_once => concurrent_log_appends,
 }
 
 fn job(id: &str, tenant: &str, key: Option<&str>, priority: i32, at: i64) -> NewJob {
@@ -829,4 +831,192 @@ async fn job_pages(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!((all.jobs.len(), all.more), (5, false));
+}
+
+/// Reads a job's whole kept log, a few bytes at a time.
+async fn read_log(store: &dyn Store, id: &str) -> (u64, u64, Vec<u8>) {
+    let mut out = Vec::new();
+    let mut from = 0;
+    loop {
+        let s = store.job_log(id, from, 3).await.unwrap();
+        assert!(s.data.len() <= 3, "a read keeps to its limit");
+        if s.data.is_empty() {
+            return (s.start, s.end, out);
+        }
+        if out.is_empty() {
+            assert_eq!(
+                s.at, s.start,
+                "the first read starts at the oldest kept byte"
+            );
+        }
+        out.extend_from_slice(&s.data);
+        from = s.at + s.data.len() as u64;
+    }
+}
+
+/// Output is stored only from the agent holding the job's lease, once however often a chunk is
+/// sent, newest `max_bytes` kept; a new attempt continues the log; nothing is added after the end.
+async fn job_logs(store: Arc<dyn Store>) {
+    setup(&*store).await;
+    store
+        .admit(job("j", "t", None, 0, 1), 0, None)
+        .await
+        .unwrap();
+    let j = leased(store.lease("sb1", POLICY, 2).await.unwrap());
+    let lease = j.lease_id.clone().unwrap();
+    assert_eq!(
+        store.job_log("j", 0, 100).await.unwrap(),
+        LogSlice::default()
+    );
+
+    let put = |offset: u64, data: &'static [u8]| {
+        let (store, lease) = (Arc::clone(&store), lease.clone());
+        async move {
+            store
+                .append_log("sb1", "j", &lease, offset, data, 10)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        put(0, b"hello\n").await,
+        LogAppend::Stored { start: 0, end: 6 }
+    );
+    // The same chunk again (its answer was lost), and one overlapping it: each byte once.
+    assert_eq!(
+        put(0, b"hello\n").await,
+        LogAppend::Stored { start: 0, end: 6 }
+    );
+    assert_eq!(
+        put(3, b"lo\nab").await,
+        LogAppend::Stored { start: 0, end: 8 }
+    );
+    assert_eq!(read_log(&*store, "j").await, (0, 8, b"hello\nab".to_vec()));
+    // Past 10 bytes the oldest go first, cutting through a chunk.
+    assert_eq!(
+        put(8, b"cdef").await,
+        LogAppend::Stored { start: 2, end: 12 }
+    );
+    assert_eq!(
+        read_log(&*store, "j").await,
+        (2, 12, b"llo\nabcdef".to_vec())
+    );
+    let s = store.job_log("j", 9, 100).await.unwrap();
+    assert_eq!((s.at, s.data.as_slice()), (9, &b"def"[..]));
+    // Reading from before the oldest kept byte starts there.
+    let s = store.job_log("j", 0, 2).await.unwrap();
+    assert_eq!((s.at, s.data.as_slice()), (2, &b"ll"[..]));
+    // A chunk longer than the limit keeps its tail.
+    assert_eq!(
+        put(12, b"0123456789ABCDEF").await,
+        LogAppend::Stored { start: 18, end: 28 }
+    );
+    assert_eq!(
+        read_log(&*store, "j").await,
+        (18, 28, b"6789ABCDEF".to_vec())
+    );
+
+    // Not the lease holder: another lease id, another sandbox, an unknown job.
+    assert_eq!(
+        store
+            .append_log("sb1", "j", "other-lease", 0, b"x", 10)
+            .await
+            .unwrap(),
+        LogAppend::Stale
+    );
+    assert_eq!(
+        store
+            .append_log("sb2", "j", &lease, 28, b"x", 10)
+            .await
+            .unwrap(),
+        LogAppend::Stale
+    );
+    assert_eq!(
+        store
+            .append_log("sb1", "nope", &lease, 0, b"x", 10)
+            .await
+            .unwrap(),
+        LogAppend::Stale
+    );
+
+    // The lease lapses; the next attempt's output (numbered from 0 again) follows.
+    let back = store.expire_leases(i64::MAX).await.unwrap();
+    assert_eq!(back.len(), 1);
+    assert_eq!(
+        store
+            .append_log("sb1", "j", &lease, 28, b"late", 10)
+            .await
+            .unwrap(),
+        LogAppend::Stale,
+        "the lapsed lease ships nothing more"
+    );
+    let j2 = leased(store.lease("sb2", POLICY, 3).await.unwrap());
+    let lease2 = j2.lease_id.clone().unwrap();
+    assert_eq!(
+        store
+            .append_log("sb2", "j", &lease2, 0, b"again", 10)
+            .await
+            .unwrap(),
+        LogAppend::Stored { start: 23, end: 33 }
+    );
+    assert_eq!(
+        read_log(&*store, "j").await,
+        (23, 33, b"BCDEFagain".to_vec())
+    );
+    // Ended: nothing more is added.
+    store
+        .complete(
+            "sb2",
+            "j",
+            &lease2,
+            Finish::Succeeded { result: json!(0) },
+            4,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .append_log("sb2", "j", &lease2, 5, b"after", 10)
+            .await
+            .unwrap(),
+        LogAppend::Stale
+    );
+    assert_eq!(read_log(&*store, "j").await.2, b"BCDEFagain".to_vec());
+    // Another job's log is its own.
+    assert_eq!(
+        store.job_log("j1", 0, 100).await.unwrap(),
+        LogSlice::default()
+    );
+}
+
+/// One chunk shipped several times at once (an agent resending while its first send is still in
+/// flight, on one replica or several) is stored once: the log is exactly what the agent wrote.
+async fn concurrent_log_appends(store: Arc<dyn Store>) {
+    setup(&*store).await;
+    store
+        .admit(job("j", "t", None, 0, 1), 0, None)
+        .await
+        .unwrap();
+    let lease = leased(store.lease("sb1", POLICY, 2).await.unwrap())
+        .lease_id
+        .unwrap();
+    let text: Vec<u8> = (0..200u32).map(|i| b'a' + (i % 26) as u8).collect();
+    for i in 0..20usize {
+        let mut handles = Vec::new();
+        for _ in 0..4 {
+            let (store, lease) = (Arc::clone(&store), lease.clone());
+            let part = text[i * 10..i * 10 + 10].to_vec();
+            handles.push(tokio::spawn(async move {
+                store
+                    .append_log("sb1", "j", &lease, (i * 10) as u64, &part, 1 << 20)
+                    .await
+                    .unwrap()
+            }));
+        }
+        for h in handles {
+            let end = (i as u64 + 1) * 10;
+            assert_eq!(h.await.unwrap(), LogAppend::Stored { start: 0, end });
+        }
+    }
+    assert_eq!(read_log(&*store, "j").await, (0, 200, text));
 }

@@ -181,6 +181,22 @@ impl Server {
     }
 
     /// The server's stdout and stderr so far.
+    /// Writes `name` into the working directory of job `job_id`'s sandbox, when that sandbox is
+    /// one of this scheduler's process sandboxes (a confined job sees only its own `/work`, so a
+    /// test hands it a flag there); `false` when the sandbox is not here.
+    pub async fn write_in_job_sandbox(&self, job_id: &str, name: &str) -> Result<bool> {
+        let job = self.get(&format!("/v1/jobs/{job_id}")).await?;
+        let sandbox = job["sandbox_id"]
+            .as_str()
+            .with_context(|| format!("job {job_id} has no sandbox yet: {job}"))?;
+        let work = self.data_dir.join("sandboxes").join(sandbox).join("work");
+        if !work.is_dir() {
+            return Ok(false);
+        }
+        std::fs::write(work.join(name), b"")?;
+        Ok(true)
+    }
+
     pub fn log(&self) -> String {
         let read = |n: &str| std::fs::read_to_string(self.data_dir.join(n)).unwrap_or_default();
         format!("{}\n{}", read("serve.log"), read("serve.err"))
@@ -309,28 +325,25 @@ pub fn processes_under(dir: &Path) -> Vec<u32> {
         .collect()
 }
 
-/// Whether process `pid` runs in a bubblewrap sandbox whose `/work` is `dir/<sandbox>/work`:
+/// Whether process `pid` runs in a bubblewrap sandbox whose `/work` is bound from under `dir`:
 /// such a process's working directory reads `/work`, so it is found by its mounts instead. A
-/// mount's root is its path within its own filesystem, which is a suffix of the host's path.
+/// mount's root is its path within its own filesystem, so the host path under `dir` ends with it:
+/// it matches when it starts with some trailing part of `dir` (all of it, when the filesystem is
+/// the root one).
 fn confined_under(pid: u32, dir: &Path) -> bool {
     let Ok(mounts) = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")) else {
         return false;
     };
+    let tails: Vec<PathBuf> = (0..dir.components().count())
+        .map(|skip| dir.components().skip(skip).collect::<PathBuf>())
+        .map(|tail| Path::new("/").join(tail))
+        .filter(|tail| tail != Path::new("/"))
+        .collect();
     mounts.lines().any(|line| {
         let fields: Vec<&str> = line.split(' ').collect();
         let (Some(root), Some(point)) = (fields.get(3), fields.get(4)) else {
             return false;
         };
-        if *point != "/work" {
-            return false;
-        }
-        let root = Path::new(root);
-        let Some(sandbox) = root.parent().and_then(|p| p.file_name()) else {
-            return false;
-        };
-        dir.join(sandbox)
-            .join("work")
-            .to_string_lossy()
-            .ends_with(&*root.to_string_lossy())
+        *point == "/work" && tails.iter().any(|t| Path::new(root).starts_with(t))
     })
 }
