@@ -1,6 +1,7 @@
 //! The platform's Rust client for Shoal: the HTTP API `/v1` (tenants, jobs, usage) through
 //! [`Client`], and pushes into the apalis ingress queue through [`Ingress`], which a scheduler
-//! drains even when it was down while the job was pushed.
+//! drains even when it was down while the job was pushed. [`verify_webhook`] checks the signed
+//! webhooks Shoal sends back.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), shoal_client::ClientError> {
@@ -18,6 +19,9 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+mod webhook;
+pub use webhook::{VerifyError, WebhookEvent, verify_webhook, verify_webhook_at};
 
 pub use shoal_store::ingress::{DEFAULT_QUEUE, IngressError, IngressJob};
 
