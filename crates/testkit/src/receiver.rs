@@ -22,6 +22,8 @@ pub struct Received {
     /// What the receiver answered.
     pub status: u16,
     pub at: Instant,
+    /// Wall-clock milliseconds since the Unix epoch, to compare with the scheduler's times.
+    pub at_ms: i64,
 }
 
 #[derive(Default)]
@@ -77,6 +79,9 @@ async fn receive(
         body: body.to_vec(),
         status: status.as_u16(),
         at: Instant::now(),
+        at_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
     });
     drop(log);
     shared.changed.notify_waiters();
