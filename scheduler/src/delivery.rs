@@ -210,8 +210,8 @@ pub async fn run(app: Arc<App>, owner: String) {
         tokio::pin!(woken);
         woken.as_mut().enable();
         while inflight.try_join_next().is_some() {}
+        // With every slot busy, a finishing attempt's wake-up brings the loop back here.
         let free = CONCURRENCY.saturating_sub(inflight.len());
-        let mut leased_full = false;
         if free > 0 {
             match app
                 .store
@@ -225,7 +225,6 @@ pub async fn run(app: Arc<App>, owner: String) {
                 .await
             {
                 Ok(batch) => {
-                    leased_full = batch.len() == free;
                     for d in batch {
                         let (app, clients) = (Arc::clone(&app), Arc::clone(&clients));
                         inflight.spawn(async move {
@@ -238,9 +237,6 @@ pub async fn run(app: Arc<App>, owner: String) {
                 }
                 Err(e) => tracing::warn!(error = %e, "leasing webhook deliveries failed"),
             }
-        }
-        if leased_full && inflight.len() < CONCURRENCY {
-            continue;
         }
         let wait = match app.store.next_delivery_due().await {
             Ok(Some(due)) => {

@@ -83,8 +83,10 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
 /// Why a URL's host may not be reached.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
+    /// The address is kept for the operator's logs; the message, which a tenant reads, does not
+    /// name it (it would map internal names for whoever asks).
     #[error(
-        "`{host}` resolves to {addr}, a loopback, private, link-local or otherwise non-public address"
+        "`{host}` is or resolves to a loopback, private, link-local or otherwise non-public address"
     )]
     Private { host: String, addr: IpAddr },
     #[error("`{0}` does not resolve: {1}")]

@@ -688,13 +688,18 @@ macro_rules! for_backend {
             max_attempts: u32,
             now: Millis,
         ) -> Result<Vec<LeasedDelivery>> {
-            // A delivery whose last allowed attempt was leased and never reported is spent.
-            sqlx::query(
+            // A delivery whose last allowed attempt was leased and never reported is spent. (Rows
+            // another replica holds are skipped, as in the lease below, so two passes never wait
+            // on each other.)
+            sqlx::query(sql!(
                 "UPDATE outbox_deliveries SET state = 'failed', next_attempt_at = NULL, lease_id = NULL, \
                  lease_owner = NULL, lease_expires_at = NULL, \
-                 last_error = COALESCE(last_error, 'the last attempt did not report back') \
-                 WHERE state = 'pending' AND next_attempt_at <= $1 AND attempts >= $2",
-            )
+                 last_error = 'the last attempt did not report back before its lease lapsed' \
+                 WHERE seq IN (SELECT seq FROM outbox_deliveries WHERE state = 'pending' \
+                 AND next_attempt_at <= $1 AND attempts >= $2",
+                $skip_locked,
+                ")"
+            ))
             .bind(now)
             .bind(max_attempts as i64)
             .execute(&mut *conn)
