@@ -57,6 +57,9 @@ pub fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(live::overview))
         .routes(routes!(live::history))
         .routes(routes!(live::stream))
+        .routes(routes!(crate::webhooks::create, crate::webhooks::list))
+        .routes(routes!(crate::webhooks::delete))
+        .routes(routes!(crate::webhooks::deliveries))
         .routes(routes!(agent_lease))
         .routes(routes!(agent_heartbeat))
         .routes(routes!(agent_complete))
@@ -693,24 +696,21 @@ pub async fn admit(app: &App, req: Enqueue) -> Result<Admission, ApiError> {
             e.retry_after_s = Some(((period.1 - now) / 1000).max(1) as u64);
             Err(e)
         }
-        Admitted::Created { job, period_jobs } => {
+        Admitted::Created {
+            job,
+            period_jobs,
+            signals,
+        } => {
             app.metrics
                 .jobs_enqueued
                 .with_label_values(&[label, kind.as_str()])
                 .inc();
-            if let Some(q) = limits.jobs_per_month
-                && period_jobs.saturating_mul(5) >= q.saturating_mul(4)
-                && app
-                    .store
-                    .mark_quota_warned(&tenant.id, period.0, now)
-                    .await?
-            {
-                app.metrics.quota_warnings.with_label_values(&[label]).inc();
-                let detail = serde_json::json!({"jobs": period_jobs, "quota": q, "period_start": views::rfc3339(period.0)});
-                app.store
-                    .record_event(Some(&tenant.id), now, "quota_warning", &detail)
-                    .await?;
-                tracing::warn!(tenant = %tenant.id, jobs = period_jobs, quota = q, "tenant passed 80% of its monthly quota");
+            // The signals' events were written with the job (see `Store::admit`).
+            for signal in signals {
+                if signal == shoal_store::QuotaSignal::Warning {
+                    app.metrics.quota_warnings.with_label_values(&[label]).inc();
+                }
+                tracing::warn!(tenant = %tenant.id, jobs = period_jobs, quota = ?limits.jobs_per_month, signal = signal.topic(), "tenant reached a monthly quota threshold");
             }
             app.waiting_since
                 .lock()
@@ -805,6 +805,24 @@ pub struct ListJobs {
     cursor: Option<String>,
 }
 
+/// A page's `limit` (1 to 1000, 100 when absent) and the `seq` its `cursor` stands for.
+pub(crate) fn page(
+    limit: Option<u32>,
+    cursor: Option<&str>,
+) -> Result<(u32, Option<i64>), ApiError> {
+    let limit = limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("limit", "must be between 1 and 1000"));
+    }
+    let before = cursor
+        .map(|c| {
+            c.parse::<i64>()
+                .map_err(|_| ApiError::invalid("cursor", "not a cursor from a previous page"))
+        })
+        .transpose()?;
+    Ok((limit, before))
+}
+
 /// A page of jobs, newest first: at most `limit` jobs, and no more than 8 MiB of results (a page
 /// stops before the job that would pass that, holding at least one); `next_cursor` continues.
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListJobs),
@@ -831,18 +849,7 @@ async fn list_jobs(
                 .map_err(|e| ApiError::invalid("state", e.to_string()))
         })
         .transpose()?;
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::invalid("limit", "must be between 1 and 1000"));
-    }
-    let before_seq = q
-        .cursor
-        .as_deref()
-        .map(|c| {
-            c.parse::<i64>()
-                .map_err(|_| ApiError::invalid("cursor", "not a cursor from a previous page"))
-        })
-        .transpose()?;
+    let (limit, before_seq) = page(q.limit, q.cursor.as_deref())?;
     let page = app
         .store
         .job_page(

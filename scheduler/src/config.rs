@@ -82,6 +82,12 @@ pub struct FileConfig {
     /// How often a request waiting on a job (`wait_s`, a followed log) looks at the job again
     /// though nothing woke it: a safety net for a wake-up lost between replicas.
     pub job_recheck: Option<String>,
+    /// The wait before a failed webhook delivery's first retry; it doubles up to an hour.
+    pub webhook_retry_initial: Option<String>,
+    /// Tries of one webhook delivery before it is given up as failed.
+    pub webhook_max_attempts: Option<u32>,
+    /// Let endpoints created with a tenant key reach loopback, private and link-local addresses.
+    pub webhook_allow_private: Option<bool>,
 }
 
 /// A number of bytes in the config file: `1048576` or `"1MiB"`.
@@ -205,6 +211,10 @@ pub struct Config {
     pub max_log_bytes: u64,
     #[serde(with = "humantime_serde_compat")]
     pub job_recheck: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub webhook_retry_initial: Duration,
+    pub webhook_max_attempts: u32,
+    pub webhook_allow_private: bool,
     pub agent_bin: PathBuf,
     /// How the process provider confines sandboxes.
     pub process_isolation: shoal_fleet::process::jail::IsolationMode,
@@ -344,6 +354,18 @@ impl Config {
             "5s",
             Duration::from_millis(100),
         );
+        let webhook_retry_initial = duration(
+            "webhook_retry_initial",
+            pick(&None, &file.webhook_retry_initial, "webhook_retry_initial"),
+            "5s",
+            Duration::from_millis(10),
+        );
+        if webhook_retry_initial > crate::delivery::MAX_BACKOFF {
+            errs.push(format!(
+                "webhook_retry_initial: {} is longer than the longest wait between tries (1h)",
+                humantime::format_duration(webhook_retry_initial)
+            ));
+        }
         if heartbeat_interval * 3 > lease_ttl && lease_ttl > Duration::ZERO {
             errs.push(format!(
                 "heartbeat_interval: {} must be at most a third of lease_ttl ({})",
@@ -485,6 +507,31 @@ impl Config {
             errs.push(format!("max_log_bytes: {e}"));
             DEFAULT_MAX_LOG_BYTES
         });
+        let webhook_max_attempts = match env_var("webhook_max_attempts") {
+            Some(v) => v.parse().unwrap_or_else(|_| {
+                errs.push(format!("SHOAL_WEBHOOK_MAX_ATTEMPTS: `{v}` is not a count"));
+                1
+            }),
+            None => file.webhook_max_attempts.unwrap_or(12),
+        };
+        if !(1..=100).contains(&webhook_max_attempts) {
+            errs.push(format!(
+                "webhook_max_attempts: {webhook_max_attempts} is not between 1 and 100"
+            ));
+        }
+        let webhook_allow_private = match env_var("webhook_allow_private") {
+            Some(v) => match v.to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" => true,
+                "false" | "0" | "no" => false,
+                _ => {
+                    errs.push(format!(
+                        "SHOAL_WEBHOOK_ALLOW_PRIVATE: `{v}` is not true or false"
+                    ));
+                    false
+                }
+            },
+            None => file.webhook_allow_private.unwrap_or(false),
+        };
         let agent_bin = env_var("agent_bin")
             .map(PathBuf::from)
             .or_else(|| file.tables().process.and_then(|p| p.agent_bin))
@@ -595,6 +642,9 @@ impl Config {
                 metrics_auth,
                 max_log_bytes,
                 job_recheck,
+                webhook_retry_initial,
+                webhook_max_attempts,
+                webhook_allow_private,
                 agent_bin,
                 process_isolation,
                 process_uid_base,
@@ -726,5 +776,56 @@ mod tests {
         assert_eq!(c.advertise_url, "http://127.0.0.1:9000");
         assert_eq!(c.provider, "process");
         assert!(c.database_url.ends_with("shoal.db"));
+    }
+
+    #[test]
+    fn webhook_settings_are_read_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = dir.path().join("shoal-agent");
+        std::fs::write(&agent, "").unwrap();
+        let path = dir.path().join("shoal.toml");
+        let file = |extra: &str| {
+            std::fs::write(
+                &path,
+                format!(
+                    "[provider]\nname = \"process\"\n[provider.process]\nagent_bin = {agent:?}\n"
+                )
+                .replace("[provider]", &format!("{extra}\n[provider]")),
+            )
+            .unwrap();
+            Config::resolve(&ServeArgs {
+                config: Some(path.clone()),
+                ..Default::default()
+            })
+        };
+        let c = file("").unwrap();
+        assert_eq!(
+            (
+                c.webhook_retry_initial,
+                c.webhook_max_attempts,
+                c.webhook_allow_private
+            ),
+            (Duration::from_secs(5), 12, false),
+            "the defaults"
+        );
+        let c = file("webhook_retry_initial = \"250ms\"\nwebhook_max_attempts = 3\nwebhook_allow_private = true")
+            .unwrap();
+        assert_eq!(
+            (
+                c.webhook_retry_initial,
+                c.webhook_max_attempts,
+                c.webhook_allow_private
+            ),
+            (Duration::from_millis(250), 3, true)
+        );
+        let errs = file("webhook_retry_initial = \"2h\"\nwebhook_max_attempts = 0")
+            .unwrap_err()
+            .0;
+        for key in ["webhook_retry_initial", "webhook_max_attempts"] {
+            assert!(
+                errs.iter().any(|e| e.starts_with(key)),
+                "{key} not in {errs:?}"
+            );
+        }
     }
 }

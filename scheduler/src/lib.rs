@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod dashboard;
+pub mod delivery;
 pub mod error;
 pub mod guard;
 pub mod idle;
@@ -20,9 +21,11 @@ pub mod live;
 pub mod metrics;
 pub mod openapi;
 pub mod schemas;
+pub mod ssrf;
 pub mod state;
 pub mod usage;
 pub mod views;
+pub mod webhooks;
 pub mod wire;
 
 use anyhow::Context;
@@ -309,6 +312,7 @@ pub async fn serve(
     let control = control::Control::new(Arc::clone(&app), leadership);
     let control_task = tokio::spawn(Arc::clone(&control).run(observations, followers));
     let live_task = tokio::spawn(live::run(Arc::clone(&app)));
+    let delivery_task = tokio::spawn(delivery::run(Arc::clone(&app), holder.clone()));
     let ingress_task = ingress_queue(&app.cfg)
         .await?
         .map(|queue| tokio::spawn(ingress(Arc::clone(&app), queue)));
@@ -369,6 +373,7 @@ pub async fn serve(
     app.provider_stopped.send_replace(true);
     let _ = control_task.await;
     let _ = live_task.await;
+    let _ = delivery_task.await;
     if let Some(t) = ingress_task {
         let _ = t.await;
     }

@@ -32,6 +32,10 @@ pub struct Metrics {
     pub job_watchers: prometheus::IntGauge,
     /// Bytes of job output stored, as agents ship it.
     pub log_bytes: IntCounterVec,
+    /// Webhook delivery attempts by outcome: `delivered`, `retry`, `failed`.
+    pub webhook_attempts: IntCounterVec,
+    /// From an event's write to its delivery, by event type.
+    pub webhook_latency: HistogramVec,
     tenants: Mutex<HashSet<String>>,
     max_tenants: usize,
 }
@@ -167,6 +171,16 @@ impl Metrics {
                 "shoal_jobs_rejected_total",
                 "Enqueues refused, by reason.",
                 &["tenant", "reason"],
+            ),
+            webhook_attempts: counter(
+                "shoal_webhook_attempts_total",
+                "Webhook delivery attempts by outcome (delivered, retry, failed).",
+                &["outcome"],
+            ),
+            webhook_latency: histogram(
+                "shoal_webhook_delivery_latency_seconds",
+                "From an event's write to its delivery to an endpoint.",
+                &["type"],
             ),
             compute_seconds,
             registry,

@@ -24,6 +24,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         (name = "jobs", description = "Enqueue, read, list and cancel jobs"),
         (name = "pools", description = "Pools, events and the planner's dry run"),
         (name = "usage", description = "Compute usage per tenant"),
+        (name = "webhooks", description = "Endpoints that hear of finished jobs and quota signals, and their deliveries"),
         (name = "operators", description = "Live view for the dashboard"),
         (name = "agent", description = "Used by shoal-agent inside a sandbox, with its sandbox token"),
         (name = "health", description = "Liveness, readiness and metrics"),
@@ -169,6 +170,10 @@ mod tests {
             ("/v1/usage", "get"),
             ("/v1/events", "get"),
             ("/v1/plan", "get"),
+            ("/v1/webhooks", "post"),
+            ("/v1/webhooks", "get"),
+            ("/v1/webhooks/{id}", "delete"),
+            ("/v1/webhooks/{id}/deliveries", "get"),
             ("/v1/overview", "get"),
             ("/v1/history", "get"),
             ("/v1/stream", "get"),
@@ -199,6 +204,8 @@ mod tests {
             "TenantView",
             "PoolView",
             "UsageReport",
+            "WebhookView",
+            "DeliveryPage",
             "ErrorBody",
         ] {
             assert!(

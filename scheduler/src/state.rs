@@ -21,6 +21,8 @@ pub struct App {
     pub admin_token: String,
     /// Wakes the control loop.
     pub kick: Notify,
+    /// Wakes the webhook delivery worker: an event may have been written.
+    pub outbox_kick: Notify,
     /// Wakes agents of a tenant waiting for work.
     waiters: Mutex<HashMap<String, Arc<Notify>>>,
     /// The last plan's desired size per tenant.
@@ -73,6 +75,7 @@ impl App {
             rates,
             admin_token,
             kick: Notify::new(),
+            outbox_kick: Notify::new(),
             waiters: Mutex::new(HashMap::new()),
             desired: RwLock::new(HashMap::new()),
             waiting_since: Mutex::new(HashMap::new()),
@@ -118,10 +121,13 @@ impl App {
         }
     }
 
-    /// Wakes this replica's waiting agents of `tenant` and its control loop.
+    /// Wakes this replica's waiting agents of `tenant`, its control loop and its webhook delivery
+    /// worker (whatever changed a tenant's work may have written an event: a job ended, a quota
+    /// was reached).
     pub fn wake_local(&self, tenant: &str) {
         self.tenant_signal(tenant).notify_waiters();
         self.kick.notify_one();
+        self.outbox_kick.notify_one();
     }
 
     pub fn is_shutting_down(&self) -> bool {

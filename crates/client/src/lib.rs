@@ -2,7 +2,7 @@
 //! job, its output while it runs) through [`Client`], which needs only reqwest and serde. With the
 //! `ingress` feature, also pushes into the apalis ingress queue through `Ingress`, which a
 //! scheduler drains even when it was down while the job was pushed (that brings in the store's
-//! Redis and Postgres drivers).
+//! Redis and Postgres drivers). [`verify_webhook`] checks the signed webhooks Shoal sends back.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), shoal_client::ClientError> {
@@ -34,6 +34,9 @@ pub use ingress::{DEFAULT_QUEUE, Ingress, IngressError, IngressJob};
 
 /// The longest wait one request asks the scheduler for (`wait_s`).
 pub const MAX_WAIT_S: u64 = 60;
+
+mod webhook;
+pub use webhook::{VerifyError, WebhookEvent, verify_webhook, verify_webhook_at};
 
 /// What went wrong talking to Shoal.
 #[derive(Debug, thiserror::Error)]

@@ -1,8 +1,11 @@
 //! Wire types between the scheduler and `shoal-agent` (`/v1/agent/*`). The agent authenticates with
 //! its sandbox token; every call about a job names the job and the lease it holds, so a stale agent
-//! cannot touch a job that has moved on.
+//! cannot touch a job that has moved on. [`webhooks`] is the signing scheme of the webhooks the
+//! scheduler sends, shared with the platform's client so both sides agree on it.
 
 use serde::{Deserialize, Serialize};
+
+pub mod webhooks;
 
 /// Environment variables a provider sets for the agent it starts.
 pub mod env {

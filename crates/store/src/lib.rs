@@ -6,16 +6,21 @@
 
 pub mod ingress;
 pub mod joblog;
+pub mod outbox;
 pub mod postgres;
 pub mod ratelimit;
 mod rows;
 pub mod sqlite;
 
 use async_trait::async_trait;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use shoal_core::{JobState, Limits, LimitsPatch, Millis, PlanTier, SandboxState};
 use shoal_metering::LedgerEntry;
 
+pub use outbox::{
+    AttemptOutcome, DeliveryRecord, DeliveryState, EndpointRecord, LeasedDelivery, NewEndpoint,
+    Outbox, OutboxEvent, OutboxRecord, QuotaSignal,
+};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 use std::sync::Arc;
@@ -111,7 +116,7 @@ pub fn listed_bytes(result_len: usize, error_len: usize) -> u64 {
 }
 
 /// A job as stored.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
     pub id: String,
     pub tenant: String,
@@ -153,7 +158,13 @@ pub struct NewJob {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Admitted {
     /// Stored; `period_jobs` is the tenant's count of jobs this month, this one included.
-    Created { job: JobRecord, period_jobs: u64 },
+    /// `signals` are the quota thresholds this admission crossed (each once per period), whose
+    /// events were written with it.
+    Created {
+        job: JobRecord,
+        period_jobs: u64,
+        signals: Vec<QuotaSignal>,
+    },
     /// The idempotency key was seen before: the first job.
     Existing(JobRecord),
     /// The monthly quota is used up; nothing was stored.
@@ -293,9 +304,9 @@ pub struct Finished {
     pub state: JobState,
 }
 
-/// Persistence for everything the scheduler knows.
+/// Persistence for everything the scheduler knows; the outbox's part is [`Outbox`].
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: Outbox + Send + Sync + 'static {
     // Tenants and keys.
     /// Creates or updates a tenant; `true` when it was created.
     async fn put_tenant(
@@ -328,7 +339,9 @@ pub trait Store: Send + Sync + 'static {
 
     // Jobs.
     /// Admits a job with its idempotency key and quota (`limit` jobs in the period starting at
-    /// `period_start`), in one transaction.
+    /// `period_start`), in one transaction. Crossing 80% or 100% of the quota (once per period)
+    /// writes a `quota.warning` / `quota.exceeded` event in that transaction, as does the first
+    /// refusal of a period when the quota was never reached by an admission (a lowered limit).
     async fn admit(
         &self,
         job: NewJob,
@@ -342,7 +355,10 @@ pub trait Store: Send + Sync + 'static {
     /// page holds at least one job). Rows are read one at a time, so the page's bound is also what
     /// the store holds in memory.
     async fn job_page(&self, filter: &JobFilter, max_bytes: u64) -> Result<JobPage>;
-    /// Cancels a queued or running job; a finished one is returned as it is.
+    /// Cancels a queued or running job; a finished one is returned as it is. Every change of a job
+    /// to a terminal state (here, in `complete`, and when a put-back job is out of attempts in
+    /// `lease`, `expire_leases` and `sandbox_down`) writes its `job.*` event to the outbox in
+    /// the same transaction.
     async fn cancel(&self, id: &str, now: Millis) -> Result<Option<JobRecord>>;
     async fn queue_counts(&self) -> Result<Vec<(String, QueueCounts)>>;
 

@@ -102,9 +102,13 @@ impl PostgresStore {
         .bind(&job.id)
         .execute(&mut *tx)
         .await?;
-        Ok(Self::job_tx(tx, &job.id)
+        let back = Self::job_tx(tx, &job.id)
             .await?
-            .unwrap_or_else(|| job.clone()))
+            .unwrap_or_else(|| job.clone());
+        if dead {
+            outbox::postgres::job_event(tx, &back, now).await?;
+        }
+        Ok(back)
     }
 
     /// A sandbox holding no running job is ready again. The caller holds the sandbox's lock, so
@@ -321,6 +325,16 @@ impl Store for PostgresStore {
         if let Some(limit) = limit
             && used as u64 >= limit
         {
+            // No admission reached the quota this period (it was lowered): the refusal says so.
+            outbox::postgres::quota_signals(
+                &mut tx,
+                &job.tenant,
+                used as u64,
+                limit,
+                period_start,
+                job.created_at,
+            )
+            .await?;
             tx.commit().await?;
             return Ok(Admitted::QuotaExceeded {
                 used: used as u64,
@@ -371,10 +385,26 @@ impl Store for PostgresStore {
         .bind(period_start)
         .execute(&mut *tx)
         .await?;
+        let period_jobs = used as u64 + 1;
+        let signals = match limit {
+            Some(q) => {
+                outbox::postgres::quota_signals(
+                    &mut tx,
+                    &job.tenant,
+                    period_jobs,
+                    q,
+                    period_start,
+                    job.created_at,
+                )
+                .await?
+            }
+            None => Vec::new(),
+        };
         tx.commit().await?;
         Ok(Admitted::Created {
             job: stored,
-            period_jobs: used as u64 + 1,
+            period_jobs,
+            signals,
         })
     }
 
@@ -427,6 +457,7 @@ impl Store for PostgresStore {
     async fn cancel(&self, id: &str, now: Millis) -> Result<Option<JobRecord>> {
         // One statement: it waits for a lease or completion holding the row, then re-checks the
         // state. A running job keeps its lease id so the agent's next heartbeat learns of it.
+        let mut tx = self.begin().await?;
         let updated = sqlx::query(sql!(
             "UPDATE jobs SET state = 'cancelled', finished_at = $1 WHERE id = $2 AND state IN ('queued', 'running') \
              RETURNING ",
@@ -434,11 +465,19 @@ impl Store for PostgresStore {
         ))
         .bind(now)
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
         match updated {
-            Some(row) => Ok(Some(job_from_row(&row)?)),
-            None => self.job(id).await,
+            Some(row) => {
+                let job = job_from_row(&row)?;
+                outbox::postgres::job_event(&mut tx, &job, now).await?;
+                tx.commit().await?;
+                Ok(Some(job))
+            }
+            None => {
+                tx.commit().await?;
+                self.job(id).await
+            }
         }
     }
 
@@ -1091,16 +1130,17 @@ impl PostgresStore {
         error: Option<serde_json::Value>,
         now: Millis,
     ) -> Result<()> {
-        sqlx::query(
+        let done = sqlx::query(sql!(
             "UPDATE jobs SET state = $1, result = $2, error = $3, finished_at = $4, lease_id = NULL, \
-             lease_expires_at = NULL WHERE id = $5 AND state = 'running'",
-        )
+             lease_expires_at = NULL WHERE id = $5 AND state = 'running' RETURNING ",
+            JOB_COLS
+        ))
         .bind(state.as_str())
         .bind(result.map(|r| r.to_string()))
         .bind(error.map(|e| e.to_string()))
         .bind(now)
         .bind(job_id)
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
         sqlx::query(
             "INSERT INTO job_completions (job_id, lease_id, state, at) VALUES ($1, $2, $3, $4)",
@@ -1111,6 +1151,11 @@ impl PostgresStore {
         .bind(now)
         .execute(&mut *tx)
         .await?;
+        if let Some(row) = done {
+            outbox::postgres::job_event(tx, &job_from_row(&row)?, now).await?;
+        }
         Ok(())
     }
 }
+
+crate::outbox::impl_outbox!(PostgresStore, postgres, begin);

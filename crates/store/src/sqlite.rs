@@ -91,9 +91,13 @@ impl SqliteStore {
         .bind(&job.id)
         .execute(&mut **tx)
         .await?;
-        Ok(Self::job_tx(tx, &job.id)
+        let back = Self::job_tx(tx, &job.id)
             .await?
-            .unwrap_or_else(|| job.clone()))
+            .unwrap_or_else(|| job.clone());
+        if dead {
+            outbox::sqlite::job_event(tx, &back, now).await?;
+        }
+        Ok(back)
     }
 
     /// A sandbox holding no running job is ready again.
@@ -302,6 +306,19 @@ impl Store for SqliteStore {
         if let Some(limit) = limit
             && used as u64 >= limit
         {
+            // No admission reached the quota this period (it was lowered): the refusal says so.
+            let sent = outbox::sqlite::quota_signals(
+                &mut tx,
+                &job.tenant,
+                used as u64,
+                limit,
+                period_start,
+                job.created_at,
+            )
+            .await?;
+            if !sent.is_empty() {
+                tx.commit().await?;
+            }
             return Ok(Admitted::QuotaExceeded {
                 used: used as u64,
                 limit,
@@ -333,10 +350,26 @@ impl Store for SqliteStore {
         let stored = Self::job_tx(&mut tx, &job.id)
             .await?
             .ok_or_else(|| corrupt("inserted job vanished"))?;
+        let period_jobs = used as u64 + 1;
+        let signals = match limit {
+            Some(q) => {
+                outbox::sqlite::quota_signals(
+                    &mut tx,
+                    &job.tenant,
+                    period_jobs,
+                    q,
+                    period_start,
+                    job.created_at,
+                )
+                .await?
+            }
+            None => Vec::new(),
+        };
         tx.commit().await?;
         Ok(Admitted::Created {
             job: stored,
-            period_jobs: used as u64 + 1,
+            period_jobs,
+            signals,
         })
     }
 
@@ -389,7 +422,7 @@ impl Store for SqliteStore {
     async fn cancel(&self, id: &str, now: Millis) -> Result<Option<JobRecord>> {
         let mut tx = self.write().await?;
         // A running job keeps its lease id so the agent's next heartbeat learns of the cancel.
-        sqlx::query(
+        let r = sqlx::query(
             "UPDATE jobs SET state = 'cancelled', finished_at = ? WHERE id = ? AND state IN ('queued', 'running')",
         )
         .bind(now)
@@ -397,6 +430,9 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?;
         let job = Self::job_tx(&mut tx, id).await?;
+        if let Some(job) = job.as_ref().filter(|_| r.rows_affected() == 1) {
+            outbox::sqlite::job_event(&mut tx, job, now).await?;
+        }
         tx.commit().await?;
         Ok(job)
     }
@@ -630,6 +666,10 @@ impl Store for SqliteStore {
                         .bind(now)
                         .execute(&mut *tx)
                         .await?;
+                    let done = Self::job_tx(&mut tx, job_id)
+                        .await?
+                        .ok_or_else(|| corrupt("completed job vanished"))?;
+                    outbox::sqlite::job_event(&mut tx, &done, now).await?;
                 }
                 sqlx::query("UPDATE sandboxes SET jobs_run = jobs_run + 1 WHERE id = ?")
                     .bind(sandbox_id)
@@ -1002,3 +1042,5 @@ impl Store for SqliteStore {
         log_slice_from_rows(&rows, head.unwrap_or_default(), from, limit)
     }
 }
+
+crate::outbox::impl_outbox!(SqliteStore, sqlite, write);

@@ -64,6 +64,12 @@ conformance! {
     job_pages_stop_at_their_byte_budget => job_pages,
     job_logs_keep_the_newest_output_of_the_lease_holder => job_logs,
     concurrent_log_appends_store_each_byte_once => concurrent_log_appends,
+    terminal_jobs_write_their_events_with_them => outbox_job_events,
+    quota_signals_are_written_once_per_period => outbox_quota_signals,
+    deliveries_are_leased_retried_and_given_up => outbox_deliveries,
+    concurrent_delivery_leases_never_overlap => outbox_concurrent_leases,
+    endpoints_are_owned_bounded_and_deletable => outbox_endpoints,
+    outbox_appends_are_idempotent_and_ordered => outbox_appends,
 }
 
 fn job(id: &str, tenant: &str, key: Option<&str>, priority: i32, at: i64) -> NewJob {
@@ -632,7 +638,9 @@ async fn concurrent_admissions(store: Arc<dyn Store>) {
     let mut refused = 0;
     for h in handles {
         match h.await.unwrap() {
-            Admitted::Created { job, period_jobs } => created.push((job, period_jobs)),
+            Admitted::Created {
+                job, period_jobs, ..
+            } => created.push((job, period_jobs)),
             Admitted::Existing(_) => existing += 1,
             Admitted::QuotaExceeded { used, limit } => {
                 assert_eq!((used, limit), (6, 6));
@@ -667,6 +675,14 @@ async fn concurrent_admissions(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(all.len(), 6);
+    // However the admissions raced, each quota signal was written once, with the admission that
+    // crossed it.
+    let quota = store.outbox_after("quota.", 0, 100).await.unwrap();
+    let kinds: Vec<(&str, u64)> = quota
+        .iter()
+        .map(|e| (e.topic.as_str(), e.payload["jobs"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(kinds, [("quota.warning", 5), ("quota.exceeded", 6)]);
 }
 
 /// Sandboxes of one tenant leasing at once never run more jobs than its concurrency limit.
@@ -1019,4 +1035,724 @@ async fn concurrent_log_appends(store: Arc<dyn Store>) {
         }
     }
     assert_eq!(read_log(&*store, "j").await, (0, 200, text));
+}
+
+fn endpoint(
+    id: &str,
+    owner: Option<&str>,
+    tenant: Option<&str>,
+    events: Option<&[&str]>,
+) -> NewEndpoint {
+    NewEndpoint {
+        id: id.into(),
+        owner: owner.map(str::to_string),
+        tenant: tenant.map(str::to_string),
+        url: format!("http://receiver.example/{id}"),
+        events: events.map(|e| e.iter().map(|t| t.to_string()).collect()),
+        secret: "whsec_AAAA".into(),
+        guarded: owner.is_some(),
+        created_at: 0,
+    }
+}
+
+/// The event ids delivered to `destination`, oldest first, with their types.
+async fn delivered_to(store: &dyn Store, destination: &str) -> Vec<(String, String)> {
+    let mut d = store.deliveries(destination, 1000, None).await.unwrap();
+    d.reverse();
+    d.into_iter().map(|d| (d.event_id, d.topic)).collect()
+}
+
+/// Every way a job ends writes its event in the transaction that ends it, fanned out to the
+/// endpoints that want it then (and not to one created later).
+async fn outbox_job_events(store: Arc<dyn Store>) {
+    setup(&*store).await;
+    for e in [
+        endpoint("all", None, None, None),
+        endpoint("only-t", None, Some("t"), None),
+        endpoint(
+            "failures",
+            Some("u"),
+            Some("u"),
+            Some(&["job.failed", "job.dead"]),
+        ),
+    ] {
+        assert!(store.create_endpoint(&e, 10).await.unwrap());
+    }
+    // Succeeded and failed, by completion.
+    store
+        .admit(job("ok", "t", None, 0, 1), 0, None)
+        .await
+        .unwrap();
+    let l = leased(store.lease("sb1", POLICY, 10).await.unwrap());
+    let r = store
+        .complete(
+            "sb1",
+            "ok",
+            l.lease_id.as_deref().unwrap(),
+            Finish::Succeeded {
+                result: json!({"exit_code": 0}),
+            },
+            20,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(r, Completed::Done(_)));
+    store
+        .admit(job("bad", "u", None, 0, 2), 0, None)
+        .await
+        .unwrap();
+    let l = leased(store.lease("sbu", POLICY, 30).await.unwrap());
+    store
+        .complete(
+            "sbu",
+            "bad",
+            l.lease_id.as_deref().unwrap(),
+            Finish::Failed {
+                result: Some(json!({"exit_code": 3})),
+                error: json!({"code": "exit"}),
+            },
+            40,
+        )
+        .await
+        .unwrap();
+    // Cancelled while queued; cancelling again writes nothing more.
+    store
+        .admit(job("gone", "t", None, 0, 3), 0, None)
+        .await
+        .unwrap();
+    store.cancel("gone", 50).await.unwrap();
+    store.cancel("gone", 51).await.unwrap();
+    // Dead: a lease that lapsed on its last attempt (max_attempts is 2).
+    store
+        .admit(job("lapse", "u", None, 0, 4), 0, None)
+        .await
+        .unwrap();
+    for round in 0..2 {
+        let at = 100 + round * 100_000;
+        leased(store.lease("sbu", POLICY, at).await.unwrap());
+        store
+            .expire_leases(at + POLICY.lease_ttl_ms + 1)
+            .await
+            .unwrap();
+    }
+    // Dead: the sandbox went away under its last attempt.
+    store
+        .admit(job("lost", "t", None, 0, 5), 0, None)
+        .await
+        .unwrap();
+    for at in [300_000, 300_010] {
+        leased(store.lease("sb2", POLICY, at).await.unwrap());
+        store
+            .sandbox_down("sb2", SandboxState::Stopped, at + 1)
+            .await
+            .unwrap();
+        store
+            .transition(
+                "sb2",
+                &[SandboxState::Stopped],
+                SandboxState::Booting,
+                at + 2,
+            )
+            .await
+            .unwrap();
+    }
+    // A stale completion of an ended job writes nothing.
+    assert_eq!(
+        store
+            .complete(
+                "sb1",
+                "ok",
+                l.lease_id.as_deref().unwrap(),
+                Finish::Succeeded { result: json!({}) },
+                60
+            )
+            .await
+            .unwrap(),
+        Completed::Stale
+    );
+
+    let events = store.outbox_after("job.", 0, 100).await.unwrap();
+    let got: Vec<(&str, &str, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e.topic.as_str(),
+                e.payload["id"].as_str().unwrap(),
+                e.payload["state"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("job.succeeded", "ok", "succeeded"),
+            ("job.failed", "bad", "failed"),
+            ("job.cancelled", "gone", "cancelled"),
+            ("job.dead", "lapse", "dead"),
+            ("job.dead", "lost", "dead"),
+        ]
+    );
+    // The payload is the record at that moment, without its spec or lease.
+    let ok = serde_json::from_value::<JobRecord>(events[0].payload.clone()).unwrap();
+    assert_eq!(
+        (ok.result, ok.finished_at, ok.attempts),
+        (Some(json!({"exit_code": 0})), Some(20), 1)
+    );
+    assert_eq!((ok.spec, ok.lease_id), (serde_json::Value::Null, None));
+    assert!(
+        events
+            .iter()
+            .all(|e| e.tenant.as_deref() == e.payload["tenant"].as_str())
+    );
+    assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
+
+    let ids = |topics: &[usize]| -> Vec<(String, String)> {
+        topics
+            .iter()
+            .map(|&i| (events[i].id.clone(), events[i].topic.clone()))
+            .collect()
+    };
+    assert_eq!(delivered_to(&*store, "all").await, ids(&[0, 1, 2, 3, 4]));
+    assert_eq!(
+        delivered_to(&*store, "only-t").await,
+        ids(&[0, 2, 4]),
+        "t's events only"
+    );
+    assert_eq!(
+        delivered_to(&*store, "failures").await,
+        ids(&[1, 3]),
+        "u's failures only"
+    );
+    let d = store.deliveries("all", 1000, None).await.unwrap();
+    assert!(
+        d.iter()
+            .all(|d| d.state == DeliveryState::Pending && d.attempts == 0)
+    );
+
+    // An endpoint created now hears of what happens from now on only.
+    assert!(
+        store
+            .create_endpoint(&endpoint("late", None, None, None), 10)
+            .await
+            .unwrap()
+    );
+    store
+        .admit(job("after", "t", None, 0, 6), 0, None)
+        .await
+        .unwrap();
+    store.cancel("after", 400_000).await.unwrap();
+    let late = delivered_to(&*store, "late").await;
+    assert_eq!(late.len(), 1);
+    assert_eq!(late[0].1, "job.cancelled");
+    assert_eq!(delivered_to(&*store, "all").await.len(), 6);
+}
+
+/// Admissions crossing 80% and 100% of a quota write `quota.warning` and `quota.exceeded` with
+/// the admission, once per period; a refusal under a lowered quota says it once too.
+async fn outbox_quota_signals(store: Arc<dyn Store>) {
+    setup(&*store).await;
+    assert!(
+        store
+            .create_endpoint(&endpoint("t-hook", Some("t"), Some("t"), None), 10)
+            .await
+            .unwrap()
+    );
+    let mut signals = Vec::new();
+    for i in 0..5 {
+        match store
+            .admit(job(&format!("a{i}"), "t", None, 0, 10 + i), 0, Some(5))
+            .await
+            .unwrap()
+        {
+            Admitted::Created { signals: s, .. } => signals.push(s),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        signals,
+        [
+            vec![],
+            vec![],
+            vec![],
+            vec![QuotaSignal::Warning],
+            vec![QuotaSignal::Exceeded]
+        ]
+    );
+    assert!(matches!(
+        store
+            .admit(job("a5", "t", None, 0, 20), 0, Some(5))
+            .await
+            .unwrap(),
+        Admitted::QuotaExceeded { .. }
+    ));
+    let ev = store.outbox_after("quota.", 0, 100).await.unwrap();
+    assert_eq!(ev.len(), 2, "{ev:?}");
+    assert_eq!(
+        (
+            ev[0].topic.as_str(),
+            &ev[0].payload["jobs"],
+            &ev[0].payload["quota"]
+        ),
+        ("quota.warning", &json!(4), &json!(5))
+    );
+    assert_eq!(ev[1].topic, "quota.exceeded");
+    assert_eq!(ev[1].payload["tenant"], "t");
+    assert!(
+        ev[1].payload["period_start"]
+            .as_str()
+            .unwrap()
+            .starts_with("1970-01-01T00:00:00")
+    );
+    assert_eq!(delivered_to(&*store, "t-hook").await.len(), 2);
+    let kinds: Vec<String> = store
+        .events(Some("t"), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert!(
+        kinds.contains(&"quota_warning".to_string())
+            && kinds.contains(&"quota_exceeded".to_string())
+    );
+
+    // A new period starts afresh.
+    let next = 2_678_400_000; // February 1970
+    for i in 0..5 {
+        store
+            .admit(job(&format!("b{i}"), "t", None, 0, next + i), next, Some(5))
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.outbox_after("quota.", 0, 100).await.unwrap().len(), 4);
+
+    // u never reached its quota by admission: it was lowered under it. The first refusal says so,
+    // once.
+    for i in 0..3 {
+        store
+            .admit(job(&format!("u{i}"), "u", None, 0, 30 + i), 0, Some(100))
+            .await
+            .unwrap();
+    }
+    for i in 3..6 {
+        assert!(matches!(
+            store
+                .admit(job(&format!("u{i}"), "u", None, 0, 40 + i), 0, Some(2))
+                .await
+                .unwrap(),
+            Admitted::QuotaExceeded { used: 3, limit: 2 }
+        ));
+    }
+    let u: Vec<String> = store
+        .outbox_after("quota.", 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.tenant.as_deref() == Some("u"))
+        .map(|e| e.topic)
+        .collect();
+    assert_eq!(u, ["quota.warning", "quota.exceeded"]);
+    assert!(
+        store.job("u3").await.unwrap().is_none(),
+        "a refusal stores no job"
+    );
+}
+
+/// A delivery is leased for one attempt at a time, retried when its backoff is over or its lease
+/// lapses, and given up once its attempts are spent.
+async fn outbox_deliveries(store: Arc<dyn Store>) {
+    setup(&*store).await;
+    assert!(
+        store
+            .create_endpoint(&endpoint("hook", None, None, None), 10)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.next_delivery_due().await.unwrap(), None);
+    for (i, at) in [(0, 1_000), (1, 1_001)] {
+        store
+            .admit(job(&format!("c{i}"), "t", None, 0, at), 0, None)
+            .await
+            .unwrap();
+        store.cancel(&format!("c{i}"), at).await.unwrap();
+    }
+    assert_eq!(store.next_delivery_due().await.unwrap(), Some(1_000));
+    assert!(
+        store
+            .lease_deliveries("r1", 10, 500, 3, 999)
+            .await
+            .unwrap()
+            .is_empty(),
+        "not due yet"
+    );
+    let batch = store
+        .lease_deliveries("r1", 1, 500, 3, 2_000)
+        .await
+        .unwrap();
+    assert_eq!(batch.len(), 1, "the limit holds");
+    let first = &batch[0];
+    assert_eq!(
+        (
+            first.attempt,
+            first.endpoint.id.as_str(),
+            first.event.topic.as_str()
+        ),
+        (1, "hook", "job.cancelled")
+    );
+    assert_eq!(first.event.payload["id"], "c0", "the oldest due first");
+    assert_eq!(first.endpoint.secret, "whsec_AAAA");
+    let second = store
+        .lease_deliveries("r2", 10, 500, 3, 2_000)
+        .await
+        .unwrap();
+    assert_eq!(second.len(), 1, "a leased delivery is not leased again");
+    assert_eq!(second[0].event.payload["id"], "c1");
+
+    // c1 is delivered.
+    assert!(
+        store
+            .finish_delivery(
+                &second[0],
+                &AttemptOutcome::Delivered { status: 204 },
+                2_100
+            )
+            .await
+            .unwrap()
+    );
+    // c0 fails and is retried after its backoff.
+    let failed = AttemptOutcome::Failed {
+        status: Some(500),
+        error: "the endpoint answered 500".into(),
+        retry_at: Some(3_000),
+    };
+    assert!(store.finish_delivery(first, &failed, 2_100).await.unwrap());
+    assert!(
+        !store.finish_delivery(first, &failed, 2_100).await.unwrap(),
+        "a lease reports once"
+    );
+    let view = store.deliveries("hook", 10, None).await.unwrap();
+    assert_eq!(view.len(), 2);
+    assert_eq!(
+        (
+            view[0].state,
+            view[0].attempts,
+            view[0].last_status,
+            view[0].delivered_at
+        ),
+        (DeliveryState::Delivered, 1, Some(204), Some(2_100)),
+        "newest first"
+    );
+    assert_eq!(
+        (
+            view[1].state,
+            view[1].attempts,
+            view[1].last_status,
+            view[1].next_attempt_at
+        ),
+        (DeliveryState::Pending, 1, Some(500), Some(3_000))
+    );
+    assert_eq!(
+        view[1].last_error.as_deref(),
+        Some("the endpoint answered 500")
+    );
+    let page = store
+        .deliveries("hook", 1, Some(view[0].seq))
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].event_id, view[1].event_id, "the cursor pages on");
+    assert_eq!(store.next_delivery_due().await.unwrap(), Some(3_000));
+    assert!(
+        store
+            .lease_deliveries("r1", 10, 500, 3, 2_999)
+            .await
+            .unwrap()
+            .is_empty(),
+        "backing off"
+    );
+
+    // Attempt 2 is leased by a replica that dies: its lease lapses and attempt 3 follows.
+    let a2 = store
+        .lease_deliveries("r1", 10, 500, 3, 3_000)
+        .await
+        .unwrap();
+    assert_eq!(a2[0].attempt, 2);
+    assert!(
+        store
+            .lease_deliveries("r2", 10, 500, 3, 3_499)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let a3 = store
+        .lease_deliveries("r2", 10, 500, 3, 3_500)
+        .await
+        .unwrap();
+    assert_eq!(a3.len(), 1);
+    assert_eq!(
+        (a3[0].attempt, a3[0].event.id.as_str()),
+        (3, a2[0].event.id.as_str())
+    );
+    assert!(
+        !store.finish_delivery(&a2[0], &failed, 3_600).await.unwrap(),
+        "the lapsed lease is fenced off"
+    );
+    // The last attempt's lease lapses too: the delivery is spent, not leased a fourth time.
+    assert!(
+        store
+            .lease_deliveries("r1", 10, 500, 3, 10_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let view = store.deliveries("hook", 10, None).await.unwrap();
+    assert_eq!(
+        (view[1].state, view[1].attempts, view[1].next_attempt_at),
+        (DeliveryState::Failed, 3, None)
+    );
+    assert_eq!(store.next_delivery_due().await.unwrap(), None);
+
+    // A failure with no retry left is final at once.
+    store
+        .admit(job("c2", "t", None, 0, 20_000), 0, None)
+        .await
+        .unwrap();
+    store.cancel("c2", 20_000).await.unwrap();
+    let d = store
+        .lease_deliveries("r1", 10, 500, 3, 20_000)
+        .await
+        .unwrap();
+    let give_up = AttemptOutcome::Failed {
+        status: None,
+        error: "connection refused".into(),
+        retry_at: None,
+    };
+    assert!(
+        store
+            .finish_delivery(&d[0], &give_up, 20_001)
+            .await
+            .unwrap()
+    );
+    let view = store.deliveries("hook", 1, None).await.unwrap();
+    assert_eq!(
+        (view[0].state, view[0].last_status),
+        (DeliveryState::Failed, None)
+    );
+}
+
+/// Replicas leasing deliveries at once never hold the same one.
+async fn outbox_concurrent_leases(store: Arc<dyn Store>) {
+    setup(&*store).await;
+    for h in ["h1", "h2"] {
+        assert!(
+            store
+                .create_endpoint(&endpoint(h, None, None, None), 10)
+                .await
+                .unwrap()
+        );
+    }
+    let events: Vec<OutboxEvent> = (0..100)
+        .map(|i| OutboxEvent::new("job.succeeded", Some("t".into()), json!({"n": i}), i))
+        .collect();
+    assert_eq!(store.append_events(&events).await.unwrap(), 100);
+    let mut handles = Vec::new();
+    for r in 0..8 {
+        let store = Arc::clone(&store);
+        handles.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let batch = store
+                    .lease_deliveries(&format!("r{r}"), 7, 60_000, 5, 1_000)
+                    .await
+                    .unwrap();
+                if batch.is_empty() {
+                    return got;
+                }
+                got.extend(batch.into_iter().map(|d| (d.event.id, d.endpoint.id)));
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.unwrap());
+    }
+    let n = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(
+        (n, all.len()),
+        (200, 200),
+        "each delivery leased exactly once"
+    );
+}
+
+/// Endpoints belong to their owner, are bounded per owner, and take their deliveries with them.
+async fn outbox_endpoints(store: Arc<dyn Store>) {
+    setup(&*store).await;
+    assert!(
+        store
+            .create_endpoint(&endpoint("p1", None, None, None), 2)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .create_endpoint(&endpoint("p2", None, Some("u"), Some(&["job.failed"])), 2)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .create_endpoint(&endpoint("p3", None, None, None), 2)
+            .await
+            .unwrap(),
+        "the platform's bound"
+    );
+    assert!(
+        store
+            .create_endpoint(&endpoint("t1", Some("t"), Some("t"), None), 2)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .create_endpoint(&endpoint("t2", Some("t"), Some("t"), None), 2)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .create_endpoint(&endpoint("t3", Some("t"), Some("t"), None), 2)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .create_endpoint(&endpoint("u1", Some("u"), Some("u"), None), 2)
+            .await
+            .unwrap(),
+        "bounds are per owner"
+    );
+    let ids = |v: Vec<EndpointRecord>| v.into_iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(ids(store.endpoints(Some("t")).await.unwrap()), ["t1", "t2"]);
+    assert_eq!(ids(store.endpoints(None).await.unwrap()).len(), 5);
+    let p2 = store.endpoint("p2").await.unwrap().unwrap();
+    assert_eq!(p2, endpoint("p2", None, Some("u"), Some(&["job.failed"])));
+    assert!(store.endpoint("t1").await.unwrap().unwrap().guarded);
+
+    store
+        .admit(job("x", "t", None, 0, 1), 0, None)
+        .await
+        .unwrap();
+    store.cancel("x", 2).await.unwrap();
+    assert_eq!(store.deliveries("t1", 10, None).await.unwrap().len(), 1);
+    assert!(store.delete_endpoint("t1").await.unwrap());
+    assert!(!store.delete_endpoint("t1").await.unwrap());
+    assert!(store.endpoint("t1").await.unwrap().is_none());
+    assert!(store.deliveries("t1", 10, None).await.unwrap().is_empty());
+    let leased = store.lease_deliveries("r", 10, 1000, 3, 10).await.unwrap();
+    assert!(
+        leased.iter().all(|d| d.endpoint.id != "t1"),
+        "a deleted endpoint is sent nothing"
+    );
+    assert_eq!(leased.len(), 2, "p1 and t2 still hear of it");
+}
+
+/// Appends with a given id happen once; topics other than webhook types go to no endpoint; the
+/// cursor reads in order.
+async fn outbox_appends(store: Arc<dyn Store>) {
+    setup(&*store).await;
+    assert!(
+        store
+            .create_endpoint(&endpoint("all", None, None, None), 10)
+            .await
+            .unwrap()
+    );
+    let usage = OutboxEvent {
+        id: "usage-sb1-0".into(),
+        topic: "usage.sandbox".into(),
+        tenant: Some("t".into()),
+        payload: json!({"seconds": 3600}),
+        created_at: 5,
+    };
+    let warn = OutboxEvent::new("budget.warning", Some("t".into()), json!({"spent": 8}), 6);
+    assert_eq!(
+        store
+            .append_events(&[usage.clone(), warn.clone()])
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        store
+            .append_events(std::slice::from_ref(&usage))
+            .await
+            .unwrap(),
+        0,
+        "the same id is stored once"
+    );
+    let all = store.outbox_after("", 0, 10).await.unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        [usage.id.as_str(), warn.id.as_str()]
+    );
+    assert_eq!(all[0].payload, json!({"seconds": 3600}));
+    assert_eq!(store.outbox_after("usage.", 0, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        store.outbox_after("", all[0].seq, 10).await.unwrap()[0].id,
+        warn.id
+    );
+    assert!(
+        store
+            .outbox_after("", all[1].seq, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.outbox_after("%", 0, 10).await.unwrap().len(),
+        2,
+        "a wildcard is no pattern"
+    );
+    assert_eq!(
+        delivered_to(&*store, "all").await,
+        [(warn.id.clone(), "budget.warning".to_string())],
+        "only webhook types fan out"
+    );
+}
+
+/// On Postgres an outbox row's `seq` is handed out at insert, not at commit: a cursor reader must
+/// not move past a row whose transaction is still open, or it would never see it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_cursor_waits_for_open_transactions() {
+    let Some(pg) = Postgres::start().expect("starting Postgres") else {
+        return;
+    };
+    let url = pg.create_database().unwrap();
+    let store = shoal_store::open(&url).await.unwrap();
+    let mut other = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    sqlx::raw_sql("BEGIN; INSERT INTO outbox (id, topic, payload, created_at) VALUES ('slow', 'audit.x', '{}', 1)")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let fast = OutboxEvent::new("audit.x", None, json!({}), 2);
+    store
+        .append_events(std::slice::from_ref(&fast))
+        .await
+        .unwrap();
+    assert!(
+        store.outbox_after("", 0, 10).await.unwrap().is_empty(),
+        "the later row waits behind the open transaction's"
+    );
+    sqlx::raw_sql("COMMIT").execute(&mut other).await.unwrap();
+    let ids: Vec<String> = store
+        .outbox_after("", 0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(ids, ["slow".to_string(), fast.id]);
 }

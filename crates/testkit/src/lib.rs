@@ -1,10 +1,11 @@
 //! Shoal's test harness: locating (and building when missing) the workspace's own binaries,
-//! ephemeral Postgres and Redis servers on spare loopback ports, the Fly Machines emulator, and
-//! fixtures. Used by tests only; never by production code.
+//! ephemeral Postgres and Redis servers on spare loopback ports, the Fly Machines emulator, a
+//! webhook receiver, and fixtures. Used by tests only; never by production code.
 
 pub mod bins;
 pub mod fly;
 pub mod kubelet;
 pub mod procfs;
+pub mod receiver;
 pub mod server;
 pub mod services;

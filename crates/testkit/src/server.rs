@@ -146,6 +146,12 @@ impl Server {
         Some(url.trim_end_matches("/v1").to_string())
     }
 
+    /// Sets an environment variable for the next [`Server::restart`].
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
     /// Kills the scheduler with SIGKILL: no clean shutdown.
     pub fn kill(&mut self) -> Result<()> {
         let Some(mut child) = self.child.take() else {
