@@ -1,4 +1,4 @@
-//! The HTTP API v1 (see CONTRACT.md): tenants and keys, jobs, pools, usage, health, metrics, and the
+//! The HTTP API v1 (docs/api.md): tenants and keys, jobs, pools, usage, health, metrics, and the
 //! agents' `/v1/agent/*` endpoints. Each handler carries its `#[utoipa::path]`, and `routes` mounts
 //! it with that same attribute, so `/openapi.json` lists exactly what is served.
 

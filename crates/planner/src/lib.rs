@@ -4,7 +4,7 @@
 //! [`Plan`]: which sandboxes to wake, create, suspend, stop or destroy. It does no I/O and reads no
 //! clock, so production, tests and the simulator run the same decisions.
 //!
-//! The default policy (see ARCHITECTURE.md): `active = booting + ready + busy`;
+//! The default policy (docs/design.md): `active = booting + ready + busy`;
 //! `desired = clamp(min_warm, ceil((queued + running) / slots_per_sandbox), max_sandboxes)`; when a
 //! fleet-wide cap is short, pools share it by weighted max-min fairness. Scale-up wakes the cheapest
 //! sandbox first (suspended, then stopped, then a new one). Scale-down takes only ready sandboxes
