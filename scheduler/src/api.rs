@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::Value;
+use shoal_core::audit::Actor;
 use shoal_core::limits::ObjectOnly;
 use shoal_core::{JobKind, JobState, Limits, LimitsPatch, PlanTier, SandboxState};
 use shoal_protocol::{
@@ -60,6 +61,7 @@ pub fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(crate::webhooks::create, crate::webhooks::list))
         .routes(routes!(crate::webhooks::delete))
         .routes(routes!(crate::webhooks::deliveries))
+        .routes(routes!(crate::audit::list))
         .routes(routes!(agent_lease))
         .routes(routes!(agent_heartbeat))
         .routes(routes!(agent_complete))
@@ -255,7 +257,10 @@ async fn put_tenant(
             ));
         }
     }
-    let (t, created) = app.store.put_tenant(&id, plan, &patch, now_ms()).await?;
+    let (t, created) = app
+        .store
+        .put_tenant(&id, plan, &patch, now_ms(), &caller.actor())
+        .await?;
     app.kick.notify_one();
     let status = if created {
         StatusCode::CREATED
@@ -318,7 +323,7 @@ async fn create_key(
     let key = new_token("shk_");
     let key_id = format!("key_{}", uuid::Uuid::now_v7().simple());
     app.store
-        .add_key(&id, &key_id, &hash_token(&key), now_ms())
+        .add_key(&id, &key_id, &hash_token(&key), now_ms(), &caller.actor())
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -367,7 +372,11 @@ async fn revoke_key(
     Path((id, key_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let t = visible_tenant(&app, &caller, &id).await?;
-    if app.store.revoke_key(&t.id, &key_id).await? {
+    if app
+        .store
+        .revoke_key(&t.id, &key_id, now_ms(), &caller.actor())
+        .await?
+    {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("key", &key_id))
@@ -407,7 +416,11 @@ async fn drain(
 ) -> Result<Json<TenantView>, ApiError> {
     caller.require_admin()?;
     let draining = req.is_none_or(|r| r.draining);
-    if !app.store.set_draining(&id, draining, now_ms()).await? {
+    if !app
+        .store
+        .set_draining(&id, draining, now_ms(), &caller.actor())
+        .await?
+    {
         return Err(ApiError::not_found("tenant", &id));
     }
     app.store
@@ -574,7 +587,7 @@ async fn enqueue(
     if app.is_shutting_down() {
         return Err(ApiError::unavailable("shutting down"));
     }
-    match admit(&app, req).await? {
+    match admit(&app, req, &caller.actor()).await? {
         Admission::Existing(job) => Ok((StatusCode::OK, Json(views::job(&job))).into_response()),
         Admission::Created(job) => Ok((
             StatusCode::ACCEPTED,
@@ -595,8 +608,9 @@ pub enum Admission {
 }
 
 /// Admission, the same for every way in (`POST /v1/jobs`, the ingress queue): validation, the
-/// tenant's enqueue rate and monthly quota, idempotency, then the job is durable.
-pub async fn admit(app: &App, req: Enqueue) -> Result<Admission, ApiError> {
+/// tenant's enqueue rate and monthly quota, idempotency, then the job is durable, recorded in the
+/// audit log as `actor`'s.
+pub async fn admit(app: &App, req: Enqueue, actor: &Actor) -> Result<Admission, ApiError> {
     let kind: JobKind = req.kind.parse().map_err(|e| {
         ApiError::invalid(
             "kind",
@@ -675,7 +689,7 @@ pub async fn admit(app: &App, req: Enqueue) -> Result<Admission, ApiError> {
     };
     match app
         .store
-        .admit(new, period.0, limits.jobs_per_month)
+        .admit(new, period.0, limits.jobs_per_month, actor)
         .await?
     {
         Admitted::Existing(job) => Ok(Admission::Existing(job)),
@@ -896,7 +910,7 @@ async fn cancel_job(
     let was = job.state;
     let job = app
         .store
-        .cancel(&id, now_ms())
+        .cancel(&id, now_ms(), &caller.actor())
         .await?
         .ok_or_else(|| ApiError::not_found("job", &id))?;
     // Counted once: cancelling a cancelled job again changes nothing.

@@ -6,6 +6,7 @@ use crate::state::{App, hash_token, now_ms};
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
+use shoal_core::audit::Actor;
 use shoal_store::SandboxRecord;
 use std::sync::Arc;
 
@@ -16,23 +17,35 @@ pub const COOKIE: &str = "shoal_session";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
     Admin,
-    Tenant(String),
+    /// A tenant's key: the tenant and the key's id (not a secret; the audit log names it).
+    Tenant {
+        tenant: String,
+        key: String,
+    },
 }
 
 impl Caller {
+    /// Who this caller is in the audit log.
+    pub fn actor(&self) -> Actor {
+        match self {
+            Caller::Admin => Actor::admin(),
+            Caller::Tenant { key, .. } => Actor::tenant_key(key),
+        }
+    }
+
     /// Refuses a tenant key reaching another tenant.
     pub fn check_tenant(&self, tenant: &str) -> Result<(), ApiError> {
         match self {
             Caller::Admin => Ok(()),
-            Caller::Tenant(t) if t == tenant => Ok(()),
-            Caller::Tenant(_) => Err(ApiError::forbidden()),
+            Caller::Tenant { tenant: t, .. } if t == tenant => Ok(()),
+            Caller::Tenant { .. } => Err(ApiError::forbidden()),
         }
     }
 
     pub fn require_admin(&self) -> Result<(), ApiError> {
         match self {
             Caller::Admin => Ok(()),
-            Caller::Tenant(_) => Err(ApiError::new(
+            Caller::Tenant { .. } => Err(ApiError::new(
                 axum::http::StatusCode::FORBIDDEN,
                 "forbidden",
                 "this needs the admin token",
@@ -44,7 +57,7 @@ impl Caller {
     pub fn tenant(&self) -> Option<&str> {
         match self {
             Caller::Admin => None,
-            Caller::Tenant(t) => Some(t),
+            Caller::Tenant { tenant, .. } => Some(tenant),
         }
     }
 }
@@ -103,7 +116,10 @@ pub async fn authenticate(app: &App, token: &str) -> Result<Option<Caller>, ApiE
         // Only the key's last use is lost; the call itself goes on.
         tracing::warn!(key = %key.id, error = %e, "cannot record a key's use");
     }
-    Ok(Some(Caller::Tenant(key.tenant)))
+    Ok(Some(Caller::Tenant {
+        tenant: key.tenant,
+        key: key.id,
+    }))
 }
 
 impl FromRequestParts<Arc<App>> for Caller {

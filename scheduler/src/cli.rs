@@ -1,4 +1,4 @@
-//! The operators' CLI: `shoal tenants|pools|jobs|usage|drain|plan|webhooks` (`jobs submit` and
+//! The operators' CLI: `shoal tenants|pools|jobs|usage|drain|plan|webhooks|audit` (`jobs submit` and
 //! `jobs logs` in `crate::jobcli`), talking to a running scheduler
 //! at `SHOAL_URL` with `SHOAL_TOKEN` (else `SHOAL_ADMIN_TOKEN`). Tables for people, `--json` for
 //! scripts.
@@ -82,6 +82,13 @@ pub enum OperatorCommand {
         #[command(subcommand)]
         command: Option<WebhooksCommand>,
     },
+    /// The audit log: list records, or verify its hash chain (`shoal audit verify`).
+    Audit {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        command: Option<crate::audit::AuditCommand>,
+    },
     /// What the planner would do now, without doing it (`--dry-run` is required: the planner only
     /// acts inside the scheduler).
     Plan {
@@ -156,7 +163,7 @@ pub(crate) fn token() -> Option<String> {
 }
 
 /// One call to the API; the body of an error answer becomes the error.
-fn call(
+pub(crate) fn call(
     conn: &Conn,
     method: reqwest::Method,
     path: &str,
@@ -222,7 +229,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn s(v: &Value) -> String {
+pub(crate) fn s(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),
@@ -555,6 +562,7 @@ fn execute(cmd: OperatorCommand) -> Result<String, String> {
             ))
         }
         OperatorCommand::Webhooks { conn, command } => webhooks(&conn, command),
+        OperatorCommand::Audit { conn, command } => crate::audit::command(&conn, command),
         OperatorCommand::Plan { conn, dry_run } => {
             if !dry_run {
                 return Err(

@@ -62,6 +62,9 @@ pub struct FileConfig {
     /// `stop` or `suspend`: what an idle sandbox becomes.
     pub idle_action: Option<String>,
     /// How long a stopped or suspended sandbox is kept before it is destroyed.
+    pub sandbox_retention: Option<String>,
+    /// How long finished jobs, operators' events and spent webhook deliveries are kept before
+    /// they are exported to `<data-dir>/export/` and deleted; `off` keeps them for ever.
     pub retention: Option<String>,
     /// A sandbox booting longer than this is given up on.
     pub boot_timeout: Option<String>,
@@ -97,6 +100,9 @@ pub enum ByteCount {
     Number(u64),
     Text(String),
 }
+
+/// The default `retention`: finished jobs and their events are kept 30 days.
+pub const DEFAULT_RETENTION: &str = "30d";
 
 /// The default `max_log_bytes`: 1 MiB.
 pub const DEFAULT_MAX_LOG_BYTES: u64 = 1024 * 1024;
@@ -193,7 +199,10 @@ pub struct Config {
     pub advertise_url: String,
     pub idle_action: String,
     #[serde(with = "humantime_serde_compat")]
-    pub retention: Duration,
+    pub sandbox_retention: Duration,
+    /// `None`: data is kept for ever.
+    #[serde(with = "humantime_serde_compat::option")]
+    pub retention: Option<Duration>,
     #[serde(with = "humantime_serde_compat")]
     pub boot_timeout: Duration,
     #[serde(with = "humantime_serde_compat")]
@@ -240,6 +249,19 @@ mod humantime_serde_compat {
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    /// An optional duration: `off` when absent.
+    pub mod option {
+        use serde::Serializer;
+        use std::time::Duration;
+
+        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => super::serialize(d, s),
+                None => s.serialize_str("off"),
+            }
+        }
     }
 }
 
@@ -324,12 +346,21 @@ impl Config {
             "5m",
             Duration::from_millis(100),
         );
-        let retention = duration(
-            "retention",
-            pick(&None, &file.retention, "retention"),
+        let sandbox_retention = duration(
+            "sandbox_retention",
+            pick(&None, &file.sandbox_retention, "sandbox_retention"),
             "1h",
             Duration::from_secs(1),
         );
+        let retention = match pick(&None, &file.retention, "retention") {
+            Some(raw) if raw.trim() == "off" => None,
+            raw => Some(duration(
+                "retention",
+                raw,
+                DEFAULT_RETENTION,
+                Duration::from_secs(1),
+            )),
+        };
         let boot_timeout = duration(
             "boot_timeout",
             pick(&None, &file.boot_timeout, "boot_timeout"),
@@ -632,6 +663,7 @@ impl Config {
                 idle_policy,
                 advertise_url,
                 idle_action,
+                sandbox_retention,
                 retention,
                 boot_timeout,
                 lease_ttl,

@@ -127,7 +127,7 @@ impl Control {
     }
 
     /// Whether this replica leads now (checked every second by the leadership task).
-    fn leads(&self) -> bool {
+    pub fn leads(&self) -> bool {
         self.epoch.load(Ordering::SeqCst) != 0
     }
 
@@ -769,7 +769,7 @@ pub async fn snapshot(
                     },
                 ),
                 idle_action,
-                retention_ms: app.cfg.retention.as_millis() as Millis,
+                retention_ms: app.cfg.sandbox_retention.as_millis() as Millis,
                 boot_timeout_ms: app.cfg.boot_timeout.as_millis() as Millis,
                 weight: weight(t.plan),
             },

@@ -2,6 +2,7 @@
 //! operator CLI. Thin: it wires the crates (planner, store, fleet, metering) together.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod bus;
 pub mod cli;
@@ -20,6 +21,7 @@ pub mod limits;
 pub mod live;
 pub mod metrics;
 pub mod openapi;
+pub mod retention;
 pub mod schemas;
 pub mod ssrf;
 pub mod state;
@@ -217,7 +219,7 @@ async fn ingress(app: Arc<App>, queue: shoal_store::ingress::IngressQueue) {
                 max_attempts: job.max_attempts,
                 timeout_s: job.timeout_s,
             };
-            match api::admit(&app, req).await {
+            match api::admit(&app, req, &shoal_core::audit::Actor::system("ingress")).await {
                 Ok(_) => Ok(()),
                 Err(e) if e.code == "rate_limited" || e.status.is_server_error() => {
                     Err(AdmitError::Retry {
@@ -313,6 +315,8 @@ pub async fn serve(
     let control_task = tokio::spawn(Arc::clone(&control).run(observations, followers));
     let live_task = tokio::spawn(live::run(Arc::clone(&app)));
     let delivery_task = tokio::spawn(delivery::run(Arc::clone(&app), holder.clone()));
+    let audit_task = tokio::spawn(audit::run(Arc::clone(&app)));
+    let retention_task = tokio::spawn(retention::run(Arc::clone(&app), Arc::clone(&control)));
     let ingress_task = ingress_queue(&app.cfg)
         .await?
         .map(|queue| tokio::spawn(ingress(Arc::clone(&app), queue)));
@@ -374,6 +378,8 @@ pub async fn serve(
     let _ = control_task.await;
     let _ = live_task.await;
     let _ = delivery_task.await;
+    let _ = audit_task.await;
+    let _ = retention_task.await;
     if let Some(t) = ingress_task {
         let _ = t.await;
     }

@@ -537,7 +537,10 @@ mod tests {
         assert_eq!(s.len(), 2, "the sample older than an hour is dropped");
         let admin = s[1].point(None, &Caller::Admin);
         assert_eq!((admin.queued, admin.active), (7, 5));
-        let b = Caller::Tenant("b".into());
+        let b = Caller::Tenant {
+            tenant: "b".into(),
+            key: "key_b".into(),
+        };
         let only_b = s[1].point(None, &b);
         assert_eq!((only_b.queued, only_b.active), (4, 3));
         assert_eq!(s[1].point(Some("a"), &Caller::Admin).queued, 3);

@@ -25,6 +25,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         (name = "pools", description = "Pools, events and the planner's dry run"),
         (name = "usage", description = "Compute usage per tenant"),
         (name = "webhooks", description = "Endpoints that hear of finished jobs and quota signals, and their deliveries"),
+        (name = "audit", description = "The audit log of every state-changing call, hash-chained"),
         (name = "operators", description = "Live view for the dashboard"),
         (name = "agent", description = "Used by shoal-agent inside a sandbox, with its sandbox token"),
         (name = "health", description = "Liveness, readiness and metrics"),

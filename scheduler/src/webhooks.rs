@@ -225,7 +225,11 @@ pub async fn create(
         guarded,
         created_at: now_ms(),
     };
-    if !app.store.create_endpoint(&endpoint, MAX_ENDPOINTS).await? {
+    if !app
+        .store
+        .create_endpoint(&endpoint, MAX_ENDPOINTS, &caller.actor())
+        .await?
+    {
         return Err(ApiError::conflict(format!(
             "at most {MAX_ENDPOINTS} endpoints per owner; delete one first"
         )));
@@ -265,7 +269,11 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     visible(&app, &caller, &id).await?;
-    if !app.store.delete_endpoint(&id).await? {
+    if !app
+        .store
+        .delete_endpoint(&id, now_ms(), &caller.actor())
+        .await?
+    {
         return Err(ApiError::not_found("webhook", &id));
     }
     Ok(StatusCode::NO_CONTENT)

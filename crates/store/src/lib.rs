@@ -4,24 +4,30 @@
 //! or doubled (admission with its idempotency key and quota, a lease, a completion) is one
 //! transaction here, so the invariants hold whatever the callers race.
 
+pub mod audit;
 pub mod ingress;
 pub mod joblog;
 pub mod outbox;
 pub mod postgres;
 pub mod ratelimit;
+pub mod retention;
 mod rows;
 pub mod sqlite;
+mod tenants;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use shoal_core::audit::Actor;
 use shoal_core::{JobState, Limits, LimitsPatch, Millis, PlanTier, SandboxState};
 use shoal_metering::LedgerEntry;
 
+pub use audit::AuditLog;
 pub use outbox::{
     AttemptOutcome, DeliveryRecord, DeliveryState, EndpointRecord, LeasedDelivery, NewEndpoint,
     Outbox, OutboxEvent, OutboxRecord, QuotaSignal,
 };
 pub use postgres::PostgresStore;
+pub use retention::{Deleted, Expired, Retention};
 pub use sqlite::SqliteStore;
 use std::sync::Arc;
 
@@ -306,7 +312,7 @@ pub struct Finished {
 
 /// Persistence for everything the scheduler knows; the outbox's part is [`Outbox`].
 #[async_trait]
-pub trait Store: Outbox + Send + Sync + 'static {
+pub trait Store: Outbox + AuditLog + Retention + Send + Sync + 'static {
     // Tenants and keys.
     /// Creates or updates a tenant; `true` when it was created.
     async fn put_tenant(
@@ -315,15 +321,29 @@ pub trait Store: Outbox + Send + Sync + 'static {
         plan: PlanTier,
         overrides: &LimitsPatch,
         now: Millis,
+        actor: &Actor,
     ) -> Result<(TenantRecord, bool)>;
     async fn tenant(&self, id: &str) -> Result<Option<TenantRecord>>;
     async fn tenants(&self) -> Result<Vec<TenantRecord>>;
-    async fn set_draining(&self, id: &str, draining: bool, now: Millis) -> Result<bool>;
+    async fn set_draining(
+        &self,
+        id: &str,
+        draining: bool,
+        now: Millis,
+        actor: &Actor,
+    ) -> Result<bool>;
     /// Marks the tenant warned for the period starting at `period_start`; `true` only the first
     /// time in that period.
     async fn mark_quota_warned(&self, id: &str, period_start: Millis, now: Millis) -> Result<bool>;
     /// Records a new key of `tenant` by its id and hash.
-    async fn add_key(&self, tenant: &str, key_id: &str, key_hash: &str, now: Millis) -> Result<()>;
+    async fn add_key(
+        &self,
+        tenant: &str,
+        key_id: &str,
+        key_hash: &str,
+        now: Millis,
+        actor: &Actor,
+    ) -> Result<()>;
     async fn key_tenant(&self, key_hash: &str) -> Result<Option<String>>;
     /// The key with this hash, if it exists (a revoked key does not).
     async fn key(&self, key_hash: &str) -> Result<Option<KeyRecord>>;
@@ -331,7 +351,13 @@ pub trait Store: Outbox + Send + Sync + 'static {
     async fn keys(&self, tenant: &str) -> Result<Vec<KeyRecord>>;
     /// Deletes the tenant's key `key_id`; `true` if there was one. Every replica reads keys from
     /// the store on each request, so the key stops working everywhere at once.
-    async fn revoke_key(&self, tenant: &str, key_id: &str) -> Result<bool>;
+    async fn revoke_key(
+        &self,
+        tenant: &str,
+        key_id: &str,
+        now: Millis,
+        actor: &Actor,
+    ) -> Result<bool>;
     /// Records that the key was used at `now`.
     async fn touch_key(&self, key_id: &str, now: Millis) -> Result<()>;
     /// Jobs the tenant had admitted in the period starting at `period_start`.
@@ -347,6 +373,7 @@ pub trait Store: Outbox + Send + Sync + 'static {
         job: NewJob,
         period_start: Millis,
         limit: Option<u64>,
+        actor: &Actor,
     ) -> Result<Admitted>;
     async fn job(&self, id: &str) -> Result<Option<JobRecord>>;
     async fn jobs(&self, filter: &JobFilter) -> Result<Vec<JobRecord>>;
@@ -359,7 +386,7 @@ pub trait Store: Outbox + Send + Sync + 'static {
     /// to a terminal state (here, in `complete`, and when a put-back job is out of attempts in
     /// `lease`, `expire_leases` and `sandbox_down`) writes its `job.*` event to the outbox in
     /// the same transaction.
-    async fn cancel(&self, id: &str, now: Millis) -> Result<Option<JobRecord>>;
+    async fn cancel(&self, id: &str, now: Millis, actor: &Actor) -> Result<Option<JobRecord>>;
     async fn queue_counts(&self) -> Result<Vec<(String, QueueCounts)>>;
 
     // Dispatch.

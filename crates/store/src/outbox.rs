@@ -36,12 +36,22 @@ pub trait Outbox: Send + Sync {
         limit: u32,
     ) -> Result<Vec<OutboxRecord>>;
     /// Creates a webhook endpoint unless its owner already has `max_per_owner`; `false` then.
-    async fn create_endpoint(&self, e: &NewEndpoint, max_per_owner: u32) -> Result<bool>;
+    async fn create_endpoint(
+        &self,
+        e: &NewEndpoint,
+        max_per_owner: u32,
+        actor: &shoal_core::audit::Actor,
+    ) -> Result<bool>;
     async fn endpoint(&self, id: &str) -> Result<Option<EndpointRecord>>;
     /// Endpoints created by `owner`'s key, or every endpoint (`None`), oldest first.
     async fn endpoints(&self, owner: Option<&str>) -> Result<Vec<EndpointRecord>>;
     /// Deletes an endpoint and its deliveries; `false` when there was none.
-    async fn delete_endpoint(&self, id: &str) -> Result<bool>;
+    async fn delete_endpoint(
+        &self,
+        id: &str,
+        now: Millis,
+        actor: &shoal_core::audit::Actor,
+    ) -> Result<bool>;
     /// Deliveries to one destination, newest first, below `before_seq` when given.
     async fn deliveries(
         &self,
@@ -102,10 +112,15 @@ macro_rules! impl_outbox {
                 &self,
                 e: &crate::NewEndpoint,
                 max_per_owner: u32,
+                actor: &shoal_core::audit::Actor,
             ) -> crate::Result<bool> {
                 let mut tx = self.$begin().await?;
                 let created =
                     crate::outbox::$backend::create_endpoint(&mut tx, e, max_per_owner).await?;
+                if created {
+                    let a = crate::audit::endpoint_create(actor, e);
+                    crate::audit::$backend::record(&mut tx, &a, e.tenant.as_deref()).await?;
+                }
                 tx.commit().await?;
                 Ok(created)
             }
@@ -123,9 +138,24 @@ macro_rules! impl_outbox {
                 crate::outbox::$backend::endpoints(&mut c, owner).await
             }
 
-            async fn delete_endpoint(&self, id: &str) -> crate::Result<bool> {
+            async fn delete_endpoint(
+                &self,
+                id: &str,
+                now: shoal_core::Millis,
+                actor: &shoal_core::audit::Actor,
+            ) -> crate::Result<bool> {
                 let mut tx = self.$begin().await?;
                 let deleted = crate::outbox::$backend::delete_endpoint(&mut tx, id).await?;
+                if deleted {
+                    let a = crate::audit::entry(
+                        actor,
+                        "webhook.delete",
+                        format!("webhook/{id}"),
+                        serde_json::json!({}),
+                        now,
+                    );
+                    crate::audit::$backend::record(&mut tx, &a, None).await?;
+                }
                 tx.commit().await?;
                 Ok(deleted)
             }
@@ -428,7 +458,7 @@ fn endpoint_from_row<'r, R: StoreRow<'r>>(row: &'r R) -> Result<EndpointRecord> 
     })
 }
 
-fn event_from_row<'r, R: StoreRow<'r>>(row: &'r R) -> Result<OutboxRecord> {
+pub(crate) fn event_from_row<'r, R: StoreRow<'r>>(row: &'r R) -> Result<OutboxRecord> {
     Ok(OutboxRecord {
         seq: row.int("seq")?,
         id: row.string("id")?,
@@ -439,7 +469,7 @@ fn event_from_row<'r, R: StoreRow<'r>>(row: &'r R) -> Result<OutboxRecord> {
     })
 }
 
-fn delivery_from_row<'r, R: StoreRow<'r>>(row: &'r R) -> Result<DeliveryRecord> {
+pub(crate) fn delivery_from_row<'r, R: StoreRow<'r>>(row: &'r R) -> Result<DeliveryRecord> {
     Ok(DeliveryRecord {
         seq: row.int("seq")?,
         event_id: row.string("event_id")?,

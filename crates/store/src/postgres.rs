@@ -151,7 +151,9 @@ impl Store for PostgresStore {
         plan: PlanTier,
         overrides: &LimitsPatch,
         now: Millis,
+        actor: &Actor,
     ) -> Result<(TenantRecord, bool)> {
+        let mut tx = self.begin().await?;
         let overrides = serde_json::to_string(overrides).map_err(corrupt)?;
         // `xmax = 0` holds for a row this statement inserted, not for one it updated.
         let row = sqlx::query(sql!(
@@ -165,10 +167,13 @@ impl Store for PostgresStore {
         .bind(plan.as_str())
         .bind(overrides)
         .bind(now)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
         let created: bool = row.try_get("inserted")?;
-        Ok((tenant_from_row(&row)?, created))
+        let t = tenant_from_row(&row)?;
+        audit::postgres::record(&mut tx, &audit::tenant_put(actor, &t, created), Some(id)).await?;
+        tx.commit().await?;
+        Ok((t, created))
     }
 
     async fn tenant(&self, id: &str) -> Result<Option<TenantRecord>> {
@@ -186,14 +191,17 @@ impl Store for PostgresStore {
         rows.iter().map(tenant_from_row).collect()
     }
 
-    async fn set_draining(&self, id: &str, draining: bool, now: Millis) -> Result<bool> {
-        let r = sqlx::query("UPDATE tenants SET draining = $1, updated_at = $2 WHERE id = $3")
-            .bind(draining)
-            .bind(now)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(r.rows_affected() == 1)
+    async fn set_draining(
+        &self,
+        id: &str,
+        draining: bool,
+        now: Millis,
+        actor: &Actor,
+    ) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let done = tenants::postgres::set_draining(&mut tx, id, draining, now, actor).await?;
+        tx.commit().await?;
+        Ok(done)
     }
 
     async fn mark_quota_warned(&self, id: &str, period_start: Millis, now: Millis) -> Result<bool> {
@@ -208,16 +216,17 @@ impl Store for PostgresStore {
         Ok(r.rows_affected() == 1)
     }
 
-    async fn add_key(&self, tenant: &str, key_id: &str, key_hash: &str, now: Millis) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO api_keys (id, key_hash, tenant, created_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(key_id)
-        .bind(key_hash)
-        .bind(tenant)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
+    async fn add_key(
+        &self,
+        tenant: &str,
+        key_id: &str,
+        key_hash: &str,
+        now: Millis,
+        actor: &Actor,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        tenants::postgres::add_key(&mut tx, tenant, key_id, key_hash, now, actor).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -254,13 +263,17 @@ impl Store for PostgresStore {
         rows.iter().map(key_from_row).collect()
     }
 
-    async fn revoke_key(&self, tenant: &str, key_id: &str) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM api_keys WHERE tenant = $1 AND id = $2")
-            .bind(tenant)
-            .bind(key_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
+    async fn revoke_key(
+        &self,
+        tenant: &str,
+        key_id: &str,
+        now: Millis,
+        actor: &Actor,
+    ) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let done = tenants::postgres::revoke_key(&mut tx, tenant, key_id, now, actor).await?;
+        tx.commit().await?;
+        Ok(done)
     }
 
     async fn touch_key(&self, key_id: &str, now: Millis) -> Result<()> {
@@ -288,6 +301,7 @@ impl Store for PostgresStore {
         job: NewJob,
         period_start: Millis,
         limit: Option<u64>,
+        actor: &Actor,
     ) -> Result<Admitted> {
         let mut tx = self.begin().await?;
         // Take the tenant's turn first: the quota row of this month, made on first use.
@@ -400,6 +414,12 @@ impl Store for PostgresStore {
             }
             None => Vec::new(),
         };
+        audit::postgres::record(
+            &mut tx,
+            &audit::job_enqueue(actor, &stored),
+            Some(&job.tenant),
+        )
+        .await?;
         tx.commit().await?;
         Ok(Admitted::Created {
             job: stored,
@@ -454,7 +474,7 @@ impl Store for PostgresStore {
         Ok(page.finish())
     }
 
-    async fn cancel(&self, id: &str, now: Millis) -> Result<Option<JobRecord>> {
+    async fn cancel(&self, id: &str, now: Millis, actor: &Actor) -> Result<Option<JobRecord>> {
         // One statement: it waits for a lease or completion holding the row, then re-checks the
         // state. A running job keeps its lease id so the agent's next heartbeat learns of it.
         let mut tx = self.begin().await?;
@@ -471,6 +491,12 @@ impl Store for PostgresStore {
             Some(row) => {
                 let job = job_from_row(&row)?;
                 outbox::postgres::job_event(&mut tx, &job, now).await?;
+                audit::postgres::record(
+                    &mut tx,
+                    &audit::job_cancel(actor, &job, now),
+                    Some(&job.tenant),
+                )
+                .await?;
                 tx.commit().await?;
                 Ok(Some(job))
             }
@@ -615,6 +641,12 @@ impl Store for PostgresStore {
         .bind(sandbox_id)
         .execute(&mut *tx)
         .await?;
+        audit::postgres::record(
+            &mut tx,
+            &audit::job_lease(sandbox_id, &job),
+            Some(&job.tenant),
+        )
+        .await?;
         tx.commit().await?;
         Ok(Lease::Job(Box::new(job)))
     }
@@ -734,6 +766,10 @@ impl Store for PostgresStore {
             }
             _ => Completed::Stale,
         };
+        if let Completed::Done(job) = &out {
+            let e = audit::job_complete(sandbox_id, job, lease_id, now);
+            audit::postgres::record(&mut tx, &e, Some(&job.tenant)).await?;
+        }
         Self::settle_sandbox(&mut tx, sandbox_id, now).await?;
         tx.commit().await?;
         Ok(out)
@@ -778,6 +814,8 @@ impl Store for PostgresStore {
             if let Some(sb) = &job.sandbox_id {
                 Self::settle_sandbox(&mut tx, sb, now).await?;
             }
+            let e = audit::job_lapsed(&back, "job.lease_expired", now);
+            audit::postgres::record(&mut tx, &e, Some(&back.tenant)).await?;
             out.push(back);
         }
         tx.commit().await?;
@@ -785,6 +823,7 @@ impl Store for PostgresStore {
     }
 
     async fn insert_sandbox(&self, s: NewSandbox) -> Result<SandboxRecord> {
+        let mut tx = self.begin().await?;
         let row = sqlx::query(sql!(
             "INSERT INTO sandboxes (id, tenant, state, provider, token_hash, cpus_milli, memory_mb, since, created_at) \
              VALUES ($1, $2, 'booting', $3, $4, $5, $6, $7, $7) RETURNING ",
@@ -797,9 +836,12 @@ impl Store for PostgresStore {
         .bind(s.cpus_milli as i64)
         .bind(s.memory_mb as i64)
         .bind(s.now)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
-        sandbox_from_row(&row)
+        let sb = sandbox_from_row(&row)?;
+        audit::postgres::record(&mut tx, &audit::sandbox_create(&sb), Some(&sb.tenant)).await?;
+        tx.commit().await?;
+        Ok(sb)
     }
 
     async fn set_provider_id(&self, id: &str, provider_id: &str) -> Result<()> {
@@ -820,17 +862,24 @@ impl Store for PostgresStore {
     ) -> Result<bool> {
         // One statement: the state it checks is the state it changes.
         let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
-        let r = sqlx::query(
+        let mut tx = self.begin().await?;
+        let tenant: Option<String> = sqlx::query_scalar(
             "UPDATE sandboxes SET state = $1, since = $2, idle_since = CASE WHEN $1 = 'ready' THEN $2 ELSE NULL END \
-             WHERE id = $3 AND state = ANY($4)",
+             WHERE id = $3 AND state = ANY($4) RETURNING tenant",
         )
         .bind(to.as_str())
         .bind(now)
         .bind(id)
         .bind(&from)
-        .execute(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        Ok(r.rows_affected() == 1)
+        let Some(tenant) = tenant else {
+            return Ok(false);
+        };
+        let e = audit::sandbox_state(id, &tenant, to, 0, now);
+        audit::postgres::record(&mut tx, &e, Some(&tenant)).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn sandbox_down(
@@ -844,16 +893,24 @@ impl Store for PostgresStore {
         let lost = serde_json::json!({"code": "sandbox_lost", "message": format!("sandbox {id} went {to} while running the job")});
         let mut back = Vec::new();
         for job in Self::running_on(&mut tx, id).await? {
-            back.push(Self::put_back(&mut tx, &job, &lost, now).await?);
+            let job = Self::put_back(&mut tx, &job, &lost, now).await?;
+            let e = audit::job_lapsed(&job, "job.sandbox_lost", now);
+            audit::postgres::record(&mut tx, &e, Some(&job.tenant)).await?;
+            back.push(job);
         }
-        sqlx::query(
-            "UPDATE sandboxes SET state = $1, since = $2, idle_since = NULL WHERE id = $3 AND state != 'destroyed'",
+        let tenant: Option<String> = sqlx::query_scalar(
+            "UPDATE sandboxes SET state = $1, since = $2, idle_since = NULL WHERE id = $3 AND state != 'destroyed' \
+             RETURNING tenant",
         )
         .bind(to.as_str())
         .bind(now)
         .bind(id)
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
+        if let Some(tenant) = tenant {
+            let e = audit::sandbox_state(id, &tenant, to, back.len(), now);
+            audit::postgres::record(&mut tx, &e, Some(&tenant)).await?;
+        }
         tx.commit().await?;
         Ok(back)
     }
@@ -1159,3 +1216,5 @@ impl PostgresStore {
 }
 
 crate::outbox::impl_outbox!(PostgresStore, postgres, begin);
+crate::audit::impl_audit!(PostgresStore, postgres, begin);
+crate::retention::impl_retention!(PostgresStore, postgres, begin);

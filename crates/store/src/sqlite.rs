@@ -136,6 +136,7 @@ impl Store for SqliteStore {
         plan: PlanTier,
         overrides: &LimitsPatch,
         now: Millis,
+        actor: &Actor,
     ) -> Result<(TenantRecord, bool)> {
         let mut tx = self.write().await?;
         let existed = sqlx::query("SELECT 1 FROM tenants WHERE id = ?")
@@ -160,6 +161,7 @@ impl Store for SqliteStore {
             .fetch_one(&mut *tx)
             .await?;
         let t = tenant_from_row(&row)?;
+        audit::sqlite::record(&mut tx, &audit::tenant_put(actor, &t, !existed), Some(id)).await?;
         tx.commit().await?;
         Ok((t, !existed))
     }
@@ -179,14 +181,17 @@ impl Store for SqliteStore {
         rows.iter().map(tenant_from_row).collect()
     }
 
-    async fn set_draining(&self, id: &str, draining: bool, now: Millis) -> Result<bool> {
-        let r = sqlx::query("UPDATE tenants SET draining = ?, updated_at = ? WHERE id = ?")
-            .bind(draining)
-            .bind(now)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(r.rows_affected() == 1)
+    async fn set_draining(
+        &self,
+        id: &str,
+        draining: bool,
+        now: Millis,
+        actor: &Actor,
+    ) -> Result<bool> {
+        let mut tx = self.write().await?;
+        let done = tenants::sqlite::set_draining(&mut tx, id, draining, now, actor).await?;
+        tx.commit().await?;
+        Ok(done)
     }
 
     async fn mark_quota_warned(&self, id: &str, period_start: Millis, now: Millis) -> Result<bool> {
@@ -201,14 +206,17 @@ impl Store for SqliteStore {
         Ok(r.rows_affected() == 1)
     }
 
-    async fn add_key(&self, tenant: &str, key_id: &str, key_hash: &str, now: Millis) -> Result<()> {
-        sqlx::query("INSERT INTO api_keys (id, key_hash, tenant, created_at) VALUES (?, ?, ?, ?)")
-            .bind(key_id)
-            .bind(key_hash)
-            .bind(tenant)
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
+    async fn add_key(
+        &self,
+        tenant: &str,
+        key_id: &str,
+        key_hash: &str,
+        now: Millis,
+        actor: &Actor,
+    ) -> Result<()> {
+        let mut tx = self.write().await?;
+        tenants::sqlite::add_key(&mut tx, tenant, key_id, key_hash, now, actor).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -245,13 +253,17 @@ impl Store for SqliteStore {
         rows.iter().map(key_from_row).collect()
     }
 
-    async fn revoke_key(&self, tenant: &str, key_id: &str) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM api_keys WHERE tenant = ? AND id = ?")
-            .bind(tenant)
-            .bind(key_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
+    async fn revoke_key(
+        &self,
+        tenant: &str,
+        key_id: &str,
+        now: Millis,
+        actor: &Actor,
+    ) -> Result<bool> {
+        let mut tx = self.write().await?;
+        let done = tenants::sqlite::revoke_key(&mut tx, tenant, key_id, now, actor).await?;
+        tx.commit().await?;
+        Ok(done)
     }
 
     async fn touch_key(&self, key_id: &str, now: Millis) -> Result<()> {
@@ -279,6 +291,7 @@ impl Store for SqliteStore {
         job: NewJob,
         period_start: Millis,
         limit: Option<u64>,
+        actor: &Actor,
     ) -> Result<Admitted> {
         let mut tx = self.write().await?;
         if let Some(key) = &job.idempotency_key {
@@ -365,6 +378,12 @@ impl Store for SqliteStore {
             }
             None => Vec::new(),
         };
+        audit::sqlite::record(
+            &mut tx,
+            &audit::job_enqueue(actor, &stored),
+            Some(&job.tenant),
+        )
+        .await?;
         tx.commit().await?;
         Ok(Admitted::Created {
             job: stored,
@@ -419,7 +438,7 @@ impl Store for SqliteStore {
         Ok(page.finish())
     }
 
-    async fn cancel(&self, id: &str, now: Millis) -> Result<Option<JobRecord>> {
+    async fn cancel(&self, id: &str, now: Millis, actor: &Actor) -> Result<Option<JobRecord>> {
         let mut tx = self.write().await?;
         // A running job keeps its lease id so the agent's next heartbeat learns of the cancel.
         let r = sqlx::query(
@@ -432,6 +451,12 @@ impl Store for SqliteStore {
         let job = Self::job_tx(&mut tx, id).await?;
         if let Some(job) = job.as_ref().filter(|_| r.rows_affected() == 1) {
             outbox::sqlite::job_event(&mut tx, job, now).await?;
+            audit::sqlite::record(
+                &mut tx,
+                &audit::job_cancel(actor, job, now),
+                Some(&job.tenant),
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(job)
@@ -572,6 +597,12 @@ impl Store for SqliteStore {
         let job = Self::job_tx(&mut tx, &job_id)
             .await?
             .ok_or_else(|| corrupt("leased job vanished"))?;
+        audit::sqlite::record(
+            &mut tx,
+            &audit::job_lease(sandbox_id, &job),
+            Some(&job.tenant),
+        )
+        .await?;
         tx.commit().await?;
         Ok(Lease::Job(Box::new(job)))
     }
@@ -683,6 +714,10 @@ impl Store for SqliteStore {
             }
             _ => Completed::Stale,
         };
+        if let Completed::Done(job) = &out {
+            let e = audit::job_complete(sandbox_id, job, lease_id, now);
+            audit::sqlite::record(&mut tx, &e, Some(&job.tenant)).await?;
+        }
         Self::settle_sandbox(&mut tx, sandbox_id, now).await?;
         tx.commit().await?;
         Ok(out)
@@ -706,6 +741,8 @@ impl Store for SqliteStore {
             if let Some(sb) = &job.sandbox_id {
                 Self::settle_sandbox(&mut tx, sb, now).await?;
             }
+            let e = audit::job_lapsed(&back, "job.lease_expired", now);
+            audit::sqlite::record(&mut tx, &e, Some(&back.tenant)).await?;
             out.push(back);
         }
         tx.commit().await?;
@@ -713,6 +750,7 @@ impl Store for SqliteStore {
     }
 
     async fn insert_sandbox(&self, s: NewSandbox) -> Result<SandboxRecord> {
+        let mut tx = self.write().await?;
         sqlx::query(
             "INSERT INTO sandboxes (id, tenant, state, provider, token_hash, cpus_milli, memory_mb, since, created_at) \
              VALUES (?, ?, 'booting', ?, ?, ?, ?, ?, ?)",
@@ -725,11 +763,20 @@ impl Store for SqliteStore {
         .bind(s.memory_mb as i64)
         .bind(s.now)
         .bind(s.now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        self.sandbox(&s.id)
-            .await?
-            .ok_or_else(|| corrupt("inserted sandbox vanished"))
+        let row = sqlx::query(sql!(
+            "SELECT ",
+            SANDBOX_COLS,
+            " FROM sandboxes WHERE id = ?"
+        ))
+        .bind(&s.id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let sb = sandbox_from_row(&row)?;
+        audit::sqlite::record(&mut tx, &audit::sandbox_create(&sb), Some(&sb.tenant)).await?;
+        tx.commit().await?;
+        Ok(sb)
     }
 
     async fn set_provider_id(&self, id: &str, provider_id: &str) -> Result<()> {
@@ -766,6 +813,12 @@ impl Store for SqliteStore {
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        let tenant: String = sqlx::query_scalar("SELECT tenant FROM sandboxes WHERE id = ?")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let e = audit::sandbox_state(id, &tenant, to, 0, now);
+        audit::sqlite::record(&mut tx, &e, Some(&tenant)).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -780,14 +833,25 @@ impl Store for SqliteStore {
         let lost = serde_json::json!({"code": "sandbox_lost", "message": format!("sandbox {id} went {to} while running the job")});
         let mut back = Vec::new();
         for job in Self::running_on(&mut tx, id).await? {
-            back.push(Self::put_back(&mut tx, &job, &lost, now).await?);
+            let job = Self::put_back(&mut tx, &job, &lost, now).await?;
+            let e = audit::job_lapsed(&job, "job.sandbox_lost", now);
+            audit::sqlite::record(&mut tx, &e, Some(&job.tenant)).await?;
+            back.push(job);
         }
-        sqlx::query("UPDATE sandboxes SET state = ?, since = ?, idle_since = NULL WHERE id = ? AND state != 'destroyed'")
+        let r = sqlx::query("UPDATE sandboxes SET state = ?, since = ?, idle_since = NULL WHERE id = ? AND state != 'destroyed'")
             .bind(to.as_str())
             .bind(now)
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        if r.rows_affected() == 1 {
+            let tenant: String = sqlx::query_scalar("SELECT tenant FROM sandboxes WHERE id = ?")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+            let e = audit::sandbox_state(id, &tenant, to, back.len(), now);
+            audit::sqlite::record(&mut tx, &e, Some(&tenant)).await?;
+        }
         tx.commit().await?;
         Ok(back)
     }
@@ -1044,3 +1108,5 @@ impl Store for SqliteStore {
 }
 
 crate::outbox::impl_outbox!(SqliteStore, sqlite, write);
+crate::audit::impl_audit!(SqliteStore, sqlite, write);
+crate::retention::impl_retention!(SqliteStore, sqlite, write);

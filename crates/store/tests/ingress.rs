@@ -4,6 +4,7 @@
 
 use anyhow::{Result, bail};
 use serde_json::json;
+use shoal_core::audit::Actor;
 use shoal_core::{LimitsPatch, PlanTier};
 use shoal_store::ingress::{
     AdmitError, ConsumerConfig, DEFAULT_QUEUE, IngressJob, IngressQueue, QueueStats, run_ingress,
@@ -49,7 +50,11 @@ async fn admit(
         timeout_s: job.timeout_s.unwrap_or(3600),
         created_at: 1,
     };
-    match store.admit(new, 0, None).await.map_err(retry)? {
+    match store
+        .admit(new, 0, None, &Actor::admin())
+        .await
+        .map_err(retry)?
+    {
         Admitted::Created { .. } | Admitted::Existing(_) => Ok(()),
         Admitted::QuotaExceeded { used, limit } => Err(AdmitError::Rejected {
             code: "quota_exceeded".into(),
@@ -132,7 +137,13 @@ async fn shoal_store(pg: &Postgres) -> Result<(Arc<dyn Store>, PostgresStore)> {
     let url = pg.create_database()?;
     let store = PostgresStore::open(&url).await?;
     store
-        .put_tenant("t", PlanTier::Enterprise, &LimitsPatch::default(), 0)
+        .put_tenant(
+            "t",
+            PlanTier::Enterprise,
+            &LimitsPatch::default(),
+            0,
+            &Actor::admin(),
+        )
         .await?;
     Ok((Arc::new(store.clone()), store))
 }

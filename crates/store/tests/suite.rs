@@ -3,6 +3,7 @@
 //! Each check is one function taking a `Store`; [`conformance!`] makes a test of it per backend.
 
 use serde_json::json;
+use shoal_core::audit::Actor;
 use shoal_core::{JobState, LimitsPatch, PlanTier, SandboxState};
 use shoal_store::*;
 use shoal_testkit::services::Postgres;
@@ -70,6 +71,9 @@ conformance! {
     concurrent_delivery_leases_never_overlap => outbox_concurrent_leases,
     endpoints_are_owned_bounded_and_deletable => outbox_endpoints,
     outbox_appends_are_idempotent_and_ordered => outbox_appends,
+    every_change_is_audited_and_sealed_into_one_chain => audit_chain,
+    concurrent_sealers_seal_each_record_once => audit_concurrent_sealers,
+    retention_takes_only_what_aged_out => retention,
 }
 
 fn job(id: &str, tenant: &str, key: Option<&str>, priority: i32, at: i64) -> NewJob {
@@ -94,11 +98,23 @@ const POLICY: LeasePolicy = LeasePolicy {
 
 async fn setup(store: &dyn Store) {
     store
-        .put_tenant("t", PlanTier::Pro, &LimitsPatch::default(), 0)
+        .put_tenant(
+            "t",
+            PlanTier::Pro,
+            &LimitsPatch::default(),
+            0,
+            &Actor::admin(),
+        )
         .await
         .unwrap();
     store
-        .put_tenant("u", PlanTier::Pro, &LimitsPatch::default(), 0)
+        .put_tenant(
+            "u",
+            PlanTier::Pro,
+            &LimitsPatch::default(),
+            0,
+            &Actor::admin(),
+        )
         .await
         .unwrap();
     for (id, tenant) in [("sb1", "t"), ("sb2", "t"), ("sbu", "u")] {
@@ -129,12 +145,22 @@ async fn suite(store: Arc<dyn Store>) {
 
     // Idempotency: the same key gives the first job back and stores nothing new.
     let a = store
-        .admit(job("j1", "t", Some("k"), 0, 1), 0, Some(100))
+        .admit(
+            job("j1", "t", Some("k"), 0, 1),
+            0,
+            Some(100),
+            &Actor::admin(),
+        )
         .await
         .unwrap();
     assert!(matches!(a, Admitted::Created { period_jobs: 1, .. }));
     let again = store
-        .admit(job("j1b", "t", Some("k"), 0, 2), 0, Some(100))
+        .admit(
+            job("j1b", "t", Some("k"), 0, 2),
+            0,
+            Some(100),
+            &Actor::admin(),
+        )
         .await
         .unwrap();
     assert!(matches!(&again, Admitted::Existing(j) if j.id == "j1"));
@@ -142,7 +168,12 @@ async fn suite(store: Arc<dyn Store>) {
     // The same key under another tenant is another job.
     assert!(matches!(
         store
-            .admit(job("ju", "u", Some("k"), 0, 3), 0, Some(100))
+            .admit(
+                job("ju", "u", Some("k"), 0, 3),
+                0,
+                Some(100),
+                &Actor::admin()
+            )
             .await
             .unwrap(),
         Admitted::Created { .. }
@@ -150,11 +181,11 @@ async fn suite(store: Arc<dyn Store>) {
 
     // Priority first, then age; a sandbox only ever gets its own tenant's jobs.
     store
-        .admit(job("j2", "t", None, 5, 4), 0, Some(100))
+        .admit(job("j2", "t", None, 5, 4), 0, Some(100), &Actor::admin())
         .await
         .unwrap();
     store
-        .admit(job("j3", "t", None, 0, 5), 0, Some(100))
+        .admit(job("j3", "t", None, 0, 5), 0, Some(100), &Actor::admin())
         .await
         .unwrap();
     let first = leased(store.lease("sb1", POLICY, 10).await.unwrap());
@@ -285,7 +316,11 @@ async fn suite(store: Arc<dyn Store>) {
     // Cancel: a running job is cancelled at once and its agent learns it from the heartbeat.
     let j3 = leased(store.lease("sb1", POLICY, 30_200).await.unwrap());
     let l3 = j3.lease_id.unwrap();
-    let c = store.cancel("j3", 30_300).await.unwrap().unwrap();
+    let c = store
+        .cancel("j3", 30_300, &Actor::admin())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(c.state, JobState::Cancelled);
     assert_eq!(
         store.heartbeat("j3", &l3, 10_000, 30_400).await.unwrap(),
@@ -318,13 +353,23 @@ async fn suite(store: Arc<dyn Store>) {
     );
     // A finished job stays as it was.
     assert_eq!(
-        store.cancel("j2", 30_600).await.unwrap().unwrap().state,
+        store
+            .cancel("j2", 30_600, &Actor::admin())
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
         JobState::Succeeded
     );
 
     // A sandbox that goes down puts its running job back.
     store
-        .admit(job("j4", "t", None, 0, 40_000), 0, Some(100))
+        .admit(
+            job("j4", "t", None, 0, 40_000),
+            0,
+            Some(100),
+            &Actor::admin(),
+        )
         .await
         .unwrap();
     let j4 = leased(store.lease("sb2", POLICY, 40_001).await.unwrap());
@@ -389,7 +434,12 @@ async fn suite(store: Arc<dyn Store>) {
         Lease::Idle
     );
     store
-        .admit(job("j5", "t", None, 0, 40_030), 0, Some(100))
+        .admit(
+            job("j5", "t", None, 0, 40_030),
+            0,
+            Some(100),
+            &Actor::admin(),
+        )
         .await
         .unwrap();
     leased(store.lease("sb1", POLICY, 40_031).await.unwrap());
@@ -419,13 +469,24 @@ async fn suite(store: Arc<dyn Store>) {
 
     // Quota: the limit blocks and stores nothing.
     store
-        .put_tenant("q", PlanTier::Free, &LimitsPatch::default(), 0)
+        .put_tenant(
+            "q",
+            PlanTier::Free,
+            &LimitsPatch::default(),
+            0,
+            &Actor::admin(),
+        )
         .await
         .unwrap();
     for i in 0..3 {
         assert!(matches!(
             store
-                .admit(job(&format!("q{i}"), "q", None, 0, 1), 7, Some(3))
+                .admit(
+                    job(&format!("q{i}"), "q", None, 0, 1),
+                    7,
+                    Some(3),
+                    &Actor::admin()
+                )
                 .await
                 .unwrap(),
             Admitted::Created { .. }
@@ -433,7 +494,7 @@ async fn suite(store: Arc<dyn Store>) {
     }
     assert_eq!(
         store
-            .admit(job("q3", "q", None, 0, 1), 7, Some(3))
+            .admit(job("q3", "q", None, 0, 1), 7, Some(3), &Actor::admin())
             .await
             .unwrap(),
         Admitted::QuotaExceeded { used: 3, limit: 3 }
@@ -443,7 +504,7 @@ async fn suite(store: Arc<dyn Store>) {
     assert!(
         matches!(
             store
-                .admit(job("q4", "q", None, 0, 1), 8, Some(3))
+                .admit(job("q4", "q", None, 0, 1), 8, Some(3), &Actor::admin())
                 .await
                 .unwrap(),
             Admitted::Created { period_jobs: 1, .. }
@@ -458,7 +519,12 @@ async fn suite(store: Arc<dyn Store>) {
 
     // A suspended sandbox's frozen agent gets no work and does not make it look ready.
     store
-        .admit(job("ju2", "u", None, 0, 50_000), 0, Some(100))
+        .admit(
+            job("ju2", "u", None, 0, 50_000),
+            0,
+            Some(100),
+            &Actor::admin(),
+        )
         .await
         .unwrap();
     assert!(
@@ -520,7 +586,13 @@ async fn suite(store: Arc<dyn Store>) {
 /// Many concurrent lease requests for few jobs: each job goes to exactly one sandbox.
 async fn concurrent_leases(store: Arc<dyn Store>) {
     store
-        .put_tenant("t", PlanTier::Enterprise, &LimitsPatch::default(), 0)
+        .put_tenant(
+            "t",
+            PlanTier::Enterprise,
+            &LimitsPatch::default(),
+            0,
+            &Actor::admin(),
+        )
         .await
         .unwrap();
     for i in 0..16 {
@@ -539,7 +611,12 @@ async fn concurrent_leases(store: Arc<dyn Store>) {
     }
     for i in 0..40 {
         store
-            .admit(job(&format!("j{i}"), "t", None, 0, i), 0, None)
+            .admit(
+                job(&format!("j{i}"), "t", None, 0, i),
+                0,
+                None,
+                &Actor::admin(),
+            )
             .await
             .unwrap();
     }
@@ -580,7 +657,13 @@ async fn concurrent_leases(store: Arc<dyn Store>) {
 
 async fn ledger_and_events(store: Arc<dyn Store>) {
     store
-        .put_tenant("t", PlanTier::Pro, &LimitsPatch::default(), 0)
+        .put_tenant(
+            "t",
+            PlanTier::Pro,
+            &LimitsPatch::default(),
+            0,
+            &Actor::admin(),
+        )
         .await
         .unwrap();
     use shoal_metering::{LedgerEntry, LedgerKind};
@@ -618,7 +701,13 @@ async fn ledger_and_events(store: Arc<dyn Store>) {
 /// overrun and each key makes exactly one job.
 async fn concurrent_admissions(store: Arc<dyn Store>) {
     store
-        .put_tenant("t", PlanTier::Pro, &LimitsPatch::default(), 0)
+        .put_tenant(
+            "t",
+            PlanTier::Pro,
+            &LimitsPatch::default(),
+            0,
+            &Actor::admin(),
+        )
         .await
         .unwrap();
     let mut handles = Vec::new();
@@ -628,7 +717,12 @@ async fn concurrent_admissions(store: Arc<dyn Store>) {
             // Keys k0..k9, each sent four times.
             let key = format!("k{}", i % 10);
             store
-                .admit(job(&format!("j{i}"), "t", Some(&key), 0, i), 0, Some(6))
+                .admit(
+                    job(&format!("j{i}"), "t", Some(&key), 0, i),
+                    0,
+                    Some(6),
+                    &Actor::admin(),
+                )
                 .await
                 .unwrap()
         }));
@@ -688,7 +782,13 @@ async fn concurrent_admissions(store: Arc<dyn Store>) {
 /// Sandboxes of one tenant leasing at once never run more jobs than its concurrency limit.
 async fn concurrency_limit_races(store: Arc<dyn Store>) {
     store
-        .put_tenant("t", PlanTier::Enterprise, &LimitsPatch::default(), 0)
+        .put_tenant(
+            "t",
+            PlanTier::Enterprise,
+            &LimitsPatch::default(),
+            0,
+            &Actor::admin(),
+        )
         .await
         .unwrap();
     for i in 0..8 {
@@ -707,7 +807,12 @@ async fn concurrency_limit_races(store: Arc<dyn Store>) {
     }
     for i in 0..20 {
         store
-            .admit(job(&format!("j{i}"), "t", None, 0, i), 0, None)
+            .admit(
+                job(&format!("j{i}"), "t", None, 0, i),
+                0,
+                None,
+                &Actor::admin(),
+            )
             .await
             .unwrap();
     }
@@ -749,9 +854,18 @@ async fn unknown_url(_store: Arc<dyn Store>) {
 
 async fn keys(store: Arc<dyn Store>) {
     setup(&*store).await;
-    store.add_key("t", "key_1", "hash-1", 10).await.unwrap();
-    store.add_key("t", "key_2", "hash-2", 20).await.unwrap();
-    store.add_key("u", "key_3", "hash-3", 30).await.unwrap();
+    store
+        .add_key("t", "key_1", "hash-1", 10, &Actor::admin())
+        .await
+        .unwrap();
+    store
+        .add_key("t", "key_2", "hash-2", 20, &Actor::admin())
+        .await
+        .unwrap();
+    store
+        .add_key("u", "key_3", "hash-3", 30, &Actor::admin())
+        .await
+        .unwrap();
     let k = store.key("hash-1").await.unwrap().unwrap();
     assert_eq!(
         (
@@ -770,9 +884,24 @@ async fn keys(store: Arc<dyn Store>) {
     let ids = |v: Vec<KeyRecord>| v.into_iter().map(|k| k.id).collect::<Vec<_>>();
     assert_eq!(ids(store.keys("t").await.unwrap()), ["key_1", "key_2"]);
     // A key is revoked only through its own tenant, and then it no longer authenticates.
-    assert!(!store.revoke_key("u", "key_1").await.unwrap());
-    assert!(store.revoke_key("t", "key_1").await.unwrap());
-    assert!(!store.revoke_key("t", "key_1").await.unwrap());
+    assert!(
+        !store
+            .revoke_key("u", "key_1", 1, &Actor::admin())
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .revoke_key("t", "key_1", 1, &Actor::admin())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .revoke_key("t", "key_1", 1, &Actor::admin())
+            .await
+            .unwrap()
+    );
     assert_eq!(store.key("hash-1").await.unwrap(), None);
     assert_eq!(store.key_tenant("hash-1").await.unwrap(), None);
     assert_eq!(ids(store.keys("t").await.unwrap()), ["key_2"]);
@@ -788,7 +917,7 @@ async fn job_pages(store: Arc<dyn Store>) {
     for i in 0..5 {
         let id = format!("p{i}");
         store
-            .admit(job(&id, "t", None, 0, i), 0, None)
+            .admit(job(&id, "t", None, 0, i), 0, None, &Actor::admin())
             .await
             .unwrap();
         let j = leased(store.lease("sb1", POLICY, 10 + i).await.unwrap());
@@ -875,7 +1004,7 @@ async fn read_log(store: &dyn Store, id: &str) -> (u64, u64, Vec<u8>) {
 async fn job_logs(store: Arc<dyn Store>) {
     setup(&*store).await;
     store
-        .admit(job("j", "t", None, 0, 1), 0, None)
+        .admit(job("j", "t", None, 0, 1), 0, None, &Actor::admin())
         .await
         .unwrap();
     let j = leased(store.lease("sb1", POLICY, 2).await.unwrap());
@@ -1010,7 +1139,7 @@ async fn job_logs(store: Arc<dyn Store>) {
 async fn concurrent_log_appends(store: Arc<dyn Store>) {
     setup(&*store).await;
     store
-        .admit(job("j", "t", None, 0, 1), 0, None)
+        .admit(job("j", "t", None, 0, 1), 0, None, &Actor::admin())
         .await
         .unwrap();
     let lease = leased(store.lease("sb1", POLICY, 2).await.unwrap())
@@ -1076,11 +1205,16 @@ async fn outbox_job_events(store: Arc<dyn Store>) {
             Some(&["job.failed", "job.dead"]),
         ),
     ] {
-        assert!(store.create_endpoint(&e, 10).await.unwrap());
+        assert!(
+            store
+                .create_endpoint(&e, 10, &Actor::admin())
+                .await
+                .unwrap()
+        );
     }
     // Succeeded and failed, by completion.
     store
-        .admit(job("ok", "t", None, 0, 1), 0, None)
+        .admit(job("ok", "t", None, 0, 1), 0, None, &Actor::admin())
         .await
         .unwrap();
     let l = leased(store.lease("sb1", POLICY, 10).await.unwrap());
@@ -1098,7 +1232,7 @@ async fn outbox_job_events(store: Arc<dyn Store>) {
         .unwrap();
     assert!(matches!(r, Completed::Done(_)));
     store
-        .admit(job("bad", "u", None, 0, 2), 0, None)
+        .admit(job("bad", "u", None, 0, 2), 0, None, &Actor::admin())
         .await
         .unwrap();
     let l = leased(store.lease("sbu", POLICY, 30).await.unwrap());
@@ -1117,14 +1251,14 @@ async fn outbox_job_events(store: Arc<dyn Store>) {
         .unwrap();
     // Cancelled while queued; cancelling again writes nothing more.
     store
-        .admit(job("gone", "t", None, 0, 3), 0, None)
+        .admit(job("gone", "t", None, 0, 3), 0, None, &Actor::admin())
         .await
         .unwrap();
-    store.cancel("gone", 50).await.unwrap();
-    store.cancel("gone", 51).await.unwrap();
+    store.cancel("gone", 50, &Actor::admin()).await.unwrap();
+    store.cancel("gone", 51, &Actor::admin()).await.unwrap();
     // Dead: a lease that lapsed on its last attempt (max_attempts is 2).
     store
-        .admit(job("lapse", "u", None, 0, 4), 0, None)
+        .admit(job("lapse", "u", None, 0, 4), 0, None, &Actor::admin())
         .await
         .unwrap();
     for round in 0..2 {
@@ -1137,7 +1271,7 @@ async fn outbox_job_events(store: Arc<dyn Store>) {
     }
     // Dead: the sandbox went away under its last attempt.
     store
-        .admit(job("lost", "t", None, 0, 5), 0, None)
+        .admit(job("lost", "t", None, 0, 5), 0, None, &Actor::admin())
         .await
         .unwrap();
     for at in [300_000, 300_010] {
@@ -1232,15 +1366,18 @@ async fn outbox_job_events(store: Arc<dyn Store>) {
     // An endpoint created now hears of what happens from now on only.
     assert!(
         store
-            .create_endpoint(&endpoint("late", None, None, None), 10)
+            .create_endpoint(&endpoint("late", None, None, None), 10, &Actor::admin())
             .await
             .unwrap()
     );
     store
-        .admit(job("after", "t", None, 0, 6), 0, None)
+        .admit(job("after", "t", None, 0, 6), 0, None, &Actor::admin())
         .await
         .unwrap();
-    store.cancel("after", 400_000).await.unwrap();
+    store
+        .cancel("after", 400_000, &Actor::admin())
+        .await
+        .unwrap();
     let late = delivered_to(&*store, "late").await;
     assert_eq!(late.len(), 1);
     assert_eq!(late[0].1, "job.cancelled");
@@ -1253,14 +1390,23 @@ async fn outbox_quota_signals(store: Arc<dyn Store>) {
     setup(&*store).await;
     assert!(
         store
-            .create_endpoint(&endpoint("t-hook", Some("t"), Some("t"), None), 10)
+            .create_endpoint(
+                &endpoint("t-hook", Some("t"), Some("t"), None),
+                10,
+                &Actor::admin()
+            )
             .await
             .unwrap()
     );
     let mut signals = Vec::new();
     for i in 0..5 {
         match store
-            .admit(job(&format!("a{i}"), "t", None, 0, 10 + i), 0, Some(5))
+            .admit(
+                job(&format!("a{i}"), "t", None, 0, 10 + i),
+                0,
+                Some(5),
+                &Actor::admin(),
+            )
             .await
             .unwrap()
         {
@@ -1280,7 +1426,7 @@ async fn outbox_quota_signals(store: Arc<dyn Store>) {
     );
     assert!(matches!(
         store
-            .admit(job("a5", "t", None, 0, 20), 0, Some(5))
+            .admit(job("a5", "t", None, 0, 20), 0, Some(5), &Actor::admin())
             .await
             .unwrap(),
         Admitted::QuotaExceeded { .. }
@@ -1320,7 +1466,12 @@ async fn outbox_quota_signals(store: Arc<dyn Store>) {
     let next = 2_678_400_000; // February 1970
     for i in 0..5 {
         store
-            .admit(job(&format!("b{i}"), "t", None, 0, next + i), next, Some(5))
+            .admit(
+                job(&format!("b{i}"), "t", None, 0, next + i),
+                next,
+                Some(5),
+                &Actor::admin(),
+            )
             .await
             .unwrap();
     }
@@ -1330,14 +1481,24 @@ async fn outbox_quota_signals(store: Arc<dyn Store>) {
     // once.
     for i in 0..3 {
         store
-            .admit(job(&format!("u{i}"), "u", None, 0, 30 + i), 0, Some(100))
+            .admit(
+                job(&format!("u{i}"), "u", None, 0, 30 + i),
+                0,
+                Some(100),
+                &Actor::admin(),
+            )
             .await
             .unwrap();
     }
     for i in 3..6 {
         assert!(matches!(
             store
-                .admit(job(&format!("u{i}"), "u", None, 0, 40 + i), 0, Some(2))
+                .admit(
+                    job(&format!("u{i}"), "u", None, 0, 40 + i),
+                    0,
+                    Some(2),
+                    &Actor::admin()
+                )
                 .await
                 .unwrap(),
             Admitted::QuotaExceeded { used: 3, limit: 2 }
@@ -1364,17 +1525,25 @@ async fn outbox_deliveries(store: Arc<dyn Store>) {
     setup(&*store).await;
     assert!(
         store
-            .create_endpoint(&endpoint("hook", None, None, None), 10)
+            .create_endpoint(&endpoint("hook", None, None, None), 10, &Actor::admin())
             .await
             .unwrap()
     );
     assert_eq!(store.next_delivery_due().await.unwrap(), None);
     for (i, at) in [(0, 1_000), (1, 1_001)] {
         store
-            .admit(job(&format!("c{i}"), "t", None, 0, at), 0, None)
+            .admit(
+                job(&format!("c{i}"), "t", None, 0, at),
+                0,
+                None,
+                &Actor::admin(),
+            )
             .await
             .unwrap();
-        store.cancel(&format!("c{i}"), at).await.unwrap();
+        store
+            .cancel(&format!("c{i}"), at, &Actor::admin())
+            .await
+            .unwrap();
     }
     assert_eq!(store.next_delivery_due().await.unwrap(), Some(1_000));
     assert!(
@@ -1514,10 +1683,10 @@ async fn outbox_deliveries(store: Arc<dyn Store>) {
 
     // A failure with no retry left is final at once.
     store
-        .admit(job("c2", "t", None, 0, 20_000), 0, None)
+        .admit(job("c2", "t", None, 0, 20_000), 0, None, &Actor::admin())
         .await
         .unwrap();
-    store.cancel("c2", 20_000).await.unwrap();
+    store.cancel("c2", 20_000, &Actor::admin()).await.unwrap();
     let d = store
         .lease_deliveries("r1", 10, 500, 3, 20_000)
         .await
@@ -1546,7 +1715,7 @@ async fn outbox_concurrent_leases(store: Arc<dyn Store>) {
     for h in ["h1", "h2"] {
         assert!(
             store
-                .create_endpoint(&endpoint(h, None, None, None), 10)
+                .create_endpoint(&endpoint(h, None, None, None), 10, &Actor::admin())
                 .await
                 .unwrap()
         );
@@ -1591,44 +1760,64 @@ async fn outbox_endpoints(store: Arc<dyn Store>) {
     setup(&*store).await;
     assert!(
         store
-            .create_endpoint(&endpoint("p1", None, None, None), 2)
+            .create_endpoint(&endpoint("p1", None, None, None), 2, &Actor::admin())
             .await
             .unwrap()
     );
     assert!(
         store
-            .create_endpoint(&endpoint("p2", None, Some("u"), Some(&["job.failed"])), 2)
+            .create_endpoint(
+                &endpoint("p2", None, Some("u"), Some(&["job.failed"])),
+                2,
+                &Actor::admin()
+            )
             .await
             .unwrap()
     );
     assert!(
         !store
-            .create_endpoint(&endpoint("p3", None, None, None), 2)
+            .create_endpoint(&endpoint("p3", None, None, None), 2, &Actor::admin())
             .await
             .unwrap(),
         "the platform's bound"
     );
     assert!(
         store
-            .create_endpoint(&endpoint("t1", Some("t"), Some("t"), None), 2)
+            .create_endpoint(
+                &endpoint("t1", Some("t"), Some("t"), None),
+                2,
+                &Actor::admin()
+            )
             .await
             .unwrap()
     );
     assert!(
         store
-            .create_endpoint(&endpoint("t2", Some("t"), Some("t"), None), 2)
+            .create_endpoint(
+                &endpoint("t2", Some("t"), Some("t"), None),
+                2,
+                &Actor::admin()
+            )
             .await
             .unwrap()
     );
     assert!(
         !store
-            .create_endpoint(&endpoint("t3", Some("t"), Some("t"), None), 2)
+            .create_endpoint(
+                &endpoint("t3", Some("t"), Some("t"), None),
+                2,
+                &Actor::admin()
+            )
             .await
             .unwrap()
     );
     assert!(
         store
-            .create_endpoint(&endpoint("u1", Some("u"), Some("u"), None), 2)
+            .create_endpoint(
+                &endpoint("u1", Some("u"), Some("u"), None),
+                2,
+                &Actor::admin()
+            )
             .await
             .unwrap(),
         "bounds are per owner"
@@ -1641,13 +1830,23 @@ async fn outbox_endpoints(store: Arc<dyn Store>) {
     assert!(store.endpoint("t1").await.unwrap().unwrap().guarded);
 
     store
-        .admit(job("x", "t", None, 0, 1), 0, None)
+        .admit(job("x", "t", None, 0, 1), 0, None, &Actor::admin())
         .await
         .unwrap();
-    store.cancel("x", 2).await.unwrap();
+    store.cancel("x", 2, &Actor::admin()).await.unwrap();
     assert_eq!(store.deliveries("t1", 10, None).await.unwrap().len(), 1);
-    assert!(store.delete_endpoint("t1").await.unwrap());
-    assert!(!store.delete_endpoint("t1").await.unwrap());
+    assert!(
+        store
+            .delete_endpoint("t1", 1, &Actor::admin())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .delete_endpoint("t1", 1, &Actor::admin())
+            .await
+            .unwrap()
+    );
     assert!(store.endpoint("t1").await.unwrap().is_none());
     assert!(store.deliveries("t1", 10, None).await.unwrap().is_empty());
     let leased = store.lease_deliveries("r", 10, 1000, 3, 10).await.unwrap();
@@ -1664,7 +1863,7 @@ async fn outbox_appends(store: Arc<dyn Store>) {
     setup(&*store).await;
     assert!(
         store
-            .create_endpoint(&endpoint("all", None, None, None), 10)
+            .create_endpoint(&endpoint("all", None, None, None), 10, &Actor::admin())
             .await
             .unwrap()
     );
@@ -1755,4 +1954,355 @@ async fn postgres_cursor_waits_for_open_transactions() {
         .map(|e| e.id)
         .collect();
     assert_eq!(ids, ["slow".to_string(), fast.id]);
+}
+
+/// The sealed log's actions and targets, in order.
+async fn audit_log(store: &dyn Store) -> Vec<(String, String, String)> {
+    while store.seal_audit(100).await.unwrap() > 0 {}
+    store
+        .audit_records(0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.actor.kind, r.action, r.target))
+        .collect()
+}
+
+/// Each state change writes its audit record in its own transaction (a refused or idempotent
+/// call writes none); sealing chains them from genesis, and the chain verifies.
+async fn audit_chain(store: Arc<dyn Store>) {
+    let key = Actor::tenant_key("key_1");
+    setup(&*store).await;
+    store
+        .add_key("t", "key_1", "hash-1", 1, &Actor::admin())
+        .await
+        .unwrap();
+    assert!(
+        store
+            .set_draining("t", true, 2, &Actor::admin())
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .set_draining("t", false, 3, &Actor::admin())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .set_draining("nobody", true, 3, &Actor::admin())
+            .await
+            .unwrap()
+    );
+    store
+        .admit(job("j1", "t", Some("k"), 0, 4), 0, None, &key)
+        .await
+        .unwrap();
+    // The same idempotency key again changes nothing and records nothing.
+    store
+        .admit(job("j1b", "t", Some("k"), 0, 5), 0, None, &key)
+        .await
+        .unwrap();
+    store
+        .admit(job("j2", "t", None, 0, 6), 0, None, &key)
+        .await
+        .unwrap();
+    let j = leased(store.lease("sb1", POLICY, 7).await.unwrap());
+    store
+        .complete(
+            "sb1",
+            &j.id,
+            j.lease_id.as_deref().unwrap(),
+            Finish::Succeeded { result: json!({}) },
+            8,
+        )
+        .await
+        .unwrap();
+    // A stale completion changes nothing.
+    store
+        .complete(
+            "sb1",
+            &j.id,
+            "not-the-lease",
+            Finish::Succeeded { result: json!({}) },
+            9,
+        )
+        .await
+        .unwrap();
+    store.cancel("j2", 10, &key).await.unwrap();
+    store.cancel("j2", 11, &key).await.unwrap();
+    assert!(
+        store
+            .revoke_key("t", "key_1", 12, &Actor::admin())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .revoke_key("t", "key_1", 13, &Actor::admin())
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .create_endpoint(&endpoint("we_1", None, None, None), 10, &Actor::admin())
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .delete_endpoint("we_1", 14, &Actor::admin())
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .transition("sb2", &[SandboxState::Booting], SandboxState::Stopping, 15,)
+            .await
+            .unwrap()
+    );
+    store
+        .sandbox_down("sb2", SandboxState::Stopped, 16)
+        .await
+        .unwrap();
+
+    let log = audit_log(&*store).await;
+    let actions: Vec<&str> = log.iter().map(|(_, a, _)| a.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "tenant.create",
+            "tenant.create",
+            "sandbox.create",
+            "sandbox.create",
+            "sandbox.create",
+            "key.create",
+            "tenant.drain",
+            "tenant.undrain",
+            "job.enqueue",
+            "job.enqueue",
+            "job.lease",
+            "job.complete",
+            "job.cancel",
+            "key.revoke",
+            "webhook.create",
+            "webhook.delete",
+            "sandbox.stopping",
+            "sandbox.stopped",
+        ]
+    );
+    assert_eq!(
+        log[8],
+        ("tenant_key".into(), "job.enqueue".into(), "job/j1".into())
+    );
+    assert_eq!(
+        log[10].0, "sandbox",
+        "the agent's lease is the sandbox's act"
+    );
+    assert_eq!(log[16].0, "system");
+    let records = store.audit_records(0, 1000).await.unwrap();
+    assert_eq!(records[0].prev_hash, shoal_core::audit::GENESIS);
+    assert_eq!(
+        shoal_core::audit::verify(&records),
+        Ok(records.len() as u64)
+    );
+    // Paging by cursor gives the same records.
+    let tail = store.audit_records(5, 3).await.unwrap();
+    assert_eq!(tail, records[5..8]);
+    // Nothing is sealed twice, and sealed records leave the outbox.
+    assert_eq!(store.seal_audit(100).await.unwrap(), 0);
+    assert!(store.outbox_after("audit", 0, 10).await.unwrap().is_empty());
+    // No secret reaches the log: not the key's hash, not the endpoint's secret.
+    let text = serde_json::to_string(&records).unwrap();
+    assert!(
+        !text.contains("hash-1") && !text.contains("whsec_"),
+        "{text}"
+    );
+}
+
+/// Sealers on several connections at once (replicas) give every record one place in one chain.
+async fn audit_concurrent_sealers(store: Arc<dyn Store>) {
+    setup(&*store).await;
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                for i in 0..25 {
+                    let id = format!("j{w}-{i}");
+                    store
+                        .admit(job(&id, "t", None, 0, i), 0, None, &Actor::admin())
+                        .await
+                        .unwrap();
+                    store.seal_audit(7).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    let sealers: Vec<_> = (0..3)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                for _ in 0..30 {
+                    store.seal_audit(5).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in writers.into_iter().chain(sealers) {
+        t.await.unwrap();
+    }
+    while store.seal_audit(100).await.unwrap() > 0 {}
+    let records = store.audit_records(0, 1000).await.unwrap();
+    // 2 tenants and 3 sandboxes from set-up, 100 admissions.
+    assert_eq!(records.len(), 105);
+    assert_eq!(shoal_core::audit::verify(&records), Ok(105));
+    let mut targets: Vec<&str> = records.iter().map(|r| r.target.as_str()).collect();
+    targets.sort();
+    targets.dedup();
+    assert_eq!(targets.len(), 105, "no record sealed twice");
+}
+
+/// Retention takes finished jobs (with their output), events and spent deliveries older than the
+/// cutoff, and the outbox events nothing waits on; it keeps live jobs, pending deliveries, usage
+/// events, the ledger and the audit log, and records what it did.
+async fn retention(store: Arc<dyn Store>) {
+    setup(&*store).await;
+    let a = Actor::admin();
+    assert!(
+        store
+            .create_endpoint(&endpoint("we_1", None, None, None), 10, &a)
+            .await
+            .unwrap()
+    );
+    // Old: one succeeded job (with output), one queued, one running.
+    for id in ["old-done", "old-queued"] {
+        store
+            .admit(job(id, "t", None, 0, 100), 0, None, &a)
+            .await
+            .unwrap();
+    }
+    let j = leased(store.lease("sb1", POLICY, 110).await.unwrap());
+    assert_eq!(j.id, "old-done");
+    let lease = j.lease_id.clone().unwrap();
+    store
+        .append_log("sb1", &j.id, &lease, 0, b"output", 1 << 20)
+        .await
+        .unwrap();
+    store
+        .complete(
+            "sb1",
+            &j.id,
+            &lease,
+            Finish::Succeeded {
+                result: json!({"ok": 1}),
+            },
+            120,
+        )
+        .await
+        .unwrap();
+    store
+        .admit(job("old-running", "u", None, 0, 100), 0, None, &a)
+        .await
+        .unwrap();
+    leased(store.lease("sbu", POLICY, 130).await.unwrap());
+    store
+        .record_event(Some("t"), 140, "scale.up", &json!({}))
+        .await
+        .unwrap();
+    store
+        .append_events(&[OutboxEvent::new(
+            "usage.interval",
+            Some("t".into()),
+            json!({"s": 1}),
+            150,
+        )])
+        .await
+        .unwrap();
+    store
+        .append_ledger(&shoal_metering::LedgerEntry {
+            sandbox_id: "sb1".into(),
+            tenant: "t".into(),
+            at: 150,
+            kind: shoal_metering::LedgerKind::Stopped,
+        })
+        .await
+        .unwrap();
+    // New: a job that finished after the cutoff.
+    store
+        .admit(job("new-done", "u", None, 0, 100), 0, None, &a)
+        .await
+        .unwrap();
+    let n = leased(store.lease("sb2", POLICY, 900).await.unwrap());
+    assert_eq!(n.id, "old-queued", "the queue is shared by tenant t");
+    store.cancel("new-done", 2_000, &a).await.unwrap();
+
+    // The delivery of old-done's event is still pending: it and its event stay.
+    let cutoff = 1_000;
+    let batch = store.expired(cutoff, 100).await.unwrap();
+    let ids: Vec<&str> = batch.jobs.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids, ["old-done"]);
+    assert_eq!(
+        batch.jobs[0].spec,
+        json!({"command": ["true"]}),
+        "exported whole"
+    );
+    assert_eq!(batch.events.len(), 1);
+    assert!(
+        batch.deliveries.is_empty() && batch.outbox.is_empty(),
+        "{batch:?}"
+    );
+
+    let audit = shoal_core::audit::AuditEntry {
+        at: 3_000,
+        actor: Actor::system("retention"),
+        action: "retention.run".into(),
+        target: "store".into(),
+        detail: json!({}),
+    };
+    let done = store.delete_expired(&batch, cutoff, &audit).await.unwrap();
+    assert_eq!((done.jobs, done.events), (1, 1));
+    assert!(store.job("old-done").await.unwrap().is_none());
+    assert_eq!(store.job_log("old-done", 0, 100).await.unwrap().data, b"");
+    for kept in ["old-queued", "old-running", "new-done"] {
+        assert!(store.job(kept).await.unwrap().is_some(), "{kept} is kept");
+    }
+    assert_eq!(
+        store.ledger(Some("t")).await.unwrap().len(),
+        1,
+        "the ledger is kept"
+    );
+    assert_eq!(
+        store.outbox_after("usage.", 0, 10).await.unwrap().len(),
+        1,
+        "usage events are kept"
+    );
+    let log = audit_log(&*store).await;
+    assert_eq!(log.last().unwrap().1, "retention.run");
+    assert!(
+        log.iter().any(|(_, _, t)| t == "job/old-done"),
+        "the audit log keeps the job's records"
+    );
+
+    // Once the delivery is spent, it and its event go too.
+    let leased_d = store
+        .lease_deliveries("w", 10, 1_000, 5, 200)
+        .await
+        .unwrap();
+    assert_eq!(leased_d.len(), 1);
+    store
+        .finish_delivery(
+            &leased_d[0],
+            &AttemptOutcome::Delivered { status: 200 },
+            210,
+        )
+        .await
+        .unwrap();
+    let batch = store.expired(cutoff, 100).await.unwrap();
+    assert_eq!((batch.deliveries.len(), batch.outbox.len()), (1, 1));
+    assert_eq!(batch.outbox[0].topic, "job.succeeded");
+    let done = store.delete_expired(&batch, cutoff, &audit).await.unwrap();
+    assert_eq!((done.deliveries, done.outbox), (1, 1));
+    assert!(store.expired(cutoff, 100).await.unwrap().is_empty());
+    assert_eq!(store.outbox_after("usage.", 0, 10).await.unwrap().len(), 1);
 }
