@@ -55,6 +55,7 @@ pub fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(events))
         .routes(routes!(dry_run_plan))
         .routes(routes!(usage::usage))
+        .routes(routes!(crate::usagefeed::usage_events))
         .routes(routes!(live::overview))
         .routes(routes!(live::history))
         .routes(routes!(live::stream))

@@ -35,7 +35,7 @@ impl Price {
 }
 
 /// The price list: one currency, a price per provider.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct Prices {
     pub currency: String,
     pub providers: BTreeMap<String, Price>,

@@ -85,9 +85,14 @@ pub trait Metering: Send + Sync {
     async fn cut_usage(&self, boundary: Millis, ctx: &UsageContext, now: Millis) -> Result<usize>;
     /// The open billing intervals, by sandbox.
     async fn open_usage(&self) -> Result<Vec<OpenUsage>>;
-    /// Usage events after `after`, at most `limit`, in a stable order in which an event never
-    /// appears behind a cursor already handed out.
-    async fn usage_events(&self, after: UsageCursor, limit: u32) -> Result<Vec<UsageEventRecord>>;
+    /// Usage events after `after` (of one tenant, or all), at most `limit`, in a stable order in
+    /// which an event never appears behind a cursor already handed out.
+    async fn usage_events(
+        &self,
+        tenant: Option<&str>,
+        after: UsageCursor,
+        limit: u32,
+    ) -> Result<Vec<UsageEventRecord>>;
     /// Where the reader `name` got to.
     async fn usage_cursor(&self, name: &str) -> Result<Option<UsageCursor>>;
     /// Records where the reader `name` got to.
@@ -131,11 +136,12 @@ macro_rules! impl_metering {
 
             async fn usage_events(
                 &self,
+                tenant: Option<&str>,
                 after: crate::usage::UsageCursor,
                 limit: u32,
             ) -> crate::Result<Vec<crate::usage::UsageEventRecord>> {
                 let mut c = self.pool.acquire().await?;
-                crate::usage::$backend::events_after(&mut c, after, limit).await
+                crate::usage::$backend::events_after(&mut c, tenant, after, limit).await
             }
 
             async fn usage_cursor(
@@ -332,6 +338,7 @@ macro_rules! for_backend {
 
         pub(crate) async fn events_after(
             conn: &mut Conn,
+            tenant: Option<&str>,
             after: UsageCursor,
             limit: u32,
         ) -> Result<Vec<UsageEventRecord>> {
@@ -339,6 +346,7 @@ macro_rules! for_backend {
                 .bind(after.txid)
                 .bind(after.seq)
                 .bind(i64::from(limit))
+                .bind(tenant.unwrap_or_default())
                 .fetch_all(&mut *conn)
                 .await?;
             rows.iter()
@@ -392,7 +400,8 @@ pub(crate) mod sqlite {
         None,
         "",
         "SELECT 0 AS txid, seq, id, topic, tenant, payload, created_at FROM outbox \
-         WHERE topic LIKE 'usage.%' AND $1 >= 0 AND seq > $2 ORDER BY seq LIMIT $3"
+         WHERE topic LIKE 'usage.%' AND $1 >= 0 AND seq > $2 AND ($4 = '' OR tenant = $4) \
+         ORDER BY seq LIMIT $3"
     );
 }
 
@@ -404,6 +413,6 @@ pub(crate) mod postgres {
         " FOR UPDATE",
         "SELECT txid, seq, id, topic, tenant, payload, created_at FROM outbox \
          WHERE topic LIKE 'usage.%' AND txid < txid_snapshot_xmin(txid_current_snapshot()) \
-         AND (txid, seq) > ($1, $2) ORDER BY txid, seq LIMIT $3"
+         AND (txid, seq) > ($1, $2) AND ($4 = '' OR tenant = $4) ORDER BY txid, seq LIMIT $3"
     );
 }

@@ -2361,7 +2361,7 @@ async fn all_usage(store: &dyn Store, page: u32) -> Vec<UsageEventRecord> {
     let mut out: Vec<UsageEventRecord> = Vec::new();
     let mut at = UsageCursor::default();
     loop {
-        let got = store.usage_events(at, page).await.unwrap();
+        let got = store.usage_events(None, at, page).await.unwrap();
         let Some(last) = got.last() else { break };
         at = last.cursor;
         out.extend(got);
@@ -2516,6 +2516,13 @@ async fn usage_events(store: Arc<dyn Store>) {
         .is_webhook()
     }));
 
+    // One tenant's events alone.
+    let u = store
+        .usage_events(Some("u"), UsageCursor::default(), 100)
+        .await
+        .unwrap();
+    assert_eq!(u.len(), 1);
+    assert_eq!(u[0].event.tenant.as_deref(), Some("u"));
     // Named cursors persist.
     assert_eq!(store.usage_cursor("sink").await.unwrap(), None);
     store
@@ -2576,7 +2583,7 @@ async fn usage_cursor_paging(store: Arc<dyn Store>) {
     }
     // Resuming from any cursor gives exactly the rest.
     for (i, e) in all.iter().enumerate() {
-        let rest = store.usage_events(e.cursor, 1000).await.unwrap();
+        let rest = store.usage_events(None, e.cursor, 1000).await.unwrap();
         assert_eq!(rest.len(), all.len() - i - 1);
     }
 }
@@ -2596,7 +2603,7 @@ async fn usage_concurrent_writers(store: Arc<dyn Store>) {
             let mut at = UsageCursor::default();
             loop {
                 let finished = done.load(std::sync::atomic::Ordering::SeqCst);
-                let got = store.usage_events(at, 7).await.unwrap();
+                let got = store.usage_events(None, at, 7).await.unwrap();
                 for e in &got {
                     assert!(e.cursor > at, "the cursor only grows");
                     at = e.cursor;
@@ -2679,7 +2686,7 @@ async fn postgres_usage_cursor_survives_out_of_order_commits() {
         .unwrap();
     sqlx::raw_sql("COMMIT").execute(&mut older).await.unwrap();
     let first = store
-        .usage_events(UsageCursor::default(), 10)
+        .usage_events(None, UsageCursor::default(), 10)
         .await
         .unwrap();
     let ids: Vec<&str> = first.iter().map(|e| e.event.id.as_str()).collect();
@@ -2689,7 +2696,7 @@ async fn postgres_usage_cursor_survives_out_of_order_commits() {
         "the older, committed transaction's row is readable"
     );
     sqlx::raw_sql("COMMIT").execute(&mut younger).await.unwrap();
-    let next = store.usage_events(first[0].cursor, 10).await.unwrap();
+    let next = store.usage_events(None, first[0].cursor, 10).await.unwrap();
     let ids: Vec<&str> = next.iter().map(|e| e.event.id.as_str()).collect();
     assert_eq!(
         ids,
