@@ -4,6 +4,7 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod budget;
 pub mod bus;
 pub mod cli;
 pub mod config;

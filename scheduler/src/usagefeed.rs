@@ -1,4 +1,5 @@
-//! The usage event stream: hourly cuts of open billing intervals, `GET /v1/usage/events` (pull,
+//! The usage event stream: hourly cuts of open billing intervals (and, on the same tick, the
+//! budget checks of `crate::budget`), `GET /v1/usage/events` (pull,
 //! by cursor) and the push to `--usage-sink` (CloudEvents batch mode).
 //!
 //! Events are written by the store in the transaction that closes their interval (a sandbox's
@@ -20,8 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use utoipa::{IntoParams, ToSchema};
 
-/// How often the leader looks for an hour boundary to cut at.
-const CUT_EVERY: Duration = Duration::from_secs(15);
+/// How often the leader looks for an hour boundary to cut at and checks budgets.
+const CUT_EVERY: Duration = Duration::from_secs(5);
 /// An hour is cut this long after it ends, so that a provider's report of a stop just before
 /// the boundary, arriving a little late, closes the interval at its own time first.
 pub const CUT_GRACE_MS: Millis = 120_000;
@@ -71,6 +72,9 @@ pub async fn run(app: Arc<App>, control: Arc<Control>) {
                     app.usage_kick.notify_one();
                 }
                 Err(e) => tracing::warn!(error = %e, "cutting billing intervals failed"),
+            }
+            if let Err(e) = crate::budget::check(&app, now).await {
+                tracing::warn!(error = %e, "checking budgets failed");
             }
         }
         tokio::select! {

@@ -342,3 +342,86 @@ async fn usage_events_reach_a_flaky_sink_across_a_crash_postgres() -> Result<()>
     let url = pg.create_database()?;
     run(Some(url)).await
 }
+
+/// What `tenant` has spent this month, as `GET /v1/usage` says.
+async fn spent(s: &Server, tenant: &str) -> Result<f64> {
+    let r = s
+        .get(&format!(
+            "/v1/usage?tenant={tenant}&to={}",
+            rfc3339(now_ms() + 1)
+        ))
+        .await?;
+    Ok(r["total"]["cost"].as_f64().unwrap_or(0.0))
+}
+
+/// A tenant with a monthly budget and `block`: admitted while it has spent less than the budget,
+/// refused with 429 `budget_exceeded` from the first admission after, and warned at 80% and told
+/// at 100% once each, as operators' events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_blocks_new_jobs_once_spent_and_never_before() -> Result<()> {
+    let cfg_dir = tempfile::tempdir()?;
+    let cfg = cfg_dir.path().join("shoal.toml");
+    // One vCPU-second costs 1: a default (1 vCPU) sandbox spends 1 a second.
+    std::fs::write(
+        &cfg,
+        "[prices]\ncurrency = \"USD\"\n[prices.process]\nvcpu_second = 1.0\ngib_second = 0.0\n",
+    )?;
+    let cfg = cfg.display().to_string();
+    let mut s = Server::start(&["--idle-timeout", "60s", "--config", &cfg], &[]).await?;
+    let (st, v) = s
+        .send(
+            Method::PUT,
+            "/v1/tenants/thrifty",
+            &json!({"plan": "pro", "limits": {"monthly_budget": 3.0, "on_budget_exceeded": "block", "max_sandboxes": 1}}),
+        )
+        .await?;
+    anyhow::ensure!(st == 201, "{st} {v}");
+    let job = json!({"tenant": "thrifty", "kind": "agent", "spec": {"command": ["sh", "-c", "sleep 0.2"]}});
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let refused = loop {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "never refused");
+        let before = spent(&s, "thrifty").await?;
+        let (st, v) = s.send(Method::POST, "/v1/jobs", &job).await?;
+        let after = spent(&s, "thrifty").await?;
+        match st {
+            202 => assert!(before < 3.0, "admitted at {before} spent of 3"),
+            429 => {
+                assert_eq!(v["error"]["code"], "budget_exceeded", "{v}");
+                assert!(after >= 3.0, "refused at {after} spent of 3: {v}");
+                break v;
+            }
+            other => anyhow::bail!("{other} {v}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("budget")
+    );
+    let (st, _) = s.send(Method::POST, "/v1/jobs", &job).await?;
+    assert_eq!(st, 429, "still refused");
+    s.wait_for("both budget signals", Duration::from_secs(30), || async {
+        let ev = s.get("/v1/events?tenant=thrifty").await?;
+        let kinds: Vec<String> = ev["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap_or_default().to_string())
+            .collect();
+        let n = |k: &str| kinds.iter().filter(|x| *x == k).count();
+        Ok((n("budget_warning") == 1 && n("budget_exceeded") == 1).then_some(()))
+    })
+    .await?;
+    let metrics = s.req(Method::GET, "/metrics").send().await?.text().await?;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("shoal_budget_usage_ratio{tenant=\"thrifty\"}")),
+        "the budget gauge is exported"
+    );
+    s.stop().await?;
+    Ok(())
+}

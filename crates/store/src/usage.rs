@@ -97,6 +97,17 @@ pub trait Metering: Send + Sync {
     async fn usage_cursor(&self, name: &str) -> Result<Option<UsageCursor>>;
     /// Records where the reader `name` got to.
     async fn set_usage_cursor(&self, name: &str, at: UsageCursor, now: Millis) -> Result<()>;
+    /// Sends the budget signal `topic` (`budget.warning`, `budget.exceeded`) of `tenant` for the
+    /// month starting at `period_start`, unless it was sent already: the mark, the operators'
+    /// event and the outbox event (fanned out to webhooks) in one transaction. `true` when sent.
+    async fn budget_signal(
+        &self,
+        tenant: &str,
+        topic: &str,
+        period_start: Millis,
+        payload: &serde_json::Value,
+        now: Millis,
+    ) -> Result<bool>;
 }
 
 /// Implements [`Metering`] for a store with a `pool` and a method `$begin` that opens a writing
@@ -162,6 +173,28 @@ macro_rules! impl_metering {
                 crate::usage::$backend::set_cursor(&mut tx, name, at, now).await?;
                 tx.commit().await?;
                 Ok(())
+            }
+
+            async fn budget_signal(
+                &self,
+                tenant: &str,
+                topic: &str,
+                period_start: shoal_core::Millis,
+                payload: &serde_json::Value,
+                now: shoal_core::Millis,
+            ) -> crate::Result<bool> {
+                let mut tx = self.$begin().await?;
+                let sent = crate::usage::$backend::budget_signal(
+                    &mut tx,
+                    tenant,
+                    topic,
+                    period_start,
+                    payload,
+                    now,
+                )
+                .await?;
+                tx.commit().await?;
+                Ok(sent)
             }
         }
     };
@@ -361,6 +394,45 @@ macro_rules! for_backend {
                     })
                 })
                 .collect()
+        }
+
+        pub(crate) async fn budget_signal(
+            conn: &mut Conn,
+            tenant: &str,
+            topic: &str,
+            period_start: Millis,
+            payload: &serde_json::Value,
+            now: Millis,
+        ) -> Result<bool> {
+            let r = sqlx::query(
+                "INSERT INTO budget_signals (tenant, signal, period_start, at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (tenant, signal, period_start) DO NOTHING",
+            )
+            .bind(tenant)
+            .bind(topic)
+            .bind(period_start)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+            if r.rows_affected() == 0 {
+                return Ok(false);
+            }
+            sqlx::query("INSERT INTO events (tenant, at, kind, detail) VALUES ($1, $2, $3, $4)")
+                .bind(tenant)
+                .bind(now)
+                .bind(topic.replace('.', "_"))
+                .bind(payload.to_string())
+                .execute(&mut *conn)
+                .await?;
+            let ev = crate::OutboxEvent {
+                id: format!("bgt_{tenant}_{topic}_{period_start}"),
+                topic: topic.to_string(),
+                tenant: Some(tenant.to_string()),
+                payload: payload.clone(),
+                created_at: now,
+            };
+            crate::outbox::$backend::append(conn, &ev).await?;
+            Ok(true)
         }
 
         pub(crate) async fn cursor(conn: &mut Conn, name: &str) -> Result<Option<UsageCursor>> {

@@ -2542,6 +2542,50 @@ async fn usage_events(store: Arc<dyn Store>) {
         evs[2].cursor
     );
     assert!("1".parse::<UsageCursor>().is_err());
+    // Budget signals: once per tenant, signal and month, with an operators' event and a webhook
+    // event fanned out in the same transaction.
+    let p = json!({"tenant": "t", "spent": 8.0, "budget": 10.0});
+    assert!(
+        store
+            .budget_signal("t", "budget.warning", 0, &p, 1)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .budget_signal("t", "budget.warning", 0, &p, 2)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .budget_signal("t", "budget.warning", 31 * 86_400_000, &p, 3)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .budget_signal("u", "budget.warning", 0, &p, 1)
+            .await
+            .unwrap()
+    );
+    let warned = store
+        .events(Some("t"), 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "budget_warning")
+        .count();
+    assert_eq!(warned, 2);
+    let topics: Vec<String> = store
+        .outbox_after("budget.", 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.topic)
+        .collect();
+    assert_eq!(topics.len(), 3);
+    assert!(topics.iter().all(|t| t == "budget.warning"));
     assert!("-1.2".parse::<UsageCursor>().is_err());
 }
 
