@@ -415,6 +415,24 @@ async fn a_budget_blocks_new_jobs_once_spent_and_never_before() -> Result<()> {
         Ok((n("budget_warning") == 1 && n("budget_exceeded") == 1).then_some(()))
     })
     .await?;
+    // The dashboard's overview shows the spend against the budget.
+    s.wait_for("the overview's spend", Duration::from_secs(30), || async {
+        let o = s.get("/v1/overview").await?;
+        let t = o["tenants"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .find(|t| t["tenant"] == "thrifty");
+        Ok(t.filter(|t| t["spend"]["exceeded"] == true)
+            .map(|t| t["spend"].clone()))
+    })
+    .await
+    .map(|sp| {
+        assert_eq!(sp["budget"], 3.0);
+        assert_eq!(sp["currency"], "USD");
+        assert!(sp["spent"].as_f64().unwrap() >= 3.0);
+    })?;
     let metrics = s.req(Method::GET, "/metrics").send().await?.text().await?;
     assert!(
         metrics
