@@ -3,7 +3,6 @@
 //! it with that same attribute, so `/openapi.json` lists exactly what is served.
 
 use crate::auth::{Agent, COOKIE, Caller};
-use tracing::Instrument;
 use crate::error::{ApiError, Body, OptionalBody, RawBody};
 use crate::jobwatch::Pulse;
 use crate::openapi::{ApiDoc, ErrorBody};
@@ -28,6 +27,7 @@ use shoal_protocol::{
 use shoal_store::{Admitted, Completed, Finish, JobFilter, Lease, LeasePolicy, NewJob};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;

@@ -3,7 +3,6 @@
 //! provider; it also turns the provider's observations into sandbox states and ledger entries,
 //! expires lapsed leases, and collects provider resources the store does not know.
 
-use tracing::Instrument;
 use crate::jobwatch::Pulse;
 use crate::leader::Leadership;
 use crate::state::{App, now_ms};
@@ -19,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedReceiver;
+use tracing::Instrument;
 
 /// How long events are gathered before a planning pass.
 const DEBOUNCE: Duration = Duration::from_millis(2);
@@ -210,7 +210,11 @@ impl Control {
             if !self.leads() {
                 continue;
             }
-            match self.pass().instrument(tracing::info_span!("planning_pass")).await {
+            match self
+                .pass()
+                .instrument(tracing::info_span!("planning_pass"))
+                .await
+            {
                 Ok(read) => next_pass = Instant::now() + (read * PASS_GAP_FACTOR).min(MAX_PASS_GAP),
                 Err(e) => tracing::warn!(error = %e, "planning pass failed"),
             }
@@ -704,11 +708,7 @@ impl Control {
                     .app
                     .provider
                     .destroy(&o.sandbox)
-                    .instrument(self.call_span(
-                        "destroy",
-                        &o.sandbox.tenant,
-                        &o.sandbox.sandbox_id,
-                    ))
+                    .instrument(self.call_span("destroy", &o.sandbox.tenant, &o.sandbox.sandbox_id))
                     .await;
                 self.count_call("destroy", &r);
                 let _ = store.record_event(Some(&o.sandbox.tenant), now_ms(), "orphan_collected", &json!({"sandbox": o.sandbox.sandbox_id, "provider_id": o.sandbox.provider_id})).await;

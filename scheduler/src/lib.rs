@@ -387,7 +387,9 @@ pub async fn serve(
             "one tenant only is admitted (--insecure-shared-host admits more anyway)"
         };
         let line = "!".repeat(78);
-        eprintln!("{line}\n  WARNING: {w}\n  {rule}.\n{line}");
+        if !telemetry::json() {
+            eprintln!("{line}\n  WARNING: {w}\n  {rule}.\n{line}");
+        }
         tracing::warn!(warning = %w, insecure_shared_host = app.cfg.insecure_shared_host, "sandboxes are not isolated");
     }
 
@@ -422,6 +424,10 @@ pub async fn serve(
         Err(_) => tracing::warn!("HTTP server did not stop in time"),
         _ => {}
     }
-    println!("Shoal stopped.");
+    if telemetry::json() {
+        tracing::info!("Shoal stopped");
+    } else {
+        println!("Shoal stopped.");
+    }
     Ok(())
 }

@@ -126,7 +126,10 @@ fn healthcheck(addr: Option<String>) -> std::process::ExitCode {
             std::process::ExitCode::SUCCESS
         }
         Ok(a) => {
-            eprintln!("shoal: {addr}/healthz answered {}", a.lines().next().unwrap_or(""));
+            eprintln!(
+                "shoal: {addr}/healthz answered {}",
+                a.lines().next().unwrap_or("")
+            );
             std::process::ExitCode::FAILURE
         }
         Err(e) => {

@@ -42,9 +42,12 @@ impl Drop for Guard {
 
 /// Whether spans are to be exported: an OTLP endpoint is configured.
 pub fn otlp_configured() -> bool {
-    ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
-        .iter()
-        .any(|k| std::env::var(k).is_ok_and(|v| !v.trim().is_empty()))
+    [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|k| std::env::var(k).is_ok_and(|v| !v.trim().is_empty()))
 }
 
 /// Installs the global subscriber. Call before any async runtime exists (the exporter's HTTP
@@ -146,7 +149,10 @@ mod tests {
             "postgres://shoal:***@db:5432/shoal?sslmode=require"
         );
         assert_eq!(redact_url("postgres://shoal@db/x"), "postgres://shoal@db/x");
-        assert_eq!(redact_url("sqlite:///var/lib/shoal/shoal.db"), "sqlite:///var/lib/shoal/shoal.db");
+        assert_eq!(
+            redact_url("sqlite:///var/lib/shoal/shoal.db"),
+            "sqlite:///var/lib/shoal/shoal.db"
+        );
         assert_eq!(redact_url("redis://:pw@r:6379"), "redis://:***@r:6379");
         assert_eq!(redact_url("not a url"), "not a url");
     }

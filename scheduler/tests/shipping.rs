@@ -77,7 +77,10 @@ fn kubernetes_overlays_render_and_validate() -> Result<()> {
 /// `secret` appears nowhere.
 fn assert_json_log(log: &str, secret: &str) -> Vec<Value> {
     assert!(!log.contains('\u{1b}'), "ANSI escape in the log:\n{log}");
-    assert!(!log.contains(secret), "the admin token is in the log:\n{log}");
+    assert!(
+        !log.contains(secret),
+        "the admin token is in the log:\n{log}"
+    );
     let mut lines = Vec::new();
     for line in log.lines().filter(|l| !l.trim().is_empty()) {
         let v: Value = serde_json::from_str(line)
@@ -169,7 +172,10 @@ async fn json_logs_hold_no_token_and_no_colour() -> Result<()> {
     let _ = child.wait();
     let made = std::fs::read_to_string(&generated)?.trim().to_string();
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(!log.contains('\u{1b}'), "ANSI escape in a log written to a file:\n{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI escape in a log written to a file:\n{log}"
+    );
     assert_eq!(
         log.matches(made.as_str()).count(),
         2,
@@ -345,9 +351,7 @@ async fn one_jobs_spans_reach_an_otlp_receiver() -> Result<()> {
 
 /// Runs a command, failing with its output when it fails.
 fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("running {cmd:?}"))?;
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -369,7 +373,7 @@ struct DockerLeftovers {
 impl Drop for DockerLeftovers {
     fn drop(&mut self) {
         let _ = Command::new("docker")
-            .args(["rm", "-f", &self.container])
+            .args(["rm", "-f", "-v", &self.container])
             .output();
         // The sandboxes the scheduler in the image made.
         if let Ok(out) = Command::new("docker")
@@ -396,9 +400,7 @@ impl Drop for DockerLeftovers {
             .output()
         {
             for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = Command::new("docker")
-                    .args(["network", "rm", id])
-                    .output();
+                let _ = Command::new("docker").args(["network", "rm", id]).output();
             }
         }
         for image in &self.images {
@@ -534,7 +536,10 @@ async fn images_build_and_serve_jobs_on_the_docker_provider() -> Result<()> {
             break;
         }
         if std::time::Instant::now() > deadline {
-            bail!("the image's scheduler is not ready: {}", logs(&leftovers.container));
+            bail!(
+                "the image's scheduler is not ready: {}",
+                logs(&leftovers.container)
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -553,10 +558,7 @@ async fn images_build_and_serve_jobs_on_the_docker_provider() -> Result<()> {
     )
     .await?;
     assert_eq!(r.status().as_u16(), 202);
-    let id = r.json::<Value>().await?["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = r.json::<Value>().await?["id"].as_str().unwrap().to_string();
     let deadline = std::time::Instant::now() + Duration::from_secs(240);
     let job = loop {
         let j: Value = http
@@ -573,11 +575,19 @@ async fn images_build_and_serve_jobs_on_the_docker_provider() -> Result<()> {
             break j;
         }
         if std::time::Instant::now() > deadline {
-            bail!("job {id} did not finish: {j}\n{}", logs(&leftovers.container));
+            bail!(
+                "job {id} did not finish: {j}\n{}",
+                logs(&leftovers.container)
+            );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    assert_eq!(job["state"], "succeeded", "{job}\n{}", logs(&leftovers.container));
+    assert_eq!(
+        job["state"],
+        "succeeded",
+        "{job}\n{}",
+        logs(&leftovers.container)
+    );
     // The sandbox runs the agent image, as its non-root user too.
     assert_eq!(job["result"]["stdout"], "from-65532\n", "{job}");
 
@@ -601,6 +611,23 @@ async fn images_build_and_serve_jobs_on_the_docker_provider() -> Result<()> {
         &format!("127.0.0.1:{port}"),
     ]));
     assert!(health.is_ok(), "{health:?}");
+    // And the engine runs it as the image's HEALTHCHECK (every 10 s, after 10 s of grace).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = run(Command::new("docker").args([
+            "inspect",
+            "--format",
+            "{{.State.Health.Status}}",
+            &leftovers.container,
+        ]))?;
+        match status.trim() {
+            "healthy" => break,
+            "starting" if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(500)).await
+            }
+            other => bail!("the container's health is {other}"),
+        }
+    }
 
     let log = logs(&leftovers.container);
     let lines = assert_json_log(&log, &token);
@@ -634,5 +661,47 @@ fn tempdir(prefix: &str) -> Result<PathBuf> {
 fn set_mode(p: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+/// `deploy/fly/fly.toml` is TOML, and the scheduler accepts the configuration it carries with the
+/// variables it sets (`shoal config check`).
+#[test]
+fn the_fly_app_config_is_accepted() -> Result<()> {
+    use base64::Engine;
+    let text = std::fs::read_to_string(repo().join("deploy/fly/fly.toml"))?;
+    let fly: toml::Table = toml::from_str(&text)?;
+    let env = fly["env"].as_table().context("[env]")?;
+    assert_eq!(env["SHOAL_LISTEN"].as_str(), Some("0.0.0.0:8080"));
+    assert_eq!(env["SHOAL_LOG_FORMAT"].as_str(), Some("json"));
+    assert_eq!(
+        fly["http_service"]["internal_port"].as_integer(),
+        Some(8080)
+    );
+    let file = fly["files"]
+        .as_array()
+        .and_then(|f| f.first())
+        .context("[[files]]")?;
+    let conf = base64::engine::general_purpose::STANDARD
+        .decode(file["raw_value"].as_str().context("raw_value")?)?;
+    let dir = tempdir("shoal-fly-conf")?;
+    let path = dir.join("shoal.toml");
+    std::fs::write(&path, conf)?;
+    let mut cmd = Command::new(shoal_testkit::bins::binary("shoal-scheduler", "shoal"));
+    cmd.args(["config", "check", "--config"])
+        .arg(&path)
+        .arg("--data-dir")
+        .arg(&dir)
+        .env("FLY_API_TOKEN", "FlyV1 test")
+        .env_remove("SHOAL_CONFIG");
+    for (k, v) in env {
+        if k != "SHOAL_CONFIG" {
+            cmd.env(k, v.as_str().context("a string")?);
+        }
+    }
+    let out = run(&mut cmd);
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = out?;
+    assert!(out.contains("shoal-sandboxes"), "{out}");
     Ok(())
 }
