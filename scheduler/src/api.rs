@@ -1283,6 +1283,11 @@ async fn agent_complete(
         match done {
             Completed::Done(job) => {
                 tracing::Span::current().record("state", job.state.as_str());
+                if job.state.is_terminal() {
+                    tracing::info!(state = %job.state, attempts = job.attempts, "job finished");
+                } else {
+                    tracing::info!(state = %job.state, attempts = job.attempts, "job attempt ended; it goes back to the queue");
+                }
                 app.job_changed(&job.id, Pulse::State);
                 if job.state.is_terminal() {
                     app.metrics

@@ -54,9 +54,19 @@ pub fn otlp_configured() -> bool {
 /// client runs on its own thread) and keep the guard until the runtime is gone.
 pub fn init(format: LogFormat) -> Guard {
     let _ = FORMAT.set(format);
-    // sqlx reports every Postgres notice at INFO; they are the database's chatter, not Shoal's.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx::postgres::notice=warn"));
+    // sqlx reports every Postgres notice (`relation ... already exists, skipping`) at INFO; they
+    // are the database's chatter, not Shoal's, and stay out unless RUST_LOG names them.
+    let mut spec = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| "info".into());
+    if !spec.contains("sqlx::postgres::notice") {
+        spec.push_str(",sqlx::postgres::notice=warn");
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&spec).unwrap_or_else(|e| {
+        eprintln!("shoal: RUST_LOG `{spec}`: {e}; logging at info");
+        tracing_subscriber::EnvFilter::new("info,sqlx::postgres::notice=warn")
+    });
     let ansi = std::io::stdout().is_terminal();
     let (provider, otel) = match otlp_configured().then(tracer_provider) {
         Some(Ok(p)) => {

@@ -133,13 +133,17 @@ async fn json_logs_hold_no_token_and_no_colour() -> Result<()> {
             .is_some_and(|u| u.ends_with("/v1")),
         "{start}"
     );
-    // Span fields ride along: the admission of the job names its tenant.
-    assert!(
-        lines
-            .iter()
-            .any(|l| l["span"]["name"].is_string() && l["span"]["tenant"] == "logs"),
-        "no event inside a span with its tenant"
-    );
+    // Span fields ride along: the job's end is logged inside its completion span, which names
+    // the tenant, the job and the sandbox.
+    let done = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "job finished")
+        .expect("the job's end is logged");
+    assert_eq!(done["span"]["name"], "completion", "{done}");
+    assert_eq!(done["span"]["tenant"], "logs", "{done}");
+    assert_eq!(done["span"]["job"], id.as_str(), "{done}");
+    assert!(done["span"]["sandbox"].is_string(), "{done}");
+    assert_eq!(done["fields"]["state"], "succeeded", "{done}");
 
     // Text to a file: no colour either, and a generated token is shown once, as it is new.
     drop(s);
@@ -204,13 +208,28 @@ async fn a_follower_on_postgres_is_quiet() -> Result<()> {
         let url = format!("{}/metrics", s.url);
         async move { reqwest::get(url).await?.text().await }
     };
-    // Two seconds: four attempts at leadership by the follower.
+    // A tenant, so the fleet gauges have a series; both replicas' samplers see it.
+    leader
+        .send(Method::PUT, "/v1/tenants/quiet", &json!({"plan": "pro"}))
+        .await?;
+    // At least two seconds: four attempts at leadership by the follower.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (lm, fm) = (metrics(&leader).await?, metrics(&follower).await?);
+    let lm = leader
+        .wait_for(
+            "the leader's fleet gauges",
+            Duration::from_secs(20),
+            || async {
+                let m = metrics(&leader).await?;
+                Ok(m.contains(r#"shoal_sandboxes_desired{tenant="quiet"}"#)
+                    .then_some(m))
+            },
+        )
+        .await?;
+    let fm = metrics(&follower).await?;
     assert!(lm.contains("shoal_leader 1"), "{lm}");
     assert!(fm.contains("shoal_leader 0"), "{fm}");
     // Fleet gauges come from the leader only, so sums over replicas count them once.
-    assert!(lm.contains("# TYPE shoal_queue_depth gauge"), "{lm}");
+    assert!(!fm.contains("shoal_sandboxes_desired"), "{fm}");
     assert!(!fm.contains("shoal_queue_depth"), "{fm}");
     assert!(fm.contains("shoal_build_info{"), "{fm}");
     let log = follower.log();
