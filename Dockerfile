@@ -15,6 +15,9 @@ ARG RUST_IMAGE=rust:1-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
 
 FROM ${RUST_IMAGE} AS builder
+# The legacy builder keeps this stage as an untagged image:
+# `docker image prune --filter label=shoal.stage=builder` removes it.
+LABEL shoal.stage=builder
 ARG PREBUILT=
 ARG SHOAL_REVISION=unknown
 ENV SHOAL_REVISION=${SHOAL_REVISION}

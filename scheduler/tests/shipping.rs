@@ -425,6 +425,16 @@ impl Drop for DockerLeftovers {
         for image in &self.images {
             let _ = Command::new("docker").args(["rmi", "-f", image]).output();
         }
+        // The builder stage the legacy builder keeps, untagged.
+        let _ = Command::new("docker")
+            .args([
+                "image",
+                "prune",
+                "-f",
+                "--filter",
+                "label=shoal.stage=builder",
+            ])
+            .output();
     }
 }
 
