@@ -4,8 +4,8 @@ with the real kustomize (`kubectl kustomize`, else a `kustomize` binary), and ch
 against the Kubernetes 1.33 OpenAPI schemas shipped by the `kubernetes-validate` package in strict
 mode (unknown fields are errors), offline. The ServiceMonitor, a Prometheus Operator CRD not in
 those schemas, is checked against the fields of its CRD that the manifest uses. Then checks what
-the layout promises: the RBAC grants exactly what the kubernetes provider calls, with a reason
-above every cluster-wide rule; `single` keeps SQLite on a volume claim; `production` runs three
+the layout promises: the RBAC grants exactly what the kubernetes provider calls (Secrets only
+through the role bound per tenant namespace), with a reason above every cluster-wide rule; `single` keeps SQLite on a volume claim; `production` runs three
 replicas with no emptyDir, its database and Redis URLs from a Secret, a PodDisruptionBudget,
 topology spread, startup/readiness/liveness probes and a grace period that fits the drain.
 
@@ -34,12 +34,19 @@ COMPONENTS = {
     "grafana-dashboards": HERE.parent / "grafana",
 }
 
-# What fleet/src/kubernetes calls, as (API group, resource, verb): the RBAC must grant these and
-# no more.
-PROVIDER_CALLS = {
+# What fleet/src/kubernetes calls, as (API group, resource, verb), with `tenant_role` set: across
+# the cluster (the ClusterRole bound by the ClusterRoleBinding) and inside each tenant namespace
+# (the ClusterRole it binds there). The RBAC must grant these and no more.
+CLUSTER_CALLS = {
     ("", "namespaces", v) for v in ("list", "create", "delete")
 } | {
-    ("", "pods", v) for v in ("get", "list", "watch", "create", "delete")
+    ("", "pods", v) for v in ("list", "watch")
+} | {
+    ("rbac.authorization.k8s.io", "rolebindings", "create"),
+    ("rbac.authorization.k8s.io", "clusterroles", "bind"),
+}
+TENANT_CALLS = {
+    ("", "pods", v) for v in ("get", "create", "delete")
 } | {
     ("", "secrets", v) for v in ("get", "list", "create", "delete")
 } | {
@@ -123,10 +130,10 @@ def render_with(cmd, overlay, component):
         return render(cmd, tmp)
 
 
-def granted(objects, kind):
+def granted(objects, kind, name=None):
     out = set()
     for o in objects:
-        if o["kind"] != kind:
+        if o["kind"] != kind or (name and o["metadata"]["name"] != name):
             continue
         for rule in o.get("rules", []):
             for g in rule.get("apiGroups", []):
@@ -224,16 +231,45 @@ def promises(overlay, objects):
 
 def rbac_checks(objects):
     problems = []
-    for kind, want in (("ClusterRole", PROVIDER_CALLS), ("Role", LEASE_CALLS)):
-        have = granted(objects, kind)
+    bound_cluster_wide = {
+        o["roleRef"]["name"] for o in objects if o["kind"] == "ClusterRoleBinding"
+    }
+    if bound_cluster_wide != {"shoal-scheduler"}:
+        problems.append(f"ClusterRoleBindings bind {sorted(bound_cluster_wide)}, want only shoal-scheduler")
+    for name, want in (("shoal-scheduler", CLUSTER_CALLS), ("shoal-tenant", TENANT_CALLS)):
+        have = granted(objects, "ClusterRole", name)
         if have != want:
             problems.append(
-                f"{kind}: grants {sorted(have - want)} beyond what Shoal calls, lacks {sorted(want - have)}"
+                f"ClusterRole {name}: grants {sorted(have - want)} beyond what Shoal calls, lacks {sorted(want - have)}"
             )
+    have = granted(objects, "Role")
+    if have != LEASE_CALLS:
+        problems.append(f"Role: grants {sorted(have - LEASE_CALLS)} beyond what Shoal calls, lacks {sorted(LEASE_CALLS - have)}")
+    # Nothing cluster-wide reaches Secrets; the scheduler may bind shoal-tenant and no other role.
+    if any(r == "secrets" for _, r, _ in granted(objects, "ClusterRole", "shoal-scheduler")):
+        problems.append("shoal-scheduler grants Secrets cluster-wide")
+    for o in objects:
+        if o["kind"] == "ClusterRole" and o["metadata"]["name"] == "shoal-scheduler":
+            for rule in o["rules"]:
+                if "bind" in rule.get("verbs", []) and rule.get("resourceNames") != ["shoal-tenant"]:
+                    problems.append("shoal-scheduler may bind roles other than shoal-tenant")
+    # The scheduler binds what its configuration names.
+    config = next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "shoal-config")
+    if 'cluster_role = "shoal-tenant"' not in config["data"]["shoal.toml"]:
+        problems.append("shoal.toml does not set [provider.kubernetes.tenant_role] to shoal-tenant")
+    # Admission covers the RoleBindings the scheduler makes.
+    vap = one(objects, "ValidatingAdmissionPolicy")
+    if vap is None or not any(
+        "rolebindings" in r["resources"] for r in vap["spec"]["matchConstraints"]["resourceRules"]
+    ):
+        problems.append("the admission policy does not cover the scheduler's RoleBindings")
     # A reason above every cluster-wide rule: a comment block right before it that says why.
     text = (HERE / "base" / "rbac.yaml").read_text()
     for doc in text.split("\n---\n"):
-        if "\nkind: ClusterRole\n" not in "\n" + doc:
+        # The rules that are cluster-wide: those of a ClusterRole a ClusterRoleBinding binds.
+        if "\nkind: ClusterRole\n" not in "\n" + doc or not any(
+            f"\n  name: {name}\n" in doc for name in bound_cluster_wide
+        ):
             continue
         lines = doc.splitlines()
         for i, line in enumerate(lines):

@@ -734,3 +734,35 @@ fn the_fly_app_config_is_accepted() -> Result<()> {
     assert!(out.contains("shoal-sandboxes"), "{out}");
     Ok(())
 }
+
+/// The `shoal.toml` of the Kubernetes base passes `shoal config check`, the tenant RoleBinding
+/// included.
+#[test]
+fn the_kubernetes_config_is_accepted() -> Result<()> {
+    let text = std::fs::read_to_string(repo().join("deploy/kubernetes/base/configmap.yaml"))?;
+    // The ConfigMap is YAML; its one data key is a TOML block scalar, indented by four spaces.
+    let start =
+        text.find("shoal.toml: |\n").context("no shoal.toml key")? + "shoal.toml: |\n".len();
+    let conf: String = text[start..]
+        .lines()
+        .map(|l| l.strip_prefix("    ").unwrap_or(l.trim()))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let dir = tempdir("shoal-k8s-conf")?;
+    let path = dir.join("shoal.toml");
+    std::fs::write(&path, conf)?;
+    let out = run(
+        Command::new(shoal_testkit::bins::binary("shoal-scheduler", "shoal"))
+            .args(["config", "check", "--config"])
+            .arg(&path)
+            .arg("--data-dir")
+            .arg(&dir)
+            .env_remove("SHOAL_CONFIG")
+            .env_remove("SHOAL_PROVIDER"),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = out?;
+    assert!(out.contains("cluster_role = \"shoal-tenant\""), "{out}");
+    assert!(out.contains("namespace_prefix = \"shoal-t-\""), "{out}");
+    Ok(())
+}
