@@ -239,8 +239,10 @@ async fn next_batch(
 #[into_params(parameter_in = Query)]
 pub struct UsageEventsQuery {
     /// A `next_cursor` from an earlier page; from the first event when absent.
+    #[param(pattern = r"^[0-9]{1,18}\.[0-9]{1,18}$")]
     after: Option<String>,
     /// Most events in the page: 1 to 1000 [default: 100].
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
     /// One tenant's events (a tenant key: always its own).
     tenant: Option<String>,
