@@ -56,6 +56,7 @@ pub fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(events))
         .routes(routes!(dry_run_plan))
         .routes(routes!(usage::usage))
+        .routes(routes!(crate::usagefeed::usage_events))
         .routes(routes!(live::overview))
         .routes(routes!(live::history))
         .routes(routes!(live::stream))
@@ -190,7 +191,8 @@ pub struct PutTenant {
     plan: String,
     /// Overrides of the plan's limits: `max_sandboxes`, `max_concurrent_jobs`, `jobs_per_month`,
     /// `enqueue_rate_per_s`, `enqueue_burst`, `min_warm`, `idle_timeout_s`, `sandbox_size`
-    /// (`{"cpus", "memory_mb"}`); `null` is unlimited.
+    /// (`{"cpus", "memory_mb"}`), `monthly_budget` (in the `[prices]` currency),
+    /// `on_budget_exceeded` (`notify` or `block`); `null` is unlimited.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     limits: Option<ObjectOnly<LimitsPatch>>,
@@ -565,7 +567,7 @@ fn validate_spec(kind: JobKind, spec: &Value) -> Result<(), ApiError> {
         (status = 200, description = "the idempotency key was seen: the first job", body = JobView),
         (status = 400, body = ErrorBody),
         (status = 404, description = "no such tenant", body = ErrorBody),
-        (status = 429, description = "`rate_limited` or `quota_exceeded`, with Retry-After", body = ErrorBody),
+        (status = 429, description = "`rate_limited`, `quota_exceeded` or `budget_exceeded`, with Retry-After", body = ErrorBody),
     ))]
 async fn enqueue(
     State(app): State<Arc<App>>,
@@ -682,6 +684,28 @@ pub async fn admit(app: &App, req: Enqueue, actor: &Actor) -> Result<Admission, 
     }
     let now = now_ms();
     let period = shoal_metering::month_of(now);
+    if limits.on_budget_exceeded == shoal_core::BudgetAction::Block
+        && let Some(budget) = limits.monthly_budget
+        && let Some(spent) = crate::budget::spent(app, &tenant.id, now).await?
+        && crate::budget::blocks(&limits, spent)
+    {
+        app.metrics
+            .rejected
+            .with_label_values(&[label, "budget_exceeded"])
+            .inc();
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "budget_exceeded",
+            format!(
+                "tenant `{}` has spent {spent:.4} {} of its monthly budget of {budget}; new jobs are refused until {}",
+                tenant.id,
+                app.cfg.prices.currency,
+                views::rfc3339(period.1)
+            ),
+        );
+        e.retry_after_s = Some(((period.1 - now) / 1000).max(1) as u64);
+        return Err(e);
+    }
     let new = NewJob {
         id: format!("job_{}", uuid::Uuid::now_v7().simple()),
         tenant: tenant.id.clone(),

@@ -518,6 +518,10 @@ fn execute(cmd: OperatorCommand) -> Result<String, String> {
                     s(&b["gib_seconds"]),
                     s(&b["jobs_succeeded"]),
                     s(&b["jobs_failed"]),
+                    match b["cost"].as_f64() {
+                        Some(c) => format!("{c:.4}"),
+                        None => "-".into(),
+                    },
                 ]
             };
             let mut rows: Vec<Vec<String>> = v["buckets"]
@@ -527,6 +531,7 @@ fn execute(cmd: OperatorCommand) -> Result<String, String> {
                 .iter()
                 .map(row)
                 .collect();
+            let cost_header = format!("COST {}", v["currency"].as_str().unwrap_or_default());
             let mut total = row(&v["total"]);
             total[0] = "total".into();
             total[1] = String::new();
@@ -540,6 +545,7 @@ fn execute(cmd: OperatorCommand) -> Result<String, String> {
                     "GIB S",
                     "SUCCEEDED",
                     "FAILED",
+                    cost_header.trim_end(),
                 ],
                 &rows,
             ))

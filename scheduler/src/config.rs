@@ -42,6 +42,10 @@ pub struct ServeArgs {
     /// process provider on a host without bubblewrap).
     #[arg(long, env = "SHOAL_INSECURE_SHARED_HOST")]
     pub insecure_shared_host: bool,
+    /// Push usage events (CloudEvents batches) to this URL, e.g. OpenMeter's
+    /// `https://openmeter.cloud/api/v1/events`.
+    #[arg(long, env = "SHOAL_USAGE_SINK")]
+    pub usage_sink: Option<String>,
 }
 
 /// The config file's shape. Every key is optional; `SHOAL_<KEY>` overrides a top-level key.
@@ -91,6 +95,64 @@ pub struct FileConfig {
     pub webhook_max_attempts: Option<u32>,
     /// Let endpoints created with a tenant key reach loopback, private and link-local addresses.
     pub webhook_allow_private: Option<bool>,
+    /// Where usage events are pushed (CloudEvents batch mode).
+    pub usage_sink: Option<String>,
+    /// Sent as `Authorization: Bearer` to the usage sink (an OpenMeter API token).
+    pub usage_sink_token: Option<String>,
+    /// The wait before the first retry of a refused usage batch; it doubles up to 5 minutes.
+    pub usage_sink_retry_initial: Option<String>,
+    /// The CloudEvents `source` of usage events [default: shoal].
+    pub usage_source: Option<String>,
+    /// `[prices]`: `currency` and one table per provider (`[prices.fly]`).
+    pub prices: Option<PricesTable>,
+}
+
+/// The `[prices]` table.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PricesTable {
+    /// An ISO 4217 code [default: USD].
+    pub currency: Option<String>,
+    pub process: Option<shoal_metering::Price>,
+    pub docker: Option<shoal_metering::Price>,
+    pub fly: Option<shoal_metering::Price>,
+    pub kubernetes: Option<shoal_metering::Price>,
+}
+
+/// The highest price per vCPU-second or GiB-second accepted: a guard against a typo.
+pub const MAX_PRICE: f64 = 1_000.0;
+
+impl PricesTable {
+    /// The price list, with every problem found.
+    pub fn resolve(&self, errs: &mut Vec<String>) -> shoal_metering::Prices {
+        let currency = self.currency.clone().unwrap_or_else(|| "USD".into());
+        if currency.len() != 3 || !currency.chars().all(|c| c.is_ascii_uppercase()) {
+            errs.push(format!(
+                "prices.currency: `{currency}` is not a three-letter currency code like USD"
+            ));
+        }
+        let mut providers = std::collections::BTreeMap::new();
+        for (name, p) in [
+            ("process", self.process),
+            ("docker", self.docker),
+            ("fly", self.fly),
+            ("kubernetes", self.kubernetes),
+        ] {
+            let Some(p) = p else { continue };
+            for (k, v) in [("vcpu_second", p.vcpu_second), ("gib_second", p.gib_second)] {
+                if !v.is_finite() || !(0.0..=MAX_PRICE).contains(&v) {
+                    errs.push(format!(
+                        "prices.{name}.{k}: {v} is not a price between 0 and {MAX_PRICE}"
+                    ));
+                }
+            }
+            providers.insert(name.to_string(), p);
+        }
+        shoal_metering::Prices {
+            currency,
+            providers,
+        }
+    }
 }
 
 /// A number of bytes in the config file: `1048576` or `"1MiB"`.
@@ -240,6 +302,27 @@ pub struct Config {
     pub docker: Option<shoal_fleet::docker::DockerConfig>,
     /// The `[provider.kubernetes]` table, when the provider is `kubernetes`.
     pub kubernetes: Option<shoal_fleet::kubernetes::KubernetesConfig>,
+    /// Where usage events are pushed, if anywhere.
+    pub usage_sink: Option<String>,
+    /// `usage_sink_token` (`SHOAL_USAGE_SINK_TOKEN`): never printed.
+    #[serde(skip)]
+    pub usage_sink_token: Option<String>,
+    #[serde(with = "humantime_serde_compat")]
+    pub usage_sink_retry_initial: Duration,
+    /// The CloudEvents `source` of usage events.
+    pub usage_source: String,
+    /// `[prices]`: what usage costs.
+    pub prices: shoal_metering::Prices,
+}
+
+impl Config {
+    /// What the store needs to render usage events.
+    pub fn usage_context(&self) -> shoal_metering::UsageContext {
+        shoal_metering::UsageContext {
+            source: self.usage_source.clone(),
+            prices: self.prices.clone(),
+        }
+    }
 }
 
 /// Durations print as humans write them.
@@ -389,6 +472,16 @@ impl Config {
             "webhook_retry_initial",
             pick(&None, &file.webhook_retry_initial, "webhook_retry_initial"),
             "5s",
+            Duration::from_millis(10),
+        );
+        let usage_sink_retry_initial = duration(
+            "usage_sink_retry_initial",
+            pick(
+                &None,
+                &file.usage_sink_retry_initial,
+                "usage_sink_retry_initial",
+            ),
+            "1s",
             Duration::from_millis(10),
         );
         if webhook_retry_initial > crate::delivery::MAX_BACKOFF {
@@ -648,6 +741,22 @@ impl Config {
             }
         }
         let kubernetes = kubernetes.filter(|_| provider == "kubernetes");
+        let usage_sink = pick(&args.usage_sink, &file.usage_sink, "usage_sink");
+        if let Some(u) = &usage_sink
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            errs.push(format!("usage_sink: `{u}` is not an http(s) URL"));
+        }
+        let usage_sink_token = env_var("usage_sink_token")
+            .or(file.usage_sink_token.clone())
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty());
+        let usage_source = pick(&None, &file.usage_source, "usage_source")
+            .unwrap_or_else(|| shoal_metering::UsageContext::DEFAULT_SOURCE.into());
+        if usage_source.is_empty() || usage_source.len() > 256 {
+            errs.push("usage_source: must be 1 to 256 characters".into());
+        }
+        let prices = file.prices.clone().unwrap_or_default().resolve(&mut errs);
         if errs.is_empty() {
             Ok(Config {
                 kubernetes,
@@ -681,6 +790,11 @@ impl Config {
                 process_isolation,
                 process_uid_base,
                 insecure_shared_host: args.insecure_shared_host,
+                usage_sink,
+                usage_sink_token,
+                usage_sink_retry_initial,
+                usage_source,
+                prices,
             })
         } else {
             Err(ConfigErrors(errs))

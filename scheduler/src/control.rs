@@ -603,14 +603,20 @@ impl Control {
             tenant: rec.tenant.clone(),
             at: o.at,
             kind,
+            note: None,
         };
+        let usage = self.app.cfg.usage_context();
         match o.state {
             ObservedState::Running => {
                 store
-                    .append_ledger(&entry(LedgerKind::Running {
-                        cpus_milli: rec.cpus_milli,
-                        memory_mb: rec.memory_mb,
-                    }))
+                    .record_ledger(
+                        &entry(LedgerKind::Running {
+                            cpus_milli: rec.cpus_milli,
+                            memory_mb: rec.memory_mb,
+                        }),
+                        &usage,
+                        now_ms(),
+                    )
                     .await?;
                 self.running_since
                     .lock()
@@ -620,7 +626,13 @@ impl Control {
                 return Ok(());
             }
             ObservedState::Suspended | ObservedState::Stopped | ObservedState::Gone => {
-                store.append_ledger(&entry(LedgerKind::Stopped)).await?;
+                if store
+                    .record_ledger(&entry(LedgerKind::Stopped), &usage, now_ms())
+                    .await?
+                    > 0
+                {
+                    self.app.usage_kick.notify_one();
+                }
                 if let Some(t0) = self
                     .running_since
                     .lock()
@@ -720,15 +732,34 @@ impl Control {
                 if listed.iter().any(|o| &o.sandbox.sandbox_id == id) {
                     continue;
                 }
-                let at = rec.last_seen.unwrap_or(rec.since).max(rec.since).min(now);
+                // No provider time for a sandbox the provider no longer lists: the last sign of
+                // life stands in (an agent's heartbeat, lease or call), else the last state change.
+                let (at, basis) = match rec.last_seen {
+                    Some(seen) if seen >= rec.since => (seen.min(now), "last_seen"),
+                    _ => (rec.since.min(now), "since"),
+                };
+                let note = json!({
+                    "finding": "reconcile",
+                    "reason": "the provider no longer lists this sandbox",
+                    "closed_at": basis,
+                    "state_was": rec.state,
+                    "reconciled_at": now,
+                });
+                tracing::warn!(sandbox = %id, at, basis, "closing the billing of a sandbox the provider no longer lists");
                 store
-                    .append_ledger(&LedgerEntry {
-                        sandbox_id: id.clone(),
-                        tenant: rec.tenant.clone(),
-                        at,
-                        kind: LedgerKind::Stopped,
-                    })
+                    .record_ledger(
+                        &LedgerEntry {
+                            sandbox_id: id.clone(),
+                            tenant: rec.tenant.clone(),
+                            at,
+                            kind: LedgerKind::Stopped,
+                            note: Some(note),
+                        },
+                        &self.app.cfg.usage_context(),
+                        now,
+                    )
                     .await?;
+                self.app.usage_kick.notify_one();
                 store.sandbox_down(id, SandboxState::Destroyed, now).await?;
             }
         }

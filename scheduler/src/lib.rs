@@ -4,6 +4,7 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod budget;
 pub mod bus;
 pub mod cli;
 pub mod config;
@@ -27,6 +28,7 @@ pub mod ssrf;
 pub mod state;
 pub mod telemetry;
 pub mod usage;
+pub mod usagefeed;
 pub mod views;
 pub mod webhooks;
 pub mod wire;
@@ -327,6 +329,7 @@ pub async fn serve(
     let delivery_task = tokio::spawn(delivery::run(Arc::clone(&app), holder.clone()));
     let audit_task = tokio::spawn(audit::run(Arc::clone(&app)));
     let retention_task = tokio::spawn(retention::run(Arc::clone(&app), Arc::clone(&control)));
+    let usage_task = tokio::spawn(usagefeed::run(Arc::clone(&app), Arc::clone(&control)));
     let ingress_task = ingress_queue(&app.cfg)
         .await?
         .map(|queue| tokio::spawn(ingress(Arc::clone(&app), queue)));
@@ -415,6 +418,7 @@ pub async fn serve(
     let _ = delivery_task.await;
     let _ = audit_task.await;
     let _ = retention_task.await;
+    let _ = usage_task.await;
     if let Some(t) = ingress_task {
         let _ = t.await;
     }

@@ -50,6 +50,23 @@ pub struct TenantLive {
     pub jobs_per_minute: u64,
     /// This month's jobs against the quota, with the 80% warning.
     pub usage: QuotaUsage,
+    /// This month's spend, when `[prices]` prices the provider.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spend: Option<Spend>,
+}
+
+/// A tenant's spend this month against its budget.
+#[derive(Debug, Clone, Serialize, ToSchema, PartialEq)]
+pub struct Spend {
+    pub spent: f64,
+    pub currency: String,
+    /// `limits.monthly_budget`; absent without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget: Option<f64>,
+    /// At 80% of the budget or more.
+    pub warning: bool,
+    /// At the budget or more.
+    pub exceeded: bool,
 }
 
 /// The whole fleet added up.
@@ -220,6 +237,7 @@ impl Live {
 #[derive(Default)]
 struct Slow {
     usage: HashMap<String, QuotaUsage>,
+    spend: HashMap<String, Spend>,
     per_minute: HashMap<String, u64>,
 }
 
@@ -270,8 +288,23 @@ async fn pass(
     if sample_now || tenants.iter().any(|t| !slow.usage.contains_key(&t.id)) {
         let period = shoal_metering::month_of(now);
         slow.usage.clear();
+        slow.spend.clear();
         slow.per_minute.clear();
         for t in &tenants {
+            if let Some(spent) = crate::budget::spent(app, &t.id, now).await? {
+                let budget = t.limits().monthly_budget;
+                let reached = budget.map(|b| crate::budget::reached(spent, b).len());
+                slow.spend.insert(
+                    t.id.clone(),
+                    Spend {
+                        spent,
+                        currency: app.cfg.prices.currency.clone(),
+                        budget,
+                        warning: reached.is_some_and(|n| n >= 1),
+                        exceeded: reached.is_some_and(|n| n >= 2),
+                    },
+                );
+            }
             let jobs = app.store.period_jobs(&t.id, period.0).await?;
             let usage = views::quota_usage(period, jobs, t.limits().jobs_per_month);
             let label = app.metrics.tenant(&t.id);
@@ -318,6 +351,7 @@ async fn pass(
                 .get(&t.id)
                 .cloned()
                 .unwrap_or_else(|| views::quota_usage(shoal_metering::month_of(now), 0, None)),
+            spend: slow.spend.get(&t.id).cloned(),
         });
     }
     let overview = Overview::add_up(now, live);

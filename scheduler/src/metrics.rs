@@ -31,6 +31,8 @@ pub struct Metrics {
     pub sandboxes_desired: IntGaugeVec,
     /// Jobs admitted this month over the monthly quota (set by the live view's sampler).
     pub quota_usage_ratio: GaugeVec,
+    /// Spend this month over the tenant's monthly budget (absent without a budget or a price).
+    pub budget_usage_ratio: GaugeVec,
     /// Provider resources the store does not know or knows as destroyed (set by the sampler).
     pub sandboxes_leaked: IntGaugeVec,
     /// Callers waiting on one job (`wait_s`, followed logs), set when the metrics are read.
@@ -121,6 +123,17 @@ impl Metrics {
         registry
             .register(Box::new(quota_usage_ratio.clone()))
             .expect("unique metric");
+        let budget_usage_ratio = GaugeVec::new(
+            Opts::new(
+                "shoal_budget_usage_ratio",
+                "Spend this month over the tenant's monthly budget (absent without one).",
+            ),
+            &["tenant"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(budget_usage_ratio.clone()))
+            .expect("unique metric");
         let job_watchers = prometheus::IntGauge::new(
             "shoal_job_watchers",
             "Requests waiting on one job: `wait_s` waits and followed logs.",
@@ -173,6 +186,7 @@ impl Metrics {
                 &["provider"],
             ),
             quota_usage_ratio,
+            budget_usage_ratio,
             jobs_enqueued: counter(
                 "shoal_jobs_enqueued_total",
                 "Jobs admitted.",

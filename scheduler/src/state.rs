@@ -23,6 +23,8 @@ pub struct App {
     pub kick: Notify,
     /// Wakes the webhook delivery worker: an event may have been written.
     pub outbox_kick: Notify,
+    /// Wakes the usage sink pusher: a usage event may have been written.
+    pub usage_kick: Notify,
     /// Wakes agents of a tenant waiting for work.
     waiters: Mutex<HashMap<String, Arc<Notify>>>,
     /// The last plan's desired size per tenant.
@@ -76,6 +78,7 @@ impl App {
             admin_token,
             kick: Notify::new(),
             outbox_kick: Notify::new(),
+            usage_kick: Notify::new(),
             waiters: Mutex::new(HashMap::new()),
             desired: RwLock::new(HashMap::new()),
             waiting_since: Mutex::new(HashMap::new()),

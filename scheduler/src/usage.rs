@@ -10,7 +10,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use shoal_core::{JobState, Millis};
-use shoal_metering::{Granularity, Usage, bucketize, intervals, month_of, total};
+use shoal_metering::{Granularity, Price, Usage, bucketize, intervals, month_of, total};
 use std::sync::Arc;
 use utoipa::{IntoParams, ToSchema};
 
@@ -41,6 +41,9 @@ pub struct UsageBucket {
     pub gib_seconds: f64,
     pub jobs_succeeded: u64,
     pub jobs_failed: u64,
+    /// The bucket's vCPU- and GiB-seconds at the provider's `[prices]`; absent without a price.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<f64>,
 }
 
 /// The report's total over `[from, to)`.
@@ -51,6 +54,8 @@ pub struct UsageTotal {
     pub gib_seconds: f64,
     pub jobs_succeeded: u64,
     pub jobs_failed: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<f64>,
 }
 
 /// `GET /v1/usage` as JSON.
@@ -63,6 +68,9 @@ pub struct UsageReport {
     pub granularity: Granularity,
     pub buckets: Vec<UsageBucket>,
     pub total: UsageTotal,
+    /// The currency of `cost`, when the provider has a price.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
 }
 
 /// Most buckets one report may hold.
@@ -77,8 +85,9 @@ pub struct Row {
     pub failed: u64,
 }
 
-fn bucket(r: &Row) -> UsageBucket {
+fn bucket(r: &Row, price: Option<Price>) -> UsageBucket {
     UsageBucket {
+        cost: price.map(|p| p.cost(&r.usage)),
         start: rfc3339(r.start),
         end: rfc3339(r.end),
         sandbox_seconds: r.usage.sandbox_seconds(),
@@ -87,6 +96,11 @@ fn bucket(r: &Row) -> UsageBucket {
         jobs_succeeded: r.succeeded,
         jobs_failed: r.failed,
     }
+}
+
+/// The price of this scheduler's provider, if `[prices]` has one.
+pub fn price(app: &App) -> Option<Price> {
+    app.cfg.prices.providers.get(&app.cfg.provider).copied()
 }
 
 /// Computes the report's rows and total for `tenant` (or all) over `[from, to)`.
@@ -196,14 +210,17 @@ pub async fn usage(
         ));
     }
     let (rows, tot) = report(&app, tenant.as_deref(), from, to, g).await?;
+    let price = price(&app);
     match q.format.as_deref().unwrap_or("json") {
         "json" => Ok(axum::Json(UsageReport {
             tenant,
             from: rfc3339(from),
             to: rfc3339(to),
             granularity: g,
-            buckets: rows.iter().map(bucket).collect(),
+            buckets: rows.iter().map(|r| bucket(r, price)).collect(),
+            currency: price.map(|_| app.cfg.prices.currency.clone()),
             total: UsageTotal {
+                cost: price.map(|p| p.cost(&tot.usage)),
                 sandbox_seconds: tot.usage.sandbox_seconds(),
                 vcpu_seconds: tot.usage.vcpu_seconds(),
                 gib_seconds: tot.usage.gib_seconds(),
@@ -215,18 +232,21 @@ pub async fn usage(
         "csv" => {
             let who = tenant.as_deref().unwrap_or("*");
             let mut out = String::from(
-                "tenant,start,end,sandbox_seconds,vcpu_seconds,gib_seconds,jobs_succeeded,jobs_failed\n",
+                "tenant,start,end,sandbox_seconds,vcpu_seconds,gib_seconds,jobs_succeeded,jobs_failed,cost\n",
             );
             for r in &rows {
                 out.push_str(&format!(
-                    "{who},{},{},{},{},{},{},{}\n",
+                    "{who},{},{},{},{},{},{},{},{}\n",
                     rfc3339(r.start),
                     rfc3339(r.end),
                     r.usage.sandbox_seconds(),
                     r.usage.vcpu_seconds(),
                     r.usage.gib_seconds(),
                     r.succeeded,
-                    r.failed
+                    r.failed,
+                    price
+                        .map(|p| p.cost(&r.usage).to_string())
+                        .unwrap_or_default()
                 ));
             }
             Ok((

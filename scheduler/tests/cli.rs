@@ -207,14 +207,15 @@ async fn every_subcommand_against_a_running_scheduler() -> Result<()> {
     assert!(r.stdout.starts_with("START"), "{}", r.stdout);
     let total = r.rows().pop().context("no rows")?;
     assert_eq!(total[0], "total");
-    // total SANDBOX S VCPU S GIB S SUCCEEDED FAILED: one success and one failure this month.
-    assert_eq!(total[4..], ["1", "1"], "{}", r.stdout);
+    // total SANDBOX S VCPU S GIB S SUCCEEDED FAILED COST: one success and one failure this
+    // month, and no cost without `[prices]`.
+    assert_eq!(total[4..], ["1", "1", "-"], "{}", r.stdout);
     let r = shoal(&s, &["usage", "--tenant", "acme", "--csv"]).await?;
     let mut lines = r.stdout.lines();
     assert_eq!(
         lines.next(),
         Some(
-            "tenant,start,end,sandbox_seconds,vcpu_seconds,gib_seconds,jobs_succeeded,jobs_failed"
+            "tenant,start,end,sandbox_seconds,vcpu_seconds,gib_seconds,jobs_succeeded,jobs_failed,cost"
         )
     );
     let rows: Vec<&str> = lines.collect();

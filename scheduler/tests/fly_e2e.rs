@@ -20,6 +20,14 @@ fn active(p: &Value) -> u64 {
 }
 
 async fn start(faults: Faults) -> Result<(Emulator, Server, std::path::PathBuf)> {
+    start_with(faults, &[]).await
+}
+
+/// [`start`] with more flags for `shoal serve`.
+async fn start_with(
+    faults: Faults,
+    extra: &[&str],
+) -> Result<(Emulator, Server, std::path::PathBuf)> {
     let agent = shoal_testkit::bins::binary("shoal-agent", "shoal-agent");
     let emu = Emulator::start(EmulatorConfig {
         faults,
@@ -41,11 +49,9 @@ async fn start(faults: Faults) -> Result<(Emulator, Server, std::path::PathBuf)>
             emu.app()
         ),
     )?;
-    let server = Server::start(
-        &["--config", config.to_str().unwrap(), "--idle-timeout", "2s"],
-        &[("FLY_API_TOKEN", "test-token")],
-    )
-    .await?;
+    let mut args = vec!["--config", config.to_str().unwrap(), "--idle-timeout", "2s"];
+    args.extend_from_slice(extra);
+    let server = Server::start(&args, &[("FLY_API_TOKEN", "test-token")]).await?;
     for t in TENANTS {
         let (st, v) = server
             .send(
@@ -208,6 +214,55 @@ async fn fly_under_faults_loses_no_job_and_leaves_no_machine() -> Result<()> {
         .filter(|m| m.state == "started" || m.state == "starting")
         .collect();
     assert!(running.is_empty(), "machines left running: {running:?}");
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}
+
+/// Billing against the emulator's own record: three tenants' jobs, the scheduler SIGKILLed while
+/// machines run and restarted, more jobs, the pools left to suspend; per tenant, the billed
+/// seconds are within 2% of the time the emulator's machines spent `started`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fly_billing_matches_the_emulators_running_time_across_a_crash() -> Result<()> {
+    // One address across the restart, so the machines' agents find the scheduler again.
+    let port = shoal_testkit::server::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let advertise = format!("http://127.0.0.1:{port}");
+    let (emu, mut s, dir) = start_with(
+        Faults::default(),
+        &["--listen", &listen, "--advertise-url", &advertise],
+    )
+    .await?;
+    let from = chrono::Utc::now() - chrono::Duration::hours(1);
+    run_jobs(&s, 4, "before").await?;
+    s.kill()?;
+    // The machines keep running while the scheduler is down: that is billable time too.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    s.restart().await?;
+    run_jobs(&s, 4, "after").await?;
+    for t in TENANTS {
+        wait_idle(&s, t, "suspended").await?;
+    }
+    let to = chrono::Utc::now() + chrono::Duration::seconds(1);
+    let record = emu.running_ms_by("shoal_tenant");
+    for t in TENANTS {
+        let r = s
+            .get(&format!(
+                "/v1/usage?tenant={t}&from={}&to={}",
+                from.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                to.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            ))
+            .await?;
+        let billed = r["total"]["sandbox_seconds"].as_f64().unwrap() * 1e3;
+        let ran = record.get(t).copied().unwrap_or(0) as f64;
+        assert!(ran > 0.0, "{t}'s machines never ran: {record:?}");
+        let off = (billed - ran).abs() / ran;
+        eprintln!(
+            "{t}: billed {billed} ms, the emulator ran {ran} ms ({:.3}%)",
+            off * 100.0
+        );
+        assert!(off <= 0.02, "{t}: billed {billed} ms, ran {ran} ms: {r}");
+    }
+    s.stop().await?;
     let _ = std::fs::remove_dir_all(dir);
     Ok(())
 }

@@ -7,7 +7,7 @@ pub mod limits;
 pub mod sandbox;
 
 pub use job::{JobKind, JobState, UnknownValue};
-pub use limits::{Limits, LimitsPatch, PlanTier, SandboxSize};
+pub use limits::{BudgetAction, Limits, LimitsPatch, PlanTier, SandboxSize};
 pub use sandbox::SandboxState;
 
 /// Milliseconds since the Unix epoch, UTC. Every timestamp in Shoal's core is one of these, so

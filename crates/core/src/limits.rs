@@ -53,6 +53,8 @@ impl PlanTier {
             min_warm: 0,
             idle_timeout_s: None,
             sandbox_size: SandboxSize::default(),
+            monthly_budget: None,
+            on_budget_exceeded: BudgetAction::Notify,
         }
     }
 
@@ -121,6 +123,23 @@ pub struct Limits {
     pub min_warm: u32,
     pub idle_timeout_s: Option<u64>,
     pub sandbox_size: SandboxSize,
+    /// Spend allowed per calendar month (UTC), in the `[prices]` currency; `None`: no budget.
+    #[serde(default)]
+    pub monthly_budget: Option<f64>,
+    /// What reaching the budget does.
+    #[serde(default)]
+    pub on_budget_exceeded: BudgetAction,
+}
+
+/// What a tenant that reached its monthly budget gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetAction {
+    /// `budget.warning` and `budget.exceeded` are sent; jobs are still admitted.
+    #[default]
+    Notify,
+    /// As `notify`, and new jobs are refused with 429 `budget_exceeded` until the month ends.
+    Block,
 }
 
 /// Overrides of a plan's limits. Each field: absent keeps the plan's value, `null` sets unlimited
@@ -176,6 +195,18 @@ pub struct LimitsPatch {
         skip_serializing_if = "Option::is_none"
     )]
     pub sandbox_size: Option<Option<SandboxSize>>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub monthly_budget: Option<Option<f64>>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub on_budget_exceeded: Option<Option<BudgetAction>>,
 }
 
 /// A `T` read only from an object (JSON `{...}`). serde's derived structs also accept a list of
@@ -233,6 +264,7 @@ pub mod range {
     pub const IDLE_TIMEOUT_S: (u64, u64) = (0, 31_536_000);
     pub const CPUS: (f64, f64) = (0.001, 1024.0);
     pub const MEMORY_MB: (u64, u64) = (16, 4 * 1024 * 1024);
+    pub const MONTHLY_BUDGET: (f64, f64) = (0.0, 1_000_000_000_000.0);
 }
 
 /// One limit that does not make sense.
@@ -274,6 +306,12 @@ impl Limits {
         if let Some(v) = patch.sandbox_size {
             l.sandbox_size = v.unwrap_or_default();
         }
+        if let Some(v) = patch.monthly_budget {
+            l.monthly_budget = v;
+        }
+        if let Some(v) = patch.on_budget_exceeded {
+            l.on_budget_exceeded = v.unwrap_or_default();
+        }
         l
     }
 
@@ -295,7 +333,13 @@ impl Limits {
                 ))
             }
         }
-        let checks: [(&'static str, Option<Result<(), String>>); 7] = [
+        let checks: [(&'static str, Option<Result<(), String>>); 8] = [
+            (
+                "monthly_budget",
+                // NaN fails both comparisons, so it is refused too.
+                self.monthly_budget
+                    .map(|v| within(v, range::MONTHLY_BUDGET)),
+            ),
             (
                 "max_sandboxes",
                 self.max_sandboxes.map(|v| within(v, range::MAX_SANDBOXES)),

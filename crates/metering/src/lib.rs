@@ -19,6 +19,11 @@ pub struct LedgerEntry {
     pub tenant: String,
     pub at: Millis,
     pub kind: LedgerKind,
+    /// Why the entry was written where no provider event said so (a reconciliation's finding:
+    /// which time was used and why), or how the store adjusted it; `None` for a plain
+    /// observation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<serde_json::Value>,
 }
 
 /// Billing starts when the provider reports a sandbox running and stops when it reports it
@@ -297,6 +302,9 @@ pub fn usage_event(
         }
     })
 }
+
+pub mod events;
+pub use events::*;
 
 #[cfg(test)]
 mod tests;

@@ -16,6 +16,7 @@ fn run(id: &str, at: Millis) -> LedgerEntry {
             cpus_milli: 2000,
             memory_mb: 2048,
         },
+        note: None,
     }
 }
 
@@ -25,6 +26,7 @@ fn stop(id: &str, at: Millis) -> LedgerEntry {
         tenant: "t".into(),
         at,
         kind: LedgerKind::Stopped,
+        note: None,
     }
 }
 
@@ -124,6 +126,7 @@ fn arb_ledger() -> impl Strategy<Value = Vec<LedgerEntry>> {
                 } else {
                     LedgerKind::Stopped
                 },
+                note: None,
             })
             .collect();
         v.sort_by_key(|e| e.at);

@@ -14,6 +14,7 @@ pub mod retention;
 mod rows;
 pub mod sqlite;
 mod tenants;
+pub mod usage;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,7 @@ pub use postgres::PostgresStore;
 pub use retention::{Deleted, Expired, Retention};
 pub use sqlite::SqliteStore;
 use std::sync::Arc;
+pub use usage::{Metering, OpenUsage, UsageCursor, UsageEventRecord};
 
 /// Opens the store a database URL names: `sqlite://PATH` (or `sqlite::memory:`) for SQLite,
 /// `postgres://…` or `postgresql://…` for Postgres. Either way the schema is brought up to date.
@@ -312,7 +314,7 @@ pub struct Finished {
 
 /// Persistence for everything the scheduler knows; the outbox's part is [`Outbox`].
 #[async_trait]
-pub trait Store: Outbox + AuditLog + Retention + Send + Sync + 'static {
+pub trait Store: Outbox + AuditLog + Retention + Metering + Send + Sync + 'static {
     // Tenants and keys.
     /// Creates or updates a tenant; `true` when it was created.
     async fn put_tenant(
@@ -430,6 +432,7 @@ pub trait Store: Outbox + AuditLog + Retention + Send + Sync + 'static {
     async fn sandboxes(&self, tenant: Option<&str>) -> Result<Vec<SandboxRecord>>;
 
     // Ledger and events.
+    /// Appends to the ledger with no prices and the default source: [`Metering::record_ledger`].
     async fn append_ledger(&self, entry: &LedgerEntry) -> Result<()>;
     /// The ledger of one tenant or all, in order.
     async fn ledger(&self, tenant: Option<&str>) -> Result<Vec<LedgerEntry>>;

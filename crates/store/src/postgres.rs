@@ -667,6 +667,13 @@ impl Store for PostgresStore {
         .execute(&self.pool)
         .await?;
         if r.rows_affected() == 1 {
+            // A heartbeat is a sign of life: the sandbox was running now, which is what billing
+            // falls back on when a crash leaves no provider time.
+            sqlx::query("UPDATE sandboxes SET last_seen = $1 WHERE id = (SELECT sandbox_id FROM jobs WHERE id = $2)")
+                .bind(now)
+                .bind(job_id)
+                .execute(&self.pool)
+                .await?;
             return Ok(HeartbeatAnswer {
                 ok: true,
                 cancel: false,
@@ -953,30 +960,15 @@ impl Store for PostgresStore {
     }
 
     async fn append_ledger(&self, e: &LedgerEntry) -> Result<()> {
-        let (kind, cpus, mem) = match e.kind {
-            LedgerKind::Running {
-                cpus_milli,
-                memory_mb,
-            } => ("running", Some(cpus_milli as i64), Some(memory_mb as i64)),
-            LedgerKind::Stopped => ("stopped", None, None),
-        };
-        sqlx::query(
-            "INSERT INTO ledger (sandbox_id, tenant, at, kind, cpus_milli, memory_mb) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&e.sandbox_id)
-        .bind(&e.tenant)
-        .bind(e.at)
-        .bind(kind)
-        .bind(cpus)
-        .bind(mem)
-        .execute(&self.pool)
-        .await?;
+        let mut tx = self.begin().await?;
+        crate::usage::postgres::record(&mut tx, e, &Default::default(), e.at).await?;
+        tx.commit().await?;
         Ok(())
     }
 
     async fn ledger(&self, tenant: Option<&str>) -> Result<Vec<LedgerEntry>> {
         let rows = sqlx::query(
-            "SELECT sandbox_id, tenant, at, kind, cpus_milli, memory_mb FROM ledger \
+            "SELECT sandbox_id, tenant, at, kind, cpus_milli, memory_mb, note FROM ledger \
              WHERE ($1::text IS NULL OR tenant = $1) ORDER BY seq",
         )
         .bind(tenant)
@@ -999,6 +991,7 @@ impl Store for PostgresStore {
                     tenant: row.try_get("tenant")?,
                     at: row.try_get("at")?,
                     kind,
+                    note: json_col(row, "note")?,
                 })
             })
             .collect()
@@ -1216,5 +1209,6 @@ impl PostgresStore {
 }
 
 crate::outbox::impl_outbox!(PostgresStore, postgres, begin);
+crate::usage::impl_metering!(PostgresStore, postgres, begin);
 crate::audit::impl_audit!(PostgresStore, postgres, begin);
 crate::retention::impl_retention!(PostgresStore, postgres, begin);

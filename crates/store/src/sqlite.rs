@@ -621,6 +621,13 @@ impl Store for SqliteStore {
             .execute(&self.pool)
             .await?;
         if r.rows_affected() == 1 {
+            // A heartbeat is a sign of life: the sandbox was running now, which is what billing
+            // falls back on when a crash leaves no provider time.
+            sqlx::query("UPDATE sandboxes SET last_seen = ? WHERE id = (SELECT sandbox_id FROM jobs WHERE id = ?)")
+                .bind(now)
+                .bind(job_id)
+                .execute(&self.pool)
+                .await?;
             return Ok(HeartbeatAnswer {
                 ok: true,
                 cancel: false,
@@ -893,22 +900,9 @@ impl Store for SqliteStore {
     }
 
     async fn append_ledger(&self, e: &LedgerEntry) -> Result<()> {
-        let (kind, cpus, mem) = match e.kind {
-            LedgerKind::Running {
-                cpus_milli,
-                memory_mb,
-            } => ("running", Some(cpus_milli as i64), Some(memory_mb as i64)),
-            LedgerKind::Stopped => ("stopped", None, None),
-        };
-        sqlx::query("INSERT INTO ledger (sandbox_id, tenant, at, kind, cpus_milli, memory_mb) VALUES (?, ?, ?, ?, ?, ?)")
-            .bind(&e.sandbox_id)
-            .bind(&e.tenant)
-            .bind(e.at)
-            .bind(kind)
-            .bind(cpus)
-            .bind(mem)
-            .execute(&self.pool)
-            .await?;
+        let mut tx = self.write().await?;
+        crate::usage::sqlite::record(&mut tx, e, &Default::default(), e.at).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -935,6 +929,7 @@ impl Store for SqliteStore {
                     tenant: row.try_get("tenant")?,
                     at: row.try_get("at")?,
                     kind,
+                    note: json_col(row, "note")?,
                 })
             })
             .collect()
@@ -1108,5 +1103,6 @@ impl Store for SqliteStore {
 }
 
 crate::outbox::impl_outbox!(SqliteStore, sqlite, write);
+crate::usage::impl_metering!(SqliteStore, sqlite, write);
 crate::audit::impl_audit!(SqliteStore, sqlite, write);
 crate::retention::impl_retention!(SqliteStore, sqlite, write);

@@ -74,6 +74,9 @@ conformance! {
     every_change_is_audited_and_sealed_into_one_chain => audit_chain,
     concurrent_sealers_seal_each_record_once => audit_concurrent_sealers,
     retention_takes_only_what_aged_out => retention,
+    usage_intervals_close_with_their_events => usage_events,
+    usage_cursor_pages_without_gap_or_repeat => usage_cursor_paging,
+    concurrent_usage_writers_never_pass_the_cursor => usage_concurrent_writers,
 }
 
 fn job(id: &str, tenant: &str, key: Option<&str>, priority: i32, at: i64) -> NewJob {
@@ -675,12 +678,14 @@ async fn ledger_and_events(store: Arc<dyn Store>) {
             cpus_milli: 500,
             memory_mb: 256,
         },
+        note: None,
     };
     let e2 = LedgerEntry {
         sandbox_id: "s".into(),
         tenant: "t".into(),
         at: 9,
         kind: LedgerKind::Stopped,
+        note: None,
     };
     store.append_ledger(&e1).await.unwrap();
     store.append_ledger(&e2).await.unwrap();
@@ -2227,6 +2232,7 @@ async fn retention(store: Arc<dyn Store>) {
             tenant: "t".into(),
             at: 150,
             kind: shoal_metering::LedgerKind::Stopped,
+            note: None,
         })
         .await
         .unwrap();
@@ -2307,4 +2313,444 @@ async fn retention(store: Arc<dyn Store>) {
     assert_eq!((done.deliveries, done.outbox), (1, 1));
     assert!(store.expired(cutoff, 100).await.unwrap().is_empty());
     assert_eq!(store.outbox_after("usage.", 0, 10).await.unwrap().len(), 1);
+}
+
+// ---- Usage events ------------------------------------------------------------------------------
+
+const H: i64 = 3_600_000;
+
+fn running(sb: &str, tenant: &str, at: i64) -> shoal_metering::LedgerEntry {
+    shoal_metering::LedgerEntry {
+        sandbox_id: sb.into(),
+        tenant: tenant.into(),
+        at,
+        kind: shoal_metering::LedgerKind::Running {
+            cpus_milli: 2000,
+            memory_mb: 1024,
+        },
+        note: None,
+    }
+}
+
+fn stopped(sb: &str, tenant: &str, at: i64) -> shoal_metering::LedgerEntry {
+    shoal_metering::LedgerEntry {
+        sandbox_id: sb.into(),
+        tenant: tenant.into(),
+        at,
+        kind: shoal_metering::LedgerKind::Stopped,
+        note: None,
+    }
+}
+
+fn priced() -> shoal_metering::UsageContext {
+    let mut ctx = shoal_metering::UsageContext {
+        source: "test".into(),
+        ..Default::default()
+    };
+    ctx.prices.currency = "USD".into();
+    ctx.prices.providers.insert(
+        "process".into(),
+        shoal_metering::Price {
+            vcpu_second: 0.001,
+            gib_second: 0.0005,
+        },
+    );
+    ctx
+}
+
+/// Every usage event there is, read page by page from the start.
+async fn all_usage(store: &dyn Store, page: u32) -> Vec<UsageEventRecord> {
+    let mut out: Vec<UsageEventRecord> = Vec::new();
+    let mut at = UsageCursor::default();
+    loop {
+        let got = store.usage_events(None, at, page).await.unwrap();
+        let Some(last) = got.last() else { break };
+        at = last.cursor;
+        out.extend(got);
+    }
+    out
+}
+
+/// The exact milliseconds of an event's `[from, to)`.
+fn event_ms(e: &serde_json::Value) -> i64 {
+    let t = |k: &str| {
+        chrono::DateTime::parse_from_rfc3339(e["data"][k].as_str().unwrap())
+            .unwrap()
+            .timestamp_millis()
+    };
+    t("to") - t("from")
+}
+
+async fn usage_events(store: Arc<dyn Store>) {
+    setup(&*store).await;
+    let ctx = priced();
+    let t0 = 100 * H + 30 * 60_000; // half past an hour
+    // sb1 runs 2.5 h, cut at both hours it crosses (twice each: idempotent), then stops.
+    assert_eq!(
+        store
+            .record_ledger(&running("sb1", "t", t0), &ctx, t0)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .record_ledger(&running("sb1", "t", t0 + 5), &ctx, t0)
+            .await
+            .unwrap(),
+        0,
+        "a repeated running changes nothing"
+    );
+    assert_eq!(store.cut_usage(101 * H, &ctx, 101 * H).await.unwrap(), 1);
+    assert_eq!(
+        store.cut_usage(101 * H + 7, &ctx, 101 * H).await.unwrap(),
+        0,
+        "rounded to the hour, already cut"
+    );
+    assert_eq!(store.cut_usage(102 * H, &ctx, 102 * H).await.unwrap(), 1);
+    let open = store.open_usage().await.unwrap();
+    assert_eq!(
+        (open.len(), open[0].billed_to, open[0].provider.as_str()),
+        (1, 102 * H, "process")
+    );
+    assert_eq!(
+        store
+            .record_ledger(&stopped("sb1", "t", 103 * H), &ctx, 103 * H)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .record_ledger(&stopped("sb1", "t", 103 * H + 9), &ctx, 103 * H)
+            .await
+            .unwrap(),
+        0,
+        "a repeated stop bills nothing"
+    );
+    assert!(store.open_usage().await.unwrap().is_empty());
+
+    // sbu: a crash-late provider report says it stopped before the last cut; the ledger keeps the
+    // billed time, with a note, so ledger and events agree.
+    store
+        .record_ledger(&running("sbu", "u", 104 * H - 60_000), &ctx, 0)
+        .await
+        .unwrap();
+    store.cut_usage(104 * H, &ctx, 104 * H).await.unwrap();
+    let mut late = stopped("sbu", "u", 104 * H - 30_000);
+    late.note =
+        Some(json!({"finding": "not listed by the provider; closed at the last heartbeat"}));
+    assert_eq!(
+        store.record_ledger(&late, &ctx, 104 * H + 5).await.unwrap(),
+        0
+    );
+    let ledger = store.ledger(Some("u")).await.unwrap();
+    let last = ledger.last().unwrap();
+    assert_eq!(last.at, 104 * H);
+    let note = last.note.as_ref().unwrap();
+    assert_eq!(note["reported_at"], json!(104 * H - 30_000));
+    assert_eq!(
+        note["finding"],
+        "not listed by the provider; closed at the last heartbeat"
+    );
+
+    let evs = all_usage(&*store, 100).await;
+    let data: Vec<(String, i64, &str)> = evs
+        .iter()
+        .map(|e| {
+            let p = &e.event.payload;
+            (
+                p["subject"].as_str().unwrap().to_string(),
+                event_ms(p),
+                p["data"]["from"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(data.len(), 4, "{data:?}");
+    assert_eq!(data[0].1, 30 * 60_000);
+    assert_eq!((data[1].1, data[2].1, data[3].1), (H, H, 60_000));
+    for e in &evs {
+        let p = &e.event.payload;
+        assert_eq!(p["specversion"], "1.0");
+        assert_eq!(p["type"], "dev.shoal.sandbox.usage");
+        assert_eq!(p["source"], "test");
+        assert_eq!(e.event.id, p["id"].as_str().unwrap());
+        assert_eq!(e.event.topic, "usage.sandbox");
+        let from = chrono::DateTime::parse_from_rfc3339(p["data"]["from"].as_str().unwrap())
+            .unwrap()
+            .timestamp_millis();
+        let to = chrono::DateTime::parse_from_rfc3339(p["data"]["to"].as_str().unwrap())
+            .unwrap()
+            .timestamp_millis();
+        assert_eq!(
+            p["id"],
+            shoal_metering::usage_event_id(p["data"]["sandbox"].as_str().unwrap(), from, to)
+        );
+        assert!(from / H == (to - 1) / H, "never across an hour");
+        let secs = (to - from) as f64 / 1e3;
+        assert_eq!(p["data"]["seconds"].as_f64().unwrap(), secs);
+        assert_eq!(p["data"]["vcpu_seconds"].as_f64().unwrap(), secs * 2.0);
+        assert_eq!(p["data"]["gib_seconds"].as_f64().unwrap(), secs);
+        let cost = secs * 2.0 * 0.001 + secs * 0.0005;
+        assert!((p["data"]["cost"].as_f64().unwrap() - cost).abs() < 1e-9);
+        assert_eq!(p["data"]["currency"], "USD");
+    }
+    // Per tenant, the events add up to the ledger's intervals exactly.
+    for tenant in ["t", "u"] {
+        let ivs = shoal_metering::intervals(&store.ledger(Some(tenant)).await.unwrap(), 200 * H);
+        let ledger_ms: i64 = ivs.iter().map(|i| i.end - i.start).sum();
+        let event_total: i64 = evs
+            .iter()
+            .filter(|e| e.event.tenant.as_deref() == Some(tenant))
+            .map(|e| event_ms(&e.event.payload))
+            .sum();
+        assert_eq!(ledger_ms, event_total, "tenant {tenant}");
+    }
+    // Usage events are not webhook events: no deliveries fan out.
+    assert!(evs.iter().all(|e| {
+        !OutboxEvent {
+            id: e.event.id.clone(),
+            topic: e.event.topic.clone(),
+            tenant: None,
+            payload: json!(null),
+            created_at: 0,
+        }
+        .is_webhook()
+    }));
+
+    // One tenant's events alone.
+    let u = store
+        .usage_events(Some("u"), UsageCursor::default(), 100)
+        .await
+        .unwrap();
+    assert_eq!(u.len(), 1);
+    assert_eq!(u[0].event.tenant.as_deref(), Some("u"));
+    // Named cursors persist.
+    assert_eq!(store.usage_cursor("sink").await.unwrap(), None);
+    store
+        .set_usage_cursor("sink", evs[1].cursor, 5)
+        .await
+        .unwrap();
+    store
+        .set_usage_cursor("sink", evs[2].cursor, 6)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.usage_cursor("sink").await.unwrap(),
+        Some(evs[2].cursor)
+    );
+    assert_eq!(
+        evs[2].cursor.to_string().parse::<UsageCursor>().unwrap(),
+        evs[2].cursor
+    );
+    assert!("1".parse::<UsageCursor>().is_err());
+    // Budget signals: once per tenant, signal and month, with an operators' event and a webhook
+    // event fanned out in the same transaction.
+    let p = json!({"tenant": "t", "spent": 8.0, "budget": 10.0});
+    assert!(
+        store
+            .budget_signal("t", "budget.warning", 0, &p, 1)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .budget_signal("t", "budget.warning", 0, &p, 2)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .budget_signal("t", "budget.warning", 31 * 86_400_000, &p, 3)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .budget_signal("u", "budget.warning", 0, &p, 1)
+            .await
+            .unwrap()
+    );
+    let warned = store
+        .events(Some("t"), 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "budget_warning")
+        .count();
+    assert_eq!(warned, 2);
+    let topics: Vec<String> = store
+        .outbox_after("budget.", 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.topic)
+        .collect();
+    assert_eq!(topics.len(), 3);
+    assert!(topics.iter().all(|t| t == "budget.warning"));
+    assert!("-1.2".parse::<UsageCursor>().is_err());
+}
+
+async fn usage_cursor_paging(store: Arc<dyn Store>) {
+    setup(&*store).await;
+    let ctx = priced();
+    for i in 0..7 {
+        let sb = format!("p{i}");
+        store
+            .record_ledger(&running(&sb, "t", i * H / 2), &ctx, 0)
+            .await
+            .unwrap();
+        store
+            .record_ledger(&stopped(&sb, "t", i * H / 2 + H), &ctx, 0)
+            .await
+            .unwrap();
+    }
+    let all = all_usage(&*store, 1000).await;
+    let ids: Vec<&str> = all.iter().map(|e| e.event.id.as_str()).collect();
+    let mut uniq = ids.clone();
+    uniq.sort();
+    uniq.dedup();
+    assert_eq!(uniq.len(), ids.len());
+    assert_eq!(
+        ids.len(),
+        10,
+        "an hour from the half hour is two pieces, from the hour one"
+    );
+    for page in [1, 2, 3, 5] {
+        let paged = all_usage(&*store, page).await;
+        assert_eq!(
+            paged
+                .iter()
+                .map(|e| e.event.id.as_str())
+                .collect::<Vec<_>>(),
+            ids
+        );
+        assert!(paged.windows(2).all(|w| w[0].cursor < w[1].cursor));
+    }
+    // Resuming from any cursor gives exactly the rest.
+    for (i, e) in all.iter().enumerate() {
+        let rest = store.usage_events(None, e.cursor, 1000).await.unwrap();
+        assert_eq!(rest.len(), all.len() - i - 1);
+    }
+}
+
+/// Many writers close intervals at once while a reader follows the cursor: the reader ends up
+/// with every event exactly once, with cursors that only grow.
+async fn usage_concurrent_writers(store: Arc<dyn Store>) {
+    setup(&*store).await;
+    let writers = 8;
+    let each = 25;
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let store = Arc::clone(&store);
+        let done = Arc::clone(&done);
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut at = UsageCursor::default();
+            loop {
+                let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                let got = store.usage_events(None, at, 7).await.unwrap();
+                for e in &got {
+                    assert!(e.cursor > at, "the cursor only grows");
+                    at = e.cursor;
+                    seen.push(e.event.id.clone());
+                }
+                if got.is_empty() && finished {
+                    return seen;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            let ctx = priced();
+            for i in 0..each {
+                let sb = format!("w{w}-{i}");
+                let at = (w * each + i) as i64 * 1000;
+                store
+                    .record_ledger(&running(&sb, "t", at), &ctx, 0)
+                    .await
+                    .unwrap();
+                store
+                    .record_ledger(&stopped(&sb, "t", at + 500), &ctx, 0)
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let seen = reader.await.unwrap();
+    let mut uniq = seen.clone();
+    uniq.sort();
+    uniq.dedup();
+    assert_eq!(uniq.len(), seen.len(), "no event twice");
+    assert_eq!(seen.len(), writers * each, "no event missed");
+}
+
+/// The interleaving that defeats a reader ordering by `seq` alone: an older transaction inserts
+/// after a younger one and commits first. A `seq` cursor would move past the younger one's row
+/// before it commits and never see it; the `(txid, seq)` cursor does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_usage_cursor_survives_out_of_order_commits() {
+    let Some(pg) = Postgres::start().expect("starting Postgres") else {
+        return;
+    };
+    let url = pg.create_database().unwrap();
+    let store = shoal_store::open(&url).await.unwrap();
+    let connect = || async {
+        <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+            .await
+            .unwrap()
+    };
+    let (mut older, mut younger) = (connect().await, connect().await);
+    let insert = |id: &str| {
+        format!(
+            "INSERT INTO outbox (id, topic, payload, created_at) VALUES ('{id}', 'usage.sandbox', '{{}}', 1)"
+        )
+    };
+    sqlx::raw_sql("BEGIN; SELECT txid_current()")
+        .execute(&mut older)
+        .await
+        .unwrap();
+    sqlx::raw_sql("BEGIN; SELECT txid_current()")
+        .execute(&mut younger)
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(insert("young")))
+        .execute(&mut younger)
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(insert("old")))
+        .execute(&mut older)
+        .await
+        .unwrap();
+    sqlx::raw_sql("COMMIT").execute(&mut older).await.unwrap();
+    let first = store
+        .usage_events(None, UsageCursor::default(), 10)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = first.iter().map(|e| e.event.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["old"],
+        "the older, committed transaction's row is readable"
+    );
+    sqlx::raw_sql("COMMIT").execute(&mut younger).await.unwrap();
+    let next = store.usage_events(None, first[0].cursor, 10).await.unwrap();
+    let ids: Vec<&str> = next.iter().map(|e| e.event.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["young"],
+        "the row that committed later still comes after the cursor"
+    );
+    assert!(
+        next[0].event.seq < first[0].event.seq,
+        "`young` has the lower seq: a `seq > cursor` reader would have passed it"
+    );
 }

@@ -80,6 +80,10 @@ pub(crate) struct Machine {
     pub phase: Phase,
     /// Calls since the last mutation that the next one may claim (a lease taken before it).
     pub pending_calls: u64,
+    /// When the machine last went `started`, while it is.
+    pub running_since: Option<i64>,
+    /// Milliseconds spent `started` in earlier runs: the emulator's own record of running time.
+    pub running_ms: u64,
 }
 
 impl Machine {
@@ -110,6 +114,8 @@ impl Machine {
             pid: None,
             phase: Phase::Other,
             pending_calls: 0,
+            running_since: None,
+            running_ms: 0,
         }
     }
 
@@ -120,6 +126,14 @@ impl Machine {
         event: Option<(&'static str, &'static str, &'static str)>,
     ) {
         let now = now_ms().max(self.updated_at);
+        match (state == "started", self.running_since) {
+            (true, None) => self.running_since = Some(now),
+            (false, Some(t)) => {
+                self.running_ms += u64::try_from(now - t).unwrap_or(0);
+                self.running_since = None;
+            }
+            _ => {}
+        }
         self.state = state.to_string();
         self.updated_at = now;
         if let Some((kind, status, source)) = event {
@@ -132,6 +146,14 @@ impl Machine {
             });
         }
         self.state_tx.send_replace(state.to_string());
+    }
+
+    /// Milliseconds spent `started`, the current run up to `now` included.
+    pub fn running_ms_at(&self, now: i64) -> u64 {
+        self.running_ms
+            + self
+                .running_since
+                .map_or(0, |t| u64::try_from(now - t).unwrap_or(0))
     }
 
     pub fn env(&self) -> BTreeMap<String, String> {

@@ -196,6 +196,8 @@ pub struct MachineView {
     pub metadata: BTreeMap<String, String>,
     /// The process group of the machine's running process.
     pub pid: Option<u32>,
+    /// Milliseconds the machine has spent `started`, by the emulator's clock (its events' times).
+    pub running_ms: u64,
 }
 
 /// A running emulator; dropping it stops the server and kills the machines' processes.
@@ -265,6 +267,12 @@ impl Emulator {
     /// Every machine not destroyed, in creation order.
     pub fn machines(&self) -> Vec<MachineView> {
         self.shared.machine_views()
+    }
+
+    /// Milliseconds every machine (destroyed ones too) has spent `started`, added up by the value
+    /// of its metadata `key` (`shoal_tenant`: per tenant): the emulator's own record.
+    pub fn running_ms_by(&self, key: &str) -> BTreeMap<String, u64> {
+        self.shared.running_ms_by(key)
     }
 
     /// Serves until the task is cancelled (the binary's main loop).

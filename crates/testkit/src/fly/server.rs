@@ -125,7 +125,19 @@ impl Shared {
         }
     }
 
+    pub fn running_ms_by(&self, key: &str) -> std::collections::BTreeMap<String, u64> {
+        let now = now_ms();
+        let world = lock(&self.world);
+        let mut out = std::collections::BTreeMap::new();
+        for m in world.machines.values() {
+            let k = m.metadata().get(key).cloned().unwrap_or_default();
+            *out.entry(k).or_insert(0) += m.running_ms_at(now);
+        }
+        out
+    }
+
     pub fn machine_views(&self) -> Vec<MachineView> {
+        let now = now_ms();
         let world = lock(&self.world);
         world
             .order
@@ -139,6 +151,7 @@ impl Shared {
                 env: m.env(),
                 metadata: m.metadata(),
                 pid: m.pid,
+                running_ms: m.running_ms_at(now),
             })
             .collect()
     }
