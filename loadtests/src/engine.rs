@@ -257,6 +257,7 @@ pub fn simulate_detailed(
                     running: 0,
                     draining: false,
                     prewarm: None,
+                    next_due: None,
                     sandboxes: Vec::new(),
                 }],
                 fleet_max_active: None,
