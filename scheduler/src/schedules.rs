@@ -1,12 +1,14 @@
 //! Cron schedules: the API (`PUT`, `GET`, `DELETE /v1/schedules`), the cron arithmetic (`croner`
 //! for the pattern, `chrono-tz` for the time zone) and the firing loop.
 //!
-//! Firing: on the leader, every [`FIRE_EVERY`], each schedule whose next fire time is within
-//! [`LOOKAHEAD`] is fired through [`shoal_store::Store::fire_schedule`]: one transaction claims
-//! that fire time (the schedule's `next_fire_at` moves on only from the value read) and admits a
-//! job with `run_at` = the fire time and the idempotency key `schedule:NAME:FIRE_MS`, so a fire
-//! time makes one job whatever replicas race or restart. The job exists a little before its time
-//! and the lease query holds it back until then; agents waiting for work wake at its `run_at`.
+//! Firing: the leader sleeps until the earliest next fire time (looking again at least every
+//! [`FIRE_EVERY`] for schedules changed elsewhere) and fires each schedule that is due through
+//! [`shoal_store::Store::fire_schedule`]: one transaction claims that fire time (the schedule's
+//! `next_fire_at` moves on only from the value read) and admits a job with `run_at` = the fire
+//! time and the idempotency key `schedule:NAME:FIRE_MS`, so a fire time makes one job whatever
+//! replicas race or restart. The admission wakes the tenant's waiting agents at once, and the
+//! planner has had a sandbox ready since one boot lead before (the schedule's next fire time is
+//! in its snapshot).
 //!
 //! Catch-up: when fire times were missed (no scheduler ran through them), only the latest of
 //! them is run, once, at once; the schedule then continues from the first fire time after now.
@@ -33,11 +35,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use utoipa::{IntoParams, ToSchema};
 
-/// How often the leader looks for schedules to fire.
+/// The longest the leader goes without looking for schedules to fire.
 pub const FIRE_EVERY: Duration = Duration::from_millis(500);
-/// How long before its fire time a schedule's job is made (then held back until its time).
-pub const LOOKAHEAD: Millis = 3_000;
-/// Fire times one schedule may make in one pass (a cron every second within the lookahead).
+/// Fire times one schedule may make in one pass.
 const MAX_FIRES_PER_PASS: usize = 16;
 /// The most schedules one tenant may have.
 pub const MAX_SCHEDULES: usize = 1_000;
@@ -96,10 +96,10 @@ impl CronSpec {
 }
 
 /// What to fire for a schedule whose next fire time is `next` at `now`: the fire time to run and
-/// the one after it, or `None` when `next` is not within the lookahead. Missed fire times (more
-/// than one in the past) collapse into one run of the latest of them: the catch-up rule.
+/// the one after it, or `None` when `next` is still ahead. Missed fire times (more than one in
+/// the past) collapse into one run of the latest of them: the catch-up rule.
 pub fn due_fire(spec: &CronSpec, next: Millis, now: Millis) -> Option<(Millis, Option<Millis>)> {
-    if next > now.saturating_add(LOOKAHEAD) {
+    if next > now {
         return None;
     }
     let mut fire = next;
@@ -309,9 +309,14 @@ pub async fn delete(
     }
 }
 
-/// Fires every schedule due at `now`; answers how many jobs were made.
-pub async fn fire_due(app: &App, now: Millis) -> Result<usize, shoal_store::StoreError> {
+/// Fires every schedule due at `now`; answers how many jobs were made and the earliest fire time
+/// still ahead.
+pub async fn fire_due(
+    app: &App,
+    now: Millis,
+) -> Result<(usize, Option<Millis>), shoal_store::StoreError> {
     let mut made = 0;
+    let mut earliest: Option<Millis> = None;
     for s in app.store.schedules(None).await? {
         let Some(mut next) = s.next_fire_at else {
             continue;
@@ -330,13 +335,17 @@ pub async fn fire_due(app: &App, now: Millis) -> Result<usize, shoal_store::Stor
             if fire_one(app, &s, next, fire, after, now).await? {
                 made += 1;
             }
-            match after {
-                Some(a) => next = a,
-                None => break,
-            }
+            let Some(a) = after else {
+                next = Millis::MIN;
+                break;
+            };
+            next = a;
+        }
+        if next > now && s.next_fire_at.is_some() {
+            earliest = Some(earliest.map_or(next, |e| e.min(next)));
         }
     }
-    Ok(made)
+    Ok((made, earliest))
 }
 
 /// Fires `fire` of schedule `s` (claimed from `claimed`, its `next_fire_at` as read), moving it to
@@ -427,19 +436,27 @@ async fn fire_one(
     }
 }
 
-/// Fires due schedules while this replica leads, until shutdown.
+/// Fires due schedules while this replica leads, until shutdown: at each earliest fire time, and
+/// at least every [`FIRE_EVERY`].
 pub async fn run(app: Arc<App>, control: Arc<Control>) {
     let mut shutdown = app.shutdown.subscribe();
+    let mut wait = FIRE_EVERY;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(FIRE_EVERY) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
         }
+        wait = FIRE_EVERY;
         if !control.leads() || app.is_shutting_down() {
             continue;
         }
-        if let Err(e) = fire_due(&app, now_ms()).await {
-            tracing::warn!(error = %e, "firing schedules failed");
+        match fire_due(&app, now_ms()).await {
+            Ok((_, Some(at))) => {
+                let ms = u64::try_from(at.saturating_sub(now_ms())).unwrap_or(0);
+                wait = wait.min(Duration::from_millis(ms));
+            }
+            Ok((_, None)) => {}
+            Err(e) => tracing::warn!(error = %e, "firing schedules failed"),
         }
     }
 }
@@ -483,11 +500,11 @@ mod tests {
     fn missed_fire_times_collapse_into_one_catch_up_run() {
         let every5s = CronSpec::parse("*/5 * * * * *", "UTC").unwrap();
         let t0 = ms("2026-01-01T00:00:00Z");
-        // Not yet within the lookahead.
-        assert_eq!(due_fire(&every5s, t0 + 5_000, t0), None);
-        // Within it: that fire time, then the next.
+        // Not yet.
+        assert_eq!(due_fire(&every5s, t0 + 5_000, t0 + 4_999), None);
+        // On time: that fire time, then the next.
         assert_eq!(
-            due_fire(&every5s, t0 + 5_000, t0 + 2_500),
+            due_fire(&every5s, t0 + 5_000, t0 + 5_000),
             Some((t0 + 5_000, Some(t0 + 10_000)))
         );
         // Just late (one fire time passed): that one, as usual.
