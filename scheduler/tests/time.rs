@@ -265,3 +265,84 @@ async fn a_schedule_fires_once_per_time_on_time_across_a_restart() -> Result<()>
     s.stop().await?;
     Ok(())
 }
+
+/// Bad times and policies get the contract's error shape, naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_range_times_and_policies_are_refused() -> Result<()> {
+    let mut s = Server::start(&[], &[]).await?;
+    tenant(&s, "t", json!({})).await?;
+    let base = json!({"tenant": "t", "kind": "agent", "spec": {"command": ["true"]}});
+    for (patch, field) in [
+        (json!({"delay_s": -1}), None),
+        (json!({"delay_s": 1e12}), Some("delay_s")),
+        (json!({"run_at": "tomorrow"}), Some("run_at")),
+        (
+            json!({"run_at": "2026-01-01T00:00:00Z", "delay_s": 1}),
+            Some("delay_s"),
+        ),
+        (
+            json!({"retry": {"max_attempts": 21}}),
+            Some("retry.max_attempts"),
+        ),
+        (json!({"retry": {"on": ["sometimes"]}}), None),
+        (
+            json!({"retry": {"initial_backoff_s": -1}}),
+            Some("retry.initial_backoff_s"),
+        ),
+        (
+            json!({"retry": {"initial_backoff_s": 10, "max_backoff_s": 5}}),
+            Some("retry.max_backoff_s"),
+        ),
+        (
+            json!({"retry": {"max_attempts": 2}, "max_attempts": 3}),
+            Some("retry.max_attempts"),
+        ),
+    ] {
+        let mut body = base.clone();
+        for (k, v) in patch.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (st, v) = s.send(Method::POST, "/v1/jobs", &body).await?;
+        assert_eq!(st, 400, "{patch}: {v}");
+        assert!(v["error"]["code"].is_string(), "{v}");
+        if let Some(f) = field {
+            assert_eq!(v["error"]["field"], f, "{patch}: {v}");
+        }
+    }
+    for (body, field) in [
+        (
+            json!({"cron": "* * * *", "job": {"kind": "agent", "spec": {"command": ["true"]}}}),
+            "cron",
+        ),
+        (
+            json!({"cron": "* * * * *", "timezone": "Nowhere/Land", "job": {"kind": "agent", "spec": {"command": ["true"]}}}),
+            "timezone",
+        ),
+        (
+            json!({"cron": "* * * * *", "job": {"kind": "agent", "spec": {"command": []}}}),
+            "spec",
+        ),
+        (
+            json!({"cron": "* * * * *", "job": {"kind": "agent", "spec": {"command": ["true"]}, "delay_s": 3}}),
+            "job",
+        ),
+    ] {
+        let (st, v) = s.send(Method::PUT, "/v1/schedules/t/s", &body).await?;
+        assert_eq!(st, 400, "{body}: {v}");
+        assert_eq!(v["error"]["field"], field, "{body}: {v}");
+    }
+    let (st, _) = s
+        .send(
+            Method::PUT,
+            "/v1/schedules/t/bad%20name",
+            &json!({"cron": "* * * * *", "job": {"kind": "agent", "spec": {"command": ["true"]}}}),
+        )
+        .await?;
+    assert_eq!(st, 400);
+    let (st, _) = s
+        .send(Method::DELETE, "/v1/schedules/t/none", &json!(null))
+        .await?;
+    assert_eq!(st, 404);
+    s.stop().await?;
+    Ok(())
+}
