@@ -792,6 +792,8 @@ pub async fn snapshot(
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             },
+            // One job per delayed job, retry or fire as far as the snapshot knows.
+            due_jobs: 1,
             sandboxes: sandboxes
                 .iter()
                 .map(|s| SandboxView {

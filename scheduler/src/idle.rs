@@ -152,6 +152,7 @@ mod tests {
             draining: false,
             prewarm: None,
             next_due: None,
+            due_jobs: 0,
             sandboxes,
         }
     }

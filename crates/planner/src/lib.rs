@@ -9,8 +9,8 @@
 //! fleet-wide cap is short, pools share it by weighted max-min fairness. Scale-up wakes the cheapest
 //! sandbox first (suspended, then stopped, then a new one). Scale-down takes only ready sandboxes
 //! idle past the pool's idle timeout; a busy sandbox is never stopped. Work known in advance
-//! (`PoolSnapshot::next_due`) holds one sandbox from a boot lead before it falls due; if the work
-//! does not come, the sandbox goes back to the usual idle rule.
+//! (`PoolSnapshot::next_due`) holds a sandbox per job falling due from a boot lead before it; if
+//! the work does not come, the sandbox goes back to the usual idle rule.
 
 pub mod adaptive;
 pub mod fair;
@@ -92,6 +92,9 @@ pub struct PoolSnapshot {
     /// boot lead before this time the pool holds at least one sandbox, so the work starts on a
     /// ready one.
     pub next_due: Option<Millis>,
+    /// How many jobs fall due within one boot lead from `next_due` (at least one is assumed when
+    /// `next_due` is set): the pool holds a sandbox for each, beside its running and queued jobs.
+    pub due_jobs: u32,
     pub sandboxes: Vec<SandboxView>,
 }
 
@@ -188,7 +191,11 @@ pub fn wanted(pool: &PoolSnapshot, now: Millis) -> u32 {
         want = want.max(n);
     }
     if due_soon(pool, now) {
-        want = want.max(1);
+        let mut due = demand.saturating_add(pool.due_jobs.max(1));
+        if let Some(c) = p.max_concurrent_jobs {
+            due = due.min(c);
+        }
+        want = want.max(due.div_ceil(slots));
     }
     match p.max_sandboxes {
         Some(m) => want.min(m),

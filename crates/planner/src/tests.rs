@@ -26,6 +26,7 @@ fn pool(tenant: &str, queued: u32, running: u32, sandboxes: Vec<SandboxView>) ->
         draining: false,
         prewarm: None,
         next_due: None,
+        due_jobs: 0,
         sandboxes,
     }
 }
@@ -230,6 +231,7 @@ prop_compose! {
             draining,
             prewarm: None,
             next_due: None,
+            due_jobs: 0,
             sandboxes,
         }
     }
@@ -376,4 +378,17 @@ fn work_due_later_respects_draining_and_max_sandboxes() {
     p.policy.max_sandboxes = Some(3);
     // One sandbox for work due, however far in the past the due time is.
     assert_eq!(plan(&one(p), NOW + 3_600_000).steps.len(), 1);
+}
+
+#[test]
+fn a_burst_falling_due_gets_a_sandbox_per_job_beside_the_running_ones() {
+    let mut p = pool("t", 0, 1, vec![sb("b1", SandboxState::Busy, NOW - 1_000, None)]);
+    p.next_due = Some(NOW + 1_000);
+    p.due_jobs = 3;
+    let out = plan(&one(p.clone()), NOW);
+    assert_eq!(out.pools[0].desired, 4);
+    assert_eq!(out.steps.len(), 3);
+    // Within max_sandboxes (5 here) and max_concurrent_jobs.
+    p.policy.max_concurrent_jobs = Some(2);
+    assert_eq!(plan(&one(p), NOW).pools[0].desired, 2);
 }
