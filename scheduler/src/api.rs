@@ -721,7 +721,7 @@ pub(crate) fn check(req: &Enqueue, now: Millis) -> Result<Checked, ApiError> {
     if req.retry.is_some() || retry.max_attempts <= shoal_core::retry::MAX_RETRY_ATTEMPTS {
         retry
             .check()
-            .map_err(|e| ApiError::invalid(&format!("retry.{}", e.field), e.message))?;
+            .map_err(|e| ApiError::invalid(format!("retry.{}", e.field), e.message))?;
     }
     let timeout_s = req.timeout_s.unwrap_or(3600);
     if !(1..=MAX_TIMEOUT_S).contains(&timeout_s) {

@@ -408,10 +408,12 @@ async fn fire_one(
     let out = app
         .store
         .fire_schedule(
-            &s.tenant,
-            &s.name,
-            claimed,
-            after,
+            &shoal_store::ScheduleFire {
+                tenant: s.tenant.clone(),
+                name: s.name.clone(),
+                claimed,
+                next: after,
+            },
             job,
             period.0,
             limits.jobs_per_month,

@@ -382,7 +382,12 @@ fn work_due_later_respects_draining_and_max_sandboxes() {
 
 #[test]
 fn a_burst_falling_due_gets_a_sandbox_per_job_beside_the_running_ones() {
-    let mut p = pool("t", 0, 1, vec![sb("b1", SandboxState::Busy, NOW - 1_000, None)]);
+    let mut p = pool(
+        "t",
+        0,
+        1,
+        vec![sb("b1", SandboxState::Busy, NOW - 1_000, None)],
+    );
     p.next_due = Some(NOW + 1_000);
     p.due_jobs = 3;
     let out = plan(&one(p.clone()), NOW);

@@ -219,6 +219,15 @@ pub struct ScheduleRecord {
     pub updated_at: Millis,
 }
 
+/// One fire of a schedule: its `next_fire_at` as read (`claimed`) and where it moves (`next`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleFire {
+    pub tenant: String,
+    pub name: String,
+    pub claimed: Millis,
+    pub next: Option<Millis>,
+}
+
 /// A schedule to create or replace.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewSchedule {
@@ -467,16 +476,13 @@ pub trait Store: Outbox + AuditLog + Retention + Send + Sync + 'static {
         now: Millis,
         actor: &Actor,
     ) -> Result<bool>;
-    /// Fires a schedule once, in one transaction: only if its `next_fire_at` is still `fire_at`
-    /// (another replica did not fire it first), advances it to `next` and admits `job` (whose
-    /// idempotency key names the schedule and the fire time, so a fire time makes one job even
-    /// if two transactions race). `None` when the schedule moved on or is gone.
+    /// Fires a schedule once, in one transaction: only if its `next_fire_at` is still
+    /// `fire.claimed` (another replica did not fire it first), advances it to `fire.next` and
+    /// admits `job` (whose idempotency key names the schedule and the fire time, so a fire time
+    /// makes one job even if two transactions race). `None` when the schedule moved on or is gone.
     async fn fire_schedule(
         &self,
-        tenant: &str,
-        name: &str,
-        fire_at: Millis,
-        next: Option<Millis>,
+        fire: &ScheduleFire,
         job: NewJob,
         period_start: Millis,
         limit: Option<u64>,

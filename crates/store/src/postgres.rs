@@ -466,16 +466,15 @@ impl Store for PostgresStore {
 
     async fn fire_schedule(
         &self,
-        tenant: &str,
-        name: &str,
-        fire_at: Millis,
-        next: Option<Millis>,
+        fire: &ScheduleFire,
         job: NewJob,
         period_start: Millis,
         limit: Option<u64>,
     ) -> Result<Option<Admitted>> {
         let mut tx = self.begin().await?;
-        if !schedules::postgres::claim(&mut tx, tenant, name, fire_at, next).await? {
+        if !schedules::postgres::claim(&mut tx, &fire.tenant, &fire.name, fire.claimed, fire.next)
+            .await?
+        {
             return Ok(None);
         }
         let actor = Actor::system("schedule");
@@ -1262,6 +1261,7 @@ impl PostgresStore {
     }
 
     /// Records a terminal outcome of the job whose lease the caller checked under its lock.
+    #[allow(clippy::too_many_arguments)]
     async fn finish(
         tx: &mut PgConnection,
         job_id: &str,

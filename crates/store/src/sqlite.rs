@@ -541,16 +541,15 @@ impl Store for SqliteStore {
 
     async fn fire_schedule(
         &self,
-        tenant: &str,
-        name: &str,
-        fire_at: Millis,
-        next: Option<Millis>,
+        fire: &ScheduleFire,
         job: NewJob,
         period_start: Millis,
         limit: Option<u64>,
     ) -> Result<Option<Admitted>> {
         let mut tx = self.write().await?;
-        if !schedules::sqlite::claim(&mut tx, tenant, name, fire_at, next).await? {
+        if !schedules::sqlite::claim(&mut tx, &fire.tenant, &fire.name, fire.claimed, fire.next)
+            .await?
+        {
             return Ok(None);
         }
         let actor = Actor::system("schedule");

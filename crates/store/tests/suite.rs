@@ -2500,6 +2500,15 @@ fn schedule(name: &str, next: Option<i64>, now: i64) -> NewSchedule {
     }
 }
 
+fn fire(name: &str) -> ScheduleFire {
+    ScheduleFire {
+        tenant: "t".into(),
+        name: name.into(),
+        claimed: 5_000,
+        next: Some(10_000),
+    }
+}
+
 fn fired_job(name: &str, fire: i64) -> NewJob {
     let mut j = job(&format!("{name}-{fire}"), "t", None, 0, fire - 1_000);
     j.idempotency_key = Some(shoal_store::schedules::fire_key(name, fire));
@@ -2539,15 +2548,7 @@ async fn schedules(store: Arc<dyn Store>) {
     // Firing claims the time and admits the job with it; a second fire of the same time does
     // nothing, and neither does one with a stale time.
     let out = store
-        .fire_schedule(
-            "t",
-            "nightly",
-            5_000,
-            Some(10_000),
-            fired_job("nightly", 5_000),
-            0,
-            None,
-        )
+        .fire_schedule(&fire("nightly"), fired_job("nightly", 5_000), 0, None)
         .await
         .unwrap();
     let Some(Admitted::Created { job, .. }) = out else {
@@ -2559,15 +2560,7 @@ async fn schedules(store: Arc<dyn Store>) {
     );
     assert_eq!(
         store
-            .fire_schedule(
-                "t",
-                "nightly",
-                5_000,
-                Some(10_000),
-                fired_job("nightly", 5_000),
-                0,
-                None
-            )
+            .fire_schedule(&fire("nightly"), fired_job("nightly", 5_000), 0, None)
             .await
             .unwrap(),
         None
@@ -2636,10 +2629,7 @@ async fn concurrent_fires(store: Arc<dyn Store>) {
         tokio::spawn(async move {
             let mut j = fired_job("s", 5_000);
             j.id = format!("s-{i}");
-            store
-                .fire_schedule("t", "s", 5_000, Some(10_000), j, 0, None)
-                .await
-                .unwrap()
+            store.fire_schedule(&fire("s"), j, 0, None).await.unwrap()
         })
     });
     let mut created = 0;
