@@ -861,11 +861,14 @@ pub async fn admit(app: &App, req: Enqueue, actor: &Actor) -> Result<Admission, 
                 }
                 tracing::warn!(tenant = %tenant.id, jobs = period_jobs, quota = ?limits.jobs_per_month, signal = signal.topic(), "tenant reached a monthly quota threshold");
             }
-            app.waiting_since
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(tenant.id.clone())
-                .or_insert_with(std::time::Instant::now);
+            // A job waiting for its time is not waiting for a sandbox yet.
+            if job.run_at.is_none_or(|at| at <= now) {
+                app.waiting_since
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(tenant.id.clone())
+                    .or_insert_with(std::time::Instant::now);
+            }
             app.work_changed(&tenant.id);
             Ok(Admission::Created(job))
         }

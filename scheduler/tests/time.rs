@@ -65,6 +65,7 @@ fn check_three_failures(j: &Value) {
         assert_eq!(a["outcome"], "failure", "{a}");
     }
     let gap = |k: usize| ms(&h[k + 1]["started_at"]) - ms(&h[k]["finished_at"]);
+    eprintln!("retry gaps: {} ms, {} ms", gap(0), gap(1));
     assert!(gap(0) >= 800, "the first backoff was {} ms: {j}", gap(0));
     assert!(gap(1) >= 1_600, "the second backoff was {} ms: {j}", gap(1));
     assert!(j.get("next_attempt_at").is_none(), "{j}");
@@ -174,11 +175,16 @@ async fn a_delayed_job_starts_on_time_on_a_sandbox_woken_for_it() -> Result<()> 
         "started {} ms after its run_at",
         started - run_at
     );
+    eprintln!("delayed job: started {} ms after run_at", started - run_at);
     let all = wakes(&s, "cold").await?;
     // Events come newest first: the wakes since the delayed job was enqueued.
     let new: Vec<i64> = all[..all.len() - before].to_vec();
     assert!(!new.is_empty(), "no sandbox was woken for the job");
     let woke = *new.iter().min().unwrap();
+    eprintln!(
+        "delayed job: sandbox woken {} ms before run_at",
+        run_at - woke
+    );
     assert!(woke < run_at, "woken {} ms after run_at", woke - run_at);
     assert!(
         woke >= run_at - LEAD_MS - 2_000,
@@ -257,6 +263,7 @@ async fn a_schedule_fires_once_per_time_on_time_across_a_restart() -> Result<()>
         assert_eq!(j["state"], "succeeded", "{j}");
         assert_eq!(j["attempts"], 1, "ran once: {j}");
         let late = ms(&j["started_at"]) - ms(&j["run_at"]);
+        eprintln!("schedule: fire {i} started {late} ms after its fire time");
         assert!(late >= 0, "{j}");
         if i > 0 {
             assert!(late <= 150, "fire {i} started {late} ms late: {j}");
