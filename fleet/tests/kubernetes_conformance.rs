@@ -445,3 +445,50 @@ async fn one_replica_leads_through_a_lease() -> anyhow::Result<()> {
     assert_eq!(lease["spec"]["holderIdentity"], "replica-a");
     Ok(())
 }
+
+/// With `tenant_role`, each tenant namespace gets a RoleBinding of the sandbox ClusterRole to the
+/// scheduler's service account, and the provider finds stopped sandboxes by listing Secrets
+/// namespace by namespace rather than across the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_namespaces_bind_the_scheduler_role_and_are_listed_one_by_one() -> anyhow::Result<()>
+{
+    let env = env().await?;
+    let mut cfg = provider_config(&env.emu)?;
+    cfg.tenant_role = Some(shoal_fleet::kubernetes::TenantRoleConfig {
+        cluster_role: "shoal-tenant".into(),
+        service_account: "shoal".into(),
+        namespace: "shoal".into(),
+    });
+    let (tx, mut rx) = unbounded_channel();
+    let p = KubernetesProvider::new(cfg, tx).await?;
+    let s = spec("bound", 1);
+    let id = p.create(&s).await?;
+    next(&mut rx, &s.sandbox_id, ObservedState::Running).await?;
+    let rb = env
+        .emu
+        .get(
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/shoal-t-bound/rolebindings/shoal-tenant",
+        )
+        .await?
+        .expect("the tenant namespace's RoleBinding");
+    assert_eq!(rb["roleRef"]["kind"], "ClusterRole");
+    assert_eq!(rb["roleRef"]["name"], "shoal-tenant");
+    assert_eq!(rb["subjects"][0]["kind"], "ServiceAccount");
+    assert_eq!(rb["subjects"][0]["name"], "shoal");
+    assert_eq!(rb["subjects"][0]["namespace"], "shoal");
+    assert_eq!(
+        rb["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "shoal"
+    );
+    // Stopped: the pod goes, the token Secret stays; the per-namespace listing still finds it.
+    p.stop(&sref(&s, &id)).await?;
+    next(&mut rx, &s.sandbox_id, ObservedState::Stopped).await?;
+    assert_eq!(
+        listed(&p, &s.sandbox_id).await?,
+        Some(ObservedState::Stopped)
+    );
+    p.destroy(&sref(&s, &id)).await?;
+    assert_eq!(listed(&p, &s.sandbox_id).await?, None);
+    drop(env);
+    Ok(())
+}

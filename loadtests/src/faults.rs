@@ -498,30 +498,9 @@ pub async fn run(cfg: FaultConfig) -> Result<Option<FaultReport>, FaultError> {
     );
     checks.push(format!("{completions} completions recorded, one per job"));
 
-    // The usage report equals the ledger's total computed here, independently.
-    let ledger = tokio::task::block_in_place(|| {
-        rows(
-            &pg,
-            &db,
-            "SELECT sandbox_id, at, kind FROM ledger ORDER BY seq",
-        )
-    })?;
-    let now = chrono::Utc::now().timestamp_millis();
-    let (from, to) = (now - 3_600_000, now - 1);
-    let mut open: HashMap<&str, i64> = HashMap::new();
-    let mut total_ms: i64 = 0;
-    for r in &ledger {
-        let at: i64 = r[1].parse().context("a ledger time")?;
-        if r[2] == "running" {
-            open.entry(r[0].as_str()).or_insert(at);
-        } else if let Some(start) = open.remove(r[0].as_str()) {
-            total_ms += (at.min(to) - start.max(from)).max(0);
-        }
-    }
-    // Sandboxes still running at the report's end are counted to `to` by both.
-    for start in open.values() {
-        total_ms += (to - start.max(&from)).max(0);
-    }
+    // The usage report equals the ledger's total computed here, independently. Sandboxes may
+    // still stop (idle) while the two are read: the pair counts only when the ledger did not
+    // move in between.
     let fmt = |t: i64| {
         chrono::DateTime::from_timestamp_millis(t)
             .map(|d| d.to_rfc3339().replace('+', "%2B"))
@@ -531,17 +510,51 @@ pub async fn run(cfg: FaultConfig) -> Result<Option<FaultReport>, FaultError> {
         .iter()
         .find(|r| r.pid().is_some())
         .context("no replica is running")?;
-    let u = live
-        .get(&format!(
-            "/v1/usage?granularity=hour&from={}&to={}",
-            fmt(from),
-            fmt(to)
-        ))
-        .await?;
-    let reported = u["total"]["sandbox_seconds"]
-        .as_f64()
-        .context("no total in the usage report")?;
-    let ledger_s = total_ms as f64 / 1000.0;
+    let read_ledger = || {
+        tokio::task::block_in_place(|| {
+            rows(
+                &pg,
+                &db,
+                "SELECT sandbox_id, at, kind FROM ledger ORDER BY seq",
+            )
+        })
+    };
+    let mut tries = 0;
+    let (ledger, reported, ledger_s) = loop {
+        tries += 1;
+        let ledger = read_ledger()?;
+        let now = chrono::Utc::now().timestamp_millis();
+        let (from, to) = (now - 3_600_000, now - 1);
+        let mut open: HashMap<&str, i64> = HashMap::new();
+        let mut total_ms: i64 = 0;
+        for r in &ledger {
+            let at: i64 = r[1].parse().context("a ledger time")?;
+            if r[2] == "running" {
+                open.entry(r[0].as_str()).or_insert(at);
+            } else if let Some(start) = open.remove(r[0].as_str()) {
+                total_ms += (at.min(to) - start.max(from)).max(0);
+            }
+        }
+        // Sandboxes still running at the report's end are counted to `to` by both.
+        for start in open.values() {
+            total_ms += (to - start.max(&from)).max(0);
+        }
+        let u = live
+            .get(&format!(
+                "/v1/usage?granularity=hour&from={}&to={}",
+                fmt(from),
+                fmt(to)
+            ))
+            .await?;
+        let reported = u["total"]["sandbox_seconds"]
+            .as_f64()
+            .context("no total in the usage report")?;
+        let ledger_s = total_ms as f64 / 1000.0;
+        if read_ledger()?.len() == ledger.len() || tries >= 20 {
+            break (ledger, reported, ledger_s);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let equal = (reported - ledger_s).abs() < 0.002;
     check!(equal, "usage {reported} s, ledger {ledger_s} s");
     checks.push(format!(

@@ -27,6 +27,7 @@ use shoal_protocol::{
 use shoal_store::{Admitted, Completed, Finish, JobFilter, Lease, LeasePolicy, NewJob};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -93,6 +94,10 @@ pub fn router(app: Arc<App>) -> Router {
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(crate::guard::layer))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&app),
+            crate::metrics::http_layer,
+        ))
         .with_state(app)
 }
 
@@ -789,6 +794,7 @@ pub enum Admission {
 /// Admission, the same for every way in (`POST /v1/jobs`, the ingress queue): validation, the
 /// tenant's enqueue rate and monthly quota, idempotency, then the job is durable, recorded in the
 /// audit log as `actor`'s.
+#[tracing::instrument(name = "admission", skip_all, fields(tenant = %req.tenant, kind = %req.kind, job = tracing::field::Empty))]
 pub async fn admit(app: &App, req: Enqueue, actor: &Actor) -> Result<Admission, ApiError> {
     let now = now_ms();
     let checked = check(&req, now)?;
@@ -870,6 +876,7 @@ pub async fn admit(app: &App, req: Enqueue, actor: &Actor) -> Result<Admission, 
                     .or_insert_with(std::time::Instant::now);
             }
             app.work_changed(&tenant.id);
+            tracing::Span::current().record("job", job.id.as_str());
             Ok(Admission::Created(job))
         }
     }
@@ -1243,6 +1250,15 @@ async fn agent_lease(
         match lease {
             Lease::Stop => return Ok(Json(LeaseResponse::Stop)),
             Lease::Job(job) => {
+                // One short span per job handed out (not per poll: idle polls are not news).
+                let _lease = tracing::info_span!(
+                    "lease",
+                    tenant = %job.tenant,
+                    sandbox = %sandbox.id,
+                    job = %job.id,
+                    attempt = job.attempts
+                )
+                .entered();
                 let label = app.metrics.tenant(&job.tenant);
                 app.metrics.jobs_started.with_label_values(&[label]).inc();
                 if job.attempts == 1 {
@@ -1382,46 +1398,64 @@ async fn agent_complete(
     Agent(sandbox): Agent,
     body: RawBody,
 ) -> Result<Response, ApiError> {
-    let body = body.0;
-    let ids: CompletionIds = serde_json::from_slice(&body).map_err(|e| {
-        if e.is_syntax() || e.is_eof() {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "malformed_json",
-                format!("the body is not JSON: {e}"),
-            )
-        } else {
-            crate::error::shape_error(&e.to_string())
-        }
-    })?;
-    let finish = finish_of(&body)?;
-    drop(body);
-    let done = app
-        .store
-        .complete(&sandbox.id, &ids.job_id, &ids.lease_id, finish, now_ms())
-        .await?;
-    app.work_changed(&sandbox.tenant);
-    match done {
-        Completed::Done(job) => {
-            app.job_changed(&job.id, Pulse::State);
-            if job.state.is_terminal() {
-                app.metrics
-                    .jobs_finished
-                    .with_label_values(&[app.metrics.tenant(&job.tenant), job.state.as_str()])
-                    .inc();
+    let span = tracing::info_span!(
+        "completion",
+        tenant = %sandbox.tenant,
+        sandbox = %sandbox.id,
+        job = tracing::field::Empty,
+        state = tracing::field::Empty
+    );
+    async move {
+        let body = body.0;
+        let ids: CompletionIds = serde_json::from_slice(&body).map_err(|e| {
+            if e.is_syntax() || e.is_eof() {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "malformed_json",
+                    format!("the body is not JSON: {e}"),
+                )
+            } else {
+                crate::error::shape_error(&e.to_string())
             }
-            Ok(Json(CompletedView {
-                id: job.id,
-                state: job.state,
-            })
-            .into_response())
+        })?;
+        tracing::Span::current().record("job", ids.job_id.as_str());
+        let finish = finish_of(&body)?;
+        drop(body);
+        let done = app
+            .store
+            .complete(&sandbox.id, &ids.job_id, &ids.lease_id, finish, now_ms())
+            .await?;
+        app.work_changed(&sandbox.tenant);
+        match done {
+            Completed::Done(job) => {
+                tracing::Span::current().record("state", job.state.as_str());
+                if job.state.is_terminal() {
+                    tracing::info!(state = %job.state, attempts = job.attempts, "job finished");
+                } else {
+                    tracing::info!(state = %job.state, attempts = job.attempts, "job attempt ended; it goes back to the queue");
+                }
+                app.job_changed(&job.id, Pulse::State);
+                if job.state.is_terminal() {
+                    app.metrics
+                        .jobs_finished
+                        .with_label_values(&[app.metrics.tenant(&job.tenant), job.state.as_str()])
+                        .inc();
+                }
+                Ok(Json(CompletedView {
+                    id: job.id,
+                    state: job.state,
+                })
+                .into_response())
+            }
+            Completed::Stale => Err(ApiError::conflict(format!(
+                "lease `{}` is not the current lease of job `{}`",
+                ids.lease_id, ids.job_id
+            ))
+            .field("lease_id")),
         }
-        Completed::Stale => Err(ApiError::conflict(format!(
-            "lease `{}` is not the current lease of job `{}`",
-            ids.lease_id, ids.job_id
-        ))
-        .field("lease_id")),
     }
+    .instrument(span)
+    .await
 }
 
 /// A token can be a cookie's value as it is: only the characters RFC 6265 allows there (no

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedReceiver;
+use tracing::Instrument;
 
 /// How long events are gathered before a planning pass.
 const DEBOUNCE: Duration = Duration::from_millis(2);
@@ -144,6 +145,7 @@ impl Control {
                 tracing::error!(error = %e, "reconciling with the provider failed");
             }
             self.epoch.store(epoch, Ordering::SeqCst);
+            self.app.metrics.leader.set(1);
             self.app.ready.send_replace(true);
             self.app.kick.notify_one();
             loop {
@@ -153,6 +155,7 @@ impl Control {
                 }
                 if !self.leadership.check(epoch).await {
                     self.epoch.store(0, Ordering::SeqCst);
+                    self.app.metrics.leader.set(0);
                     tracing::warn!(epoch, "deposed: this replica stops planning");
                     break;
                 }
@@ -207,7 +210,11 @@ impl Control {
             if !self.leads() {
                 continue;
             }
-            match self.pass().await {
+            match self
+                .pass()
+                .instrument(tracing::info_span!("planning_pass"))
+                .await
+            {
                 Ok(read) => next_pass = Instant::now() + (read * PASS_GAP_FACTOR).min(MAX_PASS_GAP),
                 Err(e) => tracing::warn!(error = %e, "planning pass failed"),
             }
@@ -319,6 +326,17 @@ impl Control {
         }
     }
 
+    /// The span of one provider call (with its retries): `provider_call`.
+    fn call_span(&self, op: &str, tenant: &str, sandbox: &str) -> tracing::Span {
+        tracing::info_span!(
+            "provider_call",
+            provider = self.app.provider.name(),
+            operation = op,
+            tenant = tenant,
+            sandbox = sandbox
+        )
+    }
+
     fn count_call(&self, op: &str, r: &Result<impl Sized, ProviderError>) {
         let outcome = match r {
             Ok(_) => "ok",
@@ -423,7 +441,11 @@ impl Control {
         }
         let spec = self.spec(&rec);
         let provider = Arc::clone(&self.app.provider);
-        let r = self.retry.run(|| provider.create(&spec)).await;
+        let r = self
+            .retry
+            .run(|| provider.create(&spec))
+            .instrument(self.call_span("create", &rec.tenant, &rec.id))
+            .await;
         self.count_call("create", &r);
         let store = &self.app.store;
         match r {
@@ -505,6 +527,7 @@ impl Control {
                     }
                 }
             })
+            .instrument(self.call_span(op, &rec.tenant, &rec.id))
             .await;
         self.count_call(op, &r);
         let store = &self.app.store;
@@ -681,7 +704,12 @@ impl Control {
         for o in &listed {
             if !known.contains_key(&o.sandbox.sandbox_id) {
                 tracing::warn!(sandbox = %o.sandbox.sandbox_id, provider_id = %o.sandbox.provider_id, "collecting a sandbox the store does not know");
-                let r = self.app.provider.destroy(&o.sandbox).await;
+                let r = self
+                    .app
+                    .provider
+                    .destroy(&o.sandbox)
+                    .instrument(self.call_span("destroy", &o.sandbox.tenant, &o.sandbox.sandbox_id))
+                    .await;
                 self.count_call("destroy", &r);
                 let _ = store.record_event(Some(&o.sandbox.tenant), now_ms(), "orphan_collected", &json!({"sandbox": o.sandbox.sandbox_id, "provider_id": o.sandbox.provider_id})).await;
             }

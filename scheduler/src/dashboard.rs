@@ -72,7 +72,7 @@ pub async fn page(
     } else {
         PAGE.replace(
             "<!--signin-->",
-            "<p class=notice>Open the link the scheduler printed at start (<code>/?token=…</code>) to sign in.</p>",
+            "<p class=notice>Open <code>/?token=</code> followed by the admin token (the link the scheduler printed when it generated the token) to sign in.</p>",
         )
     };
     (

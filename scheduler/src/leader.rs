@@ -65,6 +65,11 @@ impl PgLeader {
 
     async fn try_acquire(&self) -> Result<Option<u64>, LeaderError> {
         let mut conn = PgConnection::connect(&self.url).await?;
+        // A replica that does not lead tries twice a second; the table's `already exists,
+        // skipping` notice each time would drown the log.
+        sqlx::query("SET client_min_messages = warning")
+            .execute(&mut conn)
+            .await?;
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS shoal_leader (id INT PRIMARY KEY, epoch BIGINT NOT NULL, holder TEXT NOT NULL, since TIMESTAMPTZ NOT NULL DEFAULT now())",
         )

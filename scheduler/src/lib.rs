@@ -26,6 +26,7 @@ pub mod schedules;
 pub mod schemas;
 pub mod ssrf;
 pub mod state;
+pub mod telemetry;
 pub mod usage;
 pub mod views;
 pub mod webhooks;
@@ -44,6 +45,8 @@ use std::time::Duration;
 enum TokenSource {
     Environment,
     File(std::path::PathBuf),
+    /// Made by this start and written to the file: the only case the banner shows it.
+    Generated(std::path::PathBuf),
 }
 
 /// The admin token: `SHOAL_ADMIN_TOKEN`, else the one in `<data-dir>/admin-token`, else a new one
@@ -71,7 +74,7 @@ fn admin_token(cfg: &Config) -> anyhow::Result<(String, TokenSource)> {
         .open(&path)
         .and_then(|mut f| f.write_all(format!("{t}\n").as_bytes()))
         .with_context(|| format!("writing {}", path.display()))?;
-    Ok((t, TokenSource::File(path)))
+    Ok((t, TokenSource::Generated(path)))
 }
 
 /// Creates the data directory readable by this user only (0700).
@@ -82,9 +85,16 @@ fn private_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("creating data dir {}", dir.display()))?;
-    // A data dir made by an older version, or by hand, is shut too.
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("making {} private", dir.display()))?;
+    // A data dir made by an older version, or by hand, is shut too; one already shut is left
+    // alone (a container's read-only root filesystem refuses even a chmod that changes nothing).
+    let mode = std::fs::metadata(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o777 != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making {} private", dir.display()))?;
+    }
     Ok(())
 }
 
@@ -331,24 +341,47 @@ pub async fn serve(
     } else {
         addr.ip().to_string()
     };
-    println!(
-        "Shoal is running ({} provider, {}).",
-        app.cfg.provider, app.cfg.database_url
-    );
-    println!(
-        "  Dashboard:   http://{host}:{}/?token={token}",
-        addr.port()
-    );
-    println!(
-        "  API:         http://{host}:{}/v1   (Authorization: Bearer <admin token>)",
-        addr.port()
-    );
-    match &token_source {
-        TokenSource::Environment => {
-            println!("  Admin token: {token}   (from SHOAL_ADMIN_TOKEN)")
+    // The token is shown only when this start made it: one given by the environment or kept in
+    // the data directory is the operator's already, and logs travel further than terminals.
+    let shown = match &token_source {
+        TokenSource::Generated(path) => Some((token.as_str(), path)),
+        _ => None,
+    };
+    let api = format!("http://{host}:{}/v1", addr.port());
+    let dashboard = match shown {
+        Some((t, _)) => format!("http://{host}:{}/?token={t}", addr.port()),
+        None => format!("http://{host}:{}/", addr.port()),
+    };
+    let token_note = match &token_source {
+        TokenSource::Environment => "from SHOAL_ADMIN_TOKEN".to_string(),
+        TokenSource::File(path) => format!("in {}", path.display()),
+        TokenSource::Generated(path) => format!("new, also in {}", path.display()),
+    };
+    if telemetry::json() {
+        tracing::info!(
+            provider = %app.cfg.provider,
+            database = %telemetry::redact_url(&app.cfg.database_url),
+            api = %api,
+            dashboard = %dashboard,
+            admin_token = %token_note,
+            "Shoal is running"
+        );
+        if let Some((t, path)) = shown {
+            tracing::info!(token = %t, file = %path.display(), "generated the admin token");
         }
-        TokenSource::File(path) => {
-            println!("  Admin token: {token}   (also in {})", path.display())
+    } else {
+        println!(
+            "Shoal is running ({} provider, {}).",
+            app.cfg.provider,
+            telemetry::redact_url(&app.cfg.database_url)
+        );
+        println!("  Dashboard:   {dashboard}");
+        println!("  API:         {api}   (Authorization: Bearer <admin token>)");
+        match shown {
+            Some((t, path)) => {
+                println!("  Admin token: {t}   (new, also in {})", path.display())
+            }
+            None => println!("  Admin token: ({token_note})"),
         }
     }
 
@@ -359,7 +392,9 @@ pub async fn serve(
             "one tenant only is admitted (--insecure-shared-host admits more anyway)"
         };
         let line = "!".repeat(78);
-        eprintln!("{line}\n  WARNING: {w}\n  {rule}.\n{line}");
+        if !telemetry::json() {
+            eprintln!("{line}\n  WARNING: {w}\n  {rule}.\n{line}");
+        }
         tracing::warn!(warning = %w, insecure_shared_host = app.cfg.insecure_shared_host, "sandboxes are not isolated");
     }
 
@@ -395,6 +430,10 @@ pub async fn serve(
         Err(_) => tracing::warn!("HTTP server did not stop in time"),
         _ => {}
     }
-    println!("Shoal stopped.");
+    if telemetry::json() {
+        tracing::info!("Shoal stopped");
+    } else {
+        println!("Shoal stopped.");
+    }
     Ok(())
 }

@@ -1,4 +1,9 @@
 //! The scheduler's Prometheus metrics, with a bound on how many tenants get a label of their own.
+//!
+//! With several replicas every one is scraped: counters and the HTTP metrics are each replica's
+//! own (sum them), while the fleet's gauges (queue depth, running jobs, sandboxes, desired sizes,
+//! quota use, leaks) are shown by the leader only, so a sum over replicas counts them once.
+//! `shoal_leader` is 1 on the replica that leads, 0 on the others.
 
 use prometheus::{
     GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
@@ -36,9 +41,31 @@ pub struct Metrics {
     pub webhook_attempts: IntCounterVec,
     /// From an event's write to its delivery, by event type.
     pub webhook_latency: HistogramVec,
+    /// 1 while this replica leads (runs the planner and the fleet), else 0.
+    pub leader: prometheus::IntGauge,
+    /// HTTP requests answered, by method, route template and status.
+    pub http_requests: IntCounterVec,
+    /// From a request's arrival to its answer's headers, by method and route template.
+    pub http_duration: HistogramVec,
     tenants: Mutex<HashSet<String>>,
     max_tenants: usize,
 }
+
+/// The gauges that describe the whole fleet, read from the shared store: shown by the leader only.
+const FLEET_GAUGES: &[&str] = &[
+    "shoal_queue_depth",
+    "shoal_jobs_running",
+    "shoal_sandboxes",
+    "shoal_sandboxes_desired",
+    "shoal_sandboxes_leaked",
+    "shoal_quota_usage_ratio",
+];
+
+/// The git revision the binary was built from, when the build said (`SHOAL_REVISION`).
+pub const REVISION: &str = match option_env!("SHOAL_REVISION") {
+    Some(r) => r,
+    None => "unknown",
+};
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -102,7 +129,33 @@ impl Metrics {
         registry
             .register(Box::new(job_watchers.clone()))
             .expect("unique metric");
+        let leader = prometheus::IntGauge::new(
+            "shoal_leader",
+            "1 while this replica leads (plans and drives the fleet), else 0.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(leader.clone()))
+            .expect("unique metric");
+        gauge(
+            "shoal_build_info",
+            "Always 1; the labels say which build this replica runs.",
+            &["version", "revision"],
+        )
+        .with_label_values(&[env!("CARGO_PKG_VERSION"), REVISION])
+        .set(1);
         Metrics {
+            leader,
+            http_requests: counter(
+                "shoal_http_requests_total",
+                "HTTP requests answered, by method, route template and status code.",
+                &["method", "route", "status"],
+            ),
+            http_duration: histogram(
+                "shoal_http_request_duration_seconds",
+                "From a request's arrival to its answer's headers, by method and route template.",
+                &["method", "route"],
+            ),
             job_watchers,
             log_bytes: counter(
                 "shoal_log_bytes_total",
@@ -205,9 +258,46 @@ impl Metrics {
     pub fn render(&self) -> String {
         use prometheus::Encoder;
         let mut buf = Vec::new();
-        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        let mut families = self.registry.gather();
+        if self.leader.get() == 0 {
+            families.retain(|f| !FLEET_GAUGES.contains(&f.name()));
+        }
+        let _ = prometheus::TextEncoder::new().encode(&families, &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
+}
+
+/// Counts and times every HTTP answer by its route template (`/v1/jobs/{id}`, never the id
+/// itself, so the label set stays bounded); requests no route matched count as `unmatched`.
+pub async fn http_layer(
+    axum::extract::State(app): axum::extract::State<std::sync::Arc<crate::state::App>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let method: &'static str = match req.method().as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
+    };
+    let started = std::time::Instant::now();
+    let answer = next.run(req).await;
+    let m = &app.metrics;
+    m.http_duration
+        .with_label_values(&[method, &route])
+        .observe(started.elapsed().as_secs_f64());
+    m.http_requests
+        .with_label_values(&[method, &route, answer.status().as_str()])
+        .inc();
+    answer
 }
 
 /// The `outcome` label of a provider call.

@@ -98,6 +98,8 @@ pub fn finish(doc: utoipa::openapi::OpenApi) -> Value {
     let schemas = &mut doc["components"]["schemas"];
     schemas["Enqueue"] = crate::schemas::enqueue();
     schemas["PutTenant"]["properties"]["limits"] = crate::schemas::limits_patch();
+    schemas["NewWebhook"]["properties"]["events"] = crate::schemas::webhook_events();
+    schemas["NewWebhook"]["properties"]["url"] = crate::schemas::webhook_url();
     schemas["PutTenant"]["properties"]["plan"]["enum"] =
         json!(["free", "pro", "team", "enterprise"]);
     for param in doc["paths"]["/v1/tenants/{id}"]["put"]["parameters"]

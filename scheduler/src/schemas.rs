@@ -277,5 +277,41 @@ pub fn query_params() -> Vec<(&'static str, &'static str, Value)> {
             "to",
             json!({"type": "string", "format": "date-time"}),
         ),
+        (
+            "/v1/audit",
+            "after",
+            json!({"type": "string", "pattern": "^[0-9]{0,19}$"}),
+        ),
+        (
+            "/v1/webhooks/{id}/deliveries",
+            "limit",
+            json!({"type": "integer", "minimum": 1, "maximum": 1000}),
+        ),
+        (
+            "/v1/webhooks/{id}/deliveries",
+            "cursor",
+            json!({"type": "string", "pattern": "^-?[0-9]{1,18}$"}),
+        ),
     ]
+}
+
+/// `events` of `POST /v1/webhooks`: absent or null for every type, else at least one known type.
+pub fn webhook_events() -> Value {
+    json!({
+        "type": ["array", "null"],
+        "minItems": 1,
+        "items": {"type": "string", "enum": shoal_protocol::webhooks::EVENT_TYPES},
+    })
+}
+
+/// `url` of `POST /v1/webhooks`: http or https, at most 2048 characters (the parser's host rules,
+/// IPv4 numbers among them, are checked at creation and are not a pattern).
+pub fn webhook_url() -> Value {
+    json!({
+        "type": "string",
+        "format": "uri",
+        "pattern": "^[hH][tT][tT][pP][sS]?://",
+        "maxLength": crate::webhooks::MAX_URL_LEN,
+        "example": "https://platform.example/shoal-events",
+    })
 }

@@ -30,6 +30,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, ResourceQuota, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
@@ -167,6 +168,29 @@ impl Default for NetworkConfig {
     }
 }
 
+/// The RoleBinding made in each tenant namespace: `cluster_role` bound to the scheduler's service
+/// account `service_account` of namespace `namespace`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantRoleConfig {
+    #[serde(default = "default_tenant_role")]
+    pub cluster_role: String,
+    #[serde(default = "default_scheduler_account")]
+    pub service_account: String,
+    #[serde(default = "default_role_namespace")]
+    pub namespace: String,
+}
+
+fn default_tenant_role() -> String {
+    "shoal-tenant".into()
+}
+fn default_scheduler_account() -> String {
+    "shoal".into()
+}
+fn default_role_namespace() -> String {
+    "shoal".into()
+}
+
 /// The ResourceQuota of tenants whose plan limits the provider was not told.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -221,6 +245,12 @@ pub struct KubernetesConfig {
     /// A service account for sandbox pods (no API token is mounted either way).
     #[serde(default)]
     pub service_account: Option<String>,
+    /// Bind this ClusterRole to the scheduler's service account in each tenant namespace (a
+    /// RoleBinding made with the namespace), so the scheduler needs no cluster-wide grant on
+    /// Secrets and sandbox pods; Secrets are then listed namespace by namespace
+    /// (docs/providers/kubernetes.md, "RBAC"). Unset: the scheduler's grants are cluster-wide.
+    #[serde(default)]
+    pub tenant_role: Option<TenantRoleConfig>,
     #[serde(default)]
     pub node_selector: BTreeMap<String, String>,
     /// Extra environment for the agent.
@@ -283,6 +313,7 @@ impl KubernetesConfig {
             pod_security: default_pod_security(),
             run_as_user: default_run_as_user(),
             service_account: None,
+            tenant_role: None,
             node_selector: BTreeMap::new(),
             env: BTreeMap::new(),
             termination_grace_s: default_grace(),
@@ -949,11 +980,28 @@ impl Inner {
                 Err(e) => return Err(to_provider_error(e)),
             }
         }
-        upsert(
-            &Api::<NetworkPolicy>::namespaced(self.client.clone(), &ns),
-            &objects::network_policy(&self.cfg, tenant),
-        )
-        .await?;
+        if let Some(role) = &self.cfg.tenant_role {
+            create_if_missing(
+                &Api::<RoleBinding>::namespaced(self.client.clone(), &ns),
+                &objects::tenant_role_binding(&self.cfg, tenant, role),
+            )
+            .await?;
+        }
+        // A RoleBinding just made can take a moment to reach the API server's authorizer.
+        let policy = objects::network_policy(&self.cfg, tenant);
+        let policies = Api::<NetworkPolicy>::namespaced(self.client.clone(), &ns);
+        let mut tries = 0;
+        loop {
+            match upsert(&policies, &policy).await {
+                Err(ProviderError::Permanent(m))
+                    if self.cfg.tenant_role.is_some() && m.contains("(403)") && tries < 20 =>
+                {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => break other?,
+            }
+        }
         self.apply_quota(tenant).await?;
         self.tenants_ready
             .lock()
@@ -1139,14 +1187,42 @@ impl Inner {
             .list(&lp)
             .await
             .map_err(to_provider_error)?;
-        let secrets = Api::<Secret>::all(self.client.clone())
-            .list(&lp)
-            .await
-            .map_err(to_provider_error)?;
+        let secrets = if self.cfg.tenant_role.is_some() {
+            // Granted in tenant namespaces only: list each of them.
+            let namespaces = Api::<Namespace>::all(self.client.clone())
+                .list(&ListParams::default())
+                .await
+                .map_err(to_provider_error)?;
+            let mut items = Vec::new();
+            for ns in namespaces.items {
+                let Some(name) = ns.metadata.name else {
+                    continue;
+                };
+                if !name.starts_with(&self.cfg.namespace_prefix) {
+                    continue;
+                }
+                match Api::<Secret>::namespaced(self.client.clone(), &name)
+                    .list(&lp)
+                    .await
+                {
+                    Ok(l) => items.extend(l.items),
+                    // A namespace going away, or not bound yet: nothing of ours to see there.
+                    Err(e) if is_code(&e, 403) || is_code(&e, 404) => {}
+                    Err(e) => return Err(to_provider_error(e)),
+                }
+            }
+            items
+        } else {
+            Api::<Secret>::all(self.client.clone())
+                .list(&lp)
+                .await
+                .map_err(to_provider_error)?
+                .items
+        };
         let now = now_ms();
         let mut out: BTreeMap<String, Observation> = BTreeMap::new();
         let mut with_secret = HashSet::new();
-        for s in &secrets.items {
+        for s in &secrets {
             if let Some(sandbox) = self.sandbox_of(&s.metadata) {
                 with_secret.insert(sandbox.sandbox_id.clone());
                 out.insert(

@@ -3,7 +3,7 @@
 //! each sandbox's Secret, optional workspace PersistentVolumeClaim and Pod. Also the naming
 //! rules (DNS labels, label values) and reading a pod's state back.
 
-use super::{KubernetesConfig, TenantLimits};
+use super::{KubernetesConfig, TenantLimits, TenantRoleConfig};
 use crate::{ObservedState, SandboxSpec};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{
@@ -212,6 +212,29 @@ pub fn namespace(cfg: &KubernetesConfig, tenant: &str) -> Namespace {
     Namespace {
         metadata: meta,
         ..Default::default()
+    }
+}
+
+/// The RoleBinding that grants the scheduler its sandbox rules in one tenant namespace.
+pub fn tenant_role_binding(
+    cfg: &KubernetesConfig,
+    tenant: &str,
+    role: &TenantRoleConfig,
+) -> k8s_openapi::api::rbac::v1::RoleBinding {
+    use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
+    RoleBinding {
+        metadata: tenant_meta(cfg, tenant, &role.cluster_role),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "ClusterRole".into(),
+            name: role.cluster_role.clone(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: role.service_account.clone(),
+            namespace: Some(role.namespace.clone()),
+            ..Default::default()
+        }]),
     }
 }
 

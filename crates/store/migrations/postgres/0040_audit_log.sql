@@ -16,6 +16,6 @@ CREATE TABLE audit_log (
 );
 
 -- Retention deletes finished jobs, events and spent deliveries by age.
-CREATE INDEX jobs_finished_at ON jobs(finished_at) WHERE finished_at IS NOT NULL;
+-- (Postgres already has jobs_finished_at from 0001.)
 CREATE INDEX events_at ON events(at);
 CREATE INDEX outbox_created ON outbox(created_at);
