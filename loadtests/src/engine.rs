@@ -61,6 +61,9 @@ pub struct SimOptions {
     pub budget: IdleBudget,
     /// Time every planning call (for the scale figures).
     pub measure: bool,
+    /// Tell the planner when due jobs (the workload's `due` rows) will arrive, as the scheduler
+    /// knows its delayed jobs and schedules: it wakes a sandbox one boot lead before each.
+    pub due_aware: bool,
 }
 
 impl Default for SimOptions {
@@ -73,6 +76,7 @@ impl Default for SimOptions {
             adaptive: AdaptiveConfig::default(),
             budget: IdleBudget::default(),
             measure: false,
+            due_aware: false,
         }
     }
 }
@@ -152,6 +156,11 @@ struct Tenant {
     dirty: bool,
     keda: KedaState,
     fly: FlyState,
+    /// Arrival times of the tenant's due jobs (sorted), and how many have arrived.
+    due: Vec<Ms>,
+    due_pos: usize,
+    /// Every job of the tenant is due (known in advance).
+    all_due: bool,
 }
 
 impl Tenant {
@@ -245,10 +254,26 @@ pub fn simulate_detailed(
         max_sandboxes: opts.max_sandboxes,
         idle_timeout_ms: idle_timeout_ms(policy),
         idle_action: IdleAction::Stop,
+        due_lead_ms: opts.adaptive.lead_ms,
         ..PoolPolicy::default()
     };
+    let mut due: Vec<Vec<Ms>> = vec![Vec::new(); w.tenants.len()];
+    let mut all_due = vec![true; w.tenants.len()];
+    for j in &w.jobs {
+        if j.due {
+            due[j.tenant as usize].push(j.arrival_ms);
+        } else {
+            all_due[j.tenant as usize] = false;
+        }
+    }
+    if !opts.due_aware {
+        due.iter_mut().for_each(Vec::clear);
+    }
     let tenants = (0..w.tenants.len())
-        .map(|i| Tenant {
+        .zip(due)
+        .map(|(i, due)| Tenant {
+            all_due: all_due[i],
+            due,
             snap: Snapshot {
                 pools: vec![PoolSnapshot {
                     tenant: i.to_string(),
@@ -257,6 +282,8 @@ pub fn simulate_detailed(
                     running: 0,
                     draining: false,
                     prewarm: None,
+                    next_due: None,
+                    due_jobs: 0,
                     sandboxes: Vec::new(),
                 }],
                 fleet_max_active: None,
@@ -293,6 +320,15 @@ pub fn simulate_detailed(
         arrivals_left: w.jobs.len(),
         opts,
     };
+    // The first due job of each tenant is known before anything happens to the tenant: plan it
+    // when its boot lead begins.
+    for t in 0..e.tenants.len() {
+        if let Some(&first) = e.tenants[t].due.first() {
+            let at = first.saturating_sub(e.opts.adaptive.lead_ms).max(0);
+            e.tenants[t].timer_at = Some(at);
+            e.push(at, Kind::Timer, t as u32, 0);
+        }
+    }
     if policy == Policy::Adaptive(None) {
         let step = e.opts.budget.step_ms.max(1);
         e.push(step, Kind::Budget, 0, 0);
@@ -651,12 +687,29 @@ impl<'w> Engine<'w> {
         let cfg = &self.opts.adaptive;
         let adaptive = matches!(self.policy, Policy::Adaptive(_));
         let ten = &mut self.tenants[t as usize];
-        let advice = adaptive.then(|| ten.adaptive.prewarm(now, cfg));
+        // A tenant whose every job is known in advance needs no guess about its next one.
+        let known = self.opts.due_aware && ten.all_due;
+        let advice = (adaptive && !known).then(|| ten.adaptive.prewarm(now, cfg));
         let (queued, running) = (ten.queue.len() as u32, ten.running);
+        while ten.due.get(ten.due_pos).is_some_and(|&at| at <= now) {
+            ten.due_pos += 1;
+        }
+        let next_due = ten.due.get(ten.due_pos).copied();
+        // The due jobs within one boot lead of the next: a burst of one firing.
+        let lead = ten.pool().policy.due_lead_ms;
+        let due_jobs = next_due.map_or(0, |d| {
+            ten.due[ten.due_pos..]
+                .iter()
+                .take_while(|&&at| at < d.saturating_add(lead))
+                .count()
+                .min(u32::MAX as usize) as u32
+        });
         let pool = ten.pool_mut();
+        pool.due_jobs = due_jobs;
         pool.queued = queued;
         pool.running = running;
         pool.prewarm = advice.and_then(|a| a.prewarm());
+        pool.next_due = next_due;
         let plan = shoal_planner::plan(&ten.snap, now);
         if let Some(s) = started {
             self.plan_ns
@@ -691,6 +744,10 @@ impl<'w> Engine<'w> {
                 next = Some(next.map_or(x, |n| n.min(x)));
             }
         };
+        if let Some(due) = ten.pool().next_due {
+            // Plan again when the due job's boot lead begins.
+            consider(due.saturating_sub(p.due_lead_ms));
+        }
         for s in &ten.pool().sandboxes {
             match s.state {
                 SandboxState::Ready => {

@@ -43,6 +43,10 @@ struct SimArgs {
     /// Seed of the provider's failures and the peers' phases and machine ids.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Tell Shoal's planner in advance when the workload's `due` rows arrive (as the scheduler
+    /// knows its delayed jobs and schedules); without it, `due` is ignored.
+    #[arg(long)]
+    due_aware: bool,
 }
 
 impl SimArgs {
@@ -65,6 +69,7 @@ impl SimArgs {
             failure_rate: self.failure_rate,
             seed: self.seed,
             max_sandboxes: self.max_sandboxes,
+            due_aware: self.due_aware,
             ..SimOptions::default()
         })
     }

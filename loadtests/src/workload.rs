@@ -1,5 +1,6 @@
 //! Workloads: the jobs a simulation replays, read from and written to the contract's CSV
-//! (`tenant,arrival_s,duration_s`, one row per job).
+//! (`tenant,arrival_s,duration_s`, one row per job), with an optional fourth column `due`
+//! (`1` or `0`): the job's arrival is known in advance, as a scheduled (cron) run's is.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -14,6 +15,8 @@ pub struct Job {
     pub tenant: u32,
     pub arrival_ms: Ms,
     pub duration_ms: Ms,
+    /// Known in advance (a scheduled run): a due-aware planner may wake a sandbox for it.
+    pub due: bool,
 }
 
 /// Jobs sorted by arrival, with tenant names interned.
@@ -28,7 +31,7 @@ pub struct Workload {
 pub enum WorkloadError {
     #[error("line {line}: {message}")]
     Parse { line: usize, message: String },
-    #[error("missing header `tenant,arrival_s,duration_s`")]
+    #[error("missing header `tenant,arrival_s,duration_s` (or `tenant,arrival_s,duration_s,due`)")]
     Header,
 }
 
@@ -66,6 +69,7 @@ impl Workload {
                 tenant,
                 arrival_ms,
                 duration_ms,
+                due: false,
             });
         }
         w.sort();
@@ -77,7 +81,7 @@ impl Workload {
         self.jobs.sort_by_key(|j| j.arrival_ms);
     }
 
-    /// Parses the contract's CSV.
+    /// Parses the contract's CSV (with or without the `due` column).
     pub fn parse_csv(text: &str) -> Result<Workload, WorkloadError> {
         let mut lines = text
             .lines()
@@ -87,20 +91,24 @@ impl Workload {
             return Err(WorkloadError::Header);
         };
         let cols: Vec<&str> = header.split(',').map(str::trim).collect();
-        if cols != ["tenant", "arrival_s", "duration_s"] {
-            return Err(WorkloadError::Header);
-        }
+        let with_due = match cols.as_slice() {
+            ["tenant", "arrival_s", "duration_s"] => false,
+            ["tenant", "arrival_s", "duration_s", "due"] => true,
+            _ => return Err(WorkloadError::Header),
+        };
+        let fields = if with_due { 4 } else { 3 };
         let mut rows = Vec::new();
+        let mut due = Vec::new();
         for (i, l) in lines {
             let line = i + 1;
-            let mut f = l.split(',');
-            let (Some(t), Some(a), Some(d), None) = (f.next(), f.next(), f.next(), f.next()) else {
+            let f: Vec<&str> = l.split(',').collect();
+            if f.len() != fields {
                 return Err(WorkloadError::Parse {
                     line,
-                    message: "expected 3 fields".into(),
+                    message: format!("expected {fields} fields"),
                 });
-            };
-            let t = t.trim();
+            }
+            let t = f[0].trim();
             if t.is_empty() {
                 return Err(WorkloadError::Parse {
                     line,
@@ -109,25 +117,60 @@ impl Workload {
             }
             rows.push((
                 t.to_string(),
-                secs_to_ms(a, line, "arrival_s")?,
-                secs_to_ms(d, line, "duration_s")?,
+                secs_to_ms(f[1], line, "arrival_s")?,
+                secs_to_ms(f[2], line, "duration_s")?,
             ));
+            due.push(match f.get(3).map(|d| d.trim()) {
+                None | Some("0" | "false" | "") => false,
+                Some("1" | "true") => true,
+                Some(other) => {
+                    return Err(WorkloadError::Parse {
+                        line,
+                        message: format!("due must be 1 or 0, got `{other}`"),
+                    });
+                }
+            });
         }
-        Ok(Workload::from_rows(rows))
+        // `from_rows` sorts stably by arrival: sort the flags the same way.
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        order.sort_by_key(|&i| rows[i].1);
+        let mut w = Workload::from_rows(rows);
+        for (job, &i) in w.jobs.iter_mut().zip(&order) {
+            job.due = due[i];
+        }
+        Ok(w)
+    }
+
+    /// Marks every job of the tenants `pred` picks as due (known in advance).
+    pub fn mark_due(&mut self, pred: impl Fn(&str) -> bool) {
+        let due: Vec<bool> = self.tenants.iter().map(|t| pred(t)).collect();
+        for j in &mut self.jobs {
+            j.due = due[j.tenant as usize];
+        }
     }
 
     /// Writes the contract's CSV, times in seconds with millisecond precision.
     pub fn to_csv(&self) -> String {
         let mut s = String::with_capacity(self.jobs.len() * 24 + 32);
-        s.push_str("tenant,arrival_s,duration_s\n");
+        let with_due = self.jobs.iter().any(|j| j.due);
+        s.push_str(if with_due {
+            "tenant,arrival_s,duration_s,due\n"
+        } else {
+            "tenant,arrival_s,duration_s\n"
+        });
         for j in &self.jobs {
-            let _ = writeln!(
+            let _ = write!(
                 s,
                 "{},{},{}",
                 self.tenants[j.tenant as usize],
                 fmt_s(j.arrival_ms),
                 fmt_s(j.duration_ms)
             );
+            s.push_str(match (with_due, j.due) {
+                (false, _) => "\n",
+                (true, true) => ",1\n",
+                (true, false) => ",0\n",
+            });
         }
         s
     }
@@ -161,7 +204,8 @@ mod tests {
             Job {
                 tenant: 1,
                 arrival_ms: 0,
-                duration_ms: 125
+                duration_ms: 125,
+                due: false,
             }
         );
         assert_eq!(
@@ -170,5 +214,15 @@ mod tests {
         );
         assert!(Workload::parse_csv("x,y\n").is_err());
         assert!(Workload::parse_csv("tenant,arrival_s,duration_s\na,-1,2\n").is_err());
+        // The `due` column: kept through sorting, written back only when some row is due.
+        let text = "tenant,arrival_s,duration_s,due\ncron,60,1,1\nx,2,1,0\n";
+        let w = Workload::parse_csv(text).unwrap();
+        assert_eq!((w.jobs[0].due, w.jobs[1].due), (false, true));
+        assert_eq!(
+            w.to_csv(),
+            "tenant,arrival_s,duration_s,due\nx,2,1,0\ncron,60,1,1\n"
+        );
+        assert!(Workload::parse_csv("tenant,arrival_s,duration_s,due\na,1,2,maybe\n").is_err());
+        assert!(Workload::parse_csv("tenant,arrival_s,duration_s\na,1,2,1\n").is_err());
     }
 }

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use shoal_core::audit::Actor;
 use shoal_core::limits::ObjectOnly;
-use shoal_core::{JobKind, JobState, Limits, LimitsPatch, PlanTier, SandboxState};
+use shoal_core::{JobKind, JobState, Limits, LimitsPatch, Millis, PlanTier, SandboxState};
 use shoal_protocol::{
     Assignment, Completion, Heartbeat, HeartbeatResponse, LeaseRequest, LeaseResponse, Outcome,
 };
@@ -64,6 +64,8 @@ pub fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(crate::webhooks::delete))
         .routes(routes!(crate::webhooks::deliveries))
         .routes(routes!(crate::audit::list))
+        .routes(routes!(crate::schedules::put, crate::schedules::delete))
+        .routes(routes!(crate::schedules::list))
         .routes(routes!(agent_lease))
         .routes(routes!(agent_heartbeat))
         .routes(routes!(agent_complete))
@@ -466,7 +468,54 @@ pub struct Enqueue {
     pub max_attempts: Option<u32>,
     #[serde(default)]
     pub timeout_s: Option<u64>,
+    /// When and how often to try again: `{"max_attempts"?: 1..20, "on"?: ["lost", "failure",
+    /// "timeout"], "initial_backoff_s"?, "max_backoff_s"?}`; by default 3 attempts, retried when
+    /// lost, after 1 s, doubling up to 300 s.
+    #[serde(default)]
+    pub retry: Option<RetryBody>,
+    /// Not started before this time (RFC 3339).
+    #[serde(default)]
+    pub run_at: Option<String>,
+    /// Not started before this many seconds from now (instead of `run_at`).
+    #[serde(default)]
+    pub delay_s: Option<u64>,
 }
+
+/// A job's `retry`, every field optional.
+#[derive(Deserialize, ToSchema, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBody {
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// `lost`, `failure`, `timeout`.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub on: Option<Vec<shoal_core::RetryOn>>,
+    #[serde(default)]
+    pub initial_backoff_s: Option<f64>,
+    #[serde(default)]
+    pub max_backoff_s: Option<f64>,
+}
+
+/// The longest a job may be delayed: a year.
+pub(crate) const MAX_DELAY_S: u64 = 366 * 86_400;
+
+/// The JSON Pointers of an enqueue body's integer fields (see `crate::error::whole_numbers`).
+pub(crate) const ENQUEUE_INTEGERS: &[&str] = &[
+    "/priority",
+    "/max_attempts",
+    "/timeout_s",
+    "/delay_s",
+    "/retry/max_attempts",
+    "/spec/timeout_s",
+    "/spec/options/max_nodes",
+    "/spec/options/max_pairwise",
+    "/spec/options/max_changes",
+    "/spec/options/max_value_bytes",
+    "/spec/options/max_result_bytes",
+    "/spec/options/min_runs",
+    "/spec/options/min_failing_streak",
+];
 
 /// Longest a job (or an agent command) may run: a week.
 pub(crate) const MAX_TIMEOUT_S: u64 = 7 * 86_400;
@@ -574,22 +623,7 @@ async fn enqueue(
     caller: Caller,
     Body(req): Body<Value>,
 ) -> Result<Response, ApiError> {
-    let req: Enqueue = crate::error::parse_object_with(
-        req,
-        &[
-            "/priority",
-            "/max_attempts",
-            "/timeout_s",
-            "/spec/timeout_s",
-            "/spec/options/max_nodes",
-            "/spec/options/max_pairwise",
-            "/spec/options/max_changes",
-            "/spec/options/max_value_bytes",
-            "/spec/options/max_result_bytes",
-            "/spec/options/min_runs",
-            "/spec/options/min_failing_streak",
-        ],
-    )?;
+    let req: Enqueue = crate::error::parse_object_with(req, ENQUEUE_INTEGERS)?;
     caller.check_tenant(&req.tenant)?;
     if app.is_shutting_down() {
         return Err(ApiError::unavailable("shutting down"));
@@ -607,18 +641,45 @@ async fn enqueue(
     }
 }
 
-/// What admitting a job did.
-pub enum Admission {
-    Created(shoal_store::JobRecord),
-    /// Its idempotency key was seen before: the first job.
-    Existing(shoal_store::JobRecord),
+/// An enqueue body's fields, each checked against its range.
+pub(crate) struct Checked {
+    pub kind: JobKind,
+    pub priority: i32,
+    pub timeout_s: u64,
+    pub retry: shoal_core::RetryPolicy,
+    pub run_at: Option<Millis>,
 }
 
-/// Admission, the same for every way in (`POST /v1/jobs`, the ingress queue): validation, the
-/// tenant's enqueue rate and monthly quota, idempotency, then the job is durable, recorded in the
-/// audit log as `actor`'s.
-#[tracing::instrument(name = "admission", skip_all, fields(tenant = %req.tenant, kind = %req.kind, job = tracing::field::Empty))]
-pub async fn admit(app: &App, req: Enqueue, actor: &Actor) -> Result<Admission, ApiError> {
+impl Checked {
+    /// The job to store.
+    pub fn into_job(
+        self,
+        tenant: &str,
+        spec: Value,
+        idempotency_key: Option<String>,
+        now: Millis,
+        schedule: Option<String>,
+    ) -> NewJob {
+        NewJob {
+            id: format!("job_{}", uuid::Uuid::now_v7().simple()),
+            tenant: tenant.to_string(),
+            kind: self.kind.as_str().to_string(),
+            spec,
+            idempotency_key,
+            priority: self.priority,
+            max_attempts: self.retry.max_attempts,
+            timeout_s: self.timeout_s,
+            created_at: now,
+            run_at: self.run_at,
+            retry: self.retry,
+            schedule,
+        }
+    }
+}
+
+/// Checks an enqueue body at `now`: its kind and spec, idempotency key, attempts and retry
+/// policy, timeout, priority and start time.
+pub(crate) fn check(req: &Enqueue, now: Millis) -> Result<Checked, ApiError> {
     let kind: JobKind = req.kind.parse().map_err(|e| {
         ApiError::invalid(
             "kind",
@@ -634,12 +695,40 @@ pub async fn admit(app: &App, req: Enqueue, actor: &Actor) -> Result<Admission, 
             "must be 1-255 characters without control characters (NUL, newlines, ...)",
         ));
     }
-    let max_attempts = req.max_attempts.unwrap_or(3);
-    if !(1..=100).contains(&max_attempts) {
+    if let Some(n) = req.max_attempts
+        && !(1..=100).contains(&n)
+    {
         return Err(ApiError::invalid(
             "max_attempts",
             "must be between 1 and 100",
         ));
+    }
+    let body = req.retry.clone().unwrap_or_default();
+    if let (Some(a), Some(b)) = (req.max_attempts, body.max_attempts)
+        && a != b
+    {
+        return Err(ApiError::invalid(
+            "retry.max_attempts",
+            "differs from max_attempts (they are the same setting: give one)",
+        ));
+    }
+    let d = shoal_core::RetryPolicy::default();
+    let retry = shoal_core::RetryPolicy {
+        max_attempts: body
+            .max_attempts
+            .or(req.max_attempts)
+            .unwrap_or(d.max_attempts),
+        on: body.on.unwrap_or(d.on),
+        initial_backoff_s: body.initial_backoff_s.unwrap_or(d.initial_backoff_s),
+        max_backoff_s: body
+            .max_backoff_s
+            .unwrap_or_else(|| d.max_backoff_s.max(body.initial_backoff_s.unwrap_or(0.0))),
+    };
+    // `max_attempts` alone keeps its older range; a retry policy's is 1..20.
+    if req.retry.is_some() || retry.max_attempts <= shoal_core::retry::MAX_RETRY_ATTEMPTS {
+        retry
+            .check()
+            .map_err(|e| ApiError::invalid(format!("retry.{}", e.field), e.message))?;
     }
     let timeout_s = req.timeout_s.unwrap_or(3600);
     if !(1..=MAX_TIMEOUT_S).contains(&timeout_s) {
@@ -655,6 +744,62 @@ pub async fn admit(app: &App, req: Enqueue, actor: &Actor) -> Result<Admission, 
             "must be between -1000 and 1000",
         ));
     }
+    let run_at = match (&req.run_at, req.delay_s) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "delay_s",
+                "give `run_at` or `delay_s`, not both",
+            ));
+        }
+        (Some(t), None) => {
+            let at = views::parse_rfc3339(t).ok_or_else(|| {
+                ApiError::invalid(
+                    "run_at",
+                    "must be an RFC 3339 time such as 2026-01-02T03:04:05Z",
+                )
+            })?;
+            if at > now.saturating_add(MAX_DELAY_S as Millis * 1000) {
+                return Err(ApiError::invalid(
+                    "run_at",
+                    "must be within a year from now",
+                ));
+            }
+            Some(at)
+        }
+        (None, Some(s)) => {
+            if s > MAX_DELAY_S {
+                return Err(ApiError::invalid(
+                    "delay_s",
+                    format!("must be between 0 and {MAX_DELAY_S}"),
+                ));
+            }
+            Some(now + s as Millis * 1000)
+        }
+        (None, None) => None,
+    };
+    Ok(Checked {
+        kind,
+        priority,
+        timeout_s,
+        retry,
+        run_at,
+    })
+}
+
+/// What admitting a job did.
+pub enum Admission {
+    Created(shoal_store::JobRecord),
+    /// Its idempotency key was seen before: the first job.
+    Existing(shoal_store::JobRecord),
+}
+
+/// Admission, the same for every way in (`POST /v1/jobs`, the ingress queue): validation, the
+/// tenant's enqueue rate and monthly quota, idempotency, then the job is durable, recorded in the
+/// audit log as `actor`'s.
+#[tracing::instrument(name = "admission", skip_all, fields(tenant = %req.tenant, kind = %req.kind, job = tracing::field::Empty))]
+pub async fn admit(app: &App, req: Enqueue, actor: &Actor) -> Result<Admission, ApiError> {
+    let now = now_ms();
+    let checked = check(&req, now)?;
     let tenant = app
         .store
         .tenant(&req.tenant)
@@ -682,7 +827,6 @@ pub async fn admit(app: &App, req: Enqueue, actor: &Actor) -> Result<Admission, 
         e.retry_after_s = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
         return Err(e);
     }
-    let now = now_ms();
     let period = shoal_metering::month_of(now);
     if limits.on_budget_exceeded == shoal_core::BudgetAction::Block
         && let Some(budget) = limits.monthly_budget
@@ -706,17 +850,8 @@ pub async fn admit(app: &App, req: Enqueue, actor: &Actor) -> Result<Admission, 
         e.retry_after_s = Some(((period.1 - now) / 1000).max(1) as u64);
         return Err(e);
     }
-    let new = NewJob {
-        id: format!("job_{}", uuid::Uuid::now_v7().simple()),
-        tenant: tenant.id.clone(),
-        kind: kind.as_str().to_string(),
-        spec: req.spec,
-        idempotency_key: req.idempotency_key,
-        priority,
-        max_attempts,
-        timeout_s,
-        created_at: now,
-    };
+    let kind = checked.kind;
+    let new = checked.into_job(&tenant.id, req.spec, req.idempotency_key, now, None);
     match app
         .store
         .admit(new, period.0, limits.jobs_per_month, actor)
@@ -756,11 +891,14 @@ pub async fn admit(app: &App, req: Enqueue, actor: &Actor) -> Result<Admission, 
                 }
                 tracing::warn!(tenant = %tenant.id, jobs = period_jobs, quota = ?limits.jobs_per_month, signal = signal.topic(), "tenant reached a monthly quota threshold");
             }
-            app.waiting_since
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(tenant.id.clone())
-                .or_insert_with(std::time::Instant::now);
+            // A job waiting for its time is not waiting for a sandbox yet.
+            if job.run_at.is_none_or(|at| at <= now) {
+                app.waiting_since
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(tenant.id.clone())
+                    .or_insert_with(std::time::Instant::now);
+            }
             app.work_changed(&tenant.id);
             tracing::Span::current().record("job", job.id.as_str());
             Ok(Admission::Created(job))
@@ -964,7 +1102,7 @@ async fn pool_view(
 ) -> Result<PoolView, ApiError> {
     let counts = app
         .store
-        .queue_counts()
+        .queue_counts(now_ms())
         .await?
         .into_iter()
         .find(|(id, _)| id == &t.id)
@@ -1169,8 +1307,16 @@ async fn agent_lease(
                 })));
             }
             Lease::Idle => {
+                // A job that falls due before the deadline (delayed, scheduled or backing off)
+                // is asked for again the moment it does.
+                let due = app.store.next_due(&sandbox.tenant, now).await?;
+                let wake = due.map_or(deadline, |at| {
+                    let ms = u64::try_from(at.saturating_sub(now_ms())).unwrap_or(0);
+                    deadline.min(tokio::time::Instant::now() + Duration::from_millis(ms))
+                });
                 tokio::select! {
                     _ = &mut notified => continue,
+                    _ = tokio::time::sleep_until(wake), if wake < deadline => continue,
                     _ = tokio::time::sleep_until(deadline) => return Ok(Json(LeaseResponse::Idle)),
                     _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return Ok(Json(LeaseResponse::Stop)),
                 }

@@ -778,7 +778,16 @@ pub async fn snapshot(
 ) -> Result<(Snapshot, HashMap<String, SandboxSize>), StoreError> {
     let tenants = app.store.tenants().await?;
     let counts: HashMap<String, shoal_store::QueueCounts> =
-        app.store.queue_counts().await?.into_iter().collect();
+        app.store.queue_counts(now).await?.into_iter().collect();
+    // Work known in advance: each tenant's schedules' next fires (delayed jobs and retries are
+    // in the queue counts).
+    let mut fires: HashMap<String, Millis> = HashMap::new();
+    for s in app.store.schedules(None).await? {
+        if let Some(at) = s.next_fire_at {
+            let e = fires.entry(s.tenant).or_insert(at);
+            *e = (*e).min(at);
+        }
+    }
     let mut by_tenant: HashMap<String, Vec<SandboxRecord>> = HashMap::new();
     for s in app.store.sandboxes(None).await? {
         by_tenant.entry(s.tenant.clone()).or_default().push(s);
@@ -831,11 +840,19 @@ pub async fn snapshot(
                 retention_ms: app.cfg.sandbox_retention.as_millis() as Millis,
                 boot_timeout_ms: app.cfg.boot_timeout.as_millis() as Millis,
                 weight: weight(t.plan),
+                due_lead_ms: app.due_lead_ms(),
             },
-            queued: c.queued as u32,
-            running: c.running as u32,
+            // Jobs waiting for their time are not demand yet: they are `next_due`.
+            queued: c.queued.saturating_sub(c.waiting).min(u64::from(u32::MAX)) as u32,
+            running: c.running.min(u64::from(u32::MAX)) as u32,
             draining: t.draining,
             prewarm: None,
+            next_due: match (c.next_due, fires.get(&t.id).copied()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+            // One job per delayed job, retry or fire as far as the snapshot knows.
+            due_jobs: 1,
             sandboxes: sandboxes
                 .iter()
                 .map(|s| SandboxView {

@@ -91,6 +91,11 @@ impl AdaptiveIdle {
         }
     }
 
+    /// How long before a predicted (or known) arrival a sandbox is woken.
+    pub fn lead_ms(&self) -> Millis {
+        self.cfg.lead_ms
+    }
+
     /// Sets `pool`'s pre-warm hold at `now` and an idle timeout of zero (the caller passes only
     /// pools of tenants without an idle timeout of their own). With `record`, the pool's demand
     /// is first recorded: its change since the last recorded pass is fed to the history as
@@ -146,6 +151,8 @@ mod tests {
             running,
             draining: false,
             prewarm: None,
+            next_due: None,
+            due_jobs: 0,
             sandboxes,
         }
     }

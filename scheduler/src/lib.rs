@@ -23,6 +23,7 @@ pub mod live;
 pub mod metrics;
 pub mod openapi;
 pub mod retention;
+pub mod schedules;
 pub mod schemas;
 pub mod ssrf;
 pub mod state;
@@ -230,6 +231,9 @@ async fn ingress(app: Arc<App>, queue: shoal_store::ingress::IngressQueue) {
                 priority: job.priority,
                 max_attempts: job.max_attempts,
                 timeout_s: job.timeout_s,
+                retry: None,
+                run_at: None,
+                delay_s: None,
             };
             match api::admit(&app, req, &shoal_core::audit::Actor::system("ingress")).await {
                 Ok(_) => Ok(()),
@@ -330,6 +334,7 @@ pub async fn serve(
     let audit_task = tokio::spawn(audit::run(Arc::clone(&app)));
     let retention_task = tokio::spawn(retention::run(Arc::clone(&app), Arc::clone(&control)));
     let usage_task = tokio::spawn(usagefeed::run(Arc::clone(&app), Arc::clone(&control)));
+    let schedules_task = tokio::spawn(schedules::run(Arc::clone(&app), Arc::clone(&control)));
     let ingress_task = ingress_queue(&app.cfg)
         .await?
         .map(|queue| tokio::spawn(ingress(Arc::clone(&app), queue)));
@@ -419,6 +424,7 @@ pub async fn serve(
     let _ = audit_task.await;
     let _ = retention_task.await;
     let _ = usage_task.await;
+    let _ = schedules_task.await;
     if let Some(t) = ingress_task {
         let _ = t.await;
     }

@@ -275,7 +275,7 @@ async fn pass(
     let now = now_ms();
     let tenants = app.store.tenants().await?;
     let counts: HashMap<String, shoal_store::QueueCounts> =
-        app.store.queue_counts().await?.into_iter().collect();
+        app.store.queue_counts(now).await?.into_iter().collect();
     let mut by_tenant: HashMap<String, SandboxCounts> = HashMap::new();
     for s in app.store.sandboxes(None).await? {
         by_tenant.entry(s.tenant.clone()).or_default().add(s.state);

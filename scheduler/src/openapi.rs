@@ -25,6 +25,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         (name = "pools", description = "Pools, events and the planner's dry run"),
         (name = "usage", description = "Compute usage per tenant, and usage events (CloudEvents) by cursor"),
         (name = "webhooks", description = "Endpoints that hear of finished jobs and quota signals, and their deliveries"),
+        (name = "schedules", description = "Cron schedules: one job per fire time"),
         (name = "audit", description = "The audit log of every state-changing call, hash-chained"),
         (name = "operators", description = "Live view for the dashboard"),
         (name = "agent", description = "Used by shoal-agent inside a sandbox, with its sandbox token"),
@@ -178,6 +179,9 @@ mod tests {
             ("/v1/webhooks", "get"),
             ("/v1/webhooks/{id}", "delete"),
             ("/v1/webhooks/{id}/deliveries", "get"),
+            ("/v1/schedules", "get"),
+            ("/v1/schedules/{tenant}/{name}", "put"),
+            ("/v1/schedules/{tenant}/{name}", "delete"),
             ("/v1/overview", "get"),
             ("/v1/history", "get"),
             ("/v1/stream", "get"),
@@ -211,6 +215,9 @@ mod tests {
             "UsageEventsPage",
             "WebhookView",
             "DeliveryPage",
+            "ScheduleView",
+            "ScheduleList",
+            "AttemptView",
             "ErrorBody",
         ] {
             assert!(

@@ -135,6 +135,26 @@ fn flaky_spec() -> Value {
 }
 
 /// `POST /v1/jobs`: one shape per kind, each with the fields every job has.
+/// A job's retry policy: every field optional, each within its range.
+fn retry() -> Value {
+    let backoff =
+        json!({"type": "number", "minimum": 0, "maximum": shoal_core::retry::MAX_BACKOFF_S});
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "description": "Attempts in all (1-20, the same setting as `max_attempts`), which ends of an attempt are tried again, and the backoff: attempt k+1 waits min(max_backoff_s, initial_backoff_s * 2^(k-1)) after attempt k, give or take 20%. Default: 3 attempts, on `lost`, 1 s doubling up to 300 s.",
+        "properties": {
+            "max_attempts": nullable(int(1, shoal_core::retry::MAX_RETRY_ATTEMPTS)),
+            "on": {
+                "type": ["array", "null"],
+                "items": {"type": "string", "enum": ["lost", "failure", "timeout"]},
+            },
+            "initial_backoff_s": nullable(backoff.clone()),
+            "max_backoff_s": nullable(backoff),
+        },
+    })
+}
+
 pub fn enqueue() -> Value {
     let branch = |kind: &str, spec: Value| {
         json!({
@@ -154,6 +174,9 @@ pub fn enqueue() -> Value {
                 "priority": nullable(int(-1000, 1000)),
                 "max_attempts": nullable(int(1, 100)),
                 "timeout_s": nullable(int(1, crate::api::MAX_TIMEOUT_S)),
+                "retry": nullable(retry()),
+                "run_at": {"type": ["string", "null"], "format": "date-time"},
+                "delay_s": nullable(int(0, crate::api::MAX_DELAY_S)),
             },
         })
     };
@@ -164,7 +187,7 @@ pub fn enqueue() -> Value {
         "properties": {"baseline": {}, "candidate": {}, "options": semdiff_options()},
     });
     json!({
-        "description": "`POST /v1/jobs`: the tenant, the kind and its spec (`agent`: `{\"command\", \"env\"?, \"workdir\"?, \"timeout_s\"?}`; `semantic_diff`: `{\"baseline\", \"candidate\", \"options\"?}`; `flaky_analysis`: `{\"runs\", \"options\"?}`), and optionally an idempotency key, a priority, attempts and a timeout.",
+        "description": "`POST /v1/jobs`: the tenant, the kind and its spec (`agent`: `{\"command\", \"env\"?, \"workdir\"?, \"timeout_s\"?}`; `semantic_diff`: `{\"baseline\", \"candidate\", \"options\"?}`; `flaky_analysis`: `{\"runs\", \"options\"?}`), and optionally an idempotency key, a priority, attempts, a retry policy, a timeout and a start time (`run_at` or `delay_s`, not both).",
         "oneOf": [
             branch("agent", agent_spec()),
             branch("semantic_diff", diff_spec),

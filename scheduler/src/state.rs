@@ -53,6 +53,15 @@ pub struct App {
 }
 
 impl App {
+    /// How long before work falls due a sandbox is woken for it: the adaptive idle policy's boot
+    /// lead (its default when the policy is fixed).
+    pub fn due_lead_ms(&self) -> shoal_core::Millis {
+        self.adaptive.as_ref().map_or_else(
+            || shoal_planner::adaptive::AdaptiveConfig::default().lead_ms,
+            |a| a.lead_ms(),
+        )
+    }
+
     pub fn new(
         cfg: Config,
         store: Arc<dyn Store>,

@@ -52,6 +52,44 @@ pub struct JobView {
     pub started_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
+    /// Its retry policy.
+    pub retry: RetryView,
+    /// Not started before this time (a delayed or scheduled job).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<String>,
+    /// A queued job whose last attempt will be tried again: not before this time (the backoff).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
+    /// One entry per attempt that ended, oldest first.
+    pub attempt_history: Vec<AttemptView>,
+    /// The schedule that made it (`TENANT/NAME`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+}
+
+/// A job's retry policy.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RetryView {
+    pub max_attempts: u32,
+    /// Which ends of an attempt are tried again: `lost`, `failure`, `timeout`.
+    #[schema(value_type = Vec<String>)]
+    pub on: Vec<shoal_core::RetryOn>,
+    pub initial_backoff_s: f64,
+    pub max_backoff_s: f64,
+}
+
+/// One ended attempt of a job.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AttemptView {
+    pub attempt: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    pub finished_at: String,
+    /// `succeeded`, `failure`, `timeout` or `lost`.
+    pub outcome: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub error: Option<Value>,
 }
 
 pub fn job(j: &JobRecord) -> JobView {
@@ -71,6 +109,29 @@ pub fn job(j: &JobRecord) -> JobView {
         error: j.error.clone(),
         started_at: j.started_at.map(rfc3339),
         finished_at: j.finished_at.map(rfc3339),
+        retry: RetryView {
+            max_attempts: j.max_attempts,
+            on: j.retry.on.clone(),
+            initial_backoff_s: j.retry.initial_backoff_s,
+            max_backoff_s: j.retry.max_backoff_s,
+        },
+        run_at: j.run_at.map(rfc3339),
+        next_attempt_at: j
+            .next_attempt_at
+            .filter(|_| j.state == shoal_core::JobState::Queued)
+            .map(rfc3339),
+        attempt_history: j
+            .attempt_history
+            .iter()
+            .map(|a| AttemptView {
+                attempt: a.attempt,
+                started_at: a.started_at.map(rfc3339),
+                finished_at: rfc3339(a.finished_at),
+                outcome: a.outcome.clone(),
+                error: a.error.clone(),
+            })
+            .collect(),
+        schedule: j.schedule.clone(),
     }
 }
 

@@ -527,3 +527,67 @@ async fn submit_waits_and_exits_with_the_jobs_exit_code() -> Result<()> {
     assert_eq!(status.code(), Some(130));
     Ok(())
 }
+
+/// `shoal schedules`: put one (a command, in a time zone), list it with its next fire time (as a
+/// table and as JSON), refuse a bad pattern with the API's message, delete it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_are_put_listed_with_their_next_fire_and_deleted() -> Result<()> {
+    let mut s = Server::start(&[], &[]).await?;
+    s.send(Method::PUT, "/v1/tenants/t", &json!({"plan": "pro"}))
+        .await?;
+    let put = shoal(
+        &s,
+        &[
+            "schedules",
+            "put",
+            "t",
+            "nightly",
+            "--cron",
+            "30 2 * * *",
+            "--timezone",
+            "Europe/Berlin",
+            "--",
+            "echo",
+            "hi",
+        ],
+    )
+    .await?;
+    assert!(put.stdout.contains("NEXT FIRE"), "{}", put.stdout);
+    let list = shoal(&s, &["schedules"]).await?;
+    let rows = list.rows();
+    assert_eq!(rows.len(), 1, "{}", list.stdout);
+    assert_eq!(rows[0][0..2], ["t", "nightly"]);
+    let v = shoal(&s, &["schedules", "list", "--tenant", "t", "--json"])
+        .await?
+        .json()?;
+    let next = v["schedules"][0]["next_fire_at"].as_str().unwrap();
+    // 02:30 in Berlin is 00:30 or 01:30 UTC.
+    assert!(
+        next.ends_with("T00:30:00.000Z") || next.ends_with("T01:30:00.000Z"),
+        "{v}"
+    );
+    assert_eq!(
+        v["schedules"][0]["job"]["spec"]["command"],
+        json!(["echo", "hi"])
+    );
+    let bad = shoal_as(
+        &s,
+        Some(&s.token),
+        &[
+            "schedules",
+            "put",
+            "t",
+            "x",
+            "--cron",
+            "* * *",
+            "--",
+            "true",
+        ],
+    )
+    .await?;
+    assert!(!bad.ok && bad.stderr.contains("5 fields"), "{}", bad.stderr);
+    shoal(&s, &["schedules", "delete", "t", "nightly"]).await?;
+    assert!(shoal(&s, &["schedules"]).await?.rows().is_empty());
+    s.stop().await?;
+    Ok(())
+}

@@ -333,6 +333,14 @@ async fn dashboard_follows_the_pools_drains_and_cancels_in_chromium() -> Result<
     assert_eq!(b.eval("document.querySelector('#err').textContent")?, "");
 
     // A drained tenant's new job stays queued; cancel it from the tenant's page.
+    let (st, sched) = s
+        .send(
+            Method::PUT,
+            "/v1/schedules/acme/hourly",
+            &json!({"cron": "0 * * * *", "job": {"kind": "agent", "spec": {"command": ["true"]}}}),
+        )
+        .await?;
+    assert_eq!(st, 201, "{sched}");
     let queued = enqueue(&s, "acme", "echo never").await?;
     b.eval("location.hash = '#/tenant/acme'; true")?;
     let button = format!("button[data-cancel=\"{queued}\"]");
@@ -359,6 +367,14 @@ async fn dashboard_follows_the_pools_drains_and_cancels_in_chromium() -> Result<
         ),
     )
     .await?;
+    // The tenant page lists its schedules with their next fire time.
+    let next = b
+        .wait(
+            "the schedule with its next fire time",
+            "(document.querySelector('#schedules tr[data-schedule=\"hourly\"] [data-col=\"next\"] time') || {}).title",
+        )
+        .await?;
+    assert_eq!(next, sched["next_fire_at"]);
     // The tenant page lists sandboxes with their state and age, and the scaling timeline.
     b.wait(
         "sandboxes and the timeline",

@@ -1,13 +1,15 @@
 //! Shoal's domain types and state machines: tenants and their plan limits, jobs and their states,
-//! sandboxes and their states, sizes. Plain data with no I/O, shared by every other crate.
+//! sandboxes and their states, sizes, retry policies. Plain data with no I/O, shared by every other crate.
 
 pub mod audit;
 pub mod job;
 pub mod limits;
+pub mod retry;
 pub mod sandbox;
 
 pub use job::{JobKind, JobState, UnknownValue};
 pub use limits::{BudgetAction, Limits, LimitsPatch, PlanTier, SandboxSize};
+pub use retry::{AttemptRecord, RetryOn, RetryPolicy};
 pub use sandbox::SandboxState;
 
 /// Milliseconds since the Unix epoch, UTC. Every timestamp in Shoal's core is one of these, so

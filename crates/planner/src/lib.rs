@@ -8,7 +8,9 @@
 //! `desired = clamp(min_warm, ceil((queued + running) / slots_per_sandbox), max_sandboxes)`; when a
 //! fleet-wide cap is short, pools share it by weighted max-min fairness. Scale-up wakes the cheapest
 //! sandbox first (suspended, then stopped, then a new one). Scale-down takes only ready sandboxes
-//! idle past the pool's idle timeout; a busy sandbox is never stopped.
+//! idle past the pool's idle timeout; a busy sandbox is never stopped. Work known in advance
+//! (`PoolSnapshot::next_due`) holds a sandbox per job falling due from a boot lead before it; if
+//! the work does not come, the sandbox goes back to the usual idle rule.
 
 pub mod adaptive;
 pub mod fair;
@@ -40,6 +42,9 @@ pub struct PoolPolicy {
     pub boot_timeout_ms: Millis,
     /// Weight in the fleet's fair share.
     pub weight: u32,
+    /// How long before work falls due a sandbox is woken for it (the boot lead; the same as the
+    /// adaptive policy's [`adaptive::AdaptiveConfig::lead_ms`]).
+    pub due_lead_ms: Millis,
 }
 
 impl Default for PoolPolicy {
@@ -54,6 +59,7 @@ impl Default for PoolPolicy {
             retention_ms: 3_600_000,
             boot_timeout_ms: 120_000,
             weight: 1,
+            due_lead_ms: adaptive::AdaptiveConfig::default().lead_ms,
         }
     }
 }
@@ -81,6 +87,14 @@ pub struct PoolSnapshot {
     /// Keep at least this many sandboxes warm until the given time (a pre-warm decided by an
     /// adaptive policy); `None` for none.
     pub prewarm: Option<(u32, Millis)>,
+    /// The earliest time at which work known in advance falls due: a delayed job's `run_at`, a
+    /// retry's next attempt, a schedule's next fire. `queued` counts only work due now; from one
+    /// boot lead before this time the pool holds at least one sandbox, so the work starts on a
+    /// ready one.
+    pub next_due: Option<Millis>,
+    /// How many jobs fall due within one boot lead from `next_due` (at least one is assumed when
+    /// `next_due` is set): the pool holds a sandbox for each, beside its running and queued jobs.
+    pub due_jobs: u32,
     pub sandboxes: Vec<SandboxView>,
 }
 
@@ -176,10 +190,26 @@ pub fn wanted(pool: &PoolSnapshot, now: Millis) -> u32 {
     {
         want = want.max(n);
     }
+    if due_soon(pool, now) {
+        let mut due = demand.saturating_add(pool.due_jobs.max(1));
+        if let Some(c) = p.max_concurrent_jobs {
+            due = due.min(c);
+        }
+        want = want.max(due.div_ceil(slots));
+    }
     match p.max_sandboxes {
         Some(m) => want.min(m),
         None => want,
     }
+}
+
+/// Whether work known in advance falls due within the pool's boot lead of `now` (a drained pool
+/// takes none).
+pub fn due_soon(pool: &PoolSnapshot, now: Millis) -> bool {
+    !pool.draining
+        && pool
+            .next_due
+            .is_some_and(|due| now >= due.saturating_sub(pool.policy.due_lead_ms))
 }
 
 /// Plans every pool of the snapshot at `now`.

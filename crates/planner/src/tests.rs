@@ -25,6 +25,8 @@ fn pool(tenant: &str, queued: u32, running: u32, sandboxes: Vec<SandboxView>) ->
         running,
         draining: false,
         prewarm: None,
+        next_due: None,
+        due_jobs: 0,
         sandboxes,
     }
 }
@@ -228,6 +230,8 @@ prop_compose! {
             running: busy,
             draining,
             prewarm: None,
+            next_due: None,
+            due_jobs: 0,
             sandboxes,
         }
     }
@@ -322,4 +326,74 @@ proptest! {
             prop_assert!(active(&next) <= cap.max(held), "{} active past cap {}", active(&next), cap);
         }
     }
+}
+
+#[test]
+fn work_due_later_wakes_a_sandbox_one_boot_lead_before_it() {
+    let lead = PoolPolicy::default().due_lead_ms;
+    let due = NOW + 60_000;
+    let stopped = vec![sb("s1", SandboxState::Stopped, NOW - 600_000, None)];
+    let mut p = pool("t", 0, 0, stopped.clone());
+    p.next_due = Some(due);
+    // Too early: nothing.
+    assert!(plan(&one(p.clone()), due - lead - 1).steps.is_empty());
+    // One lead before: the stopped sandbox is started (the cheapest wake).
+    let woke = plan(&one(p.clone()), due - lead);
+    assert_eq!(
+        woke.steps,
+        [Step::Start {
+            tenant: "t".into(),
+            sandbox: "s1".into()
+        }]
+    );
+    assert_eq!(woke.pools[0].desired, 1);
+    // A ready sandbox idle past its timeout is kept while the work is due soon.
+    let mut ready = pool(
+        "t",
+        0,
+        0,
+        vec![sb(
+            "s1",
+            SandboxState::Ready,
+            NOW - 600_000,
+            Some(NOW - 600_000),
+        )],
+    );
+    ready.next_due = Some(NOW + 1_000);
+    assert!(plan(&one(ready.clone()), NOW).steps.is_empty());
+    // The work did not come (cancelled: nothing due any more): the usual idle rule stops it.
+    ready.next_due = None;
+    assert_eq!(plan(&one(ready), NOW).steps.len(), 1);
+}
+
+#[test]
+fn work_due_later_respects_draining_and_max_sandboxes() {
+    let mut p = pool("t", 0, 0, vec![]);
+    p.next_due = Some(NOW);
+    p.draining = true;
+    assert!(plan(&one(p.clone()), NOW).steps.is_empty());
+    p.draining = false;
+    p.policy.max_sandboxes = Some(0);
+    assert!(plan(&one(p.clone()), NOW).steps.is_empty());
+    p.policy.max_sandboxes = Some(3);
+    // One sandbox for work due, however far in the past the due time is.
+    assert_eq!(plan(&one(p), NOW + 3_600_000).steps.len(), 1);
+}
+
+#[test]
+fn a_burst_falling_due_gets_a_sandbox_per_job_beside_the_running_ones() {
+    let mut p = pool(
+        "t",
+        0,
+        1,
+        vec![sb("b1", SandboxState::Busy, NOW - 1_000, None)],
+    );
+    p.next_due = Some(NOW + 1_000);
+    p.due_jobs = 3;
+    let out = plan(&one(p.clone()), NOW);
+    assert_eq!(out.pools[0].desired, 4);
+    assert_eq!(out.steps.len(), 3);
+    // Within max_sandboxes (5 here) and max_concurrent_jobs.
+    p.policy.max_concurrent_jobs = Some(2);
+    assert_eq!(plan(&one(p), NOW).pools[0].desired, 2);
 }

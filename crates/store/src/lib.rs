@@ -12,6 +12,7 @@ pub mod postgres;
 pub mod ratelimit;
 pub mod retention;
 mod rows;
+pub mod schedules;
 pub mod sqlite;
 mod tenants;
 pub mod usage;
@@ -19,7 +20,9 @@ pub mod usage;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use shoal_core::audit::Actor;
-use shoal_core::{JobState, Limits, LimitsPatch, Millis, PlanTier, SandboxState};
+use shoal_core::{
+    AttemptRecord, JobState, Limits, LimitsPatch, Millis, PlanTier, RetryPolicy, SandboxState,
+};
 use shoal_metering::LedgerEntry;
 
 pub use audit::AuditLog;
@@ -146,6 +149,23 @@ pub struct JobRecord {
     pub finished_at: Option<Millis>,
     /// Order of admission; the list cursor.
     pub seq: i64,
+    /// Not leased before this time (a delayed or scheduled job).
+    pub run_at: Option<Millis>,
+    /// After an attempt that will be tried again: not leased before this time.
+    pub next_attempt_at: Option<Millis>,
+    /// The retry policy (`max_attempts` is the same as the field above).
+    pub retry: RetryPolicy,
+    /// One entry per attempt that ended.
+    pub attempt_history: Vec<AttemptRecord>,
+    /// The schedule that made the job (`TENANT/NAME`).
+    pub schedule: Option<String>,
+}
+
+impl JobRecord {
+    /// When a queued job may be leased: the later of its `run_at` and `next_attempt_at`.
+    pub fn due_at(&self) -> Option<Millis> {
+        self.run_at.max(self.next_attempt_at)
+    }
 }
 
 /// A job to admit.
@@ -160,6 +180,12 @@ pub struct NewJob {
     pub max_attempts: u32,
     pub timeout_s: u64,
     pub created_at: Millis,
+    /// Not leased before this time.
+    pub run_at: Option<Millis>,
+    /// The retry policy; its `max_attempts` is stored as `max_attempts` above, which wins.
+    pub retry: RetryPolicy,
+    /// The schedule that made the job (`TENANT/NAME`).
+    pub schedule: Option<String>,
 }
 
 /// What admitting a job did.
@@ -177,6 +203,43 @@ pub enum Admitted {
     Existing(JobRecord),
     /// The monthly quota is used up; nothing was stored.
     QuotaExceeded { used: u64, limit: u64 },
+}
+
+/// A cron schedule as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScheduleRecord {
+    pub tenant: String,
+    pub name: String,
+    pub cron: String,
+    pub timezone: String,
+    /// The body each fire admits (as `POST /v1/jobs` takes it, without `tenant`).
+    pub job: serde_json::Value,
+    /// The next fire time not yet made into a job; `None` when the cron has no further match.
+    pub next_fire_at: Option<Millis>,
+    pub last_fire_at: Option<Millis>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// One fire of a schedule: its `next_fire_at` as read (`claimed`) and where it moves (`next`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleFire {
+    pub tenant: String,
+    pub name: String,
+    pub claimed: Millis,
+    pub next: Option<Millis>,
+}
+
+/// A schedule to create or replace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewSchedule {
+    pub tenant: String,
+    pub name: String,
+    pub cron: String,
+    pub timezone: String,
+    pub job: serde_json::Value,
+    pub next_fire_at: Option<Millis>,
+    pub now: Millis,
 }
 
 /// A sandbox as stored.
@@ -270,8 +333,13 @@ pub struct JobFilter {
 /// Queue counts of one tenant.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct QueueCounts {
+    /// Queued jobs, due or not.
     pub queued: u64,
     pub running: u64,
+    /// Of the queued jobs, those not due yet (a later `run_at` or `next_attempt_at`).
+    pub waiting: u64,
+    /// The earliest time a waiting job falls due.
+    pub next_due: Option<Millis>,
 }
 
 /// A recorded operator-facing event.
@@ -389,7 +457,38 @@ pub trait Store: Outbox + AuditLog + Retention + Metering + Send + Sync + 'stati
     /// `lease`, `expire_leases` and `sandbox_down`) writes its `job.*` event to the outbox in
     /// the same transaction.
     async fn cancel(&self, id: &str, now: Millis, actor: &Actor) -> Result<Option<JobRecord>>;
-    async fn queue_counts(&self) -> Result<Vec<(String, QueueCounts)>>;
+    /// Queued and running jobs per tenant; queued jobs not yet due at `now` are also counted as
+    /// `waiting`, with the earliest time one falls due.
+    async fn queue_counts(&self, now: Millis) -> Result<Vec<(String, QueueCounts)>>;
+    /// The earliest time after `now` at which a queued job of `tenant` falls due, if any (the
+    /// lease long poll sleeps until then).
+    async fn next_due(&self, tenant: &str, now: Millis) -> Result<Option<Millis>>;
+
+    // Schedules.
+    /// Creates or replaces a schedule; `true` when it was created. Recorded in the audit log.
+    async fn put_schedule(&self, s: &NewSchedule, actor: &Actor) -> Result<(ScheduleRecord, bool)>;
+    async fn schedule(&self, tenant: &str, name: &str) -> Result<Option<ScheduleRecord>>;
+    /// Schedules of one tenant or all, by tenant and name.
+    async fn schedules(&self, tenant: Option<&str>) -> Result<Vec<ScheduleRecord>>;
+    /// Deletes a schedule; `true` if there was one. Recorded in the audit log.
+    async fn delete_schedule(
+        &self,
+        tenant: &str,
+        name: &str,
+        now: Millis,
+        actor: &Actor,
+    ) -> Result<bool>;
+    /// Fires a schedule once, in one transaction: only if its `next_fire_at` is still
+    /// `fire.claimed` (another replica did not fire it first), advances it to `fire.next` and
+    /// admits `job` (whose idempotency key names the schedule and the fire time, so a fire time
+    /// makes one job even if two transactions race). `None` when the schedule moved on or is gone.
+    async fn fire_schedule(
+        &self,
+        fire: &ScheduleFire,
+        job: NewJob,
+        period_start: Millis,
+        limit: Option<u64>,
+    ) -> Result<Option<Admitted>>;
 
     // Dispatch.
     async fn lease(&self, sandbox_id: &str, policy: LeasePolicy, now: Millis) -> Result<Lease>;

@@ -15,8 +15,11 @@ use crate::rows::{
     JOB_COLS, JOB_LIST_COLS, KEY_COLS, PageBuilder, SANDBOX_COLS, corrupt, job_from_row, json_col,
     key_from_row, sandbox_from_row, sql, tenant_from_row,
 };
+use crate::rows::{attempt_end, history_with, retry_col};
 use crate::rows::{log_head_from_row, log_slice_from_rows};
+use crate::schedules;
 use crate::*;
+use shoal_core::RetryOn;
 use shoal_metering::LedgerKind;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Row};
@@ -82,24 +85,28 @@ impl PostgresStore {
         row.as_ref().map(sandbox_from_row).transpose()
     }
 
-    /// Puts a running job back in the queue, or makes it dead when its attempts are spent.
+    /// Puts a running job back in the queue (after its retry policy's backoff), or makes it dead
+    /// when its policy does not retry a lost attempt or its attempts are spent.
     async fn put_back(
         tx: &mut PgConnection,
         job: &JobRecord,
         error: &serde_json::Value,
         now: Millis,
     ) -> Result<JobRecord> {
-        let dead = job.attempts >= job.max_attempts;
+        let (next, history) = attempt_end(job, RetryOn::Lost, Some(error), now);
+        let dead = next.is_none();
         sqlx::query(
             "UPDATE jobs SET state = $1, sandbox_id = CASE WHEN $2 THEN sandbox_id ELSE NULL END, lease_id = NULL, \
-             lease_expires_at = NULL, error = $3, finished_at = CASE WHEN $2 THEN $4 ELSE NULL END \
-             WHERE id = $5 AND state = 'running'",
+             lease_expires_at = NULL, error = $3, finished_at = CASE WHEN $2 THEN $4 ELSE NULL END, \
+             next_attempt_at = $6, attempt_history = $7 WHERE id = $5 AND state = 'running'",
         )
         .bind(if dead { JobState::Dead.as_str() } else { JobState::Queued.as_str() })
         .bind(dead)
         .bind(error.to_string())
         .bind(now)
         .bind(&job.id)
+        .bind(next.flatten())
+        .bind(history)
         .execute(&mut *tx)
         .await?;
         let back = Self::job_tx(tx, &job.id)
@@ -304,128 +311,32 @@ impl Store for PostgresStore {
         actor: &Actor,
     ) -> Result<Admitted> {
         let mut tx = self.begin().await?;
-        // Take the tenant's turn first: the quota row of this month, made on first use.
-        sqlx::query(
-            "INSERT INTO tenant_periods (tenant, period_start, jobs) VALUES ($1, $2, 0) ON CONFLICT DO NOTHING",
-        )
-        .bind(&job.tenant)
-        .bind(period_start)
-        .execute(&mut *tx)
-        .await?;
-        let used: i64 = sqlx::query_scalar(
-            "SELECT jobs FROM tenant_periods WHERE tenant = $1 AND period_start = $2 FOR UPDATE",
-        )
-        .bind(&job.tenant)
-        .bind(period_start)
-        .fetch_one(&mut *tx)
-        .await?;
-        // With the turn held, a job admitted under this key by another replica is visible.
-        if let Some(key) = &job.idempotency_key {
-            let row = sqlx::query(sql!(
-                "SELECT ",
-                JOB_COLS,
-                " FROM jobs WHERE tenant = $1 AND idempotency_key = $2"
-            ))
-            .bind(&job.tenant)
-            .bind(key)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(row) = row {
-                let existing = job_from_row(&row)?;
+        let tenant = job.tenant.clone();
+        let key = job.idempotency_key.clone();
+        match Self::admit_in(&mut tx, job, period_start, limit, actor).await {
+            Ok(out) => {
                 tx.commit().await?;
-                return Ok(Admitted::Existing(existing));
+                Ok(out)
             }
-        }
-        if let Some(limit) = limit
-            && used as u64 >= limit
-        {
-            // No admission reached the quota this period (it was lowered): the refusal says so.
-            outbox::postgres::quota_signals(
-                &mut tx,
-                &job.tenant,
-                used as u64,
-                limit,
-                period_start,
-                job.created_at,
-            )
-            .await?;
-            tx.commit().await?;
-            return Ok(Admitted::QuotaExceeded {
-                used: used as u64,
-                limit,
-            });
-        }
-        let row = sqlx::query(sql!(
-            "INSERT INTO jobs (id, tenant, kind, spec, idempotency_key, priority, max_attempts, timeout_s, state, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', $9) RETURNING ",
-            JOB_COLS
-        ))
-        .bind(&job.id)
-        .bind(&job.tenant)
-        .bind(&job.kind)
-        .bind(job.spec.to_string())
-        .bind(&job.idempotency_key)
-        .bind(job.priority)
-        .bind(job.max_attempts as i64)
-        .bind(job.timeout_s as i64)
-        .bind(job.created_at)
-        .fetch_one(&mut *tx)
-        .await;
-        let row = match row {
-            Ok(row) => row,
             // The key was taken under another month's turn in the meantime (a request racing
             // across the month boundary): the first job stands.
-            Err(sqlx::Error::Database(e)) if e.constraint() == Some("jobs_idempotency") => {
+            Err(StoreError::Database(sqlx::Error::Database(e)))
+                if e.constraint() == Some("jobs_idempotency") =>
+            {
                 tx.rollback().await?;
-                let key = job.idempotency_key.as_deref().unwrap_or_default();
                 let row = sqlx::query(sql!(
                     "SELECT ",
                     JOB_COLS,
                     " FROM jobs WHERE tenant = $1 AND idempotency_key = $2"
                 ))
-                .bind(&job.tenant)
-                .bind(key)
+                .bind(&tenant)
+                .bind(key.unwrap_or_default())
                 .fetch_one(&self.pool)
                 .await?;
-                return Ok(Admitted::Existing(job_from_row(&row)?));
+                Ok(Admitted::Existing(job_from_row(&row)?))
             }
-            Err(e) => return Err(e.into()),
-        };
-        let stored = job_from_row(&row)?;
-        sqlx::query(
-            "UPDATE tenant_periods SET jobs = jobs + 1 WHERE tenant = $1 AND period_start = $2",
-        )
-        .bind(&job.tenant)
-        .bind(period_start)
-        .execute(&mut *tx)
-        .await?;
-        let period_jobs = used as u64 + 1;
-        let signals = match limit {
-            Some(q) => {
-                outbox::postgres::quota_signals(
-                    &mut tx,
-                    &job.tenant,
-                    period_jobs,
-                    q,
-                    period_start,
-                    job.created_at,
-                )
-                .await?
-            }
-            None => Vec::new(),
-        };
-        audit::postgres::record(
-            &mut tx,
-            &audit::job_enqueue(actor, &stored),
-            Some(&job.tenant),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(Admitted::Created {
-            job: stored,
-            period_jobs,
-            signals,
-        })
+            Err(e) => Err(e),
+        }
     }
 
     async fn job(&self, id: &str) -> Result<Option<JobRecord>> {
@@ -507,32 +418,69 @@ impl Store for PostgresStore {
         }
     }
 
-    async fn queue_counts(&self) -> Result<Vec<(String, QueueCounts)>> {
-        let rows = sqlx::query(
-            "SELECT tenant, state, COUNT(*) AS n FROM jobs WHERE state IN ('queued', 'running') \
-             GROUP BY tenant, state ORDER BY tenant",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        let mut out: Vec<(String, QueueCounts)> = Vec::new();
-        for row in rows {
-            let tenant: String = row.try_get("tenant")?;
-            let state: String = row.try_get("state")?;
-            let n = row.try_get::<i64, _>("n")? as u64;
-            let i = match out.iter().position(|(t, _)| *t == tenant) {
-                Some(i) => i,
-                None => {
-                    out.push((tenant, QueueCounts::default()));
-                    out.len() - 1
-                }
-            };
-            if state == "queued" {
-                out[i].1.queued = n;
-            } else {
-                out[i].1.running = n;
-            }
-        }
+    async fn queue_counts(&self, now: Millis) -> Result<Vec<(String, QueueCounts)>> {
+        let rows = sqlx::query(QUEUE_COUNTS)
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await?;
+        crate::rows::queue_counts_from_rows(&rows)
+    }
+
+    async fn next_due(&self, tenant: &str, now: Millis) -> Result<Option<Millis>> {
+        Ok(sqlx::query_scalar(NEXT_DUE)
+            .bind(tenant)
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    async fn put_schedule(&self, s: &NewSchedule, actor: &Actor) -> Result<(ScheduleRecord, bool)> {
+        let mut tx = self.begin().await?;
+        let out = schedules::postgres::put(&mut tx, s, actor).await?;
+        tx.commit().await?;
         Ok(out)
+    }
+
+    async fn schedule(&self, tenant: &str, name: &str) -> Result<Option<ScheduleRecord>> {
+        let mut c = self.pool.acquire().await?;
+        schedules::postgres::get(&mut c, tenant, name).await
+    }
+
+    async fn schedules(&self, tenant: Option<&str>) -> Result<Vec<ScheduleRecord>> {
+        let mut c = self.pool.acquire().await?;
+        schedules::postgres::list(&mut c, tenant).await
+    }
+
+    async fn delete_schedule(
+        &self,
+        tenant: &str,
+        name: &str,
+        now: Millis,
+        actor: &Actor,
+    ) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let gone = schedules::postgres::delete(&mut tx, tenant, name, now, actor).await?;
+        tx.commit().await?;
+        Ok(gone)
+    }
+
+    async fn fire_schedule(
+        &self,
+        fire: &ScheduleFire,
+        job: NewJob,
+        period_start: Millis,
+        limit: Option<u64>,
+    ) -> Result<Option<Admitted>> {
+        let mut tx = self.begin().await?;
+        if !schedules::postgres::claim(&mut tx, &fire.tenant, &fire.name, fire.claimed, fire.next)
+            .await?
+        {
+            return Ok(None);
+        }
+        let actor = Actor::system("schedule");
+        let out = Self::admit_in(&mut tx, job, period_start, limit, &actor).await?;
+        tx.commit().await?;
+        Ok(Some(out))
     }
 
     async fn lease(&self, sandbox_id: &str, policy: LeasePolicy, now: Millis) -> Result<Lease> {
@@ -607,10 +555,12 @@ impl Store for PostgresStore {
         }
         // Jobs another replica is leasing right now are skipped, not waited for.
         let next: Option<String> = sqlx::query_scalar(
-            "SELECT id FROM jobs WHERE tenant = $1 AND state = 'queued' ORDER BY priority DESC, seq \
+            "SELECT id FROM jobs WHERE tenant = $1 AND state = 'queued' AND (run_at IS NULL OR run_at <= $2) \
+             AND (next_attempt_at IS NULL OR next_attempt_at <= $2) ORDER BY priority DESC, seq \
              LIMIT 1 FOR UPDATE SKIP LOCKED",
         )
         .bind(&sandbox.tenant)
+        .bind(now)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(job_id) = next else {
@@ -620,7 +570,7 @@ impl Store for PostgresStore {
         let lease_id = uuid::Uuid::now_v7().to_string();
         let row = sqlx::query(sql!(
             "UPDATE jobs SET state = 'running', attempts = attempts + 1, sandbox_id = $1, lease_id = $2, \
-             lease_expires_at = $3, started_at = $4 WHERE id = $5 AND state = 'queued' RETURNING ",
+             lease_expires_at = $3, started_at = $4, next_attempt_at = NULL WHERE id = $5 AND state = 'queued' RETURNING ",
             JOB_COLS
         ))
         .bind(sandbox_id)
@@ -723,6 +673,7 @@ impl Store for PostgresStore {
             (Some(job), true) => {
                 match finish {
                     Finish::Succeeded { result } => {
+                        let h = history_with(&job, "succeeded", None, now);
                         Self::finish(
                             &mut tx,
                             job_id,
@@ -730,35 +681,55 @@ impl Store for PostgresStore {
                             JobState::Succeeded,
                             Some(result),
                             None,
+                            h,
                             now,
                         )
                         .await?
                     }
                     Finish::Failed { result, error } => {
-                        Self::finish(
-                            &mut tx,
-                            job_id,
-                            lease_id,
-                            JobState::Failed,
-                            result,
-                            Some(error),
-                            now,
-                        )
-                        .await?
+                        let kind = shoal_core::retry::failure_kind(&error);
+                        let (next, h) = attempt_end(&job, kind, Some(&error), now);
+                        match next {
+                            Some(at) => {
+                                // Tried again after the backoff: back to the queue.
+                                sqlx::query(
+                                    "UPDATE jobs SET state = 'queued', sandbox_id = NULL, lease_id = NULL, \
+                                     lease_expires_at = NULL, result = $1, error = $2, next_attempt_at = $3, \
+                                     attempt_history = $4 WHERE id = $5 AND state = 'running'",
+                                )
+                                .bind(result.map(|r| r.to_string()))
+                                .bind(error.to_string())
+                                .bind(at)
+                                .bind(h)
+                                .bind(job_id)
+                                .execute(&mut *tx)
+                                .await?;
+                            }
+                            None => {
+                                Self::finish(
+                                    &mut tx,
+                                    job_id,
+                                    lease_id,
+                                    JobState::Failed,
+                                    result,
+                                    Some(error),
+                                    h,
+                                    now,
+                                )
+                                .await?
+                            }
+                        }
                     }
                     Finish::Retry { error } => {
                         // A job handed back (its agent is stopping) has not used an attempt.
                         sqlx::query(
-                            "UPDATE jobs SET attempts = attempts - 1 WHERE id = $1 AND attempts > 0",
+                            "UPDATE jobs SET state = 'queued', attempts = GREATEST(attempts - 1, 0), sandbox_id = NULL, \
+                             lease_id = NULL, lease_expires_at = NULL, error = $1 WHERE id = $2 AND state = 'running'",
                         )
+                        .bind(error.to_string())
                         .bind(job_id)
                         .execute(&mut *tx)
                         .await?;
-                        let job = JobRecord {
-                            attempts: job.attempts.saturating_sub(1),
-                            ..job
-                        };
-                        Self::put_back(&mut tx, &job, &error, now).await?;
                     }
                 }
                 sqlx::query("UPDATE sandboxes SET jobs_run = jobs_run + 1 WHERE id = $1")
@@ -1170,7 +1141,120 @@ impl Store for PostgresStore {
 }
 
 impl PostgresStore {
+    /// Admits a job in the caller's transaction (see [`Store::admit`]). A racing idempotency key
+    /// comes back as the database's `jobs_idempotency` constraint error.
+    async fn admit_in(
+        tx: &mut PgConnection,
+        job: NewJob,
+        period_start: Millis,
+        limit: Option<u64>,
+        actor: &Actor,
+    ) -> Result<Admitted> {
+        // Take the tenant's turn first: the quota row of this month, made on first use.
+        sqlx::query(
+            "INSERT INTO tenant_periods (tenant, period_start, jobs) VALUES ($1, $2, 0) ON CONFLICT DO NOTHING",
+        )
+        .bind(&job.tenant)
+        .bind(period_start)
+        .execute(&mut *tx)
+        .await?;
+        let used: i64 = sqlx::query_scalar(
+            "SELECT jobs FROM tenant_periods WHERE tenant = $1 AND period_start = $2 FOR UPDATE",
+        )
+        .bind(&job.tenant)
+        .bind(period_start)
+        .fetch_one(&mut *tx)
+        .await?;
+        // With the turn held, a job admitted under this key by another replica is visible.
+        if let Some(key) = &job.idempotency_key {
+            let row = sqlx::query(sql!(
+                "SELECT ",
+                JOB_COLS,
+                " FROM jobs WHERE tenant = $1 AND idempotency_key = $2"
+            ))
+            .bind(&job.tenant)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = row {
+                return Ok(Admitted::Existing(job_from_row(&row)?));
+            }
+        }
+        if let Some(limit) = limit
+            && used as u64 >= limit
+        {
+            // No admission reached the quota this period (it was lowered): the refusal says so.
+            outbox::postgres::quota_signals(
+                &mut *tx,
+                &job.tenant,
+                used as u64,
+                limit,
+                period_start,
+                job.created_at,
+            )
+            .await?;
+            return Ok(Admitted::QuotaExceeded {
+                used: used as u64,
+                limit,
+            });
+        }
+        let row = sqlx::query(sql!(
+            "INSERT INTO jobs (id, tenant, kind, spec, idempotency_key, priority, max_attempts, timeout_s, state, created_at, \
+             run_at, retry, schedule) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', $9, $10, $11, $12) RETURNING ",
+            JOB_COLS
+        ))
+        .bind(&job.id)
+        .bind(&job.tenant)
+        .bind(&job.kind)
+        .bind(job.spec.to_string())
+        .bind(&job.idempotency_key)
+        .bind(job.priority)
+        .bind(job.max_attempts as i64)
+        .bind(job.timeout_s as i64)
+        .bind(job.created_at)
+        .bind(job.run_at)
+        .bind(retry_col(&job.retry))
+        .bind(&job.schedule)
+        .fetch_one(&mut *tx)
+        .await?;
+        let stored = job_from_row(&row)?;
+        sqlx::query(
+            "UPDATE tenant_periods SET jobs = jobs + 1 WHERE tenant = $1 AND period_start = $2",
+        )
+        .bind(&job.tenant)
+        .bind(period_start)
+        .execute(&mut *tx)
+        .await?;
+        let period_jobs = used as u64 + 1;
+        let signals = match limit {
+            Some(q) => {
+                outbox::postgres::quota_signals(
+                    &mut *tx,
+                    &job.tenant,
+                    period_jobs,
+                    q,
+                    period_start,
+                    job.created_at,
+                )
+                .await?
+            }
+            None => Vec::new(),
+        };
+        audit::postgres::record(
+            &mut *tx,
+            &audit::job_enqueue(actor, &stored),
+            Some(&job.tenant),
+        )
+        .await?;
+        Ok(Admitted::Created {
+            job: stored,
+            period_jobs,
+            signals,
+        })
+    }
+
     /// Records a terminal outcome of the job whose lease the caller checked under its lock.
+    #[allow(clippy::too_many_arguments)]
     async fn finish(
         tx: &mut PgConnection,
         job_id: &str,
@@ -1178,11 +1262,12 @@ impl PostgresStore {
         state: JobState,
         result: Option<serde_json::Value>,
         error: Option<serde_json::Value>,
+        history: String,
         now: Millis,
     ) -> Result<()> {
         let done = sqlx::query(sql!(
             "UPDATE jobs SET state = $1, result = $2, error = $3, finished_at = $4, lease_id = NULL, \
-             lease_expires_at = NULL WHERE id = $5 AND state = 'running' RETURNING ",
+             lease_expires_at = NULL, attempt_history = $6 WHERE id = $5 AND state = 'running' RETURNING ",
             JOB_COLS
         ))
         .bind(state.as_str())
@@ -1190,6 +1275,7 @@ impl PostgresStore {
         .bind(error.map(|e| e.to_string()))
         .bind(now)
         .bind(job_id)
+        .bind(history)
         .fetch_optional(&mut *tx)
         .await?;
         sqlx::query(
@@ -1207,6 +1293,19 @@ impl PostgresStore {
         Ok(())
     }
 }
+
+/// Queued and running jobs per tenant, with the queued ones not yet due at `$1`.
+const QUEUE_COUNTS: &str = "SELECT tenant, \
+     SUM(CASE WHEN state = 'queued' THEN 1 ELSE 0 END) AS queued, \
+     SUM(CASE WHEN state = 'running' THEN 1 ELSE 0 END) AS running, \
+     SUM(CASE WHEN state = 'queued' AND (run_at > $1 OR next_attempt_at > $1) THEN 1 ELSE 0 END) AS waiting, \
+     MIN(CASE WHEN state = 'queued' AND (run_at > $1 OR next_attempt_at > $1) \
+         THEN GREATEST(COALESCE(run_at, 0), COALESCE(next_attempt_at, 0)) END) AS next_due \
+     FROM jobs WHERE state IN ('queued', 'running') GROUP BY tenant ORDER BY tenant";
+
+/// The earliest time after `$2` a queued job of tenant `$1` falls due.
+const NEXT_DUE: &str = "SELECT MIN(GREATEST(COALESCE(run_at, 0), COALESCE(next_attempt_at, 0))) FROM jobs \
+     WHERE tenant = $1 AND state = 'queued' AND (run_at > $2 OR next_attempt_at > $2)";
 
 crate::outbox::impl_outbox!(PostgresStore, postgres, begin);
 crate::usage::impl_metering!(PostgresStore, postgres, begin);

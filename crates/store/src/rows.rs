@@ -2,16 +2,18 @@
 //! encodings (times as integer milliseconds, JSON as text, states as their names), so one mapper,
 //! generic over the database's row type, serves both.
 
-use crate::{JobRecord, Result, SandboxRecord, StoreError, TenantRecord};
-use shoal_core::{JobState, PlanTier, SandboxState};
+use crate::{JobRecord, Result, SandboxRecord, ScheduleRecord, StoreError, TenantRecord};
+use shoal_core::{AttemptRecord, JobState, Millis, PlanTier, RetryOn, RetryPolicy, SandboxState};
 use sqlx::{ColumnIndex, Decode, Row, Type};
 use std::str::FromStr;
 
 pub(crate) const JOB_COLS: &str = "id, tenant, kind, spec, idempotency_key, priority, max_attempts, timeout_s, state, attempts, \
-     sandbox_id, lease_id, lease_expires_at, result, error, created_at, started_at, finished_at, seq";
+     sandbox_id, lease_id, lease_expires_at, result, error, created_at, started_at, finished_at, seq, \
+     run_at, next_attempt_at, retry, attempt_history, schedule";
 /// The job columns of a list: the spec left out (a list never shows it, and it may be 32 MiB).
 pub(crate) const JOB_LIST_COLS: &str = "id, tenant, kind, CAST(NULL AS TEXT) AS spec, idempotency_key, priority, max_attempts, timeout_s, state, attempts, \
-     sandbox_id, lease_id, lease_expires_at, result, error, created_at, started_at, finished_at, seq";
+     sandbox_id, lease_id, lease_expires_at, result, error, created_at, started_at, finished_at, seq, \
+     run_at, next_attempt_at, retry, attempt_history, schedule";
 pub(crate) const KEY_COLS: &str = "id, tenant, created_at, last_used_at";
 pub(crate) const SANDBOX_COLS: &str = "id, tenant, state, provider, provider_id, cpus_milli, memory_mb, since, idle_since, last_seen, jobs_run, created_at";
 
@@ -110,6 +112,102 @@ pub(crate) fn job_from_row<'r, R: StoreRow<'r>>(row: &'r R) -> Result<JobRecord>
         started_at: row.opt_int("started_at")?,
         finished_at: row.opt_int("finished_at")?,
         seq: row.int("seq")?,
+        run_at: row.opt_int("run_at")?,
+        next_attempt_at: row.opt_int("next_attempt_at")?,
+        retry: retry_from_col(row.opt_text("retry")?, row.int("max_attempts")? as u32)?,
+        attempt_history: serde_json::from_str(row.text("attempt_history")?).map_err(corrupt)?,
+        schedule: row.opt_string("schedule")?,
+    })
+}
+
+/// The retry column: the policy without `max_attempts`, which is its own column.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredRetry {
+    on: Vec<RetryOn>,
+    initial_backoff_s: f64,
+    max_backoff_s: f64,
+}
+
+/// The retry column's text for `policy`.
+pub(crate) fn retry_col(policy: &RetryPolicy) -> String {
+    serde_json::to_string(&StoredRetry {
+        on: policy.on.clone(),
+        initial_backoff_s: policy.initial_backoff_s,
+        max_backoff_s: policy.max_backoff_s,
+    })
+    .unwrap_or_else(|_| "null".into())
+}
+
+fn retry_from_col(col: Option<&str>, max_attempts: u32) -> Result<RetryPolicy> {
+    Ok(match col {
+        // A job admitted before retry policies: put back at once when lost, as it was then.
+        None => RetryPolicy {
+            max_attempts,
+            on: vec![RetryOn::Lost],
+            initial_backoff_s: 0.0,
+            max_backoff_s: 0.0,
+        },
+        Some(text) => {
+            let r: StoredRetry = serde_json::from_str(text).map_err(corrupt)?;
+            RetryPolicy {
+                max_attempts,
+                on: r.on,
+                initial_backoff_s: r.initial_backoff_s,
+                max_backoff_s: r.max_backoff_s,
+            }
+        }
+    })
+}
+
+/// What happens to a job whose attempt ended `outcome` at `now`: `None` when there are no more
+/// attempts, else the next attempt's earliest start (`Some(None)`: at once, no backoff); and the
+/// history with this attempt added.
+pub(crate) fn attempt_end(
+    job: &JobRecord,
+    outcome: RetryOn,
+    error: Option<&serde_json::Value>,
+    now: Millis,
+) -> (Option<Option<Millis>>, String) {
+    let next = job
+        .retry
+        .after(job.attempts, outcome, now, &job.id)
+        .map(|at| Some(at).filter(|&at| at > now));
+    (next, history_with(job, outcome.as_str(), error, now))
+}
+
+/// The job's attempt history with its current attempt ended `outcome` at `now`, as the column
+/// keeps it.
+pub(crate) fn history_with(
+    job: &JobRecord,
+    outcome: &str,
+    error: Option<&serde_json::Value>,
+    now: Millis,
+) -> String {
+    let mut h = job.attempt_history.clone();
+    h.push(AttemptRecord {
+        attempt: job.attempts,
+        started_at: job.started_at,
+        finished_at: now,
+        outcome: outcome.into(),
+        error: error.cloned(),
+    });
+    serde_json::to_string(&h).unwrap_or_else(|_| "[]".into())
+}
+
+pub(crate) const SCHEDULE_COLS: &str =
+    "tenant, name, cron, timezone, job, next_fire_at, last_fire_at, created_at, updated_at";
+
+pub(crate) fn schedule_from_row<'r, R: StoreRow<'r>>(row: &'r R) -> Result<ScheduleRecord> {
+    Ok(ScheduleRecord {
+        tenant: row.string("tenant")?,
+        name: row.string("name")?,
+        cron: row.string("cron")?,
+        timezone: row.string("timezone")?,
+        job: json_col(row, "job")?.unwrap_or(serde_json::Value::Null),
+        next_fire_at: row.opt_int("next_fire_at")?,
+        last_fire_at: row.opt_int("last_fire_at")?,
+        created_at: row.int("created_at")?,
+        updated_at: row.int("updated_at")?,
     })
 }
 
@@ -220,4 +318,25 @@ pub(crate) fn log_slice_from_rows<'r, R: StoreRow<'r>>(
         at,
         data,
     })
+}
+
+/// The queue counts of the backends' `QUEUE_COUNTS` query: one row per tenant.
+pub(crate) fn queue_counts_from_rows<R>(rows: &[R]) -> Result<Vec<(String, crate::QueueCounts)>>
+where
+    for<'r> R: StoreRow<'r>,
+{
+    rows.iter()
+        .map(|row| {
+            let n = |col| row.opt_int(col).map(|v| v.unwrap_or(0).max(0) as u64);
+            Ok((
+                row.string("tenant")?,
+                crate::QueueCounts {
+                    queued: n("queued")?,
+                    running: n("running")?,
+                    waiting: n("waiting")?,
+                    next_due: row.opt_int("next_due")?,
+                },
+            ))
+        })
+        .collect()
 }

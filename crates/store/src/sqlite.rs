@@ -5,8 +5,10 @@ use crate::rows::{
     JOB_COLS, JOB_LIST_COLS, KEY_COLS, PageBuilder, SANDBOX_COLS, corrupt, job_from_row, json_col,
     key_from_row, sandbox_from_row, sql, tenant_from_row,
 };
-use crate::rows::{log_head_from_row, log_slice_from_rows};
+use crate::rows::{attempt_end, history_with, log_head_from_row, log_slice_from_rows, retry_col};
+use crate::schedules;
 use crate::*;
+use shoal_core::RetryOn;
 use shoal_metering::LedgerKind;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
@@ -70,24 +72,28 @@ impl SqliteStore {
         row.as_ref().map(job_from_row).transpose()
     }
 
-    /// Puts a running job back in the queue, or makes it dead when its attempts are spent.
+    /// Puts a running job back in the queue (after its retry policy's backoff), or makes it dead
+    /// when its policy does not retry a lost attempt or its attempts are spent.
     async fn put_back(
         tx: &mut Tx,
         job: &JobRecord,
         error: &serde_json::Value,
         now: Millis,
     ) -> Result<JobRecord> {
-        let dead = job.attempts >= job.max_attempts;
+        let (next, history) = attempt_end(job, RetryOn::Lost, Some(error), now);
+        let dead = next.is_none();
         sqlx::query(
             "UPDATE jobs SET state = ?, sandbox_id = CASE WHEN ? THEN sandbox_id ELSE NULL END, lease_id = NULL, \
-             lease_expires_at = NULL, error = ?, finished_at = CASE WHEN ? THEN ? ELSE NULL END \
-             WHERE id = ? AND state = 'running'",
+             lease_expires_at = NULL, error = ?, finished_at = CASE WHEN ? THEN ? ELSE NULL END, \
+             next_attempt_at = ?, attempt_history = ? WHERE id = ? AND state = 'running'",
         )
         .bind(if dead { JobState::Dead.as_str() } else { JobState::Queued.as_str() })
         .bind(dead)
         .bind(error.to_string())
         .bind(dead)
         .bind(now)
+        .bind(next.flatten())
+        .bind(history)
         .bind(&job.id)
         .execute(&mut **tx)
         .await?;
@@ -98,6 +104,121 @@ impl SqliteStore {
             outbox::sqlite::job_event(tx, &back, now).await?;
         }
         Ok(back)
+    }
+
+    /// Hands a job whose agent is stopping back to the queue at once; the attempt is not counted.
+    async fn hand_back(tx: &mut Tx, job: &JobRecord, error: &serde_json::Value) -> Result<()> {
+        sqlx::query(
+            "UPDATE jobs SET state = 'queued', attempts = MAX(attempts - 1, 0), sandbox_id = NULL, lease_id = NULL, \
+             lease_expires_at = NULL, error = ? WHERE id = ? AND state = 'running'",
+        )
+        .bind(error.to_string())
+        .bind(&job.id)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Admits a job in the caller's transaction (see [`Store::admit`]). On a refusal for quota
+    /// the events it wrote are kept only if the caller commits.
+    async fn admit_in(
+        tx: &mut Tx,
+        job: NewJob,
+        period_start: Millis,
+        limit: Option<u64>,
+        actor: &Actor,
+    ) -> Result<Admitted> {
+        if let Some(key) = &job.idempotency_key {
+            let row = sqlx::query(sql!(
+                "SELECT ",
+                JOB_COLS,
+                " FROM jobs WHERE tenant = ? AND idempotency_key = ?"
+            ))
+            .bind(&job.tenant)
+            .bind(key)
+            .fetch_optional(&mut **tx)
+            .await?;
+            if let Some(row) = row {
+                return Ok(Admitted::Existing(job_from_row(&row)?));
+            }
+        }
+        let used: i64 = sqlx::query_scalar(
+            "SELECT jobs FROM tenant_periods WHERE tenant = ? AND period_start = ?",
+        )
+        .bind(&job.tenant)
+        .bind(period_start)
+        .fetch_optional(&mut **tx)
+        .await?
+        .unwrap_or(0);
+        if let Some(limit) = limit
+            && used as u64 >= limit
+        {
+            // No admission reached the quota this period (it was lowered): the refusal says so.
+            outbox::sqlite::quota_signals(
+                tx,
+                &job.tenant,
+                used as u64,
+                limit,
+                period_start,
+                job.created_at,
+            )
+            .await?;
+            return Ok(Admitted::QuotaExceeded {
+                used: used as u64,
+                limit,
+            });
+        }
+        sqlx::query(
+            "INSERT INTO jobs (id, tenant, kind, spec, idempotency_key, priority, max_attempts, timeout_s, state, \
+             created_at, seq, run_at, retry, schedule) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, \
+             (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), ?, ?, ?)",
+        )
+        .bind(&job.id)
+        .bind(&job.tenant)
+        .bind(&job.kind)
+        .bind(job.spec.to_string())
+        .bind(&job.idempotency_key)
+        .bind(job.priority)
+        .bind(job.max_attempts as i64)
+        .bind(job.timeout_s as i64)
+        .bind(job.created_at)
+        .bind(job.run_at)
+        .bind(retry_col(&job.retry))
+        .bind(&job.schedule)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO tenant_periods (tenant, period_start, jobs) VALUES (?, ?, 1) \
+             ON CONFLICT(tenant, period_start) DO UPDATE SET jobs = jobs + 1",
+        )
+        .bind(&job.tenant)
+        .bind(period_start)
+        .execute(&mut **tx)
+        .await?;
+        let stored = Self::job_tx(tx, &job.id)
+            .await?
+            .ok_or_else(|| corrupt("inserted job vanished"))?;
+        let period_jobs = used as u64 + 1;
+        let signals = match limit {
+            Some(q) => {
+                outbox::sqlite::quota_signals(
+                    tx,
+                    &job.tenant,
+                    period_jobs,
+                    q,
+                    period_start,
+                    job.created_at,
+                )
+                .await?
+            }
+            None => Vec::new(),
+        };
+        audit::sqlite::record(tx, &audit::job_enqueue(actor, &stored), Some(&job.tenant)).await?;
+        Ok(Admitted::Created {
+            job: stored,
+            period_jobs,
+            signals,
+        })
     }
 
     /// A sandbox holding no running job is ready again.
@@ -294,102 +415,12 @@ impl Store for SqliteStore {
         actor: &Actor,
     ) -> Result<Admitted> {
         let mut tx = self.write().await?;
-        if let Some(key) = &job.idempotency_key {
-            let row = sqlx::query(sql!(
-                "SELECT ",
-                JOB_COLS,
-                " FROM jobs WHERE tenant = ? AND idempotency_key = ?"
-            ))
-            .bind(&job.tenant)
-            .bind(key)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(row) = row {
-                return Ok(Admitted::Existing(job_from_row(&row)?));
-            }
+        let out = Self::admit_in(&mut tx, job, period_start, limit, actor).await?;
+        match &out {
+            Admitted::Existing(_) => tx.rollback().await?,
+            _ => tx.commit().await?,
         }
-        let used: i64 = sqlx::query_scalar(
-            "SELECT jobs FROM tenant_periods WHERE tenant = ? AND period_start = ?",
-        )
-        .bind(&job.tenant)
-        .bind(period_start)
-        .fetch_optional(&mut *tx)
-        .await?
-        .unwrap_or(0);
-        if let Some(limit) = limit
-            && used as u64 >= limit
-        {
-            // No admission reached the quota this period (it was lowered): the refusal says so.
-            let sent = outbox::sqlite::quota_signals(
-                &mut tx,
-                &job.tenant,
-                used as u64,
-                limit,
-                period_start,
-                job.created_at,
-            )
-            .await?;
-            if !sent.is_empty() {
-                tx.commit().await?;
-            }
-            return Ok(Admitted::QuotaExceeded {
-                used: used as u64,
-                limit,
-            });
-        }
-        sqlx::query(
-            "INSERT INTO jobs (id, tenant, kind, spec, idempotency_key, priority, max_attempts, timeout_s, state, \
-             created_at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs))",
-        )
-        .bind(&job.id)
-        .bind(&job.tenant)
-        .bind(&job.kind)
-        .bind(job.spec.to_string())
-        .bind(&job.idempotency_key)
-        .bind(job.priority)
-        .bind(job.max_attempts as i64)
-        .bind(job.timeout_s as i64)
-        .bind(job.created_at)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO tenant_periods (tenant, period_start, jobs) VALUES (?, ?, 1) \
-             ON CONFLICT(tenant, period_start) DO UPDATE SET jobs = jobs + 1",
-        )
-        .bind(&job.tenant)
-        .bind(period_start)
-        .execute(&mut *tx)
-        .await?;
-        let stored = Self::job_tx(&mut tx, &job.id)
-            .await?
-            .ok_or_else(|| corrupt("inserted job vanished"))?;
-        let period_jobs = used as u64 + 1;
-        let signals = match limit {
-            Some(q) => {
-                outbox::sqlite::quota_signals(
-                    &mut tx,
-                    &job.tenant,
-                    period_jobs,
-                    q,
-                    period_start,
-                    job.created_at,
-                )
-                .await?
-            }
-            None => Vec::new(),
-        };
-        audit::sqlite::record(
-            &mut tx,
-            &audit::job_enqueue(actor, &stored),
-            Some(&job.tenant),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(Admitted::Created {
-            job: stored,
-            period_jobs,
-            signals,
-        })
+        Ok(out)
     }
 
     async fn job(&self, id: &str) -> Result<Option<JobRecord>> {
@@ -462,31 +493,69 @@ impl Store for SqliteStore {
         Ok(job)
     }
 
-    async fn queue_counts(&self) -> Result<Vec<(String, QueueCounts)>> {
-        let rows = sqlx::query(
-            "SELECT tenant, state, COUNT(*) AS n FROM jobs WHERE state IN ('queued', 'running') GROUP BY tenant, state",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        let mut out: Vec<(String, QueueCounts)> = Vec::new();
-        for row in rows {
-            let tenant: String = row.try_get("tenant")?;
-            let state: String = row.try_get("state")?;
-            let n = row.try_get::<i64, _>("n")? as u64;
-            let i = match out.iter().position(|(t, _)| *t == tenant) {
-                Some(i) => i,
-                None => {
-                    out.push((tenant, QueueCounts::default()));
-                    out.len() - 1
-                }
-            };
-            if state == "queued" {
-                out[i].1.queued = n;
-            } else {
-                out[i].1.running = n;
-            }
-        }
+    async fn queue_counts(&self, now: Millis) -> Result<Vec<(String, QueueCounts)>> {
+        let rows = sqlx::query(QUEUE_COUNTS)
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await?;
+        crate::rows::queue_counts_from_rows(&rows)
+    }
+
+    async fn next_due(&self, tenant: &str, now: Millis) -> Result<Option<Millis>> {
+        Ok(sqlx::query_scalar(NEXT_DUE)
+            .bind(tenant)
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    async fn put_schedule(&self, s: &NewSchedule, actor: &Actor) -> Result<(ScheduleRecord, bool)> {
+        let mut tx = self.write().await?;
+        let out = schedules::sqlite::put(&mut tx, s, actor).await?;
+        tx.commit().await?;
         Ok(out)
+    }
+
+    async fn schedule(&self, tenant: &str, name: &str) -> Result<Option<ScheduleRecord>> {
+        let mut c = self.pool.acquire().await?;
+        schedules::sqlite::get(&mut c, tenant, name).await
+    }
+
+    async fn schedules(&self, tenant: Option<&str>) -> Result<Vec<ScheduleRecord>> {
+        let mut c = self.pool.acquire().await?;
+        schedules::sqlite::list(&mut c, tenant).await
+    }
+
+    async fn delete_schedule(
+        &self,
+        tenant: &str,
+        name: &str,
+        now: Millis,
+        actor: &Actor,
+    ) -> Result<bool> {
+        let mut tx = self.write().await?;
+        let gone = schedules::sqlite::delete(&mut tx, tenant, name, now, actor).await?;
+        tx.commit().await?;
+        Ok(gone)
+    }
+
+    async fn fire_schedule(
+        &self,
+        fire: &ScheduleFire,
+        job: NewJob,
+        period_start: Millis,
+        limit: Option<u64>,
+    ) -> Result<Option<Admitted>> {
+        let mut tx = self.write().await?;
+        if !schedules::sqlite::claim(&mut tx, &fire.tenant, &fire.name, fire.claimed, fire.next)
+            .await?
+        {
+            return Ok(None);
+        }
+        let actor = Actor::system("schedule");
+        let out = Self::admit_in(&mut tx, job, period_start, limit, &actor).await?;
+        tx.commit().await?;
+        Ok(Some(out))
     }
 
     async fn lease(&self, sandbox_id: &str, policy: LeasePolicy, now: Millis) -> Result<Lease> {
@@ -566,9 +635,11 @@ impl Store for SqliteStore {
             }
         }
         let next: Option<String> = sqlx::query_scalar(
-            "SELECT id FROM jobs WHERE tenant = ? AND state = 'queued' ORDER BY priority DESC, seq LIMIT 1",
+            "SELECT id FROM jobs WHERE tenant = ?1 AND state = 'queued' AND (run_at IS NULL OR run_at <= ?2) \
+             AND (next_attempt_at IS NULL OR next_attempt_at <= ?2) ORDER BY priority DESC, seq LIMIT 1",
         )
         .bind(&sandbox.tenant)
+        .bind(now)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(job_id) = next else {
@@ -578,7 +649,7 @@ impl Store for SqliteStore {
         let lease_id = uuid::Uuid::now_v7().to_string();
         sqlx::query(
             "UPDATE jobs SET state = 'running', attempts = attempts + 1, sandbox_id = ?, lease_id = ?, \
-             lease_expires_at = ?, started_at = ? WHERE id = ?",
+             lease_expires_at = ?, started_at = ?, next_attempt_at = NULL WHERE id = ?",
         )
         .bind(sandbox_id)
         .bind(&lease_id)
@@ -664,35 +735,49 @@ impl Store for SqliteStore {
         let out = match (job, held) {
             (Some(job), true) => {
                 let done = match finish {
-                    Finish::Succeeded { result } => Some((JobState::Succeeded, Some(result), None)),
+                    Finish::Succeeded { result } => {
+                        let h = history_with(&job, "succeeded", None, now);
+                        Some((JobState::Succeeded, Some(result), None, h))
+                    }
                     Finish::Failed { result, error } => {
-                        Some((JobState::Failed, result, Some(error)))
+                        let kind = shoal_core::retry::failure_kind(&error);
+                        let (next, h) = attempt_end(&job, kind, Some(&error), now);
+                        match next {
+                            Some(at) => {
+                                // Tried again after the backoff: back to the queue.
+                                sqlx::query(
+                                    "UPDATE jobs SET state = 'queued', sandbox_id = NULL, lease_id = NULL, \
+                                     lease_expires_at = NULL, result = ?, error = ?, next_attempt_at = ?, \
+                                     attempt_history = ? WHERE id = ? AND state = 'running'",
+                                )
+                                .bind(result.map(|r| r.to_string()))
+                                .bind(error.to_string())
+                                .bind(at)
+                                .bind(h)
+                                .bind(job_id)
+                                .execute(&mut *tx)
+                                .await?;
+                                None
+                            }
+                            None => Some((JobState::Failed, result, Some(error), h)),
+                        }
                     }
                     Finish::Retry { error } => {
                         // A job handed back (its agent is stopping) has not used an attempt.
-                        sqlx::query(
-                            "UPDATE jobs SET attempts = attempts - 1 WHERE id = ? AND attempts > 0",
-                        )
-                        .bind(job_id)
-                        .execute(&mut *tx)
-                        .await?;
-                        let job = JobRecord {
-                            attempts: job.attempts.saturating_sub(1),
-                            ..job.clone()
-                        };
-                        Self::put_back(&mut tx, &job, &error, now).await?;
+                        Self::hand_back(&mut tx, &job, &error).await?;
                         None
                     }
                 };
-                if let Some((state, result, error)) = done {
+                if let Some((state, result, error, history)) = done {
                     sqlx::query(
                         "UPDATE jobs SET state = ?, result = ?, error = ?, finished_at = ?, lease_id = NULL, \
-                         lease_expires_at = NULL WHERE id = ? AND lease_id = ? AND state = 'running'",
+                         lease_expires_at = NULL, attempt_history = ? WHERE id = ? AND lease_id = ? AND state = 'running'",
                     )
                     .bind(state.as_str())
                     .bind(result.map(|r| r.to_string()))
                     .bind(error.map(|e| e.to_string()))
                     .bind(now)
+                    .bind(history)
                     .bind(job_id)
                     .bind(lease_id)
                     .execute(&mut *tx)
@@ -1101,6 +1186,19 @@ impl Store for SqliteStore {
         log_slice_from_rows(&rows, head.unwrap_or_default(), from, limit)
     }
 }
+
+/// Queued and running jobs per tenant, with the queued ones not yet due at `$1`.
+const QUEUE_COUNTS: &str = "SELECT tenant, \
+     SUM(CASE WHEN state = 'queued' THEN 1 ELSE 0 END) AS queued, \
+     SUM(CASE WHEN state = 'running' THEN 1 ELSE 0 END) AS running, \
+     SUM(CASE WHEN state = 'queued' AND (run_at > $1 OR next_attempt_at > $1) THEN 1 ELSE 0 END) AS waiting, \
+     MIN(CASE WHEN state = 'queued' AND (run_at > $1 OR next_attempt_at > $1) \
+         THEN MAX(COALESCE(run_at, 0), COALESCE(next_attempt_at, 0)) END) AS next_due \
+     FROM jobs WHERE state IN ('queued', 'running') GROUP BY tenant";
+
+/// The earliest time after `$2` a queued job of tenant `$1` falls due.
+const NEXT_DUE: &str = "SELECT MIN(MAX(COALESCE(run_at, 0), COALESCE(next_attempt_at, 0))) FROM jobs \
+     WHERE tenant = $1 AND state = 'queued' AND (run_at > $2 OR next_attempt_at > $2)";
 
 crate::outbox::impl_outbox!(SqliteStore, sqlite, write);
 crate::usage::impl_metering!(SqliteStore, sqlite, write);

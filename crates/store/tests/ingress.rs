@@ -49,6 +49,9 @@ async fn admit(
         max_attempts: job.max_attempts.unwrap_or(3),
         timeout_s: job.timeout_s.unwrap_or(3600),
         created_at: 1,
+        run_at: None,
+        retry: Default::default(),
+        schedule: None,
     };
     match store
         .admit(new, 0, None, &Actor::admin())

@@ -4,7 +4,7 @@
 
 use serde_json::json;
 use shoal_core::audit::Actor;
-use shoal_core::{JobState, LimitsPatch, PlanTier, SandboxState};
+use shoal_core::{JobState, LimitsPatch, PlanTier, RetryOn, RetryPolicy, SandboxState};
 use shoal_store::*;
 use shoal_testkit::services::Postgres;
 use std::sync::Arc;
@@ -77,6 +77,9 @@ conformance! {
     usage_intervals_close_with_their_events => usage_events,
     usage_cursor_pages_without_gap_or_repeat => usage_cursor_paging,
     concurrent_usage_writers_never_pass_the_cursor => usage_concurrent_writers,
+    delayed_jobs_wait_and_retries_back_off_in_the_lease_query => delayed_and_retried,
+    a_schedule_fires_each_time_once_and_is_audited => schedules,
+    concurrent_fires_of_one_time_make_one_job => concurrent_fires,
 }
 
 fn job(id: &str, tenant: &str, key: Option<&str>, priority: i32, at: i64) -> NewJob {
@@ -90,6 +93,15 @@ fn job(id: &str, tenant: &str, key: Option<&str>, priority: i32, at: i64) -> New
         max_attempts: 2,
         timeout_s: 60,
         created_at: at,
+        run_at: None,
+        // Lost jobs come back at once (no backoff), as the checks below expect.
+        retry: RetryPolicy {
+            max_attempts: 2,
+            on: vec![RetryOn::Lost],
+            initial_backoff_s: 0.0,
+            max_backoff_s: 0.0,
+        },
+        schedule: None,
     }
 }
 
@@ -2753,4 +2765,335 @@ async fn postgres_usage_cursor_survives_out_of_order_commits() {
         next[0].event.seq < first[0].event.seq,
         "`young` has the lower seq: a `seq > cursor` reader would have passed it"
     );
+}
+
+fn failed(code: &str) -> Finish {
+    Finish::Failed {
+        result: None,
+        error: json!({"code": code, "message": "it failed"}),
+    }
+}
+
+async fn delayed_and_retried(store: Arc<dyn Store>) {
+    setup(&*store).await;
+    let admin = Actor::admin();
+    // A delayed job is not leased before its time, is counted as waiting, and is due then.
+    let mut d = job("delayed", "t", None, 5, 1_000);
+    d.run_at = Some(10_000);
+    store.admit(d, 0, None, &admin).await.unwrap();
+    assert_eq!(
+        store.lease("sb1", POLICY, 9_999).await.unwrap(),
+        Lease::Idle
+    );
+    let counts: std::collections::HashMap<_, _> = store
+        .queue_counts(9_999)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(counts["t"].queued, 1);
+    assert_eq!(counts["t"].waiting, 1);
+    assert_eq!(counts["t"].next_due, Some(10_000));
+    assert_eq!(store.next_due("t", 9_999).await.unwrap(), Some(10_000));
+    assert_eq!(store.next_due("u", 9_999).await.unwrap(), None);
+    let j = leased(store.lease("sb1", POLICY, 10_000).await.unwrap());
+    assert_eq!((j.id.as_str(), j.run_at), ("delayed", Some(10_000)));
+    let counts: std::collections::HashMap<_, _> = store
+        .queue_counts(10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!((counts["t"].running, counts["t"].waiting), (1, 0));
+    store
+        .complete(
+            "sb1",
+            "delayed",
+            j.lease_id.as_deref().unwrap(),
+            Finish::Succeeded { result: json!(1) },
+            10_500,
+        )
+        .await
+        .unwrap();
+    let done = store.job("delayed").await.unwrap().unwrap();
+    assert_eq!(done.attempt_history.len(), 1);
+    assert_eq!(done.attempt_history[0].outcome, "succeeded");
+    assert_eq!(done.attempt_history[0].started_at, Some(10_000));
+
+    // Retry on failure: three attempts, each after its backoff, then `failed` with a history of
+    // three. Between attempts the job is queued with `next_attempt_at` and not leased before.
+    let mut r = job("retried", "t", None, 0, 20_000);
+    r.max_attempts = 3;
+    r.retry = RetryPolicy {
+        max_attempts: 3,
+        on: vec![RetryOn::Failure],
+        initial_backoff_s: 1.0,
+        max_backoff_s: 60.0,
+    };
+    store.admit(r, 0, None, &admin).await.unwrap();
+    let mut now = 20_000;
+    let mut gaps = Vec::new();
+    for attempt in 1..=3u32 {
+        let j = leased(store.lease("sb1", POLICY, now).await.unwrap());
+        assert_eq!((j.id.as_str(), j.attempts), ("retried", attempt));
+        now += 100;
+        let out = store
+            .complete(
+                "sb1",
+                &j.id,
+                j.lease_id.as_deref().unwrap(),
+                failed("exit"),
+                now,
+            )
+            .await
+            .unwrap();
+        let Completed::Done(after) = out else {
+            panic!("stale")
+        };
+        if attempt < 3 {
+            assert_eq!(after.state, JobState::Queued);
+            let at = after.next_attempt_at.expect("a next attempt time");
+            let base = 1000 * (1 << (attempt - 1));
+            assert!(
+                at - now >= base * 8 / 10 && at - now <= base * 12 / 10,
+                "{attempt}: {}",
+                at - now
+            );
+            gaps.push(at - now);
+            assert_eq!(
+                store.lease("sb1", POLICY, at - 1).await.unwrap(),
+                Lease::Idle
+            );
+            assert_eq!(store.next_due("t", at - 1).await.unwrap(), Some(at));
+            now = at;
+        } else {
+            assert_eq!(after.state, JobState::Failed);
+            assert_eq!(after.next_attempt_at, None);
+            assert_eq!(after.attempt_history.len(), 3);
+            assert!(after.attempt_history.iter().all(|a| a.outcome == "failure"));
+            let n: Vec<u32> = after.attempt_history.iter().map(|a| a.attempt).collect();
+            assert_eq!(n, [1, 2, 3]);
+        }
+    }
+    assert_eq!(gaps.len(), 2);
+
+    // A failure the policy does not list ends the job at once; a timeout is its own outcome.
+    let mut t = job("timeout", "t", None, 0, 40_000);
+    t.retry.on = vec![RetryOn::Timeout];
+    t.retry.initial_backoff_s = 2.0;
+    t.retry.max_backoff_s = 2.0;
+    store.admit(t, 0, None, &admin).await.unwrap();
+    let j = leased(store.lease("sb1", POLICY, 40_000).await.unwrap());
+    store
+        .complete(
+            "sb1",
+            &j.id,
+            j.lease_id.as_deref().unwrap(),
+            failed("timeout"),
+            41_000,
+        )
+        .await
+        .unwrap();
+    let j2 = store.job("timeout").await.unwrap().unwrap();
+    assert_eq!(j2.state, JobState::Queued);
+    assert_eq!(j2.attempt_history[0].outcome, "timeout");
+    let j = leased(store.lease("sb1", POLICY, 50_000).await.unwrap());
+    store
+        .complete(
+            "sb1",
+            &j.id,
+            j.lease_id.as_deref().unwrap(),
+            failed("exit"),
+            50_100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.job("timeout").await.unwrap().unwrap().state,
+        JobState::Failed
+    );
+
+    // Lost with backoff: the lapsed lease puts the job back after the backoff, not at once.
+    let mut l = job("lost", "t", None, 0, 60_000);
+    l.retry.initial_backoff_s = 5.0;
+    l.retry.max_backoff_s = 5.0;
+    store.admit(l, 0, None, &admin).await.unwrap();
+    leased(store.lease("sb2", POLICY, 60_000).await.unwrap());
+    let back = store
+        .expire_leases(60_000 + POLICY.lease_ttl_ms + 1)
+        .await
+        .unwrap();
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].state, JobState::Queued);
+    let at = back[0].next_attempt_at.unwrap();
+    assert!(at >= 70_001 + 4_000, "{at}");
+    assert_eq!(back[0].attempt_history[0].outcome, "lost");
+    assert_eq!(
+        store.lease("sb2", POLICY, at - 1).await.unwrap(),
+        Lease::Idle
+    );
+    let j = leased(store.lease("sb2", POLICY, at).await.unwrap());
+    assert_eq!(j.next_attempt_at, None);
+}
+
+fn schedule(name: &str, next: Option<i64>, now: i64) -> NewSchedule {
+    NewSchedule {
+        tenant: "t".into(),
+        name: name.into(),
+        cron: "*/5 * * * * *".into(),
+        timezone: "UTC".into(),
+        job: json!({"kind": "agent", "spec": {"command": ["true"]}}),
+        next_fire_at: next,
+        now,
+    }
+}
+
+fn fire(name: &str) -> ScheduleFire {
+    ScheduleFire {
+        tenant: "t".into(),
+        name: name.into(),
+        claimed: 5_000,
+        next: Some(10_000),
+    }
+}
+
+fn fired_job(name: &str, fire: i64) -> NewJob {
+    let mut j = job(&format!("{name}-{fire}"), "t", None, 0, fire - 1_000);
+    j.idempotency_key = Some(shoal_store::schedules::fire_key(name, fire));
+    j.run_at = Some(fire);
+    j.schedule = Some(format!("t/{name}"));
+    j
+}
+
+async fn schedules(store: Arc<dyn Store>) {
+    setup(&*store).await;
+    let admin = Actor::admin();
+    let (s, created) = store
+        .put_schedule(&schedule("nightly", Some(5_000), 1), &admin)
+        .await
+        .unwrap();
+    assert!(created);
+    assert_eq!(s.next_fire_at, Some(5_000));
+    let (_, created) = store
+        .put_schedule(&schedule("nightly", Some(5_000), 2), &admin)
+        .await
+        .unwrap();
+    assert!(!created);
+    store
+        .put_schedule(&schedule("other", Some(7_000), 3), &admin)
+        .await
+        .unwrap();
+    let listed: Vec<String> = store
+        .schedules(Some("t"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(listed, ["nightly", "other"]);
+    assert!(store.schedules(Some("u")).await.unwrap().is_empty());
+
+    // Firing claims the time and admits the job with it; a second fire of the same time does
+    // nothing, and neither does one with a stale time.
+    let out = store
+        .fire_schedule(&fire("nightly"), fired_job("nightly", 5_000), 0, None)
+        .await
+        .unwrap();
+    let Some(Admitted::Created { job, .. }) = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        (job.run_at, job.schedule.as_deref()),
+        (Some(5_000), Some("t/nightly"))
+    );
+    assert_eq!(
+        store
+            .fire_schedule(&fire("nightly"), fired_job("nightly", 5_000), 0, None)
+            .await
+            .unwrap(),
+        None
+    );
+    let s = store.schedule("t", "nightly").await.unwrap().unwrap();
+    assert_eq!(
+        (s.next_fire_at, s.last_fire_at),
+        (Some(10_000), Some(5_000))
+    );
+    // The job is not leased before its fire time.
+    assert_eq!(
+        store.lease("sb1", POLICY, 4_999).await.unwrap(),
+        Lease::Idle
+    );
+    assert_eq!(
+        leased(store.lease("sb1", POLICY, 5_000).await.unwrap()).id,
+        job.id
+    );
+
+    // Deleting: gone, and audited with the create.
+    assert!(
+        store
+            .delete_schedule("t", "other", 8_000, &admin)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .delete_schedule("t", "other", 8_001, &admin)
+            .await
+            .unwrap()
+    );
+    assert!(store.schedule("t", "other").await.unwrap().is_none());
+    while store.seal_audit(500).await.unwrap() > 0 {}
+    let log = audit_log(&*store).await;
+    let actions: Vec<&str> = log
+        .iter()
+        .map(|(_, a, _)| a.as_str())
+        .filter(|a| a.starts_with("schedule."))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "schedule.create",
+            "schedule.update",
+            "schedule.create",
+            "schedule.delete"
+        ]
+    );
+    assert!(
+        log.iter()
+            .any(|(kind, a, _)| a == "job.enqueue" && kind == "system"),
+        "{log:?}"
+    );
+}
+
+async fn concurrent_fires(store: Arc<dyn Store>) {
+    setup(&*store).await;
+    store
+        .put_schedule(&schedule("s", Some(5_000), 1), &Actor::admin())
+        .await
+        .unwrap();
+    // Eight replicas fire the same time at once: one job.
+    let fires = (0..8).map(|i| {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            let mut j = fired_job("s", 5_000);
+            j.id = format!("s-{i}");
+            store.fire_schedule(&fire("s"), j, 0, None).await.unwrap()
+        })
+    });
+    let mut created = 0;
+    for f in fires {
+        if let Some(Admitted::Created { .. }) = f.await.unwrap() {
+            created += 1;
+        }
+    }
+    assert_eq!(created, 1);
+    let jobs = store
+        .jobs(&JobFilter {
+            tenant: Some("t".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 1);
 }
