@@ -100,6 +100,8 @@ pub fn finish(doc: utoipa::openapi::OpenApi) -> Value {
     schemas["PutTenant"]["properties"]["limits"] = crate::schemas::limits_patch();
     schemas["NewWebhook"]["properties"]["events"] = crate::schemas::webhook_events();
     schemas["NewWebhook"]["properties"]["url"] = crate::schemas::webhook_url();
+    schemas["PutSchedule"]["properties"]["job"] = crate::schemas::schedule_job();
+    schemas["PutSchedule"]["properties"]["timezone"] = crate::schemas::schedule_timezone();
     schemas["PutTenant"]["properties"]["plan"]["enum"] =
         json!(["free", "pro", "team", "enterprise"]);
     for param in doc["paths"]["/v1/tenants/{id}"]["put"]["parameters"]
@@ -109,6 +111,17 @@ pub fn finish(doc: utoipa::openapi::OpenApi) -> Value {
     {
         if param["name"] == "id" {
             param["schema"] = crate::schemas::tenant_id();
+        }
+    }
+    for method in ["put", "delete"] {
+        for param in doc["paths"]["/v1/schedules/{tenant}/{name}"][method]["parameters"]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+        {
+            if param["name"] == "name" {
+                param["schema"] = crate::schemas::schedule_name();
+            }
         }
     }
     doc["paths"]["/v1/stream"]["get"]["responses"]["200"]["content"]["text/event-stream"]["schema"] =

@@ -315,3 +315,32 @@ pub fn webhook_url() -> Value {
         "example": "https://platform.example/shoal-events",
     })
 }
+
+/// `job` of `PUT /v1/schedules/{tenant}/{name}`: a `POST /v1/jobs` body without the fields the
+/// schedule sets (`tenant`, `idempotency_key`, `run_at`, `delay_s`).
+pub fn schedule_job() -> Value {
+    let mut e = enqueue();
+    e["description"] = json!(
+        "What each fire enqueues: the body of `POST /v1/jobs` without `tenant`, `idempotency_key`, `run_at` and `delay_s`, which the schedule sets."
+    );
+    for branch in e["oneOf"].as_array_mut().into_iter().flatten() {
+        if let Some(props) = branch["properties"].as_object_mut() {
+            for k in ["tenant", "idempotency_key", "run_at", "delay_s"] {
+                props.remove(k);
+            }
+        }
+        branch["required"] = json!(["kind", "spec"]);
+    }
+    e
+}
+
+/// `timezone` of a schedule: an IANA name the time zone database knows, or null for UTC.
+pub fn schedule_timezone() -> Value {
+    let names: Vec<&str> = chrono_tz::TZ_VARIANTS.iter().map(|t| t.name()).collect();
+    json!({"type": ["string", "null"], "enum": names.into_iter().map(Value::from).chain([Value::Null]).collect::<Vec<_>>()})
+}
+
+/// A schedule's name in its path.
+pub fn schedule_name() -> Value {
+    json!({"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"})
+}
