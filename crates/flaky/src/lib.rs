@@ -225,13 +225,18 @@ pub fn analyze(runs: &[Run], options: &Options) -> Report {
     let mut ids: Vec<String> = Vec::new();
     let mut obs: Vec<Vec<model::Obs>> = Vec::new();
     for (pos, &r) in order.iter().enumerate() {
-        match junit::parse(&runs[r].junit_xml) {
+        match junit::parse_report(&runs[r].junit_xml) {
             Err(e) => errors.push(FileError {
                 file: runs[r].run_id.clone(),
                 line: e.line,
                 message: e.message,
             }),
-            Ok(cases) => {
+            Ok((cases, bad)) => {
+                errors.extend(bad.into_iter().map(|e| FileError {
+                    file: runs[r].run_id.clone(),
+                    line: e.line,
+                    message: e.message,
+                }));
                 for c in cases {
                     if c.failed_attempts == 0 && c.passed_attempts == 0 {
                         continue;
