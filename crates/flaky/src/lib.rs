@@ -54,6 +54,11 @@ pub struct Options {
     pub prior_alpha: f64,
     /// Beta prior pseudo-count for "failures of this test are caused by the code".
     pub prior_beta: f64,
+    /// Scales the BIC penalty (`ln n` per extra parameter) a change in failure rate must beat
+    /// to count as a regression (higher = fewer regressions found).
+    pub change_penalty: f64,
+    /// Lowest failure rate after a jump that can make a regression.
+    pub min_regression_rate: f64,
 }
 
 impl Default for Options {
@@ -64,6 +69,8 @@ impl Default for Options {
             min_failing_streak: 3,
             prior_alpha: 1.0,
             prior_beta: 1.0,
+            change_penalty: 1.0,
+            min_regression_rate: 0.3,
         }
     }
 }
@@ -86,6 +93,18 @@ impl Options {
             if !(v > 0.0 && v <= 1e9) {
                 return bad(format!("{name} must be above 0 and at most 1e9, got {v}"));
             }
+        }
+        if !(self.change_penalty >= 0.0 && self.change_penalty <= 1e3) {
+            return bad(format!(
+                "change_penalty must be between 0 and 1000, got {}",
+                self.change_penalty
+            ));
+        }
+        if !(self.min_regression_rate > 0.0 && self.min_regression_rate <= 1.0) {
+            return bad(format!(
+                "min_regression_rate must be above 0 and at most 1, got {}",
+                self.min_regression_rate
+            ));
         }
         Ok(())
     }
@@ -144,6 +163,13 @@ pub struct FailureReport {
     /// The first later commit on which the test passed again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub passed_again_at_commit: Option<String>,
+    /// For `rate_jump`: the test's failure rate (per attempt) outside the regression.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_rate_before: Option<f64>,
+    /// For `rate_jump`: its failure rate from `failing_since_commit` on (until
+    /// `passed_again_at_commit`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_rate_since: Option<f64>,
 }
 
 /// A report that could not be parsed; the others are still analysed.
@@ -182,6 +208,10 @@ pub enum FlakyError {
         /// The cause.
         source: std::io::Error,
     },
+}
+
+fn round4(x: f64) -> f64 {
+    (x * 1e4).round() / 1e4
 }
 
 fn parse_time(s: &str) -> Option<i64> {
@@ -270,7 +300,7 @@ pub fn analyze(runs: &[Run], options: &Options) -> Report {
         for d in &s.failures_detail {
             let o = &obs[t][d.obs];
             let run = &runs[order[o.run]];
-            let streak = d.streak_start.is_some();
+            let streak = d.streak_start.is_some() && d.rates.is_none();
             failures.push((
                 o.run,
                 FailureReport {
@@ -288,6 +318,8 @@ pub fn analyze(runs: &[Run], options: &Options) -> Report {
                     failing_since_commit: d.streak_start.map(commit_of).filter(|c| !c.is_empty()),
                     consecutive_failing_commits: streak.then_some(d.streak_len),
                     passed_again_at_commit: d.fixed_at.map(commit_of).filter(|c| !c.is_empty()),
+                    failure_rate_before: d.rates.map(|r| round4(r.0)),
+                    failure_rate_since: d.rates.map(|r| round4(r.1)),
                 },
             ));
         }
