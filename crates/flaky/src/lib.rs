@@ -69,8 +69,8 @@ impl Default for Options {
             min_failing_streak: 3,
             prior_alpha: 1.0,
             prior_beta: 1.0,
-            change_penalty: 1.0,
-            min_regression_rate: 0.3,
+            change_penalty: 1.5,
+            min_regression_rate: 0.4,
         }
     }
 }

@@ -330,14 +330,22 @@ pub(crate) fn score(
             rates: None,
         };
         if let Some(r) = regime.filter(|r| p >= r.start && p < r.end) {
+            // Inside a stretch of raised failure rate: the code's doing, whatever reruns say.
             beta += w;
             d.verdict = Verdict::Failing;
-            d.reason = Reason::RateJump;
             d.streak_start = Some(versions[r.start].0);
             d.streak_len = r.end - r.start;
             d.fixed_at = versions.get(r.end).map(|v| v.0);
-            d.passed_runs = same_commit_passes;
-            d.rates = Some((r.rate_out, r.rate_in));
+            if failing[r.start..r.end].iter().all(|&f| f)
+                && r.end - r.start >= opts.min_failing_streak.max(1)
+            {
+                // Every commit since the jump fails on every run: the plain case.
+                d.reason = Reason::ConsistentFailure;
+            } else {
+                d.reason = Reason::RateJump;
+                d.passed_runs = same_commit_passes;
+                d.rates = Some((r.rate_out, r.rate_in));
+            }
         } else if o.passed() {
             alpha += w;
         } else if !same_commit_passes.is_empty() {
@@ -390,7 +398,8 @@ pub(crate) fn score(
     }
     let p_not_code = finite01(alpha / (alpha + beta));
     let intensity = 0.5 * (2.0 * flip_out).min(1.0) + 0.5 * entropy_out;
-    let flaky_score = if details.iter().all(|d| d.reason == Reason::RateJump) {
+    // No failure outside a regression (or none at all): nothing flaky.
+    let flaky_score = if details.iter().all(|d| in_regime(obs[d.obs].version)) {
         0.0
     } else {
         finite01(p_not_code * intensity)
