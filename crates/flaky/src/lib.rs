@@ -5,8 +5,10 @@
 //! (id `classname::name`) across runs and commits and scores how flaky it is: flip rate and
 //! entropy with exponential decay across versions (Kowalczyk et al., ICSE-SEIP 2020) and a
 //! Beta-Binomial estimate of the chance that a failure is not caused by the code, combined
-//! into `flaky_score` in [0, 1]. Every failure gets a verdict (`flaky`: the same code also
-//! passed; `failing`: it fails consistently from some commit on) with its evidence.
+//! into `flaky_score` in [0, 1]. A change-point model (one failure rate over the ordered
+//! history against a raised rate on a stretch of commits, by BIC) finds regressions, also
+//! intermittent ones. Every failure gets a verdict (`flaky`: the same code also passed at a
+//! steady rate; `failing`: its failure rate jumped at a commit) with its evidence.
 //!
 //! [`run_spec`] is the `flaky_analysis` job kind of the Shoal contract, [`cli`] is
 //! `shoal-agent flaky`, and [`sim`] generates histories with known truth for evaluation.

@@ -1,6 +1,7 @@
 //! The scoring model: per-test flip rate and entropy with exponential decay across versions
 //! (after Kowalczyk et al., "Modeling and Ranking Flaky Tests at Apple", ICSE-SEIP 2020),
-//! a Beta-Binomial estimate of the chance that a failure is not caused by the code, and the
+//! a Beta-Binomial estimate of the chance that a failure is not caused by the code, a
+//! change-point model of the failure rate over commits (regressions vs flakiness), and the
 //! per-failure and per-test verdicts. See `docs/flaky.md` for the formulas.
 
 use serde::Serialize;

@@ -178,6 +178,9 @@ fn run_spec_shape_and_errors() {
         (json!({"prior_alpha": -1.0}), "prior_alpha"),
         (json!({"prior_beta": 0.0}), "prior_beta"),
         (json!({"decay_half_life": -3.0}), "decay_half_life"),
+        (json!({"change_penalty": -1.0}), "change_penalty"),
+        (json!({"min_regression_rate": 0.0}), "min_regression_rate"),
+        (json!({"min_regression_rate": 1.5}), "min_regression_rate"),
     ] {
         let e = run_spec(&json!({"runs": [], "options": opts}))
             .unwrap_err()
