@@ -119,17 +119,28 @@ pub(crate) fn find_regime(counts: &[(f64, f64)], penalty: f64, min_rate: f64) ->
     }
     let ll0 = bernoulli_ll(k_all, n_all);
     let ln_n = n_all.max(1.0).ln();
-    let stride = v.div_ceil(MAX_BOUNDARIES).max(1);
-    let mut bounds: Vec<usize> = (1..v).step_by(stride).collect();
-    bounds.push(v);
+    // The best stretch starts at a version with a failure and ends right after one (moving a
+    // boundary over versions without failures only lowers the inside rate), or at the end.
+    let failing: Vec<usize> = (0..v).filter(|&i| counts[i].0 > 0.0).collect();
+    let stride = failing.len().div_ceil(MAX_BOUNDARIES).max(1);
+    let starts: Vec<usize> = failing
+        .iter()
+        .copied()
+        .filter(|&i| i >= 1)
+        .step_by(stride)
+        .collect();
+    let mut ends: Vec<usize> = failing.iter().map(|&i| i + 1).step_by(stride).collect();
+    if ends.last() != Some(&v) {
+        ends.push(v);
+    }
     let mut best: Option<(f64, Regime)> = None;
-    for (ai, &a) in bounds.iter().enumerate() {
+    for &a in &starts {
         // Something must have run before the jump: a test broken from its first run has no
         // "before" to compare with.
-        if pn[a] <= 0.0 || a >= v {
+        if pn[a] <= 0.0 {
             continue;
         }
-        for &b in &bounds[ai + 1..] {
+        for &b in ends.iter().filter(|&&b| b > a) {
             let (k_in, n_in) = (pk[b] - pk[a], pn[b] - pn[a]);
             let (k_out, n_out) = (k_all - k_in, n_all - n_in);
             if n_in <= 0.0 || k_in <= 0.0 {
