@@ -1,6 +1,7 @@
 //! `shoal-agent flaky [--runs RUNS.json] [REPORT...] [--format json|text]`: analyses JUnit
 //! reports from files. With a runs file it reads `{"runs": [...], "options"?}` like the job
-//! spec; each plain report file is one run of an unknown commit (run id = file name).
+//! spec; each plain report file is one run of an unknown commit (run id = file name, or the path
+//! when two files share a name).
 
 use std::path::{Path, PathBuf};
 

@@ -471,6 +471,33 @@ mod tests {
     }
 
     #[test]
+    fn regime_found_for_a_jump_not_for_a_steady_rate() {
+        // 20 versions of 1 attempt: 0% then 60% from version 10 on.
+        let jump: Vec<(f64, f64)> = (0..20)
+            .map(|i| {
+                (
+                    f64::from(u8::from(i >= 10 && i % 5 != 0 && i % 3 != 0)),
+                    1.0,
+                )
+            })
+            .collect();
+        let r = find_regime(&jump, 1.5, 0.4).expect("a jump");
+        assert_eq!((r.start, r.end), (11, 20));
+        assert_eq!(r.rate_out, 0.0);
+        // The same number of failures spread evenly: no change in rate.
+        let steady: Vec<(f64, f64)> = (0..20)
+            .map(|i| (f64::from(u8::from(i % 3 == 1)), 1.0))
+            .collect();
+        assert_eq!(find_regime(&steady, 1.5, 0.4), None);
+        assert_eq!(find_regime(&[], 1.5, 0.4), None);
+        assert_eq!(
+            find_regime(&[(1.0, 1.0); 5], 1.5, 0.4),
+            None,
+            "broken from the start"
+        );
+    }
+
+    #[test]
     fn entropy_bounds() {
         assert_eq!(binary_entropy(0.0), 0.0);
         assert!((binary_entropy(0.5) - 1.0).abs() < 1e-12);
