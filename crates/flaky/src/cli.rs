@@ -1,6 +1,7 @@
 //! `shoal-agent flaky [--runs RUNS.json] [REPORT...] [--format json|text]`: analyses JUnit
 //! reports from files. With a runs file it reads `{"runs": [...], "options"?}` like the job
-//! spec; each plain report file is one run of an unknown commit (run id = file name).
+//! spec; each plain report file is one run of an unknown commit (run id = file name, or the path
+//! when two files share a name).
 
 use std::path::{Path, PathBuf};
 
@@ -62,7 +63,9 @@ pub fn render_text(report: &Report) -> String {
     out
 }
 
-fn load(
+/// Reads the runs: those of the runs file, then one per report file, each with a run id of
+/// its own (the base name, or the path when two files share a base name).
+pub fn load(
     files: &[PathBuf],
     runs_json: Option<&Path>,
 ) -> Result<(Vec<Run>, crate::Options), FlakyError> {
@@ -74,12 +77,33 @@ fn load(
         }
         None => (Vec::new(), crate::Options::default()),
     };
+    let base = |f: &PathBuf| {
+        f.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| f.display().to_string())
+    };
+    let mut taken: std::collections::HashSet<String> =
+        runs.iter().map(|r| r.run_id.clone()).collect();
     for f in files {
+        // The base name when it is unique among the inputs, else the path as given, else the
+        // path with `#2`, `#3`...: two reports never share a run id.
+        let b = base(f);
+        let mut id = if files.iter().filter(|g| base(g) == b).count() > 1 || taken.contains(&b) {
+            f.display().to_string()
+        } else {
+            b
+        };
+        if taken.contains(&id) {
+            let stem = id.clone();
+            let mut n = 2u64;
+            while taken.contains(&id) {
+                id = format!("{stem}#{n}");
+                n += 1;
+            }
+        }
+        taken.insert(id.clone());
         runs.push(Run {
-            run_id: f
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| f.display().to_string()),
+            run_id: id,
             commit: String::new(),
             started_at: None,
             junit_xml: read(f)?,
@@ -115,7 +139,10 @@ pub fn run(files: &[PathBuf], runs_json: Option<&Path>, format: Format) -> i32 {
     for e in &report.errors {
         eprintln!("flaky: {}:{}: {}", e.file, e.line, e.message);
     }
-    if report.errors.len() == runs.len() {
+    if runs
+        .iter()
+        .all(|r| crate::junit::parse_report(&r.junit_xml).is_err())
+    {
         1
     } else {
         0

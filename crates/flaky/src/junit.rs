@@ -91,8 +91,22 @@ fn shorten(s: &str) -> String {
     }
 }
 
-/// Parses one report into its cases, merged by id in first-seen order.
+/// Parses one report into its cases, merged by id in first-seen order; the first bad test
+/// case is an error (see [`parse_report`] to keep the others).
 pub fn parse(xml: &str) -> Result<Vec<Case>, XmlError> {
+    let (cases, mut bad) = parse_report(xml)?;
+    if bad.is_empty() {
+        Ok(cases)
+    } else {
+        Err(bad.swap_remove(0))
+    }
+}
+
+/// Parses one report into its cases, merged by id in first-seen order, and the test cases
+/// that could not be used (e.g. without a name), each with its line. An error means the
+/// whole report is unreadable.
+pub fn parse_report(xml: &str) -> Result<(Vec<Case>, Vec<XmlError>), XmlError> {
+    let mut bad: Vec<XmlError> = Vec::new();
     let mut reader = Reader::from_str(xml);
     reader.config_mut().check_end_names = true;
     let mut stack: Vec<Vec<u8>> = Vec::new();
@@ -128,17 +142,32 @@ pub fn parse(xml: &str) -> Result<Vec<Case>, XmlError> {
                 }
                 b"testcase" => {
                     seen_root = true;
-                    let Some(n) = a(b"name")? else {
-                        return Err(err_at(pos, "<testcase> without a name attribute".into()));
-                    };
-                    let class = match a(b"classname")? {
-                        Some(c) => c,
-                        None => suites.last().cloned().unwrap_or_default(),
-                    };
-                    pending = Some(Pending {
-                        id: test_id(&class, &n),
-                        ..Pending::default()
-                    });
+                    // An empty attribute (jest-junit writes `classname=""`) counts as missing.
+                    let nonempty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+                    match nonempty(a(b"name")?) {
+                        None => {
+                            // One bad case does not discard the report: it is reported and
+                            // its elements are ignored.
+                            bad.push(err_at(pos, "<testcase> without a name attribute".into()));
+                            pending = None;
+                        }
+                        Some(n) => {
+                            let class = match nonempty(a(b"classname")?) {
+                                Some(c) => c,
+                                None => suites.last().cloned().unwrap_or_default(),
+                            };
+                            let status = a(b"status")?.unwrap_or_default();
+                            pending = Some(Pending {
+                                id: test_id(&class, &n),
+                                // `status="disabled"` (and skipped / ignored / notrun) is no run.
+                                skipped: matches!(
+                                    status.trim().to_ascii_lowercase().as_str(),
+                                    "disabled" | "skipped" | "skip" | "ignored" | "notrun"
+                                ),
+                                ..Pending::default()
+                            });
+                        }
+                    }
                 }
                 b"failure" | b"error" if parent_is_case => {
                     if let Some(p) = pending.as_mut() {
@@ -159,6 +188,11 @@ pub fn parse(xml: &str) -> Result<Vec<Case>, XmlError> {
                 b"flakyFailure" | b"flakyError" if parent_is_case => {
                     if let Some(p) = pending.as_mut() {
                         p.flaky_fails += 1;
+                        if p.message.is_none() {
+                            p.message = a(b"message")?
+                                .map(|m| shorten(&m))
+                                .filter(|m| !m.is_empty());
+                        }
                     }
                 }
                 b"rerunFailure" | b"rerunError" if parent_is_case => {
@@ -218,7 +252,7 @@ pub fn parse(xml: &str) -> Result<Vec<Case>, XmlError> {
                                 .into(),
                     });
                 }
-                return Ok(cases);
+                return Ok((cases, bad));
             }
             _ => {}
         }

@@ -5,8 +5,10 @@
 //! (id `classname::name`) across runs and commits and scores how flaky it is: flip rate and
 //! entropy with exponential decay across versions (Kowalczyk et al., ICSE-SEIP 2020) and a
 //! Beta-Binomial estimate of the chance that a failure is not caused by the code, combined
-//! into `flaky_score` in [0, 1]. Every failure gets a verdict (`flaky`: the same code also
-//! passed; `failing`: it fails consistently from some commit on) with its evidence.
+//! into `flaky_score` in [0, 1]. A change-point model (one failure rate over the ordered
+//! history against a raised rate on a stretch of commits, by BIC) finds regressions, also
+//! intermittent ones. Every failure gets a verdict (`flaky`: the same code also passed at a
+//! steady rate; `failing`: its failure rate jumped at a commit) with its evidence.
 //!
 //! [`run_spec`] is the `flaky_analysis` job kind of the Shoal contract, [`cli`] is
 //! `shoal-agent flaky`, and [`sim`] generates histories with known truth for evaluation.
@@ -54,6 +56,11 @@ pub struct Options {
     pub prior_alpha: f64,
     /// Beta prior pseudo-count for "failures of this test are caused by the code".
     pub prior_beta: f64,
+    /// Scales the BIC penalty (`ln n` per extra parameter) a change in failure rate must beat
+    /// to count as a regression (higher = fewer regressions found).
+    pub change_penalty: f64,
+    /// Lowest failure rate after a jump that can make a regression.
+    pub min_regression_rate: f64,
 }
 
 impl Default for Options {
@@ -64,6 +71,8 @@ impl Default for Options {
             min_failing_streak: 3,
             prior_alpha: 1.0,
             prior_beta: 1.0,
+            change_penalty: 1.5,
+            min_regression_rate: 0.4,
         }
     }
 }
@@ -86,6 +95,18 @@ impl Options {
             if !(v > 0.0 && v <= 1e9) {
                 return bad(format!("{name} must be above 0 and at most 1e9, got {v}"));
             }
+        }
+        if !(self.change_penalty >= 0.0 && self.change_penalty <= 1e3) {
+            return bad(format!(
+                "change_penalty must be between 0 and 1000, got {}",
+                self.change_penalty
+            ));
+        }
+        if !(self.min_regression_rate > 0.0 && self.min_regression_rate <= 1.0) {
+            return bad(format!(
+                "min_regression_rate must be above 0 and at most 1, got {}",
+                self.min_regression_rate
+            ));
         }
         Ok(())
     }
@@ -144,6 +165,13 @@ pub struct FailureReport {
     /// The first later commit on which the test passed again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub passed_again_at_commit: Option<String>,
+    /// For `rate_jump`: the test's failure rate (per attempt) outside the regression.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_rate_before: Option<f64>,
+    /// For `rate_jump`: its failure rate from `failing_since_commit` on (until
+    /// `passed_again_at_commit`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_rate_since: Option<f64>,
 }
 
 /// A report that could not be parsed; the others are still analysed.
@@ -182,6 +210,10 @@ pub enum FlakyError {
         /// The cause.
         source: std::io::Error,
     },
+}
+
+fn round4(x: f64) -> f64 {
+    (x * 1e4).round() / 1e4
 }
 
 fn parse_time(s: &str) -> Option<i64> {
@@ -225,13 +257,18 @@ pub fn analyze(runs: &[Run], options: &Options) -> Report {
     let mut ids: Vec<String> = Vec::new();
     let mut obs: Vec<Vec<model::Obs>> = Vec::new();
     for (pos, &r) in order.iter().enumerate() {
-        match junit::parse(&runs[r].junit_xml) {
+        match junit::parse_report(&runs[r].junit_xml) {
             Err(e) => errors.push(FileError {
                 file: runs[r].run_id.clone(),
                 line: e.line,
                 message: e.message,
             }),
-            Ok(cases) => {
+            Ok((cases, bad)) => {
+                errors.extend(bad.into_iter().map(|e| FileError {
+                    file: runs[r].run_id.clone(),
+                    line: e.line,
+                    message: e.message,
+                }));
                 for c in cases {
                     if c.failed_attempts == 0 && c.passed_attempts == 0 {
                         continue;
@@ -265,7 +302,7 @@ pub fn analyze(runs: &[Run], options: &Options) -> Report {
         for d in &s.failures_detail {
             let o = &obs[t][d.obs];
             let run = &runs[order[o.run]];
-            let streak = d.streak_start.is_some();
+            let streak = d.streak_start.is_some() && d.rates.is_none();
             failures.push((
                 o.run,
                 FailureReport {
@@ -283,6 +320,8 @@ pub fn analyze(runs: &[Run], options: &Options) -> Report {
                     failing_since_commit: d.streak_start.map(commit_of).filter(|c| !c.is_empty()),
                     consecutive_failing_commits: streak.then_some(d.streak_len),
                     passed_again_at_commit: d.fixed_at.map(commit_of).filter(|c| !c.is_empty()),
+                    failure_rate_before: d.rates.map(|r| round4(r.0)),
+                    failure_rate_since: d.rates.map(|r| round4(r.1)),
                 },
             ));
         }

@@ -1,6 +1,7 @@
 //! The scoring model: per-test flip rate and entropy with exponential decay across versions
 //! (after Kowalczyk et al., "Modeling and Ranking Flaky Tests at Apple", ICSE-SEIP 2020),
-//! a Beta-Binomial estimate of the chance that a failure is not caused by the code, and the
+//! a Beta-Binomial estimate of the chance that a failure is not caused by the code, a
+//! change-point model of the failure rate over commits (regressions vs flakiness), and the
 //! per-failure and per-test verdicts. See `docs/flaky.md` for the formulas.
 
 use serde::Serialize;
@@ -60,6 +61,113 @@ pub enum Reason {
     FlakyHistory,
     /// Fewer than `min_runs` runs of this test.
     TooFewRuns,
+    /// The test's failure rate jumped at a commit (from about 0 to `failure_rate_since`) and
+    /// stayed there (until `passed_again_at_commit`, when fixed): a regression, even when a
+    /// rerun or another run of the same commit passed.
+    RateJump,
+    /// A run of failing commits that the test's steady failure rate explains (no change in
+    /// rate over its history): flaky.
+    SteadyRate,
+}
+
+/// A stretch of versions where the failure rate is raised: the best split of the test's
+/// ordered history into "outside" and "inside" rates, kept when it beats one steady rate by
+/// the BIC.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Regime {
+    /// First position (in the test's versions) of the raised rate.
+    pub start: usize,
+    /// Position after the last one (`versions.len()` when still raised).
+    pub end: usize,
+    /// Failure rate (per attempt) outside the stretch.
+    pub rate_out: f64,
+    /// Failure rate (per attempt) inside it.
+    pub rate_in: f64,
+}
+
+/// Log-likelihood of `k` failures in `n` Bernoulli trials at the maximum-likelihood rate.
+fn bernoulli_ll(k: f64, n: f64) -> f64 {
+    if n <= 0.0 || k <= 0.0 || k >= n {
+        return 0.0;
+    }
+    let p = k / n;
+    k * p.ln() + (n - k) * (1.0 - p).ln()
+}
+
+/// Most candidate boundaries tried per test (longer histories are scanned with a stride), so
+/// the search costs at most `MAX_BOUNDARIES²` steps whatever the history length.
+const MAX_BOUNDARIES: usize = 256;
+
+/// Finds the stretch of raised failure rate, if the data support one. `counts[i]` is
+/// (failed attempts, attempts) at the test's `i`-th version. Compares one Bernoulli rate over
+/// the whole history (1 parameter) against a rate inside `[start, end)` and one outside
+/// (2 rates + 1 or 2 change points) by BIC, `penalty` scaling the BIC's `ln n` per parameter.
+pub(crate) fn find_regime(counts: &[(f64, f64)], penalty: f64, min_rate: f64) -> Option<Regime> {
+    let v = counts.len();
+    if v < 2 {
+        return None;
+    }
+    let mut pk = vec![0.0; v + 1];
+    let mut pn = vec![0.0; v + 1];
+    for (i, &(k, n)) in counts.iter().enumerate() {
+        pk[i + 1] = pk[i] + k;
+        pn[i + 1] = pn[i] + n;
+    }
+    let (k_all, n_all) = (pk[v], pn[v]);
+    if n_all <= 0.0 || k_all <= 0.0 {
+        return None;
+    }
+    let ll0 = bernoulli_ll(k_all, n_all);
+    let ln_n = n_all.max(1.0).ln();
+    // The best stretch starts at a version with a failure and ends right after one (moving a
+    // boundary over versions without failures only lowers the inside rate), or at the end.
+    let failing: Vec<usize> = (0..v).filter(|&i| counts[i].0 > 0.0).collect();
+    let stride = failing.len().div_ceil(MAX_BOUNDARIES).max(1);
+    let starts: Vec<usize> = failing
+        .iter()
+        .copied()
+        .filter(|&i| i >= 1)
+        .step_by(stride)
+        .collect();
+    let mut ends: Vec<usize> = failing.iter().map(|&i| i + 1).step_by(stride).collect();
+    if ends.last() != Some(&v) {
+        ends.push(v);
+    }
+    let mut best: Option<(f64, Regime)> = None;
+    for &a in &starts {
+        // Something must have run before the jump: a test broken from its first run has no
+        // "before" to compare with.
+        if pn[a] <= 0.0 {
+            continue;
+        }
+        for &b in ends.iter().filter(|&&b| b > a) {
+            let (k_in, n_in) = (pk[b] - pk[a], pn[b] - pn[a]);
+            let (k_out, n_out) = (k_all - k_in, n_all - n_in);
+            if n_in <= 0.0 || k_in <= 0.0 {
+                continue;
+            }
+            let rate_in = k_in / n_in;
+            let rate_out = if n_out > 0.0 { k_out / n_out } else { 0.0 };
+            if rate_in < min_rate || rate_in <= 2.0 * rate_out {
+                continue;
+            }
+            let extra = if b == v { 2.0 } else { 3.0 };
+            let gain = 2.0 * (bernoulli_ll(k_in, n_in) + bernoulli_ll(k_out, n_out) - ll0)
+                - penalty * extra * ln_n;
+            if gain > 0.0 && best.as_ref().is_none_or(|(g, _)| gain > *g) {
+                best = Some((
+                    gain,
+                    Regime {
+                        start: a,
+                        end: b,
+                        rate_out,
+                        rate_in,
+                    },
+                ));
+            }
+        }
+    }
+    best.map(|(_, r)| r)
 }
 
 /// The verdict on one failure, with evidence.
@@ -72,6 +180,8 @@ pub(crate) struct FailureVerdict {
     pub streak_len: usize,
     pub fixed_at: Option<usize>,
     pub passed_runs: Vec<usize>,
+    /// (rate before, rate since) for a `RateJump` failure.
+    pub rates: Option<(f64, f64)>,
 }
 
 /// The scores and verdicts of one test.
@@ -152,30 +262,51 @@ pub(crate) fn score(
         }
     }
 
-    // Flip rate and failure rate, decayed by version age.
-    let mut statuses: Vec<(bool, f64)> = Vec::with_capacity(obs.len() + 4);
-    let (mut fail_w, mut all_w) = (0.0, 0.0);
+    // The change-point model over the ordered versions (attempt counts per version).
+    let mut counts = vec![(0.0f64, 0.0f64); versions.len()];
     for o in obs {
-        let w = weight(o.version);
-        all_w += w;
-        if o.failed() {
-            fail_w += w;
-            statuses.push((true, w));
-        }
-        if o.passed() {
-            statuses.push((false, w));
-        }
+        let c = &mut counts[vpos(o.version)];
+        c.0 += f64::from(o.failed_attempts);
+        c.1 += f64::from(o.failed_attempts) + f64::from(o.passed_attempts);
     }
-    let (mut flip_w, mut trans_w) = (0.0, 0.0);
-    for pair in statuses.windows(2) {
-        trans_w += pair[1].1;
-        if pair[0].0 != pair[1].0 {
-            flip_w += pair[1].1;
+    let regime = find_regime(&counts, opts.change_penalty, opts.min_regression_rate);
+    let in_regime = |version: usize| {
+        regime.is_some_and(|r| {
+            let p = vpos(version);
+            p >= r.start && p < r.end
+        })
+    };
+
+    // Flip rate and failure rate, decayed by version age (over the given observations).
+    let rates = |keep: &dyn Fn(&Obs) -> bool| {
+        let mut statuses: Vec<(bool, f64)> = Vec::with_capacity(obs.len() + 4);
+        let (mut fail_w, mut all_w) = (0.0, 0.0);
+        for o in obs.iter().filter(|o| keep(o)) {
+            let w = weight(o.version);
+            all_w += w;
+            if o.failed() {
+                fail_w += w;
+                statuses.push((true, w));
+            }
+            if o.passed() {
+                statuses.push((false, w));
+            }
         }
-    }
-    let flip_rate = if trans_w > 0.0 { flip_w / trans_w } else { 0.0 };
-    let failure_rate = if all_w > 0.0 { fail_w / all_w } else { 0.0 };
-    let entropy = binary_entropy(failure_rate);
+        let (mut flip_w, mut trans_w) = (0.0, 0.0);
+        for pair in statuses.windows(2) {
+            trans_w += pair[1].1;
+            if pair[0].0 != pair[1].0 {
+                flip_w += pair[1].1;
+            }
+        }
+        let flip_rate = if trans_w > 0.0 { flip_w / trans_w } else { 0.0 };
+        let failure_rate = if all_w > 0.0 { fail_w / all_w } else { 0.0 };
+        (flip_rate, failure_rate, binary_entropy(failure_rate))
+    };
+    let (flip_rate, failure_rate, entropy) = rates(&|_| true);
+    // The score's erratic-ness is measured outside a regression: failures the code caused do
+    // not make a test flaky.
+    let (flip_out, _, entropy_out) = rates(&|o| !in_regime(o.version));
 
     // Per-failure verdicts and the Beta evidence.
     let (mut alpha, mut beta) = (opts.prior_alpha, opts.prior_beta);
@@ -208,8 +339,26 @@ pub(crate) fn score(
             streak_len: 0,
             fixed_at: None,
             passed_runs: Vec::new(),
+            rates: None,
         };
-        if o.passed() {
+        if let Some(r) = regime.filter(|r| p >= r.start && p < r.end) {
+            // Inside a stretch of raised failure rate: the code's doing, whatever reruns say.
+            beta += w;
+            d.verdict = Verdict::Failing;
+            d.streak_start = Some(versions[r.start].0);
+            d.streak_len = r.end - r.start;
+            d.fixed_at = versions.get(r.end).map(|v| v.0);
+            if failing[r.start..r.end].iter().all(|&f| f)
+                && r.end - r.start >= opts.min_failing_streak.max(1)
+            {
+                // Every commit since the jump fails on every run: the plain case.
+                d.reason = Reason::ConsistentFailure;
+            } else {
+                d.reason = Reason::RateJump;
+                d.passed_runs = same_commit_passes;
+                d.rates = Some((r.rate_out, r.rate_in));
+            }
+        } else if o.passed() {
             alpha += w;
         } else if !same_commit_passes.is_empty() {
             alpha += w;
@@ -220,10 +369,18 @@ pub(crate) fn score(
             d.streak_start = Some(versions[start].0);
             d.streak_len = len;
             d.fixed_at = fixed_at;
-            if len >= opts.min_failing_streak.max(1) {
+            if len >= opts.min_failing_streak.max(1) && start == 0 {
+                // From the test's first commit: nothing to compare with, the streak itself
+                // is the evidence.
                 beta += w;
                 d.verdict = Verdict::Failing;
                 d.reason = Reason::ConsistentFailure;
+            } else if len >= opts.min_failing_streak.max(1) {
+                // A streak after passing commits that the change-point model does not see as
+                // a change in rate: the test's steady rate explains it.
+                alpha += 0.75 * w;
+                beta += 0.25 * w;
+                d.reason = Reason::SteadyRate;
             } else if fixed_at.is_some() {
                 alpha += 0.75 * w;
                 beta += 0.25 * w;
@@ -239,7 +396,12 @@ pub(crate) fn score(
                 }
             }
         }
-        if !enough && !matches!(d.reason, Reason::PassedOnRerun | Reason::PassedOnSameCommit) {
+        if !enough
+            && !matches!(
+                d.reason,
+                Reason::PassedOnRerun | Reason::PassedOnSameCommit | Reason::RateJump
+            )
+        {
             d.verdict = Verdict::InsufficientData;
             d.reason = Reason::TooFewRuns;
         }
@@ -247,8 +409,9 @@ pub(crate) fn score(
         details.push(d);
     }
     let p_not_code = finite01(alpha / (alpha + beta));
-    let intensity = 0.5 * (2.0 * flip_rate).min(1.0) + 0.5 * entropy;
-    let flaky_score = if details.is_empty() {
+    let intensity = 0.5 * (2.0 * flip_out).min(1.0) + 0.5 * entropy_out;
+    // No failure outside a regression (or none at all): nothing flaky.
+    let flaky_score = if details.iter().all(|d| in_regime(obs[d.obs].version)) {
         0.0
     } else {
         finite01(p_not_code * intensity)
@@ -258,10 +421,11 @@ pub(crate) fn score(
         .iter()
         .any(|d| matches!(d.reason, Reason::PassedOnRerun | Reason::PassedOnSameCommit));
     let last_failed_now = obs.last().is_some_and(|o| o.failed() && !o.passed());
-    let current_failing = last_failed_now
+    let current_failing = (last_failed_now
         && details
             .last()
-            .is_some_and(|d| d.verdict == Verdict::Failing);
+            .is_some_and(|d| d.verdict == Verdict::Failing))
+        || regime.is_some_and(|r| r.end == versions.len());
     let verdict = if runs == 0 {
         Verdict::InsufficientData
     } else if current_failing && enough {
@@ -304,6 +468,33 @@ mod tests {
                 message: None,
             })
             .collect()
+    }
+
+    #[test]
+    fn regime_found_for_a_jump_not_for_a_steady_rate() {
+        // 20 versions of 1 attempt: 0% then 60% from version 10 on.
+        let jump: Vec<(f64, f64)> = (0..20)
+            .map(|i| {
+                (
+                    f64::from(u8::from(i >= 10 && i % 5 != 0 && i % 3 != 0)),
+                    1.0,
+                )
+            })
+            .collect();
+        let r = find_regime(&jump, 1.5, 0.4).expect("a jump");
+        assert_eq!((r.start, r.end), (11, 20));
+        assert_eq!(r.rate_out, 0.0);
+        // The same number of failures spread evenly: no change in rate.
+        let steady: Vec<(f64, f64)> = (0..20)
+            .map(|i| (f64::from(u8::from(i % 3 == 1)), 1.0))
+            .collect();
+        assert_eq!(find_regime(&steady, 1.5, 0.4), None);
+        assert_eq!(find_regime(&[], 1.5, 0.4), None);
+        assert_eq!(
+            find_regime(&[(1.0, 1.0); 5], 1.5, 0.4),
+            None,
+            "broken from the start"
+        );
     }
 
     #[test]

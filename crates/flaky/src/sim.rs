@@ -40,9 +40,15 @@ pub struct SimConfig {
     /// Share of tests that are flaky (failure probability drawn log-uniformly in
     /// [`min_flake_p`, `max_flake_p`]).
     pub flaky_fraction: f64,
-    /// Share of tests with an injected regression (fail on every run from a commit on; half
-    /// are fixed some commits later).
+    /// Share of tests with an injected permanent regression (fail on every run from a commit
+    /// on; half are fixed some commits later).
     pub regression_fraction: f64,
+    /// Share of tests with an injected intermittent regression: from a commit on (until a fix,
+    /// for half of them) each attempt fails with a probability drawn uniformly in
+    /// [`min_regression_p`, 1).
+    pub intermittent_fraction: f64,
+    /// Smallest failure probability of an intermittent regression.
+    pub min_regression_p: f64,
     /// Smallest flake probability.
     pub min_flake_p: f64,
     /// Largest flake probability.
@@ -61,6 +67,8 @@ impl Default for SimConfig {
             runs_per_commit: 1,
             flaky_fraction: 0.15,
             regression_fraction: 0.05,
+            intermittent_fraction: 0.05,
+            min_regression_p: 0.5,
             min_flake_p: 0.02,
             max_flake_p: 0.3,
             rerun_probability: 0.2,
@@ -78,6 +86,16 @@ pub struct Truth {
     pub flake_p: f64,
     /// The commit from which the code makes it fail, and the commit that fixes it.
     pub regression: Option<(usize, Option<usize>)>,
+    /// The chance an attempt fails while the regression is in (1 for a permanent one).
+    pub regression_p: f64,
+}
+
+impl Truth {
+    /// Whether the code makes the test fail at commit `c`.
+    pub fn broken_at(&self, c: usize) -> bool {
+        self.regression
+            .is_some_and(|(s, fix)| c >= s && fix.is_none_or(|f| c < f))
+    }
 }
 
 /// Generated runs and the truth behind them.
@@ -103,21 +121,29 @@ pub fn simulate(cfg: &SimConfig) -> Simulated {
                     id,
                     flake_p: (lo + rng.unit() * (hi - lo)).exp(),
                     regression: None,
+                    regression_p: 0.0,
                 }
-            } else if u < cfg.flaky_fraction + cfg.regression_fraction {
+            } else if u < cfg.flaky_fraction + cfg.regression_fraction + cfg.intermittent_fraction {
                 let start = cfg.commits / 4
                     + (rng.next_u64() as usize) % (cfg.commits - cfg.commits / 4).max(1);
                 let fixed = (rng.unit() < 0.5).then(|| start + 3 + (rng.next_u64() as usize) % 8);
+                let regression_p = if u < cfg.flaky_fraction + cfg.regression_fraction {
+                    1.0
+                } else {
+                    cfg.min_regression_p + rng.unit() * (1.0 - cfg.min_regression_p)
+                };
                 Truth {
                     id,
                     flake_p: 0.0,
                     regression: Some((start, fixed)),
+                    regression_p,
                 }
             } else {
                 Truth {
                     id,
                     flake_p: 0.0,
                     regression: None,
+                    regression_p: 0.0,
                 }
             }
         })
@@ -132,21 +158,39 @@ pub fn simulate(cfg: &SimConfig) -> Simulated {
             let _ = writeln!(xml, "{}\" errors=\"0\" skipped=\"0\">", cfg.tests);
             for t in &truth {
                 let (class, name) = t.id.split_once("::").unwrap_or(("", &t.id));
-                let broken = t
-                    .regression
-                    .is_some_and(|(s, fix)| c >= s && fix.is_none_or(|f| c < f));
-                let flake = rng.unit() < t.flake_p;
+                let p_fail = if t.broken_at(c) {
+                    t.regression_p
+                } else {
+                    t.flake_p
+                };
                 let _ = write!(
                     xml,
                     "  <testcase classname=\"{class}\" name=\"{name}\" time=\"0.01\""
                 );
-                if broken {
-                    xml.push_str("><failure message=\"expected 2 but was 3\" type=\"AssertionError\">at Foo.java:12</failure></testcase>\n");
-                } else if flake {
+                let (msg, ty) = if t.broken_at(c) {
+                    ("expected 2 but was 3", "AssertionError")
+                } else {
+                    ("timeout", "java.net.SocketTimeoutException")
+                };
+                if rng.unit() < p_fail {
+                    // Failed; maybe retried once in the same run, Surefire style.
                     if rng.unit() < cfg.rerun_probability {
-                        xml.push_str("><flakyFailure message=\"timeout\" type=\"java.net.SocketTimeoutException\"><stackTrace>at Net.read</stackTrace></flakyFailure></testcase>\n");
+                        if rng.unit() < p_fail {
+                            let _ = writeln!(
+                                xml,
+                                "><failure message=\"{msg}\" type=\"{ty}\">at Foo.java:12</failure><rerunFailure message=\"{msg}\" type=\"{ty}\"/></testcase>"
+                            );
+                        } else {
+                            let _ = writeln!(
+                                xml,
+                                "><flakyFailure message=\"{msg}\" type=\"{ty}\"><stackTrace>at Net.read</stackTrace></flakyFailure></testcase>"
+                            );
+                        }
                     } else {
-                        xml.push_str("><failure message=\"timeout\" type=\"java.net.SocketTimeoutException\">at Net.read</failure></testcase>\n");
+                        let _ = writeln!(
+                            xml,
+                            "><failure message=\"{msg}\" type=\"{ty}\">at Foo.java:12</failure></testcase>"
+                        );
                     }
                 } else {
                     xml.push_str("/>\n");

@@ -177,3 +177,111 @@ fn garbage_inputs() {
     let e = parse("<testsuite>\n<testcase name=\"a\" name=\"b\"/></testsuite>").unwrap_err();
     assert_eq!(e.line, 2, "{e:?}");
 }
+
+// Issue 19, item 5: jest-junit writes `classname=""`; it must fall back to the suite name
+// like a missing attribute, so tests of different suites do not collide.
+#[test]
+fn empty_classname_falls_back_to_the_suite() {
+    let xml = r#"<testsuites><testsuite name="Cart"><testcase classname="" name="adds"/></testsuite>
+<testsuite name="Wishlist"><testcase classname="" name="adds"><failure/></testcase></testsuite></testsuites>"#;
+    let ids: Vec<String> = parse(xml).unwrap().into_iter().map(|c| c.id).collect();
+    assert_eq!(
+        ids,
+        vec!["Cart::adds".to_string(), "Wishlist::adds".to_string()]
+    );
+    // So a test that never flaked is not called flaky.
+    let runs: Vec<Run> = (0..4)
+        .map(|i| Run {
+            run_id: format!("r{i}"),
+            commit: "c1".into(),
+            started_at: None,
+            junit_xml: xml.into(),
+        })
+        .collect();
+    let r = analyze(&runs, &Options::default());
+    assert!(r.failures.iter().all(|f| f.test == "Wishlist::adds"));
+    assert!(r.failures.iter().all(|f| f.passed_in_runs.is_empty()));
+    let cart = r.tests.iter().find(|t| t.id == "Cart::adds").unwrap();
+    assert_eq!(cart.failures, 0);
+}
+
+// Issue 19, item 6.
+#[test]
+fn disabled_status_is_skipped() {
+    let cases = parse(r#"<testsuite name="s"><testcase name="a" status="disabled"/><testcase name="b" status="run"/></testsuite>"#).unwrap();
+    assert_eq!(cases[0].outcome, Outcome::Skipped);
+    assert_eq!((cases[0].failed_attempts, cases[0].passed_attempts), (0, 0));
+    assert_eq!(cases[1].outcome, Outcome::Passed);
+}
+
+#[test]
+fn flaky_failure_message_is_kept() {
+    let xml = r#"<testsuite name="s"><testcase classname="k" name="a"><flakyFailure message="Connection reset" type="java.net.SocketException"><stackTrace>at X</stackTrace></flakyFailure></testcase>
+<testcase classname="k" name="b"><flakyError message="OOM"/></testcase></testsuite>"#;
+    let cases = parse(xml).unwrap();
+    assert_eq!(cases[0].message.as_deref(), Some("Connection reset"));
+    assert_eq!(cases[1].message.as_deref(), Some("OOM"));
+    let r = analyze(
+        &[Run {
+            run_id: "r1".into(),
+            commit: "c1".into(),
+            started_at: None,
+            junit_xml: xml.into(),
+        }],
+        &Options::default(),
+    );
+    let f = r.failures.iter().find(|f| f.test == "k::a").unwrap();
+    assert_eq!(f.message.as_deref(), Some("Connection reset"));
+}
+
+#[test]
+fn one_nameless_testcase_keeps_the_others() {
+    let xml = "<testsuite name=\"s\">\n<testcase classname=\"k\" name=\"a\"/>\n<testcase classname=\"k\"><failure/></testcase>\n<testcase classname=\"k\" name=\"\"/>\n<testcase classname=\"k\" name=\"b\"><failure/></testcase>\n</testsuite>";
+    let (cases, bad) = shoal_flaky::junit::parse_report(xml).unwrap();
+    let ids: Vec<&str> = cases.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, vec!["k::a", "k::b"]);
+    assert_eq!(bad.iter().map(|e| e.line).collect::<Vec<_>>(), vec![3, 4]);
+    let r = analyze(
+        &[Run {
+            run_id: "r1".into(),
+            commit: "c1".into(),
+            started_at: None,
+            junit_xml: xml.into(),
+        }],
+        &Options::default(),
+    );
+    assert_eq!(r.tests.len(), 2);
+    assert_eq!(r.errors.len(), 2);
+    assert_eq!((r.errors[0].file.as_str(), r.errors[0].line), ("r1", 3));
+    assert!(r.errors[0].message.contains("without a name"));
+}
+
+#[test]
+fn same_base_name_gets_different_run_ids() {
+    let dir = std::env::temp_dir().join(format!("flaky-base-{}", std::process::id()));
+    for sub in ["a", "b"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+        std::fs::write(
+            dir.join(sub).join("TEST-report.xml"),
+            "<testsuite name=\"s\"><testcase name=\"t\"/></testsuite>",
+        )
+        .unwrap();
+    }
+    let files = vec![
+        dir.join("a/TEST-report.xml"),
+        dir.join("b/TEST-report.xml"),
+        dir.join("a/TEST-report.xml"),
+    ];
+    let (runs, _) = shoal_flaky::cli::load(&files, None).unwrap();
+    let ids: std::collections::HashSet<&str> = runs.iter().map(|r| r.run_id.as_str()).collect();
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    assert!(
+        runs[0].run_id.ends_with("a/TEST-report.xml"),
+        "{}",
+        runs[0].run_id
+    );
+    // A unique base name stays short.
+    let (runs, _) = shoal_flaky::cli::load(&files[..1], None).unwrap();
+    assert_eq!(runs[0].run_id, "TEST-report.xml");
+    std::fs::remove_dir_all(&dir).ok();
+}
