@@ -661,7 +661,7 @@ impl Checked {
         schedule: Option<String>,
     ) -> NewJob {
         NewJob {
-            id: format!("job_{}", uuid::Uuid::now_v7().simple()),
+            id: new_job_id(),
             tenant: tenant.to_string(),
             kind: self.kind.as_str().to_string(),
             spec,
@@ -796,8 +796,27 @@ pub enum Admission {
 /// Admission, the same for every way in (`POST /v1/jobs`, the ingress queue): validation, the
 /// tenant's enqueue rate and monthly quota, idempotency, then the job is durable, recorded in the
 /// audit log as `actor`'s.
-#[tracing::instrument(name = "admission", skip_all, fields(tenant = %req.tenant, kind = %req.kind, job = tracing::field::Empty))]
 pub async fn admit(app: &App, req: Enqueue, actor: &Actor) -> Result<Admission, ApiError> {
+    use tracing::Instrument;
+    // The id comes first, so the span joins the job's trace before it starts (an idempotent
+    // replay records the existing job's id instead).
+    let id = new_job_id();
+    let span = tracing::info_span!("admission", tenant = %req.tenant, kind = %req.kind, job = %id);
+    crate::telemetry::join_job_trace(&span, &id);
+    admit_as(app, req, actor, id).instrument(span).await
+}
+
+/// A fresh job id: `job_` and a UUIDv7 (time-ordered).
+pub fn new_job_id() -> String {
+    format!("job_{}", uuid::Uuid::now_v7().simple())
+}
+
+async fn admit_as(
+    app: &App,
+    req: Enqueue,
+    actor: &Actor,
+    id: String,
+) -> Result<Admission, ApiError> {
     let now = now_ms();
     let checked = check(&req, now)?;
     let tenant = app
@@ -851,7 +870,8 @@ pub async fn admit(app: &App, req: Enqueue, actor: &Actor) -> Result<Admission, 
         return Err(e);
     }
     let kind = checked.kind;
-    let new = checked.into_job(&tenant.id, req.spec, req.idempotency_key, now, None);
+    let mut new = checked.into_job(&tenant.id, req.spec, req.idempotency_key, now, None);
+    new.id = id;
     match app
         .store
         .admit(new, period.0, limits.jobs_per_month, actor)
@@ -1275,14 +1295,16 @@ async fn agent_lease(
             Lease::Stop => return Ok(Json(LeaseResponse::Stop)),
             Lease::Job(job) => {
                 // One short span per job handed out (not per poll: idle polls are not news).
-                let _lease = tracing::info_span!(
+                let lease_span = tracing::info_span!(
                     "lease",
                     tenant = %job.tenant,
                     sandbox = %sandbox.id,
                     job = %job.id,
                     attempt = job.attempts
-                )
-                .entered();
+                );
+                crate::telemetry::join_job_trace(&lease_span, &job.id);
+                crate::telemetry::link_sandbox_trace(&lease_span, &sandbox.id);
+                let _lease = lease_span.entered();
                 let label = app.metrics.tenant(&job.tenant);
                 app.metrics.jobs_started.with_label_values(&[label]).inc();
                 if job.attempts == 1 {
@@ -1422,27 +1444,28 @@ async fn agent_complete(
     Agent(sandbox): Agent,
     body: RawBody,
 ) -> Result<Response, ApiError> {
+    let body = body.0;
+    let ids: CompletionIds = serde_json::from_slice(&body).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("the body is not JSON: {e}"),
+            )
+        } else {
+            crate::error::shape_error(&e.to_string())
+        }
+    })?;
+    // The job is known before the span starts, so the span joins the job's trace.
     let span = tracing::info_span!(
         "completion",
         tenant = %sandbox.tenant,
         sandbox = %sandbox.id,
-        job = tracing::field::Empty,
+        job = %ids.job_id,
         state = tracing::field::Empty
     );
+    crate::telemetry::join_job_trace(&span, &ids.job_id);
     async move {
-        let body = body.0;
-        let ids: CompletionIds = serde_json::from_slice(&body).map_err(|e| {
-            if e.is_syntax() || e.is_eof() {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "malformed_json",
-                    format!("the body is not JSON: {e}"),
-                )
-            } else {
-                crate::error::shape_error(&e.to_string())
-            }
-        })?;
-        tracing::Span::current().record("job", ids.job_id.as_str());
         let finish = finish_of(&body)?;
         drop(body);
         let done = app

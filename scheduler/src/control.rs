@@ -327,14 +327,19 @@ impl Control {
     }
 
     /// The span of one provider call (with its retries): `provider_call`.
+    /// It belongs to the sandbox's trace (`crate::telemetry::join_sandbox_trace`).
     fn call_span(&self, op: &str, tenant: &str, sandbox: &str) -> tracing::Span {
-        tracing::info_span!(
+        let span = tracing::info_span!(
             "provider_call",
             provider = self.app.provider.name(),
             operation = op,
             tenant = tenant,
             sandbox = sandbox
-        )
+        );
+        if !sandbox.is_empty() {
+            crate::telemetry::join_sandbox_trace(&span, sandbox);
+        }
+        span
     }
 
     fn count_call(&self, op: &str, r: &Result<impl Sized, ProviderError>) {

@@ -70,6 +70,7 @@ pub fn init(format: LogFormat) -> Guard {
     let ansi = std::io::stdout().is_terminal();
     let (provider, otel) = match otlp_configured().then(tracer_provider) {
         Some(Ok(p)) => {
+            EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
             let layer = tracing_opentelemetry::layer().with_tracer(p.tracer("shoal"));
             (Some(p), Some(layer))
         }
@@ -123,6 +124,68 @@ fn tracer_provider() -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBu
 }
 
 static FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+/// Whether spans go to an OTLP exporter (set once by [`init`]).
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Puts `span` into the trace of job `job_id`: its parent becomes a remote span context whose
+/// trace id (and span id) are derived from the job id, so the spans of one job (its admission,
+/// each lease, each completion), made on any replica at any time, share one trace without any
+/// state carried between them. Call it before the span is first entered (an entered span has
+/// started and keeps its parent). Does nothing when no exporter is configured.
+pub fn join_job_trace(span: &tracing::Span, job_id: &str) {
+    join_trace(span, job_id);
+}
+
+/// Puts `span` (a provider call about one sandbox) into that sandbox's trace, derived from its id
+/// as a job's is: the calls that created, started, stopped and destroyed it form one trace, which
+/// each lease span of a job run on it links to ([`link_sandbox_trace`]).
+pub fn join_sandbox_trace(span: &tracing::Span, sandbox_id: &str) {
+    join_trace(span, sandbox_id);
+}
+
+/// Links `span` (a job's lease) to the trace of the sandbox that took it.
+pub fn link_sandbox_trace(span: &tracing::Span, sandbox_id: &str) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    if EXPORTING.load(std::sync::atomic::Ordering::Relaxed) {
+        span.add_link(derived_context(sandbox_id));
+    }
+}
+
+fn join_trace(span: &tracing::Span, id: &str) {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    if !EXPORTING.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    let parent = derived_context(id);
+    let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent));
+}
+
+fn derived_context(id: &str) -> opentelemetry::trace::SpanContext {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+    let ids = trace_ids(id);
+    SpanContext::new(
+        TraceId::from_bytes(ids.0),
+        SpanId::from_bytes(ids.1),
+        TraceFlags::SAMPLED,
+        true,
+        TraceState::default(),
+    )
+}
+
+/// The trace id and the parent span id of the trace of a job or a sandbox `id`: the first 16 and
+/// the next 8 bytes of SHA-256 of the id (never all zero in practice; OpenTelemetry treats zero
+/// as invalid).
+pub fn trace_ids(id: &str) -> ([u8; 16], [u8; 8]) {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(id.as_bytes());
+    let mut trace = [0u8; 16];
+    let mut span = [0u8; 8];
+    trace.copy_from_slice(&h[..16]);
+    span.copy_from_slice(&h[16..24]);
+    (trace, span)
+}
 
 /// Whether logs are JSON lines (then the start banner is a log event too).
 pub fn json() -> bool {

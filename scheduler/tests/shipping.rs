@@ -4,8 +4,9 @@
 //!   the Kubernetes 1.33 schemas (`deploy/kubernetes/check.py`);
 //! - `--log-format json` writes JSON lines only, without ANSI codes, and never the admin token it
 //!   was given; a Postgres replica that does not lead stays quiet;
-//! - with `OTEL_EXPORTER_OTLP_ENDPOINT` set, one job's spans (admission, the provider call that
-//!   made its sandbox, lease, completion) reach an OTLP/HTTP receiver run by the test;
+//! - with `OTEL_EXPORTER_OTLP_ENDPOINT` set, one job's spans (admission, lease, completion) reach
+//!   an OTLP/HTTP receiver run by the test in one trace, and the provider call that made its
+//!   sandbox in the sandbox's trace, which the lease links to;
 //! - both images build from the Dockerfile on a base made from this host, and `shoal serve` runs
 //!   from the image, as a non-root user, on Postgres on the host, running a job on the docker
 //!   provider with JSON logs that hold no ANSI code and no admin token.
@@ -245,6 +246,8 @@ async fn a_follower_on_postgres_is_quiet() -> Result<()> {
 struct Span {
     name: String,
     trace: Vec<u8>,
+    /// The trace ids of the spans it links to.
+    links: Vec<Vec<u8>>,
     attrs: HashMap<String, String>,
 }
 
@@ -286,6 +289,7 @@ async fn otlp_receiver() -> Result<(String, Arc<Mutex<Vec<Span>>>)> {
                             got.push(Span {
                                 name: s.name,
                                 trace: s.trace_id,
+                                links: s.links.into_iter().map(|l| l.trace_id).collect(),
                                 attrs,
                             });
                         }
@@ -364,6 +368,18 @@ async fn one_jobs_spans_reach_an_otlp_receiver() -> Result<()> {
     assert_eq!(call.attrs["sandbox"], lease.attrs["sandbox"]);
     assert_eq!(completion.attrs["state"], "succeeded");
     assert_eq!(admission.trace.len(), 16);
+    // One trace per job, whatever replica made each span: admission, lease and completion share
+    // the trace derived from the job's id; the provider calls about its sandbox are in the
+    // sandbox's trace, which the lease links to.
+    let job_trace = shoal_scheduler::telemetry::trace_ids(&job).0.to_vec();
+    assert_eq!(admission.trace, job_trace);
+    assert_eq!(lease.trace, job_trace);
+    assert_eq!(completion.trace, job_trace);
+    let sandbox_trace = shoal_scheduler::telemetry::trace_ids(&lease.attrs["sandbox"])
+        .0
+        .to_vec();
+    assert_eq!(call.trace, sandbox_trace);
+    assert!(lease.links.contains(&sandbox_trace), "{lease:?}");
     drop(s);
     Ok(())
 }
