@@ -169,6 +169,10 @@ impl<'a> DocRef<'a> {
 }
 
 impl<'a> Tree<'a> for DocRef<'a> {
+    fn ident(self) -> usize {
+        std::ptr::from_ref(&self.doc.nodes[self.id as usize]) as usize
+    }
+
     fn kind(self) -> Kind {
         match self.node() {
             Node::Null => Kind::Null,

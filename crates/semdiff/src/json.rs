@@ -27,6 +27,10 @@ pub(crate) struct Differ<'o> {
     pub nodes: usize,
     /// Bytes of JSON the changes recorded so far take in the result.
     bytes: u64,
+    /// Each subtree's canonical hash, computed once (keyed by [`Tree::ident`]).
+    hashes: HashMap<usize, u64>,
+    /// Each pair of subtrees already probed for equality, and the answer.
+    memo: HashMap<(usize, usize), bool>,
 }
 
 /// Bytes of a result's JSON kept for what is not a change: `equal`, `truncated`, `degraded`.
@@ -105,6 +109,8 @@ impl<'o> Differ<'o> {
             degraded: None,
             nodes: 0,
             bytes: 0,
+            hashes: HashMap::new(),
+            memo: HashMap::new(),
         }
     }
 
@@ -166,16 +172,28 @@ impl<'o> Differ<'o> {
     }
 
     /// True when `a` and `b` are equal under the options (no change would be reported).
+    ///
+    /// Values equal under the options hash equal, so different hashes answer at once; equal
+    /// hashes are confirmed by a real comparison, and every answer is kept, so a pair of
+    /// subtrees is compared at most once however often the alignment asks about it. This is
+    /// what keeps deep nesting linear instead of exponential.
     pub fn probe_equal<'a, T: Tree<'a>>(&mut self, a: T, b: T, path: &mut Path<'a>) -> bool {
-        let mut d = Differ::new(self.opts);
-        d.probe = true;
-        d.nodes = self.nodes;
-        d.diff(a, b, path);
-        self.nodes = d.nodes;
-        if let Some(r) = d.degraded {
-            self.degrade(r);
+        if self.hash_value(a, path) != self.hash_value(b, path) {
+            return false;
         }
-        !d.found
+        let key = (a.ident(), b.ident());
+        if let Some(&eq) = self.memo.get(&key) {
+            return eq;
+        }
+        let (probe, found) = (self.probe, self.found);
+        self.probe = true;
+        self.found = false;
+        self.diff_inner(a, b, path);
+        let eq = !self.found;
+        self.probe = probe;
+        self.found = found;
+        self.memo.insert(key, eq);
+        eq
     }
 
     fn probe_at<'a, T: Tree<'a>>(&mut self, a: T, b: T, path: &mut Path<'a>, i: usize) -> bool {
@@ -251,12 +269,22 @@ impl<'o> Differ<'o> {
         false
     }
 
-    /// Canonical hash of a value under the options: equal values hash equal.
+    /// Canonical hash of a value under the options: equal values hash equal. Computed once per
+    /// subtree (children first) and kept.
     fn hash_value<'a, T: Tree<'a>>(&mut self, v: T, path: &mut Path<'a>) -> u64 {
         if self.opts.is_ignored(path) {
             return IGNORED_HASH;
         }
-        self.nodes += 1;
+        if let Some(&h) = self.hashes.get(&v.ident()) {
+            return h;
+        }
+        let h = self.hash_uncached(v, path);
+        self.hashes.insert(v.ident(), h);
+        h
+    }
+
+    /// Not counted against `max_nodes`: each subtree is hashed once, so this is linear.
+    fn hash_uncached<'a, T: Tree<'a>>(&mut self, v: T, path: &mut Path<'a>) -> u64 {
         match v.kind() {
             Kind::Null => mix(1),
             Kind::Bool => mix(2 + u64::from(v.as_bool() == Some(true))),
@@ -278,6 +306,9 @@ impl<'o> Differ<'o> {
                     path.push(Seg::Idx(i));
                     let eh = self.hash_value(v.item(i), path);
                     path.pop();
+                    if eh == IGNORED_HASH {
+                        continue;
+                    }
                     h = if unordered {
                         h.wrapping_add(mix(eh))
                     } else {
@@ -308,8 +339,28 @@ impl<'o> Differ<'o> {
         }
     }
 
+    /// Hashes every subtree of a document once, each at its own path, before any comparison.
+    pub fn prime<'a, T: Tree<'a>>(&mut self, root: T) {
+        let mut path = Vec::new();
+        self.hash_value(root, &mut path);
+    }
+
     /// Compares `a` (baseline) with `b` (candidate) at `path`.
     pub fn diff<'a, T: Tree<'a>>(&mut self, a: T, b: T, path: &mut Path<'a>) {
+        if self.stopped() {
+            return;
+        }
+        if self.probe {
+            // Probing: the answer for this pair may be known already.
+            if !self.probe_equal(a, b, path) {
+                self.found = true;
+            }
+            return;
+        }
+        self.diff_inner(a, b, path);
+    }
+
+    fn diff_inner<'a, T: Tree<'a>>(&mut self, a: T, b: T, path: &mut Path<'a>) {
         if self.stopped() {
             return;
         }

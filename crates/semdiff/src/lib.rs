@@ -174,6 +174,8 @@ fn diff_trees<'a, T: Tree<'a>>(
         Mode::Json => {
             let mut path = Vec::new();
             if !compiled.is_ignored(&path) {
+                d.prime(baseline);
+                d.prime(candidate);
                 d.diff(baseline, candidate, &mut path);
             }
         }

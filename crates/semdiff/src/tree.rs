@@ -89,6 +89,9 @@ pub(crate) trait Tree<'a>: Copy + 'a {
     fn get(self, key: &str) -> Option<Self>;
     /// The node as an owned `Value` (for reported changes).
     fn to_value(self) -> Value;
+    /// An identity of this node, distinct from every other node alive at the same time (its
+    /// address): the differ caches subtree hashes and comparisons under it.
+    fn ident(self) -> usize;
 
     /// Exact structural equality, as `Value`'s `==`.
     fn same(self, other: Self) -> bool {
@@ -166,6 +169,10 @@ impl<'a> Tree<'a> for &'a Value {
 
     fn to_value(self) -> Value {
         self.clone()
+    }
+
+    fn ident(self) -> usize {
+        std::ptr::from_ref(self) as usize
     }
 
     fn same(self, other: Self) -> bool {
