@@ -54,3 +54,32 @@ fn a_leaf_fifteen_levels_down_with_a_tolerance() {
     assert_eq!(r.changes.len(), 1, "{:?}", r.changes);
     assert_eq!(r.degraded, None);
 }
+
+#[test]
+fn a_value_replaced_in_place_among_repeats_is_a_change() {
+    let r = diff(
+        &json!([0, 1, 0, 0]),
+        &json!([7, 1, 0, 8]),
+        &Options::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        ops(&r),
+        vec![(Op::Changed, "/0".into()), (Op::Changed, "/3".into())]
+    );
+}
+
+#[test]
+fn far_apart_edits_that_exchange_values_are_changes_not_moves() {
+    let mut a: Vec<Value> = (0..100).map(|i| json!(i % 3 == 0)).collect();
+    let mut b = a.clone();
+    a[10] = json!(true);
+    b[10] = json!(false);
+    a[80] = json!(false);
+    b[80] = json!(true);
+    let r = diff(&json!(a), &json!(b), &Options::default()).unwrap();
+    assert_eq!(
+        ops(&r),
+        vec![(Op::Changed, "/10".into()), (Op::Changed, "/80".into())]
+    );
+}
