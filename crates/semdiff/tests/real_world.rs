@@ -83,3 +83,105 @@ fn far_apart_edits_that_exchange_values_are_changes_not_moves() {
         vec![(Op::Changed, "/10".into()), (Op::Changed, "/80".into())]
     );
 }
+
+/// A deterministic pseudo-random sequence (SplitMix64).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A document of a few MB with many repeated small values (the case that used to turn edits
+/// into moves): records with ids, repeated status strings, small counters, flags and tags.
+fn big_document(rng: &mut Rng) -> Value {
+    let statuses = ["ok", "failed", "skipped", "ok", "ok"];
+    let records: Vec<Value> = (0..40_000)
+        .map(|i| {
+            json!({
+                "id": i,
+                "status": statuses[rng.below(5) as usize],
+                "count": rng.below(4),
+                "flag": rng.below(2) == 0,
+                "score": (rng.below(1000) as f64) / 8.0,
+                "tags": (0..rng.below(4)).map(|t| format!("t{}", (t + rng.below(3)) % 3)).collect::<Vec<_>>(),
+                "meta": {"owner": format!("team-{}", rng.below(7)), "levels": [rng.below(3), rng.below(3), rng.below(3)]},
+            })
+        })
+        .collect();
+    json!({"version": 3, "records": records})
+}
+
+/// Every scalar of `v` (its JSON Pointer), in document order.
+fn scalar_paths(v: &Value, path: &mut String, out: &mut Vec<String>) {
+    match v {
+        Value::Array(a) => {
+            for (i, e) in a.iter().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("/{i}"));
+                scalar_paths(e, path, out);
+                path.truncate(len);
+            }
+        }
+        Value::Object(m) => {
+            for (k, e) in m {
+                let len = path.len();
+                path.push('/');
+                path.push_str(k);
+                scalar_paths(e, path, out);
+                path.truncate(len);
+            }
+        }
+        _ => out.push(path.clone()),
+    }
+}
+
+#[test]
+fn three_hundred_scattered_scalar_edits_are_three_hundred_changes() {
+    let mut rng = Rng(19);
+    let a = big_document(&mut rng);
+    let mut paths = Vec::new();
+    scalar_paths(&a, &mut String::new(), &mut paths);
+    let mut b = a.clone();
+    let mut edited = std::collections::BTreeSet::new();
+    while edited.len() < 300 {
+        let p = &paths[rng.below(paths.len() as u64) as usize];
+        if !edited.insert(p.clone()) {
+            continue;
+        }
+        // Edits to values that occur elsewhere in the document too.
+        let slot = b.pointer_mut(p).unwrap();
+        *slot = match slot.take() {
+            Value::Bool(x) => Value::Bool(!x),
+            Value::String(s) if s == "ok" => json!("failed"),
+            Value::String(s) => json!(format!("{s}x")),
+            Value::Number(n) if n.is_u64() => json!((n.as_u64().unwrap() + 1) % 4),
+            Value::Number(n) => json!(n.as_f64().unwrap() + 0.125),
+            other => other,
+        };
+    }
+    let text_a = serde_json::to_vec(&a).unwrap();
+    let text_b = serde_json::to_vec(&b).unwrap();
+    assert!(text_a.len() > 3_000_000, "{} bytes", text_a.len());
+    let (da, db) = (Doc::parse(&text_a).unwrap(), Doc::parse(&text_b).unwrap());
+    let r = diff_docs(&da, &db, &Options::default()).unwrap();
+    assert_eq!(r.degraded, None);
+    let got: std::collections::BTreeSet<String> = r
+        .changes
+        .iter()
+        .map(|c| {
+            assert_eq!(c.op, Op::Changed, "{c:?}");
+            c.path.clone()
+        })
+        .collect();
+    assert_eq!(r.changes.len(), 300);
+    assert_eq!(got, edited);
+}
