@@ -12,7 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use crate::bound::{bound_value, json_len};
 use crate::options::Compiled;
 use crate::pointer::{Path, Seg, render};
-use crate::tree::{Kind, Num, Tree};
+use crate::tree::{Kind, Num, Tree, exact_num_eq};
 use crate::{Change, Op};
 
 /// Walks two documents and collects changes.
@@ -24,6 +24,9 @@ pub(crate) struct Differ<'o> {
     found: bool,
     pub truncated: bool,
     pub degraded: Option<String>,
+    /// Part of the input was not compared at all (not just coarsely), so `equal` cannot be
+    /// answered `true`.
+    pub incomplete: bool,
     pub nodes: usize,
     /// Bytes of JSON the changes recorded so far take in the result.
     bytes: u64,
@@ -189,6 +192,7 @@ impl<'o> Differ<'o> {
             found: false,
             truncated: false,
             degraded: None,
+            incomplete: false,
             nodes: 0,
             bytes: 0,
             hashes: HashMap::new(),
@@ -374,6 +378,8 @@ impl<'o> Differ<'o> {
                 if self.opts.has_tolerance() {
                     mix(4)
                 } else {
+                    // Numbers of equal decimal value round to the same double, so this hash
+                    // agrees with exact comparison of the text too.
                     let f = v.as_num().map_or(0.0, Num::as_f64);
                     let f = if f == 0.0 { 0.0 } else { f };
                     mix(5 ^ f.to_bits())
@@ -465,10 +471,16 @@ impl<'o> Differ<'o> {
         let equal = match (a.kind(), b.kind()) {
             (Kind::Null, Kind::Null) => true,
             (Kind::Bool, Kind::Bool) => a.as_bool() == b.as_bool(),
-            (Kind::Number, Kind::Number) => match (a.as_num(), b.as_num()) {
-                (Some(x), Some(y)) => self.num_eq(x, y),
-                _ => false,
-            },
+            (Kind::Number, Kind::Number) => {
+                // Without a tolerance, a number kept as written is compared exactly.
+                match exact_num_eq(a, b).filter(|_| !self.opts.has_tolerance()) {
+                    Some(eq) => eq,
+                    None => match (a.as_num(), b.as_num()) {
+                        (Some(x), Some(y)) => self.num_eq(x, y),
+                        _ => false,
+                    },
+                }
+            }
             (Kind::String, Kind::String) => self.str_eq(
                 a.as_str().unwrap_or_default(),
                 b.as_str().unwrap_or_default(),

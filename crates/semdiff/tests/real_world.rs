@@ -185,3 +185,81 @@ fn three_hundred_scattered_scalar_edits_are_three_hundred_changes() {
     assert_eq!(r.changes.len(), 300);
     assert_eq!(got, edited);
 }
+
+fn parsed(a: &str, b: &str) -> shoal_semdiff::DiffResult {
+    let (a, b) = (
+        Doc::parse(a.as_bytes()).unwrap(),
+        Doc::parse(b.as_bytes()).unwrap(),
+    );
+    diff_docs(&a, &b, &Options::default()).unwrap()
+}
+
+#[test]
+fn numbers_are_compared_exactly_as_written() {
+    for (a, b) in [
+        ("12345678901234567890123", "12345678901234567890124"),
+        ("18446744073709551616", "18446744073709551615"),
+        ("1.4405737774410001", "1.440573777441"),
+        ("[-59.879722999999956]", "[-59.87972299999995]"),
+    ] {
+        let r = parsed(a, b);
+        assert_eq!(r.changes.len(), 1, "{a} vs {b}: {r:?}");
+        assert!(!r.equal);
+    }
+    // The same value written differently is equal.
+    for (a, b) in [
+        ("1.50", "1.5"),
+        ("15e-1", "1.5"),
+        ("-0", "0"),
+        ("1E2", "100"),
+    ] {
+        assert!(parsed(a, b).equal, "{a} vs {b}");
+    }
+    // Through a job spec too.
+    let v = shoal_semdiff::run_spec(
+        r#"{"baseline": {"n": 18446744073709551616}, "candidate": {"n": 18446744073709551615}}"#,
+    )
+    .unwrap();
+    assert_eq!(v["equal"], json!(false));
+    // With a tolerance numbers are compared as floats.
+    let o = Options::from_value(&json!({"float_abs_tol": 0.001})).unwrap();
+    let (a, b) = (
+        Doc::parse(b"1.4405737774410001").unwrap(),
+        Doc::parse(b"1.440573777441").unwrap(),
+    );
+    assert!(diff_docs(&a, &b, &o).unwrap().equal);
+}
+
+#[test]
+fn a_byte_order_mark_is_accepted_and_one_json_line_is_an_array() {
+    let dir = std::env::temp_dir().join(format!("semdiff-rw-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bom = dir.join("bom.json");
+    std::fs::write(&bom, b"\xef\xbb\xbf{\"a\": 1}").unwrap();
+    let d = shoal_semdiff::cli::read_doc(&bom).unwrap();
+    assert_eq!(d.to_value(), json!({"a": 1}));
+    let one = dir.join("one.jsonl");
+    std::fs::write(&one, "{\"a\": 1}\n").unwrap();
+    let d = shoal_semdiff::cli::read_doc(&one).unwrap();
+    assert_eq!(d.to_value(), json!([{"a": 1}]));
+    assert_eq!(d.line_count(), 1);
+    let bom_lines = dir.join("bom.ndjson");
+    std::fs::write(&bom_lines, b"\xef\xbb\xbf{\"a\": 1}\n{\"a\": 2}\n").unwrap();
+    let d = shoal_semdiff::cli::read_doc(&bom_lines).unwrap();
+    assert_eq!(d.to_value(), json!([{"a": 1}, {"a": 2}]));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn the_text_format_tells_the_root_from_the_empty_key() {
+    let r = diff(&json!(1), &json!(2), &Options::default()).unwrap();
+    assert_eq!(
+        shoal_semdiff::cli::render_text(&r),
+        "changed      (root): 1 -> 2\n"
+    );
+    let r = diff(&json!({"": 1}), &json!({"": 2}), &Options::default()).unwrap();
+    assert_eq!(
+        shoal_semdiff::cli::render_text(&r),
+        "changed      /: 1 -> 2\n"
+    );
+}
