@@ -104,7 +104,7 @@ impl Rng {
 /// into moves): records with ids, repeated status strings, small counters, flags and tags.
 fn big_document(rng: &mut Rng) -> Value {
     let statuses = ["ok", "failed", "skipped", "ok", "ok"];
-    let records: Vec<Value> = (0..40_000)
+    let records: Vec<Value> = (0..30_000)
         .map(|i| {
             json!({
                 "id": i,
@@ -117,7 +117,12 @@ fn big_document(rng: &mut Rng) -> Value {
             })
         })
         .collect();
-    json!({"version": 3, "records": records})
+    // Long arrays of a few repeated values (a time series, a matrix of small counts).
+    let series: Vec<u64> = (0..200_000).map(|_| rng.below(10)).collect();
+    let matrix: Vec<Vec<u64>> = (0..2_000)
+        .map(|_| (0..40).map(|_| rng.below(5)).collect())
+        .collect();
+    json!({"version": 3, "records": records, "series": series, "matrix": matrix})
 }
 
 /// Every scalar of `v` (its JSON Pointer), in document order.
