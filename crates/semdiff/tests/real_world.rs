@@ -268,3 +268,34 @@ fn the_text_format_tells_the_root_from_the_empty_key() {
         "changed      /: 1 -> 2\n"
     );
 }
+
+#[test]
+fn a_leaf_fifty_levels_down_in_a_hundred_thousand_nodes_is_one_change() {
+    // The shape the bench `semdiff_deep` times: siblings at every level around the spine.
+    let tree = |leaf: u32| {
+        let mut s = String::new();
+        for level in 0..50 {
+            s.push_str(r#"{"name":"n","children":["#);
+            for i in 0..333 {
+                s.push_str(&format!(r#"{{"name":"s{level}-{i}","v":{}}},"#, i % 7));
+            }
+        }
+        s.push_str(&format!(r#"{{"name":"leaf","v":{leaf}}}"#));
+        for level in (0..50).rev() {
+            for i in 333..666 {
+                s.push_str(&format!(r#",{{"name":"s{level}-{i}","v":{}}}"#, i % 7));
+            }
+            s.push_str("]}");
+        }
+        s
+    };
+    let (a, b) = (
+        Doc::parse(tree(1).as_bytes()).unwrap(),
+        Doc::parse(tree(2).as_bytes()).unwrap(),
+    );
+    assert!(a.node_count() >= 100_000, "{}", a.node_count());
+    let r = diff_docs(&a, &b, &Options::default()).unwrap();
+    let path = format!("{}/v", "/children/333".repeat(50));
+    assert_eq!(ops(&r), vec![(Op::Changed, path)]);
+    assert_eq!(r.degraded, None);
+}
