@@ -208,9 +208,11 @@ fn diff_trees<'a, T: Tree<'a>>(
     deny_unknown_fields,
     expecting = "an object {\"baseline\", \"candidate\", \"options\"?}"
 )]
-struct JobSpec {
-    baseline: Box<serde_json::value::RawValue>,
-    candidate: Box<serde_json::value::RawValue>,
+struct JobSpec<'s> {
+    #[serde(borrow)]
+    baseline: &'s serde_json::value::RawValue,
+    #[serde(borrow)]
+    candidate: &'s serde_json::value::RawValue,
     #[serde(default)]
     options: Option<Value>,
 }
@@ -230,7 +232,7 @@ pub fn run_spec(spec: &str) -> Result<Value, SemdiffError> {
     let parse = |raw: &serde_json::value::RawValue| {
         Doc::parse(raw.get().as_bytes()).map_err(|e| SemdiffError::Spec(e.to_string()))
     };
-    let (baseline, candidate) = (parse(&spec.baseline)?, parse(&spec.candidate)?);
+    let (baseline, candidate) = (parse(spec.baseline)?, parse(spec.candidate)?);
     let result = diff_docs(&baseline, &candidate, &options)?;
     Ok(serde_json::to_value(result).expect("a diff result always serialises"))
 }
