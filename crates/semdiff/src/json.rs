@@ -31,9 +31,38 @@ pub(crate) struct Differ<'o> {
     /// Bytes of JSON the changes recorded so far take in the result.
     bytes: u64,
     /// Each subtree's canonical hash, computed once (keyed by [`Tree::ident`]).
-    hashes: HashMap<usize, u64>,
+    hashes: HashMap<usize, u64, IdentHash>,
     /// Each pair of subtrees already probed for equality, and the answer.
-    memo: HashMap<(usize, usize), bool>,
+    memo: HashMap<(usize, usize), bool, IdentHash>,
+}
+
+/// Hashes node identities (addresses) with one multiply-xorshift round instead of SipHash: the
+/// keys are not chosen by the input, and the maps hold a few entries per value of both
+/// documents, so their hashing is most of their cost.
+#[derive(Clone, Copy, Default)]
+struct IdentHash;
+
+impl std::hash::BuildHasher for IdentHash {
+    type Hasher = IdentHasher;
+    fn build_hasher(&self) -> IdentHasher {
+        IdentHasher(0)
+    }
+}
+
+struct IdentHasher(u64);
+
+impl std::hash::Hasher for IdentHasher {
+    fn finish(&self) -> u64 {
+        mix(self.0)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.0 = self.0.rotate_left(29) ^ (n as u64);
+    }
 }
 
 /// Bytes of a result's JSON kept for what is not a change: `equal`, `truncated`, `degraded`.
@@ -195,8 +224,8 @@ impl<'o> Differ<'o> {
             incomplete: false,
             nodes: 0,
             bytes: 0,
-            hashes: HashMap::new(),
-            memo: HashMap::new(),
+            hashes: HashMap::default(),
+            memo: HashMap::default(),
         }
     }
 
@@ -264,11 +293,13 @@ impl<'o> Differ<'o> {
     /// subtrees is compared at most once however often the alignment asks about it. This is
     /// what keeps deep nesting linear instead of exponential.
     pub fn probe_equal<'a, T: Tree<'a>>(&mut self, a: T, b: T, path: &mut Path<'a>) -> bool {
-        if self.hash_value(a, path) != self.hash_value(b, path) {
+        let compound = matches!(a.kind(), Kind::Array | Kind::Object) && a.kind() == b.kind();
+        if compound && self.hash_value(a, path) != self.hash_value(b, path) {
             return false;
         }
+        // Scalars are compared directly; only arrays and objects are worth remembering.
         let key = (a.ident(), b.ident());
-        if let Some(&eq) = self.memo.get(&key) {
+        if compound && let Some(&eq) = self.memo.get(&key) {
             return eq;
         }
         let (probe, found) = (self.probe, self.found);
@@ -278,7 +309,9 @@ impl<'o> Differ<'o> {
         let eq = !self.found;
         self.probe = probe;
         self.found = found;
-        self.memo.insert(key, eq);
+        if compound {
+            self.memo.insert(key, eq);
+        }
         eq
     }
 
@@ -360,6 +393,10 @@ impl<'o> Differ<'o> {
     fn hash_value<'a, T: Tree<'a>>(&mut self, v: T, path: &mut Path<'a>) -> u64 {
         if self.opts.is_ignored(path) {
             return IGNORED_HASH;
+        }
+        // Scalars are hashed on the spot; arrays and objects once, then looked up.
+        if !matches!(v.kind(), Kind::Array | Kind::Object) {
+            return self.hash_uncached(v, path);
         }
         if let Some(&h) = self.hashes.get(&v.ident()) {
             return h;
