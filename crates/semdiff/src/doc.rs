@@ -188,6 +188,11 @@ impl<'a> Tree<'a> for DocRef<'a> {
         std::ptr::from_ref(&self.doc.nodes[self.id as usize]) as usize
     }
 
+    fn dense(self) -> Option<(usize, usize, usize)> {
+        let doc = std::ptr::from_ref(self.doc) as usize;
+        Some((doc, self.id as usize, self.doc.nodes.len()))
+    }
+
     fn kind(self) -> Kind {
         match self.node() {
             Node::Null => Kind::Null,

@@ -32,6 +32,9 @@ pub(crate) struct Differ<'o> {
     bytes: u64,
     /// Each subtree's canonical hash, computed once (keyed by [`Tree::ident`]).
     hashes: HashMap<usize, u64, IdentHash>,
+    /// The same for the nodes of indexed documents ([`Tree::dense`]): per document, a hash per
+    /// node index (0 = not computed yet).
+    dense: Vec<(usize, Vec<u64>)>,
     /// Each pair of subtrees already probed for equality, and the answer.
     memo: HashMap<(usize, usize), bool, IdentHash>,
 }
@@ -225,6 +228,7 @@ impl<'o> Differ<'o> {
             nodes: 0,
             bytes: 0,
             hashes: HashMap::default(),
+            dense: Vec::new(),
             memo: HashMap::default(),
         }
     }
@@ -397,6 +401,23 @@ impl<'o> Differ<'o> {
         // Scalars are hashed on the spot; arrays and objects once, then looked up.
         if !matches!(v.kind(), Kind::Array | Kind::Object) {
             return self.hash_uncached(v, path);
+        }
+        if let Some((doc, id, count)) = v.dense() {
+            let slot = match self.dense.iter().position(|(d, _)| *d == doc) {
+                Some(k) => k,
+                None => {
+                    self.dense.push((doc, vec![0; count]));
+                    self.dense.len() - 1
+                }
+            };
+            let h = self.dense[slot].1[id];
+            if h != 0 {
+                return h;
+            }
+            // 0 marks "not computed": a real 0 is stored as 1 (a hash is only compared).
+            let h = self.hash_uncached(v, path).max(1);
+            self.dense[slot].1[id] = h;
+            return h;
         }
         if let Some(&h) = self.hashes.get(&v.ident()) {
             return h;

@@ -116,6 +116,11 @@ pub(crate) trait Tree<'a>: Copy + 'a {
     /// An identity of this node, distinct from every other node alive at the same time (its
     /// address): the differ caches subtree hashes and comparisons under it.
     fn ident(self) -> usize;
+    /// For a node of an indexed document: (the document's identity, this node's index, the
+    /// document's node count), so per-node data can live in a plain vector.
+    fn dense(self) -> Option<(usize, usize, usize)> {
+        None
+    }
 
     /// Exact structural equality, as `Value`'s `==`.
     fn same(self, other: Self) -> bool {
