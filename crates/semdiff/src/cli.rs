@@ -17,17 +17,37 @@ pub enum Format {
 }
 
 fn read_text(path: &Path) -> Result<String, SemdiffError> {
-    std::fs::read_to_string(path).map_err(|source| SemdiffError::Io {
+    let mut text = std::fs::read_to_string(path).map_err(|source| SemdiffError::Io {
         path: path.to_path_buf(),
         source,
+    })?;
+    // A UTF-8 byte order mark (some Windows tools write one) is not part of the JSON.
+    if text.starts_with('\u{feff}') {
+        text.drain(..'\u{feff}'.len_utf8());
+    }
+    Ok(text)
+}
+
+/// True for a file named as JSON Lines (`.jsonl`, `.ndjson`, `.jsonlines`): read as an array of
+/// its lines even when it holds one line.
+fn is_json_lines(path: &Path) -> bool {
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+        ["jsonl", "ndjson", "jsonlines"].contains(&e.to_ascii_lowercase().as_str())
     })
 }
 
 /// Reads a JSON file into the compact [`Doc`] (the text is dropped once parsed, so two large
 /// files never sit in memory as text and tree at once); a file of JSON lines (e.g. an OTLP
-/// file exporter's output) is read as an array of its lines.
-fn read_doc(path: &Path) -> Result<Doc, SemdiffError> {
+/// file exporter's output) is read as an array of its lines: always when its name says JSON
+/// Lines, else when it is not one JSON document but several lines of them.
+pub fn read_doc(path: &Path) -> Result<Doc, SemdiffError> {
     let text = read_text(path)?;
+    if is_json_lines(path) {
+        return Doc::parse_lines(&text).map_err(|source| SemdiffError::Json {
+            path: path.to_path_buf(),
+            source,
+        });
+    }
     match Doc::parse(text.as_bytes()) {
         Ok(d) => Ok(d),
         Err(first) => match Doc::parse_lines(&text) {
@@ -54,7 +74,9 @@ fn short(v: &Value) -> String {
 pub fn render_text(result: &DiffResult) -> String {
     let mut out = String::new();
     for c in &result.changes {
-        let path = if c.path.is_empty() { "/" } else { &c.path };
+        // The root is `(root)`: `/` is the pointer to the key "" (every other path starts
+        // with `/`, so the two cannot be confused).
+        let path = if c.path.is_empty() { "(root)" } else { &c.path };
         let line = match (c.op, &c.from, &c.before, &c.after) {
             (crate::Op::Moved, Some(from), _, _) => format!("moved        {from} -> {path}"),
             (crate::Op::Moved, None, Some(b), Some(a)) => {

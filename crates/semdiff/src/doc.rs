@@ -19,7 +19,9 @@ use std::hash::{BuildHasher, RandomState};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
-use crate::tree::{Kind, Num, Tree};
+use std::fmt::Write as _;
+
+use crate::tree::{Kind, Num, Tree, decimal_key};
 
 /// One value. Strings, arrays and objects point into the document's arenas as (start, length).
 #[derive(Debug, Clone, Copy)]
@@ -30,6 +32,8 @@ enum Node {
     I(i64),
     F(f64),
     Str(u32, u32),
+    /// A number as written in the source text (kept in the text arena), compared exactly.
+    Num(u32, u32),
     Arr(u32, u32),
     Obj(u32, u32),
 }
@@ -40,6 +44,9 @@ struct Entry {
     key: u32,
     node: u32,
 }
+
+/// A UTF-8 byte order mark, skipped at the start of a document.
+const BOM: &[u8] = b"\xef\xbb\xbf";
 
 /// The text of a (start, length) span of an arena.
 fn span(text: &str, (start, len): (u32, u32)) -> &str {
@@ -64,7 +71,11 @@ pub struct Doc {
 impl Doc {
     /// Parses JSON text (one document; trailing whitespace only).
     pub fn parse(text: &[u8]) -> Result<Doc, serde_json::Error> {
-        let mut b = Builder::default();
+        let text = text.strip_prefix(BOM).unwrap_or(text);
+        let mut b = Builder {
+            src: text,
+            ..Builder::default()
+        };
         let mut de = serde_json::Deserializer::from_slice(text);
         let root = Seed::value(&mut b).deserialize(&mut de)?;
         de.end()?;
@@ -73,13 +84,17 @@ impl Doc {
 
     /// Parses JSON lines (one document per non-empty line) into one array of them.
     pub fn parse_lines(text: &str) -> Result<Doc, serde_json::Error> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let mut b = Builder::default();
         let mut ids = Vec::new();
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            b.src = line.as_bytes();
+            b.scan = 0;
             let mut de = serde_json::Deserializer::from_str(line);
             ids.push(Seed::value(&mut b).deserialize(&mut de)?);
             de.end()?;
         }
+        b.src = &[];
         b.kid_stack.extend(ids);
         let root = b.finish_array(0).map_err(de::Error::custom)?;
         let mut doc = b.finish(root);
@@ -169,11 +184,20 @@ impl<'a> DocRef<'a> {
 }
 
 impl<'a> Tree<'a> for DocRef<'a> {
+    fn ident(self) -> usize {
+        std::ptr::from_ref(&self.doc.nodes[self.id as usize]) as usize
+    }
+
+    fn dense(self) -> Option<(usize, usize, usize)> {
+        let doc = std::ptr::from_ref(self.doc) as usize;
+        Some((doc, self.id as usize, self.doc.nodes.len()))
+    }
+
     fn kind(self) -> Kind {
         match self.node() {
             Node::Null => Kind::Null,
             Node::Bool(_) => Kind::Bool,
-            Node::U(_) | Node::I(_) | Node::F(_) => Kind::Number,
+            Node::U(_) | Node::I(_) | Node::F(_) | Node::Num(..) => Kind::Number,
             Node::Str(..) => Kind::String,
             Node::Arr(..) => Kind::Array,
             Node::Obj(..) => Kind::Object,
@@ -192,6 +216,14 @@ impl<'a> Tree<'a> for DocRef<'a> {
             Node::U(u) => Some(Num::U(u)),
             Node::I(i) => Some(Num::I(i)),
             Node::F(f) => Some(Num::F(f)),
+            Node::Num(start, len) => Some(Num::parse(span(&self.doc.strs, (start, len)))),
+            _ => None,
+        }
+    }
+
+    fn num_text(self) -> Option<&'a str> {
+        match self.node() {
+            Node::Num(start, len) => Some(span(&self.doc.strs, (start, len))),
             _ => None,
         }
     }
@@ -236,7 +268,7 @@ impl<'a> Tree<'a> for DocRef<'a> {
         match self.node() {
             Node::Null => Value::Null,
             Node::Bool(b) => Value::Bool(b),
-            Node::U(_) | Node::I(_) | Node::F(_) => {
+            Node::U(_) | Node::I(_) | Node::F(_) | Node::Num(..) => {
                 self.as_num().map_or(Value::Null, Num::to_value)
             }
             Node::Str(..) => Value::String(self.as_str().unwrap_or_default().to_string()),
@@ -255,9 +287,16 @@ impl<'a> Tree<'a> for DocRef<'a> {
 /// Builds a [`Doc`] bottom-up: children are pushed before their parent, and an array's or
 /// object's children wait on a stack until it closes, then move to the arena in one piece.
 #[derive(Default)]
-struct Builder {
+struct Builder<'t> {
     /// The arenas being filled (`root` and `lines` are set at the end).
     doc: Doc,
+    /// The text being parsed, when there is one: numbers are kept as written in it. serde_json
+    /// hands numbers over as u64/i64/f64 only, but it visits them in text order, so the next
+    /// number token after `scan` is the one being visited.
+    src: &'t [u8],
+    scan: usize,
+    /// A buffer for printing floats.
+    fmt: String,
     key_index: hashbrown::HashTable<u32>,
     hasher: RandomState,
     kid_stack: Vec<u32>,
@@ -271,7 +310,7 @@ fn idx(n: usize) -> Result<u32, &'static str> {
     u32::try_from(n).map_err(|_| TOO_LARGE)
 }
 
-impl Builder {
+impl Builder<'_> {
     fn push(&mut self, node: Node) -> Result<u32, &'static str> {
         let id = idx(self.doc.nodes.len())?;
         self.doc.nodes.push(node);
@@ -302,6 +341,72 @@ impl Builder {
         self.key_index
             .insert_unique(hash, k, |&k| hasher.hash_one(doc.key(k)));
         Ok(k)
+    }
+
+    /// The next number token of the source text, if the builder has one.
+    fn next_number(&mut self) -> Option<(usize, usize)> {
+        let src = self.src;
+        let mut i = self.scan;
+        while i < src.len() {
+            match src[i] {
+                b'"' => {
+                    i += 1;
+                    while i < src.len() && src[i] != b'"' {
+                        i += if src[i] == b'\\' { 2 } else { 1 };
+                    }
+                    i += 1;
+                }
+                b'-' | b'0'..=b'9' => {
+                    let start = i;
+                    while i < src.len()
+                        && matches!(src[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                    {
+                        i += 1;
+                    }
+                    self.scan = i;
+                    return Some((start, i));
+                }
+                _ => i += 1,
+            }
+        }
+        self.scan = src.len();
+        None
+    }
+
+    /// A number node. With the source text known: an integer that fits, or a float that the
+    /// text gives exactly (the double's own shortest text has the same decimal value), is held
+    /// as such (the float read correctly rounded, which serde_json's default parser is not);
+    /// any other number is kept as written.
+    fn number(&mut self, node: Node) -> Result<u32, &'static str> {
+        if let Some((a, b)) = self.next_number() {
+            // The token is ASCII (digits, signs, '.', 'e') by construction.
+            let text = std::str::from_utf8(&self.src[a..b]).unwrap_or_default();
+            let plain_int = |t: &str| !t.is_empty() && t.bytes().all(|c| c.is_ascii_digit());
+            match node {
+                Node::U(_) if plain_int(text) => return self.push(node),
+                Node::I(_) if text.strip_prefix('-').is_some_and(plain_int) => {
+                    return self.push(node);
+                }
+                Node::F(_) => {
+                    if let Ok(f) = text.parse::<f64>()
+                        && f.is_finite()
+                    {
+                        self.fmt.clear();
+                        write!(self.fmt, "{f}").ok();
+                        if decimal_key(&self.fmt) == decimal_key(text) {
+                            return self.push(Node::F(f));
+                        }
+                    }
+                }
+                _ => {}
+            }
+            let start = idx(self.doc.strs.len())?;
+            let len = idx(text.len())?;
+            idx(self.doc.strs.len() + text.len())?;
+            self.doc.strs.push_str(text);
+            return self.push(Node::Num(start, len));
+        }
+        self.push(node)
     }
 
     fn finish_array(&mut self, base: usize) -> Result<u32, &'static str> {
@@ -343,18 +448,18 @@ impl Builder {
 
 /// Deserializes one value into the builder and answers its node id; with `key`, an object
 /// key into the interned keys, answering the key's id.
-struct Seed<'b> {
-    b: &'b mut Builder,
+struct Seed<'b, 't> {
+    b: &'b mut Builder<'t>,
     key: bool,
 }
 
-impl<'b> Seed<'b> {
-    fn value(b: &'b mut Builder) -> Self {
+impl<'b, 't> Seed<'b, 't> {
+    fn value(b: &'b mut Builder<'t>) -> Self {
         Seed { b, key: false }
     }
 }
 
-impl<'de> DeserializeSeed<'de> for Seed<'_> {
+impl<'de> DeserializeSeed<'de> for Seed<'_, '_> {
     type Value = u32;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<u32, D::Error> {
@@ -366,7 +471,7 @@ impl<'de> DeserializeSeed<'de> for Seed<'_> {
     }
 }
 
-impl<'de> Visitor<'de> for Seed<'_> {
+impl<'de> Visitor<'de> for Seed<'_, '_> {
     type Value = u32;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -398,11 +503,11 @@ impl<'de> Visitor<'de> for Seed<'_> {
             Num::U(u) => Node::U(u),
             _ => Node::I(v),
         };
-        self.b.push(node).map_err(E::custom)
+        self.b.number(node).map_err(E::custom)
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<u32, E> {
-        self.b.push(Node::U(v)).map_err(E::custom)
+        self.b.number(Node::U(v)).map_err(E::custom)
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<u32, E> {
@@ -412,7 +517,7 @@ impl<'de> Visitor<'de> for Seed<'_> {
         } else {
             Node::Null
         };
-        self.b.push(node).map_err(E::custom)
+        self.b.number(node).map_err(E::custom)
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<u32, E> {

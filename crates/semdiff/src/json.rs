@@ -12,7 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use crate::bound::{bound_value, json_len};
 use crate::options::Compiled;
 use crate::pointer::{Path, Seg, render};
-use crate::tree::{Kind, Num, Tree};
+use crate::tree::{Kind, Num, Tree, exact_num_eq};
 use crate::{Change, Op};
 
 /// Walks two documents and collects changes.
@@ -24,9 +24,48 @@ pub(crate) struct Differ<'o> {
     found: bool,
     pub truncated: bool,
     pub degraded: Option<String>,
+    /// Part of the input was not compared at all (not just coarsely), so `equal` cannot be
+    /// answered `true`.
+    pub incomplete: bool,
     pub nodes: usize,
     /// Bytes of JSON the changes recorded so far take in the result.
     bytes: u64,
+    /// Each subtree's canonical hash, computed once (keyed by [`Tree::ident`]).
+    hashes: HashMap<usize, u64, IdentHash>,
+    /// The same for the nodes of indexed documents ([`Tree::dense`]): per document, a hash per
+    /// node index (0 = not computed yet).
+    dense: Vec<(usize, Vec<u64>)>,
+    /// Each pair of subtrees already probed for equality, and the answer.
+    memo: HashMap<(usize, usize), bool, IdentHash>,
+}
+
+/// Hashes node identities (addresses) with one multiply-xorshift round instead of SipHash: the
+/// keys are not chosen by the input, and the maps hold a few entries per value of both
+/// documents, so their hashing is most of their cost.
+#[derive(Clone, Copy, Default)]
+struct IdentHash;
+
+impl std::hash::BuildHasher for IdentHash {
+    type Hasher = IdentHasher;
+    fn build_hasher(&self) -> IdentHasher {
+        IdentHasher(0)
+    }
+}
+
+struct IdentHasher(u64);
+
+impl std::hash::Hasher for IdentHasher {
+    fn finish(&self) -> u64 {
+        mix(self.0)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.0 = self.0.rotate_left(29) ^ (n as u64);
+    }
 }
 
 /// Bytes of a result's JSON kept for what is not a change: `equal`, `truncated`, `degraded`.
@@ -50,6 +89,88 @@ fn hash_str(s: &str) -> u64 {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     mix(h)
+}
+
+/// The most edits [`myers`] looks for before giving up (its memory grows with the square).
+const MAX_EDIT_DISTANCE: usize = 2048;
+
+/// Work [`myers`] may spend on one array, in diagonal steps.
+const MAX_EDIT_WORK: usize = 50_000_000;
+
+/// A longest common subsequence of `a` and `b` by Myers' O((N+M)·D) shortest edit script, as
+/// matched positions in increasing order; `None` when more than [`MAX_EDIT_DISTANCE`] edits
+/// (or [`MAX_EDIT_WORK`] steps) would be needed.
+pub(crate) fn myers(a: &[u64], b: &[u64]) -> Option<Vec<(usize, usize)>> {
+    let (n, m) = (a.len() as isize, b.len() as isize);
+    let total = (a.len() + b.len()).max(1);
+    let dmax = (a.len() + b.len())
+        .min(MAX_EDIT_DISTANCE)
+        .min((MAX_EDIT_WORK / total).max(64)) as isize;
+    let off = dmax + 1;
+    let mut v = vec![0isize; (2 * dmax + 3) as usize];
+    // The furthest x on each diagonal before round d, for diagonals -d-1..=d+1.
+    let mut trace: Vec<Vec<isize>> = Vec::new();
+    let mut end = None;
+    'rounds: for d in 0..=dmax {
+        trace.push(v[(off - d - 1) as usize..=(off + d + 1) as usize].to_vec());
+        let mut k = -d;
+        while k <= d {
+            let mut xx =
+                if k == -d || (k != d && v[(off + k - 1) as usize] < v[(off + k + 1) as usize]) {
+                    v[(off + k + 1) as usize]
+                } else {
+                    v[(off + k - 1) as usize] + 1
+                };
+            let mut yy = xx - k;
+            while xx < n && yy < m && a[xx as usize] == b[yy as usize] {
+                xx += 1;
+                yy += 1;
+            }
+            v[(off + k) as usize] = xx;
+            if xx >= n && yy >= m {
+                end = Some(d);
+                break 'rounds;
+            }
+            k += 2;
+        }
+    }
+    let dend = end?;
+    let mut out = Vec::new();
+    let (mut xx, mut yy) = (n, m);
+    for d in (0..=dend).rev() {
+        let snap = &trace[d as usize];
+        let at = |k: isize| snap[(k + d + 1) as usize];
+        let k = xx - yy;
+        let prev_k = if k == -d || (k != d && at(k - 1) < at(k + 1)) {
+            k + 1
+        } else {
+            k - 1
+        };
+        let prev_x = if d == 0 { 0 } else { at(prev_k) };
+        let prev_y = if d == 0 { 0 } else { prev_x - prev_k };
+        while xx > prev_x && yy > prev_y {
+            xx -= 1;
+            yy -= 1;
+            out.push((xx as usize, yy as usize));
+        }
+        xx = prev_x;
+        yy = prev_y;
+    }
+    out.reverse();
+    Some(out)
+}
+
+/// How many changes an alignment (increasing matched positions of sequences of lengths `n`
+/// and `m`) reports before moves are looked for: each gap between matches reports its longer
+/// side.
+fn reported(matches: &[(usize, usize)], n: usize, m: usize) -> usize {
+    let (mut p0, mut q0, mut total) = (0, 0, 0);
+    for &(p, q) in matches.iter().chain(std::iter::once(&(n, m))) {
+        total += (p - p0).max(q - q0);
+        p0 = p + 1;
+        q0 = q + 1;
+    }
+    total
 }
 
 /// Of matched pairs `(i, j)` (baseline index, candidate index; sorted by `i`, each `j` once):
@@ -103,8 +224,12 @@ impl<'o> Differ<'o> {
             found: false,
             truncated: false,
             degraded: None,
+            incomplete: false,
             nodes: 0,
             bytes: 0,
+            hashes: HashMap::default(),
+            dense: Vec::new(),
+            memo: HashMap::default(),
         }
     }
 
@@ -166,16 +291,32 @@ impl<'o> Differ<'o> {
     }
 
     /// True when `a` and `b` are equal under the options (no change would be reported).
+    ///
+    /// Values equal under the options hash equal, so different hashes answer at once; equal
+    /// hashes are confirmed by a real comparison, and every answer is kept, so a pair of
+    /// subtrees is compared at most once however often the alignment asks about it. This is
+    /// what keeps deep nesting linear instead of exponential.
     pub fn probe_equal<'a, T: Tree<'a>>(&mut self, a: T, b: T, path: &mut Path<'a>) -> bool {
-        let mut d = Differ::new(self.opts);
-        d.probe = true;
-        d.nodes = self.nodes;
-        d.diff(a, b, path);
-        self.nodes = d.nodes;
-        if let Some(r) = d.degraded {
-            self.degrade(r);
+        let compound = matches!(a.kind(), Kind::Array | Kind::Object) && a.kind() == b.kind();
+        if compound && self.hash_value(a, path) != self.hash_value(b, path) {
+            return false;
         }
-        !d.found
+        // Scalars are compared directly; only arrays and objects are worth remembering.
+        let key = (a.ident(), b.ident());
+        if compound && let Some(&eq) = self.memo.get(&key) {
+            return eq;
+        }
+        let (probe, found) = (self.probe, self.found);
+        self.probe = true;
+        self.found = false;
+        self.diff_inner(a, b, path);
+        let eq = !self.found;
+        self.probe = probe;
+        self.found = found;
+        if compound {
+            self.memo.insert(key, eq);
+        }
+        eq
     }
 
     fn probe_at<'a, T: Tree<'a>>(&mut self, a: T, b: T, path: &mut Path<'a>, i: usize) -> bool {
@@ -251,12 +392,43 @@ impl<'o> Differ<'o> {
         false
     }
 
-    /// Canonical hash of a value under the options: equal values hash equal.
+    /// Canonical hash of a value under the options: equal values hash equal. Computed once per
+    /// subtree (children first) and kept.
     fn hash_value<'a, T: Tree<'a>>(&mut self, v: T, path: &mut Path<'a>) -> u64 {
         if self.opts.is_ignored(path) {
             return IGNORED_HASH;
         }
-        self.nodes += 1;
+        // Scalars are hashed on the spot; arrays and objects once, then looked up.
+        if !matches!(v.kind(), Kind::Array | Kind::Object) {
+            return self.hash_uncached(v, path);
+        }
+        if let Some((doc, id, count)) = v.dense() {
+            let slot = match self.dense.iter().position(|(d, _)| *d == doc) {
+                Some(k) => k,
+                None => {
+                    self.dense.push((doc, vec![0; count]));
+                    self.dense.len() - 1
+                }
+            };
+            let h = self.dense[slot].1[id];
+            if h != 0 {
+                return h;
+            }
+            // 0 marks "not computed": a real 0 is stored as 1 (a hash is only compared).
+            let h = self.hash_uncached(v, path).max(1);
+            self.dense[slot].1[id] = h;
+            return h;
+        }
+        if let Some(&h) = self.hashes.get(&v.ident()) {
+            return h;
+        }
+        let h = self.hash_uncached(v, path);
+        self.hashes.insert(v.ident(), h);
+        h
+    }
+
+    /// Not counted against `max_nodes`: each subtree is hashed once, so this is linear.
+    fn hash_uncached<'a, T: Tree<'a>>(&mut self, v: T, path: &mut Path<'a>) -> u64 {
         match v.kind() {
             Kind::Null => mix(1),
             Kind::Bool => mix(2 + u64::from(v.as_bool() == Some(true))),
@@ -264,6 +436,8 @@ impl<'o> Differ<'o> {
                 if self.opts.has_tolerance() {
                     mix(4)
                 } else {
+                    // Numbers of equal decimal value round to the same double, so this hash
+                    // agrees with exact comparison of the text too.
                     let f = v.as_num().map_or(0.0, Num::as_f64);
                     let f = if f == 0.0 { 0.0 } else { f };
                     mix(5 ^ f.to_bits())
@@ -278,6 +452,9 @@ impl<'o> Differ<'o> {
                     path.push(Seg::Idx(i));
                     let eh = self.hash_value(v.item(i), path);
                     path.pop();
+                    if eh == IGNORED_HASH {
+                        continue;
+                    }
                     h = if unordered {
                         h.wrapping_add(mix(eh))
                     } else {
@@ -308,8 +485,28 @@ impl<'o> Differ<'o> {
         }
     }
 
+    /// Hashes every subtree of a document once, each at its own path, before any comparison.
+    pub fn prime<'a, T: Tree<'a>>(&mut self, root: T) {
+        let mut path = Vec::new();
+        self.hash_value(root, &mut path);
+    }
+
     /// Compares `a` (baseline) with `b` (candidate) at `path`.
     pub fn diff<'a, T: Tree<'a>>(&mut self, a: T, b: T, path: &mut Path<'a>) {
+        if self.stopped() {
+            return;
+        }
+        if self.probe {
+            // Probing: the answer for this pair may be known already.
+            if !self.probe_equal(a, b, path) {
+                self.found = true;
+            }
+            return;
+        }
+        self.diff_inner(a, b, path);
+    }
+
+    fn diff_inner<'a, T: Tree<'a>>(&mut self, a: T, b: T, path: &mut Path<'a>) {
         if self.stopped() {
             return;
         }
@@ -332,10 +529,16 @@ impl<'o> Differ<'o> {
         let equal = match (a.kind(), b.kind()) {
             (Kind::Null, Kind::Null) => true,
             (Kind::Bool, Kind::Bool) => a.as_bool() == b.as_bool(),
-            (Kind::Number, Kind::Number) => match (a.as_num(), b.as_num()) {
-                (Some(x), Some(y)) => self.num_eq(x, y),
-                _ => false,
-            },
+            (Kind::Number, Kind::Number) => {
+                // Without a tolerance, a number kept as written is compared exactly.
+                match exact_num_eq(a, b).filter(|_| !self.opts.has_tolerance()) {
+                    Some(eq) => eq,
+                    None => match (a.as_num(), b.as_num()) {
+                        (Some(x), Some(y)) => self.num_eq(x, y),
+                        _ => false,
+                    },
+                }
+            }
             (Kind::String, Kind::String) => self.str_eq(
                 a.as_str().unwrap_or_default(),
                 b.as_str().unwrap_or_default(),
@@ -445,6 +648,137 @@ impl<'o> Differ<'o> {
         (matched, ux, uy)
     }
 
+    /// Aligns the middle of two ordered arrays: a shortest edit script over the elements'
+    /// hashes (Myers) keeps equal elements in order, so a value replaced in place is a change
+    /// even when the same value occurs elsewhere; what is left of a gap after pairing in order
+    /// (and two gaps side by side whose elements swapped) is matched by hash, and those matches
+    /// are the candidates for `moved`. Past [`MAX_EDIT_DISTANCE`] it falls back to matching by
+    /// hash alone. Returns the matches (sorted by baseline index) and the unmatched indices.
+    fn align_ordered<'a, T: Tree<'a>>(
+        &mut self,
+        x: T,
+        y: T,
+        xs: &[usize],
+        ys: &[usize],
+        path: &mut Path<'a>,
+    ) -> (Vec<(usize, usize)>, Vec<usize>, Vec<usize>) {
+        let mut hx = Vec::with_capacity(xs.len());
+        for &i in xs {
+            path.push(Seg::Idx(i));
+            hx.push(self.hash_value(x.item(i), path));
+            path.pop();
+        }
+        let mut hy = Vec::with_capacity(ys.len());
+        for &j in ys {
+            path.push(Seg::Idx(j));
+            hy.push(self.hash_value(y.item(j), path));
+            path.pop();
+        }
+        // Equal lengths: the elements side by side are the alignment when that reports no
+        // more than the edit script would (Myers cannot tell a change in place from a removal
+        // and an addition of equal cost, and with repeated values it often picks the latter).
+        let in_place: Option<Vec<(usize, usize)>> = (hx.len() == hy.len()).then(|| {
+            (0..hx.len())
+                .filter(|&p| hx[p] == hy[p])
+                .map(|p| (p, p))
+                .collect()
+        });
+        let lcs = match (myers(&hx, &hy), in_place) {
+            (Some(l), Some(s))
+                if reported(&l, hx.len(), hy.len()) < reported(&s, hx.len(), hy.len()) =>
+            {
+                l
+            }
+            (Some(_), Some(s)) => s,
+            (Some(l), None) => l,
+            (None, Some(s)) => s,
+            (None, None) => return self.match_by_hash(x, y, xs, ys, path),
+        };
+        // Confirm the hash matches (a collision, or a tolerance, can make equal hashes of
+        // different values: those are left to be paired in place).
+        let mut anchors = Vec::with_capacity(lcs.len());
+        for (p, q) in lcs {
+            if self.probe_at(x.item(xs[p]), y.item(ys[q]), path, xs[p]) {
+                anchors.push((p, q));
+            }
+        }
+        // The gaps between anchors, as (x range, y range) in positions of xs / ys.
+        let mut gaps = Vec::with_capacity(anchors.len() + 1);
+        let (mut p0, mut q0) = (0, 0);
+        for &(p, q) in anchors.iter().chain(std::iter::once(&(xs.len(), ys.len()))) {
+            gaps.push((p0..p, q0..q));
+            p0 = p + 1;
+            q0 = q + 1;
+        }
+        let mut extra: Vec<(usize, usize)> = Vec::new();
+        // Two neighbouring gaps whose elements paired in order swapped places: moves.
+        let mut taken_x = vec![false; xs.len()];
+        let mut taken_y = vec![false; ys.len()];
+        for g in 0..gaps.len().saturating_sub(1) {
+            let (ax, ay) = (&gaps[g].0, &gaps[g].1);
+            let (bx, by) = (&gaps[g + 1].0, &gaps[g + 1].1);
+            let pa = ax.len().min(ay.len());
+            let pb = bx.len().min(by.len());
+            if pa == 0 || pb == 0 || pa > 16 || pb > 16 {
+                continue;
+            }
+            for u in 0..pa {
+                for v in 0..pb {
+                    let (i1, j1) = (ax.start + u, ay.start + u);
+                    let (i2, j2) = (bx.start + v, by.start + v);
+                    if taken_x[i1] || taken_x[i2] || taken_y[j1] || taken_y[j2] {
+                        continue;
+                    }
+                    if hx[i1] == hy[j2]
+                        && hx[i2] == hy[j1]
+                        && self.probe_at(x.item(xs[i1]), y.item(ys[j2]), path, xs[i1])
+                        && self.probe_at(x.item(xs[i2]), y.item(ys[j1]), path, xs[i2])
+                    {
+                        taken_x[i1] = true;
+                        taken_x[i2] = true;
+                        taken_y[j1] = true;
+                        taken_y[j2] = true;
+                        extra.push((i1, j2));
+                        extra.push((i2, j1));
+                    }
+                }
+            }
+        }
+        // What a gap has beyond pairing in order: removed or added, unless it moved.
+        let mut left_x = Vec::new();
+        let mut left_y = Vec::new();
+        for (gx, gy) in &gaps {
+            let k = gx.len().min(gy.len());
+            left_x.extend(
+                (gx.start + k..gx.end)
+                    .filter(|&p| !taken_x[p])
+                    .map(|p| xs[p]),
+            );
+            left_y.extend(
+                (gy.start + k..gy.end)
+                    .filter(|&q| !taken_y[q])
+                    .map(|q| ys[q]),
+            );
+        }
+        let (moved, _, _) = self.match_by_hash(x, y, &left_x, &left_y, path);
+        let mut matched: Vec<(usize, usize)> = anchors
+            .iter()
+            .chain(&extra)
+            .map(|&(p, q)| (xs[p], ys[q]))
+            .chain(moved)
+            .collect();
+        matched.sort_unstable();
+        let mut used_x = vec![false; x.len()];
+        let mut used_y = vec![false; y.len()];
+        for &(i, j) in &matched {
+            used_x[i] = true;
+            used_y[j] = true;
+        }
+        let ux = xs.iter().copied().filter(|&i| !used_x[i]).collect();
+        let uy = ys.iter().copied().filter(|&j| !used_y[j]).collect();
+        (matched, ux, uy)
+    }
+
     fn diff_ordered<'a, T: Tree<'a>>(&mut self, x: T, y: T, path: &mut Path<'a>) {
         let (n, m) = (x.len(), y.len());
         let mut pre = 0;
@@ -468,7 +802,7 @@ impl<'o> Differ<'o> {
             self.diff_at(x.item(xs[0]), y.item(ys[0]), path, xs[0]);
             return;
         }
-        let (matched, ux, uy) = self.match_by_hash(x, y, &xs, &ys, path);
+        let (matched, ux, uy) = self.align_ordered(x, y, &xs, &ys, path);
         let stay = stay_flags(&matched);
         let mut anchors_x = Vec::new();
         let mut anchors_y = Vec::new();

@@ -174,6 +174,8 @@ fn diff_trees<'a, T: Tree<'a>>(
         Mode::Json => {
             let mut path = Vec::new();
             if !compiled.is_ignored(&path) {
+                d.prime(baseline);
+                d.prime(candidate);
                 d.diff(baseline, candidate, &mut path);
             }
         }
@@ -192,30 +194,33 @@ fn diff_trees<'a, T: Tree<'a>>(
         }
     }
     Ok(DiffResult {
-        equal: d.changes.is_empty() && !d.truncated,
+        // Something not compared (`incomplete`) is not known to be equal.
+        equal: d.changes.is_empty() && !d.truncated && !d.incomplete,
         changes: d.changes,
         truncated: d.truncated,
         degraded: d.degraded,
     })
 }
 
-/// A `semantic_diff` job's spec, its two documents read straight into compact [`Doc`]s.
+/// A `semantic_diff` job's spec; its two documents are kept as text and parsed into [`Doc`]s.
 #[derive(serde::Deserialize)]
 #[serde(
     deny_unknown_fields,
     expecting = "an object {\"baseline\", \"candidate\", \"options\"?}"
 )]
-struct JobSpec {
-    baseline: Doc,
-    candidate: Doc,
+struct JobSpec<'s> {
+    #[serde(borrow)]
+    baseline: &'s serde_json::value::RawValue,
+    #[serde(borrow)]
+    candidate: &'s serde_json::value::RawValue,
     #[serde(default)]
     options: Option<Value>,
 }
 
 /// Runs a `semantic_diff` job from its spec's JSON text:
-/// `{"baseline": JSON, "candidate": JSON, "options": {...}?}`. The documents are parsed into
-/// [`Doc`]s as they are read, so a job costs what `shoal-agent semdiff` costs on files, not a
-/// `serde_json::Value` tree per document.
+/// `{"baseline": JSON, "candidate": JSON, "options": {...}?}`. Each document is cut out of the
+/// spec as text and parsed into a [`Doc`], numbers as written, so a job costs what
+/// `shoal-agent semdiff` costs on files, not a `serde_json::Value` tree per document.
 pub fn run_spec(spec: &str) -> Result<Value, SemdiffError> {
     let spec: JobSpec =
         serde_json::from_str(spec).map_err(|e| SemdiffError::Spec(e.to_string()))?;
@@ -223,6 +228,11 @@ pub fn run_spec(spec: &str) -> Result<Value, SemdiffError> {
         None | Some(Value::Null) => Options::default(),
         Some(v) => Options::from_value(v)?,
     };
-    let result = diff_docs(&spec.baseline, &spec.candidate, &options)?;
+    // Each document is parsed from its own text, so numbers are kept exactly as written.
+    let parse = |raw: &serde_json::value::RawValue| {
+        Doc::parse(raw.get().as_bytes()).map_err(|e| SemdiffError::Spec(e.to_string()))
+    };
+    let (baseline, candidate) = (parse(spec.baseline)?, parse(spec.candidate)?);
+    let result = diff_docs(&baseline, &candidate, &options)?;
     Ok(serde_json::to_value(result).expect("a diff result always serialises"))
 }

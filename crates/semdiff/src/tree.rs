@@ -63,6 +63,26 @@ impl Num {
         }
     }
 
+    /// A number from its JSON text (a valid JSON number), correctly rounded when it is a float.
+    pub fn parse(text: &str) -> Num {
+        if let Ok(u) = text.parse::<u64>() {
+            Num::U(u)
+        } else if let Ok(i) = text.parse::<i64>() {
+            Num::I(i)
+        } else {
+            Num::F(text.parse::<f64>().unwrap_or(0.0))
+        }
+    }
+
+    /// The shortest decimal text that reads back as this number.
+    pub fn canonical(self) -> String {
+        match self {
+            Num::U(u) => u.to_string(),
+            Num::I(i) => i.to_string(),
+            Num::F(f) => f.to_string(),
+        }
+    }
+
     pub fn to_value(self) -> Value {
         match self {
             Num::U(u) => Value::Number(u.into()),
@@ -79,6 +99,10 @@ pub(crate) trait Tree<'a>: Copy + 'a {
     fn as_bool(self) -> Option<bool>;
     fn as_num(self) -> Option<Num>;
     fn as_str(self) -> Option<&'a str>;
+    /// A number's text as written in the source, when known.
+    fn num_text(self) -> Option<&'a str> {
+        None
+    }
     /// The number of array elements or object entries (0 for scalars).
     fn len(self) -> usize;
     /// Array element `i` (`i < len()`).
@@ -89,6 +113,14 @@ pub(crate) trait Tree<'a>: Copy + 'a {
     fn get(self, key: &str) -> Option<Self>;
     /// The node as an owned `Value` (for reported changes).
     fn to_value(self) -> Value;
+    /// An identity of this node, distinct from every other node alive at the same time (its
+    /// address): the differ caches subtree hashes and comparisons under it.
+    fn ident(self) -> usize;
+    /// For a node of an indexed document: (the document's identity, this node's index, the
+    /// document's node count), so per-node data can live in a plain vector.
+    fn dense(self) -> Option<(usize, usize, usize)> {
+        None
+    }
 
     /// Exact structural equality, as `Value`'s `==`.
     fn same(self, other: Self) -> bool {
@@ -98,7 +130,9 @@ pub(crate) trait Tree<'a>: Copy + 'a {
         match self.kind() {
             Kind::Null => true,
             Kind::Bool => self.as_bool() == other.as_bool(),
-            Kind::Number => self.as_num() == other.as_num(),
+            Kind::Number => {
+                exact_num_eq(self, other).unwrap_or_else(|| self.as_num() == other.as_num())
+            }
             Kind::String => self.as_str() == other.as_str(),
             Kind::Array => {
                 self.len() == other.len()
@@ -168,7 +202,51 @@ impl<'a> Tree<'a> for &'a Value {
         self.clone()
     }
 
+    fn ident(self) -> usize {
+        std::ptr::from_ref(self) as usize
+    }
+
     fn same(self, other: Self) -> bool {
         self == other
     }
+}
+
+/// The exact value of a JSON number's text as (negative, significant digits, exponent of the
+/// last digit), so that two texts of the same decimal value (`1.50`, `15e-1`) give the same key
+/// and any two different values different keys, however many digits they carry.
+pub(crate) fn decimal_key(text: &str) -> (bool, String, i64) {
+    let (neg, rest) = match text.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    let (mantissa, exp) = match rest.find(['e', 'E']) {
+        Some(p) => (&rest[..p], rest[p + 1..].parse::<i64>().unwrap_or(0)),
+        None => (rest, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let mut digits: String = int.chars().chain(frac.chars()).collect();
+    let mut exp = exp.saturating_sub(frac.len() as i64);
+    let trailing = digits.len() - digits.trim_end_matches('0').len();
+    digits.truncate(digits.len() - trailing);
+    exp = exp.saturating_add(trailing as i64);
+    let digits = digits.trim_start_matches('0').to_string();
+    if digits.is_empty() {
+        // Zero, whatever its sign or exponent.
+        return (false, digits, 0);
+    }
+    (neg, digits, exp)
+}
+
+/// When either number was kept as written (its text is not what its double or integer prints
+/// as): whether the two are the same decimal value. `None` when neither was, and the parsed
+/// values say it exactly.
+pub(crate) fn exact_num_eq<'a, T: Tree<'a>>(a: T, b: T) -> Option<bool> {
+    if a.num_text().is_none() && b.num_text().is_none() {
+        return None;
+    }
+    let key = |v: T| match v.num_text() {
+        Some(t) => decimal_key(t),
+        None => decimal_key(&v.as_num().map_or_else(String::new, Num::canonical)),
+    };
+    Some(key(a) == key(b))
 }

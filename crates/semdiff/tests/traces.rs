@@ -265,3 +265,19 @@ fn very_deep_span_chain_is_bounded() {
     assert!(r.equal);
     assert!(r.degraded.unwrap().contains("deeper"));
 }
+
+#[test]
+fn a_difference_below_the_span_depth_limit_is_not_equal() {
+    let chain = |last: &str| -> Value {
+        let spans: Vec<Value> = (0..300)
+            .map(|i| {
+                let name = if i == 299 { last } else { "step" };
+                json!({"span_id": i.to_string(), "parent_span_id": if i == 0 { Value::Null } else { json!((i - 1).to_string()) }, "name": name})
+            })
+            .collect();
+        json!(spans)
+    };
+    let r = diff(&chain("step"), &chain("other"), &trace_opts(json!({}))).unwrap();
+    assert!(!r.equal, "{r:?}");
+    assert!(r.degraded.unwrap().contains("deeper"));
+}
