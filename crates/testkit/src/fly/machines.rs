@@ -80,9 +80,12 @@ pub(crate) struct Machine {
     pub phase: Phase,
     /// Calls since the last mutation that the next one may claim (a lease taken before it).
     pub pending_calls: u64,
-    /// When the machine last went `started`, while it is.
+    /// When the machine last went `started`, while it runs (`started`, or on its way down).
     pub running_since: Option<i64>,
-    /// Milliseconds spent `started` in earlier runs: the emulator's own record of running time.
+    /// Milliseconds spent running in earlier runs: the emulator's own record of running time.
+    /// A run lasts from `started` until the machine has come down (`stopped`, `suspended`,
+    /// `failed`, `destroyed`): while `stopping` or `suspending` its VM still runs, and the
+    /// `stop`/`suspend` event a client sees is stamped when it is down.
     pub running_ms: u64,
 }
 
@@ -126,7 +129,13 @@ impl Machine {
         event: Option<(&'static str, &'static str, &'static str)>,
     ) {
         let now = now_ms().max(self.updated_at);
-        match (state == "started", self.running_since) {
+        let running = match state {
+            "started" => true,
+            // On the way down the VM still runs: the run goes on until it is down.
+            "stopping" | "suspending" => self.running_since.is_some(),
+            _ => false,
+        };
+        match (running, self.running_since) {
             (true, None) => self.running_since = Some(now),
             (false, Some(t)) => {
                 self.running_ms += u64::try_from(now - t).unwrap_or(0);
@@ -148,7 +157,7 @@ impl Machine {
         self.state_tx.send_replace(state.to_string());
     }
 
-    /// Milliseconds spent `started`, the current run up to `now` included.
+    /// Milliseconds spent running, the current run up to `now` included.
     pub fn running_ms_at(&self, now: i64) -> u64 {
         self.running_ms
             + self

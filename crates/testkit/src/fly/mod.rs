@@ -196,7 +196,7 @@ pub struct MachineView {
     pub metadata: BTreeMap<String, String>,
     /// The process group of the machine's running process.
     pub pid: Option<u32>,
-    /// Milliseconds the machine has spent `started`, by the emulator's clock (its events' times).
+    /// Milliseconds the machine has run (from `started` until it is down), by the emulator's clock.
     pub running_ms: u64,
 }
 
@@ -269,7 +269,7 @@ impl Emulator {
         self.shared.machine_views()
     }
 
-    /// Milliseconds every machine (destroyed ones too) has spent `started`, added up by the value
+    /// Milliseconds every machine (destroyed ones too) has run, added up by the value
     /// of its metadata `key` (`shoal_tenant`: per tenant): the emulator's own record.
     pub fn running_ms_by(&self, key: &str) -> BTreeMap<String, u64> {
         self.shared.running_ms_by(key)
