@@ -219,17 +219,27 @@ async fn fly_under_faults_loses_no_job_and_leaves_no_machine() -> Result<()> {
     Ok(())
 }
 
-/// Billing against the emulator's own record: three tenants' jobs, the scheduler SIGKILLed while
-/// machines run and restarted, more jobs, the pools left to suspend; per tenant, the billed
-/// seconds are within 2% of the time the emulator's machines ran (from `started` until down).
+/// Billing against the emulator's own record, under Fly's faults (5xx answers, 429 bursts, a
+/// region out of capacity): three tenants' jobs, the scheduler SIGKILLed while machines run and
+/// restarted, more jobs, the pools left to suspend; per tenant, the billed seconds are within 2%
+/// of the time the emulator's machines ran (from `started` until down).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fly_billing_matches_the_emulators_running_time_across_a_crash() -> Result<()> {
     // One address across the restart, so the machines' agents find the scheduler again.
     let port = shoal_testkit::server::free_port();
     let listen = format!("127.0.0.1:{port}");
     let advertise = format!("http://127.0.0.1:{port}");
+    let faults = Faults {
+        server_error_fraction: 0.10,
+        throttle: Some(ThrottleBursts {
+            every_ms: 5_000,
+            length_ms: 500,
+        }),
+        no_capacity: vec!["ams".into()],
+        ..Default::default()
+    };
     let (emu, mut s, dir) = start_with(
-        Faults::default(),
+        faults,
         &["--listen", &listen, "--advertise-url", &advertise],
     )
     .await?;
