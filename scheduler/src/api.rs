@@ -939,6 +939,25 @@ pub(crate) async fn visible_tenant(
         .ok_or_else(|| ApiError::not_found("tenant", id))
 }
 
+/// The tenant a query is about: the one it names (which the caller must be allowed to see, and
+/// which must exist, else 403 or 404 naming `tenant`), else a tenant key's own, else none (the
+/// admin asking about every tenant).
+pub(crate) async fn scoped_tenant(
+    app: &App,
+    caller: &Caller,
+    requested: Option<&str>,
+) -> Result<Option<String>, ApiError> {
+    match requested {
+        Some(t) => Ok(Some(
+            visible_tenant(app, caller, t)
+                .await
+                .map_err(|e| e.field("tenant"))?
+                .id,
+        )),
+        None => Ok(caller.tenant().map(str::to_string)),
+    }
+}
+
 /// The job `id` if the caller may see it. A tenant key learns nothing of other tenants' jobs, not
 /// even that they exist: those are "not found" too.
 pub(crate) async fn visible_job(

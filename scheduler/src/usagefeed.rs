@@ -275,16 +275,7 @@ pub async fn usage_events(
     q: Result<Query<UsageEventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<axum::Json<UsageEventsPage>, ApiError> {
     let Query(q) = q.map_err(|e| shape_error(&e.body_text()))?;
-    if let Some(t) = &q.tenant {
-        caller.check_tenant(t)?;
-        if app.store.tenant(t).await?.is_none() {
-            return Err(ApiError::not_found("tenant", t).field("tenant"));
-        }
-    }
-    let tenant = q
-        .tenant
-        .clone()
-        .or_else(|| caller.tenant().map(str::to_string));
+    let tenant = crate::api::scoped_tenant(&app, &caller, q.tenant.as_deref()).await?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::invalid(
