@@ -202,10 +202,7 @@ pub(crate) fn command(conn: &Conn, cmd: Option<AuditCommand>) -> Result<String, 
             }
             let (v, _) = call(conn, Method::GET, "/v1/audit", &q, None)?;
             if conn.json {
-                return Ok(format!(
-                    "{}\n",
-                    serde_json::to_string_pretty(&v).unwrap_or_default()
-                ));
+                return Ok(crate::cli::pretty(&v));
             }
             let rows: Vec<Vec<String>> = v["records"]
                 .as_array()

@@ -297,9 +297,13 @@ pub fn run(cmd: OperatorCommand) -> ExitCode {
     }
 }
 
+/// The API's JSON as `--json` prints it: pretty, with a final newline.
+pub(crate) fn pretty(v: &Value) -> String {
+    format!("{}\n", serde_json::to_string_pretty(v).unwrap_or_default())
+}
+
 fn execute(cmd: OperatorCommand) -> Result<String, String> {
     use reqwest::Method;
-    let pretty = |v: &Value| format!("{}\n", serde_json::to_string_pretty(v).unwrap_or_default());
     match cmd {
         OperatorCommand::Tenants {
             conn,
@@ -646,7 +650,6 @@ fn execute(cmd: OperatorCommand) -> Result<String, String> {
 
 fn schedules(conn: &Conn, command: Option<SchedulesCommand>) -> Result<String, String> {
     use reqwest::Method;
-    let pretty = |v: &Value| format!("{}\n", serde_json::to_string_pretty(v).unwrap_or_default());
     const COLS: [&str; 6] = [
         "TENANT",
         "SCHEDULE",
@@ -734,7 +737,6 @@ fn schedules(conn: &Conn, command: Option<SchedulesCommand>) -> Result<String, S
 
 fn webhooks(conn: &Conn, command: Option<WebhooksCommand>) -> Result<String, String> {
     use reqwest::Method;
-    let pretty = |v: &Value| format!("{}\n", serde_json::to_string_pretty(v).unwrap_or_default());
     let endpoint_row = |w: &Value| {
         let events = w["events"]
             .as_array()
