@@ -80,6 +80,8 @@ pub(crate) struct Machine {
     pub phase: Phase,
     /// Calls since the last mutation that the next one may claim (a lease taken before it).
     pub pending_calls: u64,
+    /// Of `pending_calls`, those answered by an injected fault.
+    pub pending_faulted: u64,
     /// When the machine last went `started`, while it runs (`started`, or on its way down).
     pub running_since: Option<i64>,
     /// Milliseconds spent running in earlier runs: the emulator's own record of running time.
@@ -117,6 +119,7 @@ impl Machine {
             pid: None,
             phase: Phase::Other,
             pending_calls: 0,
+            pending_faulted: 0,
             running_since: None,
             running_ms: 0,
         }

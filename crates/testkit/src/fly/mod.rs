@@ -156,6 +156,9 @@ pub struct Stats {
     /// every start call, the lease taken just before it, and the calls made after it until the
     /// next stop, suspend or destroy.
     pub start_calls: u64,
+    /// Of `start_calls`, those the emulator answered with an injected 5xx or 429 (a fault of
+    /// the emulated Fly, not a call Shoal chose to make; each costs one retry by design).
+    pub start_calls_faulted: u64,
 }
 
 impl Stats {
@@ -165,6 +168,19 @@ impl Stats {
             0.0
         } else {
             self.start_calls as f64 / self.starts as f64
+        }
+    }
+
+    /// API calls per accepted start, not counting the calls answered by an injected 5xx or 429.
+    ///
+    /// The gross figure ([`Stats::calls_per_start`]) moves with how many random faults happened
+    /// to land on starts in a run; this one is what Shoal's own choices cost (leases, waits, its
+    /// retries after a fault, region fallbacks), so a bound on it holds however the dice fall.
+    pub fn calls_per_start_net_of_faults(&self) -> f64 {
+        if self.starts == 0 {
+            0.0
+        } else {
+            self.start_calls.saturating_sub(self.start_calls_faulted) as f64 / self.starts as f64
         }
     }
 

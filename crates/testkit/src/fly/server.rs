@@ -236,7 +236,7 @@ impl Shared {
         let machine = matched.path_params.get("machine_id").cloned();
         let query: HashMap<String, String> = matched.query.iter().cloned().collect();
         let scope = machine.clone().unwrap_or_else(|| app.clone());
-        self.count(&op, &scope, machine.as_deref());
+        let charge = self.count(&op, &scope, machine.as_deref());
 
         if self.cfg.enforce_rate_limits {
             let limiter = if op == "Machines_show" {
@@ -257,7 +257,10 @@ impl Shared {
         {
             let phase = (self.epoch.elapsed().as_millis() as u64) % t.every_ms;
             if phase < t.length_ms {
-                lock(&self.stats).injected_429 += 1;
+                let mut st = lock(&self.stats);
+                st.injected_429 += 1;
+                drop(st);
+                self.charge_fault(charge, machine.as_deref());
                 return retry_after(
                     "rate limit exceeded",
                     Duration::from_millis(t.length_ms - phase),
@@ -267,7 +270,10 @@ impl Shared {
         if faults.server_error_fraction > 0.0
             && rand::random::<f64>() < faults.server_error_fraction
         {
-            lock(&self.stats).injected_5xx += 1;
+            let mut st = lock(&self.stats);
+            st.injected_5xx += 1;
+            drop(st);
+            self.charge_fault(charge, machine.as_deref());
             let status = [500, 502, 503][rand::random_range(0..3)];
             return error(status, "internal error (injected by the emulator)");
         }
@@ -328,7 +334,7 @@ impl Shared {
     }
 
     /// Counts a request, and what it adds to the cost of starts (see [`Stats::start_calls`]).
-    fn count(&self, op: &str, scope: &str, machine: Option<&str>) {
+    fn count(&self, op: &str, scope: &str, machine: Option<&str>) -> Charge {
         let mut st = lock(&self.stats);
         st.requests += 1;
         *st.by_action.entry(op.to_string()).or_default() += 1;
@@ -339,26 +345,54 @@ impl Shared {
             .or_default() += 1;
         if op == "Machines_create" {
             st.start_calls += 1;
-            return;
+            return Charge::Start;
         }
-        let Some(id) = machine else { return };
+        let Some(id) = machine else {
+            return Charge::Nothing;
+        };
         let mut world = lock(&self.world);
         let Some(m) = world.machines.get_mut(id) else {
-            return;
+            return Charge::Nothing;
         };
         match op {
             "Machines_start" => {
                 st.start_calls += 1 + m.pending_calls;
+                st.start_calls_faulted += m.pending_faulted;
                 m.pending_calls = 0;
+                m.pending_faulted = 0;
                 m.phase = Phase::Starting;
+                Charge::Start
             }
             "Machines_stop" | "Machines_suspend" | "Machines_delete" => {
                 m.pending_calls = 0;
+                m.pending_faulted = 0;
                 m.phase = Phase::Other;
+                Charge::Nothing
             }
-            "Machines_create_lease" => m.pending_calls += 1,
-            _ if m.phase == Phase::Starting => st.start_calls += 1,
-            _ => {}
+            "Machines_create_lease" => {
+                m.pending_calls += 1;
+                Charge::Pending
+            }
+            _ if m.phase == Phase::Starting => {
+                st.start_calls += 1;
+                Charge::Start
+            }
+            _ => Charge::Nothing,
+        }
+    }
+
+    /// Records that a request counted by [`Self::count`] was answered by an injected fault, so
+    /// [`Stats::start_calls_faulted`] can tell Fly's faults from Shoal's own calls.
+    fn charge_fault(&self, charge: Charge, machine: Option<&str>) {
+        match charge {
+            Charge::Nothing => {}
+            Charge::Start => lock(&self.stats).start_calls_faulted += 1,
+            Charge::Pending => {
+                let Some(id) = machine else { return };
+                if let Some(m) = lock(&self.world).machines.get_mut(id) {
+                    m.pending_faulted += 1;
+                }
+            }
         }
     }
 
@@ -910,4 +944,14 @@ impl Shared {
 
 fn fly_nonce_header() -> &'static str {
     "fly-machine-lease-nonce"
+}
+
+/// What a request adds to the cost of starts.
+#[derive(Clone, Copy)]
+enum Charge {
+    Nothing,
+    /// Counted in [`Stats::start_calls`] now.
+    Start,
+    /// A lease, counted when the start it prepares comes.
+    Pending,
 }
