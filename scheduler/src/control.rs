@@ -820,7 +820,7 @@ pub async fn snapshot(
             }
         }
         sizes.insert(t.id.clone(), limits.sandbox_size);
-        let idle_action = if app.cfg.idle_action == "suspend" && caps.suspend {
+        let idle_action = if app.cfg.idle_action == IdleAction::Suspend && caps.suspend {
             IdleAction::Suspend
         } else {
             IdleAction::Stop

@@ -1,6 +1,7 @@
 //! The Shoal scheduler: HTTP API (axum), admission, dispatcher, the control loop's wiring, and the
 //! operator CLI. Thin: it wires the crates (planner, store, fleet, metering) together.
 
+pub mod admission;
 pub mod api;
 pub mod audit;
 pub mod auth;
@@ -133,8 +134,9 @@ pub fn build_provider(
     cfg: &Config,
     sink: shoal_fleet::ObservationSink,
 ) -> anyhow::Result<Arc<dyn Provider>> {
-    Ok(match cfg.provider.as_str() {
-        "process" => {
+    use config::ProviderKind;
+    Ok(match cfg.provider {
+        ProviderKind::Process => {
             let root = cfg.data_dir.join("sandboxes");
             std::fs::create_dir_all(&root)
                 .with_context(|| format!("creating {}", root.display()))?;
@@ -165,7 +167,7 @@ pub fn build_provider(
                 sink,
             ))
         }
-        "fly" => {
+        ProviderKind::Fly => {
             let fly = cfg
                 .fly
                 .clone()
@@ -173,14 +175,14 @@ pub fn build_provider(
             let token = cfg.fly_token.clone().context("FLY_API_TOKEN is required")?;
             Arc::new(shoal_fleet::fly::FlyProvider::new(fly, token, sink)?)
         }
-        "docker" => {
+        ProviderKind::Docker => {
             let mut docker = cfg.docker.clone().unwrap_or_default();
             if docker.agent_bin.is_none() {
                 docker.agent_bin = Some(cfg.agent_bin.clone());
             }
             Arc::new(shoal_fleet::docker::DockerProvider::new(docker, sink)?)
         }
-        "kubernetes" => {
+        ProviderKind::Kubernetes => {
             let k8s = cfg
                 .kubernetes
                 .clone()
@@ -193,7 +195,6 @@ pub fn build_provider(
             })?;
             Arc::new(provider)
         }
-        other => anyhow::bail!("provider `{other}` is not available in this build"),
     })
 }
 
@@ -223,7 +224,7 @@ async fn ingress(app: Arc<App>, queue: shoal_store::ingress::IngressQueue) {
     let admit = move |job: IngressJob| {
         let app = Arc::clone(&admit_app);
         async move {
-            let req = api::Enqueue {
+            let req = admission::Enqueue {
                 tenant: job.tenant,
                 kind: job.kind,
                 spec: job.spec,
@@ -235,7 +236,7 @@ async fn ingress(app: Arc<App>, queue: shoal_store::ingress::IngressQueue) {
                 run_at: None,
                 delay_s: None,
             };
-            match api::admit(&app, req, &shoal_core::audit::Actor::system("ingress")).await {
+            match admission::admit(&app, req, &shoal_core::audit::Actor::system("ingress")).await {
                 Ok(_) => Ok(()),
                 Err(e) if e.code == "rate_limited" || e.status.is_server_error() => {
                     Err(AdmitError::Retry {
@@ -281,7 +282,7 @@ pub async fn serve(
     let provider = build_provider(&cfg, sink)?;
     // With the kubernetes provider, replicas elect their leader through a Lease.
     let k8s_lease = match &cfg.kubernetes {
-        Some(k) if cfg.provider == "kubernetes" => {
+        Some(k) if cfg.provider == config::ProviderKind::Kubernetes => {
             let client = tokio::task::block_in_place(|| {
                 tokio::runtime::Handle::current().block_on(shoal_fleet::kubernetes::client(k))
             })?;
