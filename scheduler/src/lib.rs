@@ -41,8 +41,11 @@ use shoal_fleet::Provider;
 use shoal_fleet::process::{ProcessConfig, ProcessProvider};
 use shoal_store::Store;
 use state::App;
+use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Where the admin token came from, as the start banner says.
 enum TokenSource {
@@ -329,16 +332,19 @@ pub async fn serve(
         tokio::spawn(bus.listen(Arc::downgrade(&app)));
     }
     let control = control::Control::new(Arc::clone(&app), leadership);
-    let control_task = tokio::spawn(Arc::clone(&control).run(observations, followers));
-    let live_task = tokio::spawn(live::run(Arc::clone(&app)));
-    let delivery_task = tokio::spawn(delivery::run(Arc::clone(&app), holder.clone()));
-    let audit_task = tokio::spawn(audit::run(Arc::clone(&app)));
-    let retention_task = tokio::spawn(retention::run(Arc::clone(&app), Arc::clone(&control)));
-    let usage_task = tokio::spawn(usagefeed::run(Arc::clone(&app), Arc::clone(&control)));
-    let schedules_task = tokio::spawn(schedules::run(Arc::clone(&app), Arc::clone(&control)));
-    let ingress_task = ingress_queue(&app.cfg)
-        .await?
-        .map(|queue| tokio::spawn(ingress(Arc::clone(&app), queue)));
+    // The background tasks, awaited together at shutdown.
+    let tasks = TaskTracker::new();
+    tasks.spawn(Arc::clone(&control).run(observations, followers));
+    tasks.spawn(live::run(Arc::clone(&app)));
+    tasks.spawn(delivery::run(Arc::clone(&app), holder.clone()));
+    tasks.spawn(audit::run(Arc::clone(&app)));
+    tasks.spawn(retention::run(Arc::clone(&app), Arc::clone(&control)));
+    tasks.spawn(usagefeed::run(Arc::clone(&app), Arc::clone(&control)));
+    tasks.spawn(schedules::run(Arc::clone(&app), Arc::clone(&control)));
+    if let Some(queue) = ingress_queue(&app.cfg).await? {
+        tasks.spawn(ingress(Arc::clone(&app), queue));
+    }
+    tasks.close();
 
     let host = if addr.ip().is_unspecified() {
         "127.0.0.1".to_string()
@@ -402,15 +408,14 @@ pub async fn serve(
         tracing::warn!(warning = %w, insecure_shared_host = app.cfg.insecure_shared_host, "sandboxes are not isolated");
     }
 
-    let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    // The HTTP server outlives the background tasks, so agents can hand their jobs back.
+    let http_stop = CancellationToken::new();
     let router = api::router(Arc::clone(&app));
-    let server = tokio::spawn(async move {
+    let server = tokio::spawn(
         axum::serve(wire::JsonErrors(listener), router)
-            .with_graceful_shutdown(async {
-                let _ = http_stop_rx.await;
-            })
-            .await
-    });
+            .with_graceful_shutdown(http_stop.clone().cancelled_owned())
+            .into_future(),
+    );
     stop.await;
     tracing::info!("shutting down: stopping sandboxes");
     // Agents waiting for work are told to stop; busy ones finish or hand their job back while the
@@ -419,17 +424,8 @@ pub async fn serve(
     control.settle(Duration::from_secs(20)).await;
     provider.shutdown().await;
     app.provider_stopped.send_replace(true);
-    let _ = control_task.await;
-    let _ = live_task.await;
-    let _ = delivery_task.await;
-    let _ = audit_task.await;
-    let _ = retention_task.await;
-    let _ = usage_task.await;
-    let _ = schedules_task.await;
-    if let Some(t) = ingress_task {
-        let _ = t.await;
-    }
-    let _ = http_stop_tx.send(());
+    tasks.wait().await;
+    http_stop.cancel();
     match tokio::time::timeout(Duration::from_secs(5), server).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),
         Err(_) => tracing::warn!("HTTP server did not stop in time"),

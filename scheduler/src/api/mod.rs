@@ -24,9 +24,28 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
+use std::time::Duration;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+
+/// The longest a request may take to answer (its head; a streamed body may go on): two minutes,
+/// twice the longest wait a request may ask for (a 60 s long poll).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The span every request's logs carry: its method, path and `x-request-id` (the caller's, or a
+/// new UUID; the answer carries it back).
+fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+}
 
 /// Largest request body: 32 MiB.
 pub const MAX_BODY: usize = 32 * 1024 * 1024;
@@ -91,11 +110,19 @@ pub fn router(app: Arc<App>) -> Router {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        // Inside the guard, so a timeout's 408 is answered in the JSON error shape (`timeout`).
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
         .layer(axum::middleware::from_fn(crate::guard::layer))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&app),
             crate::metrics::http_layer,
         ))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(app)
 }
 
