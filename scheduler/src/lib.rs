@@ -222,7 +222,6 @@ async fn ingress_queue(cfg: &Config) -> anyhow::Result<Option<shoal_store::ingre
 async fn ingress(app: Arc<App>, queue: shoal_store::ingress::IngressQueue) {
     use shoal_store::ingress::{AdmitError, ConsumerConfig, IngressJob, run_ingress};
     let worker = format!("{}-{}", hostname(), std::process::id());
-    let mut shutdown = app.shutdown.subscribe();
     let admit_app = Arc::clone(&app);
     let admit = move |job: IngressJob| {
         let app = Arc::clone(&admit_app);
@@ -254,9 +253,12 @@ async fn ingress(app: Arc<App>, queue: shoal_store::ingress::IngressQueue) {
             }
         }
     };
-    run_ingress(queue, ConsumerConfig::new(worker), admit, async move {
-        let _ = shutdown.wait_for(|s| *s).await;
-    })
+    run_ingress(
+        queue,
+        ConsumerConfig::new(worker),
+        admit,
+        app.shutdown.clone().cancelled_owned(),
+    )
     .await;
 }
 
@@ -420,7 +422,7 @@ pub async fn serve(
     tracing::info!("shutting down: stopping sandboxes");
     // Agents waiting for work are told to stop; busy ones finish or hand their job back while the
     // API still answers them.
-    app.shutdown.send_replace(true);
+    app.shutdown.cancel();
     control.settle(Duration::from_secs(20)).await;
     provider.shutdown().await;
     app.provider_stopped.send_replace(true);

@@ -469,12 +469,11 @@ async fn skip_fire(
 /// Fires due schedules while this replica leads, until shutdown: at each earliest fire time, and
 /// at least every [`FIRE_EVERY`].
 pub async fn run(app: Arc<App>, control: Arc<Control>) {
-    let mut shutdown = app.shutdown.subscribe();
     let mut wait = FIRE_EVERY;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
+            _ = app.shutdown.cancelled() => return,
         }
         wait = FIRE_EVERY;
         if !control.leads() || app.is_shutting_down() {

@@ -36,7 +36,6 @@ pub(crate) async fn agent_lease(
     let wait = Duration::from_millis(req.wait_ms.unwrap_or(20_000).min(60_000));
     let deadline = tokio::time::Instant::now() + wait;
     let signal = app.tenant_signal(&sandbox.tenant);
-    let mut shutdown = app.shutdown.subscribe();
     let mut was_booting = sandbox.state == SandboxState::Booting;
     loop {
         if app.is_shutting_down() {
@@ -111,7 +110,7 @@ pub(crate) async fn agent_lease(
                     _ = &mut notified => continue,
                     _ = tokio::time::sleep_until(wake), if wake < deadline => continue,
                     _ = tokio::time::sleep_until(deadline) => return Ok(Json(LeaseResponse::Idle)),
-                    _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return Ok(Json(LeaseResponse::Stop)),
+                    _ = app.shutdown.cancelled() => return Ok(Json(LeaseResponse::Stop)),
                 }
             }
         }
@@ -280,6 +279,7 @@ pub(crate) async fn agent_complete(
 mod tests {
     use super::*;
 
+    #[test]
     fn a_too_deep_or_too_large_completion_fails_its_job() {
         let deep = format!(
             r#"{{"job_id":"j","lease_id":"l","outcome":"succeeded","result":{}1{}}}"#,
