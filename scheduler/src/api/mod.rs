@@ -93,7 +93,7 @@ pub fn router(app: Arc<App>) -> Router {
     let doc = Arc::new(
         serde_json::to_string_pretty(&crate::openapi::finish(doc)).unwrap_or_else(|_| "{}".into()),
     );
-    router
+    let router = router
         .route(
             "/openapi.json",
             axum::routing::get(move || {
@@ -109,21 +109,32 @@ pub fn router(app: Arc<App>) -> Router {
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        // Inside the guard, so a timeout's 408 is answered in the JSON error shape (`timeout`).
+        .layer(DefaultBodyLimit::max(MAX_BODY));
+    let bounded = guarded(router, REQUEST_TIMEOUT).layer(axum::middleware::from_fn_with_state(
+        Arc::clone(&app),
+        crate::metrics::http_layer,
+    ));
+    with_request_ids(bounded).with_state(app)
+}
+
+/// The guard in front of every route (`crate::guard`), and inside it the request's time bound, so
+/// a timeout's 408 is answered in the JSON error shape (`timeout`) like every other error.
+fn guarded<S: Clone + Send + Sync + 'static>(router: Router<S>, timeout: Duration) -> Router<S> {
+    router
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
-            REQUEST_TIMEOUT,
+            timeout,
         ))
         .layer(axum::middleware::from_fn(crate::guard::layer))
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&app),
-            crate::metrics::http_layer,
-        ))
+}
+
+/// The outermost layers: `x-request-id` set (the caller's, else a new UUID), carried by the
+/// request's span (`TraceLayer`) and sent back on the answer.
+fn with_request_ids<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> {
+    router
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-        .with_state(app)
 }
 
 /// Alive.
@@ -237,4 +248,55 @@ pub(crate) async fn visible_job(
         .check_tenant(&job.tenant)
         .map_err(|_| ApiError::not_found("job", id))?;
     Ok(job)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    /// A handler slower than the bound, behind the API's own layers, on a paused clock.
+    fn slow() -> Router {
+        let r = Router::new().route(
+            "/slow",
+            axum::routing::get(|| async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                "late"
+            }),
+        );
+        with_request_ids(guarded(r, Duration::from_secs(1)))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_past_its_time_gets_a_json_408() {
+        let r = slow()
+            .oneshot(Request::get("/slow").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::REQUEST_TIMEOUT);
+        let id = r.headers().get("x-request-id").expect("a request id");
+        assert_eq!(id.len(), 36, "a UUID: {id:?}");
+        let body = axum::body::to_bytes(r.into_body(), 64 * 1024)
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "timeout", "{v}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_callers_request_id_comes_back() {
+        let r = slow()
+            .oneshot(
+                Request::get("/nowhere")
+                    .header("x-request-id", "req-42")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        assert_eq!(r.headers()["x-request-id"], "req-42");
+    }
 }
