@@ -299,4 +299,38 @@ mod tests {
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
         assert_eq!(r.headers()["x-request-id"], "req-42");
     }
+
+    /// docs/api.md's route table is the router's: every served operation, and nothing else.
+    #[test]
+    fn the_route_table_in_docs_is_the_routers() {
+        let doc = crate::openapi::document();
+        let mut served: Vec<String> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .flat_map(|(path, ops)| {
+                ops.as_object()
+                    .unwrap()
+                    .keys()
+                    .filter(|m| ["get", "put", "post", "delete", "patch"].contains(&m.as_str()))
+                    .map(move |m| format!("{} {path}", m.to_uppercase()))
+            })
+            .collect();
+        served.push("GET /openapi.json".into());
+        served.sort();
+        let text = include_str!("../../../docs/api.md");
+        let mut listed: Vec<String> = text
+            .lines()
+            .filter_map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                let method = *cells.get(1)?;
+                let path = cells.get(2)?.trim_matches('`');
+                ["GET", "PUT", "POST", "DELETE", "PATCH"]
+                    .contains(&method)
+                    .then(|| format!("{method} {path}"))
+            })
+            .collect();
+        listed.sort();
+        assert_eq!(listed, served);
+    }
 }
