@@ -39,11 +39,10 @@ pub async fn seal(app: &App, rounds: u32) -> Result<u64, shoal_store::StoreError
 /// Seals pending records every second until shutdown. Every replica runs it; the store makes
 /// sealers take turns, so each record is sealed once.
 pub async fn run(app: Arc<App>) {
-    let mut shutdown = app.shutdown.subscribe();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(SEAL_EVERY) => {}
-            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
+            _ = app.shutdown.cancelled() => break,
         }
         if let Err(e) = seal(&app, 20).await {
             tracing::warn!(error = %e, "sealing the audit log failed");

@@ -2,8 +2,9 @@
 //! `[prices]`) against `limits.monthly_budget`. The leader sends `budget.warning` at 80% and
 //! `budget.exceeded` at 100%, once per month each (an operators' event, an outbox event fanned out
 //! to webhooks, in one transaction), and sets `shoal_budget_usage_ratio`; with
-//! `on_budget_exceeded = "block"`, admission refuses new jobs with 429 `budget_exceeded` from the
-//! first admission at or past 100%, never before.
+//! `on_budget_exceeded = "block"`, admission (`crate::admission::budget`) refuses new jobs with 429
+//! `budget_exceeded` from the first admission at or past 100%, never before; a schedule's fire is
+//! refused the same way and recorded as `schedule_skipped`.
 
 use crate::state::App;
 use shoal_core::{Limits, Millis};

@@ -135,11 +135,10 @@ impl Control {
     /// Contends for leadership until shutdown; while leading, reconciles once and keeps
     /// confirming the lease on leadership.
     async fn lead(self: Arc<Self>) {
-        let mut shutdown = self.app.shutdown.subscribe();
         loop {
             let epoch = tokio::select! {
                 e = self.leadership.acquire() => e,
-                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
+                _ = self.app.shutdown.cancelled() => return,
             };
             if let Err(e) = self.reconcile(true).await {
                 tracing::error!(error = %e, "reconciling with the provider failed");
@@ -151,7 +150,7 @@ impl Control {
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(LEADER_CHECK) => {}
-                    _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
+                    _ = self.app.shutdown.cancelled() => return,
                 }
                 if !self.leadership.check(epoch).await {
                     self.epoch.store(0, Ordering::SeqCst);
@@ -192,7 +191,6 @@ impl Control {
             }
         });
         let mut last_collect = Instant::now();
-        let mut shutdown = self.app.shutdown.subscribe();
         let mut next_pass = Instant::now();
         loop {
             tokio::select! {
@@ -205,7 +203,7 @@ impl Control {
                         tracing::warn!(error = %e, "expiring leases failed");
                     }
                 }
-                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
+                _ = self.app.shutdown.cancelled() => break,
             }
             if !self.leads() {
                 continue;
@@ -820,7 +818,7 @@ pub async fn snapshot(
             }
         }
         sizes.insert(t.id.clone(), limits.sandbox_size);
-        let idle_action = if app.cfg.idle_action == "suspend" && caps.suspend {
+        let idle_action = if app.cfg.idle_action == IdleAction::Suspend && caps.suspend {
             IdleAction::Suspend
         } else {
             IdleAction::Stop

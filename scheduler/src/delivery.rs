@@ -200,7 +200,6 @@ pub async fn run(app: Arc<App>, owner: String) {
             return;
         }
     };
-    let mut shutdown = app.shutdown.subscribe();
     let mut inflight: JoinSet<()> = JoinSet::new();
     loop {
         if app.is_shutting_down() {
@@ -247,7 +246,7 @@ pub async fn run(app: Arc<App>, owner: String) {
         tokio::select! {
             _ = &mut woken => {}
             _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.wait_for(|s| *s) => break,
+            _ = app.shutdown.cancelled() => break,
         }
     }
     // Attempts under way finish (each is bounded by its timeout), so a clean stop sends no

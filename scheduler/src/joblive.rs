@@ -25,7 +25,7 @@ use shoal_store::{JobRecord, LogAppend, StoreError};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use utoipa::IntoParams;
 
 /// The most bytes of output read from the store and sent at a time.
@@ -48,10 +48,6 @@ pub fn parse_wait_s(raw: Option<&str>) -> Result<Duration, ApiError> {
 }
 
 /// Resolves when the scheduler starts shutting down.
-async fn shutting_down(mut rx: watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
-}
-
 /// The job once it has ended, or as it is when `wait` has passed (or the scheduler is stopping).
 pub async fn wait_for_end(
     app: &App,
@@ -78,7 +74,7 @@ pub async fn wait_for_end(
             _ = watcher.state_changed() => {}
             _ = tokio::time::sleep(app.cfg.job_recheck) => {}
             _ = tokio::time::sleep_until(deadline) => break,
-            _ = shutting_down(app.shutdown.subscribe()) => break,
+            _ = app.shutdown.cancelled() => break,
         }
     }
     app.store
@@ -121,7 +117,7 @@ pub async fn logs(
         return Err(ApiError::unavailable("shutting down"));
     }
     let reader = LogReader {
-        shutdown: app.shutdown.subscribe(),
+        shutdown: app.shutdown.clone(),
         app,
         id: job.id,
         at: 0,
@@ -156,7 +152,7 @@ struct LogReader {
     at: u64,
     /// Set when following.
     watcher: Option<Watcher>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
     done: bool,
 }
 
@@ -196,7 +192,7 @@ impl LogReader {
             tokio::select! {
                 _ = watcher.changed() => {}
                 _ = tokio::time::sleep(self.app.cfg.job_recheck) => {}
-                _ = shutting_down(self.shutdown.clone()) => return Ok(None),
+                _ = self.shutdown.cancelled() => return Ok(None),
             }
         }
     }

@@ -1,6 +1,7 @@
 //! The Shoal scheduler: HTTP API (axum), admission, dispatcher, the control loop's wiring, and the
 //! operator CLI. Thin: it wires the crates (planner, store, fleet, metering) together.
 
+pub mod admission;
 pub mod api;
 pub mod audit;
 pub mod auth;
@@ -40,8 +41,11 @@ use shoal_fleet::Provider;
 use shoal_fleet::process::{ProcessConfig, ProcessProvider};
 use shoal_store::Store;
 use state::App;
+use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Where the admin token came from, as the start banner says.
 enum TokenSource {
@@ -133,8 +137,9 @@ pub fn build_provider(
     cfg: &Config,
     sink: shoal_fleet::ObservationSink,
 ) -> anyhow::Result<Arc<dyn Provider>> {
-    Ok(match cfg.provider.as_str() {
-        "process" => {
+    use config::ProviderKind;
+    Ok(match cfg.provider {
+        ProviderKind::Process => {
             let root = cfg.data_dir.join("sandboxes");
             std::fs::create_dir_all(&root)
                 .with_context(|| format!("creating {}", root.display()))?;
@@ -165,7 +170,7 @@ pub fn build_provider(
                 sink,
             ))
         }
-        "fly" => {
+        ProviderKind::Fly => {
             let fly = cfg
                 .fly
                 .clone()
@@ -173,14 +178,14 @@ pub fn build_provider(
             let token = cfg.fly_token.clone().context("FLY_API_TOKEN is required")?;
             Arc::new(shoal_fleet::fly::FlyProvider::new(fly, token, sink)?)
         }
-        "docker" => {
+        ProviderKind::Docker => {
             let mut docker = cfg.docker.clone().unwrap_or_default();
             if docker.agent_bin.is_none() {
                 docker.agent_bin = Some(cfg.agent_bin.clone());
             }
             Arc::new(shoal_fleet::docker::DockerProvider::new(docker, sink)?)
         }
-        "kubernetes" => {
+        ProviderKind::Kubernetes => {
             let k8s = cfg
                 .kubernetes
                 .clone()
@@ -193,7 +198,6 @@ pub fn build_provider(
             })?;
             Arc::new(provider)
         }
-        other => anyhow::bail!("provider `{other}` is not available in this build"),
     })
 }
 
@@ -218,12 +222,11 @@ async fn ingress_queue(cfg: &Config) -> anyhow::Result<Option<shoal_store::ingre
 async fn ingress(app: Arc<App>, queue: shoal_store::ingress::IngressQueue) {
     use shoal_store::ingress::{AdmitError, ConsumerConfig, IngressJob, run_ingress};
     let worker = format!("{}-{}", hostname(), std::process::id());
-    let mut shutdown = app.shutdown.subscribe();
     let admit_app = Arc::clone(&app);
     let admit = move |job: IngressJob| {
         let app = Arc::clone(&admit_app);
         async move {
-            let req = api::Enqueue {
+            let req = admission::Enqueue {
                 tenant: job.tenant,
                 kind: job.kind,
                 spec: job.spec,
@@ -235,7 +238,7 @@ async fn ingress(app: Arc<App>, queue: shoal_store::ingress::IngressQueue) {
                 run_at: None,
                 delay_s: None,
             };
-            match api::admit(&app, req, &shoal_core::audit::Actor::system("ingress")).await {
+            match admission::admit(&app, req, &shoal_core::audit::Actor::system("ingress")).await {
                 Ok(_) => Ok(()),
                 Err(e) if e.code == "rate_limited" || e.status.is_server_error() => {
                     Err(AdmitError::Retry {
@@ -250,9 +253,12 @@ async fn ingress(app: Arc<App>, queue: shoal_store::ingress::IngressQueue) {
             }
         }
     };
-    run_ingress(queue, ConsumerConfig::new(worker), admit, async move {
-        let _ = shutdown.wait_for(|s| *s).await;
-    })
+    run_ingress(
+        queue,
+        ConsumerConfig::new(worker),
+        admit,
+        app.shutdown.clone().cancelled_owned(),
+    )
     .await;
 }
 
@@ -281,7 +287,7 @@ pub async fn serve(
     let provider = build_provider(&cfg, sink)?;
     // With the kubernetes provider, replicas elect their leader through a Lease.
     let k8s_lease = match &cfg.kubernetes {
-        Some(k) if cfg.provider == "kubernetes" => {
+        Some(k) if cfg.provider == config::ProviderKind::Kubernetes => {
             let client = tokio::task::block_in_place(|| {
                 tokio::runtime::Handle::current().block_on(shoal_fleet::kubernetes::client(k))
             })?;
@@ -328,16 +334,19 @@ pub async fn serve(
         tokio::spawn(bus.listen(Arc::downgrade(&app)));
     }
     let control = control::Control::new(Arc::clone(&app), leadership);
-    let control_task = tokio::spawn(Arc::clone(&control).run(observations, followers));
-    let live_task = tokio::spawn(live::run(Arc::clone(&app)));
-    let delivery_task = tokio::spawn(delivery::run(Arc::clone(&app), holder.clone()));
-    let audit_task = tokio::spawn(audit::run(Arc::clone(&app)));
-    let retention_task = tokio::spawn(retention::run(Arc::clone(&app), Arc::clone(&control)));
-    let usage_task = tokio::spawn(usagefeed::run(Arc::clone(&app), Arc::clone(&control)));
-    let schedules_task = tokio::spawn(schedules::run(Arc::clone(&app), Arc::clone(&control)));
-    let ingress_task = ingress_queue(&app.cfg)
-        .await?
-        .map(|queue| tokio::spawn(ingress(Arc::clone(&app), queue)));
+    // The background tasks, awaited together at shutdown.
+    let tasks = TaskTracker::new();
+    tasks.spawn(Arc::clone(&control).run(observations, followers));
+    tasks.spawn(live::run(Arc::clone(&app)));
+    tasks.spawn(delivery::run(Arc::clone(&app), holder.clone()));
+    tasks.spawn(audit::run(Arc::clone(&app)));
+    tasks.spawn(retention::run(Arc::clone(&app), Arc::clone(&control)));
+    tasks.spawn(usagefeed::run(Arc::clone(&app), Arc::clone(&control)));
+    tasks.spawn(schedules::run(Arc::clone(&app), Arc::clone(&control)));
+    if let Some(queue) = ingress_queue(&app.cfg).await? {
+        tasks.spawn(ingress(Arc::clone(&app), queue));
+    }
+    tasks.close();
 
     let host = if addr.ip().is_unspecified() {
         "127.0.0.1".to_string()
@@ -401,34 +410,24 @@ pub async fn serve(
         tracing::warn!(warning = %w, insecure_shared_host = app.cfg.insecure_shared_host, "sandboxes are not isolated");
     }
 
-    let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    // The HTTP server outlives the background tasks, so agents can hand their jobs back.
+    let http_stop = CancellationToken::new();
     let router = api::router(Arc::clone(&app));
-    let server = tokio::spawn(async move {
+    let server = tokio::spawn(
         axum::serve(wire::JsonErrors(listener), router)
-            .with_graceful_shutdown(async {
-                let _ = http_stop_rx.await;
-            })
-            .await
-    });
+            .with_graceful_shutdown(http_stop.clone().cancelled_owned())
+            .into_future(),
+    );
     stop.await;
     tracing::info!("shutting down: stopping sandboxes");
     // Agents waiting for work are told to stop; busy ones finish or hand their job back while the
     // API still answers them.
-    app.shutdown.send_replace(true);
+    app.shutdown.cancel();
     control.settle(Duration::from_secs(20)).await;
     provider.shutdown().await;
     app.provider_stopped.send_replace(true);
-    let _ = control_task.await;
-    let _ = live_task.await;
-    let _ = delivery_task.await;
-    let _ = audit_task.await;
-    let _ = retention_task.await;
-    let _ = usage_task.await;
-    let _ = schedules_task.await;
-    if let Some(t) = ingress_task {
-        let _ = t.await;
-    }
-    let _ = http_stop_tx.send(());
+    tasks.wait().await;
+    http_stop.cancel();
     match tokio::time::timeout(Duration::from_secs(5), server).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),
         Err(_) => tracing::warn!("HTTP server did not stop in time"),

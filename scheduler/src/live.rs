@@ -243,7 +243,6 @@ struct Slow {
 
 /// Runs the sampler until shutdown.
 pub async fn run(app: Arc<App>) {
-    let mut shutdown = app.shutdown.subscribe();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last_seq = match app.store.events(None, 1).await {
@@ -254,7 +253,7 @@ pub async fn run(app: Arc<App>) {
     for n in 0u64.. {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
+            _ = app.shutdown.cancelled() => return,
         }
         let sample_now = n % SAMPLE_EVERY == 0;
         if let Err(e) = pass(&app, &mut slow, sample_now, &mut last_seq).await {
@@ -491,7 +490,6 @@ pub async fn stream(
     }
     let mut overviews = app.live.overview.subscribe();
     let mut feed = app.live.feed.subscribe();
-    let mut shutdown = app.shutdown.subscribe();
     let (tx, rx) = mpsc::channel::<Event>(64);
     tokio::spawn(async move {
         let first = overviews.borrow_and_update().for_caller(&caller);
@@ -521,7 +519,7 @@ pub async fn stream(
                     Err(broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
-                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
+                _ = app.shutdown.cancelled() => return,
                 _ = tx.closed() => return,
             };
             if tx.send(ev).await.is_err() {

@@ -43,11 +43,10 @@ pub async fn run(app: Arc<App>, control: Arc<Control>) {
     let Some(keep) = app.cfg.retention else {
         return;
     };
-    let mut shutdown = app.shutdown.subscribe();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(pass_every(keep)) => {}
-            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
+            _ = app.shutdown.cancelled() => return,
         }
         if !control.leads() {
             continue;

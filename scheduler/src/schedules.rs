@@ -13,7 +13,7 @@
 //! Catch-up: when fire times were missed (no scheduler ran through them), only the latest of
 //! them is run, once, at once; the schedule then continues from the first fire time after now.
 
-use crate::api::{Enqueue, check};
+use crate::admission::{Enqueue, check};
 use crate::auth::Caller;
 use crate::control::Control;
 use crate::error::{ApiError, Body};
@@ -200,7 +200,8 @@ fn enqueue_of(tenant: &str, job: &Value) -> Result<Enqueue, ApiError> {
     }
     let mut body = job.clone();
     body["tenant"] = Value::String(tenant.to_string());
-    crate::error::parse_object_with(body, crate::api::ENQUEUE_INTEGERS).map_err(|e| e.field("job"))
+    crate::error::parse_object_with(body, crate::admission::ENQUEUE_INTEGERS)
+        .map_err(|e| e.field("job"))
 }
 
 /// Creates or replaces a schedule. Replacing it starts it afresh from now: a fire time already
@@ -372,38 +373,16 @@ async fn fire_one(
         }
         Err(e) => {
             // Stored before a rule it breaks: the fire time passes without a job.
-            tracing::warn!(schedule = %schedule, error = %e.message, "a schedule's job is no longer valid; fire skipped");
-            let _ = app
-                .store
-                .record_event(Some(&s.tenant), now, "schedule_skipped", &serde_json::json!({"schedule": schedule, "fire_at": rfc3339(fire), "error": e.message}))
-                .await;
-            // Move on all the same, so the schedule does not retry this fire forever.
-            if app
-                .store
-                .schedule(&s.tenant, &s.name)
-                .await?
-                .and_then(|n| n.next_fire_at)
-                == Some(claimed)
-            {
-                app.store
-                    .put_schedule(
-                        &NewSchedule {
-                            tenant: s.tenant.clone(),
-                            name: s.name.clone(),
-                            cron: s.cron.clone(),
-                            timezone: s.timezone.clone(),
-                            job: s.job.clone(),
-                            next_fire_at: after,
-                            now,
-                        },
-                        &shoal_core::audit::Actor::system("schedule"),
-                    )
-                    .await?;
-            }
+            skip_fire(app, s, claimed, fire, after, now, &e).await?;
             return Ok(false);
         }
     };
     let limits = tenant.limits();
+    // The budget rule, as for every admission: a blocked tenant's fire passes without a job.
+    if let Some(e) = crate::admission::budget(app, &s.tenant, &limits, now).await? {
+        skip_fire(app, s, claimed, fire, after, now, &e).await?;
+        return Ok(false);
+    }
     let period = shoal_metering::month_of(now);
     let out = app
         .store
@@ -438,15 +417,63 @@ async fn fire_one(
     }
 }
 
+/// A fire time of `s` that admission refused (`refusal`: a rule its job breaks, or the tenant's
+/// budget block): it passes without a job, recorded as an event `schedule_skipped` with the
+/// refusal's code and message, and the schedule moves on from `claimed` to `after` so it does not
+/// retry this fire forever.
+async fn skip_fire(
+    app: &App,
+    s: &ScheduleRecord,
+    claimed: Millis,
+    fire: Millis,
+    after: Option<Millis>,
+    now: Millis,
+    refusal: &ApiError,
+) -> Result<(), shoal_store::StoreError> {
+    let schedule = format!("{}/{}", s.tenant, s.name);
+    tracing::warn!(schedule = %schedule, code = refusal.code, error = %refusal.message, "a schedule's fire was refused by admission; fire skipped");
+    let _ = app
+        .store
+        .record_event(
+            Some(&s.tenant),
+            now,
+            "schedule_skipped",
+            &serde_json::json!({"schedule": schedule, "fire_at": rfc3339(fire), "code": refusal.code, "error": refusal.message}),
+        )
+        .await;
+    if app
+        .store
+        .schedule(&s.tenant, &s.name)
+        .await?
+        .and_then(|n| n.next_fire_at)
+        == Some(claimed)
+    {
+        app.store
+            .put_schedule(
+                &NewSchedule {
+                    tenant: s.tenant.clone(),
+                    name: s.name.clone(),
+                    cron: s.cron.clone(),
+                    timezone: s.timezone.clone(),
+                    job: s.job.clone(),
+                    next_fire_at: after,
+                    now,
+                },
+                &shoal_core::audit::Actor::system("schedule"),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
 /// Fires due schedules while this replica leads, until shutdown: at each earliest fire time, and
 /// at least every [`FIRE_EVERY`].
 pub async fn run(app: Arc<App>, control: Arc<Control>) {
-    let mut shutdown = app.shutdown.subscribe();
     let mut wait = FIRE_EVERY;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
+            _ = app.shutdown.cancelled() => return,
         }
         wait = FIRE_EVERY;
         if !control.leads() || app.is_shutting_down() {

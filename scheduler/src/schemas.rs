@@ -52,7 +52,7 @@ fn agent_spec() -> Value {
                 "additionalProperties": no_nul(),
             },
             "workdir": nullable(json!({"type": "string", "minLength": 1, "pattern": "^[^\\u0000]*$"})),
-            "timeout_s": nullable(int(1, crate::api::MAX_TIMEOUT_S)),
+            "timeout_s": nullable(int(1, crate::admission::MAX_TIMEOUT_S)),
         },
     })
 }
@@ -173,10 +173,10 @@ pub fn enqueue() -> Value {
                 },
                 "priority": nullable(int(-1000, 1000)),
                 "max_attempts": nullable(int(1, 100)),
-                "timeout_s": nullable(int(1, crate::api::MAX_TIMEOUT_S)),
+                "timeout_s": nullable(int(1, crate::admission::MAX_TIMEOUT_S)),
                 "retry": nullable(retry()),
                 "run_at": {"type": ["string", "null"], "format": "date-time"},
-                "delay_s": nullable(int(0, crate::api::MAX_DELAY_S)),
+                "delay_s": nullable(int(0, crate::admission::MAX_DELAY_S)),
             },
         })
     };

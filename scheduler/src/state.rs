@@ -10,6 +10,7 @@ use shoal_store::Store;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
 
 /// Everything the handlers and background tasks share.
 pub struct App {
@@ -31,8 +32,8 @@ pub struct App {
     pub desired: RwLock<HashMap<String, u32>>,
     /// When each tenant with no ready sandbox first had work waiting, for the wake latency.
     pub waiting_since: Mutex<HashMap<String, std::time::Instant>>,
-    /// Set when the scheduler is shutting down.
-    pub shutdown: watch::Sender<bool>,
+    /// Cancelled when the scheduler is shutting down: every background loop and long poll ends.
+    pub shutdown: CancellationToken,
     /// Set once the control loop has reconciled with the provider.
     pub ready: watch::Sender<bool>,
     /// Set once the provider has stopped every sandbox at shutdown.
@@ -91,7 +92,7 @@ impl App {
             waiters: Mutex::new(HashMap::new()),
             desired: RwLock::new(HashMap::new()),
             waiting_since: Mutex::new(HashMap::new()),
-            shutdown: watch::channel(false).0,
+            shutdown: CancellationToken::new(),
             ready: watch::channel(false).0,
             provider_stopped: watch::channel(false).0,
             bus: std::sync::OnceLock::new(),
@@ -143,7 +144,7 @@ impl App {
     }
 
     pub fn is_shutting_down(&self) -> bool {
-        *self.shutdown.borrow()
+        self.shutdown.is_cancelled()
     }
 }
 

@@ -100,7 +100,11 @@ fn bucket(r: &Row, price: Option<Price>) -> UsageBucket {
 
 /// The price of this scheduler's provider, if `[prices]` has one.
 pub fn price(app: &App) -> Option<Price> {
-    app.cfg.prices.providers.get(&app.cfg.provider).copied()
+    app.cfg
+        .prices
+        .providers
+        .get(app.cfg.provider.as_str())
+        .copied()
 }
 
 /// Computes the report's rows and total for `tenant` (or all) over `[from, to)`.

@@ -57,7 +57,6 @@ pub async fn run(app: Arc<App>, control: Arc<Control>) {
         .usage_sink
         .clone()
         .map(|url| tokio::spawn(push(Arc::clone(&app), Arc::clone(&control), url)));
-    let mut shutdown = app.shutdown.subscribe();
     loop {
         if control.leads() {
             let now = now_ms();
@@ -79,7 +78,7 @@ pub async fn run(app: Arc<App>, control: Arc<Control>) {
         }
         tokio::select! {
             _ = tokio::time::sleep(CUT_EVERY) => {}
-            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
+            _ = app.shutdown.cancelled() => break,
         }
     }
     if let Some(p) = push {
@@ -141,10 +140,9 @@ async fn push(app: Arc<App>, control: Arc<Control>, url: String) {
     };
     let name = sink_cursor_name(&url);
     let token = app.cfg.usage_sink_token.clone();
-    let mut shutdown = app.shutdown.subscribe();
     let mut failures: u32 = 0;
     loop {
-        if *shutdown.borrow() {
+        if app.shutdown.is_cancelled() {
             drain(&app, &control, &client, &url, token.as_deref(), &name).await;
             return;
         }
@@ -183,7 +181,7 @@ async fn push(app: Arc<App>, control: Arc<Control>, url: String) {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = app.usage_kick.notified(), if failures == 0 => {}
-            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {}
+            _ = app.shutdown.cancelled() => {}
         }
     }
 }

@@ -450,3 +450,80 @@ async fn a_budget_blocks_new_jobs_once_spent_and_never_before() -> Result<()> {
     s.stop().await?;
     Ok(())
 }
+
+/// A schedule's fire passes the same budget rule as `POST /v1/jobs`: a tenant blocked by its
+/// budget gets no job from its schedule. Each fire time passes without a job, recorded as an event
+/// `schedule_skipped` with the code `budget_exceeded`, and the schedule moves on to its next time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_block_refuses_schedule_fires_too() -> Result<()> {
+    let cfg_dir = tempfile::tempdir()?;
+    let cfg = cfg_dir.path().join("shoal.toml");
+    std::fs::write(
+        &cfg,
+        "[prices]\ncurrency = \"USD\"\n[prices.process]\nvcpu_second = 1.0\ngib_second = 0.0\n",
+    )?;
+    let cfg = cfg.display().to_string();
+    let mut s = Server::start(&["--config", &cfg], &[]).await?;
+    // A budget of 0 is spent from the start.
+    let (st, v) = s
+        .send(
+            Method::PUT,
+            "/v1/tenants/broke",
+            &json!({"plan": "pro", "limits": {"monthly_budget": 0.0, "on_budget_exceeded": "block"}}),
+        )
+        .await?;
+    anyhow::ensure!(st == 201, "{st} {v}");
+    let job = json!({"kind": "agent", "spec": {"command": ["true"]}});
+    let mut direct = job.clone();
+    direct["tenant"] = json!("broke");
+    let (st, v) = s.send(Method::POST, "/v1/jobs", &direct).await?;
+    assert_eq!(st, 429, "{v}");
+    assert_eq!(v["error"]["code"], "budget_exceeded", "{v}");
+    let (st, v) = s
+        .send(
+            Method::PUT,
+            "/v1/schedules/broke/tick",
+            &json!({"cron": "* * * * * *", "job": job}),
+        )
+        .await?;
+    anyhow::ensure!(st == 201, "{st} {v}");
+    let first_next = v["next_fire_at"].as_str().unwrap().to_string();
+    let skipped = s
+        .wait_for("a skipped fire", Duration::from_secs(30), || async {
+            let ev = s.get("/v1/events?tenant=broke").await?;
+            Ok(ev["events"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .find(|e| e["kind"] == "schedule_skipped"))
+        })
+        .await?;
+    assert_eq!(skipped["detail"]["schedule"], "broke/tick", "{skipped}");
+    assert_eq!(skipped["detail"]["code"], "budget_exceeded", "{skipped}");
+    assert!(
+        skipped["detail"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("budget"),
+        "{skipped}"
+    );
+    // The schedule moved on past the refused fire time, and made no job.
+    s.wait_for(
+        "the schedule to move on",
+        Duration::from_secs(30),
+        || async {
+            let l = s.get("/v1/schedules?tenant=broke").await?;
+            let next = l["schedules"][0]["next_fire_at"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            Ok((next > first_next).then_some(()))
+        },
+    )
+    .await?;
+    let jobs = s.get("/v1/jobs?tenant=broke").await?;
+    assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(0), "{jobs}");
+    s.stop().await?;
+    Ok(())
+}

@@ -3,6 +3,14 @@
 //! at `SHOAL_URL` with `SHOAL_TOKEN` (else `SHOAL_ADMIN_TOKEN`). Tables for people, `--json` for
 //! scripts.
 
+mod schedules;
+mod webhooks;
+
+pub use schedules::SchedulesCommand;
+use schedules::schedules;
+pub use webhooks::WebhooksCommand;
+use webhooks::webhooks;
+
 use clap::{Args, Subcommand};
 use serde_json::Value;
 use std::process::ExitCode;
@@ -134,59 +142,6 @@ pub enum JobsCommand {
         id: String,
         #[arg(long)]
         follow: bool,
-    },
-}
-
-#[derive(Subcommand, Clone)]
-pub enum SchedulesCommand {
-    /// The schedules the token may see, with their next fire times.
-    List {
-        #[arg(long)]
-        tenant: Option<String>,
-    },
-    /// Create or replace a schedule that runs `CMD [ARG...]` as an agent job at each fire time.
-    Put {
-        tenant: String,
-        name: String,
-        /// 5 fields (`minute hour day month weekday`) or 6 (seconds first).
-        #[arg(long)]
-        cron: String,
-        /// An IANA time zone (default UTC).
-        #[arg(long)]
-        timezone: Option<String>,
-        /// The whole job as JSON (`{"kind", "spec", ...}`) instead of a command.
-        #[arg(long, conflicts_with = "command")]
-        job: Option<String>,
-        #[arg(last = true)]
-        command: Vec<String>,
-    },
-    /// Delete a schedule.
-    Delete { tenant: String, name: String },
-}
-
-#[derive(Subcommand, Clone)]
-pub enum WebhooksCommand {
-    /// The endpoints the token may see.
-    List,
-    /// Create an endpoint; prints its secret, shown this once.
-    Create {
-        /// Where to send events (http or https).
-        #[arg(value_name = "URL")]
-        target: String,
-        /// An event type to send (repeat for several); every type when absent.
-        #[arg(long = "event")]
-        events: Vec<String>,
-        /// Only this tenant's events.
-        #[arg(long)]
-        tenant: Option<String>,
-    },
-    /// Delete an endpoint.
-    Delete { id: String },
-    /// An endpoint's deliveries, newest first.
-    Deliveries {
-        id: String,
-        #[arg(long, default_value_t = 50)]
-        limit: u32,
     },
 }
 
@@ -644,206 +599,6 @@ fn execute(cmd: OperatorCommand) -> Result<String, String> {
                 out.push_str(&table(&["STEP", "TENANT", "SANDBOX"], &steps));
             }
             Ok(out)
-        }
-    }
-}
-
-fn schedules(conn: &Conn, command: Option<SchedulesCommand>) -> Result<String, String> {
-    use reqwest::Method;
-    const COLS: [&str; 6] = [
-        "TENANT",
-        "SCHEDULE",
-        "CRON",
-        "TIMEZONE",
-        "NEXT FIRE",
-        "LAST FIRE",
-    ];
-    let row = |v: &Value| {
-        vec![
-            s(&v["tenant"]),
-            s(&v["name"]),
-            s(&v["cron"]),
-            s(&v["timezone"]),
-            s(&v["next_fire_at"]),
-            s(&v["last_fire_at"]),
-        ]
-    };
-    match command.unwrap_or(SchedulesCommand::List { tenant: None }) {
-        SchedulesCommand::List { tenant } => {
-            let query: Vec<(&str, String)> = tenant.into_iter().map(|t| ("tenant", t)).collect();
-            let (v, _) = call(conn, Method::GET, "/v1/schedules", &query, None)?;
-            if conn.json {
-                return Ok(pretty(&v));
-            }
-            let rows: Vec<Vec<String>> = v["schedules"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .map(row)
-                .collect();
-            Ok(table(&COLS, &rows))
-        }
-        SchedulesCommand::Put {
-            tenant,
-            name,
-            cron,
-            timezone,
-            job,
-            command,
-        } => {
-            let job: Value = match job {
-                Some(j) => {
-                    serde_json::from_str(&j).map_err(|e| format!("--job is not JSON: {e}"))?
-                }
-                None if command.is_empty() => {
-                    return Err("give the command after `--`, or the job with --job".into());
-                }
-                None => serde_json::json!({"kind": "agent", "spec": {"command": command}}),
-            };
-            let mut body = serde_json::json!({"cron": cron, "job": job});
-            if let Some(tz) = timezone {
-                body["timezone"] = Value::String(tz);
-            }
-            let (v, _) = call(
-                conn,
-                Method::PUT,
-                &format!("/v1/schedules/{tenant}/{name}"),
-                &[],
-                Some(body),
-            )?;
-            if conn.json {
-                return Ok(pretty(&v));
-            }
-            Ok(table(&COLS, &[row(&v)]))
-        }
-        SchedulesCommand::Delete { tenant, name } => {
-            call(
-                conn,
-                Method::DELETE,
-                &format!("/v1/schedules/{tenant}/{name}"),
-                &[],
-                None,
-            )?;
-            if conn.json {
-                return Ok(pretty(
-                    &serde_json::json!({"deleted": format!("{tenant}/{name}")}),
-                ));
-            }
-            Ok(format!("schedule {tenant}/{name} deleted\n"))
-        }
-    }
-}
-
-fn webhooks(conn: &Conn, command: Option<WebhooksCommand>) -> Result<String, String> {
-    use reqwest::Method;
-    let endpoint_row = |w: &Value| {
-        let events = w["events"]
-            .as_array()
-            .map(|e| e.iter().map(s).collect::<Vec<_>>().join(","))
-            .unwrap_or_default();
-        vec![
-            s(&w["id"]),
-            // A platform-wide endpoint hears every tenant.
-            if w["tenant"].is_null() {
-                "*".into()
-            } else {
-                s(&w["tenant"])
-            },
-            events,
-            s(&w["url"]),
-        ]
-    };
-    const ENDPOINT_COLS: [&str; 4] = ["WEBHOOK", "TENANT", "EVENTS", "URL"];
-    match command.unwrap_or(WebhooksCommand::List) {
-        WebhooksCommand::List => {
-            let (v, _) = call(conn, Method::GET, "/v1/webhooks", &[], None)?;
-            if conn.json {
-                return Ok(pretty(&v));
-            }
-            let rows: Vec<Vec<String>> = v["webhooks"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .map(endpoint_row)
-                .collect();
-            Ok(table(&ENDPOINT_COLS, &rows))
-        }
-        WebhooksCommand::Create {
-            target,
-            events,
-            tenant,
-        } => {
-            let mut body = serde_json::json!({"url": target});
-            if !events.is_empty() {
-                body["events"] = serde_json::json!(events);
-            }
-            if let Some(t) = tenant {
-                body["tenant"] = Value::String(t);
-            }
-            let (v, _) = call(conn, Method::POST, "/v1/webhooks", &[], Some(body))?;
-            if conn.json {
-                return Ok(pretty(&v));
-            }
-            let mut out = table(&ENDPOINT_COLS, &[endpoint_row(&v)]);
-            out.push_str(&format!(
-                "\nsecret: {}   (shown this once: keep it to verify signatures)\n",
-                s(&v["secret"])
-            ));
-            Ok(out)
-        }
-        WebhooksCommand::Delete { id } => {
-            call(
-                conn,
-                Method::DELETE,
-                &format!("/v1/webhooks/{id}"),
-                &[],
-                None,
-            )?;
-            if conn.json {
-                return Ok(pretty(&serde_json::json!({"deleted": id})));
-            }
-            Ok(format!("webhook {id} deleted\n"))
-        }
-        WebhooksCommand::Deliveries { id, limit } => {
-            let (v, _) = call(
-                conn,
-                Method::GET,
-                &format!("/v1/webhooks/{id}/deliveries"),
-                &[("limit", limit.to_string())],
-                None,
-            )?;
-            if conn.json {
-                return Ok(pretty(&v));
-            }
-            let rows: Vec<Vec<String>> = v["deliveries"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .map(|d| {
-                    vec![
-                        s(&d["id"]),
-                        s(&d["type"]),
-                        s(&d["state"]),
-                        s(&d["attempts"]),
-                        s(&d["last_status"]),
-                        s(&d["next_attempt_at"]),
-                    ]
-                })
-                .collect();
-            Ok(table(
-                &[
-                    "EVENT",
-                    "TYPE",
-                    "STATE",
-                    "ATTEMPTS",
-                    "LAST STATUS",
-                    "NEXT ATTEMPT",
-                ],
-                &rows,
-            ))
         }
     }
 }

@@ -2,7 +2,15 @@
 //! each later source overriding the earlier, resolved and validated in one pass that reports every
 //! bad value at once.
 
-use serde::{Deserialize, Serialize};
+mod file;
+
+pub use file::{
+    ByteCount, DEFAULT_MAX_LOG_BYTES, DEFAULT_RETENTION, FileConfig, MAX_LOG_BYTES_RANGE,
+    MAX_PRICE, PricesTable, ProcessTable, ProviderField, ProviderKind, ProviderTables, parse_bytes,
+    parse_idle_action,
+};
+use serde::Serialize;
+use shoal_planner::{IdleAction, PoolPolicy};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -48,205 +56,6 @@ pub struct ServeArgs {
     pub usage_sink: Option<String>,
 }
 
-/// The config file's shape. Every key is optional; `SHOAL_<KEY>` overrides a top-level key.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub listen: Option<String>,
-    pub data_dir: Option<PathBuf>,
-    pub database_url: Option<String>,
-    pub redis_url: Option<String>,
-    /// The provider's name (`provider = "fly"`), or its table (`[provider]` with `name = "fly"`
-    /// and per-provider tables such as `[provider.fly]`).
-    pub provider: Option<ProviderField>,
-    pub idle_timeout: Option<String>,
-    /// `fixed`, `adaptive` or `adaptive:SECONDS`: how idle sandboxes are kept.
-    pub idle_policy: Option<String>,
-    pub advertise_url: Option<String>,
-    /// `stop` or `suspend`: what an idle sandbox becomes.
-    pub idle_action: Option<String>,
-    /// How long a stopped or suspended sandbox is kept before it is destroyed.
-    pub sandbox_retention: Option<String>,
-    /// How long finished jobs, operators' events and spent webhook deliveries are kept before
-    /// they are exported to `<data-dir>/export/` and deleted; `off` keeps them for ever.
-    pub retention: Option<String>,
-    /// A sandbox booting longer than this is given up on.
-    pub boot_timeout: Option<String>,
-    /// A job's lease lapses after this long without a heartbeat.
-    pub lease_ttl: Option<String>,
-    /// How often agents heartbeat.
-    pub heartbeat_interval: Option<String>,
-    /// Cap on active sandboxes across all tenants, shared fairly.
-    pub fleet_max_sandboxes: Option<u32>,
-    /// Most tenants named in metric labels; the rest are counted as `other`.
-    pub metrics_max_tenants: Option<usize>,
-    /// `/metrics` requires `Authorization: Bearer` with this token (or the admin token).
-    pub metrics_token: Option<String>,
-    /// `/metrics` requires the admin token (or `metrics_token`); open when false and no token.
-    pub metrics_auth: Option<bool>,
-    /// Most bytes of output kept per job (the newest): a count, or with `KiB` / `MiB`.
-    pub max_log_bytes: Option<ByteCount>,
-    /// How often a request waiting on a job (`wait_s`, a followed log) looks at the job again
-    /// though nothing woke it: a safety net for a wake-up lost between replicas.
-    pub job_recheck: Option<String>,
-    /// The wait before a failed webhook delivery's first retry; it doubles up to an hour.
-    pub webhook_retry_initial: Option<String>,
-    /// Tries of one webhook delivery before it is given up as failed.
-    pub webhook_max_attempts: Option<u32>,
-    /// Let endpoints created with a tenant key reach loopback, private and link-local addresses.
-    pub webhook_allow_private: Option<bool>,
-    /// Where usage events are pushed (CloudEvents batch mode).
-    pub usage_sink: Option<String>,
-    /// Sent as `Authorization: Bearer` to the usage sink (an OpenMeter API token).
-    pub usage_sink_token: Option<String>,
-    /// The wait before the first retry of a refused usage batch; it doubles up to 5 minutes.
-    pub usage_sink_retry_initial: Option<String>,
-    /// The CloudEvents `source` of usage events [default: shoal].
-    pub usage_source: Option<String>,
-    /// `[prices]`: `currency` and one table per provider (`[prices.fly]`).
-    pub prices: Option<PricesTable>,
-}
-
-/// The `[prices]` table.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct PricesTable {
-    /// An ISO 4217 code [default: USD].
-    pub currency: Option<String>,
-    pub process: Option<shoal_metering::Price>,
-    pub docker: Option<shoal_metering::Price>,
-    pub fly: Option<shoal_metering::Price>,
-    pub kubernetes: Option<shoal_metering::Price>,
-}
-
-/// The highest price per vCPU-second or GiB-second accepted: a guard against a typo.
-pub const MAX_PRICE: f64 = 1_000.0;
-
-impl PricesTable {
-    /// The price list, with every problem found.
-    pub fn resolve(&self, errs: &mut Vec<String>) -> shoal_metering::Prices {
-        let currency = self.currency.clone().unwrap_or_else(|| "USD".into());
-        if currency.len() != 3 || !currency.chars().all(|c| c.is_ascii_uppercase()) {
-            errs.push(format!(
-                "prices.currency: `{currency}` is not a three-letter currency code like USD"
-            ));
-        }
-        let mut providers = std::collections::BTreeMap::new();
-        for (name, p) in [
-            ("process", self.process),
-            ("docker", self.docker),
-            ("fly", self.fly),
-            ("kubernetes", self.kubernetes),
-        ] {
-            let Some(p) = p else { continue };
-            for (k, v) in [("vcpu_second", p.vcpu_second), ("gib_second", p.gib_second)] {
-                if !v.is_finite() || !(0.0..=MAX_PRICE).contains(&v) {
-                    errs.push(format!(
-                        "prices.{name}.{k}: {v} is not a price between 0 and {MAX_PRICE}"
-                    ));
-                }
-            }
-            providers.insert(name.to_string(), p);
-        }
-        shoal_metering::Prices {
-            currency,
-            providers,
-        }
-    }
-}
-
-/// A number of bytes in the config file: `1048576` or `"1MiB"`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(untagged)]
-pub enum ByteCount {
-    Number(u64),
-    Text(String),
-}
-
-/// The default `retention`: finished jobs and their events are kept 30 days.
-pub const DEFAULT_RETENTION: &str = "30d";
-
-/// The default `max_log_bytes`: 1 MiB.
-pub const DEFAULT_MAX_LOG_BYTES: u64 = 1024 * 1024;
-/// The range `max_log_bytes` may take.
-pub const MAX_LOG_BYTES_RANGE: std::ops::RangeInclusive<u64> = 1024..=256 * 1024 * 1024;
-
-/// `1048576`, `512KiB`, `1MiB`, `1GiB` as a number of bytes.
-pub fn parse_bytes(raw: &str) -> Result<u64, String> {
-    let t = raw.trim();
-    let (num, unit) = t
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((t, ""), |i| (&t[..i], t[i..].trim()));
-    let mult: u64 = match unit {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        other => {
-            return Err(format!(
-                "`{raw}`: unknown unit `{other}` (a number of bytes, or with KiB, MiB or GiB)"
-            ));
-        }
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(|| format!("`{raw}` is not a number of bytes"))
-}
-
-/// `provider = "NAME"` or a `[provider]` table.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(untagged)]
-pub enum ProviderField {
-    Name(String),
-    Table(Box<ProviderTables>),
-}
-
-/// The `[provider]` table: the provider's name and one table per provider (`[provider.process]`,
-/// `[provider.fly]`, ...).
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProviderTables {
-    pub name: Option<String>,
-    pub process: Option<ProcessTable>,
-    /// `[provider.fly]`: see `docs/providers/fly.md`.
-    pub fly: Option<shoal_fleet::fly::FlyConfig>,
-    /// `[provider.docker]`: see `docs/providers/docker.md`.
-    pub docker: Option<shoal_fleet::docker::DockerConfig>,
-    /// `[provider.kubernetes]`: see `docs/providers/kubernetes.md`.
-    pub kubernetes: Option<shoal_fleet::kubernetes::KubernetesConfig>,
-}
-
-impl FileConfig {
-    fn provider_name(&self) -> Option<String> {
-        match &self.provider {
-            Some(ProviderField::Name(n)) => Some(n.clone()),
-            Some(ProviderField::Table(t)) => t.name.clone(),
-            None => None,
-        }
-    }
-
-    fn tables(&self) -> ProviderTables {
-        match &self.provider {
-            Some(ProviderField::Table(t)) => (**t).clone(),
-            _ => ProviderTables::default(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProcessTable {
-    /// The `shoal-agent` binary [default: beside the `shoal` binary].
-    pub agent_bin: Option<PathBuf>,
-    /// `auto` (bubblewrap when it works here, else unconfined with a warning), `bubblewrap`
-    /// (refuse to start without it) or `none` [default: auto; `SHOAL_PROCESS_ISOLATION`].
-    pub isolation: Option<String>,
-    /// The first of the 65,536 uids sandboxes run as when the scheduler is root
-    /// [default: 1200000; `SHOAL_PROCESS_UID_BASE`].
-    pub uid_base: Option<u32>,
-}
-
 /// The resolved configuration.
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
@@ -254,12 +63,12 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub database_url: String,
     pub redis_url: Option<String>,
-    pub provider: String,
+    pub provider: ProviderKind,
     #[serde(with = "humantime_serde_compat")]
     pub idle_timeout: Duration,
     pub idle_policy: crate::idle::IdlePolicy,
     pub advertise_url: String,
-    pub idle_action: String,
+    pub idle_action: IdleAction,
     #[serde(with = "humantime_serde_compat")]
     pub sandbox_retention: Duration,
     /// `None`: data is kept for ever.
@@ -353,8 +162,6 @@ mod humantime_serde_compat {
 #[error("invalid configuration:\n  {}", .0.join("\n  "))]
 pub struct ConfigErrors(pub Vec<String>);
 
-const PROVIDERS: [&str; 4] = ["process", "docker", "fly", "kubernetes"];
-
 fn env_var(key: &str) -> Option<String> {
     std::env::var(format!("SHOAL_{}", key.to_uppercase()))
         .ok()
@@ -403,6 +210,17 @@ impl Config {
                 .or_else(|| env_var(key))
                 .or_else(|| file.clone())
         };
+        // The pools' defaults are the planner's own, written once in `PoolPolicy::default()`.
+        let pool = PoolPolicy::default();
+        let written = |ms: shoal_core::Millis| {
+            humantime::format_duration(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
+                .to_string()
+        };
+        let (default_idle_timeout, default_sandbox_retention, default_boot_timeout) = (
+            written(pool.idle_timeout_ms),
+            written(pool.retention_ms),
+            written(pool.boot_timeout_ms),
+        );
         let mut duration =
             |key: &str, raw: Option<String>, default: &str, min: Duration| -> Duration {
                 let raw = raw.unwrap_or_else(|| default.to_string());
@@ -426,13 +244,13 @@ impl Config {
         let idle_timeout = duration(
             "idle_timeout",
             pick(&args.idle_timeout, &file.idle_timeout, "idle_timeout"),
-            "5m",
+            &default_idle_timeout,
             Duration::from_millis(100),
         );
         let sandbox_retention = duration(
             "sandbox_retention",
             pick(&None, &file.sandbox_retention, "sandbox_retention"),
-            "1h",
+            &default_sandbox_retention,
             Duration::from_secs(1),
         );
         let retention = match pick(&None, &file.retention, "retention") {
@@ -447,7 +265,7 @@ impl Config {
         let boot_timeout = duration(
             "boot_timeout",
             pick(&None, &file.boot_timeout, "boot_timeout"),
-            "2m",
+            &default_boot_timeout,
             Duration::from_secs(1),
         );
         let lease_ttl = duration(
@@ -532,17 +350,11 @@ impl Config {
             errs.push(format!("redis_url: `{r}` is not a redis:// URL"));
         }
         let provider = pick(&args.provider, &file.provider_name(), "provider")
-            .unwrap_or_else(|| "process".into());
-        if !PROVIDERS.contains(&provider.as_str()) {
-            errs.push(format!(
-                "provider: `{provider}` is not one of {}",
-                PROVIDERS.join(", ")
-            ));
-        } else if !["process", "fly", "docker", "kubernetes"].contains(&provider.as_str()) {
-            errs.push(format!(
-                "provider: `{provider}` is not available in this build yet (process, docker, fly and kubernetes are)"
-            ));
-        }
+            .map_or(Ok(ProviderKind::Process), |p| p.parse())
+            .unwrap_or_else(|e| {
+                errs.push(format!("provider: {e}"));
+                ProviderKind::Process
+            });
         let advertise_url = match pick(&args.advertise_url, &file.advertise_url, "advertise_url") {
             Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
                 u.trim_end_matches('/').to_string()
@@ -553,25 +365,20 @@ impl Config {
             }
             None => advertise_url_for(listen),
         };
-        // Where the provider can keep memory cheaply, idle sandboxes are suspended by default.
-        let default_idle = if provider == "process" {
-            "stop"
-        } else {
-            "suspend"
-        };
         let idle_policy = pick(&args.idle_policy, &file.idle_policy, "idle_policy")
             .map_or(Ok(crate::idle::IdlePolicy::Fixed), |p| p.parse())
             .unwrap_or_else(|e| {
                 errs.push(format!("idle_policy: {e}"));
                 crate::idle::IdlePolicy::Fixed
             });
-        let idle_action =
-            pick(&None, &file.idle_action, "idle_action").unwrap_or_else(|| default_idle.into());
-        if idle_action != "stop" && idle_action != "suspend" {
-            errs.push(format!(
-                "idle_action: `{idle_action}` is not stop or suspend"
-            ));
-        }
+        let idle_action = pick(&None, &file.idle_action, "idle_action")
+            .map_or(Ok(provider.default_idle_action()), |a| {
+                parse_idle_action(&a)
+            })
+            .unwrap_or_else(|e| {
+                errs.push(format!("idle_action: {e}"));
+                provider.default_idle_action()
+            });
         let fleet_max_sandboxes = match env_var("fleet_max_sandboxes") {
             Some(v) => v.parse().map(Some).unwrap_or_else(|_| {
                 errs.push(format!("SHOAL_FLEET_MAX_SANDBOXES: `{v}` is not a count"));
@@ -660,7 +467,7 @@ impl Config {
             .map(PathBuf::from)
             .or_else(|| file.tables().process.and_then(|p| p.agent_bin))
             .unwrap_or_else(default_agent_bin);
-        if provider == "process" && !agent_bin.exists() {
+        if provider == ProviderKind::Process && !agent_bin.exists() {
             errs.push(format!(
                 "agent_bin: {} does not exist (build shoal-agent, or set SHOAL_AGENT_BIN)",
                 agent_bin.display()
@@ -694,7 +501,7 @@ impl Config {
         let fly_token = std::env::var("FLY_API_TOKEN")
             .ok()
             .filter(|t| !t.trim().is_empty());
-        if provider == "fly" {
+        if provider == ProviderKind::Fly {
             match &fly {
                 None => errs.push(
                     "provider.fly: the [provider.fly] table is required with the fly provider"
@@ -713,7 +520,8 @@ impl Config {
                 errs.push("advertise_url: required with the fly provider (the URL machines reach the scheduler at)".into());
             }
         }
-        let docker = (provider == "docker").then(|| file.tables().docker.unwrap_or_default());
+        let docker =
+            (provider == ProviderKind::Docker).then(|| file.tables().docker.unwrap_or_default());
         if let Some(d) = &docker {
             errs.extend(
                 d.validate()
@@ -728,7 +536,7 @@ impl Config {
             }
         }
         let kubernetes = file.tables().kubernetes;
-        if provider == "kubernetes" {
+        if provider == ProviderKind::Kubernetes {
             match &kubernetes {
                 None => errs.push(
                     "provider.kubernetes: the [provider.kubernetes] table is required with the kubernetes provider"
@@ -740,7 +548,7 @@ impl Config {
                 errs.push("advertise_url: required with the kubernetes provider (the URL pods reach the scheduler at)".into());
             }
         }
-        let kubernetes = kubernetes.filter(|_| provider == "kubernetes");
+        let kubernetes = kubernetes.filter(|_| provider == ProviderKind::Kubernetes);
         let usage_sink = pick(&args.usage_sink, &file.usage_sink, "usage_sink");
         if let Some(u) = &usage_sink
             && !(u.starts_with("http://") || u.starts_with("https://"))
@@ -811,167 +619,4 @@ fn default_agent_bin() -> PathBuf {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_bad_value_is_reported_at_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("shoal.toml");
-        std::fs::write(
-            &path,
-            "idle_action = \"nap\"\nlease_ttl = \"soon\"\nmax_log_bytes = \"lots\"\n",
-        )
-        .unwrap();
-        let args = ServeArgs {
-            config: Some(path),
-            listen: Some("nowhere".into()),
-            provider: Some("mainframe".into()),
-            idle_timeout: Some("10 parsecs".into()),
-            idle_policy: Some("sometimes".into()),
-            ..Default::default()
-        };
-        let errs = Config::resolve(&args).unwrap_err().0;
-        for key in [
-            "max_log_bytes",
-            "idle_timeout",
-            "idle_policy",
-            "lease_ttl",
-            "listen",
-            "provider",
-            "idle_action",
-        ] {
-            assert!(
-                errs.iter().any(|e| e.starts_with(key)),
-                "{key} not reported in {errs:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn byte_counts_read_with_units_and_stay_in_range() {
-        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
-        assert_eq!(parse_bytes("512KiB"), Ok(512 << 10));
-        assert_eq!(parse_bytes(" 2 MiB "), Ok(2 << 20));
-        assert!(parse_bytes("1MB").is_err());
-        assert!(parse_bytes("-1").is_err());
-        assert!(parse_bytes("99999999999999999999GiB").is_err());
-        let dir = tempfile::tempdir().unwrap();
-        let agent = dir.path().join("shoal-agent");
-        std::fs::write(&agent, "").unwrap();
-        let resolve = |body: &str| {
-            let path = dir.path().join("shoal.toml");
-            std::fs::write(
-                &path,
-                format!("{body}\n[provider.process]\nagent_bin = {agent:?}\n"),
-            )
-            .unwrap();
-            Config::resolve(&ServeArgs {
-                config: Some(path),
-                ..Default::default()
-            })
-        };
-        assert_eq!(resolve("").unwrap().max_log_bytes, DEFAULT_MAX_LOG_BYTES);
-        assert_eq!(resolve("max_log_bytes = 4096").unwrap().max_log_bytes, 4096);
-        assert_eq!(
-            resolve("max_log_bytes = \"64KiB\"").unwrap().max_log_bytes,
-            65536
-        );
-        for bad in ["max_log_bytes = 10", "max_log_bytes = \"1GiB\""] {
-            let errs = resolve(bad).unwrap_err().0;
-            assert!(
-                errs.iter().any(|e| e.starts_with("max_log_bytes")),
-                "{bad}: {errs:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn unknown_keys_in_the_file_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("shoal.toml");
-        std::fs::write(&path, "idle_timout = \"2s\"\n").unwrap();
-        let errs = Config::resolve(&ServeArgs {
-            config: Some(path),
-            ..Default::default()
-        })
-        .unwrap_err()
-        .0;
-        assert!(errs.iter().any(|e| e.contains("idle_timout")), "{errs:?}");
-    }
-
-    #[test]
-    fn flags_override_the_file_and_defaults_fill_the_rest() {
-        let dir = tempfile::tempdir().unwrap();
-        let agent = dir.path().join("shoal-agent");
-        std::fs::write(&agent, "").unwrap();
-        let path = dir.path().join("shoal.toml");
-        std::fs::write(
-            &path,
-            format!("idle_timeout = \"10m\"\nlisten = \"127.0.0.1:9000\"\n[provider]\nname = \"process\"\n[provider.process]\nagent_bin = {:?}\n", agent),
-        )
-        .unwrap();
-        let args = ServeArgs {
-            config: Some(path),
-            idle_timeout: Some("2s".into()),
-            ..Default::default()
-        };
-        let c = Config::resolve(&args).unwrap();
-        assert_eq!(c.idle_timeout, Duration::from_secs(2));
-        assert_eq!(c.listen.port(), 9000);
-        assert_eq!(c.advertise_url, "http://127.0.0.1:9000");
-        assert_eq!(c.provider, "process");
-        assert!(c.database_url.ends_with("shoal.db"));
-    }
-
-    #[test]
-    fn webhook_settings_are_read_and_bounded() {
-        let dir = tempfile::tempdir().unwrap();
-        let agent = dir.path().join("shoal-agent");
-        std::fs::write(&agent, "").unwrap();
-        let path = dir.path().join("shoal.toml");
-        let file = |extra: &str| {
-            std::fs::write(
-                &path,
-                format!(
-                    "[provider]\nname = \"process\"\n[provider.process]\nagent_bin = {agent:?}\n"
-                )
-                .replace("[provider]", &format!("{extra}\n[provider]")),
-            )
-            .unwrap();
-            Config::resolve(&ServeArgs {
-                config: Some(path.clone()),
-                ..Default::default()
-            })
-        };
-        let c = file("").unwrap();
-        assert_eq!(
-            (
-                c.webhook_retry_initial,
-                c.webhook_max_attempts,
-                c.webhook_allow_private
-            ),
-            (Duration::from_secs(5), 12, false),
-            "the defaults"
-        );
-        let c = file("webhook_retry_initial = \"250ms\"\nwebhook_max_attempts = 3\nwebhook_allow_private = true")
-            .unwrap();
-        assert_eq!(
-            (
-                c.webhook_retry_initial,
-                c.webhook_max_attempts,
-                c.webhook_allow_private
-            ),
-            (Duration::from_millis(250), 3, true)
-        );
-        let errs = file("webhook_retry_initial = \"2h\"\nwebhook_max_attempts = 0")
-            .unwrap_err()
-            .0;
-        for key in ["webhook_retry_initial", "webhook_max_attempts"] {
-            assert!(
-                errs.iter().any(|e| e.starts_with(key)),
-                "{key} not in {errs:?}"
-            );
-        }
-    }
-}
+mod tests;

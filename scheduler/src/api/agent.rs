@@ -1,0 +1,300 @@
+//! The agents' protocol: lease (a long poll), heartbeat, complete. A sandbox token reaches its
+//! own sandbox's jobs only.
+
+use crate::auth::Agent;
+use crate::error::{ApiError, Body, RawBody};
+use crate::jobwatch::Pulse;
+use crate::openapi::ErrorBody;
+use crate::state::{App, now_ms};
+use crate::views::CompletedView;
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use shoal_core::SandboxState;
+use shoal_protocol::{
+    Assignment, Completion, Heartbeat, HeartbeatResponse, LeaseRequest, LeaseResponse, Outcome,
+};
+use shoal_store::{Completed, Finish, Lease, LeasePolicy};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::Instrument;
+
+/// An agent asks for its sandbox's next job (long poll, at most 60 s).
+#[utoipa::path(post, path = "/v1/agent/lease", tag = "agent", security(("bearer" = [])),
+    request_body(content = Object, description = "`{\"wait_ms\"?}`"),
+    responses(
+        (status = 200, description = "`run` with an assignment, `idle` or `stop`", body = Object),
+        (status = 401, body = ErrorBody),
+    ))]
+pub(crate) async fn agent_lease(
+    State(app): State<Arc<App>>,
+    Agent(sandbox): Agent,
+    Body(req): Body<LeaseRequest>,
+) -> Result<Json<LeaseResponse>, ApiError> {
+    let wait = Duration::from_millis(req.wait_ms.unwrap_or(20_000).min(60_000));
+    let deadline = tokio::time::Instant::now() + wait;
+    let signal = app.tenant_signal(&sandbox.tenant);
+    let mut was_booting = sandbox.state == SandboxState::Booting;
+    loop {
+        if app.is_shutting_down() {
+            return Ok(Json(LeaseResponse::Stop));
+        }
+        let notified = signal.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let tenant = app.store.tenant(&sandbox.tenant).await?;
+        let policy = LeasePolicy {
+            max_concurrent_jobs: tenant.as_ref().and_then(|t| t.limits().max_concurrent_jobs),
+            draining: tenant.as_ref().is_none_or(|t| t.draining),
+            lease_ttl_ms: app.cfg.lease_ttl.as_millis() as i64,
+        };
+        let now = now_ms();
+        let lease = app.store.lease(&sandbox.id, policy, now).await?;
+        if was_booting {
+            // The sandbox came up: the planner's view changed.
+            app.metrics
+                .boot_latency
+                .with_label_values(&[app.provider.name()])
+                .observe((now - sandbox.since).max(0) as f64 / 1000.0);
+            app.kick.notify_one();
+            was_booting = false;
+        }
+        match lease {
+            Lease::Stop => return Ok(Json(LeaseResponse::Stop)),
+            Lease::Job(job) => {
+                // One short span per job handed out (not per poll: idle polls are not news).
+                let lease_span = tracing::info_span!(
+                    "lease",
+                    tenant = %job.tenant,
+                    sandbox = %sandbox.id,
+                    job = %job.id,
+                    attempt = job.attempts
+                );
+                crate::telemetry::join_job_trace(&lease_span, &job.id);
+                crate::telemetry::link_sandbox_trace(&lease_span, &sandbox.id);
+                let _lease = lease_span.entered();
+                let label = app.metrics.tenant(&job.tenant);
+                app.metrics.jobs_started.with_label_values(&[label]).inc();
+                if job.attempts == 1 {
+                    app.metrics
+                        .start_latency
+                        .with_label_values(&[label])
+                        .observe((now - job.created_at).max(0) as f64 / 1000.0);
+                }
+                app.kick.notify_one();
+                let spec = serde_json::value::to_raw_value(&job.spec)
+                    .expect("a stored spec is JSON and serialises")
+                    .into();
+                return Ok(Json(LeaseResponse::Run(Assignment {
+                    job_id: job.id,
+                    lease_id: job.lease_id.unwrap_or_default(),
+                    kind: job.kind,
+                    spec,
+                    attempt: job.attempts,
+                    timeout_s: job.timeout_s,
+                    heartbeat_ms: app.cfg.heartbeat_interval.as_millis() as u64,
+                    log_max_bytes: Some(app.cfg.max_log_bytes),
+                })));
+            }
+            Lease::Idle => {
+                // A job that falls due before the deadline (delayed, scheduled or backing off)
+                // is asked for again the moment it does.
+                let due = app.store.next_due(&sandbox.tenant, now).await?;
+                let wake = due.map_or(deadline, |at| {
+                    let ms = u64::try_from(at.saturating_sub(now_ms())).unwrap_or(0);
+                    deadline.min(tokio::time::Instant::now() + Duration::from_millis(ms))
+                });
+                tokio::select! {
+                    _ = &mut notified => continue,
+                    _ = tokio::time::sleep_until(wake), if wake < deadline => continue,
+                    _ = tokio::time::sleep_until(deadline) => return Ok(Json(LeaseResponse::Idle)),
+                    _ = app.shutdown.cancelled() => return Ok(Json(LeaseResponse::Stop)),
+                }
+            }
+        }
+    }
+}
+
+/// An agent extends its job's lease and learns of a cancel.
+#[utoipa::path(post, path = "/v1/agent/heartbeat", tag = "agent", security(("bearer" = [])),
+    request_body(content = Object, description = "`{\"job_id\", \"lease_id\"}`"),
+    responses((status = 200, description = "`{\"ok\", \"cancel\"}`", body = Object), (status = 401, body = ErrorBody)))]
+pub(crate) async fn agent_heartbeat(
+    State(app): State<Arc<App>>,
+    Agent(sandbox): Agent,
+    Body(hb): Body<Heartbeat>,
+) -> Result<Json<HeartbeatResponse>, ApiError> {
+    let job = app.store.job(&hb.job_id).await?;
+    if job.as_ref().and_then(|j| j.sandbox_id.as_deref()) != Some(sandbox.id.as_str()) {
+        return Ok(Json(HeartbeatResponse {
+            ok: false,
+            cancel: false,
+        }));
+    }
+    let a = app
+        .store
+        .heartbeat(
+            &hb.job_id,
+            &hb.lease_id,
+            app.cfg.lease_ttl.as_millis() as i64,
+            now_ms(),
+        )
+        .await?;
+    Ok(Json(HeartbeatResponse {
+        ok: a.ok,
+        cancel: a.cancel,
+    }))
+}
+
+/// The ids of a completion, read without the rest of it: serde skips the fields it does not need
+/// without recursing, so they are read from a completion of any depth.
+#[derive(Deserialize)]
+struct CompletionIds {
+    job_id: String,
+    lease_id: String,
+}
+
+/// Bytes a completion may take beyond its result: the ids, the outcome and an error.
+const COMPLETION_OVERHEAD: usize = 64 * 1024;
+
+/// What to record of a completion's body: the outcome, or a failure `result_too_large` when the
+/// body is over the result bounds of `shoal_protocol` (a result nests one level inside the body).
+fn finish_of(body: &[u8]) -> Result<Finish, ApiError> {
+    let depth = shoal_protocol::json_text_depth(body);
+    let too_large = if body.len() > shoal_protocol::MAX_RESULT_BYTES + COMPLETION_OVERHEAD {
+        Some(format!(
+            "the completion is {} bytes, over the {} bytes a result may take",
+            body.len(),
+            shoal_protocol::MAX_RESULT_BYTES
+        ))
+    } else if depth > shoal_protocol::MAX_RESULT_DEPTH + 1 {
+        Some(format!(
+            "the result nests about {} levels deep, over the {} levels a result may take",
+            depth - 1,
+            shoal_protocol::MAX_RESULT_DEPTH
+        ))
+    } else {
+        None
+    };
+    if let Some(message) = too_large {
+        return Ok(Finish::Failed {
+            result: None,
+            error: serde_json::json!({"code": shoal_protocol::RESULT_TOO_LARGE, "message": message}),
+        });
+    }
+    let c: Completion = crate::error::parse_object(body)?;
+    Ok(match c.outcome {
+        Outcome::Succeeded { result } => Finish::Succeeded { result },
+        Outcome::Failed { result, error } => Finish::Failed {
+            result,
+            error: serde_json::to_value(error).unwrap_or_default(),
+        },
+        Outcome::Retry { error } => Finish::Retry {
+            error: serde_json::to_value(error).unwrap_or_default(),
+        },
+    })
+}
+
+/// An agent reports how its job ended. A completion whose result is over the bounds (10 MiB of
+/// JSON, 64 levels deep) is recorded as the job failing with `result_too_large`, at once: the
+/// answer is final, so the agent does not retry it until the lease lapses.
+#[utoipa::path(post, path = "/v1/agent/complete", tag = "agent", security(("bearer" = [])),
+    request_body(content = Object, description = "`{\"job_id\", \"lease_id\", \"outcome\"}`"),
+    responses(
+        (status = 200, body = CompletedView),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 409, description = "the lease is not the job's current one", body = ErrorBody),
+        (status = 413, body = ErrorBody),
+    ))]
+pub(crate) async fn agent_complete(
+    State(app): State<Arc<App>>,
+    Agent(sandbox): Agent,
+    body: RawBody,
+) -> Result<Response, ApiError> {
+    let body = body.0;
+    let ids: CompletionIds = serde_json::from_slice(&body).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("the body is not JSON: {e}"),
+            )
+        } else {
+            crate::error::shape_error(&e.to_string())
+        }
+    })?;
+    // The job is known before the span starts, so the span joins the job's trace.
+    let span = tracing::info_span!(
+        "completion",
+        tenant = %sandbox.tenant,
+        sandbox = %sandbox.id,
+        job = %ids.job_id,
+        state = tracing::field::Empty
+    );
+    crate::telemetry::join_job_trace(&span, &ids.job_id);
+    async move {
+        let finish = finish_of(&body)?;
+        drop(body);
+        let done = app
+            .store
+            .complete(&sandbox.id, &ids.job_id, &ids.lease_id, finish, now_ms())
+            .await?;
+        app.work_changed(&sandbox.tenant);
+        match done {
+            Completed::Done(job) => {
+                tracing::Span::current().record("state", job.state.as_str());
+                if job.state.is_terminal() {
+                    tracing::info!(state = %job.state, attempts = job.attempts, "job finished");
+                } else {
+                    tracing::info!(state = %job.state, attempts = job.attempts, "job attempt ended; it goes back to the queue");
+                }
+                app.job_changed(&job.id, Pulse::State);
+                if job.state.is_terminal() {
+                    app.metrics
+                        .jobs_finished
+                        .with_label_values(&[app.metrics.tenant(&job.tenant), job.state.as_str()])
+                        .inc();
+                }
+                Ok(Json(CompletedView {
+                    id: job.id,
+                    state: job.state,
+                })
+                .into_response())
+            }
+            Completed::Stale => Err(ApiError::conflict(format!(
+                "lease `{}` is not the current lease of job `{}`",
+                ids.lease_id, ids.job_id
+            ))
+            .field("lease_id")),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_too_deep_or_too_large_completion_fails_its_job() {
+        let deep = format!(
+            r#"{{"job_id":"j","lease_id":"l","outcome":"succeeded","result":{}1{}}}"#,
+            "[".repeat(125),
+            "]".repeat(125)
+        );
+        let Finish::Failed {
+            result: None,
+            error,
+        } = finish_of(deep.as_bytes()).unwrap()
+        else {
+            panic!("a deep result was recorded");
+        };
+        assert_eq!(error["code"], shoal_protocol::RESULT_TOO_LARGE);
+        let ok = br#"{"job_id":"j","lease_id":"l","outcome":"succeeded","result":{"a":[[1]]}}"#;
+        assert!(matches!(finish_of(ok).unwrap(), Finish::Succeeded { .. }));
+    }
+}

@@ -1,0 +1,212 @@
+//! Jobs: enqueue (through [`crate::admission`]), read (optionally waiting for the end), list by
+//! pages, cancel.
+
+use super::visible_job;
+use crate::admission::{Admission, ENQUEUE_INTEGERS, Enqueue, admit};
+use crate::auth::Caller;
+use crate::error::{ApiError, Body};
+use crate::joblive;
+use crate::jobwatch::Pulse;
+use crate::openapi::ErrorBody;
+use crate::state::{App, now_ms};
+use crate::views::{self, Accepted, JobPage, JobView};
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::Value;
+use shoal_core::JobState;
+use shoal_store::JobFilter;
+use std::sync::Arc;
+use utoipa::IntoParams;
+
+/// Admits a job for a tenant.
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
+    request_body = Enqueue,
+    responses(
+        (status = 202, description = "admitted", body = Accepted),
+        (status = 200, description = "the idempotency key was seen: the first job", body = JobView),
+        (status = 400, body = ErrorBody),
+        (status = 404, description = "no such tenant", body = ErrorBody),
+        (status = 429, description = "`rate_limited`, `quota_exceeded` or `budget_exceeded`, with Retry-After", body = ErrorBody),
+    ))]
+pub(crate) async fn enqueue(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Body(req): Body<Value>,
+) -> Result<Response, ApiError> {
+    let req: Enqueue = crate::error::parse_object_with(req, ENQUEUE_INTEGERS)?;
+    caller.check_tenant(&req.tenant)?;
+    if app.is_shutting_down() {
+        return Err(ApiError::unavailable("shutting down"));
+    }
+    match admit(&app, req, &caller.actor()).await? {
+        Admission::Existing(job) => Ok((StatusCode::OK, Json(views::job(&job))).into_response()),
+        Admission::Created(job) => Ok((
+            StatusCode::ACCEPTED,
+            Json(Accepted {
+                id: job.id,
+                state: "queued".into(),
+            }),
+        )
+            .into_response()),
+    }
+}
+
+/// The query of `GET /v1/jobs/{id}`.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct GetJob {
+    /// Wait up to this many seconds (a whole number from 0 to 60) for the job to end: the answer
+    /// comes as soon as it has ended, else after `wait_s` with the job as it is then.
+    #[param(value_type = Option<u32>, minimum = 0, maximum = 60)]
+    wait_s: Option<String>,
+}
+
+/// A job, with its result once it has one; with `wait_s`, once it has ended (or `wait_s` passed).
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path), GetJob),
+    responses(
+        (status = 200, body = JobView),
+        (status = 400, description = "`wait_s` is not 0 to 60", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ))]
+pub(crate) async fn get_job(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    q: Result<Query<GetJob>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<JobView>, ApiError> {
+    let Query(q) = q.map_err(|e| crate::error::shape_error(&e.body_text()))?;
+    let wait = joblive::parse_wait_s(q.wait_s.as_deref())?;
+    let job = visible_job(&app, &caller, &id).await?;
+    let job = joblive::wait_for_end(&app, job, wait).await?;
+    Ok(Json(views::job(&job)))
+}
+
+/// Most bytes of results and errors one page of `GET /v1/jobs` carries: 8 MiB. A page stops
+/// before the job that would pass it (it always holds one), and `next_cursor` goes on from there.
+pub const LIST_MAX_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Filters and paging of `GET /v1/jobs`.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListJobs {
+    tenant: Option<String>,
+    /// `queued`, `running`, `succeeded`, `failed`, `cancelled` or `dead`.
+    state: Option<String>,
+    /// 1 to 1000; 100 when absent.
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// A page's `limit` (1 to 1000, 100 when absent) and the `seq` its `cursor` stands for.
+pub(crate) fn page(
+    limit: Option<u32>,
+    cursor: Option<&str>,
+) -> Result<(u32, Option<i64>), ApiError> {
+    let limit = limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("limit", "must be between 1 and 1000"));
+    }
+    let before = cursor
+        .map(|c| {
+            c.parse::<i64>()
+                .map_err(|_| ApiError::invalid("cursor", "not a cursor from a previous page"))
+        })
+        .transpose()?;
+    Ok((limit, before))
+}
+
+/// A page of jobs, newest first: at most `limit` jobs, and no more than 8 MiB of results (a page
+/// stops before the job that would pass that, holding at least one); `next_cursor` continues.
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListJobs),
+    responses(
+        (status = 200, body = JobPage),
+        (status = 400, body = ErrorBody),
+        (status = 403, description = "a tenant key asking for another tenant", body = ErrorBody),
+    ))]
+pub(crate) async fn list_jobs(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    q: Result<Query<ListJobs>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<JobPage>, ApiError> {
+    let Query(q) = q.map_err(|e| crate::error::shape_error(&e.body_text()))?;
+    if let Some(t) = &q.tenant {
+        caller.check_tenant(t)?;
+    }
+    let tenant = q.tenant.or_else(|| caller.tenant().map(str::to_string));
+    let state = q
+        .state
+        .as_deref()
+        .map(|s| {
+            s.parse::<JobState>()
+                .map_err(|e| ApiError::invalid("state", e.to_string()))
+        })
+        .transpose()?;
+    let (limit, before_seq) = page(q.limit, q.cursor.as_deref())?;
+    let page = app
+        .store
+        .job_page(
+            &JobFilter {
+                tenant,
+                state,
+                limit,
+                before_seq,
+            },
+            LIST_MAX_BYTES,
+        )
+        .await?;
+    let next = if page.more {
+        page.jobs.last().map(|j| j.seq.to_string())
+    } else {
+        None
+    };
+    Ok(Json(JobPage {
+        jobs: page.jobs.iter().map(views::job).collect(),
+        next_cursor: next,
+    }))
+}
+
+/// Cancels a queued or running job.
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, body = JobView),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "the job already succeeded or failed", body = ErrorBody),
+    ))]
+pub(crate) async fn cancel_job(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    let job = visible_job(&app, &caller, &id).await?;
+    if job.state.is_terminal() && job.state != JobState::Cancelled {
+        return Err(ApiError::conflict(format!(
+            "job `{id}` already {}",
+            job.state
+        )));
+    }
+    let was = job.state;
+    let job = app
+        .store
+        .cancel(&id, now_ms(), &caller.actor())
+        .await?
+        .ok_or_else(|| ApiError::not_found("job", &id))?;
+    // Counted once: cancelling a cancelled job again changes nothing.
+    if was != JobState::Cancelled && job.state == JobState::Cancelled {
+        app.metrics
+            .jobs_finished
+            .with_label_values(&[app.metrics.tenant(&job.tenant), "cancelled"])
+            .inc();
+    }
+    app.work_changed(&job.tenant);
+    app.job_changed(&job.id, Pulse::State);
+    Ok(Json(views::job(&job)))
+}
