@@ -291,7 +291,18 @@ async fn crash_run(db_args: &[&str]) -> Result<()> {
 
     // The deliveries view shows each event delivered after its attempts.
     for e in endpoints {
-        let d = deliveries(&s, &e.id).await?;
+        // A delivery is recorded as delivered just after its endpoint answered 204, so the last
+        // few may still read `pending` for a moment after the receiver has them all.
+        let d = s
+            .wait_for(
+                &format!("every delivery to {} recorded", e.path),
+                Duration::from_secs(30),
+                || async {
+                    let d = deliveries(&s, &e.id).await?;
+                    Ok(d.iter().all(|d| d["state"] == "delivered").then_some(d))
+                },
+            )
+            .await?;
         let mine: Vec<&(String, String)> = expected.iter().filter(|(p, _)| *p == e.path).collect();
         assert_eq!(d.len(), mine.len(), "{}: {d:?}", e.path);
         for d in &d {
