@@ -13,6 +13,7 @@ pub mod ratelimit;
 pub mod retention;
 mod rows;
 pub mod schedules;
+mod sql;
 pub mod sqlite;
 mod tenants;
 pub mod usage;
