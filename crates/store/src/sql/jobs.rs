@@ -20,13 +20,23 @@ macro_rules! for_backend {
 
         type Conn = <$db as sqlx::Database>::Connection;
 
+        /// The one job `query` finds by `keys` (bound in order).
+        async fn find(
+            conn: &mut Conn,
+            query: sqlx::AssertSqlSafe<&'static str>,
+            keys: &[&str],
+        ) -> Result<Option<JobRecord>> {
+            let mut q = sqlx::query(query);
+            for key in keys {
+                q = q.bind(*key);
+            }
+            let row = q.fetch_optional(&mut *conn).await?;
+            row.as_ref().map(job_from_row).transpose()
+        }
+
         /// The job `id`.
         pub(crate) async fn get(conn: &mut Conn, id: &str) -> Result<Option<JobRecord>> {
-            let row = sqlx::query(sql!("SELECT ", JOB_COLS, " FROM jobs WHERE id = $1"))
-                .bind(id)
-                .fetch_optional(&mut *conn)
-                .await?;
-            row.as_ref().map(job_from_row).transpose()
+            find(conn, sql!("SELECT ", JOB_COLS, " FROM jobs WHERE id = $1"), &[id]).await
         }
 
         /// The tenant's job admitted under idempotency key `key`.
@@ -35,16 +45,8 @@ macro_rules! for_backend {
             tenant: &str,
             key: &str,
         ) -> Result<Option<JobRecord>> {
-            let row = sqlx::query(sql!(
-                "SELECT ",
-                JOB_COLS,
-                " FROM jobs WHERE tenant = $1 AND idempotency_key = $2"
-            ))
-            .bind(tenant)
-            .bind(key)
-            .fetch_optional(&mut *conn)
-            .await?;
-            row.as_ref().map(job_from_row).transpose()
+            let q = sql!("SELECT ", JOB_COLS, " FROM jobs WHERE tenant = $1 AND idempotency_key = $2");
+            find(conn, q, &[tenant, key]).await
         }
 
         /// Admits a job in the caller's transaction (see [`crate::Store::admit`]). The tenant's
