@@ -788,7 +788,7 @@ async fn concurrent_admissions(store: Arc<dyn Store>) {
     assert_eq!(all.len(), 6);
     // However the admissions raced, each quota signal was written once, with the admission that
     // crossed it.
-    let quota = store.outbox_after("quota.", 0, 100).await.unwrap();
+    let quota = outbox_events(&*store, "quota.", 100).await;
     let kinds: Vec<(&str, u64)> = quota
         .iter()
         .map(|e| (e.topic.as_str(), e.payload["jobs"].as_u64().unwrap()))
@@ -1322,7 +1322,7 @@ async fn outbox_job_events(store: Arc<dyn Store>) {
         Completed::Stale
     );
 
-    let events = store.outbox_after("job.", 0, 100).await.unwrap();
+    let events = outbox_events(&*store, "job.", 100).await;
     let got: Vec<(&str, &str, &str)> = events
         .iter()
         .map(|e| {
@@ -1448,7 +1448,7 @@ async fn outbox_quota_signals(store: Arc<dyn Store>) {
             .unwrap(),
         Admitted::QuotaExceeded { .. }
     ));
-    let ev = store.outbox_after("quota.", 0, 100).await.unwrap();
+    let ev = outbox_events(&*store, "quota.", 100).await;
     assert_eq!(ev.len(), 2, "{ev:?}");
     assert_eq!(
         (
@@ -1492,7 +1492,7 @@ async fn outbox_quota_signals(store: Arc<dyn Store>) {
             .await
             .unwrap();
     }
-    assert_eq!(store.outbox_after("quota.", 0, 100).await.unwrap().len(), 4);
+    assert_eq!(outbox_events(&*store, "quota.", 100).await.len(), 4);
 
     // u never reached its quota by admission: it was lowered under it. The first refusal says so,
     // once.
@@ -1521,10 +1521,8 @@ async fn outbox_quota_signals(store: Arc<dyn Store>) {
             Admitted::QuotaExceeded { used: 3, limit: 2 }
         ));
     }
-    let u: Vec<String> = store
-        .outbox_after("quota.", 0, 100)
+    let u: Vec<String> = outbox_events(&*store, "quota.", 100)
         .await
-        .unwrap()
         .into_iter()
         .filter(|e| e.tenant.as_deref() == Some("u"))
         .map(|e| e.topic)
@@ -1909,26 +1907,31 @@ async fn outbox_appends(store: Arc<dyn Store>) {
         0,
         "the same id is stored once"
     );
-    let all = store.outbox_after("", 0, 10).await.unwrap();
+    let all = store
+        .outbox_after("", UsageCursor::default(), 10)
+        .await
+        .unwrap();
     assert_eq!(
-        all.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        all.iter().map(|e| e.event.id.as_str()).collect::<Vec<_>>(),
         [usage.id.as_str(), warn.id.as_str()]
     );
-    assert_eq!(all[0].payload, json!({"seconds": 3600}));
-    assert_eq!(store.outbox_after("usage.", 0, 10).await.unwrap().len(), 1);
+    assert_eq!(all[0].event.payload, json!({"seconds": 3600}));
+    assert_eq!(outbox_events(&*store, "usage.", 10).await.len(), 1);
     assert_eq!(
-        store.outbox_after("", all[0].seq, 10).await.unwrap()[0].id,
+        store.outbox_after("", all[0].cursor, 10).await.unwrap()[0]
+            .event
+            .id,
         warn.id
     );
     assert!(
         store
-            .outbox_after("", all[1].seq, 10)
+            .outbox_after("", all[1].cursor, 10)
             .await
             .unwrap()
             .is_empty()
     );
     assert_eq!(
-        store.outbox_after("%", 0, 10).await.unwrap().len(),
+        outbox_events(&*store, "%", 10).await.len(),
         2,
         "a wildcard is no pattern"
     );
@@ -1961,18 +1964,22 @@ async fn postgres_cursor_waits_for_open_transactions() {
         .await
         .unwrap();
     assert!(
-        store.outbox_after("", 0, 10).await.unwrap().is_empty(),
+        outbox_events(&*store, "", 10).await.is_empty(),
         "the later row waits behind the open transaction's"
     );
     sqlx::raw_sql("COMMIT").execute(&mut other).await.unwrap();
-    let ids: Vec<String> = store
-        .outbox_after("", 0, 10)
+    let ids: Vec<String> = outbox_events(&*store, "", 10)
         .await
-        .unwrap()
         .into_iter()
         .map(|e| e.id)
         .collect();
     assert_eq!(ids, ["slow".to_string(), fast.id]);
+}
+
+/// The outbox's events whose topic starts with `prefix`, from the start, in cursor order.
+async fn outbox_events(store: &dyn Store, prefix: &str, limit: u32) -> Vec<OutboxRecord> {
+    let read = store.outbox_after(prefix, UsageCursor::default(), limit);
+    read.await.unwrap().into_iter().map(|r| r.event).collect()
 }
 
 /// The sealed log's actions and targets, in order.
@@ -2131,7 +2138,7 @@ async fn audit_chain(store: Arc<dyn Store>) {
     assert_eq!(tail, records[5..8]);
     // Nothing is sealed twice, and sealed records leave the outbox.
     assert_eq!(store.seal_audit(100).await.unwrap(), 0);
-    assert!(store.outbox_after("audit", 0, 10).await.unwrap().is_empty());
+    assert!(outbox_events(&*store, "audit", 10).await.is_empty());
     // No secret reaches the log: not the key's hash, not the endpoint's secret.
     let text = serde_json::to_string(&records).unwrap();
     assert!(
@@ -2293,7 +2300,7 @@ async fn retention(store: Arc<dyn Store>) {
         "the ledger is kept"
     );
     assert_eq!(
-        store.outbox_after("usage.", 0, 10).await.unwrap().len(),
+        outbox_events(&*store, "usage.", 10).await.len(),
         1,
         "usage events are kept"
     );
@@ -2324,7 +2331,7 @@ async fn retention(store: Arc<dyn Store>) {
     let done = store.delete_expired(&batch, cutoff, &audit).await.unwrap();
     assert_eq!((done.deliveries, done.outbox), (1, 1));
     assert!(store.expired(cutoff, 100).await.unwrap().is_empty());
-    assert_eq!(store.outbox_after("usage.", 0, 10).await.unwrap().len(), 1);
+    assert_eq!(outbox_events(&*store, "usage.", 10).await.len(), 1);
 }
 
 // ---- Usage events ------------------------------------------------------------------------------
@@ -2591,10 +2598,8 @@ async fn usage_events(store: Arc<dyn Store>) {
         .filter(|e| e.kind == "budget_warning")
         .count();
     assert_eq!(warned, 2);
-    let topics: Vec<String> = store
-        .outbox_after("budget.", 0, 100)
+    let topics: Vec<String> = outbox_events(&*store, "budget.", 100)
         .await
-        .unwrap()
         .into_iter()
         .map(|e| e.topic)
         .collect();

@@ -19,6 +19,12 @@ pub(crate) mod sqlite {
     /// The `seq` column of an admitted job and its value: SQLite numbers jobs itself, in order.
     pub(crate) const JOB_SEQ_COL: &str = ", seq";
     pub(crate) const JOB_SEQ_VALUE: &str = ", (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs)";
+    /// A cursor read of the outbox: its columns, its condition past cursor `($1, $2)`, its
+    /// order. One writer at a time commits rows in `seq` order, so `seq` is the cursor (`txid`
+    /// is 0).
+    pub(crate) const CURSOR_COLS: &str = "0 AS txid, seq, id, topic, tenant, payload, created_at";
+    pub(crate) const CURSOR_AFTER: &str = "$1 >= 0 AND seq > $2";
+    pub(crate) const CURSOR_ORDER: &str = "seq";
 }
 
 /// Postgres: row locks taken in one order (sandbox, then tenant, then jobs).
@@ -41,4 +47,12 @@ pub(crate) mod postgres {
     /// The `seq` column of an admitted job: its sequence's default.
     pub(crate) const JOB_SEQ_COL: &str = "";
     pub(crate) const JOB_SEQ_VALUE: &str = "";
+    /// A cursor read of the outbox: its columns, its condition past cursor `($1, $2)`, its
+    /// order. `seq` is handed out at insert, not at commit, so only rows of transactions older
+    /// than every one still running are read, in `(txid, seq)` order: a row that can still
+    /// appear sorts after every row already read (see [`crate::usage`]).
+    pub(crate) const CURSOR_COLS: &str = "txid, seq, id, topic, tenant, payload, created_at";
+    pub(crate) const CURSOR_AFTER: &str =
+        "txid < txid_snapshot_xmin(txid_current_snapshot()) AND (txid, seq) > ($1, $2)";
+    pub(crate) const CURSOR_ORDER: &str = "txid, seq";
 }
