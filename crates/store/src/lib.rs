@@ -536,6 +536,12 @@ pub trait Store: Outbox + AuditLog + Retention + Metering + Send + Sync + 'stati
     async fn append_ledger(&self, entry: &LedgerEntry) -> Result<()>;
     /// The ledger of one tenant or all, in order.
     async fn ledger(&self, tenant: Option<&str>) -> Result<Vec<LedgerEntry>>;
+    /// The part of `tenant`'s ledger that bears on its usage from `from` on, in order: every
+    /// entry of each sandbox that has an entry at or after `from` or is running now. The
+    /// intervals it makes ([`shoal_metering::intervals`]) are the whole ledger's, less ones that
+    /// ended before `from`, so a total over a period starting at `from` is the same; but it reads
+    /// only the period's entries and their sandboxes' (by index), not the tenant's whole history.
+    async fn period_ledger(&self, tenant: &str, from: Millis) -> Result<Vec<LedgerEntry>>;
     async fn finished_jobs(
         &self,
         tenant: Option<&str>,

@@ -58,6 +58,7 @@ conformance! {
     keeps_every_guarantee => suite,
     concurrent_leases_never_hand_out_a_job_twice => concurrent_leases,
     ledger_and_events_round_trip => ledger_and_events,
+    the_period_ledger_keeps_what_bears_on_the_period => period_ledger,
     concurrent_admissions_keep_quota_and_idempotency => concurrent_admissions,
     concurrency_limit_holds_across_concurrent_leases => concurrency_limit_races,
     open_refuses_an_unknown_url => unknown_url,
@@ -712,6 +713,63 @@ async fn ledger_and_events(store: Arc<dyn Store>) {
         (ev[0].kind.as_str(), ev[0].detail["sandbox"].as_str()),
         ("create", Some("s"))
     );
+}
+
+/// The period's ledger leaves out only sandboxes whose intervals all ended before the period, and
+/// other tenants': its total over the period is the whole ledger's.
+async fn period_ledger(store: Arc<dyn Store>) {
+    use shoal_metering::{LedgerEntry, LedgerKind, intervals, total};
+    for t in ["t", "u"] {
+        let plan = PlanTier::Pro;
+        let patch = LimitsPatch::default();
+        store
+            .put_tenant(t, plan, &patch, 0, &Actor::admin())
+            .await
+            .unwrap();
+    }
+    let entry = |sandbox: &str, tenant: &str, at: i64, running: bool| LedgerEntry {
+        sandbox_id: sandbox.into(),
+        tenant: tenant.into(),
+        at,
+        kind: if running {
+            LedgerKind::Running {
+                cpus_milli: 1000,
+                memory_mb: 1024,
+            }
+        } else {
+            LedgerKind::Stopped
+        },
+        note: None,
+    };
+    let writes = [
+        entry("a", "t", 10, true), // closed before the period: left out
+        entry("e", "t", 30, true), // closed, then open again across the period start
+        entry("e", "t", 40, false),
+        entry("b", "t", 50, true), // open across the period start, closed in it
+        entry("c", "t", 60, true), // open across the period start, still running
+        entry("e", "t", 70, true),
+        entry("a", "t", 20, false),
+        entry("d", "t", 120, true), // opened in the period
+        entry("x", "u", 130, true), // another tenant's
+        entry("b", "t", 150, false),
+    ];
+    for e in &writes {
+        store.append_ledger(e).await.unwrap();
+    }
+    let whole = store.ledger(Some("t")).await.unwrap();
+    let period = store.period_ledger("t", 100).await.unwrap();
+    let kept: Vec<LedgerEntry> = whole
+        .iter()
+        .filter(|e| e.sandbox_id != "a")
+        .cloned()
+        .collect();
+    assert_eq!(
+        period, kept,
+        "every entry of b, c, d and e, in order; none of a's or u's"
+    );
+    let spent = |l: &[LedgerEntry]| total(&intervals(l, 200), 100, 200);
+    assert_eq!(spent(&period), spent(&whole));
+    assert!(store.period_ledger("nobody", 100).await.unwrap().is_empty());
 }
 
 /// Many admissions at once, some repeating idempotency keys, against a quota: the quota is never

@@ -373,6 +373,14 @@ macro_rules! impl_store {
                     on_conn!(self, records::ledger, tenant)
                 }
 
+                async fn period_ledger(
+                    &self,
+                    tenant: &str,
+                    from: Millis,
+                ) -> Result<Vec<shoal_metering::LedgerEntry>> {
+                    on_conn!(self, records::period_ledger, tenant, from)
+                }
+
                 async fn finished_jobs(
                     &self,
                     tenant: Option<&str>,

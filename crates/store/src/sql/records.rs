@@ -60,6 +60,29 @@ macro_rules! for_backend {
             rows.iter().map(ledger_from_row).collect()
         }
 
+        /// See [`crate::Store::period_ledger`]. A sandbox running now has its interval in
+        /// `usage_open` (kept in the transaction of each ledger entry), so the sandboxes read are
+        /// those of the period's entries (index `ledger_tenant_at`) and the open ones, each read
+        /// whole (index `ledger_sandbox`).
+        pub(crate) async fn period_ledger(
+            conn: &mut Conn,
+            tenant: &str,
+            from: Millis,
+        ) -> Result<Vec<LedgerEntry>> {
+            let rows = sqlx::query(sql!(
+                "SELECT ",
+                LEDGER_COLS,
+                " FROM ledger WHERE tenant = $1 AND sandbox_id IN \
+                 (SELECT sandbox_id FROM ledger WHERE tenant = $1 AND at >= $2 \
+                 UNION SELECT sandbox_id FROM usage_open WHERE tenant = $1) ORDER BY seq"
+            ))
+            .bind(tenant)
+            .bind(from)
+            .fetch_all(&mut *conn)
+            .await?;
+            rows.iter().map(ledger_from_row).collect()
+        }
+
         /// Jobs that finished in `from..to`, of one tenant or all.
         pub(crate) async fn finished_jobs(
             conn: &mut Conn,
