@@ -6,7 +6,7 @@
 //! ledger's stream), the ledger, the audit log and the monthly counts quotas are held to.
 
 use crate::outbox::{DeliveryRecord, OutboxRecord, delivery_from_row, event_from_row};
-use crate::rows::{JOB_COLS, StoreRow, job_from_row, json_col};
+use crate::rows::{JOB_COLS, job_from_row};
 use crate::{EventRecord, JobRecord, Result};
 use serde::Serialize;
 use shoal_core::Millis;
@@ -94,15 +94,7 @@ macro_rules! for_backend {
             .fetch_all(&mut *conn)
             .await?
             .iter()
-            .map(|r| {
-                Ok(EventRecord {
-                    seq: r.int("seq")?,
-                    tenant: r.opt_string("tenant")?,
-                    at: r.int("at")?,
-                    kind: r.string("kind")?,
-                    detail: json_col(r, "detail")?.unwrap_or_default(),
-                })
-            })
+            .map(crate::sql::records::operator_event_from_row)
             .collect::<Result<Vec<_>>>()?;
             let deliveries = sqlx::query(
                 "SELECT d.seq, d.event_id, d.destination, o.topic, d.state, d.attempts, d.next_attempt_at, \

@@ -28,7 +28,7 @@ fn ledger_from_row<'r, R: StoreRow<'r>>(row: &'r R) -> Result<LedgerEntry> {
 }
 
 /// An `events` row.
-pub(crate) fn event_from_row<'r, R: StoreRow<'r>>(r: &'r R) -> Result<EventRecord> {
+pub(crate) fn operator_event_from_row<'r, R: StoreRow<'r>>(r: &'r R) -> Result<EventRecord> {
     Ok(EventRecord {
         seq: r.int("seq")?,
         tenant: r.opt_string("tenant")?,
@@ -141,7 +141,7 @@ macro_rules! for_backend {
             .bind(i64::from(limit))
             .fetch_all(&mut *conn)
             .await?;
-            rows.iter().map(event_from_row).collect()
+            rows.iter().map(operator_event_from_row).collect()
         }
 
         /// Stores a chunk of a job's output (see [`crate::Store::append_log`]), in the caller's
