@@ -341,6 +341,7 @@ pub struct ConsumerConfig {
 }
 
 impl ConsumerConfig {
+    /// The defaults for a worker named `worker_name`.
     pub fn new(worker_name: impl Into<String>) -> Self {
         ConsumerConfig {
             worker_name: worker_name.into(),

@@ -52,13 +52,16 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
 /// What went wrong in the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The database refused or failed a statement, or could not be reached.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// Bringing the schema up to date failed.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// A row holds a value this version does not understand.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// The URL names no database this store speaks.
     #[error("unsupported database URL `{0}` (sqlite://PATH or postgres://USER@HOST/DB)")]
     UnsupportedUrl(String),
 }
@@ -80,6 +83,7 @@ impl StoreError {
     }
 }
 
+/// The store's results.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// A tenant as stored.
@@ -394,8 +398,12 @@ pub trait Store: Outbox + AuditLog + Retention + Metering + Send + Sync + 'stati
         now: Millis,
         actor: &Actor,
     ) -> Result<(TenantRecord, bool)>;
+    /// The tenant `id`, if it exists.
     async fn tenant(&self, id: &str) -> Result<Option<TenantRecord>>;
+    /// Every tenant, by id.
     async fn tenants(&self) -> Result<Vec<TenantRecord>>;
+    /// Drains (a draining tenant's sandboxes get no new jobs) or undrains a tenant; `true` when
+    /// it exists. Recorded in the audit log.
     async fn set_draining(
         &self,
         id: &str,
@@ -415,6 +423,7 @@ pub trait Store: Outbox + AuditLog + Retention + Metering + Send + Sync + 'stati
         now: Millis,
         actor: &Actor,
     ) -> Result<()>;
+    /// The tenant of the key with this hash, if the key exists.
     async fn key_tenant(&self, key_hash: &str) -> Result<Option<String>>;
     /// The key with this hash, if it exists (a revoked key does not).
     async fn key(&self, key_hash: &str) -> Result<Option<KeyRecord>>;
@@ -446,7 +455,9 @@ pub trait Store: Outbox + AuditLog + Retention + Metering + Send + Sync + 'stati
         limit: Option<u64>,
         actor: &Actor,
     ) -> Result<Admitted>;
+    /// The job `id`, with its spec.
     async fn job(&self, id: &str) -> Result<Option<JobRecord>>;
+    /// Jobs matching `filter`, newest first, with their specs.
     async fn jobs(&self, filter: &JobFilter) -> Result<Vec<JobRecord>>;
     /// A page of the jobs list: at most `filter.limit` jobs, newest first, without their specs,
     /// stopping before the job whose [`listed_bytes`] would take the page over `max_bytes` (a
@@ -468,6 +479,7 @@ pub trait Store: Outbox + AuditLog + Retention + Metering + Send + Sync + 'stati
     // Schedules.
     /// Creates or replaces a schedule; `true` when it was created. Recorded in the audit log.
     async fn put_schedule(&self, s: &NewSchedule, actor: &Actor) -> Result<(ScheduleRecord, bool)>;
+    /// The schedule `name` of `tenant`, if it exists.
     async fn schedule(&self, tenant: &str, name: &str) -> Result<Option<ScheduleRecord>>;
     /// Schedules of one tenant or all, by tenant and name.
     async fn schedules(&self, tenant: Option<&str>) -> Result<Vec<ScheduleRecord>>;
@@ -492,7 +504,12 @@ pub trait Store: Outbox + AuditLog + Retention + Metering + Send + Sync + 'stati
     ) -> Result<Option<Admitted>>;
 
     // Dispatch.
+    /// The sandbox's agent asks for work: leases it the tenant's next due job under `policy`
+    /// (highest priority first, then oldest), or answers idle or stop. A busy sandbox asking
+    /// again lost its job, which is put back.
     async fn lease(&self, sandbox_id: &str, policy: LeasePolicy, now: Millis) -> Result<Lease>;
+    /// Extends a running job's lease to `now + ttl_ms`; `ok` is false when the lease is no
+    /// longer the job's, and `cancel` tells the agent the job was cancelled.
     async fn heartbeat(
         &self,
         job_id: &str,
@@ -500,6 +517,9 @@ pub trait Store: Outbox + AuditLog + Retention + Metering + Send + Sync + 'stati
         ttl_ms: Millis,
         now: Millis,
     ) -> Result<HeartbeatAnswer>;
+    /// Records how an attempt ended, if `lease_id` is still the job's lease on that sandbox
+    /// (else [`Completed::Stale`]): a success, a failure (retried after its backoff or final),
+    /// or a job handed back; the sandbox is ready again when it holds no other job.
     async fn complete(
         &self,
         sandbox_id: &str,
@@ -512,7 +532,9 @@ pub trait Store: Outbox + AuditLog + Retention + Metering + Send + Sync + 'stati
     async fn expire_leases(&self, now: Millis) -> Result<Vec<JobRecord>>;
 
     // Sandboxes.
+    /// Records a new sandbox, booting, before the provider is asked for it.
     async fn insert_sandbox(&self, s: NewSandbox) -> Result<SandboxRecord>;
+    /// Records the provider's id of a sandbox.
     async fn set_provider_id(&self, id: &str, provider_id: &str) -> Result<()>;
     /// Moves a sandbox to `to` if it is in one of `from`; `true` if it moved.
     async fn transition(
@@ -526,7 +548,9 @@ pub trait Store: Outbox + AuditLog + Retention + Metering + Send + Sync + 'stati
     /// back. Returns the jobs put back.
     async fn sandbox_down(&self, id: &str, to: SandboxState, now: Millis)
     -> Result<Vec<JobRecord>>;
+    /// The sandbox `id`, whatever its state.
     async fn sandbox(&self, id: &str) -> Result<Option<SandboxRecord>>;
+    /// The sandbox whose agent token hashes to `token_hash`.
     async fn sandbox_by_token(&self, token_hash: &str) -> Result<Option<SandboxRecord>>;
     /// Sandboxes that still exist, of one tenant or all.
     async fn sandboxes(&self, tenant: Option<&str>) -> Result<Vec<SandboxRecord>>;
@@ -542,12 +566,14 @@ pub trait Store: Outbox + AuditLog + Retention + Metering + Send + Sync + 'stati
     /// ended before `from`, so a total over a period starting at `from` is the same; but it reads
     /// only the period's entries and their sandboxes' (by index), not the tenant's whole history.
     async fn period_ledger(&self, tenant: &str, from: Millis) -> Result<Vec<LedgerEntry>>;
+    /// Jobs of one tenant or all that finished in `from..to`, for usage reports.
     async fn finished_jobs(
         &self,
         tenant: Option<&str>,
         from: Millis,
         to: Millis,
     ) -> Result<Vec<Finished>>;
+    /// Records an operators' event (`GET /v1/events`).
     async fn record_event(
         &self,
         tenant: Option<&str>,
@@ -555,6 +581,7 @@ pub trait Store: Outbox + AuditLog + Retention + Metering + Send + Sync + 'stati
         kind: &str,
         detail: &serde_json::Value,
     ) -> Result<()>;
+    /// The newest `limit` operators' events of one tenant or all, newest first.
     async fn events(&self, tenant: Option<&str>, limit: u32) -> Result<Vec<EventRecord>>;
 
     // Job output.

@@ -92,6 +92,7 @@ impl RedisRateLimiter {
         Ok(Self::new(conn))
     }
 
+    /// A limiter on an open Redis connection.
     pub fn new(conn: ConnectionManager) -> Self {
         RedisRateLimiter {
             conn,

@@ -17,6 +17,7 @@ use shoal_core::audit::AuditEntry;
 pub struct Expired {
     /// Finished jobs (with their specs and results).
     pub jobs: Vec<JobRecord>,
+    /// Operators' events.
     pub events: Vec<EventRecord>,
     /// Delivered or failed deliveries.
     pub deliveries: Vec<DeliveryRecord>,
@@ -25,6 +26,7 @@ pub struct Expired {
 }
 
 impl Expired {
+    /// Whether the batch holds no row at all.
     pub fn is_empty(&self) -> bool {
         self.jobs.is_empty()
             && self.events.is_empty()
@@ -32,6 +34,7 @@ impl Expired {
             && self.outbox.is_empty()
     }
 
+    /// Rows in the batch, all kinds together.
     pub fn len(&self) -> usize {
         self.jobs.len() + self.events.len() + self.deliveries.len() + self.outbox.len()
     }

@@ -85,6 +85,7 @@ pub enum QuotaSignal {
 }
 
 impl QuotaSignal {
+    /// The outbox topic of the signal.
     pub fn topic(self) -> &'static str {
         match self {
             QuotaSignal::Warning => "quota.warning",

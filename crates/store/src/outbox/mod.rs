@@ -58,6 +58,7 @@ pub trait Outbox: Send + Sync {
         max_per_owner: u32,
         actor: &shoal_core::audit::Actor,
     ) -> Result<bool>;
+    /// The endpoint `id`, if it exists.
     async fn endpoint(&self, id: &str) -> Result<Option<EndpointRecord>>;
     /// Endpoints created by `owner`'s key, or every endpoint (`None`), oldest first.
     async fn endpoints(&self, owner: Option<&str>) -> Result<Vec<EndpointRecord>>;

@@ -36,6 +36,7 @@ pub enum DeliveryState {
 }
 
 impl DeliveryState {
+    /// The state's name, as stored.
     pub fn as_str(self) -> &'static str {
         match self {
             DeliveryState::Pending => "pending",
