@@ -43,9 +43,13 @@ impl Expired {
 /// How many rows a deletion removed, by kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Deleted {
+    /// Finished jobs.
     pub jobs: u64,
+    /// Operators' events.
     pub events: u64,
+    /// Delivered or failed deliveries.
     pub deliveries: u64,
+    /// Outbox events.
     pub outbox: u64,
 }
 

@@ -22,7 +22,9 @@ use std::str::FromStr;
 /// on SQLite). Its text form `txid.seq` is the API's opaque cursor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize)]
 pub struct UsageCursor {
+    /// The writing transaction of the last event read (0 on SQLite).
     pub txid: i64,
+    /// The `seq` of the last event read.
     pub seq: i64,
 }
 
@@ -49,19 +51,28 @@ impl FromStr for UsageCursor {
 /// A usage event as read, with the cursor that points just past it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UsageEventRecord {
+    /// The cursor just past this event.
     pub cursor: UsageCursor,
+    /// The event.
     pub event: OutboxRecord,
 }
 
 /// A sandbox's open billing interval.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OpenUsage {
+    /// The running sandbox.
     pub sandbox_id: String,
+    /// Its tenant.
     pub tenant: String,
+    /// Its provider.
     pub provider: String,
+    /// When the interval opened (its ledger entry's time).
     pub start: Millis,
+    /// The time up to which it was billed (the last hour boundary cut, or `start`).
     pub billed_to: Millis,
+    /// Its vCPUs, in thousandths.
     pub cpus_milli: u64,
+    /// Its memory, in MiB.
     pub memory_mb: u64,
 }
 

@@ -15,9 +15,11 @@ pub struct OutboxEvent {
     pub id: String,
     /// What happened: `job.succeeded`, `quota.warning`, ... (audit and usage topics may join).
     pub topic: String,
+    /// The tenant it concerns; `None`: the platform's.
     pub tenant: Option<String>,
     /// The topic's data. For `job.*` topics: the job record at that moment (without its spec).
     pub payload: serde_json::Value,
+    /// When it happened.
     pub created_at: Millis,
 }
 
@@ -68,10 +70,15 @@ impl OutboxEvent {
 pub struct OutboxRecord {
     /// Order of the outbox; the cursor of readers.
     pub seq: i64,
+    /// The event's stable id.
     pub id: String,
+    /// What happened.
     pub topic: String,
+    /// The tenant it concerns; `None`: the platform's.
     pub tenant: Option<String>,
+    /// The topic's data.
     pub payload: serde_json::Value,
+    /// When it happened.
     pub created_at: Millis,
 }
 

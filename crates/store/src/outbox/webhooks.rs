@@ -9,17 +9,21 @@ use shoal_core::Millis;
 /// A webhook endpoint to create.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewEndpoint {
+    /// The endpoint's id.
     pub id: String,
     /// The tenant whose key created it; `None`: the platform's (admin).
     pub owner: Option<String>,
     /// Only this tenant's events; `None`: every tenant's.
     pub tenant: Option<String>,
+    /// Where deliveries are posted.
     pub url: String,
     /// Only these types; `None`: every type.
     pub events: Option<Vec<String>>,
+    /// The signing secret of deliveries.
     pub secret: String,
     /// Refuse private addresses when delivering.
     pub guarded: bool,
+    /// When it was created.
     pub created_at: Millis,
 }
 
@@ -30,8 +34,11 @@ pub type EndpointRecord = NewEndpoint;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryState {
+    /// Not delivered yet; tried again when due.
     Pending,
+    /// The destination took it.
     Delivered,
+    /// Given up.
     Failed,
 }
 
@@ -58,30 +65,42 @@ impl DeliveryState {
 /// One event's delivery to one destination.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DeliveryRecord {
+    /// Order of the deliveries; the cursor of their list.
     pub seq: i64,
+    /// The event delivered.
     pub event_id: String,
+    /// The endpoint it goes to.
     pub destination: String,
     /// The event's topic.
     pub topic: String,
+    /// Where it is.
     pub state: DeliveryState,
     /// Attempts begun (a lease counts one).
     pub attempts: u32,
     /// When it is next due (pending only); while leased, when the lease lapses.
     pub next_attempt_at: Option<Millis>,
+    /// The HTTP status of the last attempt, if it got one.
     pub last_status: Option<u16>,
+    /// Why the last attempt failed.
     pub last_error: Option<String>,
+    /// When the last attempt began.
     pub last_attempt_at: Option<Millis>,
+    /// When the delivery was made (with its event).
     pub created_at: Millis,
+    /// When the destination took it.
     pub delivered_at: Option<Millis>,
 }
 
 /// A delivery leased for one attempt, with what the attempt needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LeasedDelivery {
+    /// The event to deliver.
     pub event: OutboxRecord,
+    /// Where to deliver it.
     pub endpoint: EndpointRecord,
     /// This attempt's number, from 1.
     pub attempt: u32,
+    /// The lease the attempt reports under.
     pub lease_id: String,
 }
 
@@ -89,11 +108,17 @@ pub struct LeasedDelivery {
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttemptOutcome {
     /// The destination took it (a 2xx).
-    Delivered { status: u16 },
+    Delivered {
+        /// The status it answered.
+        status: u16,
+    },
     /// It did not: retry at `retry_at`, or give up (`None`).
     Failed {
+        /// The HTTP status, if the destination answered.
         status: Option<u16>,
+        /// What went wrong.
         error: String,
+        /// When to try again; `None`: give up.
         retry_at: Option<Millis>,
     },
 }
