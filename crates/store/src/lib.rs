@@ -89,13 +89,19 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// A tenant as stored.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TenantRecord {
+    /// The tenant's id.
     pub id: String,
+    /// Its plan.
     pub plan: PlanTier,
+    /// Its limits that differ from the plan's.
     pub overrides: LimitsPatch,
+    /// Draining: its sandboxes get no new jobs.
     pub draining: bool,
     /// When the tenant was last warned of nearing its monthly quota.
     pub quota_warned_at: Option<Millis>,
+    /// When it was created.
     pub created_at: Millis,
+    /// When it was last changed.
     pub updated_at: Millis,
 }
 
@@ -111,8 +117,11 @@ impl TenantRecord {
 pub struct KeyRecord {
     /// The key's id, to list and revoke it by (not a secret).
     pub id: String,
+    /// The tenant the key belongs to.
     pub tenant: String,
+    /// When it was created.
     pub created_at: Millis,
+    /// When it was last used.
     pub last_used_at: Option<Millis>,
 }
 
@@ -134,23 +143,41 @@ pub fn listed_bytes(result_len: usize, error_len: usize) -> u64 {
 /// A job as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
+    /// The job's id.
     pub id: String,
+    /// Its tenant.
     pub tenant: String,
+    /// What the agent runs it with.
     pub kind: String,
+    /// Its input, as admitted (`null` in a list).
     pub spec: serde_json::Value,
+    /// The tenant's key that makes a repeated admission return this job.
     pub idempotency_key: Option<String>,
+    /// Higher leases first.
     pub priority: i32,
+    /// Attempts allowed in all.
     pub max_attempts: u32,
+    /// How long one attempt may run.
     pub timeout_s: u64,
+    /// Where it is.
     pub state: JobState,
+    /// Attempts begun.
     pub attempts: u32,
+    /// The sandbox running it (or, for a dead job, that last ran it).
     pub sandbox_id: Option<String>,
+    /// The current attempt's lease.
     pub lease_id: Option<String>,
+    /// When the current lease lapses unless heartbeated.
     pub lease_expires_at: Option<Millis>,
+    /// What the last attempt returned.
     pub result: Option<serde_json::Value>,
+    /// Why the last attempt failed.
     pub error: Option<serde_json::Value>,
+    /// When it was admitted.
     pub created_at: Millis,
+    /// When the current or last attempt began.
     pub started_at: Option<Millis>,
+    /// When it reached a terminal state.
     pub finished_at: Option<Millis>,
     /// Order of admission; the list cursor.
     pub seq: i64,
@@ -176,14 +203,23 @@ impl JobRecord {
 /// A job to admit.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewJob {
+    /// The job's id.
     pub id: String,
+    /// Its tenant.
     pub tenant: String,
+    /// What the agent runs it with.
     pub kind: String,
+    /// Its input.
     pub spec: serde_json::Value,
+    /// The tenant's key that makes a repeated admission return the first job.
     pub idempotency_key: Option<String>,
+    /// Higher leases first.
     pub priority: i32,
+    /// Attempts allowed in all.
     pub max_attempts: u32,
+    /// How long one attempt may run.
     pub timeout_s: u64,
+    /// When it is admitted.
     pub created_at: Millis,
     /// Not leased before this time.
     pub run_at: Option<Millis>,
@@ -200,94 +236,144 @@ pub enum Admitted {
     /// `signals` are the quota thresholds this admission crossed (each once per period), whose
     /// events were written with it.
     Created {
+        /// The job as stored.
         job: JobRecord,
+        /// The tenant's jobs this month, this one included.
         period_jobs: u64,
+        /// The quota thresholds this admission crossed.
         signals: Vec<QuotaSignal>,
     },
     /// The idempotency key was seen before: the first job.
     Existing(JobRecord),
     /// The monthly quota is used up; nothing was stored.
-    QuotaExceeded { used: u64, limit: u64 },
+    QuotaExceeded {
+        /// Jobs admitted this month.
+        used: u64,
+        /// The monthly quota.
+        limit: u64,
+    },
 }
 
 /// A cron schedule as stored.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ScheduleRecord {
+    /// The tenant.
     pub tenant: String,
+    /// The schedule's name, unique per tenant.
     pub name: String,
+    /// The cron expression.
     pub cron: String,
+    /// The time zone the cron reads in.
     pub timezone: String,
     /// The body each fire admits (as `POST /v1/jobs` takes it, without `tenant`).
     pub job: serde_json::Value,
     /// The next fire time not yet made into a job; `None` when the cron has no further match.
     pub next_fire_at: Option<Millis>,
+    /// The last fire time made into a job.
     pub last_fire_at: Option<Millis>,
+    /// When it was created.
     pub created_at: Millis,
+    /// When it was last changed.
     pub updated_at: Millis,
 }
 
 /// One fire of a schedule: its `next_fire_at` as read (`claimed`) and where it moves (`next`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScheduleFire {
+    /// The schedule's tenant.
     pub tenant: String,
+    /// The schedule's name.
     pub name: String,
+    /// The fire time read.
     pub claimed: Millis,
+    /// The next fire time.
     pub next: Option<Millis>,
 }
 
 /// A schedule to create or replace.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewSchedule {
+    /// The tenant.
     pub tenant: String,
+    /// The schedule's name.
     pub name: String,
+    /// The cron expression.
     pub cron: String,
+    /// The time zone the cron reads in.
     pub timezone: String,
+    /// The body each fire admits.
     pub job: serde_json::Value,
+    /// The first fire time.
     pub next_fire_at: Option<Millis>,
+    /// When it is written.
     pub now: Millis,
 }
 
 /// A sandbox as stored.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SandboxRecord {
+    /// The sandbox's id.
     pub id: String,
+    /// Its tenant.
     pub tenant: String,
+    /// Where it is.
     pub state: SandboxState,
+    /// The provider that runs it.
     pub provider: String,
+    /// The provider's id of it, once known.
     pub provider_id: Option<String>,
+    /// Its vCPUs, in thousandths.
     pub cpus_milli: u64,
+    /// Its memory, in MiB.
     pub memory_mb: u64,
+    /// When it entered its state.
     pub since: Millis,
+    /// Since when it has been ready with nothing to run.
     pub idle_since: Option<Millis>,
+    /// When its agent was last heard from.
     pub last_seen: Option<Millis>,
+    /// Jobs it has run.
     pub jobs_run: u64,
+    /// When it was created.
     pub created_at: Millis,
 }
 
 /// A sandbox to record before the provider is asked for it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewSandbox {
+    /// The sandbox's id.
     pub id: String,
+    /// Its tenant.
     pub tenant: String,
+    /// The provider asked for it.
     pub provider: String,
+    /// The hash of its agent's token.
     pub token_hash: String,
+    /// Its vCPUs, in thousandths.
     pub cpus_milli: u64,
+    /// Its memory, in MiB.
     pub memory_mb: u64,
+    /// When it is recorded.
     pub now: Millis,
 }
 
 /// What the dispatcher may hand out to one sandbox now.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LeasePolicy {
+    /// At most this many of the tenant's jobs running at once.
     pub max_concurrent_jobs: Option<u32>,
+    /// The tenant is draining: no new jobs.
     pub draining: bool,
+    /// How long a lease lasts without a heartbeat.
     pub lease_ttl_ms: Millis,
 }
 
 /// The answer to a lease request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Lease {
+    /// A job to run, leased.
     Job(Box<JobRecord>),
+    /// Nothing to run now.
     Idle,
     /// The sandbox is being stopped or is unknown: its agent should exit.
     Stop,
@@ -296,23 +382,31 @@ pub enum Lease {
 /// The answer to a heartbeat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeartbeatAnswer {
+    /// The lease is still the job's and was extended.
     pub ok: bool,
+    /// The job was cancelled: the agent should stop it.
     pub cancel: bool,
 }
 
 /// How an attempt ended, as the store records it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Finish {
+    /// The job did what it was asked.
     Succeeded {
+        /// What it returned.
         result: serde_json::Value,
     },
+    /// The attempt failed; retried if the job's policy allows.
     Failed {
+        /// What it returned, if anything.
         result: Option<serde_json::Value>,
+        /// Why it failed.
         error: serde_json::Value,
     },
     /// Hand the job back (its agent is stopping): it goes back to the queue and the attempt is
     /// not counted.
     Retry {
+        /// Why it was handed back.
         error: serde_json::Value,
     },
 }
@@ -320,6 +414,7 @@ pub enum Finish {
 /// The answer to a completion.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Completed {
+    /// The attempt was recorded; the job as it now is.
     Done(Box<JobRecord>),
     /// The lease is not the job's current one (lapsed, cancelled, or already completed).
     Stale,
@@ -328,8 +423,11 @@ pub enum Completed {
 /// Filters of the jobs list.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct JobFilter {
+    /// Only this tenant's jobs.
     pub tenant: Option<String>,
+    /// Only jobs in this state.
     pub state: Option<JobState>,
+    /// At most this many jobs.
     pub limit: u32,
     /// Only jobs admitted before this one (`seq` below it).
     pub before_seq: Option<i64>,
@@ -340,6 +438,7 @@ pub struct JobFilter {
 pub struct QueueCounts {
     /// Queued jobs, due or not.
     pub queued: u64,
+    /// Running jobs.
     pub running: u64,
     /// Of the queued jobs, those not due yet (a later `run_at` or `next_attempt_at`).
     pub waiting: u64,
@@ -350,10 +449,15 @@ pub struct QueueCounts {
 /// A recorded operator-facing event.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EventRecord {
+    /// Order of recording; the cursor of the list.
     pub seq: i64,
+    /// The tenant it concerns; `None`: the platform's.
     pub tenant: Option<String>,
+    /// When it happened.
     pub at: Millis,
+    /// What happened.
     pub kind: String,
+    /// Its details.
     pub detail: serde_json::Value,
 }
 
@@ -361,7 +465,12 @@ pub struct EventRecord {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogAppend {
     /// Stored (or already stored); the log now holds the bytes from `start` to `end`.
-    Stored { start: u64, end: u64 },
+    Stored {
+        /// The offset of the oldest byte kept.
+        start: u64,
+        /// Bytes written in all.
+        end: u64,
+    },
     /// The job is not running on that sandbox under that lease: nothing was stored.
     Stale,
 }
@@ -375,13 +484,16 @@ pub struct LogSlice {
     pub end: u64,
     /// The offset `data` starts at (the one asked for, or `start` when that was trimmed away).
     pub at: u64,
+    /// The bytes from `at` on.
     pub data: Vec<u8>,
 }
 
 /// A finished job, for usage reports.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Finished {
+    /// When the job finished.
     pub at: Millis,
+    /// How it finished.
     pub state: JobState,
 }
 
