@@ -20,7 +20,8 @@ pub async fn spent(app: &App, tenant: &str, now: Millis) -> Result<Option<f64>, 
         return Ok(None);
     };
     let (from, to) = month_of(now);
-    let ledger = app.store.ledger(Some(tenant)).await?;
+    // The month's part of the ledger only: its total over the month is the whole ledger's.
+    let ledger = app.store.period_ledger(tenant, from).await?;
     let ivs = intervals(&ledger, now);
     Ok(Some(price.cost(&total(&ivs, from, to.min(now)))))
 }

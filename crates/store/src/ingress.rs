@@ -58,15 +58,22 @@ pub const DEFAULT_QUEUE: &str = "shoal-ingress";
 /// A job to admit: the fields of `POST /v1/jobs`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IngressJob {
+    /// The tenant admitting it.
     pub tenant: String,
+    /// What the agent runs it with.
     pub kind: String,
+    /// Its input.
     pub spec: serde_json::Value,
+    /// The tenant's key that makes a repeated admission return the first job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// Higher leases first; the default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<i32>,
+    /// Attempts allowed in all; the default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
+    /// How long one attempt may run; the default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_s: Option<u64>,
 }
@@ -76,11 +83,18 @@ pub struct IngressJob {
 pub enum AdmitError {
     /// It never will be (bad input, unknown tenant, quota used up): recorded, not retried.
     #[error("rejected ({code}): {message}")]
-    Rejected { code: String, message: String },
+    Rejected {
+        /// The error code the API would answer.
+        code: String,
+        /// What was wrong.
+        message: String,
+    },
     /// Not now (store unreachable, rate limited): tried again, after `after` when given.
     #[error("not admitted yet: {message}")]
     Retry {
+        /// The earliest time to try again, if the refusal says.
         after: Option<Duration>,
+        /// Why not now.
         message: String,
     },
 }
@@ -88,12 +102,16 @@ pub enum AdmitError {
 /// What went wrong with the queue itself.
 #[derive(Debug, thiserror::Error)]
 pub enum IngressError {
+    /// Redis refused or failed a command.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// Postgres refused or failed a statement.
     #[error("postgres: {0}")]
     Postgres(#[from] sqlx::Error),
+    /// The queue library failed.
     #[error("apalis: {0}")]
     Queue(String),
+    /// The URL names no queue backend.
     #[error("unsupported ingress URL `{0}` (redis://… or postgres://…)")]
     UnsupportedUrl(String),
 }
@@ -101,14 +119,22 @@ pub enum IngressError {
 /// Where the queue lives.
 #[derive(Clone)]
 pub enum IngressQueue {
+    /// A Redis list.
     Redis {
+        /// The server's URL.
         url: String,
+        /// The queue's name.
         queue: String,
+        /// The queue's storage.
         storage: RedisStorage<IngressJob>,
     },
+    /// A Postgres table.
     Postgres {
+        /// The database's pool.
         pool: PgPool,
+        /// The queue's name.
         queue: String,
+        /// The queue's storage.
         storage: PostgresStorage<IngressJob>,
     },
 }
@@ -332,7 +358,10 @@ pub struct ConsumerConfig {
     /// The worker's name: stable for one replica (its messages in flight are re-enqueued when it
     /// registers again), distinct between replicas.
     pub worker_name: String,
+    /// How often the supervisor probes the backend (and restarts the worker if it ended, the
+    /// probe failed or the server restarted).
     pub health_interval: Duration,
+    /// How often the janitor deletes finished messages.
     pub janitor_interval: Duration,
     /// The longest wait between tries of a message that could not be admitted yet.
     pub max_retry_wait: Duration,
@@ -341,6 +370,7 @@ pub struct ConsumerConfig {
 }
 
 impl ConsumerConfig {
+    /// The defaults for a worker named `worker_name`.
     pub fn new(worker_name: impl Into<String>) -> Self {
         ConsumerConfig {
             worker_name: worker_name.into(),

@@ -27,6 +27,7 @@ pub struct LogHead {
 pub struct LogWrite<'a> {
     /// The offset the stored bytes start at.
     pub at: u64,
+    /// The bytes to store.
     pub bytes: Cow<'a, [u8]>,
     /// The head afterwards; chunks ending at or before `head.start` are deleted, and one that
     /// straddles it keeps only its bytes from `head.start` on.

@@ -13,6 +13,7 @@ pub mod ratelimit;
 pub mod retention;
 mod rows;
 pub mod schedules;
+mod sql;
 pub mod sqlite;
 mod tenants;
 pub mod usage;
@@ -51,13 +52,16 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
 /// What went wrong in the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The database refused or failed a statement, or could not be reached.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// Bringing the schema up to date failed.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// A row holds a value this version does not understand.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// The URL names no database this store speaks.
     #[error("unsupported database URL `{0}` (sqlite://PATH or postgres://USER@HOST/DB)")]
     UnsupportedUrl(String),
 }
@@ -79,18 +83,25 @@ impl StoreError {
     }
 }
 
+/// The store's results.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// A tenant as stored.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TenantRecord {
+    /// The tenant's id.
     pub id: String,
+    /// Its plan.
     pub plan: PlanTier,
+    /// Its limits that differ from the plan's.
     pub overrides: LimitsPatch,
+    /// Draining: its sandboxes get no new jobs.
     pub draining: bool,
     /// When the tenant was last warned of nearing its monthly quota.
     pub quota_warned_at: Option<Millis>,
+    /// When it was created.
     pub created_at: Millis,
+    /// When it was last changed.
     pub updated_at: Millis,
 }
 
@@ -106,8 +117,11 @@ impl TenantRecord {
 pub struct KeyRecord {
     /// The key's id, to list and revoke it by (not a secret).
     pub id: String,
+    /// The tenant the key belongs to.
     pub tenant: String,
+    /// When it was created.
     pub created_at: Millis,
+    /// When it was last used.
     pub last_used_at: Option<Millis>,
 }
 
@@ -129,23 +143,41 @@ pub fn listed_bytes(result_len: usize, error_len: usize) -> u64 {
 /// A job as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
+    /// The job's id.
     pub id: String,
+    /// Its tenant.
     pub tenant: String,
+    /// What the agent runs it with.
     pub kind: String,
+    /// Its input, as admitted (`null` in a list).
     pub spec: serde_json::Value,
+    /// The tenant's key that makes a repeated admission return this job.
     pub idempotency_key: Option<String>,
+    /// Higher leases first.
     pub priority: i32,
+    /// Attempts allowed in all.
     pub max_attempts: u32,
+    /// How long one attempt may run.
     pub timeout_s: u64,
+    /// Where it is.
     pub state: JobState,
+    /// Attempts begun.
     pub attempts: u32,
+    /// The sandbox running it (or, for a dead job, that last ran it).
     pub sandbox_id: Option<String>,
+    /// The current attempt's lease.
     pub lease_id: Option<String>,
+    /// When the current lease lapses unless heartbeated.
     pub lease_expires_at: Option<Millis>,
+    /// What the last attempt returned.
     pub result: Option<serde_json::Value>,
+    /// Why the last attempt failed.
     pub error: Option<serde_json::Value>,
+    /// When it was admitted.
     pub created_at: Millis,
+    /// When the current or last attempt began.
     pub started_at: Option<Millis>,
+    /// When it reached a terminal state.
     pub finished_at: Option<Millis>,
     /// Order of admission; the list cursor.
     pub seq: i64,
@@ -171,14 +203,23 @@ impl JobRecord {
 /// A job to admit.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewJob {
+    /// The job's id.
     pub id: String,
+    /// Its tenant.
     pub tenant: String,
+    /// What the agent runs it with.
     pub kind: String,
+    /// Its input.
     pub spec: serde_json::Value,
+    /// The tenant's key that makes a repeated admission return the first job.
     pub idempotency_key: Option<String>,
+    /// Higher leases first.
     pub priority: i32,
+    /// Attempts allowed in all.
     pub max_attempts: u32,
+    /// How long one attempt may run.
     pub timeout_s: u64,
+    /// When it is admitted.
     pub created_at: Millis,
     /// Not leased before this time.
     pub run_at: Option<Millis>,
@@ -195,94 +236,144 @@ pub enum Admitted {
     /// `signals` are the quota thresholds this admission crossed (each once per period), whose
     /// events were written with it.
     Created {
+        /// The job as stored.
         job: JobRecord,
+        /// The tenant's jobs this month, this one included.
         period_jobs: u64,
+        /// The quota thresholds this admission crossed.
         signals: Vec<QuotaSignal>,
     },
     /// The idempotency key was seen before: the first job.
     Existing(JobRecord),
     /// The monthly quota is used up; nothing was stored.
-    QuotaExceeded { used: u64, limit: u64 },
+    QuotaExceeded {
+        /// Jobs admitted this month.
+        used: u64,
+        /// The monthly quota.
+        limit: u64,
+    },
 }
 
 /// A cron schedule as stored.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ScheduleRecord {
+    /// The tenant.
     pub tenant: String,
+    /// The schedule's name, unique per tenant.
     pub name: String,
+    /// The cron expression.
     pub cron: String,
+    /// The time zone the cron reads in.
     pub timezone: String,
     /// The body each fire admits (as `POST /v1/jobs` takes it, without `tenant`).
     pub job: serde_json::Value,
     /// The next fire time not yet made into a job; `None` when the cron has no further match.
     pub next_fire_at: Option<Millis>,
+    /// The last fire time made into a job.
     pub last_fire_at: Option<Millis>,
+    /// When it was created.
     pub created_at: Millis,
+    /// When it was last changed.
     pub updated_at: Millis,
 }
 
 /// One fire of a schedule: its `next_fire_at` as read (`claimed`) and where it moves (`next`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScheduleFire {
+    /// The schedule's tenant.
     pub tenant: String,
+    /// The schedule's name.
     pub name: String,
+    /// The fire time read.
     pub claimed: Millis,
+    /// The next fire time.
     pub next: Option<Millis>,
 }
 
 /// A schedule to create or replace.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewSchedule {
+    /// The tenant.
     pub tenant: String,
+    /// The schedule's name.
     pub name: String,
+    /// The cron expression.
     pub cron: String,
+    /// The time zone the cron reads in.
     pub timezone: String,
+    /// The body each fire admits.
     pub job: serde_json::Value,
+    /// The first fire time.
     pub next_fire_at: Option<Millis>,
+    /// When it is written.
     pub now: Millis,
 }
 
 /// A sandbox as stored.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SandboxRecord {
+    /// The sandbox's id.
     pub id: String,
+    /// Its tenant.
     pub tenant: String,
+    /// Where it is.
     pub state: SandboxState,
+    /// The provider that runs it.
     pub provider: String,
+    /// The provider's id of it, once known.
     pub provider_id: Option<String>,
+    /// Its vCPUs, in thousandths.
     pub cpus_milli: u64,
+    /// Its memory, in MiB.
     pub memory_mb: u64,
+    /// When it entered its state.
     pub since: Millis,
+    /// Since when it has been ready with nothing to run.
     pub idle_since: Option<Millis>,
+    /// When its agent was last heard from.
     pub last_seen: Option<Millis>,
+    /// Jobs it has run.
     pub jobs_run: u64,
+    /// When it was created.
     pub created_at: Millis,
 }
 
 /// A sandbox to record before the provider is asked for it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewSandbox {
+    /// The sandbox's id.
     pub id: String,
+    /// Its tenant.
     pub tenant: String,
+    /// The provider asked for it.
     pub provider: String,
+    /// The hash of its agent's token.
     pub token_hash: String,
+    /// Its vCPUs, in thousandths.
     pub cpus_milli: u64,
+    /// Its memory, in MiB.
     pub memory_mb: u64,
+    /// When it is recorded.
     pub now: Millis,
 }
 
 /// What the dispatcher may hand out to one sandbox now.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LeasePolicy {
+    /// At most this many of the tenant's jobs running at once.
     pub max_concurrent_jobs: Option<u32>,
+    /// The tenant is draining: no new jobs.
     pub draining: bool,
+    /// How long a lease lasts without a heartbeat.
     pub lease_ttl_ms: Millis,
 }
 
 /// The answer to a lease request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Lease {
+    /// A job to run, leased.
     Job(Box<JobRecord>),
+    /// Nothing to run now.
     Idle,
     /// The sandbox is being stopped or is unknown: its agent should exit.
     Stop,
@@ -291,23 +382,31 @@ pub enum Lease {
 /// The answer to a heartbeat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeartbeatAnswer {
+    /// The lease is still the job's and was extended.
     pub ok: bool,
+    /// The job was cancelled: the agent should stop it.
     pub cancel: bool,
 }
 
 /// How an attempt ended, as the store records it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Finish {
+    /// The job did what it was asked.
     Succeeded {
+        /// What it returned.
         result: serde_json::Value,
     },
+    /// The attempt failed; retried if the job's policy allows.
     Failed {
+        /// What it returned, if anything.
         result: Option<serde_json::Value>,
+        /// Why it failed.
         error: serde_json::Value,
     },
     /// Hand the job back (its agent is stopping): it goes back to the queue and the attempt is
     /// not counted.
     Retry {
+        /// Why it was handed back.
         error: serde_json::Value,
     },
 }
@@ -315,6 +414,7 @@ pub enum Finish {
 /// The answer to a completion.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Completed {
+    /// The attempt was recorded; the job as it now is.
     Done(Box<JobRecord>),
     /// The lease is not the job's current one (lapsed, cancelled, or already completed).
     Stale,
@@ -323,8 +423,11 @@ pub enum Completed {
 /// Filters of the jobs list.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct JobFilter {
+    /// Only this tenant's jobs.
     pub tenant: Option<String>,
+    /// Only jobs in this state.
     pub state: Option<JobState>,
+    /// At most this many jobs.
     pub limit: u32,
     /// Only jobs admitted before this one (`seq` below it).
     pub before_seq: Option<i64>,
@@ -335,6 +438,7 @@ pub struct JobFilter {
 pub struct QueueCounts {
     /// Queued jobs, due or not.
     pub queued: u64,
+    /// Running jobs.
     pub running: u64,
     /// Of the queued jobs, those not due yet (a later `run_at` or `next_attempt_at`).
     pub waiting: u64,
@@ -345,10 +449,15 @@ pub struct QueueCounts {
 /// A recorded operator-facing event.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EventRecord {
+    /// Order of recording; the cursor of the list.
     pub seq: i64,
+    /// The tenant it concerns; `None`: the platform's.
     pub tenant: Option<String>,
+    /// When it happened.
     pub at: Millis,
+    /// What happened.
     pub kind: String,
+    /// Its details.
     pub detail: serde_json::Value,
 }
 
@@ -356,7 +465,12 @@ pub struct EventRecord {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogAppend {
     /// Stored (or already stored); the log now holds the bytes from `start` to `end`.
-    Stored { start: u64, end: u64 },
+    Stored {
+        /// The offset of the oldest byte kept.
+        start: u64,
+        /// Bytes written in all.
+        end: u64,
+    },
     /// The job is not running on that sandbox under that lease: nothing was stored.
     Stale,
 }
@@ -370,13 +484,16 @@ pub struct LogSlice {
     pub end: u64,
     /// The offset `data` starts at (the one asked for, or `start` when that was trimmed away).
     pub at: u64,
+    /// The bytes from `at` on.
     pub data: Vec<u8>,
 }
 
 /// A finished job, for usage reports.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Finished {
+    /// When the job finished.
     pub at: Millis,
+    /// How it finished.
     pub state: JobState,
 }
 
@@ -393,8 +510,12 @@ pub trait Store: Outbox + AuditLog + Retention + Metering + Send + Sync + 'stati
         now: Millis,
         actor: &Actor,
     ) -> Result<(TenantRecord, bool)>;
+    /// The tenant `id`, if it exists.
     async fn tenant(&self, id: &str) -> Result<Option<TenantRecord>>;
+    /// Every tenant, by id.
     async fn tenants(&self) -> Result<Vec<TenantRecord>>;
+    /// Drains (a draining tenant's sandboxes get no new jobs) or undrains a tenant; `true` when
+    /// it exists. Recorded in the audit log.
     async fn set_draining(
         &self,
         id: &str,
@@ -414,6 +535,7 @@ pub trait Store: Outbox + AuditLog + Retention + Metering + Send + Sync + 'stati
         now: Millis,
         actor: &Actor,
     ) -> Result<()>;
+    /// The tenant of the key with this hash, if the key exists.
     async fn key_tenant(&self, key_hash: &str) -> Result<Option<String>>;
     /// The key with this hash, if it exists (a revoked key does not).
     async fn key(&self, key_hash: &str) -> Result<Option<KeyRecord>>;
@@ -445,7 +567,9 @@ pub trait Store: Outbox + AuditLog + Retention + Metering + Send + Sync + 'stati
         limit: Option<u64>,
         actor: &Actor,
     ) -> Result<Admitted>;
+    /// The job `id`, with its spec.
     async fn job(&self, id: &str) -> Result<Option<JobRecord>>;
+    /// Jobs matching `filter`, newest first, with their specs.
     async fn jobs(&self, filter: &JobFilter) -> Result<Vec<JobRecord>>;
     /// A page of the jobs list: at most `filter.limit` jobs, newest first, without their specs,
     /// stopping before the job whose [`listed_bytes`] would take the page over `max_bytes` (a
@@ -467,6 +591,7 @@ pub trait Store: Outbox + AuditLog + Retention + Metering + Send + Sync + 'stati
     // Schedules.
     /// Creates or replaces a schedule; `true` when it was created. Recorded in the audit log.
     async fn put_schedule(&self, s: &NewSchedule, actor: &Actor) -> Result<(ScheduleRecord, bool)>;
+    /// The schedule `name` of `tenant`, if it exists.
     async fn schedule(&self, tenant: &str, name: &str) -> Result<Option<ScheduleRecord>>;
     /// Schedules of one tenant or all, by tenant and name.
     async fn schedules(&self, tenant: Option<&str>) -> Result<Vec<ScheduleRecord>>;
@@ -491,7 +616,12 @@ pub trait Store: Outbox + AuditLog + Retention + Metering + Send + Sync + 'stati
     ) -> Result<Option<Admitted>>;
 
     // Dispatch.
+    /// The sandbox's agent asks for work: leases it the tenant's next due job under `policy`
+    /// (highest priority first, then oldest), or answers idle or stop. A busy sandbox asking
+    /// again lost its job, which is put back.
     async fn lease(&self, sandbox_id: &str, policy: LeasePolicy, now: Millis) -> Result<Lease>;
+    /// Extends a running job's lease to `now + ttl_ms`; `ok` is false when the lease is no
+    /// longer the job's, and `cancel` tells the agent the job was cancelled.
     async fn heartbeat(
         &self,
         job_id: &str,
@@ -499,6 +629,9 @@ pub trait Store: Outbox + AuditLog + Retention + Metering + Send + Sync + 'stati
         ttl_ms: Millis,
         now: Millis,
     ) -> Result<HeartbeatAnswer>;
+    /// Records how an attempt ended, if `lease_id` is still the job's lease on that sandbox
+    /// (else [`Completed::Stale`]): a success, a failure (retried after its backoff or final),
+    /// or a job handed back; the sandbox is ready again when it holds no other job.
     async fn complete(
         &self,
         sandbox_id: &str,
@@ -511,7 +644,9 @@ pub trait Store: Outbox + AuditLog + Retention + Metering + Send + Sync + 'stati
     async fn expire_leases(&self, now: Millis) -> Result<Vec<JobRecord>>;
 
     // Sandboxes.
+    /// Records a new sandbox, booting, before the provider is asked for it.
     async fn insert_sandbox(&self, s: NewSandbox) -> Result<SandboxRecord>;
+    /// Records the provider's id of a sandbox.
     async fn set_provider_id(&self, id: &str, provider_id: &str) -> Result<()>;
     /// Moves a sandbox to `to` if it is in one of `from`; `true` if it moved.
     async fn transition(
@@ -525,7 +660,9 @@ pub trait Store: Outbox + AuditLog + Retention + Metering + Send + Sync + 'stati
     /// back. Returns the jobs put back.
     async fn sandbox_down(&self, id: &str, to: SandboxState, now: Millis)
     -> Result<Vec<JobRecord>>;
+    /// The sandbox `id`, whatever its state.
     async fn sandbox(&self, id: &str) -> Result<Option<SandboxRecord>>;
+    /// The sandbox whose agent token hashes to `token_hash`.
     async fn sandbox_by_token(&self, token_hash: &str) -> Result<Option<SandboxRecord>>;
     /// Sandboxes that still exist, of one tenant or all.
     async fn sandboxes(&self, tenant: Option<&str>) -> Result<Vec<SandboxRecord>>;
@@ -535,12 +672,20 @@ pub trait Store: Outbox + AuditLog + Retention + Metering + Send + Sync + 'stati
     async fn append_ledger(&self, entry: &LedgerEntry) -> Result<()>;
     /// The ledger of one tenant or all, in order.
     async fn ledger(&self, tenant: Option<&str>) -> Result<Vec<LedgerEntry>>;
+    /// The part of `tenant`'s ledger that bears on its usage from `from` on, in order: every
+    /// entry of each sandbox that has an entry at or after `from` or is running now. The
+    /// intervals it makes ([`shoal_metering::intervals`]) are the whole ledger's, less ones that
+    /// ended before `from`, so a total over a period starting at `from` is the same; but it reads
+    /// only the period's entries and their sandboxes' (by index), not the tenant's whole history.
+    async fn period_ledger(&self, tenant: &str, from: Millis) -> Result<Vec<LedgerEntry>>;
+    /// Jobs of one tenant or all that finished in `from..to`, for usage reports.
     async fn finished_jobs(
         &self,
         tenant: Option<&str>,
         from: Millis,
         to: Millis,
     ) -> Result<Vec<Finished>>;
+    /// Records an operators' event (`GET /v1/events`).
     async fn record_event(
         &self,
         tenant: Option<&str>,
@@ -548,6 +693,7 @@ pub trait Store: Outbox + AuditLog + Retention + Metering + Send + Sync + 'stati
         kind: &str,
         detail: &serde_json::Value,
     ) -> Result<()>;
+    /// The newest `limit` operators' events of one tenant or all, newest first.
     async fn events(&self, tenant: Option<&str>, limit: u32) -> Result<Vec<EventRecord>>;
 
     // Job output.

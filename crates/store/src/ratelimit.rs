@@ -18,6 +18,7 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum RateLimitError {
     #[error("redis: {0}")]
+    /// Redis refused or failed a command, or could not be reached.
     Redis(#[from] redis::RedisError),
 }
 
@@ -92,6 +93,7 @@ impl RedisRateLimiter {
         Ok(Self::new(conn))
     }
 
+    /// A limiter on an open Redis connection.
     pub fn new(conn: ConnectionManager) -> Self {
         RedisRateLimiter {
             conn,

@@ -6,7 +6,7 @@
 //! ledger's stream), the ledger, the audit log and the monthly counts quotas are held to.
 
 use crate::outbox::{DeliveryRecord, OutboxRecord, delivery_from_row, event_from_row};
-use crate::rows::{JOB_COLS, StoreRow, job_from_row, json_col};
+use crate::rows::{JOB_COLS, job_from_row};
 use crate::{EventRecord, JobRecord, Result};
 use serde::Serialize;
 use shoal_core::Millis;
@@ -17,6 +17,7 @@ use shoal_core::audit::AuditEntry;
 pub struct Expired {
     /// Finished jobs (with their specs and results).
     pub jobs: Vec<JobRecord>,
+    /// Operators' events.
     pub events: Vec<EventRecord>,
     /// Delivered or failed deliveries.
     pub deliveries: Vec<DeliveryRecord>,
@@ -25,6 +26,7 @@ pub struct Expired {
 }
 
 impl Expired {
+    /// Whether the batch holds no row at all.
     pub fn is_empty(&self) -> bool {
         self.jobs.is_empty()
             && self.events.is_empty()
@@ -32,6 +34,7 @@ impl Expired {
             && self.outbox.is_empty()
     }
 
+    /// Rows in the batch, all kinds together.
     pub fn len(&self) -> usize {
         self.jobs.len() + self.events.len() + self.deliveries.len() + self.outbox.len()
     }
@@ -40,9 +43,13 @@ impl Expired {
 /// How many rows a deletion removed, by kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Deleted {
+    /// Finished jobs.
     pub jobs: u64,
+    /// Operators' events.
     pub events: u64,
+    /// Delivered or failed deliveries.
     pub deliveries: u64,
+    /// Outbox events.
     pub outbox: u64,
 }
 
@@ -94,15 +101,7 @@ macro_rules! for_backend {
             .fetch_all(&mut *conn)
             .await?
             .iter()
-            .map(|r| {
-                Ok(EventRecord {
-                    seq: r.int("seq")?,
-                    tenant: r.opt_string("tenant")?,
-                    at: r.int("at")?,
-                    kind: r.string("kind")?,
-                    detail: json_col(r, "detail")?.unwrap_or_default(),
-                })
-            })
+            .map(crate::sql::records::operator_event_from_row)
             .collect::<Result<Vec<_>>>()?;
             let deliveries = sqlx::query(
                 "SELECT d.seq, d.event_id, d.destination, o.topic, d.state, d.attempts, d.next_attempt_at, \

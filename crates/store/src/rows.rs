@@ -14,6 +14,8 @@ pub(crate) const JOB_COLS: &str = "id, tenant, kind, spec, idempotency_key, prio
 pub(crate) const JOB_LIST_COLS: &str = "id, tenant, kind, CAST(NULL AS TEXT) AS spec, idempotency_key, priority, max_attempts, timeout_s, state, attempts, \
      sandbox_id, lease_id, lease_expires_at, result, error, created_at, started_at, finished_at, seq, \
      run_at, next_attempt_at, retry, attempt_history, schedule";
+pub(crate) const TENANT_COLS: &str =
+    "id, plan, overrides, draining, quota_warned_at, created_at, updated_at";
 pub(crate) const KEY_COLS: &str = "id, tenant, created_at, last_used_at";
 pub(crate) const SANDBOX_COLS: &str = "id, tenant, state, provider, provider_id, cpus_milli, memory_mb, since, idle_since, last_seen, jobs_run, created_at";
 

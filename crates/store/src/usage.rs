@@ -22,7 +22,9 @@ use std::str::FromStr;
 /// on SQLite). Its text form `txid.seq` is the API's opaque cursor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize)]
 pub struct UsageCursor {
+    /// The writing transaction of the last event read (0 on SQLite).
     pub txid: i64,
+    /// The `seq` of the last event read.
     pub seq: i64,
 }
 
@@ -49,19 +51,28 @@ impl FromStr for UsageCursor {
 /// A usage event as read, with the cursor that points just past it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UsageEventRecord {
+    /// The cursor just past this event.
     pub cursor: UsageCursor,
+    /// The event.
     pub event: OutboxRecord,
 }
 
 /// A sandbox's open billing interval.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OpenUsage {
+    /// The running sandbox.
     pub sandbox_id: String,
+    /// Its tenant.
     pub tenant: String,
+    /// Its provider.
     pub provider: String,
+    /// When the interval opened (its ledger entry's time).
     pub start: Millis,
+    /// The time up to which it was billed (the last hour boundary cut, or `start`).
     pub billed_to: Millis,
+    /// Its vCPUs, in thousandths.
     pub cpus_milli: u64,
+    /// Its memory, in MiB.
     pub memory_mb: u64,
 }
 
@@ -203,11 +214,12 @@ pub(crate) use impl_metering;
 
 /// The SQL for one backend: `$db` the database, `$backend` its outbox module, `$lock` a statement (bound to the sandbox id)
 /// that makes ledger writes of one sandbox take turns if the backend's writes do not already,
-/// `$for_update` what a read of open intervals appends to lock them, `$events` the cursor read.
+/// `$for_update` what a read of open intervals appends to lock them. The cursor read is the
+/// backend's [`crate::sql::dialect`].
 macro_rules! for_backend {
-    ($db:ty, $backend:ident, $lock:expr, $for_update:expr, $events:expr) => {
+    ($db:ty, $backend:ident, $lock:expr, $for_update:expr) => {
         use super::*;
-        use crate::outbox::event_from_row;
+        use crate::outbox::cursor_record_from_row;
         use crate::rows::{StoreRow, corrupt, sql};
         use shoal_metering::{
             Closed, HOUR_MS, LedgerKind, USAGE_TOPIC, hour_pieces, interval_event,
@@ -375,25 +387,20 @@ macro_rules! for_backend {
             after: UsageCursor,
             limit: u32,
         ) -> Result<Vec<UsageEventRecord>> {
-            let rows = sqlx::query($events)
-                .bind(after.txid)
-                .bind(after.seq)
-                .bind(i64::from(limit))
-                .bind(tenant.unwrap_or_default())
-                .fetch_all(&mut *conn)
-                .await?;
-            rows.iter()
-                .map(|row| {
-                    let event = event_from_row(row)?;
-                    Ok(UsageEventRecord {
-                        cursor: UsageCursor {
-                            txid: row.int("txid")?,
-                            seq: event.seq,
-                        },
-                        event,
-                    })
-                })
-                .collect()
+            use crate::sql::dialect::$backend as d;
+            // The topic is a constant: the partial index `outbox_usage_order` serves it.
+            let rows = sqlx::query(sql!(
+                "SELECT ", d::CURSOR_COLS, " FROM outbox WHERE topic LIKE 'usage.%' AND ",
+                d::CURSOR_AFTER, " AND ($4 = '' OR tenant = $4) ORDER BY ", d::CURSOR_ORDER,
+                " LIMIT $3"
+            ))
+            .bind(after.txid)
+            .bind(after.seq)
+            .bind(i64::from(limit))
+            .bind(tenant.unwrap_or_default())
+            .fetch_all(&mut *conn)
+            .await?;
+            rows.iter().map(cursor_record_from_row).collect()
         }
 
         pub(crate) async fn budget_signal(
@@ -466,15 +473,7 @@ macro_rules! for_backend {
 
 pub(crate) mod sqlite {
     // Writes are `BEGIN IMMEDIATE`: one at a time, in `seq` order.
-    for_backend!(
-        sqlx::Sqlite,
-        sqlite,
-        None,
-        "",
-        "SELECT 0 AS txid, seq, id, topic, tenant, payload, created_at FROM outbox \
-         WHERE topic LIKE 'usage.%' AND $1 >= 0 AND seq > $2 AND ($4 = '' OR tenant = $4) \
-         ORDER BY seq LIMIT $3"
-    );
+    for_backend!(sqlx::Sqlite, sqlite, None, "");
 }
 
 pub(crate) mod postgres {
@@ -482,9 +481,6 @@ pub(crate) mod postgres {
         sqlx::Postgres,
         postgres,
         Some("SELECT pg_advisory_xact_lock(hashtext('shoal_usage'), hashtext($1))"),
-        " FOR UPDATE",
-        "SELECT txid, seq, id, topic, tenant, payload, created_at FROM outbox \
-         WHERE topic LIKE 'usage.%' AND txid < txid_snapshot_xmin(txid_current_snapshot()) \
-         AND (txid, seq) > ($1, $2) AND ($4 = '' OR tenant = $4) ORDER BY txid, seq LIMIT $3"
+        " FOR UPDATE"
     );
 }

@@ -58,6 +58,7 @@ conformance! {
     keeps_every_guarantee => suite,
     concurrent_leases_never_hand_out_a_job_twice => concurrent_leases,
     ledger_and_events_round_trip => ledger_and_events,
+    the_period_ledger_keeps_what_bears_on_the_period => period_ledger,
     concurrent_admissions_keep_quota_and_idempotency => concurrent_admissions,
     concurrency_limit_holds_across_concurrent_leases => concurrency_limit_races,
     open_refuses_an_unknown_url => unknown_url,
@@ -714,6 +715,63 @@ async fn ledger_and_events(store: Arc<dyn Store>) {
     );
 }
 
+/// The period's ledger leaves out only sandboxes whose intervals all ended before the period, and
+/// other tenants': its total over the period is the whole ledger's.
+async fn period_ledger(store: Arc<dyn Store>) {
+    use shoal_metering::{LedgerEntry, LedgerKind, intervals, total};
+    for t in ["t", "u"] {
+        let plan = PlanTier::Pro;
+        let patch = LimitsPatch::default();
+        store
+            .put_tenant(t, plan, &patch, 0, &Actor::admin())
+            .await
+            .unwrap();
+    }
+    let entry = |sandbox: &str, tenant: &str, at: i64, running: bool| LedgerEntry {
+        sandbox_id: sandbox.into(),
+        tenant: tenant.into(),
+        at,
+        kind: if running {
+            LedgerKind::Running {
+                cpus_milli: 1000,
+                memory_mb: 1024,
+            }
+        } else {
+            LedgerKind::Stopped
+        },
+        note: None,
+    };
+    let writes = [
+        entry("a", "t", 10, true), // closed before the period: left out
+        entry("e", "t", 30, true), // closed, then open again across the period start
+        entry("e", "t", 40, false),
+        entry("b", "t", 50, true), // open across the period start, closed in it
+        entry("c", "t", 60, true), // open across the period start, still running
+        entry("e", "t", 70, true),
+        entry("a", "t", 20, false),
+        entry("d", "t", 120, true), // opened in the period
+        entry("x", "u", 130, true), // another tenant's
+        entry("b", "t", 150, false),
+    ];
+    for e in &writes {
+        store.append_ledger(e).await.unwrap();
+    }
+    let whole = store.ledger(Some("t")).await.unwrap();
+    let period = store.period_ledger("t", 100).await.unwrap();
+    let kept: Vec<LedgerEntry> = whole
+        .iter()
+        .filter(|e| e.sandbox_id != "a")
+        .cloned()
+        .collect();
+    assert_eq!(
+        period, kept,
+        "every entry of b, c, d and e, in order; none of a's or u's"
+    );
+    let spent = |l: &[LedgerEntry]| total(&intervals(l, 200), 100, 200);
+    assert_eq!(spent(&period), spent(&whole));
+    assert!(store.period_ledger("nobody", 100).await.unwrap().is_empty());
+}
+
 /// Many admissions at once, some repeating idempotency keys, against a quota: the quota is never
 /// overrun and each key makes exactly one job.
 async fn concurrent_admissions(store: Arc<dyn Store>) {
@@ -788,7 +846,7 @@ async fn concurrent_admissions(store: Arc<dyn Store>) {
     assert_eq!(all.len(), 6);
     // However the admissions raced, each quota signal was written once, with the admission that
     // crossed it.
-    let quota = store.outbox_after("quota.", 0, 100).await.unwrap();
+    let quota = outbox_events(&*store, "quota.", 100).await;
     let kinds: Vec<(&str, u64)> = quota
         .iter()
         .map(|e| (e.topic.as_str(), e.payload["jobs"].as_u64().unwrap()))
@@ -1322,7 +1380,7 @@ async fn outbox_job_events(store: Arc<dyn Store>) {
         Completed::Stale
     );
 
-    let events = store.outbox_after("job.", 0, 100).await.unwrap();
+    let events = outbox_events(&*store, "job.", 100).await;
     let got: Vec<(&str, &str, &str)> = events
         .iter()
         .map(|e| {
@@ -1448,7 +1506,7 @@ async fn outbox_quota_signals(store: Arc<dyn Store>) {
             .unwrap(),
         Admitted::QuotaExceeded { .. }
     ));
-    let ev = store.outbox_after("quota.", 0, 100).await.unwrap();
+    let ev = outbox_events(&*store, "quota.", 100).await;
     assert_eq!(ev.len(), 2, "{ev:?}");
     assert_eq!(
         (
@@ -1492,7 +1550,7 @@ async fn outbox_quota_signals(store: Arc<dyn Store>) {
             .await
             .unwrap();
     }
-    assert_eq!(store.outbox_after("quota.", 0, 100).await.unwrap().len(), 4);
+    assert_eq!(outbox_events(&*store, "quota.", 100).await.len(), 4);
 
     // u never reached its quota by admission: it was lowered under it. The first refusal says so,
     // once.
@@ -1521,10 +1579,8 @@ async fn outbox_quota_signals(store: Arc<dyn Store>) {
             Admitted::QuotaExceeded { used: 3, limit: 2 }
         ));
     }
-    let u: Vec<String> = store
-        .outbox_after("quota.", 0, 100)
+    let u: Vec<String> = outbox_events(&*store, "quota.", 100)
         .await
-        .unwrap()
         .into_iter()
         .filter(|e| e.tenant.as_deref() == Some("u"))
         .map(|e| e.topic)
@@ -1909,26 +1965,31 @@ async fn outbox_appends(store: Arc<dyn Store>) {
         0,
         "the same id is stored once"
     );
-    let all = store.outbox_after("", 0, 10).await.unwrap();
+    let all = store
+        .outbox_after("", UsageCursor::default(), 10)
+        .await
+        .unwrap();
     assert_eq!(
-        all.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        all.iter().map(|e| e.event.id.as_str()).collect::<Vec<_>>(),
         [usage.id.as_str(), warn.id.as_str()]
     );
-    assert_eq!(all[0].payload, json!({"seconds": 3600}));
-    assert_eq!(store.outbox_after("usage.", 0, 10).await.unwrap().len(), 1);
+    assert_eq!(all[0].event.payload, json!({"seconds": 3600}));
+    assert_eq!(outbox_events(&*store, "usage.", 10).await.len(), 1);
     assert_eq!(
-        store.outbox_after("", all[0].seq, 10).await.unwrap()[0].id,
+        store.outbox_after("", all[0].cursor, 10).await.unwrap()[0]
+            .event
+            .id,
         warn.id
     );
     assert!(
         store
-            .outbox_after("", all[1].seq, 10)
+            .outbox_after("", all[1].cursor, 10)
             .await
             .unwrap()
             .is_empty()
     );
     assert_eq!(
-        store.outbox_after("%", 0, 10).await.unwrap().len(),
+        outbox_events(&*store, "%", 10).await.len(),
         2,
         "a wildcard is no pattern"
     );
@@ -1961,18 +2022,22 @@ async fn postgres_cursor_waits_for_open_transactions() {
         .await
         .unwrap();
     assert!(
-        store.outbox_after("", 0, 10).await.unwrap().is_empty(),
+        outbox_events(&*store, "", 10).await.is_empty(),
         "the later row waits behind the open transaction's"
     );
     sqlx::raw_sql("COMMIT").execute(&mut other).await.unwrap();
-    let ids: Vec<String> = store
-        .outbox_after("", 0, 10)
+    let ids: Vec<String> = outbox_events(&*store, "", 10)
         .await
-        .unwrap()
         .into_iter()
         .map(|e| e.id)
         .collect();
     assert_eq!(ids, ["slow".to_string(), fast.id]);
+}
+
+/// The outbox's events whose topic starts with `prefix`, from the start, in cursor order.
+async fn outbox_events(store: &dyn Store, prefix: &str, limit: u32) -> Vec<OutboxRecord> {
+    let read = store.outbox_after(prefix, UsageCursor::default(), limit);
+    read.await.unwrap().into_iter().map(|r| r.event).collect()
 }
 
 /// The sealed log's actions and targets, in order.
@@ -2131,7 +2196,7 @@ async fn audit_chain(store: Arc<dyn Store>) {
     assert_eq!(tail, records[5..8]);
     // Nothing is sealed twice, and sealed records leave the outbox.
     assert_eq!(store.seal_audit(100).await.unwrap(), 0);
-    assert!(store.outbox_after("audit", 0, 10).await.unwrap().is_empty());
+    assert!(outbox_events(&*store, "audit", 10).await.is_empty());
     // No secret reaches the log: not the key's hash, not the endpoint's secret.
     let text = serde_json::to_string(&records).unwrap();
     assert!(
@@ -2293,7 +2358,7 @@ async fn retention(store: Arc<dyn Store>) {
         "the ledger is kept"
     );
     assert_eq!(
-        store.outbox_after("usage.", 0, 10).await.unwrap().len(),
+        outbox_events(&*store, "usage.", 10).await.len(),
         1,
         "usage events are kept"
     );
@@ -2324,7 +2389,7 @@ async fn retention(store: Arc<dyn Store>) {
     let done = store.delete_expired(&batch, cutoff, &audit).await.unwrap();
     assert_eq!((done.deliveries, done.outbox), (1, 1));
     assert!(store.expired(cutoff, 100).await.unwrap().is_empty());
-    assert_eq!(store.outbox_after("usage.", 0, 10).await.unwrap().len(), 1);
+    assert_eq!(outbox_events(&*store, "usage.", 10).await.len(), 1);
 }
 
 // ---- Usage events ------------------------------------------------------------------------------
@@ -2591,10 +2656,8 @@ async fn usage_events(store: Arc<dyn Store>) {
         .filter(|e| e.kind == "budget_warning")
         .count();
     assert_eq!(warned, 2);
-    let topics: Vec<String> = store
-        .outbox_after("budget.", 0, 100)
+    let topics: Vec<String> = outbox_events(&*store, "budget.", 100)
         .await
-        .unwrap()
         .into_iter()
         .map(|e| e.topic)
         .collect();

@@ -1,0 +1,58 @@
+//! The few pieces of SQL in which the two databases differ, one module per backend with the same
+//! constants. The shared statements of [`crate::sql`] splice these in; everything else is written
+//! once. SQLite runs one writing transaction at a time (`BEGIN IMMEDIATE`), so it needs no row
+//! locks; Postgres lets replicas write at once, so it locks the rows a transaction decides on.
+
+/// SQLite: the single writer is the lock.
+pub(crate) mod sqlite {
+    /// Appended to a read of rows the transaction will change: nothing, the writer is alone.
+    pub(crate) const FOR_UPDATE: &str = "";
+    /// Appended to the lease's pick of the next job: nothing to skip.
+    pub(crate) const SKIP_LOCKED: &str = "";
+    /// Appended to the check that a job is running under a lease, before its output is added.
+    pub(crate) const HOLD_JOB: &str = "";
+    /// A statement (bound to the tenant) that makes leases of one tenant with a concurrency limit
+    /// take turns; none needed.
+    pub(crate) const TENANT_TURN: Option<&str> = None;
+    /// The larger of two values (SQLite's two-argument `MAX`).
+    pub(crate) const GREATEST: &str = "MAX";
+    /// The `seq` column of an admitted job and its value: SQLite numbers jobs itself, in order.
+    pub(crate) const JOB_SEQ_COL: &str = ", seq";
+    pub(crate) const JOB_SEQ_VALUE: &str = ", (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs)";
+    /// A cursor read of the outbox: its columns, its condition past cursor `($1, $2)`, its
+    /// order. One writer at a time commits rows in `seq` order, so `seq` is the cursor (`txid`
+    /// is 0).
+    pub(crate) const CURSOR_COLS: &str = "0 AS txid, seq, id, topic, tenant, payload, created_at";
+    pub(crate) const CURSOR_AFTER: &str = "$1 >= 0 AND seq > $2";
+    pub(crate) const CURSOR_ORDER: &str = "seq";
+}
+
+/// Postgres: row locks taken in one order (sandbox, then tenant, then jobs).
+pub(crate) mod postgres {
+    /// Appended to a read of rows the transaction will change: lock them.
+    pub(crate) const FOR_UPDATE: &str = " FOR UPDATE";
+    /// Appended to the lease's pick of the next job: jobs another replica is leasing right now
+    /// are skipped, not waited for.
+    pub(crate) const SKIP_LOCKED: &str = " FOR UPDATE SKIP LOCKED";
+    /// The job's row, locked: appends to one job take turns, and a completion (which locks the
+    /// row to end the job) waits for an append in flight, so nothing is added after the end.
+    pub(crate) const HOLD_JOB: &str = " FOR NO KEY UPDATE";
+    /// Leases of one tenant with a concurrency limit take turns on the tenant row, so two
+    /// replicas cannot both see one free slot. (`NO KEY UPDATE` leaves admissions' foreign-key
+    /// checks on the tenant unblocked.)
+    pub(crate) const TENANT_TURN: Option<&str> =
+        Some("SELECT 1 FROM tenants WHERE id = $1 FOR NO KEY UPDATE");
+    /// The larger of two values.
+    pub(crate) const GREATEST: &str = "GREATEST";
+    /// The `seq` column of an admitted job: its sequence's default.
+    pub(crate) const JOB_SEQ_COL: &str = "";
+    pub(crate) const JOB_SEQ_VALUE: &str = "";
+    /// A cursor read of the outbox: its columns, its condition past cursor `($1, $2)`, its
+    /// order. `seq` is handed out at insert, not at commit, so only rows of transactions older
+    /// than every one still running are read, in `(txid, seq)` order: a row that can still
+    /// appear sorts after every row already read (see [`crate::usage`]).
+    pub(crate) const CURSOR_COLS: &str = "txid, seq, id, topic, tenant, payload, created_at";
+    pub(crate) const CURSOR_AFTER: &str =
+        "txid < txid_snapshot_xmin(txid_current_snapshot()) AND (txid, seq) > ($1, $2)";
+    pub(crate) const CURSOR_ORDER: &str = "txid, seq";
+}

@@ -1,0 +1,277 @@
+//! Jobs: admission (with its idempotency key and monthly quota), the reads of the jobs list and
+//! the queue, and cancellation. One text for both databases (`$N` placeholders mean the same on
+//! SQLite and Postgres); the locks come from [`super::dialect`].
+
+use crate::rows::{JOB_COLS, JOB_LIST_COLS, PageBuilder, job_from_row, retry_col};
+use crate::{Admitted, JobFilter, JobPage, JobRecord, NewJob, QueueCounts, Result};
+use shoal_core::Millis;
+use shoal_core::audit::Actor;
+
+/// The filter of the jobs list; `$4` is the limit.
+const LIST_WHERE: &str = " FROM jobs WHERE (CAST($1 AS TEXT) IS NULL OR tenant = $1) \
+     AND (CAST($2 AS TEXT) IS NULL OR state = $2) AND (CAST($3 AS BIGINT) IS NULL OR seq < $3) \
+     ORDER BY seq DESC LIMIT $4";
+
+macro_rules! for_backend {
+    ($db:ty, $backend:ident) => {
+        use super::*;
+        use crate::rows::sql;
+        use crate::sql::dialect::$backend as d;
+
+        type Conn = <$db as sqlx::Database>::Connection;
+
+        /// The one job `query` finds by `keys` (bound in order).
+        async fn find(
+            conn: &mut Conn,
+            query: sqlx::AssertSqlSafe<&'static str>,
+            keys: &[&str],
+        ) -> Result<Option<JobRecord>> {
+            let mut q = sqlx::query(query);
+            for key in keys {
+                q = q.bind(*key);
+            }
+            let row = q.fetch_optional(&mut *conn).await?;
+            row.as_ref().map(job_from_row).transpose()
+        }
+
+        /// The job `id`.
+        pub(crate) async fn get(conn: &mut Conn, id: &str) -> Result<Option<JobRecord>> {
+            find(conn, sql!("SELECT ", JOB_COLS, " FROM jobs WHERE id = $1"), &[id]).await
+        }
+
+        /// The tenant's job admitted under idempotency key `key`.
+        pub(crate) async fn by_key(
+            conn: &mut Conn,
+            tenant: &str,
+            key: &str,
+        ) -> Result<Option<JobRecord>> {
+            let q = sql!("SELECT ", JOB_COLS, " FROM jobs WHERE tenant = $1 AND idempotency_key = $2");
+            find(conn, q, &[tenant, key]).await
+        }
+
+        /// Admits a job in the caller's transaction (see [`crate::Store::admit`]). The tenant's
+        /// quota row of the month (made on first use) is its turn: held, two admissions of one
+        /// tenant cannot overrun the quota or make two jobs of one key. A key taken by a racing
+        /// transaction comes back as the database's `jobs_idempotency` constraint error.
+        pub(crate) async fn admit_in(
+            conn: &mut Conn,
+            job: NewJob,
+            period_start: Millis,
+            limit: Option<u64>,
+            actor: &Actor,
+        ) -> Result<Admitted> {
+            sqlx::query(
+                "INSERT INTO tenant_periods (tenant, period_start, jobs) VALUES ($1, $2, 0) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&job.tenant)
+            .bind(period_start)
+            .execute(&mut *conn)
+            .await?;
+            let used: i64 = sqlx::query_scalar(sql!(
+                "SELECT jobs FROM tenant_periods WHERE tenant = $1 AND period_start = $2",
+                d::FOR_UPDATE
+            ))
+            .bind(&job.tenant)
+            .bind(period_start)
+            .fetch_one(&mut *conn)
+            .await?;
+            let used = used.max(0) as u64;
+            // With the turn held, a job admitted under this key elsewhere is visible.
+            if let Some(key) = &job.idempotency_key
+                && let Some(first) = by_key(conn, &job.tenant, key).await?
+            {
+                return Ok(Admitted::Existing(first));
+            }
+            if let Some(limit) = limit
+                && used >= limit
+            {
+                // No admission reached the quota this period (it was lowered): the refusal says so.
+                crate::outbox::$backend::quota_signals(
+                    conn,
+                    &job.tenant,
+                    used,
+                    limit,
+                    period_start,
+                    job.created_at,
+                )
+                .await?;
+                return Ok(Admitted::QuotaExceeded { used, limit });
+            }
+            let row = sqlx::query(sql!(
+                "INSERT INTO jobs (id, tenant, kind, spec, idempotency_key, priority, max_attempts, \
+                 timeout_s, state, created_at, run_at, retry, schedule",
+                d::JOB_SEQ_COL,
+                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', $9, $10, $11, $12",
+                d::JOB_SEQ_VALUE,
+                ") RETURNING ",
+                JOB_COLS
+            ))
+            .bind(&job.id)
+            .bind(&job.tenant)
+            .bind(&job.kind)
+            .bind(job.spec.to_string())
+            .bind(&job.idempotency_key)
+            .bind(job.priority)
+            .bind(job.max_attempts as i64)
+            .bind(job.timeout_s as i64)
+            .bind(job.created_at)
+            .bind(job.run_at)
+            .bind(retry_col(&job.retry))
+            .bind(&job.schedule)
+            .fetch_one(&mut *conn)
+            .await?;
+            let stored = job_from_row(&row)?;
+            sqlx::query(
+                "UPDATE tenant_periods SET jobs = jobs + 1 WHERE tenant = $1 AND period_start = $2",
+            )
+            .bind(&job.tenant)
+            .bind(period_start)
+            .execute(&mut *conn)
+            .await?;
+            let period_jobs = used + 1;
+            let signals = match limit {
+                Some(q) => {
+                    crate::outbox::$backend::quota_signals(
+                        conn,
+                        &job.tenant,
+                        period_jobs,
+                        q,
+                        period_start,
+                        job.created_at,
+                    )
+                    .await?
+                }
+                None => Vec::new(),
+            };
+            let e = crate::audit::job_enqueue(actor, &stored);
+            crate::audit::$backend::record(conn, &e, Some(&job.tenant)).await?;
+            Ok(Admitted::Created {
+                job: stored,
+                period_jobs,
+                signals,
+            })
+        }
+
+        /// Jobs the tenant had admitted in the period starting at `period_start`.
+        pub(crate) async fn period_jobs(
+            conn: &mut Conn,
+            tenant: &str,
+            period_start: Millis,
+        ) -> Result<u64> {
+            let n: Option<i64> = sqlx::query_scalar(
+                "SELECT jobs FROM tenant_periods WHERE tenant = $1 AND period_start = $2",
+            )
+            .bind(tenant)
+            .bind(period_start)
+            .fetch_optional(&mut *conn)
+            .await?;
+            Ok(n.unwrap_or(0).max(0) as u64)
+        }
+
+        /// The jobs list, with specs.
+        pub(crate) async fn list(conn: &mut Conn, f: &JobFilter) -> Result<Vec<JobRecord>> {
+            let rows = sqlx::query(sql!("SELECT ", JOB_COLS, LIST_WHERE))
+                .bind(&f.tenant)
+                .bind(f.state.map(|s| s.as_str()))
+                .bind(f.before_seq)
+                .bind(i64::from(f.limit))
+                .fetch_all(&mut *conn)
+                .await?;
+            rows.iter().map(job_from_row).collect()
+        }
+
+        /// A page of the jobs list (see [`crate::Store::job_page`]), its rows read one at a time.
+        pub(crate) async fn page(conn: &mut Conn, f: &JobFilter, max_bytes: u64) -> Result<JobPage> {
+            use futures::TryStreamExt;
+            let mut rows = sqlx::query(sql!("SELECT ", JOB_LIST_COLS, LIST_WHERE))
+                .bind(&f.tenant)
+                .bind(f.state.map(|s| s.as_str()))
+                .bind(f.before_seq)
+                .bind(i64::from(f.limit) + 1)
+                .fetch(&mut *conn);
+            let mut page = PageBuilder::new(f.limit, max_bytes);
+            while let Some(row) = rows.try_next().await? {
+                if !page.push(&row)? {
+                    break;
+                }
+            }
+            Ok(page.finish())
+        }
+
+        /// Cancels a queued or running job in the caller's transaction; `None` when it was in
+        /// neither state. One statement: on Postgres it waits for a lease or completion holding
+        /// the row, then re-checks the state. A running job keeps its lease id so the agent's
+        /// next heartbeat learns of the cancel.
+        pub(crate) async fn cancel(
+            conn: &mut Conn,
+            id: &str,
+            now: Millis,
+            actor: &Actor,
+        ) -> Result<Option<JobRecord>> {
+            let row = sqlx::query(sql!(
+                "UPDATE jobs SET state = 'cancelled', finished_at = $1 WHERE id = $2 \
+                 AND state IN ('queued', 'running') RETURNING ",
+                JOB_COLS
+            ))
+            .bind(now)
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+            let Some(row) = row else { return Ok(None) };
+            let job = job_from_row(&row)?;
+            crate::outbox::$backend::job_event(conn, &job, now).await?;
+            let e = crate::audit::job_cancel(actor, &job, now);
+            crate::audit::$backend::record(conn, &e, Some(&job.tenant)).await?;
+            Ok(Some(job))
+        }
+
+        /// Queued and running jobs per tenant, with the queued ones not yet due at `now`.
+        pub(crate) async fn queue_counts(
+            conn: &mut Conn,
+            now: Millis,
+        ) -> Result<Vec<(String, QueueCounts)>> {
+            let rows = sqlx::query(sql!(
+                "SELECT tenant, \
+                 SUM(CASE WHEN state = 'queued' THEN 1 ELSE 0 END) AS queued, \
+                 SUM(CASE WHEN state = 'running' THEN 1 ELSE 0 END) AS running, \
+                 SUM(CASE WHEN state = 'queued' AND (run_at > $1 OR next_attempt_at > $1) \
+                     THEN 1 ELSE 0 END) AS waiting, \
+                 MIN(CASE WHEN state = 'queued' AND (run_at > $1 OR next_attempt_at > $1) THEN ",
+                d::GREATEST,
+                "(COALESCE(run_at, 0), COALESCE(next_attempt_at, 0)) END) AS next_due \
+                 FROM jobs WHERE state IN ('queued', 'running') GROUP BY tenant ORDER BY tenant"
+            ))
+            .bind(now)
+            .fetch_all(&mut *conn)
+            .await?;
+            crate::rows::queue_counts_from_rows(&rows)
+        }
+
+        /// The earliest time after `now` a queued job of `tenant` falls due.
+        pub(crate) async fn next_due(
+            conn: &mut Conn,
+            tenant: &str,
+            now: Millis,
+        ) -> Result<Option<Millis>> {
+            Ok(sqlx::query_scalar(sql!(
+                "SELECT MIN(",
+                d::GREATEST,
+                "(COALESCE(run_at, 0), COALESCE(next_attempt_at, 0))) FROM jobs \
+                 WHERE tenant = $1 AND state = 'queued' AND (run_at > $2 OR next_attempt_at > $2)"
+            ))
+            .bind(tenant)
+            .bind(now)
+            .fetch_one(&mut *conn)
+            .await?)
+        }
+    };
+}
+
+pub(crate) mod sqlite {
+    for_backend!(sqlx::Sqlite, sqlite);
+}
+
+pub(crate) mod postgres {
+    for_backend!(sqlx::Postgres, postgres);
+}
