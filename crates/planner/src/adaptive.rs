@@ -53,6 +53,7 @@
 //! margin per job is a minute of billed idle time; (3) a pool holds many sandboxes, so the
 //! history is kept per concurrency level rather than per application.
 
+use crate::burst::BurstHistory;
 use shoal_core::Millis;
 
 /// The knobs of the adaptive policy.
@@ -77,6 +78,9 @@ pub struct AdaptiveConfig {
     pub min_window_start_ms: Millis,
     /// Levels beyond this are not tracked: their sandboxes stop as soon as they are idle.
     pub max_levels: u32,
+    /// How long after demand rises from zero a burst is watched, and the longest a sandbox woken
+    /// for it is kept waiting for its job ([`crate::burst`]); `0` turns burst scale-out off.
+    pub burst_horizon_ms: Millis,
 }
 
 impl Default for AdaptiveConfig {
@@ -90,6 +94,7 @@ impl Default for AdaptiveConfig {
             max_keep_alive_ms: 4 * 3_600_000,
             min_window_start_ms: 30_000,
             max_levels: 256,
+            burst_horizon_ms: 60_000,
         }
     }
 }
@@ -121,7 +126,12 @@ pub enum Decision {
 impl Decision {
     /// Whether a sandbox of this level should be warm at `now`, and the next instant at which that
     /// answer changes, given when the level fell and last rose.
-    fn at(self, now: Millis, fell: Millis, rose: Option<Millis>) -> (bool, Option<Millis>) {
+    pub(crate) fn at(
+        self,
+        now: Millis,
+        fell: Millis,
+        rose: Option<Millis>,
+    ) -> (bool, Option<Millis>) {
         let (base, from, until) = match self {
             Decision::KeepAlive(k) => (fell, 0, k),
             Decision::Window {
@@ -339,6 +349,8 @@ impl Advice {
 pub struct TenantAdaptive {
     demand: u32,
     levels: Vec<Level>,
+    /// What follows a rise from zero ([`crate::burst`]).
+    burst: BurstHistory,
 }
 
 impl TenantAdaptive {
@@ -356,6 +368,7 @@ impl TenantAdaptive {
     pub fn arrival(&mut self, at: Millis, cfg: &AdaptiveConfig) -> Option<Millis> {
         self.demand += 1;
         let k = self.demand;
+        self.burst.arrival(at, k, cfg);
         if k > cfg.max_levels {
             return None;
         }
@@ -420,15 +433,24 @@ impl TenantAdaptive {
     pub fn prewarm(&mut self, now: Millis, cfg: &AdaptiveConfig) -> Advice {
         let mut hold = 0;
         let mut next: Option<Millis> = None;
-        for level in self.levels.iter_mut().skip(self.demand as usize) {
-            let Some(fell) = level.fell_at else { continue };
-            let rose = level.rose_at;
-            let (warm, change) = level.decision(cfg).at(now, fell, rose);
-            if warm {
-                hold = hold.max(self.demand) + 1;
-            }
-            if let Some(c) = change {
+        let mut soonest = |c: Option<Millis>| {
+            if let Some(c) = c {
                 next = Some(next.map_or(c, |n| n.min(c)));
+            }
+        };
+        let first = self.demand as usize;
+        for (i, level) in self.levels.iter_mut().enumerate().skip(first) {
+            // A level not yet reached in the burst in progress may be woken for it.
+            let k = (i + 1).min(u32::MAX as usize) as u32;
+            let (burst_warm, burst_change) = self.burst.warm(k, now, cfg);
+            soonest(burst_change);
+            let (warm, change) = match level.fell_at {
+                Some(fell) => level.decision(cfg).at(now, fell, level.rose_at),
+                None => (false, None),
+            };
+            soonest(change);
+            if warm || burst_warm {
+                hold = hold.max(self.demand) + 1;
             }
         }
         Advice {
