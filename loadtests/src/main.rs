@@ -6,11 +6,11 @@
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use shoal_fleet::sim::SimLatencies;
-use shoal_planner::adaptive::AdaptiveConfig;
 use shoal_loadtests::generate::{self, AzureDerivation, Profile};
 use shoal_loadtests::{
     Policy, SimOptions, Workload, faults, logbench, queuebench, report, simulate,
 };
+use shoal_planner::adaptive::AdaptiveConfig;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 

@@ -310,3 +310,44 @@ pub fn plot_svg(rows: &[Row], path: &std::path::Path) -> Result<(), Box<dyn std:
     root.present()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_split_a_run_and_add_up_to_it() {
+        assert_eq!(kind_of("int-0001"), "interactive");
+        assert_eq!(kind_of("burst-0002"), "batch/bursty");
+        assert_eq!(kind_of("batch-0003"), "batch/bursty");
+        assert_eq!(kind_of("az-001"), "other");
+        let w = Workload::from_rows([
+            ("int-1", 0, 1_000),
+            ("cron-2", 1_000, 1_000),
+            ("int-1", 2_000, 1_000),
+            ("burst-3", 3_000, 1_000),
+        ]);
+        // Jobs in arrival order: int-1, cron-2, int-1, burst-3; tenants in first-seen order.
+        let split = by_kind(&w, &[true, false, true, true], &[5_000, 0, 1_500]);
+        let kinds: Vec<(&str, u64, u64, u64, f64)> = split
+            .iter()
+            .map(|k| {
+                (
+                    k.kind,
+                    k.tenants,
+                    k.jobs,
+                    k.cold_starts,
+                    k.idle_sandbox_seconds,
+                )
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("interactive", 1, 2, 2, 5.0),
+                ("batch/bursty", 1, 1, 1, 1.5),
+                ("cron", 1, 1, 0, 0.0),
+            ]
+        );
+    }
+}

@@ -33,6 +33,11 @@
 //! While a level has fewer than [`AdaptiveConfig::min_samples`] gaps it keeps a sandbox for the
 //! fixed [`AdaptiveConfig::fallback_keep_alive_ms`].
 //!
+//! Bursts are the one thing a level's own gaps cannot see coming: between bursts every level is
+//! cold for hours. [`crate::burst`] learns what follows a rise from zero (when each level was
+//! first reached in past bursts) and, while a burst is open, holds each level not yet reached in
+//! it inside the window its history pays for, under the same cost.
+//!
 //! [`TenantAdaptive::prewarm`] holds the running jobs plus one sandbox per level above them whose
 //! decision says "warm now" (sandboxes are interchangeable, so a warm level above a cold one costs
 //! one sandbox, not every one in between).

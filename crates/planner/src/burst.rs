@@ -66,7 +66,8 @@ impl BurstHistory {
             Some(o) if within(o) => {
                 let k = demand as usize;
                 if k >= 2 && k - 2 == o.reached.len() && demand <= cfg.max_levels {
-                    o.reached.push((at - o.start).clamp(0, NEVER as Millis - 1) as u32);
+                    o.reached
+                        .push((at - o.start).clamp(0, NEVER as Millis - 1) as u32);
                 }
             }
             _ if demand == 1 => {
@@ -109,7 +110,11 @@ impl BurstHistory {
         let mut sample = Vec::with_capacity(self.records.len());
         for i in 0..peak {
             sample.clear();
-            sample.extend(self.records.iter().map(|r| r.get(i).copied().unwrap_or(NEVER)));
+            sample.extend(
+                self.records
+                    .iter()
+                    .map(|r| r.get(i).copied().unwrap_or(NEVER)),
+            );
             self.windows.push(window(&sample, &burst_cfg));
         }
         // Nothing above the last level worth a window.
