@@ -284,13 +284,8 @@ pub fn generate(p: &Profile, seed: u64) -> Workload {
                 // tenant's own span (seconds to a minute) after the first.
                 let size = 2.0 + rng.random_range(0.0..30.0);
                 let span = rng.random_range(5.0..60.0);
-                let starts = modulated_poisson(
-                    &mut rng,
-                    jobs_here / size / horizon,
-                    horizon,
-                    p.diurnal,
-                    peak,
-                );
+                let rate = jobs_here / size / horizon;
+                let starts = modulated_poisson(&mut rng, rate, horizon, p.diurnal, peak);
                 let med = p.long_job_s * rng.random_range(0.3..2.0);
                 for s in starts {
                     let n = lognormal(&mut rng, size, 0.5).round().clamp(1.0, 200.0) as u32;
