@@ -61,13 +61,13 @@ impl BurstHistory {
         if horizon <= 0 {
             return;
         }
-        let within = |o: &Open| at - o.start < horizon;
+        let within = |o: &Open| at.saturating_sub(o.start) < horizon;
         match &mut self.open {
             Some(o) if within(o) => {
                 let k = demand as usize;
                 if k >= 2 && k - 2 == o.reached.len() && demand <= cfg.max_levels {
                     o.reached
-                        .push((at - o.start).clamp(0, NEVER as Millis - 1) as u32);
+                        .push(at.saturating_sub(o.start).clamp(0, NEVER as Millis - 1) as u32);
                 }
             }
             _ if demand == 1 => {
