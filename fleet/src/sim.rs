@@ -179,6 +179,8 @@ pub struct SimFleet {
     records: Vec<Record>,
     calls: SimCalls,
     meter: SimMeter,
+    /// Closed idle time per tenant (index: tenant).
+    tenant_idle_ms: Vec<i64>,
     rng: u64,
     active: u64,
 }
@@ -191,6 +193,7 @@ impl SimFleet {
             records: Vec::new(),
             calls: SimCalls::default(),
             meter: SimMeter::default(),
+            tenant_idle_ms: Vec::new(),
             rng,
             active: 0,
         }
@@ -316,6 +319,7 @@ impl SimFleet {
             });
         }
         self.meter.idle_ms += now - r.since;
+        add_idle(&mut self.tenant_idle_ms, r.tenant, now - r.since);
         r.state = SimState::Busy;
         r.since = now;
         Ok(())
@@ -348,6 +352,7 @@ impl SimFleet {
         let halted = match r.state {
             SimState::Ready => {
                 self.meter.idle_ms += now - r.since;
+                add_idle(&mut self.tenant_idle_ms, r.tenant, now - r.since);
                 self.meter.sandbox_ms += now - r.running_since;
                 self.active -= 1;
                 Halted::Idle
@@ -445,6 +450,26 @@ impl SimFleet {
         }
         m
     }
+
+    /// Idle time per tenant as of `now` (index: tenant; tenants that never idled may be
+    /// missing at the end): the meter's `idle_ms`, split by whose sandbox idled.
+    pub fn idle_by_tenant(&self, now: SimMillis) -> Vec<i64> {
+        let mut v = self.tenant_idle_ms.clone();
+        for r in &self.records {
+            if r.state == SimState::Ready {
+                add_idle(&mut v, r.tenant, now - r.since);
+            }
+        }
+        v
+    }
+}
+
+fn add_idle(v: &mut Vec<i64>, tenant: u32, ms: i64) {
+    let i = tenant as usize;
+    if v.len() <= i {
+        v.resize(i + 1, 0);
+    }
+    v[i] += ms;
 }
 
 impl fmt::Display for SimState {

@@ -115,6 +115,9 @@ pub struct RunStats {
     pub peak_active: u64,
     /// Virtual time at which the run ended.
     pub end_s: f64,
+    /// Idle milliseconds per tenant (workload order), for the report's split by kind.
+    #[serde(skip)]
+    pub idle_ms_by_tenant: Vec<i64>,
 }
 
 /// A simulation that could not finish.
@@ -887,6 +890,7 @@ impl<'w> Engine<'w> {
         stats.plan_ns_max = self.plan_ns.last().copied().unwrap_or(0) as u64;
         stats.sandboxes_created = self.fleet.created() as u64;
         stats.end_s = self.now as f64 / 1000.0;
+        stats.idle_ms_by_tenant = self.fleet.idle_by_tenant(self.now);
         let jobs = self
             .jobs
             .iter()

@@ -1,7 +1,7 @@
 //! Seeded multi-tenant workloads with the shapes real platforms see, and a workload derived from
 //! the Azure LLM inference trace.
 //!
-//! A generated workload mixes four kinds of tenant:
+//! A generated workload mixes five kinds of tenant:
 //!
 //! - **interactive**: people at work. Sessions arrive as a Poisson process modulated by a
 //!   day/night cycle (in the tenant's own time zone); a session is a run of jobs a few seconds to
@@ -11,6 +11,10 @@
 //! - **cron**: a fixed period (one minute to a day) and offset, a scheduler's jitter of a second
 //!   or two, an occasional skipped run, sometimes several jobs per firing.
 //! - **rare**: the long tail, a few jobs a day at random.
+//! - **bursty**: quiet, then a burst: a few jobs to dozens arriving over seconds to a minute (a
+//!   user's batch of agent tasks, a webhook storm, a backfill fanned out by a client loop), the
+//!   bursts themselves at random on the day/night cycle. Unlike batch fan-out, most of a burst's
+//!   jobs come after a sandbox woken at its first job would be ready.
 //!
 //! Rates are heavy-tailed: tenant `r` (by rank) gets a share proportional to `r^-s` (Zipf), so a
 //! few tenants have most jobs. Everything is drawn from one seeded generator, so a profile and a
@@ -33,8 +37,8 @@ pub struct Profile {
     /// Expected jobs from the rate-driven tenants (interactive, batch, rare); cron tenants add
     /// theirs by period.
     pub jobs: f64,
-    /// Shares of tenants by kind: interactive, batch, cron, rare (need not sum to 1).
-    pub mix: [f64; 4],
+    /// Shares of tenants by kind: interactive, batch, cron, rare, bursty (need not sum to 1).
+    pub mix: [f64; 5],
     /// Zipf exponent of the tenants' rates.
     pub zipf: f64,
     /// Day/night amplitude in [0, 1): the rate swings between `1 - a` and `1 + a` of its mean.
@@ -54,7 +58,7 @@ pub fn profiles() -> Vec<Profile> {
             tenants: 300,
             days: 3.0,
             jobs: 25_000.0,
-            mix: [0.40, 0.15, 0.15, 0.30],
+            mix: [0.40, 0.15, 0.15, 0.30, 0.0],
             zipf: 1.1,
             diurnal: 0.7,
             short_job_s: 8.0,
@@ -67,7 +71,7 @@ pub fn profiles() -> Vec<Profile> {
             tenants: 150,
             days: 2.0,
             jobs: 12_000.0,
-            mix: [0.10, 0.30, 0.50, 0.10],
+            mix: [0.10, 0.30, 0.50, 0.10, 0.0],
             zipf: 1.0,
             diurnal: 0.85,
             short_job_s: 20.0,
@@ -80,11 +84,24 @@ pub fn profiles() -> Vec<Profile> {
             tenants: 2_000,
             days: 2.0,
             jobs: 12_000.0,
-            mix: [0.45, 0.05, 0.02, 0.48],
+            mix: [0.45, 0.05, 0.02, 0.48, 0.0],
             zipf: 1.2,
             diurnal: 0.6,
             short_job_s: 45.0,
             long_job_s: 600.0,
+        },
+        Profile {
+            name: "bursty-mix",
+            about: "a platform whose busiest tenants send bursts: 250 tenants over 2 days, a third \
+                    of them quiet for minutes to hours, then a few jobs to dozens within a minute",
+            tenants: 250,
+            days: 2.0,
+            jobs: 24_000.0,
+            mix: [0.25, 0.10, 0.15, 0.17, 0.33],
+            zipf: 1.1,
+            diurnal: 0.7,
+            short_job_s: 10.0,
+            long_job_s: 90.0,
         },
     ]
 }
@@ -183,7 +200,11 @@ pub fn generate(p: &Profile, seed: u64) -> Workload {
     let mut rows: Vec<(String, Ms, Ms)> = Vec::new();
     let ms = |s: f64| (s * 1000.0).round() as Ms;
     for i in 0..p.tenants as usize {
-        let name = format!("{}-{:04}", ["int", "batch", "cron", "rare"][kinds[i]], i);
+        let name = format!(
+            "{}-{:04}",
+            ["int", "batch", "cron", "rare", "burst"][kinds[i]],
+            i
+        );
         let peak = zones[rng.random_range(0..zones.len())] + rng.random_range(-3600.0..3600.0);
         let jobs_here = p.jobs * weight(ranks[i]) / driven.max(1e-9);
         let push = |t: f64, d: f64, rows: &mut Vec<(String, Ms, Ms)>| {
@@ -256,6 +277,23 @@ pub fn generate(p: &Profile, seed: u64) -> Workload {
                         }
                     }
                     t += period;
+                }
+            }
+            4 => {
+                // Bursty: a burst's size varies around the tenant's own, its jobs spread over the
+                // tenant's own span (seconds to a minute) after the first.
+                let size = 2.0 + rng.random_range(0.0..30.0);
+                let span = rng.random_range(5.0..60.0);
+                let rate = jobs_here / size / horizon;
+                let starts = modulated_poisson(&mut rng, rate, horizon, p.diurnal, peak);
+                let med = p.long_job_s * rng.random_range(0.3..2.0);
+                for s in starts {
+                    let n = lognormal(&mut rng, size, 0.5).round().clamp(1.0, 200.0) as u32;
+                    push(s, lognormal(&mut rng, med, 0.6), &mut rows);
+                    for _ in 1..n {
+                        let t = s + rng.random_range(0.0..span);
+                        push(t, lognormal(&mut rng, med, 0.6), &mut rows);
+                    }
                 }
             }
             _ => {

@@ -10,6 +10,7 @@ use shoal_loadtests::generate::{self, AzureDerivation, Profile};
 use shoal_loadtests::{
     Policy, SimOptions, Workload, faults, logbench, queuebench, report, simulate,
 };
+use shoal_planner::adaptive::AdaptiveConfig;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -47,6 +48,9 @@ struct SimArgs {
     /// knows its delayed jobs and schedules); without it, `due` is ignored.
     #[arg(long)]
     due_aware: bool,
+    /// The adaptive policy's burst horizon, seconds (0: no burst scale-out).
+    #[arg(long, default_value_t = 60.0)]
+    burst_horizon_s: f64,
 }
 
 impl SimArgs {
@@ -70,6 +74,10 @@ impl SimArgs {
             seed: self.seed,
             max_sandboxes: self.max_sandboxes,
             due_aware: self.due_aware,
+            adaptive: AdaptiveConfig {
+                burst_horizon_ms: ms(self.burst_horizon_s, "burst-horizon-s")?,
+                ..AdaptiveConfig::default()
+            },
             ..SimOptions::default()
         })
     }
@@ -95,7 +103,7 @@ enum Cmd {
     },
     /// Generate a workload CSV from a named profile, or derive one from the Azure trace.
     Generate {
-        /// saas-mix, ci-cron or agents-long-tail.
+        /// saas-mix, ci-cron, agents-long-tail or bursty-mix.
         #[arg(long, conflicts_with = "azure_trace")]
         profile: Option<String>,
         /// Derive from this Azure LLM inference trace CSV instead.
@@ -270,7 +278,7 @@ fn main() -> Result<()> {
                 let name = profile.as_deref().unwrap_or("saas-mix");
                 let Some(mut p): Option<Profile> = generate::profile(name) else {
                     bail!(
-                        "unknown profile `{name}`: expected saas-mix, ci-cron or agents-long-tail"
+                        "unknown profile `{name}`: expected saas-mix, ci-cron, agents-long-tail or bursty-mix"
                     );
                 };
                 if let Some(t) = tenants {
@@ -322,14 +330,19 @@ fn main() -> Result<()> {
             let started = Instant::now();
             let rows = report::run_all(&ws, &policies, &opts)?;
             std::fs::create_dir_all(&out_dir)?;
-            std::fs::write(out_dir.join("policy-results.md"), report::table(&rows))?;
+            let md = format!(
+                "{}\n### By kind of tenant\n{}",
+                report::table(&rows),
+                report::kind_table(&rows)
+            );
+            std::fs::write(out_dir.join("policy-results.md"), &md)?;
             std::fs::write(
                 out_dir.join("policy-results.json"),
                 serde_json::to_string_pretty(&rows)? + "\n",
             )?;
             report::plot_svg(&rows, &out_dir.join("policy-plot.svg"))
                 .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
-            println!("{}", report::table(&rows));
+            println!("{md}");
             for (_, ok, msg) in report::checks(&rows) {
                 println!("{} {msg}", if ok { "PASS" } else { "FAIL" });
             }
@@ -351,7 +364,7 @@ fn main() -> Result<()> {
                 tenants,
                 days,
                 jobs,
-                mix: [0.40, 0.25, 0.10, 0.25],
+                mix: [0.40, 0.25, 0.10, 0.25, 0.0],
                 zipf: 0.8,
                 diurnal: 0.6,
                 short_job_s: 20.0,

@@ -302,3 +302,44 @@ fn due_aware_prewarming_beats_adaptive_on_cron_tenants() {
     );
     assert!(known.idle_sandbox_seconds <= base.idle_sandbox_seconds);
 }
+
+/// Burst scale-out: one tenant, quiet for one to five hours (irregularly), then a burst of five
+/// two-minute jobs at 0, 10, 20, 30 and 40 s. Without it every job of every burst waits for its
+/// own boot (the quiet spells are too long and irregular to keep anything warm at a worth of
+/// 3,000 s). With it, once three bursts are on record, the four extra levels are woken on the
+/// first job, each one boot lead (5 s) before the time it was reached before: only the first
+/// job of each burst is cold, and each woken sandbox idles 2 s (woken 5 s early, a 3 s create).
+#[test]
+fn burst_scale_out_wakes_a_bursts_sandboxes_on_its_first_job() {
+    let mut rows = Vec::new();
+    let mut start = 0i64;
+    let bursts = 20i64;
+    for b in 0..bursts {
+        for k in 0..5 {
+            rows.push(("burst-1".to_string(), start + k * 10_000, 120_000));
+        }
+        start += 3_600_000 + (b * 7_919 % 5) * 3_600_000 + b * 1_000;
+    }
+    let w = Workload::from_rows(rows);
+    let off = SimOptions {
+        adaptive: shoal_planner::adaptive::AdaptiveConfig {
+            burst_horizon_ms: 0,
+            ..Default::default()
+        },
+        ..SimOptions::default()
+    };
+    let (without, _) = simulate(&w, Policy::Adaptive(Some(3_000.0)), &off).unwrap();
+    let (with, _) = simulate(&w, Policy::Adaptive(Some(3_000.0)), &SimOptions::default()).unwrap();
+    assert_eq!(without.cold_starts, 5 * bursts as u64);
+    // Bursts 1-3: five cold each; from the fourth on: one.
+    assert_eq!(with.cold_starts, 3 * 5 + (bursts as u64 - 3));
+    assert_eq!(with.interrupted_jobs, 0);
+    // The woken sandboxes wait at least 2 s each (woken one lead, 5 s, before their job, with a
+    // 3 s create) and the rest of the idle time moves only as the jobs' ends move (they start
+    // 3 s sooner): within one lead per woken level.
+    let extra = with.idle_sandbox_seconds - without.idle_sandbox_seconds;
+    assert!(
+        (4.0 * 2.0 * 17.0..=4.0 * 5.0 * 17.0).contains(&extra),
+        "{extra}"
+    );
+}

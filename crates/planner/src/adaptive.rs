@@ -33,6 +33,11 @@
 //! While a level has fewer than [`AdaptiveConfig::min_samples`] gaps it keeps a sandbox for the
 //! fixed [`AdaptiveConfig::fallback_keep_alive_ms`].
 //!
+//! Bursts are the one thing a level's own gaps cannot see coming: between bursts every level is
+//! cold for hours. [`crate::burst`] learns what follows a rise from zero (when each level was
+//! first reached in past bursts) and, while a burst is open, holds each level not yet reached in
+//! it inside the window its history pays for, under the same cost.
+//!
 //! [`TenantAdaptive::prewarm`] holds the running jobs plus one sandbox per level above them whose
 //! decision says "warm now" (sandboxes are interchangeable, so a warm level above a cold one costs
 //! one sandbox, not every one in between).
@@ -53,6 +58,7 @@
 //! margin per job is a minute of billed idle time; (3) a pool holds many sandboxes, so the
 //! history is kept per concurrency level rather than per application.
 
+use crate::burst::BurstHistory;
 use shoal_core::Millis;
 
 /// The knobs of the adaptive policy.
@@ -77,6 +83,9 @@ pub struct AdaptiveConfig {
     pub min_window_start_ms: Millis,
     /// Levels beyond this are not tracked: their sandboxes stop as soon as they are idle.
     pub max_levels: u32,
+    /// How long after demand rises from zero a burst is watched, and the longest a sandbox woken
+    /// for it is kept waiting for its job ([`crate::burst`]); `0` turns burst scale-out off.
+    pub burst_horizon_ms: Millis,
 }
 
 impl Default for AdaptiveConfig {
@@ -90,6 +99,7 @@ impl Default for AdaptiveConfig {
             max_keep_alive_ms: 4 * 3_600_000,
             min_window_start_ms: 30_000,
             max_levels: 256,
+            burst_horizon_ms: 60_000,
         }
     }
 }
@@ -121,7 +131,12 @@ pub enum Decision {
 impl Decision {
     /// Whether a sandbox of this level should be warm at `now`, and the next instant at which that
     /// answer changes, given when the level fell and last rose.
-    fn at(self, now: Millis, fell: Millis, rose: Option<Millis>) -> (bool, Option<Millis>) {
+    pub(crate) fn at(
+        self,
+        now: Millis,
+        fell: Millis,
+        rose: Option<Millis>,
+    ) -> (bool, Option<Millis>) {
         let (base, from, until) = match self {
             Decision::KeepAlive(k) => (fell, 0, k),
             Decision::Window {
@@ -339,6 +354,8 @@ impl Advice {
 pub struct TenantAdaptive {
     demand: u32,
     levels: Vec<Level>,
+    /// What follows a rise from zero ([`crate::burst`]).
+    burst: BurstHistory,
 }
 
 impl TenantAdaptive {
@@ -356,6 +373,7 @@ impl TenantAdaptive {
     pub fn arrival(&mut self, at: Millis, cfg: &AdaptiveConfig) -> Option<Millis> {
         self.demand += 1;
         let k = self.demand;
+        self.burst.arrival(at, k, cfg);
         if k > cfg.max_levels {
             return None;
         }
@@ -420,15 +438,24 @@ impl TenantAdaptive {
     pub fn prewarm(&mut self, now: Millis, cfg: &AdaptiveConfig) -> Advice {
         let mut hold = 0;
         let mut next: Option<Millis> = None;
-        for level in self.levels.iter_mut().skip(self.demand as usize) {
-            let Some(fell) = level.fell_at else { continue };
-            let rose = level.rose_at;
-            let (warm, change) = level.decision(cfg).at(now, fell, rose);
-            if warm {
-                hold = hold.max(self.demand) + 1;
-            }
-            if let Some(c) = change {
+        let mut soonest = |c: Option<Millis>| {
+            if let Some(c) = c {
                 next = Some(next.map_or(c, |n| n.min(c)));
+            }
+        };
+        let first = self.demand as usize;
+        for (i, level) in self.levels.iter_mut().enumerate().skip(first) {
+            // A level not yet reached in the burst in progress may be woken for it.
+            let k = (i + 1).min(u32::MAX as usize) as u32;
+            let (burst_warm, burst_change) = self.burst.warm(k, now, cfg);
+            soonest(burst_change);
+            let (warm, change) = match level.fell_at {
+                Some(fell) => level.decision(cfg).at(now, fell, level.rose_at),
+                None => (false, None),
+            };
+            soonest(change);
+            if warm || burst_warm {
+                hold = hold.max(self.demand) + 1;
             }
         }
         Advice {

@@ -13,6 +13,7 @@
 //! the work does not come, the sandbox goes back to the usual idle rule.
 
 pub mod adaptive;
+pub mod burst;
 pub mod fair;
 
 use serde::Serialize;
