@@ -327,7 +327,7 @@ pub async fn serve(
         let _ = app.bus.set(bus.clone());
         tokio::spawn(bus.listen(Arc::downgrade(&app)));
     }
-    let control = control::Control::new(Arc::clone(&app), leadership);
+    let control = control::Control::new(control::Deps::of(&app), leadership);
     let control_task = tokio::spawn(Arc::clone(&control).run(observations, followers));
     let live_task = tokio::spawn(live::run(Arc::clone(&app)));
     let delivery_task = tokio::spawn(delivery::run(Arc::clone(&app), holder.clone()));
