@@ -21,8 +21,10 @@
 //! - `fixed:T` and `adaptive` run Shoal's own planner, [`shoal_planner::plan`]. After every
 //!   instant that touched a tenant (the planner's debounce, at its finest), the simulator builds a
 //!   [`Snapshot`] holding that tenant's pool only and applies the plan's steps to the sim
-//!   provider. Timers wake a pool exactly when its next idle timeout, retention or pre-warm
-//!   boundary falls due (production uses a slow tick; exact timers are its limit). So planning
+//!   provider, each step as the core's lifecycle table ([`shoal_core::SandboxOp`]) says. Timers
+//!   wake a pool exactly at the planner's [`shoal_planner::next_deadline`] (its next idle timeout,
+//!   retention, boot timeout or pre-warm boundary) or when the adaptive advice changes
+//!   (production uses a slow tick; exact timers are its limit). So planning
 //!   work per event is one pool's, never the fleet's.
 //! - `keda` and `fly-autoscaler` are models of those projects' own control loops (see
 //!   [`crate::peers`] and `docs/policy.md`); they poll on their own periods and do not use the
@@ -34,15 +36,18 @@
 use crate::peers::{self, FlyState, KedaState};
 use crate::policy::Policy;
 use crate::workload::{Ms, Workload};
-use shoal_core::SandboxState;
+use shoal_core::{SandboxOp, SandboxState};
 use shoal_fleet::sim::{
     Boot, BootOutcome, Halted, SimConfig, SimError, SimFleet, SimId, SimLatencies,
 };
 use shoal_planner::adaptive::{AdaptiveConfig, IdleBudget, TenantAdaptive};
-use shoal_planner::{IdleAction, PoolPolicy, PoolSnapshot, SandboxView, Snapshot, Step};
+use shoal_planner::{IdleAction, PoolPolicy, PoolSnapshot, SandboxView, Snapshot};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::time::Instant;
+
+mod results;
+pub use results::{JobResult, Outcome, RunStats};
 
 const NONE: u32 = u32::MAX;
 
@@ -79,45 +84,6 @@ impl Default for SimOptions {
             due_aware: false,
         }
     }
-}
-
-/// The contract's figures (plus jobs interrupted by a policy that stopped a busy sandbox).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct Outcome {
-    pub jobs: u64,
-    pub cold_starts: u64,
-    pub cold_start_rate: f64,
-    pub wait_p50_s: f64,
-    pub wait_p99_s: f64,
-    pub sandbox_seconds: f64,
-    pub idle_sandbox_seconds: f64,
-    pub provider_calls: u64,
-    /// Jobs whose sandbox was stopped under them (they ran again); always 0 for Shoal's planner.
-    pub interrupted_jobs: u64,
-}
-
-/// How the run went, for the scale figures.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
-pub struct RunStats {
-    /// Events handled (arrivals, completions, boots, timers, polls).
-    pub events: u64,
-    /// Planner calls (one per touched pool per instant).
-    pub plans: u64,
-    /// Planning time per call, in nanoseconds (when measured).
-    pub plan_ns_p50: u64,
-    pub plan_ns_p99: u64,
-    pub plan_ns_max: u64,
-    /// Largest pool a planner call saw.
-    pub max_pool: usize,
-    /// Sandboxes ever created.
-    pub sandboxes_created: u64,
-    /// Most sandboxes active (booting, ready or busy) at once.
-    pub peak_active: u64,
-    /// Virtual time at which the run ended.
-    pub end_s: f64,
-    /// Idle milliseconds per tenant (workload order), for the report's split by kind.
-    #[serde(skip)]
-    pub idle_ms_by_tenant: Vec<i64>,
 }
 
 /// A simulation that could not finish.
@@ -219,14 +185,6 @@ fn idle_timeout_ms(policy: Policy) -> Ms {
         Policy::Fixed(s) => (s * 1000.0).round() as Ms,
         _ => 0,
     }
-}
-
-/// One job's fate, for tests and per-job analysis.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct JobResult {
-    pub cold: bool,
-    pub wait_ms: Ms,
-    pub interrupted: bool,
 }
 
 /// Runs one simulation.
@@ -620,7 +578,7 @@ impl<'w> Engine<'w> {
         self.sb_pos.push(list.len() as u32);
         list.push(SandboxView {
             id: boot.id.to_string(),
-            state: SandboxState::Booting,
+            state: SandboxOp::Create.result(),
             since: now,
             idle_since: None,
         });
@@ -641,7 +599,12 @@ impl<'w> Engine<'w> {
         } else {
             self.fleet.start(sb, self.now)?
         };
-        self.set_view(t, sb, SandboxState::Booting);
+        let op = if resume {
+            SandboxOp::Resume
+        } else {
+            SandboxOp::Start
+        };
+        self.set_view(t, sb, op.result());
         self.push(boot.ready_at, Kind::Ready, boot.id, boot.seq);
         Ok(())
     }
@@ -723,46 +686,24 @@ impl<'w> Engine<'w> {
             .stats
             .max_pool
             .max(self.tenants[t as usize].pool().sandboxes.len());
+        // Each step goes to the sim provider as the lifecycle table says: a create makes a
+        // sandbox, a wake boots one, the rest halt one into the step's result.
         for step in plan.steps {
-            let id = || {
-                step.sandbox()
-                    .and_then(|s| s.parse::<SimId>().ok())
-                    .unwrap_or(NONE)
-            };
-            match &step {
-                Step::Create { .. } => self.new_sandbox(t),
-                Step::Start { .. } => self.wake(t, id(), false)?,
-                Step::Resume { .. } => self.wake(t, id(), true)?,
-                Step::Stop { .. } => self.halt(t, id(), SandboxState::Stopped)?,
-                Step::Suspend { .. } => self.halt(t, id(), SandboxState::Suspended)?,
-                Step::Destroy { .. } => self.halt(t, id(), SandboxState::Destroyed)?,
+            let id = step
+                .sandbox()
+                .and_then(|s| s.parse::<SimId>().ok())
+                .unwrap_or(NONE);
+            match step.kind() {
+                SandboxOp::Create => self.new_sandbox(t),
+                op if op.wakes() => self.wake(t, id, op == SandboxOp::Resume)?,
+                op => self.halt(t, id, op.result())?,
             }
         }
-        // When must this pool be planned again if nothing happens?
-        let ten = &self.tenants[t as usize];
-        let p = &ten.pool().policy;
-        let mut next = advice.and_then(|a| a.next_change).filter(|&x| x > now);
-        let mut consider = |x: Ms| {
-            if x > now {
-                next = Some(next.map_or(x, |n| n.min(x)));
-            }
-        };
-        if let Some(due) = ten.pool().next_due {
-            // Plan again when the due job's boot lead begins.
-            consider(due.saturating_sub(p.due_lead_ms));
-        }
-        for s in &ten.pool().sandboxes {
-            match s.state {
-                SandboxState::Ready => {
-                    consider(s.idle_since.unwrap_or(s.since) + p.idle_timeout_ms)
-                }
-                SandboxState::Stopped | SandboxState::Suspended => {
-                    consider(s.since + p.retention_ms)
-                }
-                SandboxState::Booting => consider(s.since + p.boot_timeout_ms),
-                _ => {}
-            }
-        }
+        // When must this pool be planned again if nothing happens? At the planner's own next
+        // deadline, or when the adaptive advice changes.
+        let advised = advice.and_then(|a| a.next_change).filter(|&x| x > now);
+        let deadline = shoal_planner::next_deadline(self.tenants[t as usize].pool(), now);
+        let next = advised.into_iter().chain(deadline).min();
         if let Some(x) = next {
             let ten = &mut self.tenants[t as usize];
             if ten.timer_at.is_none_or(|cur| x < cur || cur <= now) {
@@ -848,58 +789,5 @@ impl<'w> Engine<'w> {
 
     pub(crate) fn keda_state(&mut self, t: u32) -> &mut KedaState {
         &mut self.tenants[t as usize].keda
-    }
-
-    // ----- results -----
-
-    fn finish(mut self) -> (Outcome, RunStats, Vec<JobResult>) {
-        let n = self.w.jobs.len() as u64;
-        let cold = self.jobs.iter().filter(|j| j.cold).count() as u64;
-        self.waits.sort_unstable();
-        let pct = |v: &[Ms], q: f64| -> Ms {
-            if v.is_empty() {
-                return 0;
-            }
-            let i = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
-            v[i]
-        };
-        let meter = self.fleet.meter(self.now);
-        let outcome = Outcome {
-            jobs: n,
-            cold_starts: cold,
-            cold_start_rate: if n == 0 { 0.0 } else { cold as f64 / n as f64 },
-            wait_p50_s: pct(&self.waits, 0.50) as f64 / 1000.0,
-            wait_p99_s: pct(&self.waits, 0.99) as f64 / 1000.0,
-            sandbox_seconds: meter.sandbox_ms as f64 / 1000.0,
-            idle_sandbox_seconds: meter.idle_ms as f64 / 1000.0,
-            provider_calls: self.fleet.calls().total(),
-            interrupted_jobs: self.interrupted,
-        };
-        self.plan_ns.sort_unstable();
-        let p = |q: f64| -> u64 {
-            if self.plan_ns.is_empty() {
-                return 0;
-            }
-            let i =
-                ((q * self.plan_ns.len() as f64).ceil() as usize).clamp(1, self.plan_ns.len()) - 1;
-            self.plan_ns[i] as u64
-        };
-        let mut stats = self.stats.clone();
-        stats.plan_ns_p50 = p(0.50);
-        stats.plan_ns_p99 = p(0.99);
-        stats.plan_ns_max = self.plan_ns.last().copied().unwrap_or(0) as u64;
-        stats.sandboxes_created = self.fleet.created() as u64;
-        stats.end_s = self.now as f64 / 1000.0;
-        stats.idle_ms_by_tenant = self.fleet.idle_by_tenant(self.now);
-        let jobs = self
-            .jobs
-            .iter()
-            .map(|j| JobResult {
-                cold: j.cold,
-                wait_ms: j.wait_ms,
-                interrupted: j.interrupted,
-            })
-            .collect();
-        (outcome, stats, jobs)
     }
 }

@@ -333,7 +333,7 @@ pub async fn serve(
         let _ = app.bus.set(bus.clone());
         tokio::spawn(bus.listen(Arc::downgrade(&app)));
     }
-    let control = control::Control::new(Arc::clone(&app), leadership);
+    let control = control::Control::new(control::Deps::of(&app), leadership);
     // The background tasks, awaited together at shutdown.
     let tasks = TaskTracker::new();
     tasks.spawn(Arc::clone(&control).run(observations, followers));

@@ -17,11 +17,11 @@ pub struct App {
     pub cfg: Config,
     pub store: Arc<dyn Store>,
     pub provider: Arc<dyn Provider>,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     pub rates: RateLimits,
     pub admin_token: String,
     /// Wakes the control loop.
-    pub kick: Notify,
+    pub kick: Arc<Notify>,
     /// Wakes the webhook delivery worker: an event may have been written.
     pub outbox_kick: Notify,
     /// Wakes the usage sink pusher: a usage event may have been written.
@@ -43,7 +43,7 @@ pub struct App {
     /// The operators' live view: overview, history, event feed.
     pub live: crate::live::Live,
     /// The adaptive idle policy's histories, when `idle_policy` is adaptive.
-    pub adaptive: Option<crate::idle::AdaptiveIdle>,
+    pub adaptive: Option<Arc<crate::idle::AdaptiveIdle>>,
     /// Why sandboxes are not isolated on this host, when they are not (shown at start and on the
     /// dashboard).
     pub isolation_warning: Option<String>,
@@ -70,10 +70,10 @@ impl App {
         admin_token: String,
         rates: RateLimits,
     ) -> Self {
-        let metrics = Metrics::new(cfg.metrics_max_tenants);
+        let metrics = Arc::new(Metrics::new(cfg.metrics_max_tenants));
         let adaptive = match cfg.idle_policy {
             crate::idle::IdlePolicy::Adaptive { worth_s } => {
-                Some(crate::idle::AdaptiveIdle::new(worth_s))
+                Some(Arc::new(crate::idle::AdaptiveIdle::new(worth_s)))
             }
             crate::idle::IdlePolicy::Fixed => None,
         };
@@ -86,7 +86,7 @@ impl App {
             metrics,
             rates,
             admin_token,
-            kick: Notify::new(),
+            kick: Arc::new(Notify::new()),
             outbox_kick: Notify::new(),
             usage_kick: Notify::new(),
             waiters: Mutex::new(HashMap::new()),

@@ -94,6 +94,19 @@ impl JobState {
     pub fn is_terminal(self) -> bool {
         !matches!(self, JobState::Queued | JobState::Running)
     }
+
+    /// The job lifecycle's transition table: whether a job in this state may move to `next`.
+    /// A queued job is leased (`running`) or cancelled; a running job ends (succeeded, failed,
+    /// cancelled, dead: attempts spent) or goes back to the queue (a retry, a lost sandbox, a
+    /// lapsed lease, an agent handing it back). A terminal state is final.
+    pub fn can_become(self, next: JobState) -> bool {
+        use JobState::*;
+        match self {
+            Queued => matches!(next, Running | Cancelled),
+            Running => next != Running,
+            Succeeded | Failed | Cancelled | Dead => false,
+        }
+    }
 }
 
 impl fmt::Display for JobState {
@@ -130,5 +143,27 @@ mod tests {
         }
         assert!("nope".parse::<JobKind>().is_err());
         assert!(JobState::Dead.is_terminal() && !JobState::Running.is_terminal());
+    }
+
+    #[test]
+    fn the_job_table_ends_once() {
+        use JobState::*;
+        for s in JobState::ALL {
+            // Terminal states are final and reached only from running or (cancelled) queued.
+            assert_eq!(
+                JobState::ALL.iter().any(|&n| s.can_become(n)),
+                !s.is_terminal()
+            );
+            assert!(!s.can_become(s), "{s} -> itself");
+        }
+        let from_queued: Vec<_> = JobState::ALL
+            .into_iter()
+            .filter(|&n| Queued.can_become(n))
+            .collect();
+        assert_eq!(from_queued, [Running, Cancelled]);
+        for n in [Queued, Succeeded, Failed, Cancelled, Dead] {
+            assert!(Running.can_become(n), "running -> {n}");
+        }
+        assert!(!Queued.can_become(Succeeded) && !Queued.can_become(Dead));
     }
 }

@@ -1,4 +1,7 @@
-//! Sandboxes: the states a tenant's sandbox moves through, as the scheduler records them.
+//! Sandboxes: the states a tenant's sandbox moves through, as the scheduler records them, and the
+//! lifecycle's one transition table ([`SandboxOp`]): which operation applies to a sandbox in which
+//! states, the state recorded while the provider carries it out, and the state that results. The
+//! control loop, the planner's `apply` and the simulator all read it from here.
 
 use crate::job::UnknownValue;
 use serde::{Deserialize, Serialize};
@@ -102,9 +105,194 @@ impl FromStr for SandboxState {
     }
 }
 
+/// One operation on a sandbox's lifecycle: what the planner asks for and the control loop carries
+/// out through the provider.
+///
+/// | op        | from                           | in flight    | result      |
+/// |-----------|--------------------------------|--------------|-------------|
+/// | `create`  | (a new sandbox)                | `booting`    | `booting`   |
+/// | `resume`  | `suspended`                    | `booting`    | `booting`   |
+/// | `start`   | `stopped`                      | `booting`    | `booting`   |
+/// | `suspend` | `ready`                        | `suspending` | `suspended` |
+/// | `stop`    | `ready`                        | `stopping`   | `stopped`   |
+/// | `destroy` | `stopped`, `suspended`, `booting` | `destroying` | `destroyed` |
+///
+/// A woken sandbox stays `booting` once the provider has done its part: its agent calling in makes
+/// it `ready` (and a lease makes it `busy`), which no operation does. A `busy` sandbox is in no
+/// operation's from-states: nothing the planner asks for stops one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxOp {
+    Create,
+    Resume,
+    Start,
+    Suspend,
+    Stop,
+    Destroy,
+}
+
+impl SandboxOp {
+    /// Every operation.
+    pub const ALL: [SandboxOp; 6] = [
+        SandboxOp::Create,
+        SandboxOp::Resume,
+        SandboxOp::Start,
+        SandboxOp::Suspend,
+        SandboxOp::Stop,
+        SandboxOp::Destroy,
+    ];
+
+    /// The operation's name, as in metrics labels and events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxOp::Create => "create",
+            SandboxOp::Resume => "resume",
+            SandboxOp::Start => "start",
+            SandboxOp::Suspend => "suspend",
+            SandboxOp::Stop => "stop",
+            SandboxOp::Destroy => "destroy",
+        }
+    }
+
+    /// The states a sandbox must be in for the operation to apply to it; empty for `create`,
+    /// which makes a new sandbox.
+    pub fn from_states(self) -> &'static [SandboxState] {
+        match self {
+            SandboxOp::Create => &[],
+            SandboxOp::Resume => &[SandboxState::Suspended],
+            SandboxOp::Start => &[SandboxState::Stopped],
+            SandboxOp::Suspend | SandboxOp::Stop => &[SandboxState::Ready],
+            SandboxOp::Destroy => &[
+                SandboxState::Stopped,
+                SandboxState::Suspended,
+                SandboxState::Booting,
+            ],
+        }
+    }
+
+    /// Whether the operation applies to a sandbox in `state`.
+    pub fn applies_to(self, state: SandboxState) -> bool {
+        self.from_states().contains(&state)
+    }
+
+    /// The state recorded while the provider carries the operation out (a failed call goes back
+    /// from here to the state before).
+    pub fn in_flight(self) -> SandboxState {
+        match self {
+            SandboxOp::Create | SandboxOp::Resume | SandboxOp::Start => SandboxState::Booting,
+            SandboxOp::Suspend => SandboxState::Suspending,
+            SandboxOp::Stop => SandboxState::Stopping,
+            SandboxOp::Destroy => SandboxState::Destroying,
+        }
+    }
+
+    /// The state once the provider has carried the operation out.
+    pub fn result(self) -> SandboxState {
+        match self {
+            SandboxOp::Create | SandboxOp::Resume | SandboxOp::Start => SandboxState::Booting,
+            SandboxOp::Suspend => SandboxState::Suspended,
+            SandboxOp::Stop => SandboxState::Stopped,
+            SandboxOp::Destroy => SandboxState::Destroyed,
+        }
+    }
+
+    /// Brings a sandbox up (create, resume, start): it counts as active from the call on.
+    pub fn wakes(self) -> bool {
+        self.result().is_active()
+    }
+}
+
+impl fmt::Display for SandboxOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl SandboxState {
+    /// Whether a sandbox in this state may move to `next`: by an operation ([`SandboxOp`]: its
+    /// start, its end, or its failure back to where it was) or by what the agent and the provider
+    /// report: an agent calling in makes a booting sandbox ready, a lease makes it
+    /// busy and the job's end ready again; a provider seen suspending or stopping a sandbox, or
+    /// losing it, moves any existing sandbox there.
+    pub fn can_become(self, next: SandboxState) -> bool {
+        use SandboxState::*;
+        // An operation begins (from-state to in-flight), ends (in-flight to result) or fails
+        // (in-flight back to a from-state).
+        let by_op = SandboxOp::ALL.into_iter().any(|op| {
+            (op.applies_to(self) && op.in_flight() == next)
+                || (self == op.in_flight() && (op.result() == next || op.applies_to(next)))
+        });
+        let by_report = match (self, next) {
+            (Booting, Ready) | (Ready, Busy) | (Busy, Ready) => true,
+            // Observed: a suspend seen (also of a ready sandbox suspended by the provider), a
+            // stop or a loss seen of any sandbox not already there.
+            (Ready | Suspending, Suspended) => true,
+            (from, Stopped) => from.exists() && from != Stopped && from != Destroying,
+            (from, Destroyed) => from.exists(),
+            _ => false,
+        };
+        by_op || by_report
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_table_is_the_lifecycle() {
+        use SandboxState::*;
+        for op in SandboxOp::ALL {
+            // Every operation's in-flight state leads to its result (or is it), and from-states
+            // lead to the in-flight state.
+            for &from in op.from_states() {
+                assert!(from.can_become(op.in_flight()), "{op}: {from} -> in flight");
+                assert!(from.exists());
+            }
+            assert!(
+                op.in_flight() == op.result() || op.in_flight().can_become(op.result()),
+                "{op}"
+            );
+            assert_eq!(
+                op.wakes(),
+                matches!(op, SandboxOp::Create | SandboxOp::Resume | SandboxOp::Start)
+            );
+        }
+        // Nothing the planner asks for touches a busy sandbox, or one with an operation in flight.
+        for op in SandboxOp::ALL {
+            for s in [Busy, Suspending, Stopping, Destroying, Destroyed] {
+                assert!(!op.applies_to(s), "{op} applies to {s}");
+            }
+        }
+        assert!(SandboxOp::Stop.applies_to(Ready));
+        assert!(SandboxOp::Destroy.applies_to(Booting));
+        assert!(!SandboxOp::Destroy.applies_to(Ready));
+        assert!(!SandboxOp::Resume.applies_to(Stopped));
+        assert_eq!(SandboxOp::Suspend.in_flight(), Suspending);
+        assert_eq!(SandboxOp::Stop.result(), Stopped);
+        assert_eq!(SandboxOp::Start.result(), Booting);
+        // The final state is final; a busy sandbox leaves only by its job's end or a loss.
+        for s in SandboxState::ALL {
+            assert!(!Destroyed.can_become(s), "destroyed -> {s}");
+        }
+        let from_busy: Vec<_> = SandboxState::ALL
+            .into_iter()
+            .filter(|&s| Busy.can_become(s))
+            .collect();
+        assert_eq!(from_busy, [Ready, Stopped, Destroyed]);
+        assert!(Booting.can_become(Ready) && !Ready.can_become(Booting));
+    }
+
+    #[test]
+    fn ops_have_distinct_names() {
+        let names: std::collections::HashSet<_> =
+            SandboxOp::ALL.into_iter().map(SandboxOp::as_str).collect();
+        assert_eq!(names.len(), SandboxOp::ALL.len());
+        assert_eq!(
+            serde_json::to_value(SandboxOp::Destroy).unwrap(),
+            SandboxOp::Destroy.as_str()
+        );
+    }
 
     #[test]
     fn states_round_trip_and_classify() {

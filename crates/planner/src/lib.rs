@@ -17,7 +17,7 @@ pub mod burst;
 pub mod fair;
 
 use serde::Serialize;
-use shoal_core::{Millis, SandboxState};
+use shoal_core::{Millis, SandboxOp, SandboxState};
 
 /// What to do with a sandbox that has been idle past its timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -143,15 +143,37 @@ impl Step {
         }
     }
 
-    pub fn op(&self) -> &'static str {
+    /// The lifecycle operation this step is; its from-states, in-flight state and result are the
+    /// core's table ([`SandboxOp`]).
+    pub fn kind(&self) -> SandboxOp {
         match self {
-            Step::Create { .. } => "create",
-            Step::Resume { .. } => "resume",
-            Step::Start { .. } => "start",
-            Step::Suspend { .. } => "suspend",
-            Step::Stop { .. } => "stop",
-            Step::Destroy { .. } => "destroy",
+            Step::Create { .. } => SandboxOp::Create,
+            Step::Resume { .. } => SandboxOp::Resume,
+            Step::Start { .. } => SandboxOp::Start,
+            Step::Suspend { .. } => SandboxOp::Suspend,
+            Step::Stop { .. } => SandboxOp::Stop,
+            Step::Destroy { .. } => SandboxOp::Destroy,
         }
+    }
+
+    /// The operation's name (`create`, `resume`, ...).
+    pub fn op(&self) -> &'static str {
+        self.kind().as_str()
+    }
+
+    /// The states the step's sandbox must be in for it to apply (none for a create).
+    pub fn from_states(&self) -> &'static [SandboxState] {
+        self.kind().from_states()
+    }
+
+    /// The state recorded while the provider carries the step out.
+    pub fn in_flight(&self) -> SandboxState {
+        self.kind().in_flight()
+    }
+
+    /// The state the step's sandbox is in once the provider has carried it out.
+    pub fn result(&self) -> SandboxState {
+        self.kind().result()
     }
 }
 
@@ -398,9 +420,50 @@ fn step_start(tenant: String, sandbox: String) -> Step {
     Step::Start { tenant, sandbox }
 }
 
+/// The earliest time after `now` at which the plan for `pool` may change though nothing else
+/// happens: a ready sandbox's idle timeout, a sleeping one's retention, a booting one's boot
+/// timeout, a pre-warm's end, or the boot lead of work falling due. `None` when no such time is
+/// ahead. A planning loop that sleeps until then (and wakes on every event) misses no decision.
+pub fn next_deadline(pool: &PoolSnapshot, now: Millis) -> Option<Millis> {
+    let p = &pool.policy;
+    let mut next: Option<Millis> = None;
+    let mut consider = |at: Millis| {
+        if at > now {
+            next = Some(next.map_or(at, |n| n.min(at)));
+        }
+    };
+    if let Some(due) = pool.next_due
+        && !pool.draining
+    {
+        consider(due.saturating_sub(p.due_lead_ms));
+    }
+    if let Some((_, until)) = pool.prewarm
+        && until < Millis::MAX
+    {
+        consider(until);
+    }
+    for s in &pool.sandboxes {
+        match s.state {
+            SandboxState::Ready => consider(
+                s.idle_since
+                    .unwrap_or(s.since)
+                    .saturating_add(p.idle_timeout_ms),
+            ),
+            SandboxState::Stopped | SandboxState::Suspended => {
+                consider(s.since.saturating_add(p.retention_ms))
+            }
+            SandboxState::Booting => consider(s.since.saturating_add(p.boot_timeout_ms)),
+            _ => {}
+        }
+    }
+    next
+}
+
 /// The snapshot as it would be once every step of `plan` has taken effect at `now`, with new
-/// sandboxes named by `new_id`. The simulator and the property tests use it; production observes
-/// the real effects instead.
+/// sandboxes named by `new_id`: each step moves its sandbox to the step's result (the core's
+/// table), and a step whose sandbox is not in one of its from-states is skipped, as the control
+/// loop's store transition would refuse it. The simulator and the property tests use it;
+/// production observes the real effects instead.
 pub fn apply(
     snapshot: &Snapshot,
     plan: &Plan,
@@ -412,28 +475,27 @@ pub fn apply(
         let Some(pool) = next.pools.iter_mut().find(|p| p.tenant == step.tenant()) else {
             continue;
         };
-        if let Step::Create { .. } = step {
+        let Some(id) = step.sandbox() else {
             pool.sandboxes.push(SandboxView {
                 id: new_id(),
-                state: SandboxState::Booting,
+                state: step.result(),
                 since: now,
                 idle_since: None,
             });
             continue;
-        }
-        let id = step.sandbox().unwrap_or_default();
-        let Some(i) = pool.sandboxes.iter().position(|s| s.id == id) else {
+        };
+        let Some(i) = pool
+            .sandboxes
+            .iter()
+            .position(|s| s.id == id && step.kind().applies_to(s.state))
+        else {
             continue;
         };
-        let state = match step {
-            Step::Resume { .. } | Step::Start { .. } => SandboxState::Booting,
-            Step::Suspend { .. } => SandboxState::Suspended,
-            Step::Stop { .. } => SandboxState::Stopped,
-            Step::Destroy { .. } | Step::Create { .. } => {
-                pool.sandboxes.remove(i);
-                continue;
-            }
-        };
+        let state = step.result();
+        if !state.exists() {
+            pool.sandboxes.remove(i);
+            continue;
+        }
         let s = &mut pool.sandboxes[i];
         s.state = state;
         s.since = now;

@@ -312,6 +312,41 @@ proptest! {
         }
     }
 
+    /// Every step on an existing sandbox finds it in one of the step's from-states (the core's
+    /// lifecycle table), and no sandbox gets two steps in one plan.
+    #[test]
+    fn every_step_is_allowed_by_the_lifecycle_table(snap in arb_snapshot()) {
+        let plan = plan(&snap, NOW);
+        let mut seen = std::collections::HashSet::new();
+        for step in &plan.steps {
+            let Some(id) = step.sandbox() else {
+                prop_assert!(step.from_states().is_empty());
+                continue;
+            };
+            prop_assert!(seen.insert(id.to_string()), "{id} stepped twice");
+            let s = snap.pools.iter().flat_map(|p| &p.sandboxes).find(|s| s.id == id).unwrap();
+            prop_assert!(step.kind().applies_to(s.state), "{} of a {} sandbox", step.op(), s.state);
+        }
+    }
+
+    /// Between now and the pool's next deadline nothing changes a quiet pool's plan: a snapshot
+    /// with nothing to do now has nothing to do until just before its first deadline.
+    #[test]
+    fn nothing_changes_before_the_next_deadline(snap in arb_snapshot()) {
+        if !plan(&snap, NOW).steps.is_empty() {
+            return Ok(());
+        }
+        let deadline = snap.pools.iter().filter_map(|p| next_deadline(p, NOW)).min();
+        let before = deadline.map_or(NOW + 1_000_000_000, |d| d - 1);
+        prop_assert!(before >= NOW);
+        prop_assert!(plan(&snap, before).steps.is_empty(), "a step before the deadline {deadline:?}");
+        if let Some(d) = deadline {
+            // At the deadline itself, some pool's plan has a reason to be made again; at least
+            // the instant is one where a rule's clock ran out.
+            prop_assert!(d > NOW);
+        }
+    }
+
     /// With a fleet cap, the active total after the plan stays within it (or within the busy floor).
     #[test]
     fn fleet_cap_holds(snap in arb_snapshot()) {
@@ -396,4 +431,124 @@ fn a_burst_falling_due_gets_a_sandbox_per_job_beside_the_running_ones() {
     // Within max_sandboxes (5 here) and max_concurrent_jobs.
     p.policy.max_concurrent_jobs = Some(2);
     assert_eq!(plan(&one(p), NOW).pools[0].desired, 2);
+}
+
+#[test]
+fn the_next_deadline_is_the_earliest_rule_to_run_out() {
+    let p = PoolPolicy::default();
+    let mut pool = pool(
+        "t",
+        0,
+        0,
+        vec![
+            sb(
+                "ready",
+                SandboxState::Ready,
+                NOW - 10_000,
+                Some(NOW - 10_000),
+            ),
+            sb("stopped", SandboxState::Stopped, NOW - 1_000, None),
+            sb("busy", SandboxState::Busy, NOW - 10, None),
+        ],
+    );
+    // The ready sandbox's idle timeout comes first.
+    assert_eq!(
+        next_deadline(&pool, NOW),
+        Some(NOW - 10_000 + p.idle_timeout_ms)
+    );
+    // A booting one's boot timeout, when sooner.
+    pool.sandboxes.push(sb(
+        "boot",
+        SandboxState::Booting,
+        NOW - p.boot_timeout_ms + 5,
+        None,
+    ));
+    assert_eq!(next_deadline(&pool, NOW), Some(NOW + 5));
+    // Work falling due: one boot lead before it.
+    pool.next_due = Some(NOW + p.due_lead_ms + 2);
+    assert_eq!(next_deadline(&pool, NOW), Some(NOW + 2));
+    // ...unless the pool drains.
+    pool.draining = true;
+    assert_eq!(next_deadline(&pool, NOW), Some(NOW + 5));
+    // A pre-warm's end; one without an end sets no deadline.
+    pool.prewarm = Some((2, NOW + 1));
+    assert_eq!(next_deadline(&pool, NOW), Some(NOW + 1));
+    pool.prewarm = Some((2, Millis::MAX));
+    assert_eq!(next_deadline(&pool, NOW), Some(NOW + 5));
+    // Deadlines already past are not ahead; the stopped one's retention is what is left.
+    assert_eq!(
+        next_deadline(&pool, NOW + p.idle_timeout_ms),
+        Some(NOW - 1_000 + p.retention_ms)
+    );
+    // A pool of busy sandboxes has nothing on a clock.
+    let busy = self::pool("b", 0, 1, vec![sb("x", SandboxState::Busy, NOW, None)]);
+    assert_eq!(next_deadline(&busy, NOW), None);
+}
+
+#[test]
+fn apply_moves_each_sandbox_to_its_steps_result_and_skips_a_step_the_table_refuses() {
+    let snap = one(pool(
+        "t",
+        0,
+        0,
+        vec![
+            sb("r", SandboxState::Ready, NOW, Some(NOW)),
+            sb("s", SandboxState::Suspended, NOW, None),
+            sb("b", SandboxState::Busy, NOW, None),
+        ],
+    ));
+    let t = || "t".to_string();
+    let steps = vec![
+        Step::Suspend {
+            tenant: t(),
+            sandbox: "r".into(),
+        },
+        Step::Resume {
+            tenant: t(),
+            sandbox: "s".into(),
+        },
+        // Not allowed from busy: skipped.
+        Step::Stop {
+            tenant: t(),
+            sandbox: "b".into(),
+        },
+        Step::Create { tenant: t() },
+    ];
+    let next = apply(
+        &snap,
+        &Plan {
+            pools: vec![],
+            steps,
+        },
+        NOW + 1,
+        fresh_ids(),
+    );
+    let state = |id: &str| {
+        next.pools[0]
+            .sandboxes
+            .iter()
+            .find(|s| s.id == id)
+            .map(|s| s.state)
+    };
+    assert_eq!(state("r"), Some(SandboxState::Suspended));
+    assert_eq!(state("s"), Some(SandboxState::Booting));
+    assert_eq!(state("b"), Some(SandboxState::Busy));
+    assert_eq!(state("new-1"), Some(SandboxState::Booting));
+    // Destroy applies to a suspended (r) and a booting (s) sandbox and removes them; not to a
+    // busy one (b).
+    let d = |id: &str| Step::Destroy {
+        tenant: t(),
+        sandbox: id.into(),
+    };
+    let destroy = Plan {
+        pools: vec![],
+        steps: vec![d("r"), d("s"), d("b")],
+    };
+    let after = apply(&next, &destroy, NOW + 2, fresh_ids());
+    let ids: Vec<_> = after.pools[0]
+        .sandboxes
+        .iter()
+        .map(|s| s.id.as_str())
+        .collect();
+    assert_eq!(ids, ["b", "new-1"]);
 }

@@ -1,8 +1,9 @@
 //! Shoal's test harness: locating (and building when missing) the workspace's own binaries,
 //! ephemeral Postgres and Redis servers on spare loopback ports, the Fly Machines emulator, a
-//! webhook receiver, and fixtures. Used by tests only; never by production code.
+//! webhook receiver, a recording fake provider, and fixtures. Used by tests only; never by production code.
 
 pub mod bins;
+pub mod fake_provider;
 pub mod fly;
 pub mod kubelet;
 pub mod procfs;

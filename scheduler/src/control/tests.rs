@@ -1,0 +1,396 @@
+//! The control loop's unit tests: a real SQLite store in a temporary directory, the testkit's
+//! recording fake provider, and tokio's paused clock (the loop's clock reads it), so each runs in
+//! milliseconds and waits for nothing real.
+
+use super::*;
+use serde_json::json;
+use shoal_core::audit::Actor;
+use shoal_core::{JobState, LimitsPatch, PlanTier, RetryOn, RetryPolicy, SandboxState};
+use shoal_fleet::{ObservedState, ProviderError, SandboxRef};
+use shoal_store::{LeasePolicy, NewJob, NewSandbox};
+use shoal_testkit::fake_provider::FakeProvider;
+use std::sync::OnceLock;
+use tokio::sync::mpsc::unbounded_channel;
+
+const T: &str = "acme";
+const IDLE_MS: Millis = 60_000;
+const LEASE: LeasePolicy = LeasePolicy {
+    max_concurrent_jobs: None,
+    draining: false,
+    lease_ttl_ms: 3_600_000,
+};
+
+/// Epoch milliseconds that follow tokio's (paused) clock.
+struct PausedClock {
+    base: Millis,
+    start: Instant,
+}
+
+impl Clock for PausedClock {
+    fn now_ms(&self) -> Millis {
+        self.base + self.start.elapsed().as_millis() as Millis
+    }
+}
+
+/// Records what the loop signals; can depose the loop when it wakes a sandbox.
+#[derive(Default)]
+struct Recorder {
+    work: Mutex<Vec<String>>,
+    jobs: Mutex<Vec<String>>,
+    depose_on_wake: OnceLock<std::sync::Weak<Control>>,
+}
+
+impl Signals for Recorder {
+    fn work_changed(&self, tenant: &str) {
+        self.work.lock().unwrap().push(tenant.to_string());
+    }
+    fn job_changed(&self, id: &str, _pulse: Pulse) {
+        self.jobs.lock().unwrap().push(id.to_string());
+    }
+    fn usage_written(&self) {}
+    fn planned(&self, _desired: &[(String, u32)]) {}
+    fn woken(&self, _tenant: &str) -> Option<Duration> {
+        if let Some(c) = self.depose_on_wake.get().and_then(std::sync::Weak::upgrade) {
+            // Another replica took over while this one was applying its plan.
+            c.epoch.store(0, Ordering::SeqCst);
+        }
+        None
+    }
+    fn ready(&self) {}
+}
+
+struct Harness {
+    control: Arc<Control>,
+    store: Arc<dyn Store>,
+    fake: Arc<FakeProvider>,
+    signals: Arc<Recorder>,
+    clock: Arc<PausedClock>,
+    obs: UnboundedReceiver<Observation>,
+    _shutdown: CancellationToken,
+    _dir: tempfile::TempDir,
+    _frozen: std::sync::mpsc::Sender<()>,
+}
+
+/// Stops tokio's paused clock from moving by itself for as long as the returned sender lives.
+/// A paused clock auto-advances whenever the runtime idles, and waiting on SQLite's worker thread
+/// looks idle: the clock would jump to the pool's acquire timeout. Tokio does not auto-advance
+/// while a blocking task runs, so one is held open; time moves only by the test's `advance`.
+fn freeze_clock() -> std::sync::mpsc::Sender<()> {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    tokio::task::spawn_blocking(move || {
+        let _ = rx.recv();
+    });
+    tx
+}
+
+async fn harness() -> Harness {
+    let frozen = freeze_clock();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("shoal.db").display());
+    let store = shoal_store::open(&url).await.unwrap();
+    let clock = Arc::new(PausedClock {
+        base: 1_800_000_000_000,
+        start: Instant::now(),
+    });
+    let (tx, obs) = unbounded_channel();
+    let c = Arc::clone(&clock);
+    let fake = Arc::new(FakeProvider::new(tx).with_clock(move || c.now_ms()));
+    let signals = Arc::new(Recorder::default());
+    let shutdown = CancellationToken::new();
+    let deps = Deps {
+        store: Arc::clone(&store),
+        provider: Arc::clone(&fake) as Arc<dyn Provider>,
+        metrics: Arc::new(Metrics::new(16)),
+        clock: Arc::clone(&clock) as Arc<dyn Clock>,
+        signals: Arc::clone(&signals) as Arc<dyn Signals>,
+        kick: Arc::new(Notify::new()),
+        shutdown: shutdown.clone(),
+        provider_stopped: watch::channel(false).1,
+        adaptive: None,
+        settings: Settings {
+            secret: "secret".into(),
+            advertise_url: "http://127.0.0.1:9".into(),
+            suspend_idle: false,
+            idle_timeout_ms: IDLE_MS,
+            retention_ms: 24 * 3_600_000,
+            boot_timeout_ms: 120_000,
+            fleet_max_sandboxes: None,
+            due_lead_ms: 10_000,
+            usage: Default::default(),
+        },
+    };
+    let control = Control::new(deps, Arc::new(crate::leader::Solo));
+    // It leads (as the leadership task would have it after acquiring).
+    control.epoch.store(1, Ordering::SeqCst);
+    let now = clock.now_ms();
+    store
+        .put_tenant(
+            T,
+            PlanTier::Team,
+            &LimitsPatch::default(),
+            now,
+            &Actor::system("test"),
+        )
+        .await
+        .unwrap();
+    Harness {
+        control,
+        store,
+        fake,
+        signals,
+        clock,
+        obs,
+        _shutdown: shutdown,
+        _dir: dir,
+        _frozen: frozen,
+    }
+}
+
+impl Harness {
+    fn now(&self) -> Millis {
+        self.clock.now_ms()
+    }
+
+    async fn enqueue(&self, id: &str) {
+        let job = NewJob {
+            id: id.into(),
+            tenant: T.into(),
+            kind: "agent".into(),
+            spec: json!({"command": ["true"]}),
+            idempotency_key: None,
+            priority: 0,
+            max_attempts: 3,
+            timeout_s: 60,
+            created_at: self.now(),
+            run_at: None,
+            retry: RetryPolicy {
+                max_attempts: 3,
+                on: vec![RetryOn::Lost],
+                initial_backoff_s: 0.0,
+                max_backoff_s: 0.0,
+            },
+            schedule: None,
+        };
+        self.store
+            .admit(job, 0, None, &Actor::system("test"))
+            .await
+            .unwrap();
+    }
+
+    /// A sandbox the store and the fake both hold, running; `None` leaves it booting, else its
+    /// agent asks for work (ready, or busy when a job is queued) or it is put to sleep.
+    async fn sandbox(&self, id: &str, to: Option<SandboxState>) -> SandboxRef {
+        self.store
+            .insert_sandbox(NewSandbox {
+                id: id.into(),
+                tenant: T.into(),
+                provider: "fake".into(),
+                token_hash: format!("hash-{id}"),
+                cpus_milli: 1000,
+                memory_mb: 256,
+                now: self.now(),
+            })
+            .await
+            .unwrap();
+        let sref = self.fake.plant(id, T);
+        self.store
+            .set_provider_id(id, &sref.provider_id)
+            .await
+            .unwrap();
+        match to {
+            None => {}
+            Some(SandboxState::Ready | SandboxState::Busy) => {
+                self.store.lease(id, LEASE, self.now()).await.unwrap();
+            }
+            Some(state) => {
+                let observed = match state {
+                    SandboxState::Suspended => ObservedState::Suspended,
+                    _ => ObservedState::Stopped,
+                };
+                self.fake.lose(id, observed);
+                assert!(
+                    self.store
+                        .transition(id, &[SandboxState::Booting], state, self.now())
+                        .await
+                        .unwrap()
+                );
+            }
+        }
+        sref
+    }
+
+    async fn state(&self, id: &str) -> SandboxState {
+        self.store.sandbox(id).await.unwrap().unwrap().state
+    }
+
+    /// One planning pass and every provider call it started.
+    async fn pass(&self) {
+        self.control.pass().await.unwrap();
+        self.control.drain().await;
+    }
+
+    /// The provider calls since `from`, as `op sandbox`, `list`s left out.
+    fn calls_since(&self, from: usize) -> Vec<String> {
+        self.fake.calls()[from..]
+            .iter()
+            .filter(|c| c.op != "list" && c.op != "tenant_limits")
+            .map(|c| format!("{} {}", c.op, c.sandbox))
+            .collect()
+    }
+
+    async fn events(&self, kind: &str) -> Vec<serde_json::Value> {
+        self.store
+            .events(Some(T), 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == kind)
+            .map(|e| e.detail)
+            .collect()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn wakes_suspended_then_the_most_recent_stopped_then_creates() {
+    let h = harness().await;
+    h.sandbox("old-stopped", Some(SandboxState::Stopped)).await;
+    tokio::time::advance(Duration::from_secs(5)).await;
+    h.sandbox("suspended", Some(SandboxState::Suspended)).await;
+    tokio::time::advance(Duration::from_secs(5)).await;
+    h.sandbox("new-stopped", Some(SandboxState::Stopped)).await;
+    for j in ["j1", "j2", "j3", "j4"] {
+        h.enqueue(j).await;
+    }
+    let from = h.fake.calls().len();
+    h.pass().await;
+    let calls = h.calls_since(from);
+    assert_eq!(
+        calls[..3],
+        ["resume suspended", "start new-stopped", "start old-stopped"],
+        "{calls:?}"
+    );
+    assert_eq!(calls.len(), 4, "{calls:?}");
+    assert!(calls[3].starts_with("create sb_"), "{calls:?}");
+    for id in ["suspended", "new-stopped", "old-stopped"] {
+        assert_eq!(h.state(id).await, SandboxState::Booting, "{id}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn never_stops_a_busy_sandbox() {
+    let h = harness().await;
+    h.sandbox("idle-1", Some(SandboxState::Ready)).await;
+    h.sandbox("idle-2", Some(SandboxState::Ready)).await;
+    h.enqueue("j1").await;
+    h.sandbox("busy", Some(SandboxState::Busy)).await;
+    assert_eq!(h.state("busy").await, SandboxState::Busy);
+    // Well past the idle timeout of every sandbox, the busy one included.
+    tokio::time::advance(Duration::from_millis(IDLE_MS as u64 * 10)).await;
+    let from = h.fake.calls().len();
+    h.pass().await;
+    let mut calls = h.calls_since(from);
+    calls.sort();
+    assert_eq!(calls, ["stop idle-1", "stop idle-2"]);
+    assert_eq!(h.state("busy").await, SandboxState::Busy);
+    assert_eq!(h.state("idle-1").await, SandboxState::Stopped);
+    let job = h.store.job("j1").await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Running);
+    // And again: nothing more to do.
+    let from = h.fake.calls().len();
+    h.pass().await;
+    assert!(h.calls_since(from).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_create_is_not_retried_in_the_pass_and_holds_off_the_tenant() {
+    let h = harness().await;
+    h.enqueue("j1").await;
+    h.fake
+        .fail_next("create", ProviderError::Transient("503".into()));
+    h.pass().await;
+    // One call: no retry stacked on the provider's own.
+    let created = h.fake.calls_of("create");
+    assert_eq!(created.len(), 1);
+    assert_eq!(h.state(&created[0]).await, SandboxState::Destroyed);
+    assert_eq!(h.events("create_failed").await.len(), 1);
+    // The next pass, at once, does not create: the tenant is held off (2 s after a first
+    // failure).
+    h.pass().await;
+    assert_eq!(h.fake.calls_of("create").len(), 1);
+    tokio::time::advance(Duration::from_millis(1_999)).await;
+    h.pass().await;
+    assert_eq!(h.fake.calls_of("create").len(), 1);
+    tokio::time::advance(Duration::from_millis(2)).await;
+    h.pass().await;
+    let created = h.fake.calls_of("create");
+    assert_eq!(created.len(), 2);
+    let rec = h.store.sandbox(&created[1]).await.unwrap().unwrap();
+    assert_eq!(rec.state, SandboxState::Booting);
+    assert!(rec.provider_id.is_some_and(|p| p.starts_with("fake-")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_sandboxs_job_goes_back_to_the_queue() {
+    let mut h = harness().await;
+    h.enqueue("j1").await;
+    h.sandbox("sb", Some(SandboxState::Busy)).await;
+    assert_eq!(
+        h.store.job("j1").await.unwrap().unwrap().state,
+        JobState::Running
+    );
+    h.fake.lose("sb", ObservedState::Stopped);
+    let o = h.obs.recv().await.unwrap();
+    assert_eq!(o.state, ObservedState::Stopped);
+    h.control.observe(o).await;
+    assert_eq!(h.state("sb").await, SandboxState::Stopped);
+    let job = h.store.job("j1").await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Queued);
+    assert_eq!(job.sandbox_id, None);
+    let lost = h.events("sandbox_lost").await;
+    assert_eq!(lost.len(), 1);
+    assert_eq!(lost[0]["jobs_requeued"], 1);
+    assert!(h.signals.work.lock().unwrap().contains(&T.to_string()));
+    assert_eq!(*h.signals.jobs.lock().unwrap(), ["j1"]);
+    // The next pass wakes the lost sandbox for the job it gave back.
+    let from = h.fake.calls().len();
+    h.pass().await;
+    assert_eq!(h.calls_since(from), ["start sb"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn orphans_are_collected_and_known_sandboxes_kept() {
+    let h = harness().await;
+    h.sandbox("known", Some(SandboxState::Ready)).await;
+    let orphan = h.fake.plant("sb_orphan", T);
+    h.control.reconcile(false).await.unwrap();
+    assert_eq!(h.fake.calls_of("destroy"), ["sb_orphan"]);
+    assert_eq!(h.fake.state("sb_orphan"), None);
+    assert_eq!(h.fake.state("known"), Some(ObservedState::Running));
+    assert_eq!(h.state("known").await, SandboxState::Ready);
+    let collected = h.events("orphan_collected").await;
+    assert_eq!(collected.len(), 1);
+    assert_eq!(collected[0]["provider_id"], orphan.provider_id.as_str());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pass_that_loses_leadership_stops_changing_things() {
+    let h = harness().await;
+    for j in ["j1", "j2", "j3"] {
+        h.enqueue(j).await;
+    }
+    let _ = h.signals.depose_on_wake.set(Arc::downgrade(&h.control));
+    h.pass().await;
+    // The plan had three creates: the first was recorded before the pass learned it was
+    // deposed, and then undone without a provider call; the other two never happened.
+    assert!(h.fake.calls_of("create").is_empty());
+    let created = h.events("create").await;
+    assert_eq!(created.len(), 1, "{created:?}");
+    let first = created[0]["sandbox"].as_str().unwrap();
+    assert_eq!(h.state(first).await, SandboxState::Destroyed);
+    let sandboxes = h.store.sandboxes(Some(T)).await.unwrap();
+    assert!(sandboxes.iter().all(|s| s.state == SandboxState::Destroyed));
+    assert!(!h.control.leads());
+    // While it does not lead, a pass asks nothing of the provider.
+    h.pass().await;
+    assert!(h.fake.calls_of("create").is_empty());
+}
