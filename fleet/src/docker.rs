@@ -25,6 +25,7 @@
 
 pub use bollard;
 
+use crate::common::{now_ms, now_nanos};
 use crate::{
     Capabilities, Observation, ObservationSink, ObservedState, Provider, ProviderError, SandboxRef,
     SandboxSpec,
@@ -38,8 +39,7 @@ use bollard::query_parameters::{
     StopContainerOptions,
 };
 use futures::StreamExt;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use shoal_core::Millis;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -60,14 +60,6 @@ pub const LABEL_IMAGE: &str = "shoal.image";
 /// Where the agent sits in the image.
 pub const AGENT_PATH: &str = "/usr/local/bin/shoal-agent";
 
-fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    humantime::parse_duration(&s).map_err(serde::de::Error::custom)
-}
-
-fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&humantime::format_duration(*d).to_string())
-}
 
 /// The `[provider.docker]` table. Every key has a default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -105,15 +97,13 @@ pub struct DockerConfig {
     /// How long a stopping container may take before it is killed.
     #[serde(
         default = "default_stop_grace",
-        deserialize_with = "de_duration",
-        serialize_with = "ser_duration"
+        with = "crate::common::duration"
     )]
     pub stop_grace: Duration,
     /// The timeout of one engine request.
     #[serde(
         default = "default_request_timeout",
-        deserialize_with = "de_duration",
-        serialize_with = "ser_duration"
+        with = "crate::common::duration"
     )]
     pub request_timeout: Duration,
     /// Extra environment for the agent, besides what Shoal sets.
@@ -254,19 +244,7 @@ fn status_of(e: &bollard::errors::Error) -> Option<u16> {
     }
 }
 
-fn now_millis() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as Millis)
-        .unwrap_or(0)
-}
 
-fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
 
 /// A Docker object name made from `prefix` and a Shoal name: characters Docker does not allow
 /// become `-`, and a name that had to change gets a short digest so two never collide.
@@ -1206,7 +1184,7 @@ impl Inner {
             }))
             .await
             .map_err(to_provider_error)?;
-        let at = now_millis();
+        let at = now_ms();
         let mut out: Vec<Observation> = listed
             .into_iter()
             .filter_map(|c| {

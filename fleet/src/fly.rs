@@ -19,6 +19,7 @@
 //!   the machines' own event timestamps.
 
 use crate::retry::RetryPolicy;
+use crate::common::now_ms;
 use crate::{
     Capabilities, Observation, ObservationSink, ObservedState, Provider, ProviderError, SandboxRef,
     SandboxSpec,
@@ -28,7 +29,7 @@ use fly_machines::{
     Client, ClientConfig, CreateLeaseRequest, CreateMachineRequest, ErrorKind, Guest, ListOptions,
     Machine, MachineConfig, MachineState, Restart, StopRequest, WaitState,
 };
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use shoal_core::{Millis, SandboxSize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -50,14 +51,6 @@ pub const LEASE_DESCRIPTION: &str = "shoal fleet";
 /// Fly lets machines with at most this much memory be suspended.
 pub const SUSPEND_MAX_MEMORY_MB: u32 = 2048;
 
-fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    humantime::parse_duration(&s).map_err(serde::de::Error::custom)
-}
-
-fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&humantime::format_duration(*d).to_string())
-}
 
 /// The machine size used for sandboxes (`fly.MachineGuest`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,43 +119,37 @@ pub struct FlyConfig {
     /// How often machine states are polled (one list call for the whole app).
     #[serde(
         default = "default_poll_interval",
-        deserialize_with = "de_duration",
-        serialize_with = "ser_duration"
+        with = "crate::common::duration"
     )]
     pub poll_interval: Duration,
     /// How long a lease taken for a mutation is held (and reused).
     #[serde(
         default = "default_lease_ttl",
-        deserialize_with = "de_duration",
-        serialize_with = "ser_duration"
+        with = "crate::common::duration"
     )]
     pub lease_ttl: Duration,
     /// How long a machine may take to reach the state asked of it.
     #[serde(
         default = "default_state_timeout",
-        deserialize_with = "de_duration",
-        serialize_with = "ser_duration"
+        with = "crate::common::duration"
     )]
     pub state_timeout: Duration,
     /// The timeout of one API request.
     #[serde(
         default = "default_request_timeout",
-        deserialize_with = "de_duration",
-        serialize_with = "ser_duration"
+        with = "crate::common::duration"
     )]
     pub request_timeout: Duration,
     /// How long a region that answered `insufficient_capacity` is skipped.
     #[serde(
         default = "default_capacity_cooldown",
-        deserialize_with = "de_duration",
-        serialize_with = "ser_duration"
+        with = "crate::common::duration"
     )]
     pub capacity_cooldown: Duration,
     /// How long after a create a 404 for the new machine is taken for eventual consistency.
     #[serde(
         default = "default_create_grace",
-        deserialize_with = "de_duration",
-        serialize_with = "ser_duration"
+        with = "crate::common::duration"
     )]
     pub create_grace: Duration,
     /// Stop the machines this scheduler created when it shuts down.
@@ -435,12 +422,6 @@ fn parse_time(s: &str) -> Option<Millis> {
         .map(|t| t.timestamp_millis())
 }
 
-fn now_millis() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as Millis)
-        .unwrap_or(0)
-}
 
 /// A Fly machine name for a sandbox: lowercase letters, digits and dashes.
 pub fn machine_name(sandbox_id: &str) -> String {
@@ -1124,7 +1105,7 @@ impl Inner {
             .call(None, true, || self.client.list(&opts))
             .await
             .map_err(to_provider_error)?;
-        let now = now_millis();
+        let now = now_ms();
         let mut listed = Vec::new();
         let mut report = Vec::new();
         let mut book = self.book();

@@ -22,6 +22,7 @@
 pub mod lease;
 pub mod objects;
 
+use crate::common::now_ms;
 use crate::{
     Capabilities, Observation, ObservationSink, ObservedState, Provider, ProviderError, SandboxRef,
     SandboxSpec,
@@ -35,21 +36,13 @@ use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
 use objects::{LABEL_MANAGED_BY, LABEL_SANDBOX, LABEL_TENANT, MANAGED_BY};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use shoal_core::{Millis, SandboxSize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    humantime::parse_duration(&s).map_err(serde::de::Error::custom)
-}
-
-fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&humantime::format_duration(*d).to_string())
-}
 
 /// How a pod's requests and limits follow from the pool's sandbox size.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -262,15 +255,13 @@ pub struct KubernetesConfig {
     /// How long `stop` waits for the pod to be gone.
     #[serde(
         default = "default_state_timeout",
-        deserialize_with = "de_duration",
-        serialize_with = "ser_duration"
+        with = "crate::common::duration"
     )]
     pub state_timeout: Duration,
     /// How long the watch waits before it lists again after it broke.
     #[serde(
         default = "default_rewatch",
-        deserialize_with = "de_duration",
-        serialize_with = "ser_duration"
+        with = "crate::common::duration"
     )]
     pub rewatch_delay: Duration,
 }
@@ -483,12 +474,6 @@ where
     }
 }
 
-fn now_ms() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as Millis)
-        .unwrap_or(0)
-}
 
 /// What Shoal last asked of a sandbox's pod, so its disappearance reads right.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
