@@ -18,8 +18,8 @@
 //!   every `poll_interval`, and at once after each call that changed a machine; their times are
 //!   the machines' own event timestamps.
 
-use crate::retry::RetryPolicy;
 use crate::common::now_ms;
+use crate::retry::RetryPolicy;
 use crate::{
     Capabilities, Observation, ObservationSink, ObservedState, Provider, ProviderError, SandboxRef,
     SandboxSpec,
@@ -50,7 +50,6 @@ pub const LEASE_DESCRIPTION: &str = "shoal fleet";
 
 /// Fly lets machines with at most this much memory be suspended.
 pub const SUSPEND_MAX_MEMORY_MB: u32 = 2048;
-
 
 /// The machine size used for sandboxes (`fly.MachineGuest`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,28 +116,16 @@ pub struct FlyConfig {
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// How often machine states are polled (one list call for the whole app).
-    #[serde(
-        default = "default_poll_interval",
-        with = "crate::common::duration"
-    )]
+    #[serde(default = "default_poll_interval", with = "crate::common::duration")]
     pub poll_interval: Duration,
     /// How long a lease taken for a mutation is held (and reused).
-    #[serde(
-        default = "default_lease_ttl",
-        with = "crate::common::duration"
-    )]
+    #[serde(default = "default_lease_ttl", with = "crate::common::duration")]
     pub lease_ttl: Duration,
     /// How long a machine may take to reach the state asked of it.
-    #[serde(
-        default = "default_state_timeout",
-        with = "crate::common::duration"
-    )]
+    #[serde(default = "default_state_timeout", with = "crate::common::duration")]
     pub state_timeout: Duration,
     /// The timeout of one API request.
-    #[serde(
-        default = "default_request_timeout",
-        with = "crate::common::duration"
-    )]
+    #[serde(default = "default_request_timeout", with = "crate::common::duration")]
     pub request_timeout: Duration,
     /// How long a region that answered `insufficient_capacity` is skipped.
     #[serde(
@@ -147,10 +134,7 @@ pub struct FlyConfig {
     )]
     pub capacity_cooldown: Duration,
     /// How long after a create a 404 for the new machine is taken for eventual consistency.
-    #[serde(
-        default = "default_create_grace",
-        with = "crate::common::duration"
-    )]
+    #[serde(default = "default_create_grace", with = "crate::common::duration")]
     pub create_grace: Duration,
     /// Stop the machines this scheduler created when it shuts down.
     #[serde(default = "default_true")]
@@ -421,7 +405,6 @@ fn parse_time(s: &str) -> Option<Millis> {
         .ok()
         .map(|t| t.timestamp_millis())
 }
-
 
 /// A Fly machine name for a sandbox: lowercase letters, digits and dashes.
 pub fn machine_name(sandbox_id: &str) -> String {

@@ -43,7 +43,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-
 /// How a pod's requests and limits follow from the pool's sandbox size.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -253,16 +252,10 @@ pub struct KubernetesConfig {
     #[serde(default = "default_grace")]
     pub termination_grace_s: u32,
     /// How long `stop` waits for the pod to be gone.
-    #[serde(
-        default = "default_state_timeout",
-        with = "crate::common::duration"
-    )]
+    #[serde(default = "default_state_timeout", with = "crate::common::duration")]
     pub state_timeout: Duration,
     /// How long the watch waits before it lists again after it broke.
-    #[serde(
-        default = "default_rewatch",
-        with = "crate::common::duration"
-    )]
+    #[serde(default = "default_rewatch", with = "crate::common::duration")]
     pub rewatch_delay: Duration,
 }
 
@@ -473,7 +466,6 @@ where
         Err(e) => Err(e),
     }
 }
-
 
 /// What Shoal last asked of a sandbox's pod, so its disappearance reads right.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -63,7 +63,6 @@ pub struct ProcessProvider {
     uids: Arc<Mutex<jail::UidPool>>,
 }
 
-
 fn provider_id(sandbox_id: &str) -> String {
     format!("proc-{sandbox_id}")
 }
