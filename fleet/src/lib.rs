@@ -7,6 +7,7 @@ pub mod conformance;
 pub mod docker;
 pub mod fly;
 pub mod kubernetes;
+pub mod orphans;
 pub mod process;
 pub mod retry;
 pub mod sim;

@@ -718,18 +718,21 @@ impl Control {
             .into_iter()
             .map(|s| (s.id.clone(), s))
             .collect();
-        for o in &listed {
-            if !known.contains_key(&o.sandbox.sandbox_id) {
-                tracing::warn!(sandbox = %o.sandbox.sandbox_id, provider_id = %o.sandbox.provider_id, "collecting a sandbox the store does not know");
-                let r = self
-                    .app
-                    .provider
-                    .destroy(&o.sandbox)
-                    .instrument(self.call_span("destroy", &o.sandbox.tenant, &o.sandbox.sandbox_id))
-                    .await;
-                self.count_call("destroy", &r);
-                let _ = store.record_event(Some(&o.sandbox.tenant), now_ms(), "orphan_collected", &json!({"sandbox": o.sandbox.sandbox_id, "provider_id": o.sandbox.provider_id})).await;
-            }
+        let collected = shoal_fleet::orphans::collect_listed(&*self.app.provider, &listed, |id| {
+            known.contains_key(id)
+        })
+        .instrument(tracing::info_span!("collect_orphans"))
+        .await;
+        for c in collected {
+            self.count_call("destroy", &c.result);
+            let _ = store
+                .record_event(
+                    Some(&c.sandbox.tenant),
+                    now_ms(),
+                    "orphan_collected",
+                    &json!({"sandbox": c.sandbox.sandbox_id, "provider_id": c.sandbox.provider_id}),
+                )
+                .await;
         }
         if full {
             let now = now_ms();

@@ -268,23 +268,6 @@ impl DockerProvider {
         self.inner.agent_url(&net, scheduler_url).await
     }
 
-    /// Removes every container of the namespace whose sandbox `known` does not recognise (the
-    /// store's live sandboxes); returns what was removed.
-    pub async fn collect_unknown(
-        &self,
-        known: &(dyn Fn(&str) -> bool + Sync),
-    ) -> Result<Vec<SandboxRef>, ProviderError> {
-        let mut collected = Vec::new();
-        for o in self.inner.list().await? {
-            if !known(&o.sandbox.sandbox_id) {
-                tracing::info!(container = %o.sandbox.provider_id, sandbox = %o.sandbox.sandbox_id, "collecting a container the store does not know");
-                self.inner.destroy(&o.sandbox).await?;
-                collected.push(o.sandbox);
-            }
-        }
-        Ok(collected)
-    }
-
     /// Removes every container and network of the namespace (for tests and `shoal` clean-ups).
     pub async fn purge(&self) -> Result<usize, ProviderError> {
         let all = self.inner.list().await?;

@@ -19,12 +19,13 @@
 //!   the machines' own event timestamps.
 
 use crate::common::now_ms;
-use crate::retry::RetryPolicy;
+use crate::retry::{RetryPolicy, honour_retry_after};
 use crate::{
     Capabilities, Observation, ObservationSink, ObservedState, Provider, ProviderError, SandboxRef,
     SandboxSpec,
 };
 use async_trait::async_trait;
+use backon::Retryable;
 use fly_machines::{
     Client, ClientConfig, CreateLeaseRequest, CreateMachineRequest, ErrorKind, Guest, ListOptions,
     Machine, MachineConfig, MachineState, Restart, StopRequest, WaitState,
@@ -174,24 +175,6 @@ impl FlyProvider {
     pub fn client(&self) -> &Client {
         &self.inner.client
     }
-
-    /// Destroys every Shoal machine of the app whose sandbox `known` does not recognise (the
-    /// store's list of live sandboxes); returns what was destroyed.
-    pub async fn collect_unknown(
-        &self,
-        known: &(dyn Fn(&str) -> bool + Sync),
-    ) -> Result<Vec<SandboxRef>, ProviderError> {
-        let listed = self.inner.refresh().await?;
-        let mut collected = Vec::new();
-        for o in listed {
-            if !known(&o.sandbox.sandbox_id) {
-                tracing::info!(machine = %o.sandbox.provider_id, sandbox = %o.sandbox.sandbox_id, "collecting a fly machine the store does not know");
-                self.inner.destroy(&o.sandbox.provider_id).await?;
-                collected.push(o.sandbox);
-            }
-        }
-        Ok(collected)
-    }
 }
 
 impl Drop for FlyProvider {
@@ -219,42 +202,37 @@ impl Inner {
         &self,
         machine: Option<&str>,
         timeouts: bool,
-        mut f: F,
+        f: F,
     ) -> Result<T, fly_machines::Error>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, fly_machines::Error>>,
     {
-        let mut attempt = 1;
-        loop {
-            match f().await {
-                Ok(v) => return Ok(v),
-                Err(e) => {
-                    let retry = match e.kind {
-                        ErrorKind::Timeout => timeouts,
-                        ErrorKind::NotFound => machine.is_some_and(|m| self.in_grace(m)),
-                        _ => e.is_retryable(),
-                    };
-                    let grace = e.kind == ErrorKind::NotFound;
-                    if !retry || (attempt >= self.retry.max_tries && !grace) {
-                        return Err(e);
-                    }
-                    let wait = self.retry.delay(
-                        attempt,
-                        &to_provider_error(e.clone()),
-                        rand::random::<f64>(),
-                    );
-                    tracing::debug!(attempt, ?wait, error = %e, "fly: retrying");
-                    tokio::time::sleep(if grace {
-                        wait.min(Duration::from_millis(500))
-                    } else {
-                        wait
-                    })
-                    .await;
-                    attempt += 1;
+        let mut tries = 1u32;
+        f.retry(self.retry.builder().without_max_times())
+            .sleep(tokio::time::sleep)
+            .when(|e: &fly_machines::Error| {
+                let retry = match e.kind {
+                    ErrorKind::Timeout => timeouts,
+                    ErrorKind::NotFound => machine.is_some_and(|m| self.in_grace(m)),
+                    _ => e.is_retryable(),
+                };
+                // A machine just created may 404 for a moment: that wait is bounded by the
+                // grace period, not by the number of tries.
+                let grace = e.kind == ErrorKind::NotFound;
+                let again = retry && (grace || tries < self.retry.max_tries);
+                tries = tries.saturating_add(1);
+                again
+            })
+            .adjust(|e, wait| {
+                if e.kind == ErrorKind::NotFound {
+                    wait.map(|w| w.min(Duration::from_millis(500)))
+                } else {
+                    honour_retry_after(e.retry_after, wait)
                 }
-            }
-        }
+            })
+            .notify(|e, wait| tracing::debug!(?wait, error = %e, "fly: retrying"))
+            .await
     }
 
     /// Waits until the machine is in `state`, looping over Fly's 60-second waits.
@@ -438,11 +416,9 @@ impl Inner {
                     .map(|(_, n, _)| *n)
                     .unwrap_or(0)
                     + 1;
-                let wait = self.retry.delay(
-                    failures + 1,
-                    &ProviderError::Transient(String::new()),
-                    rand::random::<f64>(),
-                );
+                let wait = self
+                    .retry
+                    .delay_after(failures + 1, &ProviderError::Transient(String::new()));
                 book.create_backoff.insert(
                     spec.sandbox_id.clone(),
                     (Instant::now() + wait, failures, e.clone()),
@@ -485,6 +461,7 @@ impl Inner {
         let mut tried = HashSet::new();
         let mut last = ProviderError::Capacity("no region configured".into());
         let mut attempt = 1;
+        let mut waits = self.retry.backoff();
         while tried.len() < self.cfg.regions.len() {
             let mut region = String::new();
             let created = self
@@ -526,11 +503,8 @@ impl Inner {
                             return self.finish_create(&id).await.map(|_| id);
                         }
                     }
-                    let wait = self.retry.delay(
-                        attempt,
-                        &to_provider_error(e.clone()),
-                        rand::random::<f64>(),
-                    );
+                    let wait = honour_retry_after(e.retry_after, waits.next())
+                        .unwrap_or(self.retry.max_delay);
                     tracing::debug!(attempt, ?wait, error = %e, "fly: retrying create");
                     tokio::time::sleep(wait).await;
                     attempt += 1;

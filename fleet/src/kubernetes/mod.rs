@@ -15,7 +15,8 @@
 //! - Observations come from a watch on the pods (re-listed whenever the watch ends), with the
 //!   agent container's own `startedAt` and `finishedAt` as times: running once the container
 //!   runs, stopped when it terminates, the pod fails, or the pod vanishes.
-//! - Objects the store does not know are collected by label ([`KubernetesProvider::collect_unknown`],
+//! - Objects the store does not know are collected by label (sandboxes by
+//!   [`crate::orphans::collect_unknown`], namespaces by
 //!   [`KubernetesProvider::collect_unknown_namespaces`]); leadership among replicas is a Lease
 //!   ([`lease`]).
 
@@ -223,22 +224,6 @@ impl KubernetesProvider {
     /// The config the provider runs with.
     pub fn config(&self) -> &KubernetesConfig {
         &self.inner.cfg
-    }
-
-    /// Destroys the sandboxes whose id `is_known` does not recognise; answers those it removed.
-    pub async fn collect_unknown(
-        &self,
-        is_known: &(dyn Fn(&str) -> bool + Sync),
-    ) -> Result<Vec<SandboxRef>, ProviderError> {
-        let mut removed = Vec::new();
-        for o in self.list().await? {
-            if !is_known(&o.sandbox.sandbox_id) {
-                tracing::warn!(sandbox = %o.sandbox.sandbox_id, "kubernetes: collecting an unknown sandbox");
-                self.destroy(&o.sandbox).await?;
-                removed.push(o.sandbox);
-            }
-        }
-        Ok(removed)
     }
 }
 
