@@ -46,3 +46,92 @@ pub async fn collect_unknown<P: Provider + ?Sized>(
     let listed = provider.list().await?;
     Ok(collect_listed(provider, &listed, is_known).await)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Capabilities, ObservedState, SandboxSpec};
+    use async_trait::async_trait;
+    use std::sync::Mutex;
+
+    /// Sandboxes in memory; destroying `sb-bad` fails.
+    struct Memory(Mutex<Vec<SandboxRef>>);
+
+    #[async_trait]
+    impl Provider for Memory {
+        fn name(&self) -> &'static str {
+            "memory"
+        }
+        fn capabilities(&self) -> Capabilities {
+            Capabilities {
+                suspend: false,
+                stop: false,
+            }
+        }
+        async fn create(&self, _: &SandboxSpec) -> Result<String, ProviderError> {
+            Err(ProviderError::Permanent("not here".into()))
+        }
+        async fn start(&self, _: &SandboxRef, _: &SandboxSpec) -> Result<(), ProviderError> {
+            Ok(())
+        }
+        async fn stop(&self, _: &SandboxRef) -> Result<(), ProviderError> {
+            Ok(())
+        }
+        async fn suspend(&self, _: &SandboxRef) -> Result<(), ProviderError> {
+            Ok(())
+        }
+        async fn resume(&self, _: &SandboxRef) -> Result<(), ProviderError> {
+            Ok(())
+        }
+        async fn destroy(&self, s: &SandboxRef) -> Result<(), ProviderError> {
+            if s.sandbox_id == "sb-bad" {
+                return Err(ProviderError::Transient("503".into()));
+            }
+            self.0.lock().unwrap().retain(|x| x != s);
+            Ok(())
+        }
+        async fn list(&self) -> Result<Vec<Observation>, ProviderError> {
+            Ok(self
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|s| Observation {
+                    sandbox: s.clone(),
+                    state: ObservedState::Running,
+                    at: 0,
+                })
+                .collect())
+        }
+    }
+
+    fn sandbox(id: &str) -> SandboxRef {
+        SandboxRef {
+            sandbox_id: id.into(),
+            tenant: "t".into(),
+            provider_id: format!("p-{id}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_sandboxes_are_destroyed_and_a_failure_does_not_stop_the_rest() {
+        let p = Memory(Mutex::new(vec![
+            sandbox("sb-keep"),
+            sandbox("sb-bad"),
+            sandbox("sb-lost"),
+        ]));
+        let collected = collect_unknown(&p, |id| id == "sb-keep").await.unwrap();
+        let outcome: Vec<_> = collected
+            .iter()
+            .map(|c| (c.sandbox.sandbox_id.as_str(), c.result.is_ok()))
+            .collect();
+        assert_eq!(outcome, vec![("sb-bad", false), ("sb-lost", true)]);
+        let left: Vec<_> =
+            p.0.lock()
+                .unwrap()
+                .iter()
+                .map(|s| s.sandbox_id.clone())
+                .collect();
+        assert_eq!(left, vec!["sb-keep", "sb-bad"]);
+    }
+}
