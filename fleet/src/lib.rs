@@ -2,10 +2,12 @@
 //! fly, kubernetes, sim), the typed errors providers answer with, the retry policy applied to
 //! provider calls, and the conformance suite every provider must pass.
 
+pub mod common;
 pub mod conformance;
 pub mod docker;
 pub mod fly;
 pub mod kubernetes;
+pub mod orphans;
 pub mod process;
 pub mod retry;
 pub mod sim;

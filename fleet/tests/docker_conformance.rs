@@ -247,11 +247,12 @@ async fn containers_the_store_does_not_know_are_collected_by_label() -> Result<(
             let (tx, _rx2) = unbounded_channel();
             let other = DockerProvider::new(config(&format!("{ns}-other")), tx)?;
             assert!(other.list().await?.is_empty());
-            let collected = p.collect_unknown(&|s: &str| s == "orph-sb1").await?;
+            let collected =
+                shoal_fleet::orphans::collect_unknown(p, |s: &str| s == "orph-sb1").await?;
             assert_eq!(
                 collected
                     .iter()
-                    .map(|s| s.provider_id.as_str())
+                    .map(|c| c.sandbox.provider_id.as_str())
                     .collect::<Vec<_>>(),
                 vec![lost.as_str()]
             );

@@ -198,13 +198,13 @@ async fn machines_the_store_does_not_know_are_collected() -> anyhow::Result<()> 
     let provider = FlyProvider::new(provider_config(&emu, &["ams"]), "t".into(), tx)?;
     let keep = provider.create(&spec("orph", 1)).await?;
     let lost = provider.create(&spec("orph", 2)).await?;
-    let collected = provider
-        .collect_unknown(&|sandbox: &str| sandbox == "orph-sb1")
-        .await?;
+    let collected =
+        shoal_fleet::orphans::collect_unknown(&provider, |sandbox: &str| sandbox == "orph-sb1")
+            .await?;
     assert_eq!(
         collected
             .iter()
-            .map(|s| s.provider_id.as_str())
+            .map(|c| c.sandbox.provider_id.as_str())
             .collect::<Vec<_>>(),
         vec![lost.as_str()]
     );

@@ -348,10 +348,13 @@ async fn objects_the_store_does_not_know_are_collected_by_label() -> anyhow::Res
     p.create(&keep).await?;
     p.create(&lost).await?;
     p.create(&spec("gone-tenant", 1)).await?;
-    let collected = p
-        .collect_unknown(&|sandbox: &str| sandbox == keep.sandbox_id)
-        .await?;
-    let mut ids: Vec<_> = collected.iter().map(|s| s.sandbox_id.clone()).collect();
+    let collected =
+        shoal_fleet::orphans::collect_unknown(&p, |sandbox: &str| sandbox == keep.sandbox_id)
+            .await?;
+    let mut ids: Vec<_> = collected
+        .iter()
+        .map(|c| c.sandbox.sandbox_id.clone())
+        .collect();
     ids.sort();
     assert_eq!(
         ids,
@@ -387,7 +390,7 @@ async fn objects_the_store_does_not_know_are_collected_by_label() -> anyhow::Res
             &serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "someone-elses", "namespace": "shoal-t-orph"}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}),
         )
         .await?;
-    p.collect_unknown(&|_| false).await?;
+    shoal_fleet::orphans::collect_unknown(&p, |_| false).await?;
     assert!(
         env.emu
             .get("/api/v1/namespaces/shoal-t-orph/pods/someone-elses")

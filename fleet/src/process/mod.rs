@@ -11,12 +11,12 @@
 
 pub mod jail;
 
+use crate::common::now_ms;
 use crate::{
     Capabilities, Observation, ObservationSink, ObservedState, Provider, ProviderError, SandboxRef,
     SandboxSpec,
 };
 use async_trait::async_trait;
-use shoal_core::Millis;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -61,13 +61,6 @@ pub struct ProcessProvider {
     sink: ObservationSink,
     sandboxes: Arc<Mutex<HashMap<String, Entry>>>,
     uids: Arc<Mutex<jail::UidPool>>,
-}
-
-fn now_ms() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as Millis)
-        .unwrap_or(0)
 }
 
 fn provider_id(sandbox_id: &str) -> String {

@@ -148,24 +148,20 @@ impl Control {
         listed: &[Observation],
         known: &HashMap<String, SandboxRecord>,
     ) {
-        for o in listed {
-            if known.contains_key(&o.sandbox.sandbox_id) {
-                continue;
-            }
-            tracing::warn!(sandbox = %o.sandbox.sandbox_id, provider_id = %o.sandbox.provider_id, "collecting a sandbox the store does not know");
-            let r = self
-                .provider
-                .destroy(&o.sandbox)
-                .instrument(self.call_span("destroy", &o.sandbox.tenant, &o.sandbox.sandbox_id))
-                .await;
-            self.count_call("destroy", &r);
+        let collected = shoal_fleet::orphans::collect_listed(&*self.provider, listed, |id| {
+            known.contains_key(id)
+        })
+        .instrument(tracing::info_span!("collect_orphans"))
+        .await;
+        for c in collected {
+            self.count_call("destroy", &c.result);
             let _ = self
                 .store
                 .record_event(
-                    Some(&o.sandbox.tenant),
+                    Some(&c.sandbox.tenant),
                     self.now(),
                     "orphan_collected",
-                    &json!({"sandbox": o.sandbox.sandbox_id, "provider_id": o.sandbox.provider_id}),
+                    &json!({"sandbox": c.sandbox.sandbox_id, "provider_id": c.sandbox.provider_id}),
                 )
                 .await;
         }

@@ -17,6 +17,9 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+mod leases;
+mod process;
+
 type Limiter = RateLimiter<(String, String), HashMapStateStore<(String, String)>, DefaultClock>;
 
 const VIOLATION_SAMPLES: usize = 20;
@@ -416,20 +419,6 @@ impl Shared {
         }
     }
 
-    fn lease_conflict(m: &Machine, nonce: Option<&str>) -> Option<Response> {
-        let l = m.active_lease()?;
-        if nonce == Some(l.nonce.as_str()) {
-            return None;
-        }
-        Some(error(
-            409,
-            format!(
-                "machine {} is leased by {} ({}) until {}; send its nonce in fly-machine-lease-nonce",
-                m.id, l.owner, l.description, l.expires_at
-            ),
-        ))
-    }
-
     fn list(&self, query: &HashMap<String, String>) -> Response {
         let include_deleted = query.get("include_deleted").is_some_and(|v| v == "true");
         let states: Vec<&str> = query
@@ -526,108 +515,6 @@ impl Shared {
         answer(200, json)
     }
 
-    /// Moves a machine to `starting`, and to `started` after the latency, running (or thawing)
-    /// its process.
-    fn begin_start(self: &Arc<Self>, id: &str) {
-        let (generation, resume) = {
-            let mut world = lock(&self.world);
-            let Some(m) = world.machines.get_mut(id) else {
-                return;
-            };
-            let resume = m.state == "suspended" && m.pid.is_some();
-            m.generation += 1;
-            m.set_state("starting", None);
-            (m.generation, resume)
-        };
-        let latency = if resume {
-            self.cfg.latencies.resume
-        } else {
-            self.cfg.latencies.start
-        };
-        let sh = self.clone();
-        let id = id.to_string();
-        tokio::spawn(async move {
-            tokio::time::sleep(latency).await;
-            let mut world = lock(&sh.world);
-            let Some(m) = world.machines.get_mut(&id) else {
-                return;
-            };
-            if m.generation != generation {
-                return;
-            }
-            match (resume, m.pid) {
-                (true, Some(pgid)) => signal(pgid, libc::SIGCONT),
-                _ => {
-                    if let Err(e) = sh.spawn_process(m) {
-                        tracing::warn!(machine = %id, error = %e, "fly emulator: the machine's command did not start");
-                        m.set_state("failed", Some(("exit", "failed", "flyd")));
-                        return;
-                    }
-                }
-            }
-            m.set_state("started", Some(("start", "started", "user")));
-            drop(world);
-            lock(&sh.stats).started_transitions += 1;
-        });
-    }
-
-    fn spawn_process(self: &Arc<Self>, m: &mut Machine) -> std::io::Result<()> {
-        let Some((program, args)) = self.cfg.command.split_first() else {
-            return Ok(());
-        };
-        let mut cmd = tokio::process::Command::new(program);
-        cmd.args(args).env_clear();
-        for var in ["PATH", "HOME", "TMPDIR", "RUST_LOG"] {
-            if let Ok(v) = std::env::var(var) {
-                cmd.env(var, v);
-            }
-        }
-        cmd.envs(m.env())
-            .env("FLY_APP_NAME", &self.cfg.app)
-            .env("FLY_MACHINE_ID", &m.id)
-            .env("FLY_REGION", &m.region)
-            .env("FLY_PRIVATE_IP", &m.private_ip)
-            .env(
-                "FLY_IMAGE_REF",
-                m.config
-                    .get("image")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default(),
-            )
-            .stdin(std::process::Stdio::null())
-            .process_group(0)
-            .kill_on_drop(true);
-        if !self.cfg.process_output {
-            cmd.stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null());
-        }
-        let mut child = cmd.spawn()?;
-        let pgid = child.id().unwrap_or_default();
-        m.pid = Some(pgid);
-        lock(&self.pgids).insert(pgid);
-        let sh = self.clone();
-        let id = m.id.clone();
-        tokio::spawn(async move {
-            let status = child.wait().await;
-            tracing::debug!(machine = %id, ?status, "fly emulator: machine process exited");
-            lock(&sh.pgids).remove(&pgid);
-            let mut world = lock(&sh.world);
-            let Some(m) = world.machines.get_mut(&id) else {
-                return;
-            };
-            if m.pid != Some(pgid) {
-                return;
-            }
-            m.pid = None;
-            if m.state == "started" {
-                // The main process ended by itself: the machine stops, as on Fly.
-                m.generation += 1;
-                m.set_state("stopped", Some(("exit", "stopped", "flyd")));
-            }
-        });
-        Ok(())
-    }
-
     fn start(self: &Arc<Self>, id: &str, nonce: Option<&str>) -> Response {
         let prev = {
             let world = lock(&self.world);
@@ -717,24 +604,6 @@ impl Shared {
             }
         });
         answer(200, json!({"ok": true}))
-    }
-
-    /// Waits until the machine's process `pgid` has exited; false on timeout.
-    async fn wait_exit(&self, id: &str, pgid: u32, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let running = lock(&self.world)
-                .machines
-                .get(id)
-                .is_some_and(|m| m.pid == Some(pgid));
-            if !running {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
     }
 
     fn suspend(self: &Arc<Self>, id: &str, nonce: Option<&str>) -> Response {
@@ -886,59 +755,6 @@ impl Shared {
                 }
             }
         }
-    }
-
-    fn create_lease(&self, id: &str, body: &Value, nonce: Option<&str>) -> Response {
-        let ttl = body
-            .get("ttl")
-            .and_then(Value::as_i64)
-            .filter(|t| *t > 0)
-            .unwrap_or(30);
-        let description = body
-            .get("description")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        self.with_machine(id, |m| {
-            if m.state == "destroyed" {
-                return error(404, format!("machine {id} not found"));
-            }
-            let expires_at = now_ms() / 1000 + ttl;
-            if let Some(l) = m.active_lease() {
-                if nonce != Some(l.nonce.as_str()) {
-                    return error(
-                        409,
-                        format!(
-                            "lease currently held by {} ({}) until {}",
-                            l.owner, l.description, l.expires_at
-                        ),
-                    );
-                }
-                let l = m.lease.as_mut().expect("active lease");
-                l.expires_at = expires_at;
-                return answer(201, Machine::lease_json(l, true));
-            }
-            let l = Lease {
-                nonce: random_id(12, HEX),
-                expires_at,
-                owner: "shoal@emulator.test".into(),
-                description,
-            };
-            let out = Machine::lease_json(&l, true);
-            m.lease = Some(l);
-            answer(201, out)
-        })
-    }
-
-    fn release_lease(&self, id: &str, nonce: Option<&str>) -> Response {
-        self.with_machine(id, |m| match m.active_lease() {
-            None => answer(200, json!({})),
-            Some(l) if nonce == Some(l.nonce.as_str()) => {
-                m.lease = None;
-                answer(200, json!({}))
-            }
-            Some(l) => error(409, format!("lease held by {} with another nonce", l.owner)),
-        })
     }
 }
 
