@@ -174,6 +174,13 @@ async fn under_faults_calls_succeed_within_limits_and_starts_stay_cheap() -> any
         per_start <= 3.0,
         "a sandbox start costs {per_start:.2} API calls on average"
     );
-    assert!(emu.machines().is_empty());
+    // Every machine was destroyed: Fly reports `destroying` at once and `destroyed` after the
+    // emulator's destroy latency, which a loaded machine can stretch; nothing else may be left.
+    let left: Vec<_> = emu
+        .machines()
+        .into_iter()
+        .filter(|m| m.state != "destroying")
+        .collect();
+    assert!(left.is_empty(), "machines left: {left:?}");
     Ok(())
 }
