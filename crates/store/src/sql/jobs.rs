@@ -55,7 +55,7 @@ macro_rules! for_backend {
         /// transaction comes back as the database's `jobs_idempotency` constraint error.
         pub(crate) async fn admit_in(
             conn: &mut Conn,
-            job: NewJob,
+            job: &NewJob,
             period_start: Millis,
             limit: Option<u64>,
             actor: &Actor,
