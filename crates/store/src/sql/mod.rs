@@ -8,6 +8,11 @@
 //! once for both: each opens a transaction (or takes a pooled connection to read) and calls the
 //! backend's instance of the shared function.
 
+/// Prepared statements kept per connection, on both databases: more than the store has (about
+/// 120), so none is prepared twice on one connection (sqlx's default keeps 100, least recently
+/// used first out).
+pub(crate) const STATEMENT_CACHE: usize = 256;
+
 pub(crate) mod dialect;
 pub(crate) mod dispatch;
 pub(crate) mod jobs;
