@@ -547,7 +547,7 @@ async fn batches_answer_each_job_and_lose_nothing() -> Result<()> {
         {"tenant": "b", "kind": "nope", "spec": {}},
         job(Some("k1")),
         {"tenant": "nobody", "kind": "agent", "spec": {"command": ["true"]}},
-        5,
+        {"tenant": "b", "kind": "agent"},
         {"tenant": "b", "kind": "agent", "spec": {"command": ["true"]}, "colour": "red"},
         job(None),
         job(Some("k0")),
@@ -573,7 +573,7 @@ async fn batches_answer_each_job_and_lose_nothing() -> Result<()> {
             (400, Some("invalid"), Some("kind")),
             (200, None, None),
             (404, Some("not_found"), Some("tenant")),
-            (400, Some("invalid"), None),
+            (400, Some("invalid"), Some("spec")),
             (400, Some("invalid"), Some("colour")),
             (202, None, None),
             (200, None, None),
@@ -631,6 +631,21 @@ async fn batches_answer_each_job_and_lose_nothing() -> Result<()> {
         400,
         "invalid",
         Some("job"),
+    );
+    // An entry that is not an object is not a batch: refused whole.
+    let odd = json!({"jobs": [job(None), 5]});
+    expect(
+        raw(
+            &s,
+            Method::POST,
+            "/v1/jobs/batch",
+            Some(&s.token),
+            serde_json::to_vec(&odd)?,
+        )
+        .await?,
+        400,
+        "invalid",
+        Some("jobs[1]"),
     );
     assert_eq!(job_count(&s).await?, 3);
     // Exactly 1,000 is a batch.

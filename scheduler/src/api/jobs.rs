@@ -59,8 +59,10 @@ pub(crate) async fn enqueue(
 #[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnqueueBatch {
-    /// The jobs, 0 to 1000, each as `POST /v1/jobs` takes it.
-    #[schema(value_type = Vec<Enqueue>, max_items = 1000)]
+    /// The jobs, 0 to 1000, each a JSON object as `POST /v1/jobs` takes it. An object that is
+    /// not a valid enqueue body is answered in its own entry (as `POST /v1/jobs` would answer
+    /// it); the batch itself stands.
+    #[schema(value_type = Vec<Object>, max_items = 1000)]
     pub jobs: Vec<Value>,
 }
 
@@ -125,7 +127,7 @@ impl BatchItem {
     request_body = EnqueueBatch,
     responses(
         (status = 200, description = "one answer per job, in order", body = BatchAnswer),
-        (status = 400, description = "not a batch, or more than 1000 jobs", body = ErrorBody),
+        (status = 400, description = "not a batch: more than 1000 jobs, or one that is not an object", body = ErrorBody),
         (status = 503, description = "shutting down", body = ErrorBody),
     ))]
 pub(crate) async fn enqueue_batch(
@@ -142,6 +144,12 @@ pub(crate) async fn enqueue_batch(
                 "a batch holds at most {max} jobs; this one has {}",
                 req.jobs.len()
             ),
+        ));
+    }
+    if let Some(i) = req.jobs.iter().position(|j| !j.is_object()) {
+        return Err(ApiError::invalid(
+            format!("jobs[{i}]"),
+            "each job must be a JSON object (the body of `POST /v1/jobs`)",
         ));
     }
     if app.is_shutting_down() {
