@@ -7,10 +7,11 @@ use shoal_protocol::{
 use std::time::Duration;
 
 /// The scheduler's answer to a completion it read.
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 pub enum CompleteAnswer {
-    /// Recorded.
-    Recorded,
+    /// Recorded; with the next job's lease answer when the completion asked for it and the
+    /// scheduler knows how to answer so.
+    Recorded(Option<LeaseResponse>),
     /// Refused because the lease is no longer the job's.
     Stale,
     /// Refused as it is (too large, malformed): sending it again would get the same answer.
@@ -122,7 +123,12 @@ impl Client {
             .send()
             .await?;
         match resp.status().as_u16() {
-            200 => Ok(CompleteAnswer::Recorded),
+            200 => {
+                // An answer that cannot be read is still a recorded completion; the next job
+                // is then asked for by a lease.
+                let answer: Option<shoal_protocol::CompleteResponse> = resp.json().await.ok();
+                Ok(CompleteAnswer::Recorded(answer.and_then(|a| a.next)))
+            }
             409 => Ok(CompleteAnswer::Stale),
             status @ (400 | 413 | 415 | 422) => Ok(CompleteAnswer::Refused {
                 status,

@@ -7,8 +7,8 @@ use crate::logship::{self, LogBuffer};
 use crate::tail::Tail;
 use anyhow::{Context, Result};
 use shoal_protocol::{
-    AgentResult, AgentSpec, Assignment, Completion, Heartbeat, JobError, LeaseResponse,
-    OUTPUT_TAIL_BYTES, Outcome,
+    AgentResult, AgentSpec, Assignment, Completion, Heartbeat, JobError, LeaseRequest,
+    LeaseResponse, OUTPUT_TAIL_BYTES, Outcome,
 };
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -120,14 +120,20 @@ async fn work(args: RunArgs) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(shutdown_signal(stop_tx));
     let mut backoff = Duration::from_millis(100);
+    // The next job, when the last completion's answer carried it.
+    let mut next: Option<LeaseResponse> = None;
     loop {
         if *stop_rx.borrow() {
             return Ok(());
         }
         let mut stop = stop_rx.clone();
-        let lease = tokio::select! {
-            r = client.lease(args.poll) => r,
-            _ = stop.wait_for(|s| *s) => return Ok(()),
+        let lease = match next.take() {
+            // `idle` there was taken without waiting: ask again by a (waiting) lease.
+            Some(answer) if !matches!(answer, LeaseResponse::Idle) => Ok(answer),
+            _ => tokio::select! {
+                r = client.lease(args.poll) => r,
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+            },
         };
         match lease {
             Ok(LeaseResponse::Stop) => return Ok(()),
@@ -136,7 +142,8 @@ async fn work(args: RunArgs) -> Result<()> {
                 backoff = Duration::from_millis(100);
                 let outcome = execute(&client, &a, stop_rx.clone(), args.grace).await;
                 if let Some(outcome) = outcome {
-                    report(&client, &a, outcome).await;
+                    let ask_next = !*stop_rx.borrow();
+                    next = report(&client, &a, outcome, ask_next).await;
                 }
             }
             Err(e) => {
@@ -177,26 +184,33 @@ pub fn recordable(outcome: Outcome) -> Outcome {
 
 /// Reports an outcome, retrying while the scheduler cannot be reached. One the scheduler refuses
 /// as it is (too large, malformed) is reported once more as a failure saying why, without its
-/// result.
-async fn report(client: &Client, a: &Assignment, outcome: Outcome) {
+/// result. With `ask_next`, the completion also asks for the sandbox's next job, and the answer
+/// to that is returned (a scheduler that does not know how answers without it: `None`).
+async fn report(
+    client: &Client,
+    a: &Assignment,
+    outcome: Outcome,
+    ask_next: bool,
+) -> Option<LeaseResponse> {
     let mut c = Completion {
         job_id: a.job_id.clone(),
         lease_id: a.lease_id.clone(),
         outcome: recordable(outcome),
+        next: ask_next.then(LeaseRequest::default),
     };
     let mut wait = Duration::from_millis(100);
     let mut refused_before = false;
     for _ in 0..40 {
         match client.complete(&c).await {
-            Ok(CompleteAnswer::Recorded) => return,
+            Ok(CompleteAnswer::Recorded(next)) => return next,
             Ok(CompleteAnswer::Stale) => {
                 tracing::info!(job = %a.job_id, "completion refused: the lease moved on");
-                return;
+                return None;
             }
             Ok(CompleteAnswer::Refused { status, message }) => {
                 tracing::warn!(job = %a.job_id, status, %message, "completion refused");
                 if refused_before {
-                    return;
+                    return None;
                 }
                 refused_before = true;
                 let code = if status == 413 {
@@ -219,6 +233,7 @@ async fn report(client: &Client, a: &Assignment, outcome: Outcome) {
             }
         }
     }
+    None
 }
 
 /// Why a running job was interrupted.

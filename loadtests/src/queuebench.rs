@@ -56,6 +56,10 @@ pub struct BenchConfig {
     /// Shoal: ready sandboxes per tenant.
     #[arg(long, default_value_t = 2)]
     pub sandboxes_per_tenant: u32,
+    /// Shoal: jobs admitted through `POST /v1/jobs/batch` (1,000 a request, 4 clients) after
+    /// the burst; 0 skips it.
+    #[arg(long, default_value_t = 10_000)]
+    pub batch_jobs: usize,
     /// Progress on stderr.
     #[arg(skip = true)]
     pub verbose: bool,
@@ -81,6 +85,12 @@ pub struct Figures {
     pub ingress_admit_p50_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ingress_admit_p99_ms: Option<f64>,
+    /// Shoal only: jobs admitted per second through `POST /v1/jobs/batch` (first request sent
+    /// to last answer), and then run end to end (first request to last finish).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_admit_per_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_jobs_per_s: Option<f64>,
 }
 
 impl Figures {
@@ -108,6 +118,8 @@ impl Figures {
             sequential_start_p99_ms: pct(&sequential, 0.99),
             ingress_admit_p50_ms: None,
             ingress_admit_p99_ms: None,
+            batch_admit_per_s: None,
+            batch_jobs_per_s: None,
         }
     }
 }
@@ -481,7 +493,78 @@ async fn bench_shoal(pg: &Postgres, redis: &Redis, cfg: &BenchConfig) -> Result<
     );
     figures.ingress_admit_p50_ms = Some(pct(&ingress, 0.5));
     figures.ingress_admit_p99_ms = Some(pct(&ingress, 0.99));
+    if cfg.batch_jobs > 0 {
+        let (admit, total) = batch_phase(&s, &pool, cfg).await?;
+        figures.batch_admit_per_s = Some(admit);
+        figures.batch_jobs_per_s = Some(total);
+    }
     Ok(figures)
+}
+
+/// Waits until no job is queued or running (at most `limit`).
+async fn drained(pool: &PgPool, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    while sqlx::query_scalar::<_, bool>(
+        "SELECT EXISTS (SELECT 1 FROM jobs WHERE state IN ('queued', 'running'))",
+    )
+    .fetch_one(pool)
+    .await?
+    {
+        if Instant::now() > deadline {
+            bail!("shoal: jobs not done within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// `cfg.batch_jobs` no-op jobs through `POST /v1/jobs/batch`, 1,000 a request from 4 clients,
+/// round the tenants, on an idle system: (admitted per second, run end to end per second).
+async fn batch_phase(s: &Arc<Server>, pool: &PgPool, cfg: &BenchConfig) -> Result<(f64, f64)> {
+    drained(pool, Duration::from_secs(600)).await?;
+    let t0 = Instant::now();
+    let t0_ms = chrono::Utc::now().timestamp_millis();
+    let requests = cfg.batch_jobs.div_ceil(1000);
+    let mut clients = tokio::task::JoinSet::new();
+    for c in 0..4 {
+        let s = Arc::clone(s);
+        let (jobs, tenants) = (cfg.batch_jobs, cfg.tenants);
+        clients.spawn(async move {
+            for r in (c..requests).step_by(4) {
+                let n = (jobs - r * 1000).min(1000);
+                let batch: Vec<_> = (0..n)
+                    .map(|i| {
+                        json!({"tenant": format!("b{}", (r + i) % tenants), "kind": "agent",
+                        "spec": {"command": ["true"]}})
+                    })
+                    .collect();
+                let (st, v) = s
+                    .send(Method::POST, "/v1/jobs/batch", &json!({ "jobs": batch }))
+                    .await?;
+                anyhow::ensure!(st == 200, "{st} {v}");
+                let admitted = v["jobs"]
+                    .as_array()
+                    .map_or(0, |a| a.iter().filter(|j| j["status"] == 202).count());
+                anyhow::ensure!(admitted == n, "{admitted} of {n} admitted: {v}");
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = clients.join_next().await {
+        r??;
+    }
+    let admit_s = t0.elapsed().as_secs_f64();
+    drained(pool, Duration::from_secs(600)).await?;
+    let last: Option<i64> =
+        sqlx::query_scalar("SELECT max(finished_at) FROM jobs WHERE created_at >= $1")
+            .bind(t0_ms)
+            .fetch_one(pool)
+            .await?;
+    let total_s = (last.unwrap_or(t0_ms) - t0_ms).max(1) as f64 / 1000.0;
+    Ok((
+        cfg.batch_jobs as f64 / admit_s,
+        cfg.batch_jobs as f64 / total_s,
+    ))
 }
 
 /// Pushes `cfg.ingress` jobs into the ingress queue one at a time, each once the previous one
@@ -600,6 +683,12 @@ pub fn table(figures: &[Figures]) -> String {
         if let (Some(p50), Some(p99)) = (f.ingress_admit_p50_ms, f.ingress_admit_p99_ms) {
             s.push_str(&format!(
                 "\n{}: ingress push to admission, one message at a time: p50 {p50:.0} ms, p99 {p99:.0} ms\n",
+                f.system
+            ));
+        }
+        if let (Some(admit), Some(total)) = (f.batch_admit_per_s, f.batch_jobs_per_s) {
+            s.push_str(&format!(
+                "\n{}: through `POST /v1/jobs/batch`: {admit:.0} jobs/s admitted, {total:.0} jobs/s end to end\n",
                 f.system
             ));
         }

@@ -359,12 +359,109 @@ async fn admit_as(
     id: String,
 ) -> Result<Admission, ApiError> {
     let now = now_ms();
-    let checked = check(&req, now)?;
-    let tenant = app
+    let ready = prepare(app, req, id, now, &mut Tenants::default()).await?;
+    let period = shoal_metering::month_of(now);
+    let admitted = app
         .store
-        .tenant(&req.tenant)
-        .await?
-        .ok_or_else(|| ApiError::not_found("tenant", &req.tenant).field("tenant"))?;
+        .admit(ready.job, period.0, ready.meta.limit, actor)
+        .await?;
+    let out = settle(app, &ready.meta, admitted, now);
+    if let Ok(Admission::Created(job)) = &out {
+        tracing::Span::current().record("job", job.id.as_str());
+    }
+    out
+}
+
+/// Most jobs one `POST /v1/jobs/batch` takes.
+pub const MAX_BATCH: usize = 1000;
+
+/// Admits a batch: each job under every rule of [`admit`] (validation, rate, budget, quota,
+/// idempotency), all that pass the rules before the store in one store transaction
+/// (`Store::admit_batch`). One answer per job, in order; a job refused does not stop the others.
+pub async fn admit_batch(
+    app: &App,
+    reqs: Vec<Result<Enqueue, ApiError>>,
+    actor: &Actor,
+) -> Result<Vec<Result<Admission, ApiError>>, ApiError> {
+    use tracing::Instrument;
+    let span = tracing::info_span!("admission_batch", jobs = reqs.len());
+    async move {
+        let now = now_ms();
+        let mut tenants = Tenants::default();
+        let mut out: Vec<Option<Result<Admission, ApiError>>> = Vec::with_capacity(reqs.len());
+        let mut ready = Vec::new();
+        for (i, req) in reqs.into_iter().enumerate() {
+            let prepared = match req {
+                Ok(req) => prepare(app, req, new_job_id(), now, &mut tenants).await,
+                Err(e) => Err(e),
+            };
+            match prepared {
+                Ok(r) => {
+                    ready.push((i, r));
+                    out.push(None);
+                }
+                Err(e) => out.push(Some(Err(e))),
+            }
+        }
+        let period = shoal_metering::month_of(now);
+        let mut metas = Vec::with_capacity(ready.len());
+        let mut jobs = Vec::with_capacity(ready.len());
+        for (i, r) in ready {
+            jobs.push((r.job, r.meta.limit));
+            metas.push((i, r.meta));
+        }
+        let admitted = app.store.admit_batch(jobs, period.0, actor).await?;
+        for ((i, meta), a) in metas.iter().zip(admitted) {
+            out[*i] = Some(settle(app, meta, a, now));
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+    .instrument(span)
+    .await
+}
+
+/// What one admission (or one batch) learnt of each tenant it met: the tenant, or why its jobs
+/// are refused; and its budget's refusal, if any, once asked.
+#[derive(Default)]
+struct Tenants {
+    found: std::collections::HashMap<String, Result<shoal_store::TenantRecord, ApiError>>,
+    budget: std::collections::HashMap<String, Option<ApiError>>,
+}
+
+/// A job past every rule that comes before the store.
+struct Ready {
+    job: NewJob,
+    meta: Meta,
+}
+
+/// What [`settle`] needs of an admitted job: its tenant, kind and the tenant's monthly quota.
+struct Meta {
+    tenant: String,
+    kind: JobKind,
+    limit: Option<u64>,
+}
+
+/// The rules before the store, in order: validation, the tenant, its rate, its budget.
+async fn prepare(
+    app: &App,
+    req: Enqueue,
+    id: String,
+    now: Millis,
+    tenants: &mut Tenants,
+) -> Result<Ready, ApiError> {
+    let checked = check(&req, now)?;
+    if !tenants.found.contains_key(&req.tenant) {
+        let found = app
+            .store
+            .tenant(&req.tenant)
+            .await?
+            .ok_or_else(|| ApiError::not_found("tenant", &req.tenant).field("tenant"));
+        tenants.found.insert(req.tenant.clone(), found);
+    }
+    let tenant = match &tenants.found[&req.tenant] {
+        Ok(t) => t.clone(),
+        Err(e) => return Err(e.clone()),
+    };
     let limits = tenant.limits();
     let label = app.metrics.tenant(&tenant.id);
     let refuse = |e: ApiError| {
@@ -375,21 +472,40 @@ async fn admit_as(
         e
     };
     rate(app, &tenant.id, &limits).await.map_err(refuse)?;
-    if let Some(e) = budget(app, &tenant.id, &limits, now).await? {
-        return Err(refuse(e));
+    if !tenants.budget.contains_key(&tenant.id) {
+        let b = budget(app, &tenant.id, &limits, now).await?;
+        tenants.budget.insert(tenant.id.clone(), b);
     }
-    let period = shoal_metering::month_of(now);
+    if let Some(e) = &tenants.budget[&tenant.id] {
+        return Err(refuse(e.clone()));
+    }
     let kind = checked.kind;
-    let mut new = checked.into_job(&tenant.id, req.spec, req.idempotency_key, now, None);
-    new.id = id;
-    match app
-        .store
-        .admit(new, period.0, limits.jobs_per_month, actor)
-        .await?
-    {
+    let mut job = checked.into_job(&tenant.id, req.spec, req.idempotency_key, now, None);
+    job.id = id;
+    Ok(Ready {
+        job,
+        meta: Meta {
+            tenant: tenant.id,
+            kind,
+            limit: limits.jobs_per_month,
+        },
+    })
+}
+
+/// What the store's answer means for the caller, with the metrics, the warnings and the wake-up
+/// of a job created.
+fn settle(app: &App, meta: &Meta, admitted: Admitted, now: Millis) -> Result<Admission, ApiError> {
+    let tenant = meta.tenant.as_str();
+    let label = app.metrics.tenant(tenant);
+    match admitted {
         Admitted::Existing(job) => Ok(Admission::Existing(job)),
         Admitted::QuotaExceeded { used, limit } => {
-            Err(refuse(quota_refusal(&tenant.id, used, limit, now)))
+            let e = quota_refusal(tenant, used, limit, now);
+            app.metrics
+                .rejected
+                .with_label_values(&[label, e.code])
+                .inc();
+            Err(e)
         }
         Admitted::Created {
             job,
@@ -398,25 +514,24 @@ async fn admit_as(
         } => {
             app.metrics
                 .jobs_enqueued
-                .with_label_values(&[label, kind.as_str()])
+                .with_label_values(&[label, meta.kind.as_str()])
                 .inc();
             // The signals' events were written with the job (see `Store::admit`).
             for signal in signals {
                 if signal == shoal_store::QuotaSignal::Warning {
                     app.metrics.quota_warnings.with_label_values(&[label]).inc();
                 }
-                tracing::warn!(tenant = %tenant.id, jobs = period_jobs, quota = ?limits.jobs_per_month, signal = signal.topic(), "tenant reached a monthly quota threshold");
+                tracing::warn!(tenant = %tenant, jobs = period_jobs, quota = ?meta.limit, signal = signal.topic(), "tenant reached a monthly quota threshold");
             }
             // A job waiting for its time is not waiting for a sandbox yet.
             if job.run_at.is_none_or(|at| at <= now) {
                 app.waiting_since
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .entry(tenant.id.clone())
+                    .entry(tenant.to_string())
                     .or_insert_with(std::time::Instant::now);
             }
-            app.work_changed(&tenant.id);
-            tracing::Span::current().record("job", job.id.as_str());
+            app.work_changed(tenant);
             Ok(Admission::Created(job))
         }
     }

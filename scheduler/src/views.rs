@@ -397,6 +397,11 @@ pub struct CompletedView {
     pub id: String,
     #[schema(value_type = String)]
     pub state: shoal_core::JobState,
+    /// When the completion asked for it: the sandbox's next job as `POST /v1/agent/lease`
+    /// answers (`{"action": "run", ...}`, `idle` or `stop`), taken without waiting.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub next: Option<shoal_protocol::LeaseResponse>,
 }
 
 #[cfg(test)]

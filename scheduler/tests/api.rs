@@ -519,3 +519,187 @@ async fn cancel_reaches_the_running_command_within_seconds() -> Result<()> {
     assert_eq!((st, v["error"]["code"].as_str()), (409, Some("conflict")));
     Ok(())
 }
+
+/// A batch of valid, invalid and repeated jobs: one answer per job in order, each what a single
+/// enqueue would have answered, and every admitted job stored (nothing lost, nothing doubled). A
+/// batch over 1,000 jobs is refused whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_answer_each_job_and_lose_nothing() -> Result<()> {
+    let s = Server::start(&[], &[]).await?;
+    let open = json!({"enqueue_rate_per_s": null, "jobs_per_month": null});
+    s.send(
+        Method::PUT,
+        "/v1/tenants/b",
+        &json!({"plan": "pro", "limits": open}),
+    )
+    .await?;
+    let job = |key: Option<&str>| {
+        let mut j = json!({"tenant": "b", "kind": "agent", "spec": {"command": ["true"]}});
+        if let Some(k) = key {
+            j["idempotency_key"] = json!(k);
+        }
+        j
+    };
+    let (st, first) = s.send(Method::POST, "/v1/jobs", &job(Some("k0"))).await?;
+    assert_eq!(st, 202, "{first}");
+    let batch = json!({"jobs": [
+        job(Some("k1")),
+        {"tenant": "b", "kind": "nope", "spec": {}},
+        job(Some("k1")),
+        {"tenant": "nobody", "kind": "agent", "spec": {"command": ["true"]}},
+        {"tenant": "b", "kind": "agent"},
+        {"tenant": "b", "kind": "agent", "spec": {"command": ["true"]}, "colour": "red"},
+        job(None),
+        job(Some("k0")),
+        {"tenant": "b", "kind": "agent", "spec": {"command": []}},
+    ]});
+    let (st, v) = s.send(Method::POST, "/v1/jobs/batch", &batch).await?;
+    assert_eq!(st, 200, "{v}");
+    let answers = v["jobs"].as_array().unwrap();
+    let got: Vec<(u64, Option<&str>, Option<&str>)> = answers
+        .iter()
+        .map(|a| {
+            (
+                a["status"].as_u64().unwrap(),
+                a["error"]["code"].as_str(),
+                a["error"]["field"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (202, None, None),
+            (400, Some("invalid"), Some("kind")),
+            (200, None, None),
+            (404, Some("not_found"), Some("tenant")),
+            (400, Some("invalid"), Some("spec")),
+            (400, Some("invalid"), Some("colour")),
+            (202, None, None),
+            (200, None, None),
+            (400, Some("invalid"), Some("spec")),
+        ],
+        "{v}"
+    );
+    for a in answers.iter().filter(|a| a.get("error").is_some()) {
+        assert!(
+            a["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+        assert!(a.get("id").is_none(), "{a}");
+    }
+    // The repeated key answers the job its first use made, in this batch or before it.
+    assert_eq!(answers[2]["id"], answers[0]["id"]);
+    assert_eq!(answers[7]["id"], first["id"]);
+    assert_ne!(answers[0]["id"], answers[6]["id"]);
+    for i in [0, 6] {
+        assert_eq!(answers[i]["state"], "queued");
+        let id = answers[i]["id"].as_str().unwrap();
+        let stored = s.get(&format!("/v1/jobs/{id}")).await?;
+        assert_eq!(
+            (stored["id"].as_str(), stored["tenant"].as_str()),
+            (Some(id), Some("b"))
+        );
+    }
+    assert_eq!(job_count(&s).await?, 3, "the first job and the batch's two");
+
+    // Over 1,000: a clear 400 naming `jobs`, and nothing admitted.
+    let big = json!({"jobs": vec![job(None); 1001]});
+    expect(
+        raw(
+            &s,
+            Method::POST,
+            "/v1/jobs/batch",
+            Some(&s.token),
+            serde_json::to_vec(&big)?,
+        )
+        .await?,
+        400,
+        "invalid",
+        Some("jobs"),
+    );
+    expect(
+        raw(
+            &s,
+            Method::POST,
+            "/v1/jobs/batch",
+            Some(&s.token),
+            b"{\"job\": []}".to_vec(),
+        )
+        .await?,
+        400,
+        "invalid",
+        Some("job"),
+    );
+    // An entry that is not an object is not a batch: refused whole.
+    let odd = json!({"jobs": [job(None), 5]});
+    expect(
+        raw(
+            &s,
+            Method::POST,
+            "/v1/jobs/batch",
+            Some(&s.token),
+            serde_json::to_vec(&odd)?,
+        )
+        .await?,
+        400,
+        "invalid",
+        Some("jobs[1]"),
+    );
+    assert_eq!(job_count(&s).await?, 3);
+    // Exactly 1,000 is a batch.
+    let full = json!({"jobs": vec![job(None); 1000]});
+    let (st, v) = s.send(Method::POST, "/v1/jobs/batch", &full).await?;
+    assert_eq!(st, 200);
+    let ids: std::collections::HashSet<&str> = v["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            assert_eq!(a["status"], 202, "{a}");
+            a["id"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1000);
+    assert_eq!(s.get("/v1/tenants/b").await?["usage"]["jobs"], 1003);
+    Ok(())
+}
+
+/// A batch that crosses the tenant's monthly quota admits exactly up to it, in order; the rest
+/// get what a single enqueue would (429 `quota_exceeded` with the wait).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_crossing_the_quota_admits_up_to_it() -> Result<()> {
+    let s = Server::start(&[], &[]).await?;
+    let limits = json!({"enqueue_rate_per_s": null, "jobs_per_month": 5});
+    s.send(
+        Method::PUT,
+        "/v1/tenants/q",
+        &json!({"plan": "free", "limits": limits}),
+    )
+    .await?;
+    let job = json!({"tenant": "q", "kind": "agent", "spec": {"command": ["true"]}});
+    assert_eq!(s.send(Method::POST, "/v1/jobs", &job).await?.0, 202);
+    assert_eq!(s.send(Method::POST, "/v1/jobs", &job).await?.0, 202);
+    let (st, v) = s
+        .send(
+            Method::POST,
+            "/v1/jobs/batch",
+            &json!({"jobs": vec![job.clone(); 6]}),
+        )
+        .await?;
+    assert_eq!(st, 200, "{v}");
+    let answers = v["jobs"].as_array().unwrap();
+    let statuses: Vec<u64> = answers
+        .iter()
+        .map(|a| a["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [202, 202, 202, 429, 429, 429], "{v}");
+    for a in &answers[3..] {
+        assert_eq!(a["error"]["code"], "quota_exceeded", "{a}");
+        assert!(a["retry_after_s"].as_u64().is_some_and(|s| s >= 1), "{a}");
+    }
+    assert_eq!(s.get("/v1/tenants/q").await?["usage"]["jobs"], 5);
+    assert_eq!(job_count(&s).await?, 5);
+    Ok(())
+}

@@ -272,3 +272,56 @@ async fn the_adaptive_idle_policy_runs_in_the_scheduler() -> Result<()> {
     s.stop().await?;
     Ok(())
 }
+
+/// The agent reports a job's end and gets its next job in the same request: one sandbox runs a
+/// batch of 30 queued jobs, each recorded with its own output, with 30 completions and fewer
+/// lease requests than jobs (a lease request is needed only when nothing was waiting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_hands_the_agent_its_next_job() -> Result<()> {
+    let s = Server::start(&[], &[]).await?;
+    pro_tenant(&s, "n", json!({"max_sandboxes": 1, "min_warm": 1})).await?;
+    s.wait_for("the warm sandbox", Duration::from_secs(60), || async {
+        Ok((pool(&s, "n").await?["sandboxes"]["ready"] == 1).then_some(()))
+    })
+    .await?;
+    let lease_metric = |text: &str, route: &str| -> u64 {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("shoal_http_requests_total")
+                    && l.contains(&format!("route=\"{route}\""))
+                    && l.contains("status=\"200\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let before = s.req(Method::GET, "/metrics").send().await?.text().await?;
+    let jobs: Vec<Value> = (0..30)
+        .map(|i| json!({"tenant": "n", "kind": "agent", "spec": {"command": ["echo", format!("out{i}")]}}))
+        .collect();
+    let (st, v) = s
+        .send(Method::POST, "/v1/jobs/batch", &json!({ "jobs": jobs }))
+        .await?;
+    assert_eq!(st, 200, "{v}");
+    let ids: Vec<String> = v["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_string())
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        let job = wait_job(&s, id, Duration::from_secs(120)).await?;
+        assert_eq!(job["state"], "succeeded", "{job}");
+        assert_eq!(job["attempts"], 1, "{job}");
+        let out = job["result"]["stdout"].as_str().unwrap_or_default();
+        assert!(out.contains(&format!("out{i}")), "{job}");
+    }
+    let after = s.req(Method::GET, "/metrics").send().await?.text().await?;
+    let delta = |route| lease_metric(&after, route) - lease_metric(&before, route);
+    assert_eq!(delta("/v1/agent/complete"), 30);
+    let leases = delta("/v1/agent/lease");
+    assert!(
+        leases < 30,
+        "{leases} lease requests for 30 jobs: the completions handed out none"
+    );
+    Ok(())
+}

@@ -129,6 +129,38 @@ pub struct Enqueued {
     pub created: bool,
 }
 
+/// One job's answer in a batch (`POST /v1/jobs/batch`), in the batch's order.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct BatchEntry {
+    /// 202 admitted, 200 its idempotency key was seen (the first job), else the status a single
+    /// enqueue would have been refused with.
+    pub status: u16,
+    /// The job's id (202, 200).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The job's state (202, 200).
+    #[serde(default)]
+    pub state: Option<String>,
+    /// Why it was refused.
+    #[serde(default)]
+    pub error: Option<BatchError>,
+    /// With 429: seconds before trying again may succeed.
+    #[serde(default)]
+    pub retry_after_s: Option<u64>,
+}
+
+/// Why one job of a batch was refused: the API's error answer.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct BatchError {
+    pub code: String,
+    pub message: String,
+    #[serde(default)]
+    pub field: Option<String>,
+}
+
+/// The most jobs one batch may hold.
+pub const MAX_BATCH: usize = 1000;
+
 /// A job as the API shows it.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct Job {
@@ -286,6 +318,20 @@ impl Client {
     pub async fn tenant(&self, id: &str) -> Result<Value, ClientError> {
         let url = self.url("v1/tenants/", &[id])?;
         Ok(self.send(self.http.get(url)).await?.json().await?)
+    }
+
+    /// Enqueues up to [`MAX_BATCH`] jobs in one request; one entry per job, in order, each
+    /// answered as [`Client::enqueue`] would have been (a refused job does not stop the others).
+    pub async fn enqueue_batch(&self, jobs: &[NewJob]) -> Result<Vec<BatchEntry>, ClientError> {
+        #[derive(Deserialize)]
+        struct Answer {
+            jobs: Vec<BatchEntry>,
+        }
+        let body = serde_json::json!({ "jobs": jobs });
+        let resp = self
+            .send(self.http.post(self.url("v1/jobs/batch", &[])?).json(&body))
+            .await?;
+        Ok(resp.json::<Answer>().await?.jobs)
     }
 
     /// Enqueues a job (202); with a known idempotency key, the first job (200, `created: false`).

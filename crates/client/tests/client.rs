@@ -23,6 +23,24 @@ async fn client_covers_the_api() -> Result<()> {
         (first.id.as_str(), false)
     );
 
+    // A batch: one entry per job, in order; the seen key answers the first job.
+    let batch = [
+        NewJob::agent("acme", ["true"]),
+        NewJob::new("acme", "nope", serde_json::json!({})),
+        job.clone(),
+    ];
+    let entries = shoal.enqueue_batch(&batch).await?;
+    let statuses: Vec<u16> = entries.iter().map(|e| e.status).collect();
+    assert_eq!(statuses, [202, 400, 200]);
+    assert_eq!(entries[2].id.as_deref(), Some(first.id.as_str()));
+    let refused = entries[1].error.as_ref().context("the refusal's error")?;
+    assert_eq!(
+        (refused.code.as_str(), refused.field.as_deref()),
+        ("invalid", Some("kind"))
+    );
+    let batched = entries[0].id.clone().context("the admitted job's id")?;
+    assert_eq!(shoal.job(&batched).await?.tenant, "acme");
+
     let got = shoal.job(&first.id).await?;
     assert_eq!((got.tenant.as_str(), got.kind.as_str()), ("acme", "agent"));
     assert_eq!(got.idempotency_key.as_deref(), Some("k1"));
@@ -33,7 +51,7 @@ async fn client_covers_the_api() -> Result<()> {
             ..Default::default()
         })
         .await?;
-    assert_eq!(page.jobs.len(), 1);
+    assert_eq!(page.jobs.len(), 2, "the first job and the batch's");
 
     let cancelled = shoal.cancel(&first.id).await?;
     assert!(

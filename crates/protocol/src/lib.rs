@@ -262,6 +262,21 @@ pub struct Completion {
     pub lease_id: String,
     #[serde(flatten)]
     pub outcome: Outcome,
+    /// Also ask for the sandbox's next job: the answer's `next` is a lease answer, taken at once
+    /// without waiting (`idle` when nothing is due now, and the agent asks again by a lease).
+    /// A scheduler that does not know the field answers without `next`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<LeaseRequest>,
+}
+
+/// The answer to `POST /v1/agent/complete`: the job's state after it, and the next job when the
+/// completion asked for one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompleteResponse {
+    pub id: String,
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<LeaseResponse>,
 }
 
 /// The `agent` job kind's spec.
@@ -317,14 +332,36 @@ mod tests {
             outcome: Outcome::Retry {
                 error: JobError::new("shutdown", "agent stopping"),
             },
+            next: None,
         };
         let v = serde_json::to_value(&c).unwrap();
+        assert!(
+            v.get("next").is_none(),
+            "an old scheduler sees the old shape"
+        );
         assert_eq!(v["outcome"], "retry");
         assert_eq!(v["error"]["code"], "shutdown");
         let back: Completion = serde_json::from_value(v).unwrap();
         assert!(matches!(back.outcome, Outcome::Retry { .. }));
         let r: LeaseResponse = serde_json::from_str(r#"{"action":"idle"}"#).unwrap();
         assert!(matches!(r, LeaseResponse::Idle));
+    }
+
+    #[test]
+    fn a_completion_may_ask_for_the_next_job() {
+        let c: Completion = serde_json::from_str(
+            r#"{"job_id":"j","lease_id":"l","outcome":"succeeded","result":1,"next":{}}"#,
+        )
+        .unwrap();
+        assert!(c.next.is_some());
+        // An old scheduler's answer has no `next`; a new one's carries a lease answer.
+        let old: CompleteResponse =
+            serde_json::from_str(r#"{"id":"j","state":"succeeded"}"#).unwrap();
+        assert!(old.next.is_none());
+        let new: CompleteResponse =
+            serde_json::from_str(r#"{"id":"j","state":"succeeded","next":{"action":"stop"}}"#)
+                .unwrap();
+        assert!(matches!(new.next, Some(LeaseResponse::Stop)));
     }
 
     #[test]

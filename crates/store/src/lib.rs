@@ -567,6 +567,18 @@ pub trait Store: Outbox + AuditLog + Retention + Metering + Send + Sync + 'stati
         limit: Option<u64>,
         actor: &Actor,
     ) -> Result<Admitted>;
+    /// Admits a batch of jobs, each `(job, limit)` as [`Store::admit`] admits one (its own
+    /// tenant's quota `limit` in the period starting at `period_start`, its idempotency key), in
+    /// one transaction: one answer per job, in order. Within the batch, jobs are admitted in
+    /// order per tenant, so a batch crossing a quota admits exactly up to it, and a key repeated
+    /// in the batch answers its first job. Tenants' quota rows are taken in tenant order, so two
+    /// batches never wait on each other in a cycle.
+    async fn admit_batch(
+        &self,
+        jobs: Vec<(NewJob, Option<u64>)>,
+        period_start: Millis,
+        actor: &Actor,
+    ) -> Result<Vec<Admitted>>;
     /// The job `id`, with its spec.
     async fn job(&self, id: &str) -> Result<Option<JobRecord>>;
     /// Jobs matching `filter`, newest first, with their specs.

@@ -17,6 +17,7 @@ use crate::{Result, StoreError, TenantRecord};
 use shoal_core::{LimitsPatch, Millis, PlanTier};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Row};
+use std::str::FromStr;
 use std::time::Duration;
 
 /// The Postgres implementation of [`crate::Store`].
@@ -35,11 +36,13 @@ impl PostgresStore {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(StoreError::UnsupportedUrl(url.into()));
         }
+        let opts = sqlx::postgres::PgConnectOptions::from_str(url)?
+            .statement_cache_capacity(crate::sql::STATEMENT_CACHE);
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(10))
-            .connect(url)
+            .connect_with(opts)
             .await?;
         Self::from_pool(pool).await
     }

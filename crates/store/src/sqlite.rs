@@ -1,7 +1,9 @@
-//! The SQLite store: one file in the data directory, WAL mode, writes in `BEGIN IMMEDIATE`
-//! transactions so concurrent writers queue on SQLite's lock instead of failing half-way. Being
-//! the only writer, a transaction needs no row locks; its statements are the shared ones of
-//! [`crate::sql`].
+//! The SQLite store: one file in the data directory, WAL mode with `synchronous = NORMAL` (a
+//! commit appends to the log without waiting for the disk; a power cut may lose the last
+//! commits, never corrupt the file), writes in `BEGIN IMMEDIATE` transactions so concurrent
+//! writers queue on SQLite's lock instead of failing half-way, and every statement prepared once
+//! per connection and kept ([`crate::sql::STATEMENT_CACHE`]). Being the only writer, a transaction needs no
+//! row locks; its statements are the shared ones of [`crate::sql`].
 
 use crate::rows::corrupt;
 use crate::{Result, StoreError, TenantRecord};
@@ -46,7 +48,8 @@ impl SqliteStore {
             })
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            .statement_cache_capacity(crate::sql::STATEMENT_CACHE);
         // An in-memory database lives in one connection; a file is shared by several.
         let pool = SqlitePoolOptions::new()
             .max_connections(if memory { 1 } else { 8 })
@@ -91,3 +94,49 @@ pub(crate) async fn upsert_tenant(
 }
 
 crate::sql::impl_store!(SqliteStore, sqlite, write);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The embedded default's file runs in WAL mode with `synchronous = NORMAL` and foreign keys
+    /// on, on every connection of the pool, and a statement run twice is prepared once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_file_store_uses_wal_normal_sync_and_cached_statements() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        let mut conns = Vec::new();
+        for _ in 0..3 {
+            conns.push(store.pool.acquire().await.unwrap());
+        }
+        for c in &mut conns {
+            let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+                .fetch_one(&mut **c)
+                .await
+                .unwrap();
+            assert_eq!(mode, "wal");
+            let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+                .fetch_one(&mut **c)
+                .await
+                .unwrap();
+            assert_eq!(sync, 1, "NORMAL");
+            let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+                .fetch_one(&mut **c)
+                .await
+                .unwrap();
+            assert_eq!(fk, 1);
+        }
+        use sqlx::Connection;
+        let c = &mut conns[0];
+        let before = c.cached_statements_size();
+        for _ in 0..3 {
+            crate::tenants::sqlite::get(c, "nobody").await.unwrap();
+        }
+        assert_eq!(
+            c.cached_statements_size(),
+            before + 1,
+            "prepared once, kept"
+        );
+    }
+}

@@ -81,6 +81,7 @@ conformance! {
     delayed_jobs_wait_and_retries_back_off_in_the_lease_query => delayed_and_retried,
     a_schedule_fires_each_time_once_and_is_audited => schedules,
     concurrent_fires_of_one_time_make_one_job => concurrent_fires,
+    batches_admit_in_order_under_quota_and_keys => batch_admissions,
 }
 
 fn job(id: &str, tenant: &str, key: Option<&str>, priority: i32, at: i64) -> NewJob {
@@ -852,6 +853,84 @@ async fn concurrent_admissions(store: Arc<dyn Store>) {
         .map(|e| (e.topic.as_str(), e.payload["jobs"].as_u64().unwrap()))
         .collect();
     assert_eq!(kinds, [("quota.warning", 5), ("quota.exceeded", 6)]);
+}
+
+/// Batches of admissions, four at once over two tenants listed in opposite orders (so their
+/// quota rows are wanted in opposite orders): one answer per job in order, each tenant's jobs
+/// admitted in order up to its quota, a key repeated within or across batches makes one job.
+async fn batch_admissions(store: Arc<dyn Store>) {
+    for t in ["a", "b"] {
+        store
+            .put_tenant(
+                t,
+                PlanTier::Pro,
+                &LimitsPatch::default(),
+                0,
+                &Actor::admin(),
+            )
+            .await
+            .unwrap();
+    }
+    let mut handles = Vec::new();
+    for n in 0..4 {
+        let store = Arc::clone(&store);
+        handles.push(tokio::spawn(async move {
+            let tenants = if n % 2 == 0 { ["a", "b"] } else { ["b", "a"] };
+            let mut batch = Vec::new();
+            for i in 0..10 {
+                let t = tenants[i % 2];
+                // Keys repeat within the batch (i and i + 2 share one) and across batches.
+                let key = format!("k{}", (i / 4) * 2 + i % 2);
+                let limit = if t == "a" { Some(7) } else { None };
+                batch.push((job(&format!("j{n}-{i}"), t, Some(&key), 0, i as i64), limit));
+            }
+            let out = store.admit_batch(batch.clone(), 0, &Actor::admin()).await;
+            (batch, out.unwrap())
+        }));
+    }
+    let mut ids = std::collections::HashMap::new();
+    for h in handles {
+        let (batch, out) = h.await.unwrap();
+        assert_eq!(out.len(), batch.len(), "one answer per job");
+        for ((job, _), answer) in batch.iter().zip(&out) {
+            let (key, tenant) = (job.idempotency_key.clone().unwrap(), job.tenant.clone());
+            let id = match answer {
+                Admitted::Created { job: stored, .. } => {
+                    assert_eq!(stored.id, job.id, "a created answer is its own job");
+                    stored.id.clone()
+                }
+                Admitted::Existing(first) => first.id.clone(),
+                Admitted::QuotaExceeded { .. } => panic!("no quota is crossed: {answer:?}"),
+            };
+            let first = ids.entry((tenant, key)).or_insert(id.clone());
+            assert_eq!(
+                *first, id,
+                "a key answers one job, within and across batches"
+            );
+        }
+    }
+    // Keys k0..k5 per tenant: six jobs each, every other answer the first job of its key.
+    assert_eq!(ids.len(), 12);
+    assert_eq!(store.period_jobs("a", 0).await.unwrap(), 6);
+    assert_eq!(store.period_jobs("b", 0).await.unwrap(), 6);
+
+    // A batch crossing a's quota of 7 (6 used) admits one, in order, and refuses the rest.
+    let batch: Vec<_> = (0..3)
+        .map(|i| (job(&format!("q{i}"), "a", None, 0, 50), Some(7)))
+        .collect();
+    let out = store.admit_batch(batch, 0, &Actor::admin()).await.unwrap();
+    assert!(matches!(&out[0], Admitted::Created { job, period_jobs: 7, .. } if job.id == "q0"));
+    for a in &out[1..] {
+        assert_eq!(*a, Admitted::QuotaExceeded { used: 7, limit: 7 });
+    }
+    assert_eq!(store.period_jobs("a", 0).await.unwrap(), 7);
+    assert!(
+        store
+            .admit_batch(Vec::new(), 0, &Actor::admin())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// Sandboxes of one tenant leasing at once never run more jobs than its concurrency limit.

@@ -44,61 +44,11 @@ pub(crate) async fn agent_lease(
         let notified = signal.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let tenant = app.store.tenant(&sandbox.tenant).await?;
-        let policy = LeasePolicy {
-            max_concurrent_jobs: tenant.as_ref().and_then(|t| t.limits().max_concurrent_jobs),
-            draining: tenant.as_ref().is_none_or(|t| t.draining),
-            lease_ttl_ms: app.cfg.lease_ttl.as_millis() as i64,
-        };
         let now = now_ms();
-        let lease = app.store.lease(&sandbox.id, policy, now).await?;
-        if was_booting {
-            // The sandbox came up: the planner's view changed.
-            app.metrics
-                .boot_latency
-                .with_label_values(&[app.provider.name()])
-                .observe((now - sandbox.since).max(0) as f64 / 1000.0);
-            app.kick.notify_one();
-            was_booting = false;
-        }
-        match lease {
-            Lease::Stop => return Ok(Json(LeaseResponse::Stop)),
-            Lease::Job(job) => {
-                // One short span per job handed out (not per poll: idle polls are not news).
-                let lease_span = tracing::info_span!(
-                    "lease",
-                    tenant = %job.tenant,
-                    sandbox = %sandbox.id,
-                    job = %job.id,
-                    attempt = job.attempts
-                );
-                crate::telemetry::join_job_trace(&lease_span, &job.id);
-                crate::telemetry::link_sandbox_trace(&lease_span, &sandbox.id);
-                let _lease = lease_span.entered();
-                let label = app.metrics.tenant(&job.tenant);
-                app.metrics.jobs_started.with_label_values(&[label]).inc();
-                if job.attempts == 1 {
-                    app.metrics
-                        .start_latency
-                        .with_label_values(&[label])
-                        .observe((now - job.created_at).max(0) as f64 / 1000.0);
-                }
-                app.kick.notify_one();
-                let spec = serde_json::value::to_raw_value(&job.spec)
-                    .expect("a stored spec is JSON and serialises")
-                    .into();
-                return Ok(Json(LeaseResponse::Run(Assignment {
-                    job_id: job.id,
-                    lease_id: job.lease_id.unwrap_or_default(),
-                    kind: job.kind,
-                    spec,
-                    attempt: job.attempts,
-                    timeout_s: job.timeout_s,
-                    heartbeat_ms: app.cfg.heartbeat_interval.as_millis() as u64,
-                    log_max_bytes: Some(app.cfg.max_log_bytes),
-                })));
-            }
-            Lease::Idle => {
+        let answer = lease_now(&app, &sandbox, was_booting, now).await?;
+        was_booting = false;
+        match answer {
+            LeaseResponse::Idle => {
                 // A job that falls due before the deadline (delayed, scheduled or backing off)
                 // is asked for again the moment it does.
                 let due = app.store.next_due(&sandbox.tenant, now).await?;
@@ -113,8 +63,75 @@ pub(crate) async fn agent_lease(
                     _ = app.shutdown.cancelled() => return Ok(Json(LeaseResponse::Stop)),
                 }
             }
+            answer => return Ok(Json(answer)),
         }
     }
+}
+
+/// One lease for the sandbox, at once: its next due job (`run`), `idle` or `stop`. Shared by the
+/// long poll and by a completion that asks for the next job.
+async fn lease_now(
+    app: &App,
+    sandbox: &shoal_store::SandboxRecord,
+    was_booting: bool,
+    now: shoal_core::Millis,
+) -> Result<LeaseResponse, ApiError> {
+    if app.is_shutting_down() {
+        return Ok(LeaseResponse::Stop);
+    }
+    let tenant = app.store.tenant(&sandbox.tenant).await?;
+    let policy = LeasePolicy {
+        max_concurrent_jobs: tenant.as_ref().and_then(|t| t.limits().max_concurrent_jobs),
+        draining: tenant.as_ref().is_none_or(|t| t.draining),
+        lease_ttl_ms: app.cfg.lease_ttl.as_millis() as i64,
+    };
+    let lease = app.store.lease(&sandbox.id, policy, now).await?;
+    if was_booting {
+        // The sandbox came up: the planner's view changed.
+        app.metrics
+            .boot_latency
+            .with_label_values(&[app.provider.name()])
+            .observe((now - sandbox.since).max(0) as f64 / 1000.0);
+        app.kick.notify_one();
+    }
+    let job = match lease {
+        Lease::Stop => return Ok(LeaseResponse::Stop),
+        Lease::Idle => return Ok(LeaseResponse::Idle),
+        Lease::Job(job) => job,
+    };
+    // One short span per job handed out (not per poll: idle polls are not news).
+    let lease_span = tracing::info_span!(
+        "lease",
+        tenant = %job.tenant,
+        sandbox = %sandbox.id,
+        job = %job.id,
+        attempt = job.attempts
+    );
+    crate::telemetry::join_job_trace(&lease_span, &job.id);
+    crate::telemetry::link_sandbox_trace(&lease_span, &sandbox.id);
+    let _lease = lease_span.entered();
+    let label = app.metrics.tenant(&job.tenant);
+    app.metrics.jobs_started.with_label_values(&[label]).inc();
+    if job.attempts == 1 {
+        app.metrics
+            .start_latency
+            .with_label_values(&[label])
+            .observe((now - job.created_at).max(0) as f64 / 1000.0);
+    }
+    app.kick.notify_one();
+    let spec = serde_json::value::to_raw_value(&job.spec)
+        .expect("a stored spec is JSON and serialises")
+        .into();
+    Ok(LeaseResponse::Run(Assignment {
+        job_id: job.id,
+        lease_id: job.lease_id.unwrap_or_default(),
+        kind: job.kind,
+        spec,
+        attempt: job.attempts,
+        timeout_s: job.timeout_s,
+        heartbeat_ms: app.cfg.heartbeat_interval.as_millis() as u64,
+        log_max_bytes: Some(app.cfg.max_log_bytes),
+    }))
 }
 
 /// An agent extends its job's lease and learns of a cancel.
@@ -154,6 +171,9 @@ pub(crate) async fn agent_heartbeat(
 struct CompletionIds {
     job_id: String,
     lease_id: String,
+    /// The completion also asks for the next job.
+    #[serde(default)]
+    next: Option<serde::de::IgnoredAny>,
 }
 
 /// Bytes a completion may take beyond its result: the ids, the outcome and an error.
@@ -201,7 +221,7 @@ fn finish_of(body: &[u8]) -> Result<Finish, ApiError> {
 /// JSON, 64 levels deep) is recorded as the job failing with `result_too_large`, at once: the
 /// answer is final, so the agent does not retry it until the lease lapses.
 #[utoipa::path(post, path = "/v1/agent/complete", tag = "agent", security(("bearer" = [])),
-    request_body(content = Object, description = "`{\"job_id\", \"lease_id\", \"outcome\"}`"),
+    request_body(content = Object, description = "`{\"job_id\", \"lease_id\", \"outcome\", \"next\"?: {}}`; with `next`, the answer carries the sandbox's next lease answer"),
     responses(
         (status = 200, body = CompletedView),
         (status = 400, body = ErrorBody),
@@ -258,9 +278,18 @@ pub(crate) async fn agent_complete(
                         .with_label_values(&[app.metrics.tenant(&job.tenant), job.state.as_str()])
                         .inc();
                 }
+                // The next job in the same request, leased at once (no waiting: the answer is
+                // the completion's). A completion retried after its answer was lost finds its
+                // lease gone (409), and the job handed out with that answer is put back when
+                // the agent next asks for work (a busy sandbox asking has lost its job).
+                let next = match ids.next {
+                    Some(_) => Some(lease_now(&app, &sandbox, false, now_ms()).await?),
+                    None => None,
+                };
                 Ok(Json(CompletedView {
                     id: job.id,
                     state: job.state,
+                    next,
                 })
                 .into_response())
             }

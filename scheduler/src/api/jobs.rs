@@ -54,6 +54,122 @@ pub(crate) async fn enqueue(
     }
 }
 
+/// `POST /v1/jobs/batch`: up to [`crate::admission::MAX_BATCH`] jobs, each the body of
+/// `POST /v1/jobs`.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnqueueBatch {
+    /// The jobs, 0 to 1000, each a JSON object as `POST /v1/jobs` takes it. An object that is
+    /// not a valid enqueue body is answered in its own entry (as `POST /v1/jobs` would answer
+    /// it); the batch itself stands.
+    #[schema(value_type = Vec<Object>, max_items = 1000)]
+    pub jobs: Vec<Value>,
+}
+
+/// The answer to a batch: one entry per job, in order.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct BatchAnswer {
+    pub jobs: Vec<BatchItem>,
+}
+
+/// One job's answer in a batch: what `POST /v1/jobs` would have answered for it alone.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct BatchItem {
+    /// 202 admitted, 200 the idempotency key was seen (the first job's id), else the error's
+    /// status (400, 403, 404, 429, ...).
+    #[schema(example = 202)]
+    pub status: u16,
+    /// The job's id (202, 200).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The job's state (202: `queued`; 200: the first job's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Why it was refused, as an error answer's `error`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<crate::openapi::ErrorDetail>,
+    /// With 429: the seconds after which trying again may succeed (a single enqueue's
+    /// `Retry-After`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_s: Option<u64>,
+}
+
+impl BatchItem {
+    fn of(answer: Result<Admission, ApiError>) -> BatchItem {
+        let ok = |status: u16, job: shoal_store::JobRecord| BatchItem {
+            status,
+            id: Some(job.id),
+            state: Some(job.state.as_str().to_string()),
+            error: None,
+            retry_after_s: None,
+        };
+        match answer {
+            Ok(Admission::Created(job)) => ok(202, job),
+            Ok(Admission::Existing(job)) => ok(200, job),
+            Err(e) => BatchItem {
+                status: e.status.as_u16(),
+                id: None,
+                state: None,
+                error: Some(crate::openapi::ErrorDetail {
+                    code: e.code.to_string(),
+                    message: e.message,
+                    field: e.field,
+                }),
+                retry_after_s: e.retry_after_s,
+            },
+        }
+    }
+}
+
+/// Admits up to 1000 jobs at once, each under the rules of `POST /v1/jobs` (validation, rate,
+/// budget, quota, idempotency), in one store transaction; a job refused does not stop the others.
+#[utoipa::path(post, path = "/v1/jobs/batch", tag = "jobs",
+    request_body = EnqueueBatch,
+    responses(
+        (status = 200, description = "one answer per job, in order", body = BatchAnswer),
+        (status = 400, description = "not a batch: more than 1000 jobs, or one that is not an object", body = ErrorBody),
+        (status = 503, description = "shutting down", body = ErrorBody),
+    ))]
+pub(crate) async fn enqueue_batch(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Body(req): Body<Value>,
+) -> Result<Json<BatchAnswer>, ApiError> {
+    let req: EnqueueBatch = crate::error::parse_object_with(req, &[])?;
+    let max = crate::admission::MAX_BATCH;
+    if req.jobs.len() > max {
+        return Err(ApiError::invalid(
+            "jobs",
+            format!(
+                "a batch holds at most {max} jobs; this one has {}",
+                req.jobs.len()
+            ),
+        ));
+    }
+    if let Some(i) = req.jobs.iter().position(|j| !j.is_object()) {
+        return Err(ApiError::invalid(
+            format!("jobs[{i}]"),
+            "each job must be a JSON object (the body of `POST /v1/jobs`)",
+        ));
+    }
+    if app.is_shutting_down() {
+        return Err(ApiError::unavailable("shutting down"));
+    }
+    let reqs = req
+        .jobs
+        .into_iter()
+        .map(|job| {
+            let job: Enqueue = crate::error::parse_object_with(job, ENQUEUE_INTEGERS)?;
+            caller.check_tenant(&job.tenant)?;
+            Ok(job)
+        })
+        .collect();
+    let answers = crate::admission::admit_batch(&app, reqs, &caller.actor()).await?;
+    Ok(Json(BatchAnswer {
+        jobs: answers.into_iter().map(BatchItem::of).collect(),
+    }))
+}
+
 /// The query of `GET /v1/jobs/{id}`.
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]

@@ -63,6 +63,7 @@ pub fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(tenants::revoke_key))
         .routes(routes!(tenants::drain))
         .routes(routes!(jobs::enqueue, jobs::list_jobs))
+        .routes(routes!(jobs::enqueue_batch))
         .routes(routes!(jobs::get_job))
         .routes(routes!(joblive::logs))
         .routes(routes!(jobs::cancel_job))

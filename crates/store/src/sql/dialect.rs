@@ -16,6 +16,10 @@ pub(crate) mod sqlite {
     pub(crate) const TENANT_TURN: Option<&str> = None;
     /// The larger of two values (SQLite's two-argument `MAX`).
     pub(crate) const GREATEST: &str = "MAX";
+    /// The jobs table read for its delayed queued jobs only: by their partial index, which
+    /// SQLite's planner, without statistics, would otherwise pass over for `jobs_due` (all
+    /// queued jobs).
+    pub(crate) const DELAYED_JOBS: &str = "jobs INDEXED BY jobs_delayed";
     /// The `seq` column of an admitted job and its value: SQLite numbers jobs itself, in order.
     pub(crate) const JOB_SEQ_COL: &str = ", seq";
     pub(crate) const JOB_SEQ_VALUE: &str = ", (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs)";
@@ -44,6 +48,9 @@ pub(crate) mod postgres {
         Some("SELECT 1 FROM tenants WHERE id = $1 FOR NO KEY UPDATE");
     /// The larger of two values.
     pub(crate) const GREATEST: &str = "GREATEST";
+    /// The jobs table read for its delayed queued jobs only (the planner picks the partial
+    /// index `jobs_delayed` from the condition).
+    pub(crate) const DELAYED_JOBS: &str = "jobs";
     /// The `seq` column of an admitted job: its sequence's default.
     pub(crate) const JOB_SEQ_COL: &str = "";
     pub(crate) const JOB_SEQ_VALUE: &str = "";

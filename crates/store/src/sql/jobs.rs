@@ -55,7 +55,7 @@ macro_rules! for_backend {
         /// transaction comes back as the database's `jobs_idempotency` constraint error.
         pub(crate) async fn admit_in(
             conn: &mut Conn,
-            job: NewJob,
+            job: &NewJob,
             period_start: Millis,
             limit: Option<u64>,
             actor: &Actor,
@@ -226,26 +226,31 @@ macro_rules! for_backend {
             Ok(Some(job))
         }
 
-        /// Queued and running jobs per tenant, with the queued ones not yet due at `now`.
+        /// Queued and running jobs per tenant, with the queued ones not yet due at `now`. The
+        /// counts are `tenant_queue`'s (kept by triggers with every change of a job's state,
+        /// migration 0090); of `jobs`, only the delayed ones are read (index `jobs_delayed`),
+        /// so the read does not grow with the backlog.
         pub(crate) async fn queue_counts(
             conn: &mut Conn,
             now: Millis,
         ) -> Result<Vec<(String, QueueCounts)>> {
-            let rows = sqlx::query(sql!(
-                "SELECT tenant, \
-                 SUM(CASE WHEN state = 'queued' THEN 1 ELSE 0 END) AS queued, \
-                 SUM(CASE WHEN state = 'running' THEN 1 ELSE 0 END) AS running, \
-                 SUM(CASE WHEN state = 'queued' AND (run_at > $1 OR next_attempt_at > $1) \
-                     THEN 1 ELSE 0 END) AS waiting, \
-                 MIN(CASE WHEN state = 'queued' AND (run_at > $1 OR next_attempt_at > $1) THEN ",
-                d::GREATEST,
-                "(COALESCE(run_at, 0), COALESCE(next_attempt_at, 0)) END) AS next_due \
-                 FROM jobs WHERE state IN ('queued', 'running') GROUP BY tenant ORDER BY tenant"
-            ))
-            .bind(now)
-            .fetch_all(&mut *conn)
-            .await?;
+            let rows = sqlx::query(queue_counts_sql()).bind(now).fetch_all(&mut *conn).await?;
             crate::rows::queue_counts_from_rows(&rows)
+        }
+
+        /// The statement of [`queue_counts`]; `$1` is now.
+        pub(crate) fn queue_counts_sql() -> sqlx::AssertSqlSafe<&'static str> {
+            sql!(
+                "SELECT q.tenant AS tenant, q.queued AS queued, q.running AS running, \
+                 COALESCE(d.waiting, 0) AS waiting, d.next_due AS next_due \
+                 FROM tenant_queue q LEFT JOIN (SELECT tenant, COUNT(*) AS waiting, MIN(",
+                d::GREATEST,
+                "(COALESCE(run_at, 0), COALESCE(next_attempt_at, 0))) AS next_due FROM ",
+                d::DELAYED_JOBS,
+                " WHERE state = 'queued' AND (run_at IS NOT NULL OR next_attempt_at IS NOT NULL) \
+                 AND (run_at > $1 OR next_attempt_at > $1) GROUP BY tenant) d ON d.tenant = q.tenant \
+                 WHERE q.queued > 0 OR q.running > 0 ORDER BY q.tenant"
+            )
         }
 
         /// The earliest time after `now` a queued job of `tenant` falls due.
@@ -274,4 +279,198 @@ pub(crate) mod sqlite {
 
 pub(crate) mod postgres {
     for_backend!(sqlx::Postgres, postgres);
+}
+
+#[cfg(test)]
+mod tests {
+    //! The snapshot's counts do not read the backlog: a tenant with thousands of queued jobs
+    //! costs the read one row of `tenant_queue`; of `jobs`, only the delayed ones are read. And
+    //! the counts the triggers keep are the ones counting `jobs` gives, through every change of
+    //! state.
+    use crate::{LeasePolicy, NewJob, NewSandbox, Store};
+    use shoal_core::audit::Actor;
+    use shoal_core::{LimitsPatch, PlanTier, RetryPolicy};
+    use std::sync::Arc;
+
+    /// The backlog: immediate jobs of tenant `a`.
+    const BACKLOG: usize = 2000;
+
+    /// The counts as the old statement gave them: a `GROUP BY` over `jobs`.
+    const COUNTED: &str = "SELECT tenant, \
+         SUM(CASE WHEN state = 'queued' THEN 1 ELSE 0 END), \
+         SUM(CASE WHEN state = 'running' THEN 1 ELSE 0 END) \
+         FROM jobs WHERE state IN ('queued', 'running') GROUP BY tenant ORDER BY tenant";
+
+    fn job(id: String, tenant: &str, run_at: Option<i64>) -> NewJob {
+        NewJob {
+            id,
+            tenant: tenant.into(),
+            kind: "agent".into(),
+            spec: serde_json::json!({"command": ["true"]}),
+            idempotency_key: None,
+            priority: 0,
+            max_attempts: 1,
+            timeout_s: 60,
+            created_at: 1,
+            run_at,
+            retry: RetryPolicy::default(),
+            schedule: None,
+        }
+    }
+
+    /// A backlog for `a`, three delayed jobs for `b`, and every change of state (lease,
+    /// completion, cancel of a queued and of a running job); the counts after each step match
+    /// the `GROUP BY`.
+    async fn fill(store: &Arc<dyn Store>) -> Vec<(String, (u64, u64))> {
+        let admin = Actor::admin();
+        for t in ["a", "b"] {
+            let none = LimitsPatch::default();
+            store
+                .put_tenant(t, PlanTier::Enterprise, &none, 0, &admin)
+                .await
+                .unwrap();
+        }
+        let batch = (0..BACKLOG)
+            .map(|i| (job(format!("a{i}"), "a", None), None))
+            .collect();
+        store.admit_batch(batch, 0, &admin).await.unwrap();
+        for i in 0..3 {
+            let j = job(format!("b{i}"), "b", Some(1_000_000));
+            store.admit(j, 0, None, &admin).await.unwrap();
+        }
+        for (id, tenant) in [("s1", "a"), ("s2", "a")] {
+            let sb = NewSandbox {
+                id: id.into(),
+                tenant: tenant.into(),
+                provider: "process".into(),
+                token_hash: format!("h{id}"),
+                cpus_milli: 1000,
+                memory_mb: 256,
+                now: 1,
+            };
+            store.insert_sandbox(sb).await.unwrap();
+        }
+        let policy = LeasePolicy {
+            max_concurrent_jobs: None,
+            draining: false,
+            lease_ttl_ms: 60_000,
+        };
+        let crate::Lease::Job(first) = store.lease("s1", policy, 2).await.unwrap() else {
+            panic!("a queued job to lease");
+        };
+        let crate::Lease::Job(second) = store.lease("s2", policy, 2).await.unwrap() else {
+            panic!("a queued job to lease");
+        };
+        let done = crate::Finish::Succeeded {
+            result: serde_json::json!(null),
+        };
+        let lease = first.lease_id.clone().unwrap();
+        store
+            .complete("s1", &first.id, &lease, done, 3)
+            .await
+            .unwrap();
+        store.cancel(&second.id, 4, &admin).await.unwrap();
+        store.cancel("a100", 4, &admin).await.unwrap();
+        // One running job left to count.
+        store.lease("s1", policy, 5).await.unwrap();
+        let counts = store.queue_counts(10).await.unwrap();
+        counts
+            .into_iter()
+            .map(|(t, c)| {
+                assert_eq!(c.waiting, if t == "b" { 3 } else { 0 });
+                (t, (c.queued, c.running))
+            })
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_counts_read_no_backlog() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("q.db").display());
+        let store = crate::open(&url).await.unwrap();
+        let counts = fill(&store).await;
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        let counted: Vec<(String, i64, i64)> =
+            sqlx::query_as(COUNTED).fetch_all(&pool).await.unwrap();
+        let counted: Vec<_> = counted
+            .into_iter()
+            .map(|(t, q, r)| (t, (q as u64, r as u64)))
+            .collect();
+        assert_eq!(counts, counted);
+        assert_eq!(counts[0], ("a".to_string(), (BACKLOG as u64 - 4, 1)));
+        let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN QUERY PLAN {}",
+            super::sqlite::queue_counts_sql().0
+        )))
+        .bind(10_i64)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let steps: Vec<&str> = plan.iter().map(|p| p.3.as_str()).collect();
+        assert!(
+            steps.iter().any(|s| s.contains("jobs_delayed")),
+            "the delayed jobs are read by their index: {steps:?}"
+        );
+        assert!(
+            steps
+                .iter()
+                .filter(|s| s.contains(" jobs "))
+                .all(|s| s.contains("INDEX jobs_delayed")),
+            "jobs is read only through its partial index of delayed jobs (which holds none of \
+             the backlog), never as a table: {steps:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_counts_read_no_backlog() {
+        let Some(pg) = shoal_testkit::services::Postgres::start().unwrap() else {
+            return;
+        };
+        let url = pg.create_database().unwrap();
+        let store = crate::open(&url).await.unwrap();
+        let counts = fill(&store).await;
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        let counted: Vec<(String, i64, i64)> =
+            sqlx::query_as(COUNTED).fetch_all(&pool).await.unwrap();
+        let counted: Vec<_> = counted
+            .into_iter()
+            .map(|(t, q, r)| (t, (q as u64, r as u64)))
+            .collect();
+        assert_eq!(counts, counted);
+        sqlx::query("ANALYZE jobs").execute(&pool).await.unwrap();
+        let plan: (serde_json::Value,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN (ANALYZE, FORMAT JSON) {}",
+            super::postgres::queue_counts_sql().0
+        )))
+        .bind(10_i64)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        // Rows of `jobs` the statement touched: returned by its scans, or read and dropped.
+        fn jobs_rows(node: &serde_json::Value) -> f64 {
+            let own = if node["Relation Name"] == "jobs" {
+                [
+                    "Actual Rows",
+                    "Rows Removed by Filter",
+                    "Rows Removed by Index Recheck",
+                ]
+                .iter()
+                .filter_map(|k| node[*k].as_f64())
+                .sum::<f64>()
+                    * node["Actual Loops"].as_f64().unwrap_or(1.0)
+            } else {
+                0.0
+            };
+            let children = node["Plans"]
+                .as_array()
+                .map_or(0.0, |p| p.iter().map(jobs_rows).sum());
+            own + children
+        }
+        let read = jobs_rows(&plan.0[0]["Plan"]);
+        assert!(
+            read <= 3.0,
+            "only the 3 delayed jobs are read, not the backlog of {BACKLOG}: {read} in {}",
+            plan.0
+        );
+    }
 }

@@ -8,6 +8,11 @@
 //! once for both: each opens a transaction (or takes a pooled connection to read) and calls the
 //! backend's instance of the shared function.
 
+/// Prepared statements kept per connection, on both databases: more than the store has (about
+/// 120), so none is prepared twice on one connection (sqlx's default keeps 100, least recently
+/// used first out).
+pub(crate) const STATEMENT_CACHE: usize = 256;
+
 pub(crate) mod dialect;
 pub(crate) mod dispatch;
 pub(crate) mod jobs;
@@ -159,7 +164,7 @@ macro_rules! impl_store {
                     let mut tx = self.$begin().await?;
                     let tenant = job.tenant.clone();
                     let key = job.idempotency_key.clone().unwrap_or_default();
-                    match jobs::admit_in(&mut tx, job, period_start, limit, actor).await {
+                    match jobs::admit_in(&mut tx, &job, period_start, limit, actor).await {
                         // Nothing to keep: the first job stands.
                         Ok(out @ Admitted::Existing(_)) => {
                             tx.rollback().await?;
@@ -182,6 +187,47 @@ macro_rules! impl_store {
                         }
                         Err(e) => Err(e),
                     }
+                }
+
+                async fn admit_batch(
+                    &self,
+                    jobs: Vec<(crate::NewJob, Option<u64>)>,
+                    period_start: Millis,
+                    actor: &Actor,
+                ) -> Result<Vec<Admitted>> {
+                    // Tenant order (stable, so each tenant's jobs keep theirs): the lock order.
+                    let mut order: Vec<usize> = (0..jobs.len()).collect();
+                    order.sort_by(|&a, &b| jobs[a].0.tenant.cmp(&jobs[b].0.tenant));
+                    let mut out: Vec<Option<Admitted>> = vec![None; jobs.len()];
+                    let mut tx = self.$begin().await?;
+                    let mut raced = false;
+                    for &i in &order {
+                        let (job, limit) = &jobs[i];
+                        match jobs::admit_in(&mut tx, job, period_start, *limit, actor).await {
+                            Ok(a) => out[i] = Some(a),
+                            Err(crate::StoreError::Database(sqlx::Error::Database(e)))
+                                if e.constraint() == Some("jobs_idempotency") =>
+                            {
+                                raced = true;
+                                break;
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    if raced {
+                        // A key taken by a request racing across the month boundary spoils
+                        // the transaction: admit the jobs one at a time instead.
+                        tx.rollback().await?;
+                        let mut jobs: Vec<Option<_>> = jobs.into_iter().map(Some).collect();
+                        for &i in &order {
+                            if let Some((job, limit)) = jobs[i].take() {
+                                out[i] = Some(self.admit(job, period_start, limit, actor).await?);
+                            }
+                        }
+                    } else {
+                        tx.commit().await?;
+                    }
+                    Ok(out.into_iter().flatten().collect())
                 }
 
                 async fn job(&self, id: &str) -> Result<Option<JobRecord>> {
@@ -270,7 +316,7 @@ macro_rules! impl_store {
                         return Ok(None);
                     }
                     let actor = Actor::system("schedule");
-                    let out = jobs::admit_in(&mut tx, job, period_start, limit, &actor).await?;
+                    let out = jobs::admit_in(&mut tx, &job, period_start, limit, &actor).await?;
                     tx.commit().await?;
                     Ok(Some(out))
                 }
