@@ -1,14 +1,14 @@
 //! Jobs: their kinds and the state machine every job moves through.
 
 use serde::{Deserialize, Serialize};
-use std::fmt;
-use std::str::FromStr;
 
 /// A string that names no known value of an enum.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown {what} `{value}`")]
 pub struct UnknownValue {
+    /// What the string was meant to name (`job kind`, `plan`, ...).
     pub what: &'static str,
+    /// The string as given.
     pub value: String,
 }
 
@@ -16,18 +16,23 @@ pub struct UnknownValue {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobKind {
+    /// A command run by the sandbox's agent.
     Agent,
+    /// A structural diff of two documents (`shoal-semdiff`).
     SemanticDiff,
+    /// A flaky-test analysis of test reports (`shoal-flaky`).
     FlakyAnalysis,
 }
 
 impl JobKind {
+    /// Every kind, in declaration order.
     pub const ALL: [JobKind; 3] = [
         JobKind::Agent,
         JobKind::SemanticDiff,
         JobKind::FlakyAnalysis,
     ];
 
+    /// The kind's name in the API and the store (`agent`, `semantic_diff`, `flaky_analysis`).
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::Agent => "agent",
@@ -37,40 +42,29 @@ impl JobKind {
     }
 }
 
-impl fmt::Display for JobKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for JobKind {
-    type Err = UnknownValue;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        JobKind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                what: "job kind",
-                value: s.to_string(),
-            })
-    }
-}
+text_enum!(JobKind, "job kind");
 
 /// Where a job is in its life. `Succeeded`, `Failed`, `Cancelled` and `Dead` are terminal: a job
 /// reaches exactly one of them, once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
+    /// Waiting for a sandbox to lease it.
     Queued,
+    /// Leased by a sandbox, whose agent is running it.
     Running,
+    /// Finished with success.
     Succeeded,
+    /// Finished with a failure that is not retried.
     Failed,
+    /// Cancelled by its tenant or an operator before it finished.
     Cancelled,
     /// Attempts exhausted.
     Dead,
 }
 
 impl JobState {
+    /// Every state, in the order a job may pass through them.
     pub const ALL: [JobState; 6] = [
         JobState::Queued,
         JobState::Running,
@@ -80,6 +74,7 @@ impl JobState {
         JobState::Dead,
     ];
 
+    /// The state's name in the API and the store (`queued`, `running`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
             JobState::Queued => "queued",
@@ -91,6 +86,7 @@ impl JobState {
         }
     }
 
+    /// Whether the job is over (succeeded, failed, cancelled or dead) and never moves again.
     pub fn is_terminal(self) -> bool {
         !matches!(self, JobState::Queued | JobState::Running)
     }
@@ -109,24 +105,7 @@ impl JobState {
     }
 }
 
-impl fmt::Display for JobState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for JobState {
-    type Err = UnknownValue;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        JobState::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                what: "job state",
-                value: s.to_string(),
-            })
-    }
-}
+text_enum!(JobState, "job state");
 
 #[cfg(test)]
 mod tests {

@@ -1,5 +1,31 @@
 //! Shoal's domain types and state machines: tenants and their plan limits, jobs and their states,
 //! sandboxes and their states with the lifecycle's transition table, sizes, retry policies. Plain data with no I/O, shared by every other crate.
+#![warn(missing_docs)]
+
+/// Gives an enum with `ALL` and `as_str` its `Display` (the name) and `FromStr` (the name back, or
+/// [`UnknownValue`] naming `$what`).
+macro_rules! text_enum {
+    ($ty:ident, $what:literal) => {
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $ty {
+            type Err = $crate::UnknownValue;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                $ty::ALL
+                    .into_iter()
+                    .find(|k| k.as_str() == s)
+                    .ok_or_else(|| $crate::UnknownValue {
+                        what: $what,
+                        value: s.to_string(),
+                    })
+            }
+        }
+    };
+}
 
 pub mod audit;
 pub mod job;
