@@ -12,80 +12,42 @@ pub struct UnknownValue {
     pub value: String,
 }
 
-/// The three kinds of work a sandbox runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobKind {
-    /// A command run by the sandbox's agent.
-    Agent,
-    /// A structural diff of two documents (`shoal-semdiff`).
-    SemanticDiff,
-    /// A flaky-test analysis of test reports (`shoal-flaky`).
-    FlakyAnalysis,
-}
-
-impl JobKind {
-    /// Every kind, in declaration order.
-    pub const ALL: [JobKind; 3] = [
-        JobKind::Agent,
-        JobKind::SemanticDiff,
-        JobKind::FlakyAnalysis,
-    ];
-
-    /// The kind's name in the API and the store (`agent`, `semantic_diff`, `flaky_analysis`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobKind::Agent => "agent",
-            JobKind::SemanticDiff => "semantic_diff",
-            JobKind::FlakyAnalysis => "flaky_analysis",
-        }
+text_enum! {
+    /// The three kinds of work a sandbox runs.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum JobKind("job kind") {
+        /// A command run by the sandbox's agent.
+        Agent = "agent",
+        /// A structural diff of two documents (`shoal-semdiff`).
+        SemanticDiff = "semantic_diff",
+        /// A flaky-test analysis of test reports (`shoal-flaky`).
+        FlakyAnalysis = "flaky_analysis",
     }
 }
 
-text_enum!(JobKind, "job kind");
-
-/// Where a job is in its life. `Succeeded`, `Failed`, `Cancelled` and `Dead` are terminal: a job
-/// reaches exactly one of them, once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobState {
-    /// Waiting for a sandbox to lease it.
-    Queued,
-    /// Leased by a sandbox, whose agent is running it.
-    Running,
-    /// Finished with success.
-    Succeeded,
-    /// Finished with a failure that is not retried.
-    Failed,
-    /// Cancelled by its tenant or an operator before it finished.
-    Cancelled,
-    /// Attempts exhausted.
-    Dead,
+text_enum! {
+    /// Where a job is in its life. `Succeeded`, `Failed`, `Cancelled` and `Dead` are terminal: a
+    /// job reaches exactly one of them, once.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum JobState("job state") {
+        /// Waiting for a sandbox to lease it.
+        Queued = "queued",
+        /// Leased by a sandbox, whose agent is running it.
+        Running = "running",
+        /// Finished with success.
+        Succeeded = "succeeded",
+        /// Finished with a failure that is not retried.
+        Failed = "failed",
+        /// Cancelled by its tenant or an operator before it finished.
+        Cancelled = "cancelled",
+        /// Attempts exhausted.
+        Dead = "dead",
+    }
 }
 
 impl JobState {
-    /// Every state, in the order a job may pass through them.
-    pub const ALL: [JobState; 6] = [
-        JobState::Queued,
-        JobState::Running,
-        JobState::Succeeded,
-        JobState::Failed,
-        JobState::Cancelled,
-        JobState::Dead,
-    ];
-
-    /// The state's name in the API and the store (`queued`, `running`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobState::Queued => "queued",
-            JobState::Running => "running",
-            JobState::Succeeded => "succeeded",
-            JobState::Failed => "failed",
-            JobState::Cancelled => "cancelled",
-            JobState::Dead => "dead",
-        }
-    }
-
     /// Whether the job is over (succeeded, failed, cancelled or dead) and never moves again.
     pub fn is_terminal(self) -> bool {
         !matches!(self, JobState::Queued | JobState::Running)
@@ -104,8 +66,6 @@ impl JobState {
         }
     }
 }
-
-text_enum!(JobState, "job state");
 
 #[cfg(test)]
 mod tests {

@@ -4,7 +4,35 @@
 
 /// Gives an enum with `ALL` and `as_str` its `Display` (the name) and `FromStr` (the name back, or
 /// [`UnknownValue`] naming `$what`).
+///
+/// The second form declares the enum too, each variant with its name: `ALL` (every variant, in
+/// declaration order) and `as_str` come with it, so the list of variants is written once.
 macro_rules! text_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $ty:ident($what:literal) {
+            $($(#[doc = $doc:literal])+ $var:ident = $name:literal,)+
+        }
+    ) => {
+        $(#[$meta])*
+        pub enum $ty {
+            $($(#[doc = $doc])+ $var,)+
+        }
+
+        impl $ty {
+            /// Every value, in declaration order.
+            pub const ALL: [$ty; [$(stringify!($var)),+].len()] = [$($ty::$var),+];
+
+            /// The value's name, as the API, the store and the config spell it.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$var => $name,)+
+                }
+            }
+        }
+
+        text_enum!($ty, $what);
+    };
     ($ty:ident, $what:literal) => {
         impl std::fmt::Display for $ty {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -6,39 +6,23 @@
 use serde::{Deserialize, Deserializer, Serialize};
 use std::fmt;
 
-/// The plans the platform sells, each with default limits (see the contract's table).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PlanTier {
-    /// The free plan: one sandbox, a hundred jobs a month.
-    Free,
-    /// The pro plan.
-    Pro,
-    /// The team plan.
-    Team,
-    /// The enterprise plan: no sandbox or monthly job cap.
-    Enterprise,
+text_enum! {
+    /// The plans the platform sells, each with default limits ([`PlanTier::limits`]).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum PlanTier("plan") {
+        /// The free plan: one sandbox, a hundred jobs a month.
+        Free = "free",
+        /// The pro plan.
+        Pro = "pro",
+        /// The team plan.
+        Team = "team",
+        /// The enterprise plan: no sandbox or monthly job cap.
+        Enterprise = "enterprise",
+    }
 }
 
 impl PlanTier {
-    /// Every plan, smallest first.
-    pub const ALL: [PlanTier; 4] = [
-        PlanTier::Free,
-        PlanTier::Pro,
-        PlanTier::Team,
-        PlanTier::Enterprise,
-    ];
-
-    /// The plan's name in the API and the config (`free`, `pro`, `team`, `enterprise`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PlanTier::Free => "free",
-            PlanTier::Pro => "pro",
-            PlanTier::Team => "team",
-            PlanTier::Enterprise => "enterprise",
-        }
-    }
-
     /// The plan's default limits.
     pub fn limits(self) -> Limits {
         let (max_sandboxes, jobs_per_month, rate) = match self {
@@ -71,8 +55,6 @@ impl PlanTier {
         }
     }
 }
-
-text_enum!(PlanTier, "plan");
 
 /// The size of one sandbox: what it is priced by.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
