@@ -89,6 +89,7 @@ pub fn main(args: RunArgs) -> i32 {
 /// Makes this process undumpable, so the jobs it runs (same user) cannot read its environment,
 /// which holds the sandbox token, through `/proc/<agent>/environ`, nor attach to it. The job's
 /// own processes are dumpable again: exec resets the flag.
+#[allow(unsafe_code)] // libc calls; each block says why it is sound
 fn hide_own_memory() {
     // SAFETY: prctl(PR_SET_DUMPABLE, 0) only changes a flag of this process.
     let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
@@ -394,6 +395,7 @@ async fn analysis(
 struct GroupGuard(Option<i32>);
 
 impl Drop for GroupGuard {
+    #[allow(unsafe_code)] // libc calls; each block says why it is sound
     fn drop(&mut self) {
         if let Some(pid) = self.0 {
             // SAFETY: kill(2) on the process group the command leads.
@@ -432,6 +434,7 @@ async fn pump(mut r: impl tokio::io::AsyncRead + Unpin, log: Arc<LogBuffer>) -> 
     tail
 }
 
+#[allow(unsafe_code)] // libc calls; each block says why it is sound
 async fn run_command(spec: &AgentSpec, job_timeout_s: u64, log: Arc<LogBuffer>) -> Outcome {
     let Some((program, args)) = spec.command.split_first() else {
         return Outcome::Failed {

@@ -14,7 +14,9 @@ use tokio::sync::mpsc::UnboundedReceiver;
 #[derive(Debug, thiserror::Error)]
 #[error("conformance check `{check}` failed: {message}")]
 pub struct ConformanceFailure {
+    /// The check's name.
     pub check: &'static str,
+    /// What it saw instead of what it expected.
     pub message: String,
 }
 

@@ -2,6 +2,8 @@
 //! fly, kubernetes, sim), the typed errors providers answer with, the retry policy applied to
 //! provider calls, and the conformance suite every provider must pass.
 
+#![warn(missing_docs)]
+
 pub mod common;
 pub mod conformance;
 pub mod docker;
@@ -22,12 +24,15 @@ pub struct SandboxSpec {
     /// Shoal's id for the sandbox; providers tag their resource with it and use it to make
     /// `create` idempotent.
     pub sandbox_id: String,
+    /// The tenant the sandbox belongs to.
     pub tenant: String,
+    /// The tenant's pool (providers label their resource with it).
     pub pool: String,
     /// The agent's bearer token.
     pub token: String,
     /// The scheduler's URL as the sandbox reaches it.
     pub scheduler_url: String,
+    /// The CPUs and memory the sandbox gets.
     pub size: SandboxSize,
 }
 
@@ -46,7 +51,9 @@ impl SandboxSpec {
 /// A sandbox the provider knows, named both ways.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxRef {
+    /// Shoal's id for the sandbox.
     pub sandbox_id: String,
+    /// The tenant it belongs to.
     pub tenant: String,
     /// The provider's own id (a pid, a container id, a machine id, a pod name).
     pub provider_id: String,
@@ -56,7 +63,9 @@ pub struct SandboxRef {
 /// it got there by the provider's own clock.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observation {
+    /// The sandbox observed.
     pub sandbox: SandboxRef,
+    /// The state it was seen in.
     pub state: ObservedState,
     /// When the provider says the transition happened.
     pub at: Millis,
@@ -68,7 +77,9 @@ pub struct Observation {
 pub enum ObservedState {
     /// Running: billable from here.
     Running,
+    /// Suspended: memory kept, not billed.
     Suspended,
+    /// Stopped: not billed.
     Stopped,
     /// Gone (destroyed, or vanished by itself).
     Gone,
@@ -88,10 +99,14 @@ pub struct Capabilities {
 pub enum ProviderError {
     /// Too many requests: try again after the given time.
     #[error("rate limited by the provider; retry after {retry_after:?}")]
-    RateLimited { retry_after: Option<Duration> },
+    RateLimited {
+        /// How long the provider asked to wait, when it said.
+        retry_after: Option<Duration>,
+    },
     /// No capacity for this size or region now.
     #[error("provider out of capacity: {0}")]
     Capacity(String),
+    /// The sandbox (its provider id) does not exist at the provider.
     #[error("not found: {0}")]
     NotFound(String),
     /// The resource is in a state that does not allow the call.
@@ -127,6 +142,7 @@ pub trait Provider: Send + Sync + 'static {
     /// The provider's name, as in `--provider`.
     fn name(&self) -> &'static str;
 
+    /// What this provider can do (suspend, stop), which decides the idle action it gets.
     fn capabilities(&self) -> Capabilities;
 
     /// Creates and starts a sandbox; returns the provider's id for it.

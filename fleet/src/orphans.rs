@@ -7,7 +7,9 @@ use crate::{Observation, Provider, ProviderError, SandboxRef};
 /// One sandbox the collector found unknown, and what destroying it answered.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Collected {
+    /// The sandbox found.
     pub sandbox: SandboxRef,
+    /// What destroying it answered.
     pub result: Result<(), ProviderError>,
 }
 

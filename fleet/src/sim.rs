@@ -32,8 +32,11 @@ pub type SimId = u32;
 /// Scripted boot latencies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SimLatencies {
+    /// How long a create takes to boot.
     pub create_ms: SimMillis,
+    /// How long a start takes to boot.
     pub start_ms: SimMillis,
+    /// How long a resume takes to boot.
     pub resume_ms: SimMillis,
 }
 
@@ -51,6 +54,7 @@ impl Default for SimLatencies {
 /// The sim provider's script.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SimConfig {
+    /// How long each kind of boot takes.
     pub latencies: SimLatencies,
     /// Probability in [0, 1] that a create, start or resume fails when its latency has passed.
     pub failure_rate: f64,
@@ -77,28 +81,39 @@ pub enum SimState {
     Ready,
     /// Running a job: billed.
     Busy,
+    /// Suspended: not billed, quick to resume.
     Suspended,
+    /// Stopped: not billed.
     Stopped,
+    /// Destroyed; final.
     Destroyed,
 }
 
 /// The provider call that started a boot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BootOp {
+    /// A new sandbox.
     Create,
+    /// A stopped sandbox started.
     Start,
+    /// A suspended sandbox resumed.
     Resume,
 }
 
 /// A call the sim provider refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SimError {
+    /// No sandbox has this id.
     #[error("sandbox {0} not found")]
     NotFound(SimId),
+    /// The sandbox's state does not allow the call.
     #[error("sandbox {id} is {state:?}, which does not allow {call}")]
     Conflict {
+        /// The sandbox.
         id: SimId,
+        /// The state it is in.
         state: SimState,
+        /// The call refused.
         call: &'static str,
     },
 }
@@ -106,7 +121,9 @@ pub enum SimError {
 /// A boot in flight: when it ends, and whether it will fail then.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Boot {
+    /// The sandbox booting.
     pub id: SimId,
+    /// When the boot ends.
     pub ready_at: SimMillis,
     /// Bumped on every boot of the sandbox, so a stale completion can be recognised.
     pub seq: u32,
@@ -135,17 +152,24 @@ pub enum Halted {
 /// Counts of provider calls, by kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SimCalls {
+    /// Creates.
     pub create: u64,
+    /// Starts.
     pub start: u64,
+    /// Resumes.
     pub resume: u64,
+    /// Stops.
     pub stop: u64,
+    /// Suspends.
     pub suspend: u64,
+    /// Destroys.
     pub destroy: u64,
     /// Boots that failed.
     pub failed: u64,
 }
 
 impl SimCalls {
+    /// Every call made (a failed boot counts once, as its create, start or resume).
     pub fn total(&self) -> u64 {
         self.create + self.start + self.resume + self.stop + self.suspend + self.destroy
     }
@@ -186,6 +210,7 @@ pub struct SimFleet {
 }
 
 impl SimFleet {
+    /// An empty fleet following `config`.
     pub fn new(config: SimConfig) -> Self {
         let rng = config.seed ^ 0x9E37_79B9_7F4A_7C15;
         SimFleet {
@@ -199,6 +224,7 @@ impl SimFleet {
         }
     }
 
+    /// The script it follows.
     pub fn config(&self) -> &SimConfig {
         &self.config
     }
@@ -406,10 +432,12 @@ impl SimFleet {
         self.halt(id, SimState::Destroyed, now)
     }
 
+    /// The sandbox's state; `None` for an unknown id.
     pub fn state(&self, id: SimId) -> Option<SimState> {
         self.records.get(id as usize).map(|r| r.state)
     }
 
+    /// The tenant the sandbox belongs to; `None` for an unknown id.
     pub fn tenant(&self, id: SimId) -> Option<u32> {
         self.records.get(id as usize).map(|r| r.tenant)
     }
@@ -429,6 +457,7 @@ impl SimFleet {
         self.records.len()
     }
 
+    /// The calls made so far.
     pub fn calls(&self) -> SimCalls {
         self.calls
     }

@@ -64,6 +64,7 @@ async fn unconfined_process_sandboxes_pass_the_conformance_suite_and_say_so() ->
 /// The agent of a confined sandbox, seen from the host: not root (when the host is), another
 /// PID namespace than the host's, and an environment of the agent's variables only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(unsafe_code)] // libc calls; each block says why it is sound
 async fn a_confined_agent_is_its_own_user_in_its_own_namespaces() -> Result<()> {
     use shoal_fleet::{Provider, SandboxRef};
     // SAFETY: setting a variable before any thread reads the environment in this test process is

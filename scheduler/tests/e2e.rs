@@ -46,6 +46,7 @@ async fn enqueue(s: &Server, tenant: &str, cmd: &str) -> Result<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(unsafe_code)] // libc calls; each block says why it is sound
 async fn pool_grows_runs_stops_wakes_and_bills() -> Result<()> {
     let mut s = Server::start(&["--idle-timeout", "2s"], &[]).await?;
     pro_tenant(&s, "acme", json!({"max_sandboxes": 4})).await?;

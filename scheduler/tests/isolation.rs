@@ -99,6 +99,7 @@ echo "== done"
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(unsafe_code)] // libc calls; each block says why it is sound
 async fn a_hostile_job_finds_nothing_and_forges_nothing() -> Result<()> {
     bwrap_present()?;
     let s = Server::start(&["--idle-timeout", "60s"], &[]).await?;

@@ -33,6 +33,7 @@ impl Ingress {
         Self::connect_queue(url, DEFAULT_QUEUE).await
     }
 
+    /// The queue named `queue` at `url`.
     pub async fn connect_queue(url: &str, queue: &str) -> Result<Self, ClientError> {
         Ok(Ingress {
             queue: shoal_store::ingress::IngressQueue::connect(url, queue).await?,

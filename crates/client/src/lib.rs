@@ -23,6 +23,8 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -44,17 +46,24 @@ pub enum ClientError {
     /// Shoal answered with an error (`{"error": {"code", "message", "field"?}}`).
     #[error("{status} {code}: {message}")]
     Api {
+        /// The HTTP status.
         status: u16,
+        /// The error's machine-readable code (`quota_exceeded`, `not_found`, ...).
         code: String,
+        /// What went wrong, for a person.
         message: String,
+        /// The request field at fault, for a validation error.
         field: Option<String>,
         /// Seconds to wait, from `Retry-After` (rate limited, quota exceeded).
         retry_after_s: Option<u64>,
     },
+    /// The request did not get an answer (connection, TLS, timeout, or a body that did not parse).
     #[error("request failed: {0}")]
     Http(#[from] reqwest::Error),
+    /// The base URL, or a URL made from it, is not a valid URL.
     #[error("bad base URL: {0}")]
     Url(String),
+    /// Pushing into the ingress queue failed.
     #[cfg(feature = "ingress")]
     #[error("ingress queue: {0}")]
     Ingress(#[from] IngressError),
@@ -63,20 +72,28 @@ pub enum ClientError {
 /// A job to enqueue: the body of `POST /v1/jobs`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NewJob {
+    /// The tenant the job runs for.
     pub tenant: String,
+    /// The job's kind (`agent`, `semantic_diff`, `flaky_analysis`).
     pub kind: String,
+    /// The kind's spec (for `agent`: `{"command": [...]}`).
     pub spec: Value,
+    /// A key that makes a repeated enqueue answer the first job instead of adding one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// Higher runs first among the tenant's queued jobs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub priority: Option<i32>,
+    /// Attempts before the job is dead.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
+    /// Seconds one attempt may run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_s: Option<u64>,
 }
 
 impl NewJob {
+    /// A job of `kind` with `spec` for `tenant`, every option left to the scheduler.
     pub fn new(tenant: impl Into<String>, kind: impl Into<String>, spec: Value) -> Self {
         NewJob {
             tenant: tenant.into(),
@@ -98,21 +115,25 @@ impl NewJob {
         Self::new(tenant, "agent", serde_json::json!({ "command": command }))
     }
 
+    /// Sets [`NewJob::idempotency_key`].
     pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
         self.idempotency_key = Some(key.into());
         self
     }
 
+    /// Sets [`NewJob::priority`].
     pub fn priority(mut self, priority: i32) -> Self {
         self.priority = Some(priority);
         self
     }
 
+    /// Sets [`NewJob::max_attempts`].
     pub fn max_attempts(mut self, n: u32) -> Self {
         self.max_attempts = Some(n);
         self
     }
 
+    /// Sets [`NewJob::timeout_s`].
     pub fn timeout_s(mut self, s: u64) -> Self {
         self.timeout_s = Some(s);
         self
@@ -122,7 +143,9 @@ impl NewJob {
 /// The answer to an enqueue.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Enqueued {
+    /// The job's id.
     pub id: String,
+    /// Its state right after the enqueue (`queued`, or later for a repeated key).
     pub state: String,
     /// `false` when the idempotency key had been seen: the first job is answered.
     #[serde(skip)]
@@ -164,22 +187,34 @@ pub const MAX_BATCH: usize = 1000;
 /// A job as the API shows it.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct Job {
+    /// The job's id.
     pub id: String,
+    /// The tenant it runs for.
     pub tenant: String,
+    /// Its kind.
     pub kind: String,
+    /// Its state (`queued`, `running`, `succeeded`, `failed`, `cancelled`, `dead`).
     pub state: String,
+    /// Attempts started so far.
     pub attempts: u32,
+    /// The sandbox running it, or that ran its last attempt.
     #[serde(default)]
     pub sandbox_id: Option<String>,
+    /// The idempotency key it was enqueued with.
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// What it produced, once it succeeded (or failed with a result).
     #[serde(default)]
     pub result: Option<Value>,
+    /// Why it failed, once it did.
     #[serde(default)]
     pub error: Option<Value>,
+    /// When it was enqueued (RFC 3339).
     pub created_at: String,
+    /// When its last attempt started (RFC 3339).
     #[serde(default)]
     pub started_at: Option<String>,
+    /// When it ended (RFC 3339).
     #[serde(default)]
     pub finished_at: Option<String>,
 }
@@ -197,6 +232,7 @@ impl Job {
 /// A page of jobs, newest first.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct JobPage {
+    /// The jobs of this page.
     pub jobs: Vec<Job>,
     /// Pass as `cursor` for the next page; `None` on the last.
     #[serde(default)]
@@ -206,12 +242,16 @@ pub struct JobPage {
 /// Filters of [`Client::jobs`].
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct JobQuery {
+    /// Only this tenant's jobs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// Only jobs in this state.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
+    /// The most jobs on one page.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
+    /// Where to go on from: a previous page's `next_cursor`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
 }
@@ -219,12 +259,16 @@ pub struct JobQuery {
 /// Filters of [`Client::usage`]: times in RFC 3339, granularity `hour`, `day` or `month`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct UsageQuery {
+    /// Only this tenant's usage.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// The report's start.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+    /// The report's end.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
+    /// The width of each bucket.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub granularity: Option<String>,
 }
@@ -345,6 +389,7 @@ impl Client {
         Ok(e)
     }
 
+    /// The job `id` as it is now (`GET /v1/jobs/{id}`).
     pub async fn job(&self, id: &str) -> Result<Job, ClientError> {
         let url = self.url("v1/jobs/", &[id])?;
         Ok(self.send(self.http.get(url)).await?.json().await?)
@@ -411,6 +456,7 @@ impl Client {
         })
     }
 
+    /// A page of jobs matching `query` (`GET /v1/jobs`).
     pub async fn jobs(&self, query: &JobQuery) -> Result<JobPage, ClientError> {
         let req = self.http.get(self.url("v1/jobs", &[])?).query(query);
         Ok(self.send(req).await?.json().await?)

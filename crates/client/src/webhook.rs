@@ -37,10 +37,13 @@ pub struct WebhookEvent {
 /// Why a webhook was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
+    /// A required header is absent or not text (its name).
     #[error("the `{0}` header is missing or not text")]
     MissingHeader(&'static str),
+    /// The signature or timestamp did not verify.
     #[error(transparent)]
     Signature(#[from] WebhookError),
+    /// The signed body is not a Shoal event.
     #[error("the body is not a Shoal event: {0}")]
     Body(String),
 }

@@ -21,24 +21,28 @@ pub struct Actor {
 }
 
 impl Actor {
+    /// The operator, holding the admin token.
     pub fn admin() -> Self {
         Actor {
             kind: "admin".into(),
             id: "admin".into(),
         }
     }
+    /// A tenant, through its API key `key_id`.
     pub fn tenant_key(key_id: &str) -> Self {
         Actor {
             kind: "tenant_key".into(),
             id: key_id.into(),
         }
     }
+    /// A sandbox's agent, through its sandbox token.
     pub fn sandbox(sandbox_id: &str) -> Self {
         Actor {
             kind: "sandbox".into(),
             id: sandbox_id.into(),
         }
     }
+    /// The scheduler itself; `part` names which loop (`retention`, `control`, ...).
     pub fn system(part: &str) -> Self {
         Actor {
             kind: "system".into(),
@@ -50,7 +54,9 @@ impl Actor {
 /// What happened, before it is sealed into the chain.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEntry {
+    /// When it happened.
     pub at: Millis,
+    /// Who did it.
     pub actor: Actor,
     /// A dotted verb: `tenant.put`, `key.create`, `job.enqueue`, `job.cancel`, ...
     pub action: String,
@@ -63,11 +69,17 @@ pub struct AuditEntry {
 /// A sealed record of the audit log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditRecord {
+    /// The record's place in the log, from 1.
     pub seq: u64,
+    /// When it happened.
     pub at: Millis,
+    /// Who did it.
     pub actor: Actor,
+    /// A dotted verb, as in [`AuditEntry::action`].
     pub action: String,
+    /// What it was done to, as in [`AuditEntry::target`].
     pub target: String,
+    /// The change's particulars, as in [`AuditEntry::detail`].
     pub detail: serde_json::Value,
     /// The hash of the record before (or [`GENESIS`]).
     pub prev_hash: String,
@@ -113,12 +125,26 @@ pub fn seal(seq: u64, prev_hash: &str, entry: AuditEntry) -> AuditRecord {
 /// Where a chain does not hold.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChainBreak {
+    /// A record whose hash is not the hash of its content.
     #[error("record {seq}: its hash does not match its content")]
-    Tampered { seq: u64 },
+    Tampered {
+        /// The record's sequence number.
+        seq: u64,
+    },
+    /// A record whose `prev_hash` is not the hash of the record before it.
     #[error("record {seq}: it does not chain to the record before it")]
-    Unlinked { seq: u64 },
+    Unlinked {
+        /// The record's sequence number.
+        seq: u64,
+    },
+    /// A record whose sequence number is not the one after the record before it.
     #[error("record {seq}: expected sequence number {expected}")]
-    Gap { seq: u64, expected: u64 },
+    Gap {
+        /// The record's sequence number.
+        seq: u64,
+        /// The number it should have had.
+        expected: u64,
+    },
 }
 
 /// Checks `records` (in order, starting anywhere: the first one's `prev_hash` is taken on trust

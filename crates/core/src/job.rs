@@ -1,96 +1,54 @@
 //! Jobs: their kinds and the state machine every job moves through.
 
 use serde::{Deserialize, Serialize};
-use std::fmt;
-use std::str::FromStr;
 
 /// A string that names no known value of an enum.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown {what} `{value}`")]
 pub struct UnknownValue {
+    /// What the string was meant to name (`job kind`, `plan`, ...).
     pub what: &'static str,
+    /// The string as given.
     pub value: String,
 }
 
-/// The three kinds of work a sandbox runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobKind {
-    Agent,
-    SemanticDiff,
-    FlakyAnalysis,
-}
-
-impl JobKind {
-    pub const ALL: [JobKind; 3] = [
-        JobKind::Agent,
-        JobKind::SemanticDiff,
-        JobKind::FlakyAnalysis,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobKind::Agent => "agent",
-            JobKind::SemanticDiff => "semantic_diff",
-            JobKind::FlakyAnalysis => "flaky_analysis",
-        }
+text_enum! {
+    /// The three kinds of work a sandbox runs.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum JobKind("job kind") {
+        /// A command run by the sandbox's agent.
+        Agent = "agent",
+        /// A structural diff of two documents (`shoal-semdiff`).
+        SemanticDiff = "semantic_diff",
+        /// A flaky-test analysis of test reports (`shoal-flaky`).
+        FlakyAnalysis = "flaky_analysis",
     }
 }
 
-impl fmt::Display for JobKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+text_enum! {
+    /// Where a job is in its life. `Succeeded`, `Failed`, `Cancelled` and `Dead` are terminal: a
+    /// job reaches exactly one of them, once.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum JobState("job state") {
+        /// Waiting for a sandbox to lease it.
+        Queued = "queued",
+        /// Leased by a sandbox, whose agent is running it.
+        Running = "running",
+        /// Finished with success.
+        Succeeded = "succeeded",
+        /// Finished with a failure that is not retried.
+        Failed = "failed",
+        /// Cancelled by its tenant or an operator before it finished.
+        Cancelled = "cancelled",
+        /// Attempts exhausted.
+        Dead = "dead",
     }
-}
-
-impl FromStr for JobKind {
-    type Err = UnknownValue;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        JobKind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                what: "job kind",
-                value: s.to_string(),
-            })
-    }
-}
-
-/// Where a job is in its life. `Succeeded`, `Failed`, `Cancelled` and `Dead` are terminal: a job
-/// reaches exactly one of them, once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobState {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-    /// Attempts exhausted.
-    Dead,
 }
 
 impl JobState {
-    pub const ALL: [JobState; 6] = [
-        JobState::Queued,
-        JobState::Running,
-        JobState::Succeeded,
-        JobState::Failed,
-        JobState::Cancelled,
-        JobState::Dead,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobState::Queued => "queued",
-            JobState::Running => "running",
-            JobState::Succeeded => "succeeded",
-            JobState::Failed => "failed",
-            JobState::Cancelled => "cancelled",
-            JobState::Dead => "dead",
-        }
-    }
-
+    /// Whether the job is over (succeeded, failed, cancelled or dead) and never moves again.
     pub fn is_terminal(self) -> bool {
         !matches!(self, JobState::Queued | JobState::Running)
     }
@@ -106,25 +64,6 @@ impl JobState {
             Running => next != Running,
             Succeeded | Failed | Cancelled | Dead => false,
         }
-    }
-}
-
-impl fmt::Display for JobState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for JobState {
-    type Err = UnknownValue;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        JobState::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                what: "job state",
-                value: s.to_string(),
-            })
     }
 }
 

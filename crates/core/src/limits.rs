@@ -5,37 +5,24 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 use std::fmt;
-use std::str::FromStr;
 
-use crate::job::UnknownValue;
-
-/// The plans the platform sells, each with default limits (see the contract's table).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PlanTier {
-    Free,
-    Pro,
-    Team,
-    Enterprise,
+text_enum! {
+    /// The plans the platform sells, each with default limits ([`PlanTier::limits`]).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum PlanTier("plan") {
+        /// The free plan: one sandbox, a hundred jobs a month.
+        Free = "free",
+        /// The pro plan.
+        Pro = "pro",
+        /// The team plan.
+        Team = "team",
+        /// The enterprise plan: no sandbox or monthly job cap.
+        Enterprise = "enterprise",
+    }
 }
 
 impl PlanTier {
-    pub const ALL: [PlanTier; 4] = [
-        PlanTier::Free,
-        PlanTier::Pro,
-        PlanTier::Team,
-        PlanTier::Enterprise,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PlanTier::Free => "free",
-            PlanTier::Pro => "pro",
-            PlanTier::Team => "team",
-            PlanTier::Enterprise => "enterprise",
-        }
-    }
-
     /// The plan's default limits.
     pub fn limits(self) -> Limits {
         let (max_sandboxes, jobs_per_month, rate) = match self {
@@ -69,30 +56,13 @@ impl PlanTier {
     }
 }
 
-impl fmt::Display for PlanTier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for PlanTier {
-    type Err = UnknownValue;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        PlanTier::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                what: "plan",
-                value: s.to_string(),
-            })
-    }
-}
-
 /// The size of one sandbox: what it is priced by.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SandboxSize {
+    /// Virtual CPUs (fractions allowed).
     pub cpus: f64,
+    /// Memory in MiB.
     pub memory_mb: u64,
 }
 
@@ -115,13 +85,21 @@ impl SandboxSize {
 /// A tenant's effective limits. `None` means unlimited (for `idle_timeout_s`: the pool default).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Limits {
+    /// Sandboxes the tenant may have at once (active or not).
     pub max_sandboxes: Option<u32>,
+    /// Jobs the tenant may have running at once.
     pub max_concurrent_jobs: Option<u32>,
+    /// Jobs the tenant may submit per calendar month (UTC).
     pub jobs_per_month: Option<u64>,
+    /// Sustained job submissions per second.
     pub enqueue_rate_per_s: Option<f64>,
+    /// Submissions allowed in a burst above the rate.
     pub enqueue_burst: Option<u32>,
+    /// Sandboxes kept ready even when no job waits.
     pub min_warm: u32,
+    /// Seconds an idle sandbox is kept before it is suspended or stopped.
     pub idle_timeout_s: Option<u64>,
+    /// The size every sandbox of the tenant gets.
     pub sandbox_size: SandboxSize,
     /// Spend allowed per calendar month (UTC), in the `[prices]` currency; `None`: no budget.
     #[serde(default)]
@@ -142,71 +120,47 @@ pub enum BudgetAction {
     Block,
 }
 
-/// Overrides of a plan's limits. Each field: absent keeps the plan's value, `null` sets unlimited
-/// (for `min_warm`: zero; for `sandbox_size`: the default size).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsPatch {
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub max_sandboxes: Option<Option<u32>>,
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub max_concurrent_jobs: Option<Option<u32>>,
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub jobs_per_month: Option<Option<u64>>,
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub enqueue_rate_per_s: Option<Option<f64>>,
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub enqueue_burst: Option<Option<u32>>,
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub min_warm: Option<Option<u32>>,
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub idle_timeout_s: Option<Option<u64>>,
-    #[serde(
-        default,
-        deserialize_with = "present_object",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub sandbox_size: Option<Option<SandboxSize>>,
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub monthly_budget: Option<Option<f64>>,
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub on_budget_exceeded: Option<Option<BudgetAction>>,
+/// Declares [`LimitsPatch`]: every field is an `Option<Option<T>>` read with `$de` (absent: `None`,
+/// `null`: `Some(None)`) and left out when written if absent, so the serde attributes are spelled
+/// once.
+macro_rules! limits_patch {
+    ($($(#[doc = $doc:literal])+ $field:ident: $ty:ty => $de:literal,)+) => {
+        /// Overrides of a plan's limits. Each field: absent keeps the plan's value, `null` sets
+        /// unlimited (for `min_warm`: zero; for `sandbox_size`: the default size).
+        #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct LimitsPatch {
+            $(
+                $(#[doc = $doc])+
+                #[serde(default, deserialize_with = $de, skip_serializing_if = "Option::is_none")]
+                pub $field: Option<Option<$ty>>,
+            )+
+        }
+    };
+}
+
+limits_patch! {
+    /// Overrides [`Limits::max_sandboxes`].
+    max_sandboxes: u32 => "present",
+    /// Overrides [`Limits::max_concurrent_jobs`].
+    max_concurrent_jobs: u32 => "present",
+    /// Overrides [`Limits::jobs_per_month`].
+    jobs_per_month: u64 => "present",
+    /// Overrides [`Limits::enqueue_rate_per_s`]; without `enqueue_burst` beside it, the burst
+    /// follows the rate (rounded up, at least 1).
+    enqueue_rate_per_s: f64 => "present",
+    /// Overrides [`Limits::enqueue_burst`].
+    enqueue_burst: u32 => "present",
+    /// Overrides [`Limits::min_warm`] (`null`: zero).
+    min_warm: u32 => "present",
+    /// Overrides [`Limits::idle_timeout_s`] (`null`: the pool default).
+    idle_timeout_s: u64 => "present",
+    /// Overrides [`Limits::sandbox_size`] (`null`: the default size); must be an object.
+    sandbox_size: SandboxSize => "present_object",
+    /// Overrides [`Limits::monthly_budget`] (`null`: no budget).
+    monthly_budget: f64 => "present",
+    /// Overrides [`Limits::on_budget_exceeded`] (`null`: the default, notify).
+    on_budget_exceeded: BudgetAction => "present",
 }
 
 /// A `T` read only from an object (JSON `{...}`). serde's derived structs also accept a list of
@@ -254,16 +208,25 @@ where
 /// The range each limit may take (a set limit; `null`, unlimited, is always accepted). Bounds are
 /// far beyond any real use and small enough that no arithmetic on a limit can overflow.
 pub mod range {
+    /// Bounds of [`Limits::max_sandboxes`](super::Limits::max_sandboxes).
     pub const MAX_SANDBOXES: (u32, u32) = (1, 100_000);
+    /// Bounds of [`Limits::max_concurrent_jobs`](super::Limits::max_concurrent_jobs).
     pub const MAX_CONCURRENT_JOBS: (u32, u32) = (1, 1_000_000);
+    /// Bounds of [`Limits::jobs_per_month`](super::Limits::jobs_per_month).
     pub const JOBS_PER_MONTH: (u64, u64) = (0, 1_000_000_000_000);
+    /// Bounds of [`Limits::enqueue_rate_per_s`](super::Limits::enqueue_rate_per_s).
     pub const ENQUEUE_RATE_PER_S: (f64, f64) = (0.001, 1_000_000.0);
+    /// Bounds of [`Limits::enqueue_burst`](super::Limits::enqueue_burst).
     pub const ENQUEUE_BURST: (u32, u32) = (1, 1_000_000);
+    /// Bounds of [`Limits::min_warm`](super::Limits::min_warm).
     pub const MIN_WARM: (u32, u32) = (0, 100_000);
     /// Up to a year.
     pub const IDLE_TIMEOUT_S: (u64, u64) = (0, 31_536_000);
+    /// Bounds of [`SandboxSize::cpus`](super::SandboxSize::cpus).
     pub const CPUS: (f64, f64) = (0.001, 1024.0);
+    /// Bounds of [`SandboxSize::memory_mb`](super::SandboxSize::memory_mb).
     pub const MEMORY_MB: (u64, u64) = (16, 4 * 1024 * 1024);
+    /// Bounds of [`Limits::monthly_budget`](super::Limits::monthly_budget).
     pub const MONTHLY_BUDGET: (f64, f64) = (0.0, 1_000_000_000_000.0);
 }
 
@@ -271,7 +234,9 @@ pub mod range {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("limits.{field}: {message}")]
 pub struct LimitError {
+    /// The limit's field name, as in the API (`max_sandboxes`, `sandbox_size.cpus`, ...).
     pub field: &'static str,
+    /// What is wrong with its value.
     pub message: String,
 }
 

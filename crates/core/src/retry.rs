@@ -19,6 +19,7 @@ pub enum RetryOn {
 }
 
 impl RetryOn {
+    /// The outcome's name in a policy's `on` list (`lost`, `failure`, `timeout`).
     pub fn as_str(self) -> &'static str {
         match self {
             RetryOn::Lost => "lost",
@@ -64,7 +65,9 @@ impl Default for RetryPolicy {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
 pub struct BadPolicy {
+    /// The policy field at fault (`max_attempts`, `initial_backoff_s`, ...).
     pub field: &'static str,
+    /// Why its value is refused.
     pub message: String,
 }
 
@@ -135,11 +138,15 @@ fn unit_hash(salt: &str, n: u32) -> f64 {
 /// One attempt of a job, as its history shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttemptRecord {
+    /// The attempt's number, from 1.
     pub attempt: u32,
+    /// When a sandbox leased it, if it got that far.
     pub started_at: Option<Millis>,
+    /// When it ended.
     pub finished_at: Millis,
     /// `succeeded`, `failure`, `timeout` or `lost`.
     pub outcome: String,
+    /// The error the attempt ended with, if it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<serde_json::Value>,
 }

@@ -3,10 +3,8 @@
 //! states, the state recorded while the provider carries it out, and the state that results. The
 //! control loop, the planner's `apply` and the simulator all read it from here.
 
-use crate::job::UnknownValue;
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::str::FromStr;
 
 /// The recorded state of one sandbox.
 ///
@@ -22,15 +20,22 @@ pub enum SandboxState {
     Ready,
     /// Its agent holds a job lease.
     Busy,
+    /// Being suspended by the provider (memory kept, no CPU billed).
     Suspending,
+    /// Suspended: resumable, holds no capacity.
     Suspended,
+    /// Being stopped by the provider.
     Stopping,
+    /// Stopped: can be started again, holds no capacity.
     Stopped,
+    /// Being destroyed by the provider.
     Destroying,
+    /// Gone at the provider; final.
     Destroyed,
 }
 
 impl SandboxState {
+    /// Every state, in declaration order.
     pub const ALL: [SandboxState; 9] = [
         SandboxState::Booting,
         SandboxState::Ready,
@@ -43,6 +48,7 @@ impl SandboxState {
         SandboxState::Destroyed,
     ];
 
+    /// The state's name in the API and the store (`booting`, `ready`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
             SandboxState::Booting => "booting",
@@ -86,24 +92,7 @@ impl SandboxState {
     }
 }
 
-impl fmt::Display for SandboxState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for SandboxState {
-    type Err = UnknownValue;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        SandboxState::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                what: "sandbox state",
-                value: s.to_string(),
-            })
-    }
-}
+text_enum!(SandboxState, "sandbox state");
 
 /// One operation on a sandbox's lifecycle: what the planner asks for and the control loop carries
 /// out through the provider.
@@ -123,11 +112,17 @@ impl FromStr for SandboxState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SandboxOp {
+    /// Make a new sandbox at the provider.
     Create,
+    /// Wake a suspended sandbox.
     Resume,
+    /// Wake a stopped sandbox.
     Start,
+    /// Suspend an idle, ready sandbox.
     Suspend,
+    /// Stop an idle, ready sandbox.
     Stop,
+    /// Remove a sandbox at the provider for good.
     Destroy,
 }
 

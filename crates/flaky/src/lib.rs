@@ -13,6 +13,7 @@
 //! [`run_spec`] is the `flaky_analysis` job kind of the Shoal contract, [`cli`] is
 //! `shoal-agent flaky`, and [`sim`] generates histories with known truth for evaluation.
 //! See `docs/flaky.md`.
+#![warn(missing_docs)]
 
 pub mod cli;
 pub mod junit;

@@ -36,6 +36,7 @@ pub enum ErrorKind {
 /// A failed Fly Machines API call.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct Error {
+    /// What kind of failure it was (decides whether a retry may help).
     pub kind: ErrorKind,
     /// The HTTP status, when there was an answer.
     pub status: Option<u16>,

@@ -9,6 +9,8 @@
 //! [`Error::surely_not_applied`]), except for [`Client::wait`], which loops over Fly's 60-second
 //! cap on one wait.
 
+#![warn(missing_docs)]
+
 pub mod error;
 pub mod pace;
 pub mod types;
@@ -36,14 +38,18 @@ pub const MAX_WAIT: Duration = Duration::from_secs(60);
 pub struct ClientConfig {
     /// Without `/v1`, e.g. `https://api.machines.dev`.
     pub api_url: String,
+    /// The Fly app whose machines the client manages.
     pub app: String,
+    /// The API token, sent as a bearer token.
     pub token: String,
+    /// The rate limits the client paces its requests by.
     pub limits: Limits,
     /// The timeout of one request (a `wait` gets its own wait time on top).
     pub request_timeout: Duration,
 }
 
 impl ClientConfig {
+    /// A config for `app` at `api_url` with Fly's published limits and the default request timeout.
     pub fn new(
         api_url: impl Into<String>,
         app: impl Into<String>,
@@ -93,6 +99,7 @@ fn parse_retry_after(v: &str) -> Option<Duration> {
 }
 
 impl Client {
+    /// A client for the config's app; fails when the API URL does not parse.
     pub fn new(cfg: ClientConfig) -> Result<Self, Error> {
         let base = Url::parse(cfg.api_url.trim_end_matches('/')).map_err(|e| {
             Error::local(
@@ -122,6 +129,7 @@ impl Client {
         })
     }
 
+    /// The app the client manages.
     pub fn app(&self) -> &str {
         &self.app
     }

@@ -11,21 +11,34 @@ use std::time::{Duration, Instant};
 /// The API's actions, each paced on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
+    /// Create a machine.
     Create,
+    /// List machines.
     List,
+    /// Get one machine.
     Get,
+    /// Start a machine.
     Start,
+    /// Stop a machine.
     Stop,
+    /// Suspend a machine.
     Suspend,
+    /// Wait for a machine's state.
     Wait,
+    /// Destroy a machine.
     Destroy,
+    /// Acquire a machine's lease.
     LeaseAcquire,
+    /// Read a machine's lease.
     LeaseGet,
+    /// Release a machine's lease.
     LeaseRelease,
+    /// List a machine's events.
     Events,
 }
 
 impl Action {
+    /// The action's name, as in metrics labels.
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Create => "create",
@@ -47,7 +60,9 @@ impl Action {
 /// One rate: a request every `period`, bursts of `burst`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {
+    /// The time between requests at the sustained rate.
     pub period: Duration,
+    /// Requests allowed at once above the sustained rate.
     pub burst: u32,
 }
 
@@ -124,6 +139,7 @@ fn quota(r: Rate) -> Quota {
 }
 
 impl Pacer {
+    /// A pacer with a full allowance for every action.
     pub fn new(limits: Limits) -> Self {
         Pacer {
             actions: RateLimiter::hashmap(quota(limits.action)),

@@ -10,17 +10,29 @@ use std::fmt;
 /// rather than failing the whole response.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum MachineState {
+    /// Created, never started.
     Created,
+    /// Being started.
     Starting,
+    /// Running.
     Started,
+    /// Being stopped.
     Stopping,
+    /// Stopped.
     Stopped,
+    /// Being suspended.
     Suspending,
+    /// Suspended (memory snapshotted).
     Suspended,
+    /// Being replaced by an update.
     Replacing,
+    /// Being updated.
     Updating,
+    /// Being destroyed.
     Destroying,
+    /// Destroyed.
     Destroyed,
+    /// Failed to start or crashed past its restart policy.
     Failed,
     /// A state this client does not know.
     Other(String),
@@ -100,13 +112,18 @@ impl Default for MachineState {
 /// The states `wait` accepts (`state` query parameter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WaitState {
+    /// Wait until the machine runs.
     Started,
+    /// Wait until it is stopped.
     Stopped,
+    /// Wait until it is suspended.
     Suspended,
+    /// Wait until it is destroyed.
     Destroyed,
 }
 
 impl WaitState {
+    /// The state's name as the `state` query parameter spells it.
     pub fn as_str(self) -> &'static str {
         match self {
             WaitState::Started => "started",
@@ -120,10 +137,13 @@ impl WaitState {
 /// `fly.MachineGuest`: the machine's size.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Guest {
+    /// The CPU kind (`shared`, `performance`); Fly's default when empty.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cpu_kind: String,
+    /// Virtual CPUs.
     #[serde(default)]
     pub cpus: u32,
+    /// Memory in MiB.
     #[serde(default)]
     pub memory_mb: u32,
 }
@@ -131,8 +151,10 @@ pub struct Guest {
 /// `fly.MachineRestart`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Restart {
+    /// When Fly restarts the machine (`no`, `always`, `on-failure`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
+    /// Restarts before giving up, for `on-failure`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_retries: Option<u32>,
 }
@@ -140,6 +162,7 @@ pub struct Restart {
 /// `fly.StopConfig`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct StopConfig {
+    /// The signal a stop sends first (`SIGTERM`, `SIGINT`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<String>,
     /// A Go duration such as `10s`.
@@ -150,18 +173,25 @@ pub struct StopConfig {
 /// `fly.MachineConfig`, the parts Shoal sets.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct MachineConfig {
+    /// The image the machine runs.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub image: String,
+    /// Environment variables of the machine's process.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Free-form labels; Shoal marks its machines with these.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+    /// The machine's size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest: Option<Guest>,
+    /// The restart policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart: Option<Restart>,
+    /// How a stop ends the process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_config: Option<StopConfig>,
+    /// Whether Fly destroys the machine once it exits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_destroy: Option<bool>,
 }
@@ -169,15 +199,19 @@ pub struct MachineConfig {
 /// `CreateMachineRequest`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct CreateMachineRequest {
+    /// The machine's name; Fly makes one up when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The region to create it in; the app's primary region when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// The machine's config.
     pub config: MachineConfig,
     /// Seconds; when set, the machine is created holding a lease whose nonce comes back in
     /// [`Machine::nonce`], saving a separate lease call.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lease_ttl: Option<u64>,
+    /// Create the machine without starting it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skip_launch: Option<bool>,
 }
@@ -185,14 +219,19 @@ pub struct CreateMachineRequest {
 /// `MachineEvent`. `timestamp` is in milliseconds since the Unix epoch.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
 pub struct MachineEvent {
+    /// The event's id.
     #[serde(default)]
     pub id: String,
+    /// What happened (`launch`, `start`, `exit`, ...).
     #[serde(default, rename = "type")]
     pub kind: String,
+    /// The outcome (`created`, `started`, `stopped`, ...).
     #[serde(default)]
     pub status: String,
+    /// Who caused it (`user`, `flyd`).
     #[serde(default)]
     pub source: String,
+    /// When it happened.
     #[serde(default)]
     pub timestamp: i64,
 }
@@ -200,10 +239,13 @@ pub struct MachineEvent {
 /// `StrippedLease`, as embedded in a machine.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
 pub struct StrippedLease {
+    /// What the lease's holder said it is for.
     #[serde(default)]
     pub description: String,
+    /// When the lease lapses (Unix seconds).
     #[serde(default)]
     pub expires_at: i64,
+    /// Who holds it.
     #[serde(default)]
     pub owner: String,
 }
@@ -211,21 +253,30 @@ pub struct StrippedLease {
 /// `Machine`.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 pub struct Machine {
+    /// The machine's id.
     pub id: String,
+    /// Its name.
     #[serde(default)]
     pub name: String,
+    /// Its state.
     #[serde(default)]
     pub state: MachineState,
+    /// The region it runs in.
     #[serde(default)]
     pub region: String,
+    /// The id of its current version.
     #[serde(default)]
     pub instance_id: String,
+    /// Its address on the app's private network.
     #[serde(default)]
     pub private_ip: String,
+    /// Its config.
     #[serde(default)]
     pub config: Option<MachineConfig>,
+    /// When it was created (RFC 3339).
     #[serde(default)]
     pub created_at: String,
+    /// When it last changed (RFC 3339).
     #[serde(default)]
     pub updated_at: String,
     /// Recent events, newest first as the API sends them.
@@ -234,6 +285,7 @@ pub struct Machine {
     /// The lease nonce, only on creation with `lease_ttl`.
     #[serde(default)]
     pub nonce: Option<String>,
+    /// The lease held on it, if any.
     #[serde(default)]
     pub lease: Option<StrippedLease>,
 }
@@ -256,6 +308,7 @@ impl Machine {
 /// `CreateLeaseRequest`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct CreateLeaseRequest {
+    /// What the lease is for, as shown to others.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     /// Seconds.
@@ -266,14 +319,19 @@ pub struct CreateLeaseRequest {
 /// `Lease`. `expires_at` is a Unix timestamp in seconds.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
 pub struct Lease {
+    /// The secret that proves holding the lease; sent with calls made under it.
     #[serde(default)]
     pub nonce: String,
+    /// When it lapses (Unix seconds).
     #[serde(default)]
     pub expires_at: i64,
+    /// Who holds it.
     #[serde(default)]
     pub owner: String,
+    /// What it is for.
     #[serde(default)]
     pub description: String,
+    /// The lease's version.
     #[serde(default)]
     pub version: String,
 }
@@ -281,6 +339,7 @@ pub struct Lease {
 /// `StopRequest`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct StopRequest {
+    /// The signal to stop with; the machine's stop config when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signal: Option<String>,
     /// A Go duration such as `10s`.
@@ -291,12 +350,16 @@ pub struct StopRequest {
 /// `WaitMachineResponse`.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 pub struct WaitResponse {
+    /// Whether the state was reached in time.
     #[serde(default)]
     pub ok: bool,
+    /// The state the machine is in.
     #[serde(default)]
     pub state: MachineState,
+    /// The event that brought it there.
     #[serde(default)]
     pub event_id: String,
+    /// The machine version the state belongs to.
     #[serde(default)]
     pub version: String,
 }
@@ -304,6 +367,7 @@ pub struct WaitResponse {
 /// `ErrorResponse`: the body of every error answer.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
 pub struct ErrorBody {
+    /// What went wrong, as Fly says it.
     #[serde(default)]
     pub error: String,
     /// `unknown` or `insufficient_capacity` (`main.statusCode`).
@@ -314,7 +378,9 @@ pub struct ErrorBody {
 /// Filters for [`crate::Client::list`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ListOptions {
+    /// List destroyed machines too.
     pub include_deleted: bool,
+    /// Only machines in this region.
     pub region: Option<String>,
     /// Only machines in one of these states (`state` query parameter).
     pub states: Vec<String>,

@@ -37,7 +37,9 @@ impl Price {
 /// The price list: one currency, a price per provider.
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct Prices {
+    /// The currency every price is in (`USD`, ...).
     pub currency: String,
+    /// The price of each provider, by provider name.
     pub providers: BTreeMap<String, Price>,
 }
 
@@ -51,7 +53,9 @@ impl Prices {
 /// What rendering a usage event needs besides the interval: the CloudEvents `source` and prices.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct UsageContext {
+    /// The CloudEvents `source` (empty: [`UsageContext::DEFAULT_SOURCE`]).
     pub source: String,
+    /// The prices each event's cost is computed from.
     pub prices: Prices,
 }
 
@@ -59,6 +63,7 @@ impl UsageContext {
     /// The `source` used when none is configured.
     pub const DEFAULT_SOURCE: &'static str = "shoal";
 
+    /// The `source` to write: the configured one or the default.
     pub fn source(&self) -> &str {
         if self.source.is_empty() {
             Self::DEFAULT_SOURCE
@@ -71,12 +76,19 @@ impl UsageContext {
 /// A closed billing interval: `[from, to)` of one sandbox, never across an hour boundary.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Closed {
+    /// The sandbox billed.
     pub sandbox: String,
+    /// The tenant billed.
     pub tenant: String,
+    /// The provider it ran on (which price applies).
     pub provider: String,
+    /// The interval's start (inclusive).
     pub from: Millis,
+    /// The interval's end (exclusive).
     pub to: Millis,
+    /// The sandbox's CPUs in thousandths.
     pub cpus_milli: u64,
+    /// The sandbox's memory in MiB.
     pub memory_mb: u64,
 }
 

@@ -5,6 +5,8 @@
 //! Everything is integer milliseconds, so totals are exact and the same inputs always give the
 //! same report: a sandbox-millisecond is counted once, in exactly one bucket.
 
+#![warn(missing_docs)]
+
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use shoal_core::{Millis, SandboxSize};
@@ -15,9 +17,13 @@ use std::str::FromStr;
 /// One transition in the ledger, by the provider's clock.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LedgerEntry {
+    /// The sandbox the transition is about.
     pub sandbox_id: String,
+    /// The tenant that owns it and pays for it.
     pub tenant: String,
+    /// When the provider saw the transition.
     pub at: Millis,
+    /// Whether billing starts or stops here.
     pub kind: LedgerKind,
     /// Why the entry was written where no provider event said so (a reconciliation's finding:
     /// which time was used and why), or how the store adjusted it; `None` for a plain
@@ -31,11 +37,19 @@ pub struct LedgerEntry {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum LedgerKind {
-    Running { cpus_milli: u64, memory_mb: u64 },
+    /// Running at this size: billing starts.
+    Running {
+        /// CPUs in thousandths.
+        cpus_milli: u64,
+        /// Memory in MiB.
+        memory_mb: u64,
+    },
+    /// Not running any more (stopped, suspended or gone): billing stops.
     Stopped,
 }
 
 impl LedgerKind {
+    /// `Running` at the size `size`.
     pub fn running(size: SandboxSize) -> Self {
         LedgerKind::Running {
             cpus_milli: size.millicpus(),
@@ -47,11 +61,17 @@ impl LedgerKind {
 /// A stretch of billable time of one sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Interval {
+    /// The sandbox billed.
     pub sandbox_id: String,
+    /// The tenant billed.
     pub tenant: String,
+    /// The interval's start (inclusive).
     pub start: Millis,
+    /// The interval's end (exclusive).
     pub end: Millis,
+    /// The sandbox's CPUs in thousandths during the interval.
     pub cpus_milli: u64,
+    /// The sandbox's memory in MiB during the interval.
     pub memory_mb: u64,
 }
 
@@ -103,8 +123,11 @@ pub fn intervals(entries: &[LedgerEntry], until: Millis) -> Vec<Interval> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Granularity {
+    /// An hour, from the top of the hour (UTC).
     Hour,
+    /// A calendar day (UTC).
     Day,
+    /// A calendar month (UTC).
     Month,
 }
 
@@ -185,6 +208,7 @@ pub fn month_of(t: Millis) -> (Millis, Millis) {
 /// Compute used in one bucket, in exact integer units.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct Usage {
+    /// Sandbox time in milliseconds.
     pub sandbox_ms: u64,
     /// Thousandths of a CPU times milliseconds.
     pub millicpu_ms: u128,
@@ -199,20 +223,24 @@ impl Usage {
         self.mib_ms += ms as u128 * iv.memory_mb as u128;
     }
 
+    /// Adds `o` to this usage.
     pub fn add(&mut self, o: &Usage) {
         self.sandbox_ms += o.sandbox_ms;
         self.millicpu_ms += o.millicpu_ms;
         self.mib_ms += o.mib_ms;
     }
 
+    /// Sandbox time in seconds.
     pub fn sandbox_seconds(&self) -> f64 {
         self.sandbox_ms as f64 / 1e3
     }
 
+    /// CPU time in vCPU-seconds.
     pub fn vcpu_seconds(&self) -> f64 {
         self.millicpu_ms as f64 / 1e6
     }
 
+    /// Memory time in GiB-seconds.
     pub fn gib_seconds(&self) -> f64 {
         self.mib_ms as f64 / 1024.0 / 1e3
     }
@@ -221,8 +249,11 @@ impl Usage {
 /// One bucket of a report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bucket {
+    /// The bucket's start (inclusive).
     pub start: Millis,
+    /// The bucket's end (exclusive).
     pub end: Millis,
+    /// What was used in it.
     pub usage: Usage,
 }
 

@@ -122,8 +122,11 @@ pub enum Decision {
     KeepAlive(Millis),
     /// Stop at once; be warm from `from` to `until` after the anchor.
     Window {
+        /// What the window is measured from.
         anchor: Anchor,
+        /// The window's start, after the anchor.
         from: Millis,
+        /// The window's end, after the anchor.
         until: Millis,
     },
 }
@@ -189,6 +192,7 @@ impl GapHistogram {
         self.gaps.len()
     }
 
+    /// Whether no gap is held yet.
     pub fn is_empty(&self) -> bool {
         self.gaps.is_empty()
     }
@@ -359,6 +363,7 @@ pub struct TenantAdaptive {
 }
 
 impl TenantAdaptive {
+    /// A tenant with no history.
     pub fn new() -> Self {
         Self::default()
     }

@@ -10,6 +10,7 @@
 pub struct Claim {
     /// Sandboxes the pool would like.
     pub want: u32,
+    /// The pool's weight (its plan's fair-share weight).
     pub weight: u32,
     /// Sandboxes it keeps whatever the cap (busy ones, which are never stopped).
     pub floor: u32,

@@ -12,6 +12,8 @@
 //! (`PoolSnapshot::next_due`) holds a sandbox per job falling due from a boot lead before it; if
 //! the work does not come, the sandbox goes back to the usual idle rule.
 
+#![warn(missing_docs)]
+
 pub mod adaptive;
 pub mod burst;
 pub mod fair;
@@ -23,19 +25,26 @@ use shoal_core::{Millis, SandboxOp, SandboxState};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IdleAction {
+    /// Suspend it: quick to resume, memory kept by the provider.
     Suspend,
+    /// Stop it: slower to start again, nothing kept but its disk.
     Stop,
 }
 
 /// The policy knobs of one pool, resolved from the tenant's limits and the scheduler's config.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolPolicy {
+    /// Sandboxes kept active even with no work.
     pub min_warm: u32,
+    /// The most sandboxes the pool may have active; `None` for no cap.
     pub max_sandboxes: Option<u32>,
+    /// The most jobs the pool may run at once; `None` for no cap.
     pub max_concurrent_jobs: Option<u32>,
+    /// Jobs one sandbox runs at once.
     pub slots_per_sandbox: u32,
     /// How long a ready sandbox may sit idle before it is suspended or stopped.
     pub idle_timeout_ms: Millis,
+    /// What an idle sandbox gets once its idle timeout has passed.
     pub idle_action: IdleAction,
     /// How long a suspended or stopped sandbox is kept before it is destroyed.
     pub retention_ms: Millis,
@@ -68,7 +77,9 @@ impl Default for PoolPolicy {
 /// One sandbox as the planner sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SandboxView {
+    /// The sandbox's id.
     pub id: String,
+    /// Its recorded state.
     pub state: SandboxState,
     /// When it entered `state`.
     pub since: Millis,
@@ -79,9 +90,13 @@ pub struct SandboxView {
 /// One tenant's pool.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolSnapshot {
+    /// The tenant whose pool it is.
     pub tenant: String,
+    /// The pool's policy.
     pub policy: PoolPolicy,
+    /// Jobs queued and due now.
     pub queued: u32,
+    /// Jobs running now.
     pub running: u32,
     /// A drained pool takes no new work: its idle sandboxes stop now and none is woken.
     pub draining: bool,
@@ -96,12 +111,14 @@ pub struct PoolSnapshot {
     /// How many jobs fall due within one boot lead from `next_due` (at least one is assumed when
     /// `next_due` is set): the pool holds a sandbox for each, beside its running and queued jobs.
     pub due_jobs: u32,
+    /// The pool's sandboxes that still exist.
     pub sandboxes: Vec<SandboxView>,
 }
 
 /// The pools to plan for.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Snapshot {
+    /// One snapshot per pool.
     pub pools: Vec<PoolSnapshot>,
     /// A cap on active sandboxes across all pools in the snapshot, shared by weighted max-min
     /// fairness; `None` for no cap.
@@ -112,15 +129,50 @@ pub struct Snapshot {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Step {
-    Create { tenant: String },
-    Resume { tenant: String, sandbox: String },
-    Start { tenant: String, sandbox: String },
-    Suspend { tenant: String, sandbox: String },
-    Stop { tenant: String, sandbox: String },
-    Destroy { tenant: String, sandbox: String },
+    /// Make a new sandbox in the pool.
+    Create {
+        /// The pool's tenant.
+        tenant: String,
+    },
+    /// Wake a suspended sandbox.
+    Resume {
+        /// The pool's tenant.
+        tenant: String,
+        /// The sandbox's id.
+        sandbox: String,
+    },
+    /// Wake a stopped sandbox.
+    Start {
+        /// The pool's tenant.
+        tenant: String,
+        /// The sandbox's id.
+        sandbox: String,
+    },
+    /// Suspend an idle, ready sandbox.
+    Suspend {
+        /// The pool's tenant.
+        tenant: String,
+        /// The sandbox's id.
+        sandbox: String,
+    },
+    /// Stop an idle, ready sandbox.
+    Stop {
+        /// The pool's tenant.
+        tenant: String,
+        /// The sandbox's id.
+        sandbox: String,
+    },
+    /// Remove a sandbox for good.
+    Destroy {
+        /// The pool's tenant.
+        tenant: String,
+        /// The sandbox's id.
+        sandbox: String,
+    },
 }
 
 impl Step {
+    /// The tenant whose pool the step acts on.
     pub fn tenant(&self) -> &str {
         match self {
             Step::Create { tenant }
@@ -132,6 +184,7 @@ impl Step {
         }
     }
 
+    /// The sandbox the step acts on; `None` for a create.
     pub fn sandbox(&self) -> Option<&str> {
         match self {
             Step::Create { .. } => None,
@@ -180,15 +233,20 @@ impl Step {
 /// What the planner decided for one pool.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PoolDecision {
+    /// The tenant whose pool it is.
     pub tenant: String,
+    /// The active sandboxes the pool should have.
     pub desired: u32,
+    /// The active sandboxes it has now.
     pub active: u32,
 }
 
 /// The planner's answer.
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct Plan {
+    /// One decision per pool, in snapshot order.
     pub pools: Vec<PoolDecision>,
+    /// The steps that move the pools towards their decisions.
     pub steps: Vec<Step>,
 }
 

@@ -3,6 +3,8 @@
 //! cannot touch a job that has moved on. [`webhooks`] is the signing scheme of the webhooks the
 //! scheduler sends, shared with the platform's client so both sides agree on it.
 
+#![warn(missing_docs)]
+
 use serde::{Deserialize, Serialize};
 
 pub mod webhooks;
@@ -96,6 +98,8 @@ pub const LOG_MAX_OFFSET: u64 = 1 << 53;
 /// `POST /v1/agent/lease`: ask for the next job of this sandbox's tenant, waiting up to `wait_ms`.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct LeaseRequest {
+    /// The longest the scheduler holds the request open waiting for a job (20 s when absent, at
+    /// most 60 s).
     #[serde(default)]
     pub wait_ms: Option<u64>,
 }
@@ -120,14 +124,18 @@ pub enum LeaseResponse {
 /// A job handed to an agent under a lease.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Assignment {
+    /// The job's id.
     pub job_id: String,
+    /// The lease under which this attempt runs; every later call about the job names it.
     pub lease_id: String,
+    /// The job's kind (`agent`, `semantic_diff`, `flaky_analysis`).
     pub kind: String,
     /// The job's spec as JSON text, so that the agent parses it once into what its kind needs
     /// (a `semantic_diff` job's documents go straight into the engine's compact form instead of
     /// a `serde_json::Value` tree at about 14 bytes per byte of JSON). Shared, so that the
     /// blocking task running an analysis holds it without a copy.
     pub spec: std::sync::Arc<serde_json::value::RawValue>,
+    /// The attempt's number, from 1.
     pub attempt: u32,
     /// Seconds the job may run.
     pub timeout_s: u64,
@@ -191,7 +199,9 @@ impl TryFrom<FlatLeaseResponse> for LeaseResponse {
 /// `POST /v1/agent/heartbeat`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Heartbeat {
+    /// The job the agent is running.
     pub job_id: String,
+    /// The lease it runs under.
     pub lease_id: String,
 }
 
@@ -210,8 +220,11 @@ pub struct HeartbeatResponse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogChunk {
+    /// The job whose output this is.
     pub job_id: String,
+    /// The lease the attempt runs under.
     pub lease_id: String,
+    /// Where in the attempt's output the chunk starts, in bytes.
     pub offset: u64,
 }
 
@@ -219,7 +232,9 @@ pub struct LogChunk {
 /// A stale lease is answered 409 instead.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LogStored {
+    /// The first byte offset the log holds.
     pub start: u64,
+    /// The offset just past the last byte the log holds.
     pub end: u64,
 }
 
@@ -228,25 +243,36 @@ pub struct LogStored {
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
     /// Done and successful.
-    Succeeded { result: serde_json::Value },
+    Succeeded {
+        /// What the job produced (the kind's result).
+        result: serde_json::Value,
+    },
     /// Done and failed; not worth retrying (a non-zero exit, a bad spec, a timeout).
     Failed {
+        /// What the job produced before it failed, if anything.
         result: Option<serde_json::Value>,
+        /// Why it failed.
         error: JobError,
     },
     /// This attempt could not finish for a reason that another attempt may not share (the agent is
     /// shutting down, the sandbox ran out of something): put the job back.
-    Retry { error: JobError },
+    Retry {
+        /// Why this attempt could not finish.
+        error: JobError,
+    },
 }
 
 /// Why a job failed, with a machine-readable code.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct JobError {
+    /// A short machine-readable code (`exit_code`, `timeout`, `invalid_spec`, ...).
     pub code: String,
+    /// What happened, for a person.
     pub message: String,
 }
 
 impl JobError {
+    /// An error with this code and message.
     pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
         JobError {
             code: code.into(),
@@ -258,8 +284,11 @@ impl JobError {
 /// `POST /v1/agent/complete`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Completion {
+    /// The job the attempt was for.
     pub job_id: String,
+    /// The lease it ran under.
     pub lease_id: String,
+    /// How it ended.
     #[serde(flatten)]
     pub outcome: Outcome,
     /// Also ask for the sandbox's next job: the answer's `next` is a lease answer, taken at once
@@ -283,11 +312,16 @@ pub struct CompleteResponse {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AgentSpec {
+    /// The program and its arguments (run directly, not through a shell).
     pub command: Vec<String>,
+    /// Variables added to the command's environment.
     #[serde(default)]
     pub env: std::collections::BTreeMap<String, String>,
+    /// The working directory (a relative path is taken from the agent's directory, and created
+    /// if missing); the agent's directory when absent.
     #[serde(default)]
     pub workdir: Option<String>,
+    /// Seconds the command may run; the job's timeout when absent.
     #[serde(default)]
     pub timeout_s: Option<u64>,
 }
@@ -295,9 +329,13 @@ pub struct AgentSpec {
 /// The `agent` job kind's result.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AgentResult {
+    /// The command's exit code; `None` when a signal ended it.
     pub exit_code: Option<i32>,
+    /// The tail of what it wrote to standard output.
     pub stdout: String,
+    /// The tail of what it wrote to standard error.
     pub stderr: String,
+    /// How long it ran, in milliseconds.
     pub duration_ms: u64,
     /// Set when the output was cut to its tail.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

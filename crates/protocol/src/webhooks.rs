@@ -37,12 +37,16 @@ pub const DEFAULT_TOLERANCE_S: i64 = 300;
 /// Why a message did not verify.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WebhookError {
+    /// The endpoint's secret is malformed.
     #[error("the secret is not `whsec_` followed by base64")]
     BadSecret,
+    /// The timestamp header is not a number.
     #[error("`webhook-timestamp` is not Unix seconds")]
     BadTimestamp,
+    /// The message is older or newer than the tolerance allows (seconds off).
     #[error("`webhook-timestamp` is {0} s away from now, more than the tolerance")]
     Stale(i64),
+    /// No signature matches: the message was altered or signed with another secret.
     #[error("no `v1` signature in `webhook-signature` matches the message")]
     NoMatch,
 }

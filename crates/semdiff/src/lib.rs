@@ -14,6 +14,7 @@
 //!
 //! [`run_spec`] is the `semantic_diff` job kind of the Shoal contract and [`cli`] is
 //! `shoal-agent semdiff`. See `docs/semdiff.md`.
+#![warn(missing_docs)]
 
 pub mod bound;
 pub mod cli;

@@ -3,6 +3,7 @@
 //! one from a URL with [`open`]), and the apalis ingress queue ([`ingress`]). Every state change that must not be lost
 //! or doubled (admission with its idempotency key and quota, a lease, a completion) is one
 //! transaction here, so the invariants hold whatever the callers race.
+#![warn(missing_docs)]
 
 pub mod audit;
 pub mod ingress;

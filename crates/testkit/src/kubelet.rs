@@ -230,11 +230,15 @@ impl Drop for KubeEmulator {
 /// One pod the stand-in runs.
 #[derive(Debug, Clone)]
 pub struct PodRun {
+    /// The pod's namespace.
     pub namespace: String,
+    /// The pod's name.
     pub name: String,
+    /// The process group of the container's process.
     pub pid: u32,
     /// The container's start and finish, as written into the pod's status (RFC 3339, ms).
     pub started_at: String,
+    /// When the container's process ended, if it has.
     pub finished_at: Option<String>,
     /// The process's environment, as the pod described it.
     pub env: HashMap<String, String>,
@@ -261,6 +265,7 @@ fn rfc3339_now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+#[allow(unsafe_code)] // libc calls; each block says why it is sound
 fn signal_group(pid: u32, sig: i32) {
     // SAFETY: kill(2) on the process group of a child this stand-in started.
     unsafe {
@@ -438,6 +443,7 @@ async fn patch_status(ctx: &Ctx, ns: &str, name: &str, status: Value) -> Result<
     Ok(())
 }
 
+#[allow(unsafe_code)] // libc calls; each block says why it is sound
 async fn run_pod(ctx: &Arc<Ctx>, pod: &Value) -> Result<()> {
     let ns = pod["metadata"]["namespace"]
         .as_str()

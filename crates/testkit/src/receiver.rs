@@ -15,12 +15,17 @@ use std::time::Instant;
 pub struct Received {
     /// The request's path (tests give each endpoint its own).
     pub path: String,
+    /// The `webhook-id` header.
     pub id: String,
+    /// The `webhook-timestamp` header.
     pub timestamp: String,
+    /// The `webhook-signature` header.
     pub signature: String,
+    /// The request's body.
     pub body: Vec<u8>,
     /// What the receiver answered.
     pub status: u16,
+    /// When it arrived, by the test's monotonic clock.
     pub at: Instant,
     /// Wall-clock milliseconds since the Unix epoch, to compare with the scheduler's times.
     pub at_ms: i64,

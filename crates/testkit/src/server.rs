@@ -9,8 +9,11 @@ use std::time::{Duration, Instant};
 
 /// A running scheduler.
 pub struct Server {
+    /// The scheduler's base URL.
     pub url: String,
+    /// Its admin token.
     pub token: String,
+    /// Its data directory (database, logs).
     pub data_dir: PathBuf,
     child: Option<Child>,
     _dir: Option<tempfile_dir::TempDir>,
@@ -203,6 +206,7 @@ impl Server {
         Ok(true)
     }
 
+    /// The scheduler's output so far (stdout and stderr), for a failing test's message.
     pub fn log(&self) -> String {
         let read = |n: &str| std::fs::read_to_string(self.data_dir.join(n)).unwrap_or_default();
         format!("{}\n{}", read("serve.log"), read("serve.err"))
@@ -273,6 +277,7 @@ impl Server {
     }
 
     /// Sends SIGTERM and waits for a clean exit.
+    #[allow(unsafe_code)] // libc calls; each block says why it is sound
     pub async fn stop(&mut self) -> Result<std::process::ExitStatus> {
         let Some(mut child) = self.child.take() else {
             bail!("already stopped")

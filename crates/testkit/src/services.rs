@@ -81,6 +81,7 @@ fn wait_for_port(child: &mut Child, port: u16, what: &str, log: &Path) -> Result
 }
 
 /// Stops a child: SIGTERM, a grace period, then SIGKILL.
+#[allow(unsafe_code)] // libc calls; each block says why it is sound
 fn stop_child(child: &mut Child, signal: libc::c_int) {
     if let Ok(Some(_)) = child.try_wait() {
         return;
@@ -101,6 +102,7 @@ fn stop_child(child: &mut Child, signal: libc::c_int) {
 }
 
 /// The OS user Postgres runs as when we are root: (uid, gid).
+#[allow(unsafe_code)] // libc calls; each block says why it is sound
 fn postgres_user() -> Result<Option<(u32, u32)>> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -336,6 +338,7 @@ impl Postgres {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
+    /// The port Postgres listens on (127.0.0.1).
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -422,10 +425,12 @@ impl Redis {
         Ok(child)
     }
 
+    /// The port Redis listens on (127.0.0.1).
     pub fn port(&self) -> u16 {
         self.port
     }
 
+    /// The server's `redis://` URL.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }

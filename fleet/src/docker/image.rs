@@ -6,8 +6,11 @@ use super::*;
 /// How long building the sandbox image took, and what it holds.
 #[derive(Debug, Clone)]
 pub struct ImageBuild {
+    /// The image's tag.
     pub image: String,
+    /// How long the build took.
     pub elapsed: Duration,
+    /// The size of the root filesystem sent to the engine, in bytes.
     pub rootfs_bytes: usize,
 }
 

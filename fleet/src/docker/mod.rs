@@ -75,10 +75,13 @@ pub const AGENT_PATH: &str = "/usr/local/bin/shoal-agent";
 /// Why the docker provider could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
+    /// The `[provider.docker]` table has these mistakes.
     #[error("invalid [provider.docker] settings: {}", .0.join("; "))]
     Config(Vec<String>),
+    /// The Docker engine could not be reached.
     #[error("cannot connect to the Docker engine: {0}")]
     Connect(String),
+    /// Built outside a tokio runtime.
     #[error("the docker provider must be built inside a tokio runtime")]
     NoRuntime,
 }

@@ -10,8 +10,10 @@ pub struct GuestConfig {
     /// `shared` or `performance`.
     #[serde(default = "default_cpu_kind")]
     pub cpu_kind: String,
+    /// Virtual CPUs per machine.
     #[serde(default = "default_cpus")]
     pub cpus: u32,
+    /// Memory per machine, in MiB.
     #[serde(default = "default_memory_mb")]
     pub memory_mb: u32,
 }
@@ -43,7 +45,9 @@ pub enum IdleMode {
     /// Suspend when the guest's memory allows it on Fly (2 GB at most), else stop.
     #[default]
     Auto,
+    /// Always suspend.
     Suspend,
+    /// Always stop.
     Stop,
 }
 
@@ -60,8 +64,10 @@ pub struct FlyConfig {
     pub regions: Vec<String>,
     /// The sandbox image; its entrypoint is `shoal-agent`.
     pub image: String,
+    /// The size of every machine.
     #[serde(default)]
     pub guest: GuestConfig,
+    /// What an idle machine becomes.
     #[serde(default)]
     pub idle: IdleMode,
     /// Extra environment for the agent, besides what Shoal sets.

@@ -63,10 +63,13 @@ pub const SUSPEND_MAX_MEMORY_MB: u32 = 2048;
 /// The provider could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum FlyError {
+    /// The `[provider.fly]` table has these mistakes.
     #[error("invalid [provider.fly] config: {}", .0.join("; "))]
     Config(Vec<String>),
+    /// The Machines API client could not be made.
     #[error("fly client: {0}")]
     Client(#[from] fly_machines::Error),
+    /// Built outside a tokio runtime.
     #[error("the fly provider must be built inside a tokio runtime")]
     NoRuntime,
 }

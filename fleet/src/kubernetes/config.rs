@@ -10,6 +10,7 @@ pub struct ResourcesConfig {
     /// Limits are the size times these factors (requests are the size).
     #[serde(default = "one")]
     pub cpu_limit_factor: f64,
+    /// The memory limit is the size's memory times this.
     #[serde(default = "one")]
     pub memory_limit_factor: f64,
     /// Ephemeral storage requested and capped per pod (`"2Gi"`).
@@ -35,12 +36,16 @@ impl Default for ResourcesConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkspaceConfig {
+    /// The volume's requested size (`"1Gi"`).
     #[serde(default = "default_workspace_size")]
     pub size: String,
+    /// The StorageClass; the cluster's default when absent.
     #[serde(default)]
     pub storage_class: Option<String>,
+    /// Where the volume is mounted in the agent's container.
     #[serde(default = "default_mount_path")]
     pub mount_path: String,
+    /// The volume's access mode (`ReadWriteOnce`).
     #[serde(default = "default_access_mode")]
     pub access_mode: String,
 }
@@ -125,10 +130,13 @@ impl Default for NetworkConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantRoleConfig {
+    /// The ClusterRole bound in each tenant namespace.
     #[serde(default = "default_tenant_role")]
     pub cluster_role: String,
+    /// The scheduler's service account the role is bound to.
     #[serde(default = "default_scheduler_account")]
     pub service_account: String,
+    /// The namespace of that service account.
     #[serde(default = "default_role_namespace")]
     pub namespace: String,
 }
@@ -171,11 +179,13 @@ pub struct KubernetesConfig {
     pub create_namespaces: bool,
     /// The sandbox image; it runs `shoal-agent`.
     pub image: String,
+    /// The pods' `imagePullPolicy`; the cluster's default when absent.
     #[serde(default)]
     pub image_pull_policy: Option<String>,
     /// The container's command, when the image's entrypoint is not `shoal-agent`.
     #[serde(default)]
     pub command: Vec<String>,
+    /// CPU and memory limits and ephemeral storage of sandbox pods.
     #[serde(default)]
     pub resources: ResourcesConfig,
     /// A RuntimeClass for stronger isolation (`gvisor`, `kata`).
@@ -184,8 +194,10 @@ pub struct KubernetesConfig {
     /// A per-sandbox workspace volume; absent: an `emptyDir`, gone with the pod.
     #[serde(default)]
     pub workspace: Option<WorkspaceConfig>,
+    /// The NetworkPolicy written in each tenant namespace.
     #[serde(default)]
     pub network: NetworkConfig,
+    /// The ResourceQuota written in each tenant namespace.
     #[serde(default)]
     pub quota: QuotaConfig,
     /// The Pod Security Standard enforced on tenant namespaces (`restricted`, `baseline`).
@@ -203,6 +215,7 @@ pub struct KubernetesConfig {
     /// (docs/providers/kubernetes.md, "RBAC"). Unset: the scheduler's grants are cluster-wide.
     #[serde(default)]
     pub tenant_role: Option<TenantRoleConfig>,
+    /// The pods' `nodeSelector`.
     #[serde(default)]
     pub node_selector: BTreeMap<String, String>,
     /// Extra environment for the agent.

@@ -19,8 +19,10 @@ use std::time::Duration;
 /// A Lease operation that failed for a reason other than losing the race.
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
+    /// The Kubernetes API failed.
     #[error("kubernetes API: {0}")]
     Api(#[from] kube::Error),
+    /// A time that does not fit a Lease's timestamp.
     #[error("the time {0} ms is out of range")]
     Time(Millis),
 }

@@ -55,12 +55,16 @@ use std::time::Duration;
 /// The provider could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum KubernetesError {
+    /// The `[provider.kubernetes]` table has these mistakes.
     #[error("invalid [provider.kubernetes] config: {}", .0.join("; "))]
     Config(Vec<String>),
+    /// The kubeconfig could not be read.
     #[error("reading the kubeconfig: {0}")]
     Kubeconfig(String),
+    /// The Kubernetes client failed.
     #[error("kubernetes client: {0}")]
     Client(#[from] kube::Error),
+    /// Built outside a tokio runtime.
     #[error("the kubernetes provider must be built inside a tokio runtime")]
     NoRuntime,
 }

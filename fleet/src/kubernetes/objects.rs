@@ -36,7 +36,9 @@ pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "shoal";
 /// Annotations carrying the exact ids, where a label value would have to be shortened.
 pub const ANNOTATION_TENANT: &str = "shoal.dev/tenant-id";
+/// The annotation carrying the exact pool id.
 pub const ANNOTATION_POOL: &str = "shoal.dev/pool-id";
+/// The annotation carrying the exact sandbox id.
 pub const ANNOTATION_SANDBOX: &str = "shoal.dev/sandbox-id";
 /// The agent's container in every sandbox pod.
 pub const CONTAINER: &str = "agent";
@@ -44,6 +46,7 @@ pub const CONTAINER: &str = "agent";
 pub const TOKEN_KEY: &str = "token";
 /// The names of the per-tenant policy objects.
 pub const NETWORK_POLICY: &str = "shoal-sandboxes";
+/// The name of the ResourceQuota in each tenant namespace.
 pub const RESOURCE_QUOTA: &str = "shoal-tenant-quota";
 
 fn short_hash(s: &str) -> String {
@@ -97,9 +100,13 @@ pub fn label_value(s: &str) -> String {
 /// The object names of one sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxNames {
+    /// The tenant's namespace.
     pub namespace: String,
+    /// The sandbox's pod.
     pub pod: String,
+    /// The Secret holding the sandbox's token.
     pub secret: String,
+    /// The sandbox's workspace volume claim.
     pub workspace: String,
 }
 

@@ -73,9 +73,15 @@ impl std::str::FromStr for IsolationMode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Isolation {
     /// Each sandbox runs under `bwrap` (this binary).
-    Bubblewrap { bwrap: PathBuf },
+    Bubblewrap {
+        /// The `bwrap` binary.
+        bwrap: PathBuf,
+    },
     /// Sandboxes run as plain child processes; `reason` says why.
-    Unconfined { reason: String },
+    Unconfined {
+        /// Why confinement is not available.
+        reason: String,
+    },
 }
 
 /// Why [`Isolation::probe`] could not give what was required.
@@ -158,6 +164,7 @@ fn trial(bwrap: &Path, root: &Path) -> Result<(), String> {
 const PROBE_UID: u32 = 65_534;
 
 /// Whether this process runs as root (and so can give each sandbox a user of its own).
+#[allow(unsafe_code)] // libc calls; each block says why it is sound
 pub fn is_root() -> bool {
     // SAFETY: geteuid(2) has no preconditions and touches no memory.
     unsafe { libc::geteuid() == 0 }
@@ -171,6 +178,7 @@ pub fn chown(path: &Path, uid: u32) -> std::io::Result<()> {
 /// One sandbox's confinement: what to run and as whom.
 #[derive(Debug, Clone)]
 pub struct Jail {
+    /// The `bwrap` binary.
     pub bwrap: PathBuf,
     /// The host directory that becomes the sandbox's `/work`.
     pub workdir: PathBuf,
@@ -255,6 +263,7 @@ pub struct UidPool {
 }
 
 impl UidPool {
+    /// A pool of the `count` uids from `base`.
     pub fn new(base: u32, count: u32) -> Self {
         UidPool {
             base,
@@ -272,6 +281,7 @@ impl UidPool {
         Some(uid)
     }
 
+    /// Frees `uid` for another sandbox.
     pub fn give_back(&mut self, uid: u32) {
         self.used.remove(&uid);
     }

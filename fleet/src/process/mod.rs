@@ -67,6 +67,7 @@ fn provider_id(sandbox_id: &str) -> String {
     format!("proc-{sandbox_id}")
 }
 
+#[allow(unsafe_code)] // libc calls; each block says why it is sound
 fn signal_group(pid: i32, sig: i32) {
     // SAFETY: kill(2) with a negative pid signals the process group the sandbox leads; it touches
     // no memory of ours.
@@ -78,6 +79,7 @@ fn signal_group(pid: i32, sig: i32) {
 /// SIGTERM to the agent of the sandbox whose process group is `pgid` (once to each process in
 /// `told`), not to bubblewrap, which would end the sandbox at once, before the agent hands its
 /// job back.
+#[allow(unsafe_code)] // libc calls; each block says why it is sound
 fn terminate_agent(pgid: i32, told: &mut std::collections::HashSet<i32>) {
     for pid in jail::group_members_except_bwrap(pgid) {
         if !told.insert(pid) {
@@ -100,6 +102,7 @@ fn inherited_agent_env() -> Vec<(String, String)> {
 }
 
 impl ProcessProvider {
+    /// A provider with `cfg`, reporting what it observes to `sink`.
     pub fn new(mut cfg: ProcessConfig, sink: ObservationSink) -> Self {
         // bubblewrap binds the agent by path from inside the sandbox's directory.
         if let Ok(abs) = std::fs::canonicalize(&cfg.agent_bin) {
@@ -159,6 +162,7 @@ impl ProcessProvider {
     }
 
     /// Starts the agent process for `spec`; the caller holds no lock.
+    #[allow(unsafe_code)] // libc calls; each block says why it is sound
     fn spawn(&self, spec: &SandboxSpec) -> Result<(), ProviderError> {
         // Inside bubblewrap a missing or non-executable agent would only show as a sandbox that
         // exits at once; say so here, as an unconfined spawn would.

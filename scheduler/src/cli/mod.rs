@@ -219,6 +219,13 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// One table row per element of the JSON list `list` (no rows when it is not a list).
+pub(crate) fn rows_of(list: &Value, row: impl Fn(&Value) -> Vec<String>) -> Vec<Vec<String>> {
+    list.as_array()
+        .map(|items| items.iter().map(row).collect())
+        .unwrap_or_default()
+}
+
 pub(crate) fn s(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
@@ -389,21 +396,15 @@ fn execute(cmd: OperatorCommand) -> Result<String, String> {
                 &rows,
             );
             if tenant.is_some() {
-                let rows: Vec<Vec<String>> = v["sandbox_list"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|x| {
-                        vec![
-                            s(&x["id"]),
-                            s(&x["state"]),
-                            s(&x["provider_id"]),
-                            s(&x["since"]),
-                            s(&x["jobs_run"]),
-                        ]
-                    })
-                    .collect();
+                let rows: Vec<Vec<String>> = rows_of(&v["sandbox_list"], |x| {
+                    vec![
+                        s(&x["id"]),
+                        s(&x["state"]),
+                        s(&x["provider_id"]),
+                        s(&x["since"]),
+                        s(&x["jobs_run"]),
+                    ]
+                });
                 out.push('\n');
                 out.push_str(&table(
                     &["SANDBOX", "STATE", "PROVIDER ID", "SINCE", "JOBS RUN"],
@@ -430,22 +431,16 @@ fn execute(cmd: OperatorCommand) -> Result<String, String> {
                     if conn.json {
                         return Ok(pretty(&v));
                     }
-                    let rows: Vec<Vec<String>> = v["jobs"]
-                        .as_array()
-                        .cloned()
-                        .unwrap_or_default()
-                        .iter()
-                        .map(|j| {
-                            vec![
-                                s(&j["id"]),
-                                s(&j["tenant"]),
-                                s(&j["kind"]),
-                                s(&j["state"]),
-                                s(&j["attempts"]),
-                                s(&j["created_at"]),
-                            ]
-                        })
-                        .collect();
+                    let rows: Vec<Vec<String>> = rows_of(&v["jobs"], |j| {
+                        vec![
+                            s(&j["id"]),
+                            s(&j["tenant"]),
+                            s(&j["kind"]),
+                            s(&j["state"]),
+                            s(&j["attempts"]),
+                            s(&j["created_at"]),
+                        ]
+                    });
                     return Ok(table(
                         &["JOB", "TENANT", "KIND", "STATE", "ATTEMPTS", "CREATED"],
                         &rows,
@@ -518,13 +513,7 @@ fn execute(cmd: OperatorCommand) -> Result<String, String> {
                     },
                 ]
             };
-            let mut rows: Vec<Vec<String>> = v["buckets"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .map(row)
-                .collect();
+            let mut rows: Vec<Vec<String>> = rows_of(&v["buckets"], row);
             let cost_header = format!("COST {}", v["currency"].as_str().unwrap_or_default());
             let mut total = row(&v["total"]);
             total[0] = "total".into();
@@ -577,21 +566,13 @@ fn execute(cmd: OperatorCommand) -> Result<String, String> {
             }
             let mut out = table(
                 &["TENANT", "DESIRED", "ACTIVE"],
-                &v["pools"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|p| vec![s(&p["tenant"]), s(&p["desired"]), s(&p["active"])])
-                    .collect::<Vec<_>>(),
+                &rows_of(&v["pools"], |p| {
+                    vec![s(&p["tenant"]), s(&p["desired"]), s(&p["active"])]
+                }),
             );
-            let steps: Vec<Vec<String>> = v["steps"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .map(|st| vec![s(&st["op"]), s(&st["tenant"]), s(&st["sandbox"])])
-                .collect();
+            let steps: Vec<Vec<String>> = rows_of(&v["steps"], |st| {
+                vec![s(&st["op"]), s(&st["tenant"]), s(&st["sandbox"])]
+            });
             out.push('\n');
             if steps.is_empty() {
                 out.push_str("no steps: every pool is where the planner wants it\n");

@@ -1,6 +1,6 @@
 //! `shoal schedules`: list, put and delete cron schedules.
 
-use super::{Conn, call, pretty, s, table};
+use super::{Conn, call, pretty, rows_of, s, table};
 use clap::Subcommand;
 use serde_json::Value;
 
@@ -58,13 +58,7 @@ pub(super) fn schedules(conn: &Conn, command: Option<SchedulesCommand>) -> Resul
             if conn.json {
                 return Ok(pretty(&v));
             }
-            let rows: Vec<Vec<String>> = v["schedules"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .map(row)
-                .collect();
+            let rows: Vec<Vec<String>> = rows_of(&v["schedules"], row);
             Ok(table(&COLS, &rows))
         }
         SchedulesCommand::Put {

@@ -1,6 +1,6 @@
 //! `shoal webhooks`: endpoints and their deliveries.
 
-use super::{Conn, call, pretty, s, table};
+use super::{Conn, call, pretty, rows_of, s, table};
 use clap::Subcommand;
 use serde_json::Value;
 
@@ -56,13 +56,7 @@ pub(super) fn webhooks(conn: &Conn, command: Option<WebhooksCommand>) -> Result<
             if conn.json {
                 return Ok(pretty(&v));
             }
-            let rows: Vec<Vec<String>> = v["webhooks"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .map(endpoint_row)
-                .collect();
+            let rows: Vec<Vec<String>> = rows_of(&v["webhooks"], endpoint_row);
             Ok(table(&ENDPOINT_COLS, &rows))
         }
         WebhooksCommand::Create {
@@ -112,22 +106,16 @@ pub(super) fn webhooks(conn: &Conn, command: Option<WebhooksCommand>) -> Result<
             if conn.json {
                 return Ok(pretty(&v));
             }
-            let rows: Vec<Vec<String>> = v["deliveries"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .map(|d| {
-                    vec![
-                        s(&d["id"]),
-                        s(&d["type"]),
-                        s(&d["state"]),
-                        s(&d["attempts"]),
-                        s(&d["last_status"]),
-                        s(&d["next_attempt_at"]),
-                    ]
-                })
-                .collect();
+            let rows: Vec<Vec<String>> = rows_of(&v["deliveries"], |d| {
+                vec![
+                    s(&d["id"]),
+                    s(&d["type"]),
+                    s(&d["state"]),
+                    s(&d["attempts"]),
+                    s(&d["last_status"]),
+                    s(&d["next_attempt_at"]),
+                ]
+            });
             Ok(table(
                 &[
                     "EVENT",

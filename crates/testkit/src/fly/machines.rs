@@ -254,6 +254,7 @@ fn string_map(v: Option<&Value>) -> BTreeMap<String, String> {
 }
 
 /// Sends `sig` to a machine's process group.
+#[allow(unsafe_code)] // libc calls; each block says why it is sound
 pub(crate) fn signal(pgid: u32, sig: i32) {
     // SAFETY: kill(2) has no memory effects; a stale group id at worst fails with ESRCH.
     unsafe {

@@ -36,7 +36,9 @@ pub struct Latencies {
     pub resume: Duration,
     /// The least time from stopping to stopped (the process's own exit may take longer).
     pub stop: Duration,
+    /// The least time from suspending to suspended.
     pub suspend: Duration,
+    /// The least time from destroying to destroyed.
     pub destroy: Duration,
 }
 
@@ -55,7 +57,9 @@ impl Default for Latencies {
 /// Bursts of 429: for `length_ms` out of every `every_ms`, every request is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ThrottleBursts {
+    /// The period of the bursts, in milliseconds.
     pub every_ms: u64,
+    /// How long each burst lasts, in milliseconds.
     pub length_ms: u64,
 }
 
@@ -65,6 +69,7 @@ pub struct ThrottleBursts {
 pub struct Faults {
     /// The fraction of requests (past spec and rate checks) answered with a 5xx instead.
     pub server_error_fraction: f64,
+    /// Bursts in which every request is answered 429.
     pub throttle: Option<ThrottleBursts>,
     /// Regions whose creates answer `insufficient_capacity`.
     pub no_capacity: Vec<String>,
@@ -77,6 +82,7 @@ pub struct Faults {
 /// How the emulator behaves.
 #[derive(Debug, Clone)]
 pub struct EmulatorConfig {
+    /// The address to listen on (port 0: any free port).
     pub bind: SocketAddr,
     /// The one app it serves.
     pub app: String,
@@ -84,7 +90,9 @@ pub struct EmulatorConfig {
     pub token: Option<String>,
     /// Known regions; a create in another answers 400. The first is the default.
     pub regions: Vec<String>,
+    /// How long machine transitions take.
     pub latencies: Latencies,
+    /// The faults injected from the start.
     pub faults: Faults,
     /// The command run in a started machine, with the machine's `config.env`; none when empty.
     pub command: Vec<String>,
@@ -96,6 +104,7 @@ pub struct EmulatorConfig {
     pub suspend_max_memory_mb: u64,
     /// Enforce Fly's rate limits (429 past them).
     pub enforce_rate_limits: bool,
+    /// The OpenAPI spec every request and answer is checked against.
     pub spec_path: PathBuf,
 }
 
@@ -141,8 +150,11 @@ pub struct Stats {
     pub spec_violations: u64,
     /// The last few spec violations, described.
     pub violation_samples: Vec<String>,
+    /// Requests answered with an injected 5xx.
     pub injected_5xx: u64,
+    /// Requests answered with an injected or rate-limit 429.
     pub injected_429: u64,
+    /// Creates refused with `insufficient_capacity`.
     pub capacity_refusals: u64,
     /// 404s answered for machines not yet visible after their create.
     pub early_not_found: u64,
@@ -193,11 +205,15 @@ impl Stats {
 /// The emulator could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum EmulatorError {
+    /// The spec could not be loaded.
     #[error(transparent)]
     Spec(#[from] SpecError),
+    /// The listening socket could not be bound.
     #[error("binding {addr}: {source}")]
     Bind {
+        /// The address asked for.
         addr: SocketAddr,
+        /// Why binding failed.
         source: std::io::Error,
     },
 }
@@ -205,10 +221,15 @@ pub enum EmulatorError {
 /// A machine as a test may want to inspect it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MachineView {
+    /// The machine's id.
     pub id: String,
+    /// Its state as the API shows it (`created`, `started`, `stopped`, ...).
     pub state: String,
+    /// The region it was created in.
     pub region: String,
+    /// Its `config.env`.
     pub env: BTreeMap<String, String>,
+    /// Its `config.metadata`.
     pub metadata: BTreeMap<String, String>,
     /// The process group of the machine's running process.
     pub pid: Option<u32>,
@@ -258,10 +279,12 @@ impl Emulator {
         format!("http://{}", self.addr)
     }
 
+    /// The address the emulator listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
+    /// The one app it serves.
     pub fn app(&self) -> &str {
         &self.shared.cfg.app
     }

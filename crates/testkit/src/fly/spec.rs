@@ -10,13 +10,22 @@ use std::path::{Path, PathBuf};
 /// The spec could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
+    /// The spec file could not be read.
     #[error("reading {path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// Why reading failed.
         source: std::io::Error,
     },
+    /// The spec file is not the OpenAPI document expected.
     #[error("parsing {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What does not parse or is missing.
+        message: String,
+    },
 }
 
 /// Where the spec lives: `SHOAL_FLY_SPEC` if set, else `shared/specs/fly-machines-openapi.yaml`
@@ -58,8 +67,11 @@ struct Param {
 /// One operation of the spec.
 #[derive(Debug, Clone)]
 pub struct Operation {
+    /// The spec's `operationId`.
     pub id: String,
+    /// The HTTP method, upper case.
     pub method: String,
+    /// The path template (`/apps/{app_name}/machines/{machine_id}`).
     pub template: String,
     segments: Vec<Segment>,
     query: HashMap<String, Param>,
@@ -70,8 +82,11 @@ pub struct Operation {
 /// A request matched to its operation.
 #[derive(Debug, Clone)]
 pub struct Matched<'a> {
+    /// The operation matched.
     pub op: &'a Operation,
+    /// The path's parameters, by name.
     pub path_params: HashMap<String, String>,
+    /// The query's pairs, in order.
     pub query: Vec<(String, String)>,
 }
 
@@ -86,6 +101,7 @@ pub struct Spec {
 const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
 
 impl Spec {
+    /// Reads the OpenAPI document at `path`.
     pub fn load(path: &Path) -> Result<Spec, SpecError> {
         let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
             path: path.into(),
