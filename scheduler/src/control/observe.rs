@@ -191,9 +191,12 @@ impl Control {
             }
             // No provider time for a sandbox the provider no longer lists: the last sign of
             // life stands in (an agent's heartbeat, lease or call), else the last state change.
-            let (at, basis) = match rec.last_seen {
-                Some(seen) if seen >= rec.since => (seen.min(now), "last_seen"),
-                _ => (rec.since.min(now), "since"),
+            // The same last sign as the health check's.
+            let at = rec.last_sign().min(now);
+            let basis = if rec.last_seen.is_some_and(|seen| seen >= rec.since) {
+                "last_seen"
+            } else {
+                "since"
             };
             let note = json!({
                 "finding": "reconcile",
