@@ -20,6 +20,8 @@ pub struct Metrics {
     pub queue_depth: IntGaugeVec,
     pub jobs_running: IntGaugeVec,
     pub sandboxes: IntGaugeVec,
+    /// Sandboxes marked unhealthy, by tenant and cause (`agent_silent`, `provider_stopped`).
+    pub sandboxes_unhealthy: IntCounterVec,
     pub provider_calls: IntCounterVec,
     pub wake_latency: HistogramVec,
     pub boot_latency: HistogramVec,
@@ -208,6 +210,11 @@ impl Metrics {
                 "shoal_sandboxes",
                 "Sandboxes by state.",
                 &["tenant", "state"],
+            ),
+            sandboxes_unhealthy: counter(
+                "shoal_sandboxes_unhealthy_total",
+                "Sandboxes marked unhealthy (their agent went silent, or the provider reported them stopped), by cause.",
+                &["tenant", "cause"],
             ),
             provider_calls: counter(
                 "shoal_provider_calls_total",

@@ -146,7 +146,8 @@ pub struct SizeView {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct SandboxView {
     pub id: String,
-    /// `booting`, `ready`, `busy`, `suspending`, `suspended`, `stopping`, `stopped`, `destroying`.
+    /// `booting`, `ready`, `busy`, `unhealthy`, `suspending`, `suspended`, `stopping`, `stopped`,
+    /// `destroying`.
     #[schema(value_type = String, example = "ready")]
     pub state: shoal_core::SandboxState,
     pub provider_id: Option<String>,
@@ -245,6 +246,8 @@ pub struct SandboxCounts {
     pub booting: u64,
     pub ready: u64,
     pub busy: u64,
+    /// Its agent went silent or its provider reported it failed; being destroyed and replaced.
+    pub unhealthy: u64,
     pub suspended: u64,
     pub stopped: u64,
 }
@@ -255,6 +258,7 @@ impl SandboxCounts {
             Some("booting") => self.booting += 1,
             Some("ready") => self.ready += 1,
             Some("busy") => self.busy += 1,
+            Some("unhealthy") => self.unhealthy += 1,
             Some("suspended") => self.suspended += 1,
             Some("stopped") => self.stopped += 1,
             _ => {}
@@ -275,7 +279,8 @@ pub struct EventView {
     pub tenant: Option<String>,
     pub at: String,
     /// `create`, `start`, `resume`, `suspend`, `stop`, `destroy`, `create_failed`,
-    /// `provider_error`, `sandbox_lost`, `orphan_collected`, `quota_warning`, `drained`, ...
+    /// `provider_error`, `sandbox_lost`, `sandbox_unhealthy`, `orphan_collected`, `quota_warning`,
+    /// `drained`, ...
     pub kind: String,
     #[schema(value_type = Object)]
     pub detail: Value,

@@ -10,7 +10,8 @@ use std::fmt;
 ///
 /// `Booting`, `Ready` and `Busy` are *active* (they hold capacity and count against the pool);
 /// `Stopping`, `Suspending` and `Destroying` are operations in flight; `Suspended` and `Stopped` can
-/// be woken; `Destroyed` is final.
+/// be woken; `Unhealthy` is on its way out (its agent went silent, or the provider reported it
+/// failed): it holds no capacity, is never woken and is only destroyed; `Destroyed` is final.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SandboxState {
@@ -20,6 +21,9 @@ pub enum SandboxState {
     Ready,
     /// Its agent holds a job lease.
     Busy,
+    /// Its agent went silent (no heartbeat or lease request for three heartbeat intervals) or
+    /// the provider reported it failed: its jobs went back, and it is destroyed and replaced.
+    Unhealthy,
     /// Being suspended by the provider (memory kept, no CPU billed).
     Suspending,
     /// Suspended: resumable, holds no capacity.
@@ -36,10 +40,11 @@ pub enum SandboxState {
 
 impl SandboxState {
     /// Every state, in declaration order.
-    pub const ALL: [SandboxState; 9] = [
+    pub const ALL: [SandboxState; 10] = [
         SandboxState::Booting,
         SandboxState::Ready,
         SandboxState::Busy,
+        SandboxState::Unhealthy,
         SandboxState::Suspending,
         SandboxState::Suspended,
         SandboxState::Stopping,
@@ -54,6 +59,7 @@ impl SandboxState {
             SandboxState::Booting => "booting",
             SandboxState::Ready => "ready",
             SandboxState::Busy => "busy",
+            SandboxState::Unhealthy => "unhealthy",
             SandboxState::Suspending => "suspending",
             SandboxState::Suspended => "suspended",
             SandboxState::Stopping => "stopping",
@@ -76,13 +82,14 @@ impl SandboxState {
         self != SandboxState::Destroyed
     }
 
-    /// The bucket the pools API shows this state in (`booting`, `ready`, `busy`, `suspended`,
-    /// `stopped`); operations in flight are shown as where they are going.
+    /// The bucket the pools API shows this state in (`booting`, `ready`, `busy`, `unhealthy`,
+    /// `suspended`, `stopped`); operations in flight are shown as where they are going.
     pub fn pool_bucket(self) -> Option<&'static str> {
         match self {
             SandboxState::Booting => Some("booting"),
             SandboxState::Ready => Some("ready"),
             SandboxState::Busy => Some("busy"),
+            SandboxState::Unhealthy => Some("unhealthy"),
             SandboxState::Suspending | SandboxState::Suspended => Some("suspended"),
             SandboxState::Stopping | SandboxState::Stopped | SandboxState::Destroying => {
                 Some("stopped")
@@ -104,11 +111,15 @@ text_enum!(SandboxState, "sandbox state");
 /// | `start`   | `stopped`                      | `booting`    | `booting`   |
 /// | `suspend` | `ready`                        | `suspending` | `suspended` |
 /// | `stop`    | `ready`                        | `stopping`   | `stopped`   |
-/// | `destroy` | `stopped`, `suspended`, `booting` | `destroying` | `destroyed` |
+/// | `destroy` | `stopped`, `suspended`, `booting`, `unhealthy` | `destroying` | `destroyed` |
 ///
 /// A woken sandbox stays `booting` once the provider has done its part: its agent calling in makes
 /// it `ready` (and a lease makes it `busy`), which no operation does. A `busy` sandbox is in no
 /// operation's from-states: nothing the planner asks for stops one.
+///
+/// `unhealthy` is reached by no operation either: the control loop's health check marks a `ready`
+/// or `busy` sandbox so when its agent has gone silent, or the provider reports it stopped or
+/// failed by itself. Its one way on is `destroy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SandboxOp {
@@ -161,6 +172,7 @@ impl SandboxOp {
                 SandboxState::Stopped,
                 SandboxState::Suspended,
                 SandboxState::Booting,
+                SandboxState::Unhealthy,
             ],
         }
     }
@@ -207,8 +219,9 @@ impl SandboxState {
     /// Whether a sandbox in this state may move to `next`: by an operation ([`SandboxOp`]: its
     /// start, its end, or its failure back to where it was) or by what the agent and the provider
     /// report: an agent calling in makes a booting sandbox ready, a lease makes it
-    /// busy and the job's end ready again; a provider seen suspending or stopping a sandbox, or
-    /// losing it, moves any existing sandbox there.
+    /// busy and the job's end ready again; the health check makes a ready or busy sandbox
+    /// unhealthy; a provider seen suspending or stopping a sandbox, or losing it, moves any
+    /// existing sandbox there (an unhealthy one only to destroyed).
     pub fn can_become(self, next: SandboxState) -> bool {
         use SandboxState::*;
         // An operation begins (from-state to in-flight), ends (in-flight to result) or fails
@@ -219,10 +232,11 @@ impl SandboxState {
         });
         let by_report = match (self, next) {
             (Booting, Ready) | (Ready, Busy) | (Busy, Ready) => true,
+            (Ready | Busy, Unhealthy) => true,
             // Observed: a suspend seen (also of a ready sandbox suspended by the provider), a
             // stop or a loss seen of any sandbox not already there.
             (Ready | Suspending, Suspended) => true,
-            (from, Stopped) => from.exists() && from != Stopped && from != Destroying,
+            (from, Stopped) => from.exists() && !matches!(from, Stopped | Destroying | Unhealthy),
             (from, Destroyed) => from.exists(),
             _ => false,
         };
@@ -274,8 +288,24 @@ mod tests {
             .into_iter()
             .filter(|&s| Busy.can_become(s))
             .collect();
-        assert_eq!(from_busy, [Ready, Stopped, Destroyed]);
+        assert_eq!(from_busy, [Ready, Unhealthy, Stopped, Destroyed]);
         assert!(Booting.can_become(Ready) && !Ready.can_become(Booting));
+        // Unhealthy: from ready or busy (a failed destroy goes back to it), and on only to its
+        // destruction.
+        let into: Vec<_> = SandboxState::ALL
+            .into_iter()
+            .filter(|&s| s.can_become(Unhealthy))
+            .collect();
+        assert_eq!(into, [Ready, Busy, Destroying]);
+        let out: Vec<_> = SandboxState::ALL
+            .into_iter()
+            .filter(|&s| Unhealthy.can_become(s))
+            .collect();
+        assert_eq!(out, [Destroying, Destroyed]);
+        assert!(!Unhealthy.is_active() && Unhealthy.exists());
+        for op in SandboxOp::ALL {
+            assert_eq!(op.applies_to(Unhealthy), op == SandboxOp::Destroy, "{op}");
+        }
     }
 
     #[test]

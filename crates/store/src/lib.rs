@@ -339,6 +339,16 @@ pub struct SandboxRecord {
     pub created_at: Millis,
 }
 
+impl SandboxRecord {
+    /// Its last sign of life: when its agent was last heard from (a heartbeat, a lease request),
+    /// or when it entered its state if that is later (a lease, a completion, or a state change of
+    /// the scheduler's own).
+    pub fn last_sign(&self) -> Millis {
+        self.last_seen
+            .map_or(self.since, |seen| seen.max(self.since))
+    }
+}
+
 /// A sandbox to record before the provider is asked for it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewSandbox {
@@ -673,6 +683,18 @@ pub trait Store: Outbox + AuditLog + Retention + Metering + Send + Sync + 'stati
     /// back. Returns the jobs put back.
     async fn sandbox_down(&self, id: &str, to: SandboxState, now: Millis)
     -> Result<Vec<JobRecord>>;
+    /// Marks a `ready` or `busy` sandbox `unhealthy` if its last sign of life
+    /// ([`SandboxRecord::last_sign`]) is at or before `silent_since` (pass `Millis::MAX` for a
+    /// provider's report, which needs no silence): its running jobs go back as lost (one attempt
+    /// used, by their retry policy). Decided under the sandbox's lock, so an agent that called in
+    /// since the caller read the sandbox keeps it. Returns the sandbox as it was and the jobs put
+    /// back; `None` when it was not marked.
+    async fn sandbox_unhealthy(
+        &self,
+        id: &str,
+        silent_since: Millis,
+        now: Millis,
+    ) -> Result<Option<(SandboxRecord, Vec<JobRecord>)>>;
     /// The sandbox `id`, whatever its state.
     async fn sandbox(&self, id: &str) -> Result<Option<SandboxRecord>>;
     /// The sandbox whose agent token hashes to `token_hash`.

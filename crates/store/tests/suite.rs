@@ -82,6 +82,7 @@ conformance! {
     a_schedule_fires_each_time_once_and_is_audited => schedules,
     concurrent_fires_of_one_time_make_one_job => concurrent_fires,
     batches_admit_in_order_under_quota_and_keys => batch_admissions,
+    a_silent_sandbox_becomes_unhealthy_unless_its_agent_called_in => unhealthy,
 }
 
 fn job(id: &str, tenant: &str, key: Option<&str>, priority: i32, at: i64) -> NewJob {
@@ -3238,4 +3239,99 @@ async fn concurrent_fires(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(jobs.len(), 1);
+}
+
+/// `sandbox_unhealthy`: heartbeats and lease requests move `last_seen`; a sandbox is marked only
+/// while ready or busy and silent since the cutoff, its running job goes back with the attempt
+/// used, and its agent is told to stop.
+async fn unhealthy(store: Arc<dyn Store>) {
+    setup(&*store).await;
+    store
+        .admit(job("j1", "t", None, 0, 10), 0, None, &Actor::admin())
+        .await
+        .unwrap();
+    let j1 = leased(store.lease("sb1", POLICY, 100).await.unwrap());
+    let lease = j1.lease_id.clone().unwrap();
+    assert!(store.heartbeat("j1", &lease, 10_000, 400).await.unwrap().ok);
+    let sb = store.sandbox("sb1").await.unwrap().unwrap();
+    assert_eq!((sb.state, sb.last_seen), (SandboxState::Busy, Some(400)));
+    assert_eq!(sb.last_sign(), 400);
+    // Heard from after the cutoff: kept.
+    assert!(
+        store
+            .sandbox_unhealthy("sb1", 399, 1_000)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Silent since: marked, its job back with its attempt used.
+    let (was, back) = store
+        .sandbox_unhealthy("sb1", 400, 1_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(was.state, SandboxState::Busy);
+    assert_eq!(
+        back.iter()
+            .map(|j| (j.id.as_str(), j.state, j.attempts))
+            .collect::<Vec<_>>(),
+        [("j1", JobState::Queued, 1)]
+    );
+    let sb = store.sandbox("sb1").await.unwrap().unwrap();
+    assert_eq!((sb.state, sb.since), (SandboxState::Unhealthy, 1_000));
+    assert_eq!(
+        store.job("j1").await.unwrap().unwrap().error.unwrap()["code"],
+        "sandbox_unhealthy"
+    );
+    // Once unhealthy, not again; its agent, waking up, is told to stop; its late heartbeat is
+    // refused.
+    assert!(
+        store
+            .sandbox_unhealthy("sb1", i64::MAX, 1_001)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(matches!(
+        store.lease("sb1", POLICY, 1_002).await.unwrap(),
+        Lease::Stop
+    ));
+    assert!(
+        !store
+            .heartbeat("j1", &lease, 10_000, 1_003)
+            .await
+            .unwrap()
+            .ok
+    );
+    // A booting sandbox is not the health check's (its boot timeout is).
+    assert!(
+        store
+            .sandbox_unhealthy("sb2", i64::MAX, 1_004)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // A ready sandbox's lease request is a sign of life too.
+    assert!(matches!(
+        store.lease("sbu", POLICY, 2_000).await.unwrap(),
+        Lease::Idle
+    ));
+    assert_eq!(
+        store.sandbox("sbu").await.unwrap().unwrap().last_seen,
+        Some(2_000)
+    );
+    assert!(
+        store
+            .sandbox_unhealthy("sbu", 1_999, 3_000)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .sandbox_unhealthy("sbu", 2_000, 3_000)
+            .await
+            .unwrap()
+            .is_some()
+    );
 }

@@ -2,6 +2,7 @@
 //! own sandbox's jobs only.
 
 use crate::auth::Agent;
+use crate::control::health::MAX_LEASE_WAIT;
 use crate::error::{ApiError, Body, RawBody};
 use crate::jobwatch::Pulse;
 use crate::openapi::ErrorBody;
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
 
-/// An agent asks for its sandbox's next job (long poll, at most 60 s).
+/// An agent asks for its sandbox's next job (long poll, at most [`MAX_LEASE_WAIT`]).
 #[utoipa::path(post, path = "/v1/agent/lease", tag = "agent", security(("bearer" = [])),
     request_body(content = Object, description = "`{\"wait_ms\"?}`"),
     responses(
@@ -33,7 +34,7 @@ pub(crate) async fn agent_lease(
     Agent(sandbox): Agent,
     Body(req): Body<LeaseRequest>,
 ) -> Result<Json<LeaseResponse>, ApiError> {
-    let wait = Duration::from_millis(req.wait_ms.unwrap_or(20_000).min(60_000));
+    let wait = Duration::from_millis(req.wait_ms.unwrap_or(20_000)).min(MAX_LEASE_WAIT);
     let deadline = tokio::time::Instant::now() + wait;
     let signal = app.tenant_signal(&sandbox.tenant);
     let mut was_booting = sandbox.state == SandboxState::Booting;

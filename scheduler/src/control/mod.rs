@@ -12,6 +12,8 @@
 //!   provider.
 //! - [`apply`]: a step's store side and its provider call, by the core's lifecycle table.
 //! - [`observe`]: the provider's observations, and reconciling with what it lists (orphans).
+//! - [`health`]: sandboxes whose agent went silent or whose provider reports them failed become
+//!   unhealthy, give their jobs back and are destroyed.
 //! - [`snapshot`]: the snapshot the planner sees, and the dry run.
 //!
 //! A provider call is made once per step: the providers' own clients retry what is worth
@@ -19,6 +21,7 @@
 //! tenant's creates, [`CreateBackoff`]).
 
 mod apply;
+pub mod health;
 mod observe;
 mod pass;
 mod snapshot;
@@ -35,7 +38,7 @@ use shoal_core::{Millis, SandboxSize};
 use shoal_fleet::{Observation, Provider};
 use shoal_store::{Store, StoreError};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -54,7 +57,7 @@ const DEBOUNCE: Duration = Duration::from_millis(2);
 const PASS_GAP_FACTOR: u32 = 4;
 /// The longest such wait.
 const MAX_PASS_GAP: Duration = Duration::from_millis(100);
-/// The slow tick: timeouts, lease expiry, retention.
+/// The slow tick: timeouts, lease expiry, sandbox health, retention.
 const TICK: Duration = Duration::from_secs(1);
 /// How often the provider is checked for resources the store does not know.
 const COLLECT_EVERY: Duration = Duration::from_secs(60);
@@ -137,6 +140,8 @@ pub struct Settings {
     pub idle_timeout_ms: Millis,
     pub retention_ms: Millis,
     pub boot_timeout_ms: Millis,
+    /// How often agents heartbeat a running job; three missed make a sandbox unhealthy.
+    pub heartbeat_interval_ms: Millis,
     pub fleet_max_sandboxes: Option<u32>,
     /// How long before work falls due a sandbox is woken for it.
     pub due_lead_ms: Millis,
@@ -154,6 +159,8 @@ impl Settings {
             idle_timeout_ms: cfg.idle_timeout.as_millis() as Millis,
             retention_ms: cfg.sandbox_retention.as_millis() as Millis,
             boot_timeout_ms: cfg.boot_timeout.as_millis() as Millis,
+            heartbeat_interval_ms: Millis::try_from(cfg.heartbeat_interval.as_millis())
+                .unwrap_or(Millis::MAX),
             fleet_max_sandboxes: cfg.fleet_max_sandboxes,
             due_lead_ms: app.due_lead_ms(),
             usage: cfg.usage_context(),
@@ -242,6 +249,9 @@ pub struct Control {
     leadership: Arc<dyn Leadership>,
     /// The fencing epoch while this replica leads; 0 while it does not.
     epoch: AtomicU64,
+    /// When this replica last began to lead (the clock's milliseconds): the health check counts
+    /// an agent's silence from here at the earliest.
+    leading_since: AtomicI64,
     /// The tenant limits last given to the provider.
     limits_sent: Mutex<HashMap<String, (Option<u32>, SandboxSize)>>,
     /// Provider calls in flight, so a shutdown can let them finish before stopping sandboxes.
@@ -286,6 +296,7 @@ impl Control {
             running_since: Mutex::new(HashMap::new()),
             leadership,
             epoch: AtomicU64::new(0),
+            leading_since: AtomicI64::new(0),
             limits_sent: Mutex::new(HashMap::new()),
             inflight: Mutex::new(tokio::task::JoinSet::new()),
         })
@@ -340,6 +351,7 @@ impl Control {
             if let Err(e) = self.reconcile(true).await {
                 tracing::error!(error = %e, "reconciling with the provider failed");
             }
+            self.leading_since.store(self.now(), Ordering::SeqCst);
             self.epoch.store(epoch, Ordering::SeqCst);
             self.metrics.leader.set(1);
             self.signals.ready();
@@ -398,6 +410,9 @@ impl Control {
                 _ = tokio::time::sleep(TICK) => {
                     if self.leads() && let Err(e) = self.expire().await {
                         tracing::warn!(error = %e, "expiring leases failed");
+                    }
+                    if self.leads() && let Err(e) = self.health().await {
+                        tracing::warn!(error = %e, "checking sandbox health failed");
                     }
                 }
                 _ = self.shutdown.cancelled() => break,

@@ -5,22 +5,23 @@
 use super::Control;
 use crate::jobwatch::Pulse;
 use serde_json::json;
-use shoal_core::SandboxState;
+use shoal_core::{Millis, SandboxState};
 use shoal_fleet::{Observation, ObservedState};
 use shoal_metering::{LedgerEntry, LedgerKind};
 use shoal_store::{SandboxRecord, StoreError};
 use std::collections::HashMap;
+use std::sync::Arc;
 use tracing::Instrument;
 
 impl Control {
     /// Turns what the provider observed into sandbox states and ledger entries.
-    pub(super) async fn observe(&self, o: Observation) {
+    pub(super) async fn observe(self: &Arc<Self>, o: Observation) {
         if let Err(e) = self.try_observe(&o).await {
             tracing::warn!(error = %e, sandbox = %o.sandbox.sandbox_id, "recording an observation failed");
         }
     }
 
-    async fn try_observe(&self, o: &Observation) -> Result<(), StoreError> {
+    async fn try_observe(self: &Arc<Self>, o: &Observation) -> Result<(), StoreError> {
         let store = &self.store;
         let Some(rec) = store.sandbox(&o.sandbox.sandbox_id).await? else {
             return Ok(());
@@ -85,8 +86,17 @@ impl Control {
                     )
                     .await?;
             }
+            // A ready or busy sandbox the provider saw stop (or fail) by itself is unhealthy:
+            // its jobs go back, and it is destroyed and replaced rather than woken again.
             ObservedState::Stopped
-                if rec.state != SandboxState::Destroying && rec.state != SandboxState::Stopped =>
+                if matches!(rec.state, SandboxState::Ready | SandboxState::Busy)
+                    && self
+                        .mark_unhealthy(&rec.id, Millis::MAX, super::health::Cause::Provider, now)
+                        .await? => {}
+            ObservedState::Stopped
+                if rec.state != SandboxState::Destroying
+                    && rec.state != SandboxState::Stopped
+                    && rec.state != SandboxState::Unhealthy =>
             {
                 let back = store
                     .sandbox_down(&rec.id, SandboxState::Stopped, now)
@@ -181,9 +191,12 @@ impl Control {
             }
             // No provider time for a sandbox the provider no longer lists: the last sign of
             // life stands in (an agent's heartbeat, lease or call), else the last state change.
-            let (at, basis) = match rec.last_seen {
-                Some(seen) if seen >= rec.since => (seen.min(now), "last_seen"),
-                _ => (rec.since.min(now), "since"),
+            // The same last sign as the health check's.
+            let at = rec.last_sign().min(now);
+            let basis = if rec.last_seen.is_some_and(|seen| seen >= rec.since) {
+                "last_seen"
+            } else {
+                "since"
             };
             let note = json!({
                 "finding": "reconcile",

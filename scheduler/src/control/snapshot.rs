@@ -81,7 +81,14 @@ impl PoolReader {
             let label = metrics.tenant(&t.id).to_string();
             *depth.entry(label.clone()).or_default() += c.queued as i64;
             *running.entry(label.clone()).or_default() += c.running as i64;
-            for b in ["booting", "ready", "busy", "suspended", "stopped"] {
+            for b in [
+                "booting",
+                "ready",
+                "busy",
+                "unhealthy",
+                "suspended",
+                "stopped",
+            ] {
                 sandbox_gauge.entry((label.clone(), b)).or_default();
             }
             for s in &sandboxes {

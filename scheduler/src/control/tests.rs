@@ -14,6 +14,7 @@ use tokio::sync::mpsc::unbounded_channel;
 
 const T: &str = "acme";
 const IDLE_MS: Millis = 60_000;
+const HEARTBEAT_MS: Millis = 1_000;
 const LEASE: LeasePolicy = LeasePolicy {
     max_concurrent_jobs: None,
     draining: false,
@@ -114,6 +115,7 @@ async fn harness() -> Harness {
             idle_timeout_ms: IDLE_MS,
             retention_ms: 24 * 3_600_000,
             boot_timeout_ms: 120_000,
+            heartbeat_interval_ms: HEARTBEAT_MS,
             fleet_max_sandboxes: None,
             due_lead_ms: 10_000,
             usage: Default::default(),
@@ -330,7 +332,7 @@ async fn a_failed_create_is_not_retried_in_the_pass_and_holds_off_the_tenant() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_lost_sandboxs_job_goes_back_to_the_queue() {
+async fn a_sandbox_the_provider_saw_stop_by_itself_is_unhealthy_and_replaced() {
     let mut h = harness().await;
     h.enqueue("j1").await;
     h.sandbox("sb", Some(SandboxState::Busy)).await;
@@ -338,23 +340,247 @@ async fn a_lost_sandboxs_job_goes_back_to_the_queue() {
         h.store.job("j1").await.unwrap().unwrap().state,
         JobState::Running
     );
+    // The machine failed (Fly's `failed`, a pod's `Failed`, a container that died: each
+    // provider reports it stopped).
     h.fake.lose("sb", ObservedState::Stopped);
     let o = h.obs.recv().await.unwrap();
     assert_eq!(o.state, ObservedState::Stopped);
     h.control.observe(o).await;
-    assert_eq!(h.state("sb").await, SandboxState::Stopped);
+    h.control.drain().await;
+    // Unhealthy, then destroyed rather than woken again.
+    assert_eq!(h.fake.calls_of("destroy"), ["sb"]);
+    assert_eq!(h.state("sb").await, SandboxState::Destroyed);
     let job = h.store.job("j1").await.unwrap().unwrap();
     assert_eq!(job.state, JobState::Queued);
     assert_eq!(job.sandbox_id, None);
-    let lost = h.events("sandbox_lost").await;
-    assert_eq!(lost.len(), 1);
-    assert_eq!(lost[0]["jobs_requeued"], 1);
+    assert_eq!(job.attempts, 1);
+    let marked = h.events("sandbox_unhealthy").await;
+    assert_eq!(marked.len(), 1, "{marked:?}");
+    assert_eq!(marked[0]["cause"], "provider_stopped");
+    assert_eq!(marked[0]["was"], "busy");
+    assert_eq!(marked[0]["jobs_requeued"], 1);
     assert!(h.signals.work.lock().unwrap().contains(&T.to_string()));
     assert_eq!(*h.signals.jobs.lock().unwrap(), ["j1"]);
-    // The next pass wakes the lost sandbox for the job it gave back.
+    // The next pass replaces it for the job it gave back.
+    let from = h.fake.calls().len();
+    h.pass().await;
+    let calls = h.calls_since(from);
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert!(calls[0].starts_with("create sb_"), "{calls:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sandbox_that_stops_while_booting_is_woken_again() {
+    let mut h = harness().await;
+    h.enqueue("j1").await;
+    h.sandbox("sb", None).await;
+    h.fake.lose("sb", ObservedState::Stopped);
+    let o = h.obs.recv().await.unwrap();
+    h.control.observe(o).await;
+    h.control.drain().await;
+    assert_eq!(h.state("sb").await, SandboxState::Stopped);
+    assert!(h.events("sandbox_unhealthy").await.is_empty());
     let from = h.fake.calls().len();
     h.pass().await;
     assert_eq!(h.calls_since(from), ["start sb"]);
+}
+
+/// The running job of sandbox `id` and its lease.
+async fn lease_of(h: &Harness, job: &str) -> String {
+    h.store
+        .job(job)
+        .await
+        .unwrap()
+        .unwrap()
+        .lease_id
+        .expect("the job is leased")
+}
+
+/// One tick's health check and the provider calls it started.
+async fn health(h: &Harness) {
+    h.control.health().await.unwrap();
+    h.control.drain().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_agent_that_stops_heartbeating_is_unhealthy_after_three_intervals_and_not_before() {
+    let h = harness().await;
+    h.enqueue("j1").await;
+    let sref = h.sandbox("sb", Some(SandboxState::Busy)).await;
+    // It is billed from its start.
+    h.control
+        .observe(Observation {
+            sandbox: sref,
+            state: ObservedState::Running,
+            at: h.now(),
+        })
+        .await;
+    let lease = lease_of(&h, "j1").await;
+    // Heartbeats move the sandbox's last sign of life.
+    for _ in 0..3 {
+        tokio::time::advance(Duration::from_millis(HEARTBEAT_MS as u64)).await;
+        let a = h
+            .store
+            .heartbeat("j1", &lease, LEASE.lease_ttl_ms, h.now())
+            .await
+            .unwrap();
+        assert!(a.ok);
+        let rec = h.store.sandbox("sb").await.unwrap().unwrap();
+        assert_eq!(rec.last_seen, Some(h.now()));
+        health(&h).await;
+        assert_eq!(h.state("sb").await, SandboxState::Busy);
+    }
+    let last_heartbeat = h.now();
+    // Then the agent hangs. Three intervals of silence are allowed, to the millisecond.
+    tokio::time::advance(Duration::from_millis(3 * HEARTBEAT_MS as u64)).await;
+    health(&h).await;
+    assert_eq!(h.state("sb").await, SandboxState::Busy);
+    assert!(h.fake.calls_of("destroy").is_empty());
+    tokio::time::advance(Duration::from_millis(1)).await;
+    health(&h).await;
+    // Unhealthy, its job back with one attempt used, destroyed.
+    let marked = h.events("sandbox_unhealthy").await;
+    assert_eq!(marked.len(), 1, "{marked:?}");
+    assert_eq!(marked[0]["cause"], "agent_silent");
+    assert_eq!(marked[0]["was"], "busy");
+    assert_eq!(marked[0]["last_seen"], last_heartbeat);
+    assert_eq!(marked[0]["silent_ms"], 3 * HEARTBEAT_MS + 1);
+    let job = h.store.job("j1").await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Queued);
+    assert_eq!(job.attempts, 1);
+    assert_eq!(job.sandbox_id, None);
+    assert_eq!(job.error.unwrap()["code"], "sandbox_unhealthy");
+    assert_eq!(h.fake.calls_of("destroy"), ["sb"]);
+    assert_eq!(h.state("sb").await, SandboxState::Destroyed);
+    // A late heartbeat of the hung agent is refused.
+    let late = h
+        .store
+        .heartbeat("j1", &lease, LEASE.lease_ttl_ms, h.now())
+        .await
+        .unwrap();
+    assert!(!late.ok);
+    // Its billing ends at its last heartbeat, not when it was found out or destroyed.
+    let ledger = h.store.ledger(Some(T)).await.unwrap();
+    let intervals = shoal_metering::intervals(&ledger, h.now());
+    assert_eq!(intervals.len(), 1, "{intervals:?}");
+    assert_eq!(intervals[0].end, last_heartbeat);
+    assert_eq!(intervals[0].end - intervals[0].start, 3 * HEARTBEAT_MS);
+    // The next pass replaces it.
+    let from = h.fake.calls().len();
+    h.pass().await;
+    let calls = h.calls_since(from);
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert!(calls[0].starts_with("create sb_"), "{calls:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_busy_sandbox_that_heartbeats_is_never_marked() {
+    let h = harness().await;
+    h.enqueue("j1").await;
+    h.sandbox("sb", Some(SandboxState::Busy)).await;
+    let lease = lease_of(&h, "j1").await;
+    // Two minutes of a long job, heartbeating a little late every time.
+    for _ in 0..100 {
+        tokio::time::advance(Duration::from_millis(HEARTBEAT_MS as u64 * 6 / 5)).await;
+        let a = h
+            .store
+            .heartbeat("j1", &lease, LEASE.lease_ttl_ms, h.now())
+            .await
+            .unwrap();
+        assert!(a.ok);
+        health(&h).await;
+    }
+    assert_eq!(h.state("sb").await, SandboxState::Busy);
+    assert!(h.events("sandbox_unhealthy").await.is_empty());
+    assert!(h.fake.calls_of("destroy").is_empty());
+    assert_eq!(
+        h.store.job("j1").await.unwrap().unwrap().state,
+        JobState::Running
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_ready_sandbox_is_allowed_its_long_poll() {
+    let h = harness().await;
+    h.sandbox("sb", Some(SandboxState::Ready)).await;
+    let limits = health::HealthLimits::of(HEARTBEAT_MS);
+    // An idle agent sits in a lease request for up to a minute: not silent yet.
+    tokio::time::advance(Duration::from_millis(limits.ready_ms as u64)).await;
+    health(&h).await;
+    assert_eq!(h.state("sb").await, SandboxState::Ready);
+    // Asking again is a sign of life.
+    h.store.lease("sb", LEASE, h.now()).await.unwrap();
+    tokio::time::advance(Duration::from_millis(limits.ready_ms as u64)).await;
+    health(&h).await;
+    assert_eq!(h.state("sb").await, SandboxState::Ready);
+    tokio::time::advance(Duration::from_millis(1)).await;
+    health(&h).await;
+    assert_eq!(h.state("sb").await, SandboxState::Destroyed);
+    let marked = h.events("sandbox_unhealthy").await;
+    assert_eq!(marked.len(), 1);
+    assert_eq!(marked[0]["was"], "ready");
+    assert_eq!(marked[0]["jobs_requeued"], 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_leader_gives_agents_a_full_interval_to_call_in() {
+    let h = harness().await;
+    h.enqueue("j1").await;
+    h.sandbox("sb", Some(SandboxState::Busy)).await;
+    // No leader for a while (its agent could not heartbeat anyone), then this replica leads.
+    tokio::time::advance(Duration::from_secs(10)).await;
+    h.control.leading_since.store(h.now(), Ordering::SeqCst);
+    tokio::time::advance(Duration::from_millis(3 * HEARTBEAT_MS as u64)).await;
+    health(&h).await;
+    assert_eq!(h.state("sb").await, SandboxState::Busy);
+    tokio::time::advance(Duration::from_millis(1)).await;
+    health(&h).await;
+    assert_eq!(h.state("sb").await, SandboxState::Destroyed);
+}
+
+#[test]
+fn the_silence_check_is_pure() {
+    let limits = health::HealthLimits::of(500);
+    assert_eq!(limits.busy_ms, 1_500);
+    assert_eq!(limits.ready_ms, 61_500);
+    let sb = |id: &str, state, since, last_seen| shoal_store::SandboxRecord {
+        id: id.into(),
+        tenant: T.into(),
+        state,
+        provider: "fake".into(),
+        provider_id: None,
+        cpus_milli: 1000,
+        memory_mb: 256,
+        since,
+        idle_since: None,
+        last_seen,
+        jobs_run: 0,
+        created_at: 0,
+    };
+    let now = 100_000;
+    let all = [
+        sb("busy-quiet", SandboxState::Busy, 0, Some(now - 1_501)),
+        sb("busy-heard", SandboxState::Busy, 0, Some(now - 1_500)),
+        // A lease or a completion (its state's start) counts as a sign of life too.
+        sb("busy-new", SandboxState::Busy, now - 10, Some(0)),
+        sb("ready-polling", SandboxState::Ready, 0, Some(now - 61_500)),
+        sb("ready-gone", SandboxState::Ready, 0, Some(now - 61_501)),
+        sb("booting", SandboxState::Booting, 0, None),
+        sb("stopped", SandboxState::Stopped, 0, None),
+    ];
+    let found: Vec<_> = health::silent(&all, limits, 0, now)
+        .into_iter()
+        .map(|s| (s.id, s.silent_since))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("busy-quiet".to_string(), now - 1_500),
+            ("ready-gone".to_string(), now - 61_500)
+        ]
+    );
+    // Counting from when the replica began to lead, no one is silent yet.
+    assert!(health::silent(&all, limits, now - 1_000, now).is_empty());
 }
 
 #[tokio::test(start_paused = true)]

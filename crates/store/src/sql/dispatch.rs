@@ -128,7 +128,10 @@ macro_rules! for_backend {
                 // A suspended sandbox's agent is frozen: a request it sent before the freeze must
                 // not make the sandbox look ready (resume sets it booting before the provider call).
                 SandboxState::Suspended | SandboxState::Suspending => return Ok(Some(Lease::Idle)),
-                SandboxState::Stopping
+                // An unhealthy sandbox's jobs went back and it is being destroyed: an agent that
+                // wakes up there stops.
+                SandboxState::Unhealthy
+                | SandboxState::Stopping
                 | SandboxState::Stopped
                 | SandboxState::Destroying
                 | SandboxState::Destroyed => return Ok(Some(Lease::Stop)),

@@ -391,6 +391,15 @@ macro_rules! impl_store {
                     in_tx!(self.$begin, sandboxes::down, id, to, now)
                 }
 
+                async fn sandbox_unhealthy(
+                    &self,
+                    id: &str,
+                    silent_since: Millis,
+                    now: Millis,
+                ) -> Result<Option<(SandboxRecord, Vec<JobRecord>)>> {
+                    in_tx!(self.$begin, sandboxes::unhealthy, id, silent_since, now)
+                }
+
                 async fn sandbox(&self, id: &str) -> Result<Option<SandboxRecord>> {
                     on_conn!(self, sandboxes::by_id, id)
                 }

@@ -107,6 +107,44 @@ macro_rules! for_backend {
             Ok(back)
         }
 
+        /// The sandbox's agent went silent or its provider reported it failed: a ready or busy
+        /// sandbox whose last sign of life is at or before `silent_since` becomes unhealthy, and
+        /// its running jobs go back as lost (see [`crate::Store::sandbox_unhealthy`]).
+        pub(crate) async fn unhealthy(
+            conn: &mut Conn,
+            id: &str,
+            silent_since: Millis,
+            now: Millis,
+        ) -> Result<Option<(SandboxRecord, Vec<JobRecord>)>> {
+            let Some(sb) = lock_sandbox(conn, id).await? else {
+                return Ok(None);
+            };
+            if !matches!(sb.state, SandboxState::Ready | SandboxState::Busy)
+                || sb.last_sign() > silent_since
+            {
+                // It moved on, or its agent called in since the check read it.
+                return Ok(None);
+            }
+            let lost = serde_json::json!({"code": "sandbox_unhealthy", "message": format!("sandbox {id} became unhealthy while running the job")});
+            let mut back = Vec::new();
+            for job in running_on(conn, id).await? {
+                let job = put_back(conn, &job, &lost, now).await?;
+                let e = crate::audit::job_lapsed(&job, "job.sandbox_lost", now);
+                crate::audit::$backend::record(conn, &e, Some(&job.tenant)).await?;
+                back.push(job);
+            }
+            sqlx::query(
+                "UPDATE sandboxes SET state = 'unhealthy', since = $1, idle_since = NULL WHERE id = $2",
+            )
+            .bind(now)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+            let e = crate::audit::sandbox_state(id, &sb.tenant, SandboxState::Unhealthy, back.len(), now);
+            crate::audit::$backend::record(conn, &e, Some(&sb.tenant)).await?;
+            Ok(Some((sb, back)))
+        }
+
         /// The one sandbox `query` finds by `key`.
         async fn find(
             conn: &mut Conn,
