@@ -29,6 +29,10 @@ pub struct SandboxSpec {
     /// The scheduler's URL as the sandbox reaches it.
     pub scheduler_url: String,
     pub size: SandboxSize,
+    /// The tenant's regions, most preferred first (its `limits.regions`); empty: no preference.
+    /// `fly` creates the machine in the first of them with capacity, `kubernetes` requires a
+    /// node in one of them; `process` and `docker` run on their one host and ignore it.
+    pub regions: Vec<String>,
 }
 
 impl SandboxSpec {
