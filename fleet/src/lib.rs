@@ -133,6 +133,12 @@ pub trait Provider: Send + Sync + 'static {
 
     fn capabilities(&self) -> Capabilities;
 
+    /// The region a sandbox was placed in, by its provider id, when this provider places by
+    /// region and knows it (`fly`: the machine's region). `None` by default.
+    fn region_of(&self, _provider_id: &str) -> Option<String> {
+        None
+    }
+
     /// Creates and starts a sandbox; returns the provider's id for it.
     async fn create(&self, spec: &SandboxSpec) -> Result<String, ProviderError>;
 

@@ -110,6 +110,8 @@ struct Book {
     by_sandbox: HashMap<String, String>,
     leases: HashMap<String, (String, Instant)>,
     cold_regions: HashMap<String, Instant>,
+    /// The region of each machine seen, by machine id.
+    placed: HashMap<String, String>,
     /// Sandboxes whose create failed: no new try before the instant; failures so far.
     create_backoff: HashMap<String, (Instant, u32, ProviderError)>,
     synced: bool,
@@ -489,6 +491,12 @@ impl Inner {
                         provider_id: m.id.clone(),
                     };
                     self.track(sandbox, true);
+                    let at = if m.region.is_empty() {
+                        region.clone()
+                    } else {
+                        m.region.clone()
+                    };
+                    self.book().placed.insert(m.id.clone(), at);
                     if let Some(nonce) = m.nonce.filter(|n| !n.is_empty()) {
                         self.book()
                             .leases
@@ -694,6 +702,10 @@ impl Provider for FlyProvider {
 
     async fn create(&self, spec: &SandboxSpec) -> Result<String, ProviderError> {
         self.inner.create(spec).await
+    }
+
+    fn region_of(&self, provider_id: &str) -> Option<String> {
+        self.inner.book().placed.get(provider_id).cloned()
     }
 
     async fn start(&self, sandbox: &SandboxRef, _spec: &SandboxSpec) -> Result<(), ProviderError> {

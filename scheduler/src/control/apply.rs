@@ -122,6 +122,11 @@ impl Control {
                 if let Err(e) = self.store.set_provider_id(&rec.id, &pid).await {
                     tracing::warn!(error = %e, "recording a provider id failed");
                 }
+                if let Some(region) = self.provider.region_of(&pid)
+                    && let Err(e) = self.store.set_sandbox_region(&rec.id, &region).await
+                {
+                    tracing::warn!(error = %e, "recording a sandbox's region failed");
+                }
             }
             Err(e) => {
                 let wait = self
