@@ -133,6 +133,11 @@ pub trait Provider: Send + Sync + 'static {
 
     fn capabilities(&self) -> Capabilities;
 
+    /// This replica has just become the leader: whatever the provider paces or caches on the
+    /// assumption that it alone calls the cloud, a predecessor may have used a moment ago
+    /// (`fly`: every machine's burst is counted as spent for one refill window). No-op by default.
+    fn took_over(&self) {}
+
     /// The region a sandbox was placed in, by its provider id, when this provider places by
     /// region and knows it (`fly`: the machine's region). `None` by default.
     fn region_of(&self, _provider_id: &str) -> Option<String> {

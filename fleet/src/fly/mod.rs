@@ -704,6 +704,10 @@ impl Provider for FlyProvider {
         self.inner.create(spec).await
     }
 
+    fn took_over(&self) {
+        self.inner.client.pacer().assume_spent();
+    }
+
     fn region_of(&self, provider_id: &str) -> Option<String> {
         self.inner.book().placed.get(provider_id).cloned()
     }
