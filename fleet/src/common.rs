@@ -1,5 +1,6 @@
-//! Helpers every provider shares: the wall clock in milliseconds and the human-readable durations
-//! (`"30s"`, `"2m"`) their configuration tables use.
+//! Helpers every provider shares: the wall clock in milliseconds, the human-readable durations
+//! (`"30s"`, `"2m"`) their configuration tables use, and the note of host-bound providers that
+//! a tenant's regions do not apply to them.
 
 use serde::{Deserialize, Deserializer, Serializer};
 use shoal_core::Millis;
@@ -19,6 +20,23 @@ pub fn now_nanos() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// Says once per process that `provider` runs every sandbox on its one host, the first time it
+/// creates a sandbox whose tenant lists regions (the list is ignored, not refused: the host is
+/// the only place there is).
+pub(crate) fn note_regions_ignored(provider: &str, spec: &crate::SandboxSpec) {
+    static NOTED: std::sync::Once = std::sync::Once::new();
+    if !spec.regions.is_empty() {
+        NOTED.call_once(|| {
+            tracing::info!(
+                provider,
+                tenant = %spec.tenant,
+                regions = ?spec.regions,
+                "this provider runs sandboxes on its own host; tenants' limits.regions are ignored"
+            );
+        });
+    }
 }
 
 /// A `Duration` written as humantime text in configuration, for `#[serde(with = ...)]`.

@@ -50,6 +50,7 @@ pub fn sandbox_spec(cfg: &SuiteConfig, n: u32) -> SandboxSpec {
             cpus: 0.5,
             memory_mb: 256,
         },
+        regions: Vec::new(),
     }
 }
 

@@ -34,6 +34,10 @@ pub struct SandboxSpec {
     pub scheduler_url: String,
     /// The CPUs and memory the sandbox gets.
     pub size: SandboxSize,
+    /// The tenant's regions, most preferred first (its `limits.regions`); empty: no preference.
+    /// `fly` creates the machine in the first of them with capacity, `kubernetes` requires a
+    /// node in one of them; `process` and `docker` run on their one host and ignore it.
+    pub regions: Vec<String>,
 }
 
 impl SandboxSpec {
@@ -144,6 +148,17 @@ pub trait Provider: Send + Sync + 'static {
 
     /// What this provider can do (suspend, stop), which decides the idle action it gets.
     fn capabilities(&self) -> Capabilities;
+
+    /// This replica has just become the leader: whatever the provider paces or caches on the
+    /// assumption that it alone calls the cloud, a predecessor may have used a moment ago
+    /// (`fly`: every machine's burst is counted as spent for one refill window). No-op by default.
+    fn took_over(&self) {}
+
+    /// The region a sandbox was placed in, by its provider id, when this provider places by
+    /// region and knows it (`fly`: the machine's region). `None` by default.
+    fn region_of(&self, _provider_id: &str) -> Option<String> {
+        None
+    }
 
     /// Creates and starts a sandbox; returns the provider's id for it.
     async fn create(&self, spec: &SandboxSpec) -> Result<String, ProviderError>;

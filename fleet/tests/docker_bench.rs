@@ -69,6 +69,7 @@ async fn docker_latencies() -> Result<()> {
             cpus: 0.5,
             memory_mb: 256,
         },
+        regions: Vec::new(),
     };
     // The tenant's network exists before the rounds, as it does for every sandbox but its first.
     let first = spec(9999);

@@ -109,6 +109,7 @@ fn spec(tenant: &str, n: u32, scheduler_url: &str) -> SandboxSpec {
             cpus: 0.5,
             memory_mb: 256,
         },
+        regions: Vec::new(),
     }
 }
 

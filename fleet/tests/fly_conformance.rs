@@ -38,6 +38,7 @@ fn spec(tenant: &str, n: u32) -> SandboxSpec {
             cpus: 0.5,
             memory_mb: 256,
         },
+        regions: Vec::new(),
     }
 }
 

@@ -27,6 +27,7 @@ fn spec(tenant: &str, n: u32) -> SandboxSpec {
             cpus: 1.0,
             memory_mb: 512,
         },
+        regions: Vec::new(),
     }
 }
 

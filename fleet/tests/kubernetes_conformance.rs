@@ -79,6 +79,7 @@ fn spec(tenant: &str, n: u32) -> SandboxSpec {
             cpus: 0.5,
             memory_mb: 256,
         },
+        regions: Vec::new(),
     }
 }
 
@@ -192,6 +193,45 @@ async fn idle_deletes_the_pod_and_wake_makes_it_again() -> anyhow::Result<()> {
         env.emu.get(&secret).await?.is_none(),
         "destroy removes the Secret"
     );
+    Ok(())
+}
+
+/// A tenant's regions become a required node affinity on `topology.kubernetes.io/region`, in its
+/// order; a tenant without regions gets no affinity at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tenants_regions_are_a_required_node_affinity() -> anyhow::Result<()> {
+    let env = env().await?;
+    let (p, _rx) = provider(&env.emu).await?;
+    let mut placed = spec("frankfurt", 1);
+    placed.regions = vec!["eu-central-1".into(), "eu-west-1".into()];
+    let anywhere = spec("anywhere", 1);
+    let placed_id = p.create(&placed).await?;
+    let anywhere_id = p.create(&anywhere).await?;
+    let pod = env
+        .emu
+        .get(&format!(
+            "/api/v1/namespaces/shoal-t-frankfurt/pods/{placed_id}"
+        ))
+        .await?
+        .expect("the pod");
+    let terms = &pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        ["nodeSelectorTerms"];
+    assert_eq!(terms.as_array().map(Vec::len), Some(1), "{pod}");
+    let expr = &terms[0]["matchExpressions"][0];
+    assert_eq!(expr["key"], "topology.kubernetes.io/region");
+    assert_eq!(expr["operator"], "In");
+    assert_eq!(
+        expr["values"],
+        serde_json::json!(["eu-central-1", "eu-west-1"])
+    );
+    let other = env
+        .emu
+        .get(&format!(
+            "/api/v1/namespaces/shoal-t-anywhere/pods/{anywhere_id}"
+        ))
+        .await?
+        .expect("the pod");
+    assert!(other["spec"]["affinity"].is_null(), "{other}");
     Ok(())
 }
 

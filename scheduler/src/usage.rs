@@ -29,6 +29,20 @@ pub struct UsageQuery {
     granularity: Option<String>,
     /// `json` (the default) or `csv`.
     format: Option<String>,
+    /// `region`: the report also splits the total by the region each sandbox ran in
+    /// (`by_region`, JSON only; sandboxes whose region is unknown under `null`).
+    group_by: Option<String>,
+}
+
+/// The total of one region (`null`: sandboxes whose region is not known).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RegionTotal {
+    pub region: Option<String>,
+    pub sandbox_seconds: f64,
+    pub vcpu_seconds: f64,
+    pub gib_seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<f64>,
 }
 
 /// One bucket of a usage report.
@@ -71,6 +85,9 @@ pub struct UsageReport {
     /// The currency of `cost`, when the provider has a price.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub currency: Option<String>,
+    /// With `group_by=region`: the total split by region, regions in name order, unknown last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by_region: Option<Vec<RegionTotal>>,
 }
 
 /// Most buckets one report may hold.
@@ -155,6 +172,40 @@ pub async fn report(
     Ok((rows, tot))
 }
 
+/// The usage of `tenant` (or all) over `[from, to)` split by the region each sandbox ran in.
+pub async fn by_region(
+    app: &App,
+    tenant: Option<&str>,
+    from: Millis,
+    to: Millis,
+    price: Option<Price>,
+) -> Result<Vec<RegionTotal>, ApiError> {
+    let ledger = app.store.ledger(tenant).await?;
+    let regions = app.store.sandbox_regions(tenant).await?;
+    let ivs = intervals(&ledger, now_ms().min(to).max(from));
+    let mut split: std::collections::BTreeMap<(bool, Option<String>), Vec<_>> = Default::default();
+    for iv in ivs {
+        let region = regions.get(&iv.sandbox_id).cloned();
+        split
+            .entry((region.is_none(), region))
+            .or_default()
+            .push(iv);
+    }
+    Ok(split
+        .into_iter()
+        .map(|((_, region), ivs)| {
+            let u = total(&ivs, from, to);
+            RegionTotal {
+                region,
+                sandbox_seconds: u.sandbox_seconds(),
+                vcpu_seconds: u.vcpu_seconds(),
+                gib_seconds: u.gib_seconds(),
+                cost: price.map(|p| p.cost(&u)),
+            }
+        })
+        .collect())
+}
+
 /// Compute usage, split exactly into hour, day or month buckets, with job counts.
 #[utoipa::path(get, path = "/v1/usage", tag = "usage", params(UsageQuery),
     responses(
@@ -206,6 +257,16 @@ pub async fn usage(
     }
     let (rows, tot) = report(&app, tenant.as_deref(), from, to, g).await?;
     let price = price(&app);
+    let by_region = match q.group_by.as_deref() {
+        None => None,
+        Some("region") => Some(by_region(&app, tenant.as_deref(), from, to, price).await?),
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "group_by",
+                format!("`{other}` is not a grouping (`region`)"),
+            ));
+        }
+    };
     match q.format.as_deref().unwrap_or("json") {
         "json" => Ok(axum::Json(UsageReport {
             tenant,
@@ -214,6 +275,7 @@ pub async fn usage(
             granularity: g,
             buckets: rows.iter().map(|r| bucket(r, price)).collect(),
             currency: price.map(|_| app.cfg.prices.currency.clone()),
+            by_region,
             total: UsageTotal {
                 cost: price.map(|p| p.cost(&tot.usage)),
                 sandbox_seconds: tot.usage.sandbox_seconds(),

@@ -151,6 +151,10 @@ pub struct SandboxView {
     #[schema(value_type = String, example = "ready")]
     pub state: shoal_core::SandboxState,
     pub provider_id: Option<String>,
+    /// The region it runs in, where its provider places by region and has said (`fly`);
+    /// absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
     /// When it entered its current state.
     pub since: String,
     pub jobs_run: u64,
@@ -163,6 +167,7 @@ pub fn sandbox(s: &SandboxRecord) -> SandboxView {
         id: s.id.clone(),
         state: s.state,
         provider_id: s.provider_id.clone(),
+        region: s.region.clone(),
         since: rfc3339(s.since),
         jobs_run: s.jobs_run,
         size: SizeView {

@@ -279,3 +279,143 @@ async fn fly_billing_matches_the_emulators_running_time_across_a_crash() -> Resu
     let _ = std::fs::remove_dir_all(dir);
     Ok(())
 }
+
+/// Placement through the whole scheduler: `limits.regions` per tenant. With `fra` out of
+/// capacity, a tenant preferring `fra` then `ord` gets its machines in `ord`, one preferring `ams`
+/// gets them in `ams` (never in the fleet's other regions), and one whose only region is full
+/// gets none, with a `create_failed` event saying `no_capacity`. The pool view shows each
+/// sandbox's region and `GET /v1/usage?group_by=region` splits the usage by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fly_places_each_tenant_in_its_regions() -> Result<()> {
+    let faults = Faults {
+        no_capacity: vec!["fra".into()],
+        ..Default::default()
+    };
+    let (emu, mut s, dir) = start(faults).await?;
+    let prefs = [
+        ("acme", json!(["fra", "ord"]), "ord"),
+        ("globex", json!(["ams"]), "ams"),
+    ];
+    for (t, regions, _) in &prefs {
+        let (st, v) = s
+            .send(
+                Method::PUT,
+                &format!("/v1/tenants/{t}"),
+                &json!({"plan": "pro", "limits": {"max_sandboxes": 3, "regions": regions}}),
+            )
+            .await?;
+        anyhow::ensure!(st == 200, "{st} {v}");
+    }
+    let (st, v) = s
+        .send(
+            Method::PUT,
+            "/v1/tenants/initech",
+            &json!({"plan": "pro", "limits": {"regions": ["fra"]}}),
+        )
+        .await?;
+    anyhow::ensure!(st == 200, "{st} {v}");
+    let (st, v) = s
+        .send(
+            Method::PUT,
+            "/v1/tenants/initech",
+            &json!({"plan": "pro", "limits": {"regions": ["FRA"]}}),
+        )
+        .await?;
+    assert_eq!(st, 400, "a bad region code is refused: {v}");
+
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        for (t, _, _) in &prefs {
+            let (st, v) = s
+                .send(Method::POST, "/v1/jobs", &json!({"tenant": t, "kind": "agent", "spec": {"command": ["sh", "-c", format!("sleep 0.3; echo {t}-{i}")]}}))
+                .await?;
+            anyhow::ensure!(st == 202, "{st} {v}");
+            ids.push(v["id"].as_str().unwrap().to_string());
+        }
+    }
+    let (st, v) = s
+        .send(
+            Method::POST,
+            "/v1/jobs",
+            &json!({"tenant": "initech", "kind": "agent", "spec": {"command": ["true"]}}),
+        )
+        .await?;
+    anyhow::ensure!(st == 202, "{st} {v}");
+    for id in &ids {
+        let j = s
+            .wait_for(&format!("job {id}"), Duration::from_secs(180), || async {
+                let j = s.get(&format!("/v1/jobs/{id}")).await?;
+                Ok(
+                    matches!(j["state"].as_str(), Some("succeeded" | "failed" | "dead"))
+                        .then_some(j),
+                )
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}\n{}", s.log()))?;
+        assert_eq!(j["state"], "succeeded", "{j}");
+    }
+    s.wait_for(
+        "initech's no_capacity event",
+        Duration::from_secs(60),
+        || async {
+            let ev = s.get("/v1/events?tenant=initech").await?;
+            Ok(ev["events"]
+                .as_array()
+                .and_then(|es| {
+                    es.iter().find(|e| {
+                        e["kind"] == "create_failed" && e["detail"]["reason"] == "no_capacity"
+                    })
+                })
+                .cloned())
+        },
+    )
+    .await
+    .map(|e| assert_eq!(e["detail"]["regions"], json!(["fra"]), "{e}"))?;
+
+    // Every machine in its tenant's region; none for initech.
+    let machines = emu.machines();
+    for m in &machines {
+        let tenant = m.metadata.get("shoal_tenant").cloned().unwrap_or_default();
+        let want = prefs.iter().find(|(t, _, _)| *t == tenant).map(|p| p.2);
+        assert_eq!(Some(m.region.as_str()), want, "{} of {tenant}", m.id);
+    }
+    for (t, _, region) in &prefs {
+        assert!(
+            machines
+                .iter()
+                .any(|m| m.metadata.get("shoal_tenant").map(String::as_str) == Some(*t)),
+            "{t} has machines"
+        );
+        // The region is recorded once the machine is made: every sandbox with a region has its
+        // tenant's, and those that ran jobs have one.
+        let p = s.get(&format!("/v1/pools/{t}")).await?;
+        let list = p["sandbox_list"].as_array().cloned().unwrap_or_default();
+        for sb in &list {
+            if !sb["region"].is_null() {
+                assert_eq!(sb["region"], *region, "{sb}");
+            }
+            if sb["jobs_run"].as_u64() > Some(0) {
+                assert_eq!(sb["region"], *region, "{sb}");
+            }
+        }
+        assert!(list.iter().any(|sb| sb["region"] == *region), "{p}");
+        let u = s
+            .get(&format!("/v1/usage?tenant={t}&group_by=region"))
+            .await?;
+        let by = u["by_region"].as_array().cloned().unwrap_or_default();
+        assert_eq!(by.len(), 1, "{u}");
+        assert_eq!(by[0]["region"], *region, "{u}");
+        assert!(by[0]["sandbox_seconds"].as_f64() > Some(0.0), "{u}");
+        assert_eq!(
+            by[0]["sandbox_seconds"], u["total"]["sandbox_seconds"],
+            "{u}"
+        );
+    }
+    let (st, v) = s
+        .send(Method::GET, "/v1/usage?group_by=colour", &json!(null))
+        .await?;
+    assert_eq!(st, 400, "{v}");
+    assert!(s.stop().await?.success());
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}

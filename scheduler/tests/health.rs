@@ -119,8 +119,11 @@ async fn a_frozen_agent_is_found_unhealthy_and_its_job_runs_again_elsewhere() ->
         .await?;
     tokio::time::sleep(Duration::from_millis(2 * HEARTBEAT_MS as u64)).await;
     let stopped_at = chrono::Utc::now().timestamp_millis();
-    // SAFETY: signalling the agent process of this test's own scheduler.
-    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
+    // Freeze the agent of this test's own scheduler (kill(1): no unsafe needed).
+    let frozen = std::process::Command::new("kill")
+        .args(["-STOP", &pid.to_string()])
+        .status()?;
+    assert!(frozen.success(), "kill -STOP {pid}: {frozen}");
 
     // The sandbox is found unhealthy, its job goes back, and it is destroyed.
     let marked = s

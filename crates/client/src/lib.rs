@@ -175,8 +175,11 @@ pub struct BatchEntry {
 /// Why one job of a batch was refused: the API's error answer.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct BatchError {
+    /// The error code (`invalid`, `quota_exceeded`, `rate_limited`, ...).
     pub code: String,
+    /// What was wrong, for a person.
     pub message: String,
+    /// The field at fault, when one is.
     #[serde(default)]
     pub field: Option<String>,
 }

@@ -42,6 +42,7 @@ impl PlanTier {
             sandbox_size: SandboxSize::default(),
             monthly_budget: None,
             on_budget_exceeded: BudgetAction::Notify,
+            regions: Vec::new(),
         }
     }
 
@@ -107,6 +108,11 @@ pub struct Limits {
     /// What reaching the budget does.
     #[serde(default)]
     pub on_budget_exceeded: BudgetAction,
+    /// Where the tenant's sandboxes run, most preferred first (region codes such as `fra`).
+    /// Empty: wherever the fleet's provider is configured to place them. Providers that place
+    /// by region (`fly`, `kubernetes`) never place a sandbox outside a non-empty list.
+    #[serde(default)]
+    pub regions: Vec<String>,
 }
 
 /// What a tenant that reached its monthly budget gets.
@@ -161,6 +167,8 @@ limits_patch! {
     monthly_budget: f64 => "present",
     /// Overrides [`Limits::on_budget_exceeded`] (`null`: the default, notify).
     on_budget_exceeded: BudgetAction => "present",
+    /// Overrides [`Limits::regions`] (`null` or `[]`: no preference).
+    regions: Vec<String> => "present",
 }
 
 /// A `T` read only from an object (JSON `{...}`). serde's derived structs also accept a list of
@@ -228,6 +236,20 @@ pub mod range {
     pub const MEMORY_MB: (u64, u64) = (16, 4 * 1024 * 1024);
     /// Bounds of [`Limits::monthly_budget`](super::Limits::monthly_budget).
     pub const MONTHLY_BUDGET: (f64, f64) = (0.0, 1_000_000_000_000.0);
+    /// How many regions a tenant may list.
+    pub const REGIONS: usize = 8;
+    /// The length of one region code, in characters.
+    pub const REGION_LEN: (usize, usize) = (2, 32);
+}
+
+/// Whether `r` is a region code: a short lowercase identifier (letters, digits, inner dashes),
+/// such as `fra` or `eu-west-1`.
+pub fn is_region_code(r: &str) -> bool {
+    (range::REGION_LEN.0..=range::REGION_LEN.1).contains(&r.len())
+        && r.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !r.starts_with('-')
+        && !r.ends_with('-')
 }
 
 /// One limit that does not make sense.
@@ -276,6 +298,9 @@ impl Limits {
         }
         if let Some(v) = patch.on_budget_exceeded {
             l.on_budget_exceeded = v.unwrap_or_default();
+        }
+        if let Some(v) = &patch.regions {
+            l.regions = v.clone().unwrap_or_default();
         }
         l
     }
@@ -362,6 +387,23 @@ impl Limits {
                     range::MEMORY_MB.1
                 ),
             );
+        }
+        if self.regions.len() > range::REGIONS {
+            bad(
+                "regions",
+                format!("at most {} regions may be listed", range::REGIONS),
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for r in &self.regions {
+            if !is_region_code(r) {
+                bad(
+                    "regions",
+                    format!("`{r}` is not a region code (lowercase letters, digits, dashes)"),
+                );
+            } else if !seen.insert(r.as_str()) {
+                bad("regions", format!("`{r}` is listed twice"));
+            }
         }
         errs
     }
@@ -477,5 +519,37 @@ mod tests {
         );
         let null: LimitsPatch = serde_json::from_str(r#"{"sandbox_size": null}"#).unwrap();
         assert_eq!(null.sandbox_size, Some(None));
+    }
+
+    #[test]
+    fn regions_are_an_ordered_list_of_short_codes() {
+        let patch: LimitsPatch =
+            serde_json::from_str(r#"{"regions": ["fra", "ams", "eu-west-1"]}"#).unwrap();
+        let l = Limits::resolve(PlanTier::Pro, &patch);
+        assert_eq!(l.regions, ["fra", "ams", "eu-west-1"]);
+        assert_eq!(l.validate(), []);
+        let cleared: LimitsPatch = serde_json::from_str(r#"{"regions": null}"#).unwrap();
+        assert!(Limits::resolve(PlanTier::Pro, &cleared).regions.is_empty());
+        assert!(PlanTier::Pro.limits().regions.is_empty());
+        for bad in [
+            r#"{"regions": ["FRA"]}"#,
+            r#"{"regions": ["fra", "fra"]}"#,
+            r#"{"regions": [""]}"#,
+            r#"{"regions": ["-fra"]}"#,
+            r#"{"regions": ["a"]}"#,
+            r#"{"regions": ["fra ams"]}"#,
+            r#"{"regions": ["r1","r2","r3","r4","r5","r6","r7","r8","r9"]}"#,
+        ] {
+            let patch: LimitsPatch = serde_json::from_str(bad).unwrap();
+            let errs = Limits::resolve(PlanTier::Pro, &patch).validate();
+            assert!(errs.iter().any(|e| e.field == "regions"), "{bad}: {errs:?}");
+        }
+        assert!(serde_json::from_str::<LimitsPatch>(r#"{"regions": "fra"}"#).is_err());
+        // Limits stored before regions existed still read.
+        let old = serde_json::to_value(PlanTier::Free.limits()).unwrap();
+        let mut old = old.as_object().unwrap().clone();
+        old.remove("regions");
+        let back: Limits = serde_json::from_value(old.into()).unwrap();
+        assert!(back.regions.is_empty());
     }
 }

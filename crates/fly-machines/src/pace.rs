@@ -2,9 +2,15 @@
 //! 10); calls without a machine (create, list) are limited per app. The client waits for a
 //! governor token per (machine or app, action) before every request, retries included, so it never
 //! goes past the limits instead of learning them from 429s.
+//!
+//! A replica that takes over from another ([`Pacer::assume_spent`]) cannot know what its
+//! predecessor just sent, so for one refill window every scope it touches starts as if its burst
+//! had just been used: it paces at the steady rate until the predecessor's tokens are surely back.
 
 use governor::{Quota, RateLimiter};
+use std::collections::HashSet;
 use std::num::NonZeroU32;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -109,18 +115,21 @@ impl Default for Limits {
     }
 }
 
-type Keyed = RateLimiter<
-    (String, Action),
-    governor::state::keyed::HashMapStateStore<(String, Action)>,
-    governor::clock::DefaultClock,
->;
+/// A pacing scope: a machine id (or the app) and an action.
+type Key = (String, Action);
+
+type Keyed =
+    RateLimiter<Key, governor::state::keyed::HashMapStateStore<Key>, governor::clock::DefaultClock>;
 
 /// Per-(machine or app, action) governors.
 pub struct Pacer {
+    limits: Limits,
     actions: Keyed,
     gets: Keyed,
     waited_us: AtomicU64,
     paced: AtomicU64,
+    /// After [`Pacer::assume_spent`]: until when, and the scopes already drained since.
+    spent: Mutex<Option<(Instant, HashSet<Key>)>>,
 }
 
 impl std::fmt::Debug for Pacer {
@@ -142,22 +151,53 @@ impl Pacer {
     /// A pacer with a full allowance for every action.
     pub fn new(limits: Limits) -> Self {
         Pacer {
+            limits,
             actions: RateLimiter::hashmap(quota(limits.action)),
             gets: RateLimiter::hashmap(quota(limits.get)),
             waited_us: AtomicU64::new(0),
             paced: AtomicU64::new(0),
+            spent: Mutex::new(None),
+        }
+    }
+
+    /// Paces as if another client had just spent every scope's burst: for the time a burst
+    /// takes to refill, the first request of each (scope, action) finds its bucket empty and
+    /// waits a period. For a replica that has just become the leader, whose predecessor may
+    /// have used a machine's burst a moment ago.
+    pub fn assume_spent(&self) {
+        let refill = |r: Rate| r.period.saturating_mul(r.burst.max(1));
+        let window = refill(self.limits.action).max(refill(self.limits.get));
+        let mut spent = self.spent.lock().unwrap_or_else(|e| e.into_inner());
+        *spent = Some((Instant::now() + window, HashSet::new()));
+    }
+
+    /// Empties `key`'s bucket if a takeover window is open and `key` was not drained yet.
+    fn drain_if_new(&self, limiter: &Keyed, key: &Key, burst: u32) {
+        let mut spent = self.spent.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((until, drained)) = spent.as_mut() else {
+            return;
+        };
+        if Instant::now() >= *until {
+            *spent = None;
+            return;
+        }
+        if drained.insert(key.clone()) {
+            for _ in 0..burst {
+                let _ = limiter.check_key(key);
+            }
         }
     }
 
     /// Waits until a request for `action` on `scope` (a machine id, or the app for create and
     /// list) is within the limits, and takes its token.
     pub async fn pace(&self, scope: &str, action: Action) {
-        let limiter = if action == Action::Get {
-            &self.gets
+        let (limiter, rate) = if action == Action::Get {
+            (&self.gets, self.limits.get)
         } else {
-            &self.actions
+            (&self.actions, self.limits.action)
         };
         let key = (scope.to_string(), action);
+        self.drain_if_new(limiter, &key, rate.burst);
         if limiter.check_key(&key).is_ok() {
             return;
         }
@@ -214,5 +254,31 @@ mod tests {
         let third =
             tokio::time::timeout(Duration::from_millis(20), p.pace("m1", Action::Start)).await;
         assert!(third.is_err());
+    }
+
+    /// After a takeover the first request of a scope already waits (its burst counted as
+    /// spent), as does a scope first touched later in the window; without one, a burst passes.
+    #[tokio::test]
+    async fn a_new_leader_paces_as_if_the_burst_were_spent() {
+        let limits = Limits {
+            action: Rate {
+                period: Duration::from_secs(3600),
+                burst: 2,
+            },
+            ..Limits::FLY
+        };
+        let fresh = Pacer::new(limits);
+        fresh.pace("m1", Action::Start).await;
+        fresh.pace("m1", Action::Start).await;
+        assert_eq!(fresh.delayed_requests(), 0);
+
+        let heir = Pacer::new(limits);
+        heir.assume_spent();
+        for scope in ["m1", "m2"] {
+            let first =
+                tokio::time::timeout(Duration::from_millis(20), heir.pace(scope, Action::Start))
+                    .await;
+            assert!(first.is_err(), "{scope}'s first start went at once");
+        }
     }
 }

@@ -302,8 +302,11 @@ pub struct Completion {
 /// completion asked for one.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CompleteResponse {
+    /// The job's id.
     pub id: String,
+    /// The job's state after the completion (`succeeded`, `failed`, `queued` for a retry, ...).
     pub state: String,
+    /// The next job's lease answer, when the completion asked for one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<LeaseResponse>,
 }

@@ -337,6 +337,8 @@ pub struct SandboxRecord {
     pub jobs_run: u64,
     /// When it was created.
     pub created_at: Millis,
+    /// The region it runs in, when its provider places by region and has said.
+    pub region: Option<String>,
 }
 
 impl SandboxRecord {
@@ -671,6 +673,14 @@ pub trait Store: Outbox + AuditLog + Retention + Metering + Send + Sync + 'stati
     async fn insert_sandbox(&self, s: NewSandbox) -> Result<SandboxRecord>;
     /// Records the provider's id of a sandbox.
     async fn set_provider_id(&self, id: &str, provider_id: &str) -> Result<()>;
+    /// Records the region the provider placed a sandbox in.
+    async fn set_sandbox_region(&self, id: &str, region: &str) -> Result<()>;
+    /// The known region of each of `tenant`'s sandboxes (or every tenant's), destroyed ones
+    /// included, by sandbox id: what usage is grouped by.
+    async fn sandbox_regions(
+        &self,
+        tenant: Option<&str>,
+    ) -> Result<std::collections::HashMap<String, String>>;
     /// Moves a sandbox to `to` if it is in one of `from`; `true` if it moved.
     async fn transition(
         &self,

@@ -17,7 +17,7 @@ pub(crate) const JOB_LIST_COLS: &str = "id, tenant, kind, CAST(NULL AS TEXT) AS 
 pub(crate) const TENANT_COLS: &str =
     "id, plan, overrides, draining, quota_warned_at, created_at, updated_at";
 pub(crate) const KEY_COLS: &str = "id, tenant, created_at, last_used_at";
-pub(crate) const SANDBOX_COLS: &str = "id, tenant, state, provider, provider_id, cpus_milli, memory_mb, since, idle_since, last_seen, jobs_run, created_at";
+pub(crate) const SANDBOX_COLS: &str = "id, tenant, state, provider, provider_id, cpus_milli, memory_mb, since, idle_since, last_seen, jobs_run, created_at, region";
 
 /// Builds a query from constant parts: the column lists above and the statement around them.
 macro_rules! sql {
@@ -276,6 +276,7 @@ pub(crate) fn sandbox_from_row<'r, R: StoreRow<'r>>(row: &'r R) -> Result<Sandbo
         last_seen: row.opt_int("last_seen")?,
         jobs_run: row.int("jobs_run")? as u64,
         created_at: row.int("created_at")?,
+        region: row.opt_string("region")?,
     })
 }
 

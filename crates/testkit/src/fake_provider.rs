@@ -301,6 +301,7 @@ mod tests {
                 cpus: 1.0,
                 memory_mb: 256,
             },
+            regions: Vec::new(),
         }
     }
 

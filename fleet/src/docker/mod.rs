@@ -383,6 +383,7 @@ impl Inner {
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<String, ProviderError> {
+        crate::common::note_regions_ignored("docker", spec);
         let lock = self.sandbox_lock(&spec.sandbox_id);
         let _held = lock.lock().await;
         let d = self.client().await?;

@@ -113,6 +113,8 @@ struct Book {
     by_sandbox: HashMap<String, String>,
     leases: HashMap<String, (String, Instant)>,
     cold_regions: HashMap<String, Instant>,
+    /// The region of each machine seen, by machine id.
+    placed: HashMap<String, String>,
     /// Sandboxes whose create failed: no new try before the instant; failures so far.
     create_backoff: HashMap<String, (Instant, u32, ProviderError)>,
     synced: bool,
@@ -346,12 +348,22 @@ impl Inner {
         self.call(Some(id), true, || self.client.get(id)).await
     }
 
-    /// The region for the next create try: the first configured one not tried yet and not
-    /// known to be out of capacity, else the first not tried yet.
-    fn pick_region(&self, tried: &HashSet<String>) -> String {
+    /// The regions a sandbox may be created in, most preferred first: its tenant's list when it
+    /// has one (never a region outside it), else the fleet's configured `regions`.
+    fn regions_for<'a>(&'a self, spec: &'a SandboxSpec) -> &'a [String] {
+        if spec.regions.is_empty() {
+            &self.cfg.regions
+        } else {
+            &spec.regions
+        }
+    }
+
+    /// The region for the next create try: the first of `regions` not tried yet and not known
+    /// to be out of capacity, else the first not tried yet.
+    fn pick_region(&self, regions: &[String], tried: &HashSet<String>) -> String {
         let now = Instant::now();
         let book = self.book();
-        let untried = || self.cfg.regions.iter().filter(|r| !tried.contains(*r));
+        let untried = || regions.iter().filter(|r| !tried.contains(*r));
         untried()
             .find(|r| book.cold_regions.get(*r).is_none_or(|until| *until <= now))
             .or_else(|| untried().next())
@@ -461,16 +473,16 @@ impl Inner {
     }
 
     async fn create_in_regions(&self, spec: &SandboxSpec) -> Result<String, ProviderError> {
+        let regions = self.regions_for(spec);
         let mut tried = HashSet::new();
-        let mut last = ProviderError::Capacity("no region configured".into());
         let mut attempt = 1;
         let mut waits = self.retry.backoff();
-        while tried.len() < self.cfg.regions.len() {
+        while tried.len() < regions.len() {
             let mut region = String::new();
             let created = self
                 .client
                 .create_with(|| {
-                    region = self.pick_region(&tried);
+                    region = self.pick_region(regions, &tried);
                     self.create_request(spec, &region)
                 })
                 .await;
@@ -482,6 +494,12 @@ impl Inner {
                         provider_id: m.id.clone(),
                     };
                     self.track(sandbox, true);
+                    let at = if m.region.is_empty() {
+                        region.clone()
+                    } else {
+                        m.region.clone()
+                    };
+                    self.book().placed.insert(m.id.clone(), at);
                     if let Some(nonce) = m.nonce.filter(|n| !n.is_empty()) {
                         self.book()
                             .leases
@@ -495,7 +513,6 @@ impl Inner {
                     let until = Instant::now() + self.cfg.capacity_cooldown;
                     self.book().cold_regions.insert(region.clone(), until);
                     tried.insert(region);
-                    last = to_provider_error(e);
                 }
                 Err(e) if e.is_retryable() && attempt < self.retry.max_tries => {
                     if !e.surely_not_applied() {
@@ -515,7 +532,11 @@ impl Inner {
                 Err(e) => return Err(to_provider_error(e)),
             }
         }
-        Err(last)
+        tracing::warn!(tenant = %spec.tenant, sandbox = %spec.sandbox_id, regions = ?regions, "fly: none of the sandbox's regions has capacity");
+        Err(ProviderError::Capacity(format!(
+            "no capacity in any of the regions {}",
+            regions.join(", ")
+        )))
     }
 
     async fn finish_create(&self, id: &str) -> Result<(), ProviderError> {
@@ -684,6 +705,14 @@ impl Provider for FlyProvider {
 
     async fn create(&self, spec: &SandboxSpec) -> Result<String, ProviderError> {
         self.inner.create(spec).await
+    }
+
+    fn took_over(&self) {
+        self.inner.client.pacer().assume_spent();
+    }
+
+    fn region_of(&self, provider_id: &str) -> Option<String> {
+        self.inner.book().placed.get(provider_id).cloned()
     }
 
     async fn start(&self, sandbox: &SandboxRef, _spec: &SandboxSpec) -> Result<(), ProviderError> {

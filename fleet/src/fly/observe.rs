@@ -163,6 +163,9 @@ impl Inner {
                     });
                 }
                 book.by_sandbox.insert(sandbox_id.clone(), m.id.clone());
+                if !m.region.is_empty() {
+                    book.placed.insert(m.id.clone(), m.region.clone());
+                }
                 book.machines.insert(
                     m.id.clone(),
                     Tracked {
@@ -185,6 +188,7 @@ impl Inner {
                     });
                 }
                 book.machines.remove(&m.id);
+                book.placed.remove(&m.id);
                 if book.by_sandbox.get(sandbox_id) == Some(&m.id) {
                     book.by_sandbox.remove(sandbox_id);
                 }
@@ -211,6 +215,7 @@ impl Inner {
             .map(|(id, _)| id.clone())
             .collect();
         for id in missing {
+            book.placed.remove(&id);
             if let Some(t) = book.machines.remove(&id) {
                 if t.last != Some(ObservedState::Gone) {
                     report.push(Observation {

@@ -7,9 +7,10 @@ use super::{KubernetesConfig, TenantLimits, TenantRoleConfig};
 use crate::{ObservedState, SandboxSpec};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{
-    Capabilities as LinuxCapabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    Namespace, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
-    Pod, PodSecurityContext, PodSpec, ResourceQuota, ResourceQuotaSpec, ResourceRequirements,
+    Affinity, Capabilities as LinuxCapabilities, Container, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, Namespace, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod,
+    PodSecurityContext, PodSpec, ResourceQuota, ResourceQuotaSpec, ResourceRequirements,
     SeccompProfile, Secret, SecretKeySelector, SecurityContext, Volume, VolumeMount,
     VolumeResourceRequirements,
 };
@@ -424,6 +425,31 @@ pub fn workspace_claim(
     })
 }
 
+/// The well-known node label naming the cloud region a node runs in.
+pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
+
+/// A required node affinity to the tenant's regions (by [`REGION_LABEL`]); none without a list.
+/// Kubernetes has no order among the terms of a required affinity, so every listed region is
+/// equally acceptable here; the list only bounds where the pod may run.
+fn region_affinity(regions: &[String]) -> Option<Affinity> {
+    (!regions.is_empty()).then(|| Affinity {
+        node_affinity: Some(NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                node_selector_terms: vec![NodeSelectorTerm {
+                    match_expressions: Some(vec![NodeSelectorRequirement {
+                        key: REGION_LABEL.into(),
+                        operator: "In".into(),
+                        values: Some(regions.to_vec()),
+                    }]),
+                    match_fields: None,
+                }],
+            }),
+            preferred_during_scheduling_ignored_during_execution: None,
+        }),
+        ..Default::default()
+    })
+}
+
 /// The sandbox's Pod: the agent with its environment (the token from the Secret), requests and
 /// limits from the pool's size, the workspace mounted, and a locked-down security context.
 pub fn pod(cfg: &KubernetesConfig, spec: &SandboxSpec) -> Pod {
@@ -513,6 +539,7 @@ pub fn pod(cfg: &KubernetesConfig, spec: &SandboxSpec) -> Pod {
             service_account_name: cfg.service_account.clone(),
             runtime_class_name: cfg.runtime_class_name.clone(),
             node_selector: (!cfg.node_selector.is_empty()).then(|| cfg.node_selector.clone()),
+            affinity: region_affinity(&spec.regions),
             termination_grace_period_seconds: Some(cfg.termination_grace_s as i64),
             security_context: Some(PodSecurityContext {
                 run_as_non_root: Some(cfg.run_as_user.is_some_and(|u| u != 0)),
@@ -599,6 +626,7 @@ mod tests {
                 cpus: 0.5,
                 memory_mb: 512,
             },
+            regions: Vec::new(),
         }
     }
 

@@ -383,6 +383,7 @@ impl Provider for ProcessProvider {
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<String, ProviderError> {
+        crate::common::note_regions_ignored("process", spec);
         if self
             .sandboxes
             .lock()

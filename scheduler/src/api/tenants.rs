@@ -46,7 +46,9 @@ pub struct PutTenant {
     /// Overrides of the plan's limits: `max_sandboxes`, `max_concurrent_jobs`, `jobs_per_month`,
     /// `enqueue_rate_per_s`, `enqueue_burst`, `min_warm`, `idle_timeout_s`, `sandbox_size`
     /// (`{"cpus", "memory_mb"}`), `monthly_budget` (in the `[prices]` currency),
-    /// `on_budget_exceeded` (`notify` or `block`); `null` is unlimited.
+    /// `on_budget_exceeded` (`notify` or `block`), `regions` (region codes, most preferred first,
+    /// at most 8: where `fly` and `kubernetes` place the tenant's sandboxes); `null` is
+    /// unlimited.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     limits: Option<ObjectOnly<LimitsPatch>>,

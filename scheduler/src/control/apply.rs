@@ -97,12 +97,21 @@ impl Control {
                 .await;
             return;
         }
-        let spec = self.spec(&rec);
-        let r = self
-            .provider
-            .create(&spec)
-            .instrument(self.call_span("create", &rec.tenant, &rec.id))
-            .await;
+        let mut spec = self.spec(&rec);
+        // The tenant's regions as they are now: read here, not in the pass, so a create never
+        // lands by an older list.
+        let r = match self.store.tenant(&rec.tenant).await {
+            Ok(t) => {
+                spec.regions = t.map(|t| t.limits().regions).unwrap_or_default();
+                self.provider
+                    .create(&spec)
+                    .instrument(self.call_span("create", &rec.tenant, &rec.id))
+                    .await
+            }
+            Err(e) => Err(ProviderError::Transient(format!(
+                "reading the tenant's regions: {e}"
+            ))),
+        };
         self.count_call("create", &r);
         match r {
             Ok(pid) => {
@@ -112,6 +121,11 @@ impl Control {
                     .succeeded(&rec.tenant);
                 if let Err(e) = self.store.set_provider_id(&rec.id, &pid).await {
                     tracing::warn!(error = %e, "recording a provider id failed");
+                }
+                if let Some(region) = self.provider.region_of(&pid)
+                    && let Err(e) = self.store.set_sandbox_region(&rec.id, &region).await
+                {
+                    tracing::warn!(error = %e, "recording a sandbox's region failed");
                 }
             }
             Err(e) => {
@@ -132,7 +146,7 @@ impl Control {
                         Some(&rec.tenant),
                         now,
                         "create_failed",
-                        &json!({"sandbox": rec.id, "error": e.to_string()}),
+                        &create_failed(&rec.id, &spec.regions, &e),
                     )
                     .await;
                 let kick = Arc::clone(&self.kick);
@@ -236,6 +250,7 @@ impl Control {
                 cpus: s.cpus_milli as f64 / 1000.0,
                 memory_mb: s.memory_mb,
             },
+            regions: Vec::new(),
         }
     }
 
@@ -279,4 +294,16 @@ impl Control {
             .with_label_values(&[self.provider.name(), op, outcome])
             .inc();
     }
+}
+
+/// The `create_failed` event's details. A create that found no capacity says so, with the
+/// regions it was allowed (empty: the provider's own), so a tenant whose regions are all full
+/// sees why its sandboxes do not come.
+fn create_failed(sandbox: &str, regions: &[String], e: &ProviderError) -> serde_json::Value {
+    let mut v = json!({"sandbox": sandbox, "error": e.to_string()});
+    if let ProviderError::Capacity(_) = e {
+        v["reason"] = json!("no_capacity");
+        v["regions"] = json!(regions);
+    }
+    v
 }

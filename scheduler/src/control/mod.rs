@@ -348,6 +348,8 @@ impl Control {
                 e = self.leadership.acquire() => e,
                 _ = self.shutdown.cancelled() => return,
             };
+            // A predecessor may have just used the provider's rate budget.
+            self.provider.took_over();
             if let Err(e) = self.reconcile(true).await {
                 tracing::error!(error = %e, "reconciling with the provider failed");
             }

@@ -556,6 +556,7 @@ fn the_silence_check_is_pure() {
         last_seen,
         jobs_run: 0,
         created_at: 0,
+        region: None,
     };
     let now = 100_000;
     let all = [

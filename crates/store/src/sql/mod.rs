@@ -371,6 +371,15 @@ macro_rules! impl_store {
                 async fn set_provider_id(&self, id: &str, provider_id: &str) -> Result<()> {
                     on_conn!(self, sandboxes::set_provider_id, id, provider_id)
                 }
+                async fn set_sandbox_region(&self, id: &str, region: &str) -> Result<()> {
+                    on_conn!(self, sandboxes::set_sandbox_region, id, region)
+                }
+                async fn sandbox_regions(
+                    &self,
+                    tenant: Option<&str>,
+                ) -> Result<std::collections::HashMap<String, String>> {
+                    on_conn!(self, sandboxes::sandbox_regions, tenant)
+                }
 
                 async fn transition(
                     &self,

@@ -45,6 +45,29 @@ macro_rules! for_backend {
             Ok(())
         }
 
+        pub(crate) async fn set_sandbox_region(conn: &mut Conn, id: &str, region: &str) -> Result<()> {
+            sqlx::query("UPDATE sandboxes SET region = $1 WHERE id = $2")
+                .bind(region)
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
+        }
+
+        pub(crate) async fn sandbox_regions(
+            conn: &mut Conn,
+            tenant: Option<&str>,
+        ) -> Result<std::collections::HashMap<String, String>> {
+            let rows: Vec<(String, String)> = sqlx::query_as(
+                "SELECT id, region FROM sandboxes WHERE region IS NOT NULL \
+                 AND (CAST($1 AS TEXT) IS NULL OR tenant = $1)",
+            )
+            .bind(tenant)
+            .fetch_all(&mut *conn)
+            .await?;
+            Ok(rows.into_iter().collect())
+        }
+
         /// Moves a sandbox to `to` if it is in one of `from`; `true` if it moved. The state it
         /// checks is the state it changes: the row is locked (or the writer alone) in between.
         pub(crate) async fn transition(
