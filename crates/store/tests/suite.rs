@@ -849,10 +849,13 @@ async fn concurrent_admissions(store: Arc<dyn Store>) {
     // However the admissions raced, each quota signal was written once, with the admission that
     // crossed it.
     let quota = outbox_events(&*store, "quota.", 100).await;
-    let kinds: Vec<(&str, u64)> = quota
+    // (The outbox is read in its cursor order, by transaction id, which on Postgres is the
+    // order transactions began, not committed: compare them by the admission that crossed.)
+    let mut kinds: Vec<(&str, u64)> = quota
         .iter()
         .map(|e| (e.topic.as_str(), e.payload["jobs"].as_u64().unwrap()))
         .collect();
+    kinds.sort_by_key(|(_, jobs)| *jobs);
     assert_eq!(kinds, [("quota.warning", 5), ("quota.exceeded", 6)]);
 }
 
