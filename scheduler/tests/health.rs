@@ -8,6 +8,7 @@ use anyhow::Result;
 use chrono::DateTime;
 use reqwest::Method;
 use serde_json::{Value, json};
+use shoal_testkit::receiver::count_calls;
 use shoal_testkit::server::{Server, processes_under};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,30 +18,6 @@ use std::time::Duration;
 const HEARTBEAT_MS: i64 = 300;
 /// The control loop's slow tick, on which the health check runs (`control::TICK`).
 const TICK_MS: i64 = 1_000;
-
-/// A loopback HTTP server that counts the requests it answers; answers its port.
-async fn count_calls(calls: Arc<AtomicUsize>) -> Result<u16> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let calls = Arc::clone(&calls);
-            tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                if conn.read(&mut buf).await.is_ok_and(|n| n > 0) {
-                    calls.fetch_add(1, Ordering::SeqCst);
-                    let _ = conn
-                        .write_all(
-                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                        )
-                        .await;
-                }
-            });
-        }
-    });
-    Ok(port)
-}
 
 /// The pid of the agent of sandbox `sandbox` (not its job's processes, nor a bubblewrap parent).
 fn agent_pid(s: &Server, sandbox: &str) -> Option<u32> {

@@ -6,6 +6,7 @@
 use anyhow::Result;
 use reqwest::Method;
 use serde_json::{Value, json};
+use shoal_testkit::receiver::count_calls;
 use shoal_testkit::server::{Server, processes_under};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,30 +32,6 @@ async fn wait_state(s: &Server, id: &str, states: &[&str], timeout: Duration) ->
             .then_some(j))
     })
     .await
-}
-
-/// A loopback HTTP server that counts the requests it answers; answers its port.
-async fn count_calls(calls: Arc<AtomicUsize>) -> Result<u16> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let calls = Arc::clone(&calls);
-            tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                if conn.read(&mut buf).await.is_ok_and(|n| n > 0) {
-                    calls.fetch_add(1, Ordering::SeqCst);
-                    let _ = conn
-                        .write_all(
-                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                        )
-                        .await;
-                }
-            });
-        }
-    });
-    Ok(port)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -174,3 +174,28 @@ impl Drop for Receiver {
         self.task.abort();
     }
 }
+
+/// A loopback HTTP server that counts the requests it answers (each with an empty 200, then
+/// closes), for a job that calls out once per run; answers its port.
+pub async fn count_calls(calls: Arc<std::sync::atomic::AtomicUsize>) -> std::io::Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let calls = Arc::clone(&calls);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                if conn.read(&mut buf).await.is_ok_and(|n| n > 0) {
+                    calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let _ = conn
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        )
+                        .await;
+                }
+            });
+        }
+    });
+    Ok(port)
+}

@@ -640,18 +640,37 @@ impl Shared {
             m.set_state("suspending", None);
             m.generation
         };
+        self.settle_after(
+            id,
+            generation,
+            self.cfg.latencies.suspend,
+            "suspend",
+            "suspended",
+        );
+        answer(200, json!({"ok": true}))
+    }
+
+    /// After `latency`, moves machine `id` to `state` (with a `kind` event by the user), unless
+    /// something else changed it since (its `generation` moved on).
+    fn settle_after(
+        self: &Arc<Self>,
+        id: &str,
+        generation: u64,
+        latency: Duration,
+        kind: &'static str,
+        state: &'static str,
+    ) {
         let sh = self.clone();
         let id = id.to_string();
         tokio::spawn(async move {
-            tokio::time::sleep(sh.cfg.latencies.suspend).await;
+            tokio::time::sleep(latency).await;
             let mut world = lock(&sh.world);
             if let Some(m) = world.machines.get_mut(&id)
                 && m.generation == generation
             {
-                m.set_state("suspended", Some(("suspend", "suspended", "user")));
+                m.set_state(state, Some((kind, state, "user")));
             }
         });
-        answer(200, json!({"ok": true}))
     }
 
     fn destroy(self: &Arc<Self>, id: &str, force: bool, nonce: Option<&str>) -> Response {
@@ -685,17 +704,13 @@ impl Shared {
             m.set_state("destroying", None);
             m.generation
         };
-        let sh = self.clone();
-        let id = id.to_string();
-        tokio::spawn(async move {
-            tokio::time::sleep(sh.cfg.latencies.destroy).await;
-            let mut world = lock(&sh.world);
-            if let Some(m) = world.machines.get_mut(&id)
-                && m.generation == generation
-            {
-                m.set_state("destroyed", Some(("destroy", "destroyed", "user")));
-            }
-        });
+        self.settle_after(
+            id,
+            generation,
+            self.cfg.latencies.destroy,
+            "destroy",
+            "destroyed",
+        );
         answer(200, json!({"ok": true}))
     }
 
