@@ -187,7 +187,12 @@ pub fn recordable(outcome: Outcome) -> Outcome {
 /// as it is (too large, malformed) is reported once more as a failure saying why, without its
 /// result. With `ask_next`, the completion also asks for the sandbox's next job, and the answer
 /// to that is returned (a scheduler that does not know how answers without it: `None`).
-async fn report(client: &Client, a: &Assignment, ran: Ran, ask_next: bool) -> Option<LeaseResponse> {
+async fn report(
+    client: &Client,
+    a: &Assignment,
+    ran: Ran,
+    ask_next: bool,
+) -> Option<LeaseResponse> {
     let mut c = Completion {
         job_id: a.job_id.clone(),
         lease_id: a.lease_id.clone(),

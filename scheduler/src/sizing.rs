@@ -119,3 +119,100 @@ pub async fn saving(
 pub fn same_size(a: SandboxSize, b: SandboxSize) -> bool {
     a.millicpus() == b.millicpus() && a.memory_mb == b.memory_mb
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use shoal_core::audit::Actor;
+    use shoal_core::{LimitsPatch, PlanTier, RetryPolicy};
+    use shoal_store::{Lease, LeasePolicy, NewJob, NewSandbox};
+
+    /// An agent's report is believed only as far as it is possible: a peak beyond any sandbox or
+    /// more CPU time than the attempt's run allows is refused, a wall time longer than the run is
+    /// cut to it; what is possible is recorded with the sandbox's own size.
+    #[tokio::test]
+    async fn impossible_reports_are_refused_and_long_ones_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        let store = shoal_store::open(&url).await.unwrap();
+        let admin = Actor::admin();
+        store
+            .put_tenant("t", PlanTier::Pro, &LimitsPatch::default(), 0, &admin)
+            .await
+            .unwrap();
+        let sandbox = store
+            .insert_sandbox(NewSandbox {
+                id: "sb".into(),
+                tenant: "t".into(),
+                provider: "process".into(),
+                token_hash: "h".into(),
+                cpus_milli: 1000,
+                memory_mb: 512,
+                now: 0,
+            })
+            .await
+            .unwrap();
+        let job = NewJob {
+            id: "j".into(),
+            tenant: "t".into(),
+            kind: "agent".into(),
+            spec: json!({"command": ["true"]}),
+            idempotency_key: None,
+            priority: 0,
+            max_attempts: 1,
+            timeout_s: 60,
+            created_at: 0,
+            run_at: None,
+            retry: RetryPolicy::default(),
+            schedule: None,
+        };
+        store.admit(job, 0, None, &admin).await.unwrap();
+        let policy = LeasePolicy {
+            max_concurrent_jobs: None,
+            draining: false,
+            lease_ttl_ms: 60_000,
+        };
+        let Lease::Job(job) = store.lease("sb", policy, 1_000).await.unwrap() else {
+            panic!("no lease");
+        };
+        // Ten seconds after the lease.
+        let now = 11_000;
+        let report = |peak_memory_kib, cpu_ms, wall_ms| JobUsage {
+            peak_memory_kib,
+            cpu_ms,
+            wall_ms,
+            oom_killed: false,
+        };
+        let s = store.as_ref();
+        for bad in [
+            report(u64::MAX, 10, 10),
+            report(shoal_core::sizing::MAX_PEAK_KIB + 1, 10, 10),
+            report(1024, u64::MAX, 10),
+            // More than 1024 CPUs could use in 11 s.
+            report(1024, 11_001 * 1024 + 1, 10),
+        ] {
+            assert!(
+                !record(s, &sandbox, &job, bad, now).await.unwrap(),
+                "{bad:?}"
+            );
+        }
+        assert!(s.job_usage("t", 0, 10).await.unwrap().is_empty());
+        assert!(
+            record(s, &sandbox, &job, report(61_440, 900, u64::MAX), now)
+                .await
+                .unwrap()
+        );
+        let got = s.job_usage("t", 0, 10).await.unwrap();
+        assert_eq!(
+            got,
+            [Sample {
+                peak_memory_kib: 61_440,
+                cpu_ms: 900,
+                wall_ms: 10_000,
+                oom_killed: false,
+                memory_mb: 512,
+            }]
+        );
+    }
+}

@@ -196,7 +196,10 @@ pub fn recommend(current: SandboxSize, samples: &[Sample]) -> Recommendation {
         let need_mb = (memory.p99 * HEADROOM).max(memory.max).ceil() as u64;
         size.memory_mb = step_at_least(&MEMORY_LADDER_MB, need_mb).unwrap_or_else(|| {
             // Beyond the ladder: whole GiB, as far as a sandbox goes.
-            need_mb.div_ceil(1024).saturating_mul(1024).min(range::MEMORY_MB.1)
+            need_mb
+                .div_ceil(1024)
+                .saturating_mul(1024)
+                .min(range::MEMORY_MB.1)
         });
         let need_cpus = cpu_cores.p95 * HEADROOM;
         let step = step_at_least(&CPU_LADDER, need_cpus).unwrap_or(range::CPUS.1);

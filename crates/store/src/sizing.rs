@@ -86,7 +86,7 @@ macro_rules! for_backend {
                 == 1;
             // The window: nothing older than WINDOW_MS, and only the newest WINDOW_JOBS.
             sqlx::query(
-                "DELETE FROM job_usage WHERE tenant = $1 AND (at < $2 OR at < (SELECT at FROM \
+                "DELETE FROM job_usage WHERE tenant = $1 AND (at < $2 OR at <= (SELECT at FROM \
                  job_usage WHERE tenant = $1 ORDER BY at DESC LIMIT 1 OFFSET $3))",
             )
             .bind(&r.tenant)

@@ -341,6 +341,9 @@ mod tests {
         };
         assert_eq!(error["code"], shoal_protocol::RESULT_TOO_LARGE);
         let ok = br#"{"job_id":"j","lease_id":"l","outcome":"succeeded","result":{"a":[[1]]}}"#;
-        assert!(matches!(finish_of(ok).unwrap(), (Finish::Succeeded { .. }, None)));
+        assert!(matches!(
+            finish_of(ok).unwrap(),
+            (Finish::Succeeded { .. }, None)
+        ));
     }
 }

@@ -64,7 +64,7 @@ const TICK: Duration = Duration::from_secs(1);
 /// How often the provider is checked for resources the store does not know.
 const COLLECT_EVERY: Duration = Duration::from_secs(60);
 /// How often the leader applies right-sizing to tenants with `limits.auto_size`.
-const AUTO_SIZE_EVERY: Duration = Duration::from_secs(30);
+const AUTO_SIZE_EVERY: Duration = Duration::from_secs(10);
 /// How often a leader confirms it still leads (and so how long a deposed one may act at most).
 const LEADER_CHECK: Duration = Duration::from_secs(1);
 

@@ -23,8 +23,7 @@ impl Control {
                 continue;
             }
             let store = self.store.as_ref();
-            let rec =
-                crate::sizing::recommendation(store, &t.id, limits.sandbox_size, now).await?;
+            let rec = crate::sizing::recommendation(store, &t.id, limits.sandbox_size, now).await?;
             let effective = applied.get(&t.id).copied().unwrap_or(limits.sandbox_size);
             if crate::sizing::same_size(effective, rec.sandbox_size) {
                 continue;
