@@ -154,6 +154,7 @@ mod tests {
 
     /// A real command that holds about 60 MiB: `wait4` sees its peak and its CPU time.
     #[test]
+    #[allow(clippy::zombie_processes)] // reaped by `wait_for`, which clippy cannot see
     fn wait4_measures_a_command() {
         let child = std::process::Command::new("python3")
             .args(["-c", "b = bytearray(60 * 1024 * 1024)"])
