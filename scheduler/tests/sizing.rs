@@ -72,6 +72,7 @@ async fn jobs_peaking_at_60_mib_on_512_are_recommended_at_most_128() -> Result<(
     }
 
     let r = s.get("/v1/tenants/lean/recommendation").await?;
+    eprintln!("recommendation after 12 jobs: {r}");
     let e = &r["evidence"];
     assert_eq!(e["jobs_sampled"], 12, "{r}");
     let max = e["memory_mb"]["max"].as_f64().unwrap();
