@@ -1,8 +1,8 @@
 //! What a job used: its peak memory and CPU time, reported with its completion so the scheduler
 //! can size the tenant's sandboxes (docs/adr/0024-right-sizing.md).
 //!
-//! Two sources. Where the sandbox has a cgroup v2 of its own (a container, a Fly machine, a pod)
-//! and the kernel lets a reader reset `memory.peak` (Linux 6.12 and later: the reset holds for the
+//! Two sources. Where the sandbox has a cgroup v2 of its own with a memory limit (a container, a
+//! pod) and the kernel lets a reader reset `memory.peak` (Linux 6.12 and later: the reset holds for the
 //! file descriptor that wrote it), the peak is the cgroup's since the job started and the CPU time
 //! the growth of `cpu.stat`'s `usage_usec`: everything the job's processes did, the agent's own
 //! small share included. Elsewhere (a process sandbox), `wait4` on the job's command gives the
@@ -70,6 +70,12 @@ impl CgroupMeter {
     pub fn start() -> Option<CgroupMeter> {
         let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
         let dir = PathBuf::from("/sys/fs/cgroup").join(cgroup_v2_path(&own)?);
+        // Only a cgroup with a memory limit is a sandbox's own (a container's, a pod's): an
+        // unlimited one may be a whole host session's, whose peak says nothing of the job.
+        let max = std::fs::read_to_string(dir.join("memory.max")).ok()?;
+        if !is_limited(&max) {
+            return None;
+        }
         let mut peak = File::options()
             .read(true)
             .write(true)
@@ -105,6 +111,11 @@ fn cgroup_v2_path(text: &str) -> Option<String> {
     text.lines()
         .find_map(|l| l.strip_prefix("0::"))
         .map(|p| p.trim_start_matches('/').to_string())
+}
+
+/// Whether a `memory.max` text sets a limit (`max` is none).
+fn is_limited(memory_max: &str) -> bool {
+    memory_max.trim().parse::<u64>().is_ok()
 }
 
 /// `usage_usec` in a `cpu.stat` text.
@@ -150,6 +161,8 @@ mod tests {
             Some(123456)
         );
         assert_eq!(cpu_usage_usec("user_usec 1\n"), None);
+        assert!(is_limited("536870912\n"));
+        assert!(!is_limited("max\n"));
     }
 
     /// A real command that holds about 60 MiB: `wait4` sees its peak and its CPU time.
