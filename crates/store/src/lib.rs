@@ -18,6 +18,7 @@ mod sql;
 pub mod sqlite;
 mod tenants;
 pub mod usage;
+pub mod warm;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -37,6 +38,7 @@ pub use retention::{Deleted, Expired, Retention};
 pub use sqlite::SqliteStore;
 use std::sync::Arc;
 pub use usage::{Metering, OpenUsage, UsageCursor, UsageEventRecord};
+pub use warm::{BlankRecord, BlankState, NewBlank, WarmPool};
 
 /// Opens the store a database URL names: `sqlite://PATH` (or `sqlite::memory:`) for SQLite,
 /// `postgres://…` or `postgresql://…` for Postgres. Either way the schema is brought up to date.
@@ -512,7 +514,9 @@ pub struct Finished {
 
 /// Persistence for everything the scheduler knows; the outbox's part is [`Outbox`].
 #[async_trait]
-pub trait Store: Outbox + AuditLog + Retention + Metering + Send + Sync + 'static {
+pub trait Store:
+    Outbox + AuditLog + Retention + Metering + WarmPool + Send + Sync + 'static
+{
     // Tenants and keys.
     /// Creates or updates a tenant; `true` when it was created.
     async fn put_tenant(
