@@ -417,6 +417,15 @@ impl Config {
                     .into(),
             );
         }
+        if warm_pool > 0 && provider == ProviderKind::Docker {
+            // Each tenant's containers share a network of their own; a claimed blank would stay
+            // on the blanks' network, beside other tenants' claimed blanks.
+            errs.push(
+                "warm_pool: the docker provider has no shared warm pool yet (a claimed container \
+                 would have to move to its tenant's network); set it to 0"
+                    .into(),
+            );
+        }
         if let (Some(max), true) = (fleet_max_sandboxes, warm_pool > 0)
             && warm_pool >= max
         {
