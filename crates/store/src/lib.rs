@@ -19,6 +19,7 @@ mod sql;
 pub mod sqlite;
 mod tenants;
 pub mod usage;
+pub mod warm;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -39,6 +40,7 @@ pub use sizing::{JobUsageRecord, Sizing};
 pub use sqlite::SqliteStore;
 use std::sync::Arc;
 pub use usage::{Metering, OpenUsage, UsageCursor, UsageEventRecord};
+pub use warm::{BlankRecord, BlankState, NewBlank, WarmPool};
 
 /// Opens the store a database URL names: `sqlite://PATH` (or `sqlite::memory:`) for SQLite,
 /// `postgres://…` or `postgresql://…` for Postgres. Either way the schema is brought up to date.
@@ -514,7 +516,9 @@ pub struct Finished {
 
 /// Persistence for everything the scheduler knows; the outbox's part is [`Outbox`].
 #[async_trait]
-pub trait Store: Outbox + AuditLog + Retention + Metering + Sizing + Send + Sync + 'static {
+pub trait Store:
+    Outbox + AuditLog + Retention + Metering + Sizing + WarmPool + Send + Sync + 'static
+{
     // Tenants and keys.
     /// Creates or updates a tenant; `true` when it was created.
     async fn put_tenant(

@@ -1,7 +1,7 @@
 //! The agents' protocol: lease (a long poll), heartbeat, complete. A sandbox token reaches its
 //! own sandbox's jobs only.
 
-use crate::auth::Agent;
+use crate::auth::{Agent, AgentOrBlank};
 use crate::control::health::MAX_LEASE_WAIT;
 use crate::error::{ApiError, Body, RawBody};
 use crate::jobwatch::Pulse;
@@ -31,11 +31,19 @@ use tracing::Instrument;
     ))]
 pub(crate) async fn agent_lease(
     State(app): State<Arc<App>>,
-    Agent(sandbox): Agent,
+    who: AgentOrBlank,
     Body(req): Body<LeaseRequest>,
 ) -> Result<Json<LeaseResponse>, ApiError> {
     let wait = Duration::from_millis(req.wait_ms.unwrap_or(20_000)).min(MAX_LEASE_WAIT);
     let deadline = tokio::time::Instant::now() + wait;
+    let sandbox = match who {
+        AgentOrBlank::Sandbox(s) => s,
+        AgentOrBlank::Blank(hash) => match wait_for_claim(&app, &hash, deadline).await? {
+            Some(s) => s,
+            None if app.is_shutting_down() => return Ok(Json(LeaseResponse::Stop)),
+            None => return Ok(Json(LeaseResponse::Idle)),
+        },
+    };
     let signal = app.tenant_signal(&sandbox.tenant);
     let mut was_booting = sandbox.state == SandboxState::Booting;
     loop {
@@ -65,6 +73,37 @@ pub(crate) async fn agent_lease(
                 }
             }
             answer => return Ok(Json(answer)),
+        }
+    }
+}
+
+/// A blank sandbox's agent waits (until `deadline`) for its sandbox to be claimed: then its token
+/// is the claimed sandbox's, bound to one tenant for good, and it goes on as that sandbox's agent.
+/// `None` when the wait ran out. A blank that is no more (destroyed, forgotten) is refused.
+async fn wait_for_claim(
+    app: &App,
+    token_hash: &str,
+    deadline: tokio::time::Instant,
+) -> Result<Option<shoal_store::SandboxRecord>, ApiError> {
+    let signal = app.tenant_signal(shoal_fleet::BLANK_TENANT);
+    loop {
+        let notified = signal.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Some(s) = app.store.sandbox_by_token(token_hash).await? {
+            return Ok(Some(s));
+        }
+        if app.store.blank_by_token(token_hash).await?.is_none() {
+            // Claimed between the two reads (the claim moves it in one transaction), or gone.
+            return match app.store.sandbox_by_token(token_hash).await? {
+                Some(s) => Ok(Some(s)),
+                None => Err(ApiError::unauthorized()),
+            };
+        }
+        tokio::select! {
+            _ = &mut notified => continue,
+            _ = tokio::time::sleep_until(deadline) => return Ok(None),
+            _ = app.shutdown.cancelled() => return Ok(None),
         }
     }
 }

@@ -29,6 +29,7 @@ mod sizing;
 mod snapshot;
 #[cfg(test)]
 mod tests;
+mod warm;
 
 pub use snapshot::{PoolReader, dry_run};
 
@@ -97,6 +98,9 @@ pub trait Signals: Send + Sync + 'static {
     fn woken(&self, tenant: &str) -> Option<Duration>;
     /// This replica is ready to serve (it has reconciled, or need not lead to serve).
     fn ready(&self);
+    /// A blank sandbox of the warm pool was claimed: wake the blanks' waiting agents (each looks
+    /// whether it is the one). No-op by default.
+    fn blank_claimed(&self) {}
 }
 
 impl Signals for App {
@@ -130,6 +134,10 @@ impl Signals for App {
     fn ready(&self) {
         self.ready.send_replace(true);
     }
+
+    fn blank_claimed(&self) {
+        App::work_changed(self, shoal_fleet::BLANK_TENANT);
+    }
 }
 
 /// The settings the control loop reads, resolved from the scheduler's config.
@@ -150,6 +158,8 @@ pub struct Settings {
     /// How long before work falls due a sandbox is woken for it.
     pub due_lead_ms: Millis,
     pub usage: shoal_metering::UsageContext,
+    /// Blank sandboxes the shared warm pool keeps (0: none).
+    pub warm_pool: u32,
 }
 
 impl Settings {
@@ -168,6 +178,7 @@ impl Settings {
             fleet_max_sandboxes: cfg.fleet_max_sandboxes,
             due_lead_ms: app.due_lead_ms(),
             usage: cfg.usage_context(),
+            warm_pool: cfg.warm_pool,
         }
     }
 }

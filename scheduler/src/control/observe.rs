@@ -24,6 +24,16 @@ impl Control {
     async fn try_observe(self: &Arc<Self>, o: &Observation) -> Result<(), StoreError> {
         let store = &self.store;
         let Some(rec) = store.sandbox(&o.sandbox.sandbox_id).await? else {
+            // A blank of the warm pool: billed to no tenant; one that went down is replaced.
+            if !matches!(o.state, ObservedState::Running)
+                && let Some(b) = store
+                    .blanks()
+                    .await?
+                    .into_iter()
+                    .find(|b| b.id == o.sandbox.sandbox_id)
+            {
+                self.blank_lost(&b, o.state == ObservedState::Gone).await?;
+            }
             return Ok(());
         };
         let entry = |kind| LedgerEntry {
@@ -145,9 +155,17 @@ impl Control {
             .into_iter()
             .map(|s| (s.id.clone(), s))
             .collect();
-        self.collect_orphans(&listed, &known).await;
+        let blanks = self.store.blanks().await?;
+        self.collect_orphans(&listed, &known, &blanks).await;
         if full {
             self.close_unlisted(&listed, &known).await?;
+            // Blanks the provider no longer has (a restart stopped them all) are forgotten; the
+            // pool refills.
+            for b in blanks.iter().filter(|b| b.provider == self.provider.name()) {
+                if !listed.iter().any(|o| o.sandbox.sandbox_id == b.id) {
+                    self.store.remove_blank(&b.id).await?;
+                }
+            }
         }
         Ok(())
     }
@@ -157,9 +175,10 @@ impl Control {
         &self,
         listed: &[Observation],
         known: &HashMap<String, SandboxRecord>,
+        blanks: &[shoal_store::BlankRecord],
     ) {
         let collected = shoal_fleet::orphans::collect_listed(&*self.provider, listed, |id| {
-            known.contains_key(id)
+            known.contains_key(id) || blanks.iter().any(|b| b.id == id)
         })
         .instrument(tracing::info_span!("collect_orphans"))
         .await;

@@ -119,6 +119,7 @@ async fn harness() -> Harness {
             fleet_max_sandboxes: None,
             due_lead_ms: 10_000,
             usage: Default::default(),
+            warm_pool: 0,
         },
     };
     let control = Control::new(deps, Arc::new(crate::leader::Solo));

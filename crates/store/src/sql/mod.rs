@@ -502,6 +502,7 @@ macro_rules! impl_store {
         crate::audit::impl_audit!($store, $backend, $begin);
         crate::retention::impl_retention!($store, $backend, $begin);
         crate::sizing::impl_sizing!($store, $backend, $begin);
+        crate::warm::impl_warm_pool!($store, $backend, $begin);
     };
 }
 pub(crate) use impl_store;
