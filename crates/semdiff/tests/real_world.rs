@@ -221,8 +221,12 @@ fn numbers_are_compared_exactly_as_written() {
         assert!(parsed(a, b).equal, "{a} vs {b}");
     }
     // Through a job spec too.
-    let v = shoal_semdiff::run_spec(
-        r#"{"baseline": {"n": 18446744073709551616}, "candidate": {"n": 18446744073709551615}}"#,
+    let v: serde_json::Value = serde_json::from_str(
+        shoal_semdiff::run_spec(
+            r#"{"baseline": {"n": 18446744073709551616}, "candidate": {"n": 18446744073709551615}}"#,
+        )
+        .unwrap()
+        .get(),
     )
     .unwrap();
     assert_eq!(v["equal"], json!(false));
@@ -233,6 +237,65 @@ fn numbers_are_compared_exactly_as_written() {
         Doc::parse(b"1.440573777441").unwrap(),
     );
     assert!(diff_docs(&a, &b, &o).unwrap().equal);
+}
+
+/// Issue 19 item 2, printing: `before`/`after` carry a number exactly as written, however many
+/// digits it has and whatever its spelling, in the result, its JSON text (what a job records)
+/// and the text format; a `serde_json::Value` would print the nearest double instead.
+#[test]
+fn before_and_after_print_numbers_exactly_as_written() {
+    for (a, b) in [
+        ("12345678901234567890123", "12345678901234567890124"),
+        ("18446744073709551616", "18446744073709551615"),
+        ("1.4405737774410001", "1.440573777441"),
+        ("-59.879722999999956", "-59.87972299999995"),
+        ("1.50", "2.50"),
+        ("1e2", "2E3"),
+        ("-0", "1"),
+    ] {
+        let r = parsed(a, b);
+        let c = &r.changes[0];
+        assert_eq!(
+            (
+                c.before.as_ref().map(|v| v.get()),
+                c.after.as_ref().map(|v| v.get())
+            ),
+            (Some(a), Some(b)),
+            "{r:?}"
+        );
+        assert_eq!(
+            shoal_semdiff::cli::render_text(&r),
+            format!("changed      (root): {a} -> {b}\n")
+        );
+        // Inside a job's result text, nested in a changed array element and an added object.
+        let spec = format!(
+            r#"{{"baseline": {{"x": [{a}, 0]}}, "candidate": {{"x": [{b}, 0], "y": {{"n": [{b}]}}}}}}"#
+        );
+        let text = shoal_semdiff::run_spec(&spec).unwrap();
+        assert_eq!(
+            text.get(),
+            format!(
+                r#"{{"equal":false,"changes":[{{"op":"changed","path":"/x/0","before":{a},"after":{b}}},{{"op":"added","path":"/y","after":{{"n":[{b}]}}}}]}}"#
+            )
+        );
+    }
+    // A large value is still cut to max_value_bytes, its size counted from the exact text.
+    let big: Vec<&str> = std::iter::repeat_n("12345678901234567890123", 400).collect();
+    let spec = format!(
+        r#"{{"baseline": {{"a": 1}}, "candidate": {{"a": [{}]}}, "options": {{"max_value_bytes": 64}}}}"#,
+        big.join(",")
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(shoal_semdiff::run_spec(&spec).unwrap().get()).unwrap();
+    let c = &v["changes"][0];
+    assert_eq!(c["after_truncated"]["bytes"], 400 * 24 + 1);
+    assert!(
+        c["after"]
+            .as_str()
+            .unwrap()
+            .starts_with("[12345678901234567890123,")
+    );
+    assert!(c["after"].as_str().unwrap().len() <= 62, "{c}");
 }
 
 #[test]

@@ -170,8 +170,9 @@ pub struct JobRecord {
     pub lease_id: Option<String>,
     /// When the current lease lapses unless heartbeated.
     pub lease_expires_at: Option<Millis>,
-    /// What the last attempt returned.
-    pub result: Option<serde_json::Value>,
+    /// What the last attempt returned, as the JSON text the agent sent (kept as text, so that
+    /// numbers no double holds come back as written).
+    pub result: Option<shoal_protocol::JsonText>,
     /// Why the last attempt failed.
     pub error: Option<serde_json::Value>,
     /// When it was admitted.
@@ -407,12 +408,12 @@ pub enum Finish {
     /// The job did what it was asked.
     Succeeded {
         /// What it returned.
-        result: serde_json::Value,
+        result: shoal_protocol::JsonText,
     },
     /// The attempt failed; retried if the job's policy allows.
     Failed {
         /// What it returned, if anything.
-        result: Option<serde_json::Value>,
+        result: Option<shoal_protocol::JsonText>,
         /// Why it failed.
         error: serde_json::Value,
     },

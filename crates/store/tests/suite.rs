@@ -228,7 +228,9 @@ async fn suite(store: Arc<dyn Store>) {
             "sb1",
             "j2",
             "not-the-lease",
-            Finish::Succeeded { result: json!(1) },
+            Finish::Succeeded {
+                result: json!(1).into(),
+            },
             20,
         )
         .await
@@ -241,7 +243,7 @@ async fn suite(store: Arc<dyn Store>) {
             "j2",
             &lease,
             Finish::Succeeded {
-                result: json!({"ok": true}),
+                result: json!({"ok": true}).into(),
             },
             21,
         )
@@ -256,7 +258,9 @@ async fn suite(store: Arc<dyn Store>) {
                 "sb1",
                 "j2",
                 &lease,
-                Finish::Succeeded { result: json!(2) },
+                Finish::Succeeded {
+                    result: json!(2).into()
+                },
                 22
             )
             .await
@@ -264,7 +268,13 @@ async fn suite(store: Arc<dyn Store>) {
         Completed::Stale
     );
     assert_eq!(
-        store.job("j2").await.unwrap().unwrap().result,
+        store
+            .job("j2")
+            .await
+            .unwrap()
+            .unwrap()
+            .result
+            .map(|r| r.to_value()),
         Some(json!({"ok": true}))
     );
     let sb1 = store.sandbox("sb1").await.unwrap().unwrap();
@@ -313,7 +323,9 @@ async fn suite(store: Arc<dyn Store>) {
                 "sb2",
                 "j1",
                 &j1_lease,
-                Finish::Succeeded { result: json!(0) },
+                Finish::Succeeded {
+                    result: json!(0).into()
+                },
                 10_018
             )
             .await
@@ -353,7 +365,9 @@ async fn suite(store: Arc<dyn Store>) {
                 "sb1",
                 "j3",
                 &l3,
-                Finish::Succeeded { result: json!(0) },
+                Finish::Succeeded {
+                    result: json!(0).into()
+                },
                 30_500
             )
             .await
@@ -407,7 +421,9 @@ async fn suite(store: Arc<dyn Store>) {
                 "sb2",
                 "j4",
                 j4.lease_id.as_deref().unwrap(),
-                Finish::Succeeded { result: json!(0) },
+                Finish::Succeeded {
+                    result: json!(0).into()
+                },
                 40_003
             )
             .await
@@ -651,7 +667,9 @@ async fn concurrent_leases(store: Arc<dyn Store>) {
                                 &format!("s{i}"),
                                 &j.id,
                                 j.lease_id.as_deref().unwrap(),
-                                Finish::Succeeded { result: json!(i) },
+                                Finish::Succeeded {
+                                    result: json!(i).into(),
+                                },
                                 2,
                             )
                             .await
@@ -1085,7 +1103,9 @@ async fn job_pages(store: Arc<dyn Store>) {
                 "sb1",
                 &j.id,
                 j.lease_id.as_deref().unwrap(),
-                Finish::Succeeded { result },
+                Finish::Succeeded {
+                    result: result.into(),
+                },
                 11 + i,
             )
             .await
@@ -1272,7 +1292,9 @@ async fn job_logs(store: Arc<dyn Store>) {
             "sb2",
             "j",
             &lease2,
-            Finish::Succeeded { result: json!(0) },
+            Finish::Succeeded {
+                result: json!(0).into(),
+            },
             4,
         )
         .await
@@ -1382,7 +1404,7 @@ async fn outbox_job_events(store: Arc<dyn Store>) {
             "ok",
             l.lease_id.as_deref().unwrap(),
             Finish::Succeeded {
-                result: json!({"exit_code": 0}),
+                result: json!({"exit_code": 0}).into(),
             },
             20,
         )
@@ -1400,7 +1422,7 @@ async fn outbox_job_events(store: Arc<dyn Store>) {
             "bad",
             l.lease_id.as_deref().unwrap(),
             Finish::Failed {
-                result: Some(json!({"exit_code": 3})),
+                result: Some(json!({"exit_code": 3}).into()),
                 error: json!({"code": "exit"}),
             },
             40,
@@ -1455,7 +1477,9 @@ async fn outbox_job_events(store: Arc<dyn Store>) {
                 "sb1",
                 "ok",
                 l.lease_id.as_deref().unwrap(),
-                Finish::Succeeded { result: json!({}) },
+                Finish::Succeeded {
+                    result: json!({}).into()
+                },
                 60
             )
             .await
@@ -1487,7 +1511,7 @@ async fn outbox_job_events(store: Arc<dyn Store>) {
     // The payload is the record at that moment, without its spec or lease.
     let ok = serde_json::from_value::<JobRecord>(events[0].payload.clone()).unwrap();
     assert_eq!(
-        (ok.result, ok.finished_at, ok.attempts),
+        (ok.result.map(|r| r.to_value()), ok.finished_at, ok.attempts),
         (Some(json!({"exit_code": 0})), Some(20), 1)
     );
     assert_eq!((ok.spec, ok.lease_id), (serde_json::Value::Null, None));
@@ -2181,7 +2205,9 @@ async fn audit_chain(store: Arc<dyn Store>) {
             "sb1",
             &j.id,
             j.lease_id.as_deref().unwrap(),
-            Finish::Succeeded { result: json!({}) },
+            Finish::Succeeded {
+                result: json!({}).into(),
+            },
             8,
         )
         .await
@@ -2192,7 +2218,9 @@ async fn audit_chain(store: Arc<dyn Store>) {
             "sb1",
             &j.id,
             "not-the-lease",
-            Finish::Succeeded { result: json!({}) },
+            Finish::Succeeded {
+                result: json!({}).into(),
+            },
             9,
         )
         .await
@@ -2362,7 +2390,7 @@ async fn retention(store: Arc<dyn Store>) {
             &j.id,
             &lease,
             Finish::Succeeded {
-                result: json!({"ok": 1}),
+                result: json!({"ok": 1}).into(),
             },
             120,
         )
@@ -2956,7 +2984,9 @@ async fn delayed_and_retried(store: Arc<dyn Store>) {
             "sb1",
             "delayed",
             j.lease_id.as_deref().unwrap(),
-            Finish::Succeeded { result: json!(1) },
+            Finish::Succeeded {
+                result: json!(1).into(),
+            },
             10_500,
         )
         .await

@@ -205,7 +205,19 @@ fn finish_of(body: &[u8]) -> Result<Finish, ApiError> {
             error: serde_json::json!({"code": shoal_protocol::RESULT_TOO_LARGE, "message": message}),
         });
     }
-    let c: Completion = crate::error::parse_object(body)?;
+    // Read straight from the text (not through a `Value`), so the result is kept as the text
+    // the agent sent: a number no double holds stays as written.
+    let c: Completion = serde_json::from_slice(body).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("the body is not JSON: {e}"),
+            )
+        } else {
+            crate::error::shape_error(&e.to_string())
+        }
+    })?;
     Ok(match c.outcome {
         Outcome::Succeeded { result } => Finish::Succeeded { result },
         Outcome::Failed { result, error } => Finish::Failed {

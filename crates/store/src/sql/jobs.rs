@@ -362,7 +362,7 @@ mod tests {
             panic!("a queued job to lease");
         };
         let done = crate::Finish::Succeeded {
-            result: serde_json::json!(null),
+            result: serde_json::json!(null).into(),
         };
         let lease = first.lease_id.clone().unwrap();
         store
