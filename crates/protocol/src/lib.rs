@@ -45,6 +45,21 @@ impl JsonText {
     pub fn into_string(self) -> String {
         self.0.get().to_string()
     }
+
+    /// The raw value it holds.
+    pub fn into_raw(self) -> Box<RawValue> {
+        self.0
+    }
+
+    /// `null`.
+    pub fn null() -> JsonText {
+        JsonText::from(serde_json::Value::Null)
+    }
+
+    /// Whether it is `null`.
+    pub fn is_null(&self) -> bool {
+        self.get() == "null"
+    }
 }
 
 impl From<serde_json::Value> for JsonText {

@@ -150,8 +150,9 @@ pub struct JobRecord {
     pub tenant: String,
     /// What the agent runs it with.
     pub kind: String,
-    /// Its input, as admitted (`null` in a list).
-    pub spec: serde_json::Value,
+    /// Its input, as admitted (`null` in a list), as its JSON text: a `semantic_diff` job's
+    /// documents keep their numbers as written.
+    pub spec: shoal_protocol::JsonText,
     /// The tenant's key that makes a repeated admission return this job.
     pub idempotency_key: Option<String>,
     /// Higher leases first.
@@ -211,8 +212,8 @@ pub struct NewJob {
     pub tenant: String,
     /// What the agent runs it with.
     pub kind: String,
-    /// Its input.
-    pub spec: serde_json::Value,
+    /// Its input, as its JSON text.
+    pub spec: shoal_protocol::JsonText,
     /// The tenant's key that makes a repeated admission return the first job.
     pub idempotency_key: Option<String>,
     /// Higher leases first.

@@ -108,7 +108,7 @@ pub(crate) fn job_from_row<'r, R: StoreRow<'r>>(row: &'r R) -> Result<JobRecord>
         id: row.string("id")?,
         tenant: row.string("tenant")?,
         kind: row.string("kind")?,
-        spec: json_col(row, "spec")?.unwrap_or(serde_json::Value::Null),
+        spec: json_text_col(row, "spec")?.unwrap_or_else(shoal_protocol::JsonText::null),
         idempotency_key: row.opt_string("idempotency_key")?,
         priority: row.int32("priority")?,
         max_attempts: row.int("max_attempts")? as u32,

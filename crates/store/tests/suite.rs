@@ -90,7 +90,7 @@ fn job(id: &str, tenant: &str, key: Option<&str>, priority: i32, at: i64) -> New
         id: id.into(),
         tenant: tenant.into(),
         kind: "agent".into(),
-        spec: json!({"command": ["true"]}),
+        spec: json!({"command": ["true"]}).into(),
         idempotency_key: key.map(str::to_string),
         priority,
         max_attempts: 2,
@@ -1514,7 +1514,10 @@ async fn outbox_job_events(store: Arc<dyn Store>) {
         (ok.result.map(|r| r.to_value()), ok.finished_at, ok.attempts),
         (Some(json!({"exit_code": 0})), Some(20), 1)
     );
-    assert_eq!((ok.spec, ok.lease_id), (serde_json::Value::Null, None));
+    assert_eq!(
+        (ok.spec.to_value(), ok.lease_id),
+        (serde_json::Value::Null, None)
+    );
     assert!(
         events
             .iter()
@@ -2439,7 +2442,7 @@ async fn retention(store: Arc<dyn Store>) {
     let ids: Vec<&str> = batch.jobs.iter().map(|j| j.id.as_str()).collect();
     assert_eq!(ids, ["old-done"]);
     assert_eq!(
-        batch.jobs[0].spec,
+        batch.jobs[0].spec.to_value(),
         json!({"command": ["true"]}),
         "exported whole"
     );

@@ -306,7 +306,7 @@ mod tests {
             id,
             tenant: tenant.into(),
             kind: "agent".into(),
-            spec: serde_json::json!({"command": ["true"]}),
+            spec: serde_json::json!({"command": ["true"]}).into(),
             idempotency_key: None,
             priority: 0,
             max_attempts: 1,
