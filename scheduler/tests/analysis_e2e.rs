@@ -181,6 +181,41 @@ fn local_subcommands_behave_like_diff() -> Result<()> {
     assert_eq!(ne, Some(1));
     let v: Value = serde_json::from_str(&out)?;
     assert_eq!(v["equal"], false);
+    // Numbers beyond a double print as written, in both formats (issue 19 item 2).
+    let (big_a, big_b) = (dir.join("big_a.json"), dir.join("big_b.json"));
+    std::fs::write(
+        &big_a,
+        r#"{"n": 12345678901234567890123, "f": -59.879722999999956}"#,
+    )?;
+    std::fs::write(
+        &big_b,
+        r#"{"n": 12345678901234567890124, "f": -59.87972299999995}"#,
+    )?;
+    let (ne, out) = code(&[
+        "semdiff".as_ref(),
+        big_a.as_os_str(),
+        big_b.as_os_str(),
+        "--format".as_ref(),
+        "text".as_ref(),
+    ])?;
+    assert_eq!(ne, Some(1));
+    assert_eq!(
+        out,
+        "changed      /f: -59.879722999999956 -> -59.87972299999995\n\
+         changed      /n: 12345678901234567890123 -> 12345678901234567890124\n"
+    );
+    let (_, out) = code(&[
+        "semdiff".as_ref(),
+        big_a.as_os_str(),
+        big_b.as_os_str(),
+        "--format".as_ref(),
+        "json".as_ref(),
+    ])?;
+    assert!(
+        out.contains(r#""before": 12345678901234567890123"#)
+            && out.contains(r#""after": -59.87972299999995"#),
+        "{out}"
+    );
     let (err, _) = code(&[
         "semdiff".as_ref(),
         a.as_os_str(),
