@@ -100,14 +100,23 @@ impl Rng {
     }
 }
 
-/// A document of a few MB with many repeated small values (the case that used to turn edits
-/// into moves): records with ids, repeated status strings, small counters, flags and tags.
+/// A run log of over 10 MB with many repeated small values (the case that used to turn edits
+/// into moves): records with ids, timestamps, log messages, repeated status strings, small
+/// counters, flags and tags.
 fn big_document(rng: &mut Rng) -> Value {
     let statuses = ["ok", "failed", "skipped", "ok", "ok"];
-    let records: Vec<Value> = (0..30_000)
+    let messages = [
+        "GET /api/v1/orders?page=2 answered 200 after the cache missed and the replica caught up",
+        "worker pool resized: 8 busy, 2 idle, queue depth 14, oldest task waiting 1.2 s",
+        "retrying upload of chunk to object storage (attempt 2 of 5) after a connection reset",
+    ];
+    let records: Vec<Value> = (0..36_000)
         .map(|i| {
             json!({
                 "id": i,
+                "at": format!("2026-12-01T{:02}:{:02}:{:02}.{:03}Z", i / 3600 % 24, i / 60 % 60, i % 60, rng.below(1000)),
+                "host": format!("web-{}.eu-west-1.internal.example.com", rng.below(12)),
+                "message": messages[rng.below(3) as usize],
                 "status": statuses[rng.below(5) as usize],
                 "count": rng.below(4),
                 "flag": rng.below(2) == 0,
@@ -175,7 +184,7 @@ fn three_hundred_scattered_scalar_edits_are_three_hundred_changes() {
     }
     let text_a = serde_json::to_vec(&a).unwrap();
     let text_b = serde_json::to_vec(&b).unwrap();
-    assert!(text_a.len() > 3_000_000, "{} bytes", text_a.len());
+    assert!(text_a.len() > 10_000_000, "{} bytes", text_a.len());
     let (da, db) = (Doc::parse(&text_a).unwrap(), Doc::parse(&text_b).unwrap());
     let r = diff_docs(&da, &db, &Options::default()).unwrap();
     assert_eq!(r.degraded, None);
