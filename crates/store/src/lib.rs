@@ -14,6 +14,7 @@ pub mod ratelimit;
 pub mod retention;
 mod rows;
 pub mod schedules;
+pub mod sizing;
 mod sql;
 pub mod sqlite;
 mod tenants;
@@ -34,6 +35,7 @@ pub use outbox::{
 };
 pub use postgres::PostgresStore;
 pub use retention::{Deleted, Expired, Retention};
+pub use sizing::{JobUsageRecord, Sizing};
 pub use sqlite::SqliteStore;
 use std::sync::Arc;
 pub use usage::{Metering, OpenUsage, UsageCursor, UsageEventRecord};
@@ -514,7 +516,7 @@ pub struct Finished {
 
 /// Persistence for everything the scheduler knows; the outbox's part is [`Outbox`].
 #[async_trait]
-pub trait Store: Outbox + AuditLog + Retention + Metering + Send + Sync + 'static {
+pub trait Store: Outbox + AuditLog + Retention + Metering + Sizing + Send + Sync + 'static {
     // Tenants and keys.
     /// Creates or updates a tenant; `true` when it was created.
     async fn put_tenant(

@@ -83,6 +83,7 @@ conformance! {
     concurrent_fires_of_one_time_make_one_job => concurrent_fires,
     batches_admit_in_order_under_quota_and_keys => batch_admissions,
     a_silent_sandbox_becomes_unhealthy_unless_its_agent_called_in => unhealthy,
+    job_usage_is_kept_per_attempt_within_its_window => sizing,
 }
 
 fn job(id: &str, tenant: &str, key: Option<&str>, priority: i32, at: i64) -> NewJob {
@@ -3370,4 +3371,109 @@ async fn unhealthy(store: Arc<dyn Store>) {
             .unwrap()
             .is_some()
     );
+}
+
+/// Right-sizing's samples: one per attempt, read back newest first, kept within the window (the
+/// newest `WINDOW_JOBS` of the last `WINDOW_MS`); the size `auto_size` gives is changed with its
+/// event and audit record, and only when it changes.
+async fn sizing(store: Arc<dyn Store>) {
+    use shoal_core::SandboxSize;
+    use shoal_core::sizing::{Sample, WINDOW_JOBS, WINDOW_MS};
+    setup(store.as_ref()).await;
+    let sample = |mib: u64| Sample {
+        peak_memory_kib: mib * 1024,
+        cpu_ms: 250,
+        wall_ms: 1000,
+        oom_killed: mib > 500,
+        memory_mb: 512,
+    };
+    let rec = |job: &str, attempt: u32, tenant: &str, at: i64, s: Sample| JobUsageRecord {
+        job_id: job.into(),
+        attempt,
+        tenant: tenant.into(),
+        at,
+        sample: s,
+    };
+    assert!(
+        store
+            .record_job_usage(&rec("j1", 1, "t", 10, sample(60)))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .record_job_usage(&rec("j1", 1, "t", 11, sample(70)))
+            .await
+            .unwrap(),
+        "an attempt's usage is recorded once"
+    );
+    assert!(
+        store
+            .record_job_usage(&rec("j1", 2, "t", 12, sample(600)))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .record_job_usage(&rec("k1", 1, "u", 12, sample(9)))
+            .await
+            .unwrap()
+    );
+    let got = store.job_usage("t", 0, 100).await.unwrap();
+    assert_eq!(
+        got,
+        [sample(600), sample(60)],
+        "newest first, of the tenant only"
+    );
+    assert_eq!(store.job_usage("t", 11, 100).await.unwrap(), [sample(600)]);
+    // Past the window's age: a sample 30 days newer drops the old ones.
+    let later = 12 + WINDOW_MS + 1;
+    store
+        .record_job_usage(&rec("j2", 1, "t", later, sample(61)))
+        .await
+        .unwrap();
+    assert_eq!(store.job_usage("t", 0, 100).await.unwrap(), [sample(61)]);
+    // Past the window's count: the newest WINDOW_JOBS stay.
+    for i in 0..WINDOW_JOBS as i64 + 5 {
+        store
+            .record_job_usage(&rec(&format!("n{i}"), 1, "u", 100 + i, sample(8)))
+            .await
+            .unwrap();
+    }
+    let kept = store.job_usage("u", 0, 10_000).await.unwrap();
+    assert_eq!(kept.len(), WINDOW_JOBS);
+    // The size auto_size gives: recorded with its event and audit record when it changes.
+    let small = SandboxSize {
+        cpus: 1.0,
+        memory_mb: 128,
+    };
+    assert!(store.auto_sizes().await.unwrap().is_empty());
+    let why = json!({"jobs_sampled": 50});
+    assert!(store.set_auto_size("t", small, &why, 20).await.unwrap());
+    assert!(!store.set_auto_size("t", small, &why, 21).await.unwrap());
+    let big = SandboxSize {
+        cpus: 2.0,
+        memory_mb: 1024,
+    };
+    assert!(store.set_auto_size("t", big, &why, 22).await.unwrap());
+    assert_eq!(store.auto_sizes().await.unwrap()["t"], big);
+    let events: Vec<_> = store
+        .events(Some("t"), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "auto_size")
+        .collect();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].detail["to"]["memory_mb"], 1024);
+    assert_eq!(events[0].detail["from"]["memory_mb"], 128);
+    while store.seal_audit(1000).await.unwrap() > 0 {}
+    let audited = store
+        .audit_records(0, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.action == "tenant.auto_size")
+        .count();
+    assert_eq!(audited, 2);
 }

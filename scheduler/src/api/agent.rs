@@ -181,7 +181,7 @@ const COMPLETION_OVERHEAD: usize = 64 * 1024;
 
 /// What to record of a completion's body: the outcome, or a failure `result_too_large` when the
 /// body is over the result bounds of `shoal_protocol` (a result nests one level inside the body).
-fn finish_of(body: &[u8]) -> Result<Finish, ApiError> {
+fn finish_of(body: &[u8]) -> Result<(Finish, Option<shoal_protocol::JobUsage>), ApiError> {
     let depth = shoal_protocol::json_text_depth(body);
     let too_large = if body.len() > shoal_protocol::MAX_RESULT_BYTES + COMPLETION_OVERHEAD {
         Some(format!(
@@ -199,10 +199,13 @@ fn finish_of(body: &[u8]) -> Result<Finish, ApiError> {
         None
     };
     if let Some(message) = too_large {
-        return Ok(Finish::Failed {
-            result: None,
-            error: serde_json::json!({"code": shoal_protocol::RESULT_TOO_LARGE, "message": message}),
-        });
+        return Ok((
+            Finish::Failed {
+                result: None,
+                error: serde_json::json!({"code": shoal_protocol::RESULT_TOO_LARGE, "message": message}),
+            },
+            None,
+        ));
     }
     // Read straight from the text (not through a `Value`), so the result is kept as the text
     // the agent sent: a number no double holds stays as written.
@@ -217,7 +220,7 @@ fn finish_of(body: &[u8]) -> Result<Finish, ApiError> {
             crate::error::shape_error(&e.to_string())
         }
     })?;
-    Ok(match c.outcome {
+    let finish = match c.outcome {
         Outcome::Succeeded { result } => Finish::Succeeded { result },
         Outcome::Failed { result, error } => Finish::Failed {
             result,
@@ -226,7 +229,8 @@ fn finish_of(body: &[u8]) -> Result<Finish, ApiError> {
         Outcome::Retry { error } => Finish::Retry {
             error: serde_json::to_value(error).unwrap_or_default(),
         },
-    })
+    };
+    Ok((finish, c.usage))
 }
 
 /// An agent reports how its job ended. A completion whose result is over the bounds (10 MiB of
@@ -268,7 +272,7 @@ pub(crate) async fn agent_complete(
     );
     crate::telemetry::join_job_trace(&span, &ids.job_id);
     async move {
-        let finish = finish_of(&body)?;
+        let (finish, usage) = finish_of(&body)?;
         drop(body);
         let done = app
             .store
@@ -278,6 +282,15 @@ pub(crate) async fn agent_complete(
         match done {
             Completed::Done(job) => {
                 tracing::Span::current().record("state", job.state.as_str());
+                // What the attempt used, for right-sizing: a sample lost to a failing write
+                // costs a statistic, never the completion.
+                if let Some(usage) = usage
+                    && let Err(e) =
+                        crate::sizing::record(app.store.as_ref(), &sandbox, &job, usage, now_ms())
+                            .await
+                {
+                    tracing::warn!(error = %e, "recording the job's usage failed");
+                }
                 if job.state.is_terminal() {
                     tracing::info!(state = %job.state, attempts = job.attempts, "job finished");
                 } else {
@@ -327,15 +340,21 @@ mod tests {
             "[".repeat(125),
             "]".repeat(125)
         );
-        let Finish::Failed {
-            result: None,
-            error,
-        } = finish_of(deep.as_bytes()).unwrap()
+        let (
+            Finish::Failed {
+                result: None,
+                error,
+            },
+            None,
+        ) = finish_of(deep.as_bytes()).unwrap()
         else {
             panic!("a deep result was recorded");
         };
         assert_eq!(error["code"], shoal_protocol::RESULT_TOO_LARGE);
         let ok = br#"{"job_id":"j","lease_id":"l","outcome":"succeeded","result":{"a":[[1]]}}"#;
-        assert!(matches!(finish_of(ok).unwrap(), Finish::Succeeded { .. }));
+        assert!(matches!(
+            finish_of(ok).unwrap(),
+            (Finish::Succeeded { .. }, None)
+        ));
     }
 }

@@ -15,6 +15,7 @@
 //! - [`health`]: sandboxes whose agent went silent or whose provider reports them failed become
 //!   unhealthy, give their jobs back and are destroyed.
 //! - [`snapshot`]: the snapshot the planner sees, and the dry run.
+//! - [`sizing`]: right-sizing applied to tenants with `limits.auto_size`.
 //!
 //! A provider call is made once per step: the providers' own clients retry what is worth
 //! retrying; a call that still fails is left for a later pass (a failed create holds off its
@@ -24,6 +25,7 @@ mod apply;
 pub mod health;
 mod observe;
 mod pass;
+mod sizing;
 mod snapshot;
 #[cfg(test)]
 mod tests;
@@ -61,6 +63,8 @@ const MAX_PASS_GAP: Duration = Duration::from_millis(100);
 const TICK: Duration = Duration::from_secs(1);
 /// How often the provider is checked for resources the store does not know.
 const COLLECT_EVERY: Duration = Duration::from_secs(60);
+/// How often the leader applies right-sizing to tenants with `limits.auto_size`.
+const AUTO_SIZE_EVERY: Duration = Duration::from_secs(10);
 /// How often a leader confirms it still leads (and so how long a deposed one may act at most).
 const LEADER_CHECK: Duration = Duration::from_secs(1);
 
@@ -402,6 +406,7 @@ impl Control {
             }
         });
         let mut last_collect = Instant::now();
+        let mut last_sized: Option<Instant> = None;
         let mut next_pass = Instant::now();
         loop {
             tokio::select! {
@@ -415,6 +420,12 @@ impl Control {
                     }
                     if self.leads() && let Err(e) = self.health().await {
                         tracing::warn!(error = %e, "checking sandbox health failed");
+                    }
+                    if self.leads() && last_sized.is_none_or(|at| at.elapsed() >= AUTO_SIZE_EVERY) {
+                        last_sized = Some(Instant::now());
+                        if let Err(e) = self.auto_size().await {
+                            tracing::warn!(error = %e, "applying right-sizing failed");
+                        }
                     }
                 }
                 _ = self.shutdown.cancelled() => break,
