@@ -173,8 +173,7 @@ pub fn recordable(outcome: Outcome) -> Outcome {
         } => result,
         _ => return outcome,
     };
-    let text = serde_json::to_string(result).unwrap_or_default();
-    match shoal_protocol::result_too_large(&text) {
+    match shoal_protocol::result_too_large(result.get()) {
         Some(error) => Outcome::Failed {
             result: None,
             error,
@@ -369,15 +368,20 @@ async fn run_kind(a: &Assignment, log: Arc<LogBuffer>) -> Done {
     let started = Instant::now();
     let outcome = match a.kind.as_str() {
         "semantic_diff" => {
+            // The result comes as JSON text: its numbers are as written in the documents.
             analysis(a.spec.clone(), |s| {
-                shoal_semdiff::run_spec(s.get()).map_err(|e| e.to_string())
+                shoal_semdiff::run_spec(s.get())
+                    .map(shoal_protocol::JsonText::from_raw)
+                    .map_err(|e| e.to_string())
             })
             .await
         }
         "flaky_analysis" => {
             analysis(a.spec.clone(), |s| {
                 let spec = serde_json::from_str(s.get()).map_err(|e| e.to_string())?;
-                shoal_flaky::run_spec(&spec).map_err(|e| e.to_string())
+                shoal_flaky::run_spec(&spec)
+                    .map(shoal_protocol::JsonText::from)
+                    .map_err(|e| e.to_string())
             })
             .await
         }
@@ -395,7 +399,9 @@ async fn run_kind(a: &Assignment, log: Arc<LogBuffer>) -> Done {
 
 async fn analysis(
     spec: std::sync::Arc<serde_json::value::RawValue>,
-    f: impl FnOnce(std::sync::Arc<serde_json::value::RawValue>) -> Result<serde_json::Value, String>
+    f: impl FnOnce(
+        std::sync::Arc<serde_json::value::RawValue>,
+    ) -> Result<shoal_protocol::JsonText, String>
     + Send
     + 'static,
 ) -> Outcome {
@@ -538,7 +544,7 @@ async fn run_command(spec: &AgentSpec, job_timeout_s: u64, log: Arc<LogBuffer>) 
     // SIGKILL while the sandbox's cgroup counted a new OOM kill: the kernel killed it for memory.
     let oom_killed = result.signal == Some(libc::SIGKILL) && oom_kills() > ooms_before;
     let usage = crate::usage::measure(meter, rusage, wall, oom_killed);
-    let value = serde_json::to_value(&result).unwrap_or_default();
+    let value = shoal_protocol::JsonText::from(serde_json::to_value(&result).unwrap_or_default());
     let outcome = if timed_out {
         Outcome::Failed {
             result: Some(value),
@@ -623,7 +629,9 @@ mod tests {
         }
         let big = json!({"s": "x".repeat(shoal_protocol::MAX_RESULT_BYTES)});
         for result in [deep, big] {
-            match recordable(Outcome::Succeeded { result }) {
+            match recordable(Outcome::Succeeded {
+                result: result.into(),
+            }) {
                 Outcome::Failed {
                     result: None,
                     error,
@@ -640,7 +648,9 @@ mod tests {
         }
         let ok =
             json!({"equal": false, "changes": [{"op": "added", "path": "/a", "after": [[1]]}]});
-        match recordable(Outcome::Succeeded { result: ok.clone() }) {
+        match recordable(Outcome::Succeeded {
+            result: ok.clone().into(),
+        }) {
             Outcome::Succeeded { result } => assert_eq!(result, ok),
             _ => panic!("a small result was refused"),
         }

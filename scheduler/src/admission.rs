@@ -53,6 +53,54 @@ pub struct Enqueue {
     /// Not started before this many seconds from now (instead of `run_at`).
     #[serde(default)]
     pub delay_s: Option<u64>,
+    /// The spec as the request wrote it, when it must be kept so (a `semantic_diff` job's
+    /// documents: see [`keep_documents_as_written`]); else the job stores `spec`'s text. Never
+    /// read from the body.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub spec_text: Option<shoal_protocol::JsonText>,
+}
+
+/// For a `semantic_diff` job: its spec with `baseline` and `candidate` cut out of the request's
+/// own text (`raw_job`, the enqueue body or its entry in a batch), so that their numbers reach
+/// the engine as written. `req.spec` is a `serde_json::Value`, which rounds every number beyond
+/// a double or a 64-bit integer (`12345678901234567890123` and `...124` would be equal there).
+/// The options come from `req.spec` (whole floats already made integers). Any other kind, or a
+/// spec this cannot read, keeps `req.spec`.
+pub(crate) fn keep_documents_as_written(req: &mut Enqueue, raw_job: &[u8]) {
+    use serde_json::value::RawValue;
+    #[derive(Deserialize)]
+    struct Job<'a> {
+        #[serde(borrow)]
+        spec: &'a RawValue,
+    }
+    #[derive(Deserialize)]
+    struct Documents<'a> {
+        #[serde(borrow)]
+        baseline: &'a RawValue,
+        #[serde(borrow)]
+        candidate: &'a RawValue,
+    }
+    if req.kind != JobKind::SemanticDiff.as_str() {
+        return;
+    }
+    let Ok(job) = serde_json::from_slice::<Job>(raw_job) else {
+        return;
+    };
+    let Ok(docs) = serde_json::from_str::<Documents>(job.spec.get()) else {
+        return;
+    };
+    let mut text = format!(
+        r#"{{"baseline":{},"candidate":{}"#,
+        docs.baseline.get(),
+        docs.candidate.get()
+    );
+    if let Some(options) = req.spec.get("options") {
+        text.push_str(r#","options":"#);
+        text.push_str(&options.to_string());
+    }
+    text.push('}');
+    req.spec_text = shoal_protocol::JsonText::from_text(text).ok();
 }
 
 /// A job's `retry`, every field optional.
@@ -196,7 +244,7 @@ impl Checked {
     pub fn into_job(
         self,
         tenant: &str,
-        spec: Value,
+        spec: shoal_protocol::JsonText,
         idempotency_key: Option<String>,
         now: Millis,
         schedule: Option<String>,
@@ -480,7 +528,11 @@ async fn prepare(
         return Err(refuse(e.clone()));
     }
     let kind = checked.kind;
-    let mut job = checked.into_job(&tenant.id, req.spec, req.idempotency_key, now, None);
+    let spec = match req.spec_text {
+        Some(text) => text,
+        None => shoal_protocol::JsonText::from(&req.spec),
+    };
+    let mut job = checked.into_job(&tenant.id, spec, req.idempotency_key, now, None);
     job.id = id;
     Ok(Ready {
         job,

@@ -238,6 +238,7 @@ async fn ingress(app: Arc<App>, queue: shoal_store::ingress::IngressQueue) {
                 retry: None,
                 run_at: None,
                 delay_s: None,
+                spec_text: None,
             };
             match admission::admit(&app, req, &shoal_core::audit::Actor::system("ingress")).await {
                 Ok(_) => Ok(()),

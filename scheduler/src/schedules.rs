@@ -369,7 +369,13 @@ async fn fire_one(
     let job = match checked {
         Ok((mut c, r)) => {
             c.run_at = Some(fire);
-            c.into_job(&s.tenant, r.spec, Some(key), now, Some(schedule.clone()))
+            c.into_job(
+                &s.tenant,
+                r.spec.into(),
+                Some(key),
+                now,
+                Some(schedule.clone()),
+            )
         }
         Err(e) => {
             // Stored before a rule it breaks: the fire time passes without a job.

@@ -157,7 +157,7 @@ mod tests {
             id: "j".into(),
             tenant: "t".into(),
             kind: "agent".into(),
-            spec: json!({"command": ["true"]}),
+            spec: json!({"command": ["true"]}).into(),
             idempotency_key: None,
             priority: 0,
             max_attempts: 1,

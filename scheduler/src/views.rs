@@ -43,8 +43,9 @@ pub struct JobView {
     pub sandbox_id: Option<String>,
     /// The kind's result (for `agent`: `exit_code`, `stdout`, `stderr`, `duration_ms`).
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// Kept as the text the agent sent: numbers exactly as written.
     #[schema(value_type = Option<Object>)]
-    pub result: Option<Value>,
+    pub result: Option<shoal_protocol::JsonText>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub error: Option<Value>,

@@ -57,6 +57,40 @@ async fn analysis_kinds_run_as_jobs() -> Result<()> {
         (Some(0.5), Some(0.75))
     );
 
+    // Numbers beyond a double go through as written (issue 19 item 2): the spec's documents
+    // reach the engine as the request wrote them, and the result comes back in the job view with
+    // `before`/`after` exactly as written, however many digits.
+    let body = r#"{"tenant": "qa", "kind": "semantic_diff", "spec": {"baseline": {"a": 12345678901234567890123, "b": [-59.879722999999956, 1.50], "c": 18446744073709551616},
+        "candidate": {"a": 12345678901234567890124, "b": [-59.87972299999995, 1.5], "c": 18446744073709551616.0}, "options": {"max_changes": 10.0}}}"#;
+    let r = s
+        .req(Method::POST, "/v1/jobs")
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await?;
+    anyhow::ensure!(r.status() == 202, "{}", r.text().await?);
+    let id = r.json::<Value>().await?["id"].as_str().unwrap().to_string();
+    let text = s
+        .wait_for("the exact job", Duration::from_secs(60), || async {
+            let text = s
+                .req(Method::GET, &format!("/v1/jobs/{id}"))
+                .send()
+                .await?
+                .text()
+                .await?;
+            let j: Value = serde_json::from_str(&text)?;
+            Ok(
+                matches!(j["state"].as_str(), Some("succeeded" | "failed" | "dead"))
+                    .then_some(text),
+            )
+        })
+        .await?;
+    assert!(text.contains(r#""state":"succeeded""#), "{text}");
+    assert!(
+        text.contains(r#""changes":[{"op":"changed","path":"/a","before":12345678901234567890123,"after":12345678901234567890124},{"op":"changed","path":"/b/0","before":-59.879722999999956,"after":-59.87972299999995}]"#),
+        "{text}"
+    );
+
     // Recorded traces: spans matched by what they are, not by their ids.
     let tb: Value = serde_json::from_str(&std::fs::read_to_string(fixture(
         "semdiff",
@@ -147,6 +181,41 @@ fn local_subcommands_behave_like_diff() -> Result<()> {
     assert_eq!(ne, Some(1));
     let v: Value = serde_json::from_str(&out)?;
     assert_eq!(v["equal"], false);
+    // Numbers beyond a double print as written, in both formats (issue 19 item 2).
+    let (big_a, big_b) = (dir.join("big_a.json"), dir.join("big_b.json"));
+    std::fs::write(
+        &big_a,
+        r#"{"n": 12345678901234567890123, "f": -59.879722999999956}"#,
+    )?;
+    std::fs::write(
+        &big_b,
+        r#"{"n": 12345678901234567890124, "f": -59.87972299999995}"#,
+    )?;
+    let (ne, out) = code(&[
+        "semdiff".as_ref(),
+        big_a.as_os_str(),
+        big_b.as_os_str(),
+        "--format".as_ref(),
+        "text".as_ref(),
+    ])?;
+    assert_eq!(ne, Some(1));
+    assert_eq!(
+        out,
+        "changed      /f: -59.879722999999956 -> -59.87972299999995\n\
+         changed      /n: 12345678901234567890123 -> 12345678901234567890124\n"
+    );
+    let (_, out) = code(&[
+        "semdiff".as_ref(),
+        big_a.as_os_str(),
+        big_b.as_os_str(),
+        "--format".as_ref(),
+        "json".as_ref(),
+    ])?;
+    assert!(
+        out.contains(r#""before": 12345678901234567890123"#)
+            && out.contains(r#""after": -59.87972299999995"#),
+        "{out}"
+    );
     let (err, _) = code(&[
         "semdiff".as_ref(),
         a.as_os_str(),

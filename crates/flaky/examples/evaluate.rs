@@ -13,6 +13,15 @@ use shoal_flaky::{Options, Verdict, analyze};
 struct Tally {
     aucs: Vec<f64>,
     ceiling: Vec<f64>,
+    /// The best any score computed from the history can reach: failed flaky tests first, then
+    /// every test that never failed (a flaky one is indistinguishable from a stable one: a tie),
+    /// then the regressions that failed.
+    best: Vec<f64>,
+    /// The AUC over the tests that failed at least once in the window only (flaky tests that
+    /// failed against regressions that failed: stable tests never fail).
+    failed_aucs: Vec<f64>,
+    /// Share of the flaky tests that failed at least once in the window.
+    flaky_seen: Vec<f64>,
     // [truth flaky, truth regression] x [said flaky, said failing, other]
     m: [[usize; 3]; 2],
 }
@@ -21,6 +30,9 @@ fn evaluate(cfg: &SimConfig, seeds: impl Iterator<Item = u64>, opts: &Options) -
     let mut t = Tally {
         aucs: Vec::new(),
         ceiling: Vec::new(),
+        best: Vec::new(),
+        failed_aucs: Vec::new(),
+        flaky_seen: Vec::new(),
         m: [[0; 3]; 2],
     };
     for seed in seeds {
@@ -52,6 +64,32 @@ fn evaluate(cfg: &SimConfig, seeds: impl Iterator<Item = u64>, opts: &Options) -
             })
             .collect();
         t.ceiling.push(roc_auc(&oracle));
+        let best: Vec<(f64, bool)> = sim
+            .truth
+            .iter()
+            .map(|tr| {
+                let fl = tr.flake_p > 0.0;
+                let score = match (failed.contains(tr.id.as_str()), fl) {
+                    (true, true) => 1.0,
+                    (false, _) => 0.5,
+                    (true, false) => 0.0,
+                };
+                (score, fl)
+            })
+            .collect();
+        t.best.push(roc_auc(&best));
+        let failed_only: Vec<(f64, bool)> = sim
+            .truth
+            .iter()
+            .filter(|tr| failed.contains(tr.id.as_str()))
+            .map(|tr| (by_id[tr.id.as_str()].flaky_score, tr.flake_p > 0.0))
+            .collect();
+        t.failed_aucs.push(roc_auc(&failed_only));
+        let flaky = sim.truth.iter().filter(|tr| tr.flake_p > 0.0);
+        let (n, seen) = flaky.fold((0usize, 0usize), |(n, s), tr| {
+            (n + 1, s + usize::from(failed.contains(tr.id.as_str())))
+        });
+        t.flaky_seen.push(seen as f64 / n.max(1) as f64);
         for f in &report.failures {
             let c = usize::from_str_radix(f.commit.trim_start_matches('c'), 16).unwrap();
             let row = usize::from(truth[f.test.as_str()].broken_at(c));
@@ -121,11 +159,16 @@ fn main() {
                 ratio(m[1][1], m[1][1] + m[0][1]),
                 ratio(m[1][1], m[1].iter().sum()),
             );
-            let ceil = t.ceiling.iter().sum::<f64>() / t.ceiling.len() as f64;
+            let avg = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+            let ceil = avg(&t.ceiling);
+            let best = avg(&t.best);
+            let failed_auc = avg(&t.failed_aucs);
+            let failed_min = t.failed_aucs.iter().copied().fold(f64::INFINITY, f64::min);
+            let seen = avg(&t.flaky_seen);
             let total: usize = m.iter().flatten().sum();
             let right = ratio(m[0][0] + m[1][1], total);
             println!(
-                "| {label} | {set} | {mean:.3} ({min:.3}) | {ceil:.3} | {p_fl:.3} / {r_fl:.3} | {p_fa:.3} / {r_fa:.3} | {right:.3} ({total}) |"
+                "| {label} | {set} | {mean:.3} ({min:.3}) | {ceil:.3} | {best:.3} | {seen:.3} | {failed_auc:.3} ({failed_min:.3}) | {p_fl:.3} / {r_fl:.3} | {p_fa:.3} / {r_fa:.3} | {right:.3} ({total}) |"
             );
         }
     }

@@ -6,8 +6,91 @@
 #![warn(missing_docs)]
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 pub mod webhooks;
+
+/// A JSON value kept as its compact text, so that it passes through unchanged: a job's result
+/// goes from the agent through the completion, the store and the job view as the text the engine
+/// wrote. A `serde_json::Value` would round every number beyond a double or a 64-bit integer
+/// (`12345678901234567890123`, `1.4405737774410001`), which a `semantic_diff` result reports
+/// exactly as written. Equality is equality of the texts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JsonText(Box<RawValue>);
+
+impl JsonText {
+    /// The value's JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The value as a `serde_json::Value` (numbers a double or a 64-bit integer cannot hold are
+    /// rounded there).
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::from_str(self.get()).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Checks that `text` is one JSON value and keeps it as it is.
+    pub fn from_text(text: String) -> Result<JsonText, serde_json::Error> {
+        RawValue::from_string(text).map(JsonText)
+    }
+
+    /// A value already parsed as raw JSON.
+    pub fn from_raw(raw: Box<RawValue>) -> JsonText {
+        JsonText(raw)
+    }
+
+    /// The JSON text, owned.
+    pub fn into_string(self) -> String {
+        self.0.get().to_string()
+    }
+
+    /// The raw value it holds.
+    pub fn into_raw(self) -> Box<RawValue> {
+        self.0
+    }
+
+    /// `null`.
+    pub fn null() -> JsonText {
+        JsonText::from(serde_json::Value::Null)
+    }
+
+    /// Whether it is `null`.
+    pub fn is_null(&self) -> bool {
+        self.get() == "null"
+    }
+}
+
+impl From<serde_json::Value> for JsonText {
+    fn from(v: serde_json::Value) -> Self {
+        JsonText::from(&v)
+    }
+}
+
+impl From<&serde_json::Value> for JsonText {
+    fn from(v: &serde_json::Value) -> Self {
+        JsonText(serde_json::value::to_raw_value(v).expect("a Value always serialises"))
+    }
+}
+
+impl PartialEq for JsonText {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl PartialEq<serde_json::Value> for JsonText {
+    fn eq(&self, other: &serde_json::Value) -> bool {
+        self.to_value() == *other
+    }
+}
+
+impl std::fmt::Display for JsonText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.get())
+    }
+}
 
 /// Environment variables a provider sets for the agent it starts.
 pub mod env {
@@ -238,19 +321,19 @@ pub struct LogStored {
     pub end: u64,
 }
 
-/// How a job attempt ended, as the agent reports it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// How a job attempt ended, as the agent reports it (read as part of a [`Completion`]).
+#[derive(Debug, Clone, Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
     /// Done and successful.
     Succeeded {
-        /// What the job produced (the kind's result).
-        result: serde_json::Value,
+        /// What the job produced (the kind's result), as its JSON text.
+        result: JsonText,
     },
     /// Done and failed; not worth retrying (a non-zero exit, a bad spec, a timeout).
     Failed {
         /// What the job produced before it failed, if anything.
-        result: Option<serde_json::Value>,
+        result: Option<JsonText>,
         /// Why it failed.
         error: JobError,
     },
@@ -281,8 +364,9 @@ impl JobError {
     }
 }
 
-/// `POST /v1/agent/complete`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `POST /v1/agent/complete`. Read by hand (not derived): serde reads a flattened, tagged enum
+/// through a buffer that cannot hold a result kept as text ([`JsonText`]).
+#[derive(Debug, Clone, Serialize)]
 pub struct Completion {
     /// The job the attempt was for.
     pub job_id: String,
@@ -326,6 +410,61 @@ pub struct JobUsage {
 fn lenient_usage<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<JobUsage>, D::Error> {
     let v = Option::<serde_json::Value>::deserialize(d)?;
     Ok(v.and_then(|v| serde_json::from_value(v).ok()))
+}
+
+/// The wire form of a [`Completion`]: its fields side by side, the outcome a tag.
+#[derive(Deserialize)]
+struct CompletionWire {
+    job_id: String,
+    lease_id: String,
+    outcome: OutcomeTag,
+    #[serde(default)]
+    result: Option<JsonText>,
+    #[serde(default)]
+    error: Option<JobError>,
+    #[serde(default)]
+    next: Option<LeaseRequest>,
+    #[serde(default, deserialize_with = "lenient_usage")]
+    usage: Option<JobUsage>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum OutcomeTag {
+    Succeeded,
+    Failed,
+    Retry,
+}
+
+impl<'de> Deserialize<'de> for Completion {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let w = CompletionWire::deserialize(d)?;
+        let error = |e: Option<JobError>| e.ok_or_else(|| D::Error::missing_field("error"));
+        let outcome = match w.outcome {
+            // A result of `null` reads as `None`; a succeeded job's result is then `null`.
+            OutcomeTag::Succeeded => Outcome::Succeeded {
+                result: match w.result {
+                    Some(r) => r,
+                    None => JsonText::from(serde_json::Value::Null),
+                },
+            },
+            OutcomeTag::Failed => Outcome::Failed {
+                result: w.result,
+                error: error(w.error)?,
+            },
+            OutcomeTag::Retry => Outcome::Retry {
+                error: error(w.error)?,
+            },
+        };
+        Ok(Completion {
+            job_id: w.job_id,
+            lease_id: w.lease_id,
+            outcome,
+            next: w.next,
+            usage: w.usage,
+        })
+    }
 }
 
 /// The answer to `POST /v1/agent/complete`: the job's state after it, and the next job when the
@@ -417,6 +556,37 @@ mod tests {
         assert!(matches!(back.outcome, Outcome::Retry { .. }));
         let r: LeaseResponse = serde_json::from_str(r#"{"action":"idle"}"#).unwrap();
         assert!(matches!(r, LeaseResponse::Idle));
+    }
+
+    #[test]
+    fn a_completion_keeps_its_result_as_the_text_sent() {
+        let text = r#"{"job_id":"j","lease_id":"l","outcome":"succeeded","result":{"before":12345678901234567890123,"after":-59.879722999999956}}"#;
+        let c: Completion = serde_json::from_str(text).unwrap();
+        let Outcome::Succeeded { result } = &c.outcome else {
+            panic!("not succeeded")
+        };
+        assert_eq!(
+            result.get(),
+            r#"{"before":12345678901234567890123,"after":-59.879722999999956}"#
+        );
+        assert_eq!(serde_json::to_string(&c).unwrap(), text);
+        // A failure with or without a result, and a retry.
+        let f: Completion = serde_json::from_str(
+            r#"{"job_id":"j","lease_id":"l","outcome":"failed","result":null,"error":{"code":"x","message":"m"}}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(f.outcome, Outcome::Failed { result: None, ref error } if error.code == "x")
+        );
+        let e = serde_json::from_str::<Completion>(
+            r#"{"job_id":"j","lease_id":"l","outcome":"failed"}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("error"), "{e}");
+        let e =
+            serde_json::from_str::<Completion>(r#"{"job_id":"j","lease_id":"l","outcome":"won"}"#)
+                .unwrap_err();
+        assert!(e.to_string().contains("unknown variant"), "{e}");
     }
 
     #[test]

@@ -4,9 +4,67 @@
 //! `after_truncated`. The whole result is kept under `max_result_bytes` of JSON by stopping the
 //! list of changes (`"truncated": true`). Depth is not cut here: a result too deep to record is
 //! refused as a whole where it is recorded (`result_too_large`).
+//!
+//! A shown value is kept as JSON text ([`Shown`]), not as a `serde_json::Value`, so that a number
+//! read from text prints exactly as it was written, whatever its digits: a `Value` holds at most
+//! a double or a 64-bit integer.
 
 use serde::Serialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
+
+use crate::tree::{Kind, Tree};
+
+/// A `before` or `after` value as the JSON text it is reported as: numbers exactly as written in
+/// the document they were read from (`12345678901234567890123`, `1.4405737774410001`,
+/// `-59.879722999999956` stay so; a `serde_json::Value` would round them to a double).
+/// It serialises as that text, unchanged.
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct Shown(Box<RawValue>);
+
+impl Shown {
+    /// The value's compact JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The value as a `serde_json::Value` (numbers beyond a double or a 64-bit integer are
+    /// rounded to the nearest double there; [`Shown::get`] has them exactly).
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(self.get()).unwrap_or(Value::Null)
+    }
+
+    /// A value shown as it is.
+    pub fn from_value(v: &Value) -> Shown {
+        Shown(serde_json::value::to_raw_value(v).expect("a Value always serialises"))
+    }
+
+    /// From JSON text already known to be valid.
+    fn from_text(text: String) -> Shown {
+        match RawValue::from_string(text) {
+            Ok(raw) => Shown(raw),
+            // Not reached: the text was written by the differ from a parsed document.
+            Err(e) => Shown::from_value(&Value::String(format!("(unprintable value: {e})"))),
+        }
+    }
+
+    fn from_str_value(s: &str) -> Shown {
+        Shown(serde_json::value::to_raw_value(s).expect("a string always serialises"))
+    }
+}
+
+impl PartialEq for Shown {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl std::fmt::Display for Shown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.get())
+    }
+}
 
 /// How a value was cut to fit: its full size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -77,6 +135,31 @@ pub fn bound_value(v: Value, limit: usize) -> (Value, Option<Cut>) {
         }
     };
     (Value::String(shown), Some(cut))
+}
+
+/// `v` as a result may carry it, as JSON text with its numbers as written: itself when it fits,
+/// else a string of at most `limit` bytes of JSON (the start of the string, or of its compact
+/// JSON text) and how it was cut.
+pub(crate) fn bound_tree<'a, T: Tree<'a>>(v: T, limit: usize) -> (Shown, Option<Cut>) {
+    let room = limit.saturating_sub(2);
+    if v.kind() == Kind::String {
+        let s = v.as_str().unwrap_or_default();
+        let bytes = s.chars().map(escaped_len).sum::<usize>() as u64 + 2;
+        if bytes <= limit as u64 {
+            return (Shown::from_str_value(s), None);
+        }
+        return (Shown::from_str_value(cut_str(s, room)), Some(Cut { bytes }));
+    }
+    let mut text = String::new();
+    v.write_json(&mut text);
+    let bytes = text.len() as u64;
+    if bytes <= limit as u64 {
+        return (Shown::from_text(text), None);
+    }
+    (
+        Shown::from_str_value(cut_str(&text, room)),
+        Some(Cut { bytes }),
+    )
 }
 
 #[cfg(test)]

@@ -60,13 +60,14 @@ pub fn read_doc(path: &Path) -> Result<Doc, SemdiffError> {
     }
 }
 
-fn short(v: &Value) -> String {
-    let s = v.to_string();
+fn short(v: &crate::bound::Shown) -> String {
+    // The JSON text as reported: numbers exactly as written.
+    let s = v.get();
     if s.chars().count() > 120 {
         let cut: String = s.chars().take(117).collect();
         format!("{cut}...")
     } else {
-        s
+        s.to_string()
     }
 }
 

@@ -19,9 +19,7 @@ use std::hash::{BuildHasher, RandomState};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
-use std::fmt::Write as _;
-
-use crate::tree::{Kind, Num, Tree, decimal_key};
+use crate::tree::{Kind, Num, Tree};
 
 /// One value. Strings, arrays and objects point into the document's arenas as (start, length).
 #[derive(Debug, Clone, Copy)]
@@ -264,6 +262,37 @@ impl<'a> Tree<'a> for DocRef<'a> {
         Some(self.at(slice[i].node))
     }
 
+    fn write_json(self, out: &mut String) {
+        match self.node() {
+            Node::Num(start, len) => out.push_str(span(&self.doc.strs, (start, len))),
+            Node::Null | Node::Bool(_) | Node::U(_) | Node::I(_) | Node::F(_) | Node::Str(..) => {
+                out.push_str(&self.to_value().to_string());
+            }
+            Node::Arr(..) => {
+                out.push('[');
+                for i in 0..self.len() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    self.item(i).write_json(out);
+                }
+                out.push(']');
+            }
+            Node::Obj(..) => {
+                out.push('{');
+                for (i, (k, v)) in self.entries().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&Value::from(k).to_string());
+                    out.push(':');
+                    v.write_json(out);
+                }
+                out.push('}');
+            }
+        }
+    }
+
     fn to_value(self) -> Value {
         match self.node() {
             Node::Null => Value::Null,
@@ -296,7 +325,7 @@ struct Builder<'t> {
     src: &'t [u8],
     scan: usize,
     /// A buffer for printing floats.
-    fmt: String,
+    fmt: Vec<u8>,
     key_index: hashbrown::HashTable<u32>,
     hasher: RandomState,
     kid_stack: Vec<u32>,
@@ -373,10 +402,12 @@ impl Builder<'_> {
         None
     }
 
-    /// A number node. With the source text known: an integer that fits, or a float that the
-    /// text gives exactly (the double's own shortest text has the same decimal value), is held
-    /// as such (the float read correctly rounded, which serde_json's default parser is not);
-    /// any other number is kept as written.
+    /// A number node. With the source text known: an integer that fits, or a float whose text
+    /// is exactly what serde_json prints for the double (so the double holds the written value
+    /// and prints back as written), is held as such (the float read correctly rounded, which
+    /// serde_json's default parser is not); any other number (more digits than a double holds,
+    /// or another spelling such as `1.50` or `1e2`) is kept as written, compared by its exact
+    /// decimal value and printed as written.
     fn number(&mut self, node: Node) -> Result<u32, &'static str> {
         if let Some((a, b)) = self.next_number() {
             // The token is ASCII (digits, signs, '.', 'e') by construction.
@@ -392,8 +423,9 @@ impl Builder<'_> {
                         && f.is_finite()
                     {
                         self.fmt.clear();
-                        write!(self.fmt, "{f}").ok();
-                        if decimal_key(&self.fmt) == decimal_key(text) {
+                        // A finite double always serialises.
+                        serde_json::to_writer(&mut self.fmt, &f).ok();
+                        if self.fmt == text.as_bytes() {
                             return self.push(Node::F(f));
                         }
                     }

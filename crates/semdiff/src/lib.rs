@@ -75,12 +75,12 @@ pub struct Change {
     /// For a moved array element: its baseline position.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
-    /// The baseline value, absent for `added`.
+    /// The baseline value, absent for `added`, as JSON text (numbers as written).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub before: Option<Value>,
-    /// The candidate value, absent for `removed`.
+    pub before: Option<bound::Shown>,
+    /// The candidate value, absent for `removed`, as JSON text (numbers as written).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub after: Option<Value>,
+    pub after: Option<bound::Shown>,
     /// Set when `before` was too large to show as itself: `before` is then a string (the start of
     /// the string, or of the value's JSON text) and this its full size.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -221,8 +221,10 @@ struct JobSpec<'s> {
 /// Runs a `semantic_diff` job from its spec's JSON text:
 /// `{"baseline": JSON, "candidate": JSON, "options": {...}?}`. Each document is cut out of the
 /// spec as text and parsed into a [`Doc`], numbers as written, so a job costs what
-/// `shoal-agent semdiff` costs on files, not a `serde_json::Value` tree per document.
-pub fn run_spec(spec: &str) -> Result<Value, SemdiffError> {
+/// `shoal-agent semdiff` costs on files, not a `serde_json::Value` tree per document. The
+/// result is JSON text, so that `before`/`after` keep their numbers exactly as written (a
+/// `serde_json::Value` would round any number beyond a double or a 64-bit integer).
+pub fn run_spec(spec: &str) -> Result<Box<serde_json::value::RawValue>, SemdiffError> {
     let spec: JobSpec =
         serde_json::from_str(spec).map_err(|e| SemdiffError::Spec(e.to_string()))?;
     let options = match &spec.options {
@@ -235,5 +237,5 @@ pub fn run_spec(spec: &str) -> Result<Value, SemdiffError> {
     };
     let (baseline, candidate) = (parse(spec.baseline)?, parse(spec.candidate)?);
     let result = diff_docs(&baseline, &candidate, &options)?;
-    Ok(serde_json::to_value(result).expect("a diff result always serialises"))
+    Ok(serde_json::value::to_raw_value(&result).expect("a diff result always serialises"))
 }

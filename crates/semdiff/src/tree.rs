@@ -111,8 +111,13 @@ pub(crate) trait Tree<'a>: Copy + 'a {
     fn entries(self) -> impl Iterator<Item = (&'a str, Self)> + 'a;
     /// The value of an object's key.
     fn get(self, key: &str) -> Option<Self>;
-    /// The node as an owned `Value` (for reported changes).
+    /// The node as an owned `Value`.
     fn to_value(self) -> Value;
+    /// Appends the node's compact JSON text to `out` (for reported changes): as `Value` prints
+    /// it, except that a number kept as written prints as written.
+    fn write_json(self, out: &mut String) {
+        out.push_str(&self.to_value().to_string());
+    }
     /// An identity of this node, distinct from every other node alive at the same time (its
     /// address): the differ caches subtree hashes and comparisons under it.
     fn ident(self) -> usize;

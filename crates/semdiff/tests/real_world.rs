@@ -100,14 +100,23 @@ impl Rng {
     }
 }
 
-/// A document of a few MB with many repeated small values (the case that used to turn edits
-/// into moves): records with ids, repeated status strings, small counters, flags and tags.
+/// A run log of over 10 MB with many repeated small values (the case that used to turn edits
+/// into moves): records with ids, timestamps, log messages, repeated status strings, small
+/// counters, flags and tags.
 fn big_document(rng: &mut Rng) -> Value {
     let statuses = ["ok", "failed", "skipped", "ok", "ok"];
-    let records: Vec<Value> = (0..30_000)
+    let messages = [
+        "GET /api/v1/orders?page=2 answered 200 after the cache missed and the replica caught up",
+        "worker pool resized: 8 busy, 2 idle, queue depth 14, oldest task waiting 1.2 s",
+        "retrying upload of chunk to object storage (attempt 2 of 5) after a connection reset",
+    ];
+    let records: Vec<Value> = (0..36_000)
         .map(|i| {
             json!({
                 "id": i,
+                "at": format!("2026-12-01T{:02}:{:02}:{:02}.{:03}Z", i / 3600 % 24, i / 60 % 60, i % 60, rng.below(1000)),
+                "host": format!("web-{}.eu-west-1.internal.example.com", rng.below(12)),
+                "message": messages[rng.below(3) as usize],
                 "status": statuses[rng.below(5) as usize],
                 "count": rng.below(4),
                 "flag": rng.below(2) == 0,
@@ -175,7 +184,7 @@ fn three_hundred_scattered_scalar_edits_are_three_hundred_changes() {
     }
     let text_a = serde_json::to_vec(&a).unwrap();
     let text_b = serde_json::to_vec(&b).unwrap();
-    assert!(text_a.len() > 3_000_000, "{} bytes", text_a.len());
+    assert!(text_a.len() > 10_000_000, "{} bytes", text_a.len());
     let (da, db) = (Doc::parse(&text_a).unwrap(), Doc::parse(&text_b).unwrap());
     let r = diff_docs(&da, &db, &Options::default()).unwrap();
     assert_eq!(r.degraded, None);
@@ -221,8 +230,12 @@ fn numbers_are_compared_exactly_as_written() {
         assert!(parsed(a, b).equal, "{a} vs {b}");
     }
     // Through a job spec too.
-    let v = shoal_semdiff::run_spec(
-        r#"{"baseline": {"n": 18446744073709551616}, "candidate": {"n": 18446744073709551615}}"#,
+    let v: serde_json::Value = serde_json::from_str(
+        shoal_semdiff::run_spec(
+            r#"{"baseline": {"n": 18446744073709551616}, "candidate": {"n": 18446744073709551615}}"#,
+        )
+        .unwrap()
+        .get(),
     )
     .unwrap();
     assert_eq!(v["equal"], json!(false));
@@ -233,6 +246,65 @@ fn numbers_are_compared_exactly_as_written() {
         Doc::parse(b"1.440573777441").unwrap(),
     );
     assert!(diff_docs(&a, &b, &o).unwrap().equal);
+}
+
+/// Issue 19 item 2, printing: `before`/`after` carry a number exactly as written, however many
+/// digits it has and whatever its spelling, in the result, its JSON text (what a job records)
+/// and the text format; a `serde_json::Value` would print the nearest double instead.
+#[test]
+fn before_and_after_print_numbers_exactly_as_written() {
+    for (a, b) in [
+        ("12345678901234567890123", "12345678901234567890124"),
+        ("18446744073709551616", "18446744073709551615"),
+        ("1.4405737774410001", "1.440573777441"),
+        ("-59.879722999999956", "-59.87972299999995"),
+        ("1.50", "2.50"),
+        ("1e2", "2E3"),
+        ("-0", "1"),
+    ] {
+        let r = parsed(a, b);
+        let c = &r.changes[0];
+        assert_eq!(
+            (
+                c.before.as_ref().map(|v| v.get()),
+                c.after.as_ref().map(|v| v.get())
+            ),
+            (Some(a), Some(b)),
+            "{r:?}"
+        );
+        assert_eq!(
+            shoal_semdiff::cli::render_text(&r),
+            format!("changed      (root): {a} -> {b}\n")
+        );
+        // Inside a job's result text, nested in a changed array element and an added object.
+        let spec = format!(
+            r#"{{"baseline": {{"x": [{a}, 0]}}, "candidate": {{"x": [{b}, 0], "y": {{"n": [{b}]}}}}}}"#
+        );
+        let text = shoal_semdiff::run_spec(&spec).unwrap();
+        assert_eq!(
+            text.get(),
+            format!(
+                r#"{{"equal":false,"changes":[{{"op":"changed","path":"/x/0","before":{a},"after":{b}}},{{"op":"added","path":"/y","after":{{"n":[{b}]}}}}]}}"#
+            )
+        );
+    }
+    // A large value is still cut to max_value_bytes, its size counted from the exact text.
+    let big: Vec<&str> = std::iter::repeat_n("12345678901234567890123", 400).collect();
+    let spec = format!(
+        r#"{{"baseline": {{"a": 1}}, "candidate": {{"a": [{}]}}, "options": {{"max_value_bytes": 64}}}}"#,
+        big.join(",")
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(shoal_semdiff::run_spec(&spec).unwrap().get()).unwrap();
+    let c = &v["changes"][0];
+    assert_eq!(c["after_truncated"]["bytes"], 400 * 24 + 1);
+    assert!(
+        c["after"]
+            .as_str()
+            .unwrap()
+            .starts_with("[12345678901234567890123,")
+    );
+    assert!(c["after"].as_str().unwrap().len() <= 62, "{c}");
 }
 
 #[test]

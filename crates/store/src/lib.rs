@@ -154,8 +154,9 @@ pub struct JobRecord {
     pub tenant: String,
     /// What the agent runs it with.
     pub kind: String,
-    /// Its input, as admitted (`null` in a list).
-    pub spec: serde_json::Value,
+    /// Its input, as admitted (`null` in a list), as its JSON text: a `semantic_diff` job's
+    /// documents keep their numbers as written.
+    pub spec: shoal_protocol::JsonText,
     /// The tenant's key that makes a repeated admission return this job.
     pub idempotency_key: Option<String>,
     /// Higher leases first.
@@ -174,8 +175,9 @@ pub struct JobRecord {
     pub lease_id: Option<String>,
     /// When the current lease lapses unless heartbeated.
     pub lease_expires_at: Option<Millis>,
-    /// What the last attempt returned.
-    pub result: Option<serde_json::Value>,
+    /// What the last attempt returned, as the JSON text the agent sent (kept as text, so that
+    /// numbers no double holds come back as written).
+    pub result: Option<shoal_protocol::JsonText>,
     /// Why the last attempt failed.
     pub error: Option<serde_json::Value>,
     /// When it was admitted.
@@ -214,8 +216,8 @@ pub struct NewJob {
     pub tenant: String,
     /// What the agent runs it with.
     pub kind: String,
-    /// Its input.
-    pub spec: serde_json::Value,
+    /// Its input, as its JSON text.
+    pub spec: shoal_protocol::JsonText,
     /// The tenant's key that makes a repeated admission return the first job.
     pub idempotency_key: Option<String>,
     /// Higher leases first.
@@ -411,12 +413,12 @@ pub enum Finish {
     /// The job did what it was asked.
     Succeeded {
         /// What it returned.
-        result: serde_json::Value,
+        result: shoal_protocol::JsonText,
     },
     /// The attempt failed; retried if the job's policy allows.
     Failed {
         /// What it returned, if anything.
-        result: Option<serde_json::Value>,
+        result: Option<shoal_protocol::JsonText>,
         /// Why it failed.
         error: serde_json::Value,
     },

@@ -93,12 +93,22 @@ pub(crate) fn json_col<'r, R: StoreRow<'r>>(
         .transpose()
 }
 
+/// A JSON column kept as its text.
+pub(crate) fn json_text_col<'r, R: StoreRow<'r>>(
+    row: &'r R,
+    col: &'r str,
+) -> Result<Option<shoal_protocol::JsonText>> {
+    row.opt_string(col)?
+        .map(|s| shoal_protocol::JsonText::from_text(s).map_err(corrupt))
+        .transpose()
+}
+
 pub(crate) fn job_from_row<'r, R: StoreRow<'r>>(row: &'r R) -> Result<JobRecord> {
     Ok(JobRecord {
         id: row.string("id")?,
         tenant: row.string("tenant")?,
         kind: row.string("kind")?,
-        spec: json_col(row, "spec")?.unwrap_or(serde_json::Value::Null),
+        spec: json_text_col(row, "spec")?.unwrap_or_else(shoal_protocol::JsonText::null),
         idempotency_key: row.opt_string("idempotency_key")?,
         priority: row.int32("priority")?,
         max_attempts: row.int("max_attempts")? as u32,
@@ -108,7 +118,7 @@ pub(crate) fn job_from_row<'r, R: StoreRow<'r>>(row: &'r R) -> Result<JobRecord>
         sandbox_id: row.opt_string("sandbox_id")?,
         lease_id: row.opt_string("lease_id")?,
         lease_expires_at: row.opt_int("lease_expires_at")?,
-        result: json_col(row, "result")?,
+        result: json_text_col(row, "result")?,
         error: json_col(row, "error")?,
         created_at: row.int("created_at")?,
         started_at: row.opt_int("started_at")?,

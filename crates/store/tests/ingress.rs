@@ -43,7 +43,7 @@ async fn admit(
         id: format!("job_{}", uuid::Uuid::now_v7().simple()),
         tenant: job.tenant,
         kind: job.kind,
-        spec: job.spec,
+        spec: job.spec.into(),
         idempotency_key: job.idempotency_key,
         priority: job.priority.unwrap_or(0),
         max_attempts: job.max_attempts.unwrap_or(3),

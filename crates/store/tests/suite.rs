@@ -92,7 +92,7 @@ fn job(id: &str, tenant: &str, key: Option<&str>, priority: i32, at: i64) -> New
         id: id.into(),
         tenant: tenant.into(),
         kind: "agent".into(),
-        spec: json!({"command": ["true"]}),
+        spec: json!({"command": ["true"]}).into(),
         idempotency_key: key.map(str::to_string),
         priority,
         max_attempts: 2,
@@ -230,7 +230,9 @@ async fn suite(store: Arc<dyn Store>) {
             "sb1",
             "j2",
             "not-the-lease",
-            Finish::Succeeded { result: json!(1) },
+            Finish::Succeeded {
+                result: json!(1).into(),
+            },
             20,
         )
         .await
@@ -243,7 +245,7 @@ async fn suite(store: Arc<dyn Store>) {
             "j2",
             &lease,
             Finish::Succeeded {
-                result: json!({"ok": true}),
+                result: json!({"ok": true}).into(),
             },
             21,
         )
@@ -258,7 +260,9 @@ async fn suite(store: Arc<dyn Store>) {
                 "sb1",
                 "j2",
                 &lease,
-                Finish::Succeeded { result: json!(2) },
+                Finish::Succeeded {
+                    result: json!(2).into()
+                },
                 22
             )
             .await
@@ -266,7 +270,13 @@ async fn suite(store: Arc<dyn Store>) {
         Completed::Stale
     );
     assert_eq!(
-        store.job("j2").await.unwrap().unwrap().result,
+        store
+            .job("j2")
+            .await
+            .unwrap()
+            .unwrap()
+            .result
+            .map(|r| r.to_value()),
         Some(json!({"ok": true}))
     );
     let sb1 = store.sandbox("sb1").await.unwrap().unwrap();
@@ -315,7 +325,9 @@ async fn suite(store: Arc<dyn Store>) {
                 "sb2",
                 "j1",
                 &j1_lease,
-                Finish::Succeeded { result: json!(0) },
+                Finish::Succeeded {
+                    result: json!(0).into()
+                },
                 10_018
             )
             .await
@@ -355,7 +367,9 @@ async fn suite(store: Arc<dyn Store>) {
                 "sb1",
                 "j3",
                 &l3,
-                Finish::Succeeded { result: json!(0) },
+                Finish::Succeeded {
+                    result: json!(0).into()
+                },
                 30_500
             )
             .await
@@ -409,7 +423,9 @@ async fn suite(store: Arc<dyn Store>) {
                 "sb2",
                 "j4",
                 j4.lease_id.as_deref().unwrap(),
-                Finish::Succeeded { result: json!(0) },
+                Finish::Succeeded {
+                    result: json!(0).into()
+                },
                 40_003
             )
             .await
@@ -653,7 +669,9 @@ async fn concurrent_leases(store: Arc<dyn Store>) {
                                 &format!("s{i}"),
                                 &j.id,
                                 j.lease_id.as_deref().unwrap(),
-                                Finish::Succeeded { result: json!(i) },
+                                Finish::Succeeded {
+                                    result: json!(i).into(),
+                                },
                                 2,
                             )
                             .await
@@ -1087,7 +1105,9 @@ async fn job_pages(store: Arc<dyn Store>) {
                 "sb1",
                 &j.id,
                 j.lease_id.as_deref().unwrap(),
-                Finish::Succeeded { result },
+                Finish::Succeeded {
+                    result: result.into(),
+                },
                 11 + i,
             )
             .await
@@ -1274,7 +1294,9 @@ async fn job_logs(store: Arc<dyn Store>) {
             "sb2",
             "j",
             &lease2,
-            Finish::Succeeded { result: json!(0) },
+            Finish::Succeeded {
+                result: json!(0).into(),
+            },
             4,
         )
         .await
@@ -1384,7 +1406,7 @@ async fn outbox_job_events(store: Arc<dyn Store>) {
             "ok",
             l.lease_id.as_deref().unwrap(),
             Finish::Succeeded {
-                result: json!({"exit_code": 0}),
+                result: json!({"exit_code": 0}).into(),
             },
             20,
         )
@@ -1402,7 +1424,7 @@ async fn outbox_job_events(store: Arc<dyn Store>) {
             "bad",
             l.lease_id.as_deref().unwrap(),
             Finish::Failed {
-                result: Some(json!({"exit_code": 3})),
+                result: Some(json!({"exit_code": 3}).into()),
                 error: json!({"code": "exit"}),
             },
             40,
@@ -1457,7 +1479,9 @@ async fn outbox_job_events(store: Arc<dyn Store>) {
                 "sb1",
                 "ok",
                 l.lease_id.as_deref().unwrap(),
-                Finish::Succeeded { result: json!({}) },
+                Finish::Succeeded {
+                    result: json!({}).into()
+                },
                 60
             )
             .await
@@ -1489,10 +1513,13 @@ async fn outbox_job_events(store: Arc<dyn Store>) {
     // The payload is the record at that moment, without its spec or lease.
     let ok = serde_json::from_value::<JobRecord>(events[0].payload.clone()).unwrap();
     assert_eq!(
-        (ok.result, ok.finished_at, ok.attempts),
+        (ok.result.map(|r| r.to_value()), ok.finished_at, ok.attempts),
         (Some(json!({"exit_code": 0})), Some(20), 1)
     );
-    assert_eq!((ok.spec, ok.lease_id), (serde_json::Value::Null, None));
+    assert_eq!(
+        (ok.spec.to_value(), ok.lease_id),
+        (serde_json::Value::Null, None)
+    );
     assert!(
         events
             .iter()
@@ -2183,7 +2210,9 @@ async fn audit_chain(store: Arc<dyn Store>) {
             "sb1",
             &j.id,
             j.lease_id.as_deref().unwrap(),
-            Finish::Succeeded { result: json!({}) },
+            Finish::Succeeded {
+                result: json!({}).into(),
+            },
             8,
         )
         .await
@@ -2194,7 +2223,9 @@ async fn audit_chain(store: Arc<dyn Store>) {
             "sb1",
             &j.id,
             "not-the-lease",
-            Finish::Succeeded { result: json!({}) },
+            Finish::Succeeded {
+                result: json!({}).into(),
+            },
             9,
         )
         .await
@@ -2364,7 +2395,7 @@ async fn retention(store: Arc<dyn Store>) {
             &j.id,
             &lease,
             Finish::Succeeded {
-                result: json!({"ok": 1}),
+                result: json!({"ok": 1}).into(),
             },
             120,
         )
@@ -2413,7 +2444,7 @@ async fn retention(store: Arc<dyn Store>) {
     let ids: Vec<&str> = batch.jobs.iter().map(|j| j.id.as_str()).collect();
     assert_eq!(ids, ["old-done"]);
     assert_eq!(
-        batch.jobs[0].spec,
+        batch.jobs[0].spec.to_value(),
         json!({"command": ["true"]}),
         "exported whole"
     );
@@ -2958,7 +2989,9 @@ async fn delayed_and_retried(store: Arc<dyn Store>) {
             "sb1",
             "delayed",
             j.lease_id.as_deref().unwrap(),
-            Finish::Succeeded { result: json!(1) },
+            Finish::Succeeded {
+                result: json!(1).into(),
+            },
             10_500,
         )
         .await

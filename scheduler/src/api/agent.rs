@@ -159,9 +159,8 @@ async fn lease_now(
             .observe((now - job.created_at).max(0) as f64 / 1000.0);
     }
     app.kick.notify_one();
-    let spec = serde_json::value::to_raw_value(&job.spec)
-        .expect("a stored spec is JSON and serialises")
-        .into();
+    // The spec as stored, text for text (a `semantic_diff` job's numbers as written).
+    let spec = job.spec.into_raw().into();
     Ok(LeaseResponse::Run(Assignment {
         job_id: job.id,
         lease_id: job.lease_id.unwrap_or_default(),
@@ -247,7 +246,19 @@ fn finish_of(body: &[u8]) -> Result<(Finish, Option<shoal_protocol::JobUsage>), 
             None,
         ));
     }
-    let c: Completion = crate::error::parse_object(body)?;
+    // Read straight from the text (not through a `Value`), so the result is kept as the text
+    // the agent sent: a number no double holds stays as written.
+    let c: Completion = serde_json::from_slice(body).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("the body is not JSON: {e}"),
+            )
+        } else {
+            crate::error::shape_error(&e.to_string())
+        }
+    })?;
     let finish = match c.outcome {
         Outcome::Succeeded { result } => Finish::Succeeded { result },
         Outcome::Failed { result, error } => Finish::Failed {

@@ -4,7 +4,7 @@
 use super::visible_job;
 use crate::admission::{Admission, ENQUEUE_INTEGERS, Enqueue, admit};
 use crate::auth::Caller;
-use crate::error::{ApiError, Body};
+use crate::error::{ApiError, RawBody};
 use crate::joblive;
 use crate::jobwatch::Pulse;
 use crate::openapi::ErrorBody;
@@ -34,9 +34,12 @@ use utoipa::IntoParams;
 pub(crate) async fn enqueue(
     State(app): State<Arc<App>>,
     caller: Caller,
-    Body(req): Body<Value>,
+    body: RawBody,
 ) -> Result<Response, ApiError> {
-    let req: Enqueue = crate::error::parse_object_with(req, ENQUEUE_INTEGERS)?;
+    let value: Value = crate::error::parse_object(&body.0)?;
+    let mut req: Enqueue = crate::error::parse_object_with(value, ENQUEUE_INTEGERS)?;
+    crate::admission::keep_documents_as_written(&mut req, &body.0);
+    drop(body);
     caller.check_tenant(&req.tenant)?;
     if app.is_shutting_down() {
         return Err(ApiError::unavailable("shutting down"));
@@ -133,9 +136,20 @@ impl BatchItem {
 pub(crate) async fn enqueue_batch(
     State(app): State<Arc<App>>,
     caller: Caller,
-    Body(req): Body<Value>,
+    body: RawBody,
 ) -> Result<Json<BatchAnswer>, ApiError> {
-    let req: EnqueueBatch = crate::error::parse_object_with(req, &[])?;
+    let value: Value = crate::error::parse_object(&body.0)?;
+    let req: EnqueueBatch = crate::error::parse_object_with(value, &[])?;
+    // Each job's own text, for the documents of a `semantic_diff` job (see
+    // `keep_documents_as_written`); none when the body cannot be read so (a repeated key).
+    #[derive(Deserialize)]
+    struct RawJobs<'a> {
+        #[serde(borrow)]
+        jobs: Vec<&'a serde_json::value::RawValue>,
+    }
+    let raw = serde_json::from_slice::<RawJobs>(&body.0)
+        .ok()
+        .filter(|r| r.jobs.len() == req.jobs.len());
     let max = crate::admission::MAX_BATCH;
     if req.jobs.len() > max {
         return Err(ApiError::invalid(
@@ -158,12 +172,18 @@ pub(crate) async fn enqueue_batch(
     let reqs = req
         .jobs
         .into_iter()
-        .map(|job| {
-            let job: Enqueue = crate::error::parse_object_with(job, ENQUEUE_INTEGERS)?;
+        .enumerate()
+        .map(|(i, job)| {
+            let mut job: Enqueue = crate::error::parse_object_with(job, ENQUEUE_INTEGERS)?;
             caller.check_tenant(&job.tenant)?;
+            if let Some(r) = &raw {
+                crate::admission::keep_documents_as_written(&mut job, r.jobs[i].get().as_bytes());
+            }
             Ok(job)
         })
         .collect();
+    drop(raw);
+    drop(body);
     let answers = crate::admission::admit_batch(&app, reqs, &caller.actor()).await?;
     Ok(Json(BatchAnswer {
         jobs: answers.into_iter().map(BatchItem::of).collect(),

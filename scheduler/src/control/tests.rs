@@ -159,7 +159,7 @@ impl Harness {
             id: id.into(),
             tenant: T.into(),
             kind: "agent".into(),
-            spec: json!({"command": ["true"]}),
+            spec: json!({"command": ["true"]}).into(),
             idempotency_key: None,
             priority: 0,
             max_attempts: 3,

@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::bound::{bound_value, json_len};
+use crate::bound::{bound_tree, json_len};
 use crate::options::Compiled;
 use crate::pointer::{Path, Seg, render};
 use crate::tree::{Kind, Num, Tree, exact_num_eq};
@@ -148,7 +148,7 @@ impl<'o> Differ<'o> {
             return;
         }
         let limit = self.opts.max_value_bytes;
-        let bounded = |v: Option<T>| match v.map(|v| bound_value(v.to_value(), limit)) {
+        let bounded = |v: Option<T>| match v.map(|v| bound_tree(v, limit)) {
             Some((v, cut)) => (Some(v), cut),
             None => (None, None),
         };

@@ -51,7 +51,7 @@ impl OutboxEvent {
         };
         // The spec can be large and is not part of the job's view; a lease id is the agent's.
         let snapshot = JobRecord {
-            spec: serde_json::Value::Null,
+            spec: shoal_protocol::JsonText::null(),
             lease_id: None,
             ..job.clone()
         };

@@ -286,7 +286,7 @@ macro_rules! for_backend {
             job_id: &str,
             lease_id: &str,
             state: JobState,
-            (result, error): (Option<serde_json::Value>, Option<serde_json::Value>),
+            (result, error): (Option<shoal_protocol::JsonText>, Option<serde_json::Value>),
             history: String,
             now: Millis,
         ) -> Result<()> {
@@ -297,7 +297,7 @@ macro_rules! for_backend {
                 JOB_COLS
             ))
             .bind(state.as_str())
-            .bind(result.map(|r| r.to_string()))
+            .bind(result.map(shoal_protocol::JsonText::into_string))
             .bind(error.map(|e| e.to_string()))
             .bind(now)
             .bind(job_id)
@@ -348,7 +348,7 @@ macro_rules! for_backend {
                          lease_expires_at = NULL, result = $1, error = $2, next_attempt_at = $3, \
                          attempt_history = $4 WHERE id = $5 AND state = 'running'",
                     )
-                    .bind(result.map(|r| r.to_string()))
+                    .bind(result.map(shoal_protocol::JsonText::into_string))
                     .bind(error.to_string())
                     .bind(at)
                     .bind(h)

@@ -306,7 +306,7 @@ mod tests {
             id,
             tenant: tenant.into(),
             kind: "agent".into(),
-            spec: serde_json::json!({"command": ["true"]}),
+            spec: serde_json::json!({"command": ["true"]}).into(),
             idempotency_key: None,
             priority: 0,
             max_attempts: 1,
@@ -362,7 +362,7 @@ mod tests {
             panic!("a queued job to lease");
         };
         let done = crate::Finish::Succeeded {
-            result: serde_json::json!(null),
+            result: serde_json::json!(null).into(),
         };
         let lease = first.lease_id.clone().unwrap();
         store
