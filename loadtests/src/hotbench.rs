@@ -117,7 +117,9 @@ async fn pool_drained(s: &Server, tenant: &str, limit: Duration) -> Result<()> {
 /// last job to finish is one of the last admitted).
 async fn last_finish(s: &Server, tenant: &str) -> Result<i64> {
     let v = s
-        .get(&format!("/v1/jobs?tenant={tenant}&state=succeeded&limit=100"))
+        .get(&format!(
+            "/v1/jobs?tenant={tenant}&state=succeeded&limit=100"
+        ))
         .await?;
     let mut last = None;
     for job in v["jobs"].as_array().into_iter().flatten() {

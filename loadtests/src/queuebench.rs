@@ -739,7 +739,12 @@ pub async fn run(cfg: &BenchConfig) -> Result<Option<Vec<Figures>>> {
 }
 
 /// The bare apalis-postgres and apalis-redis loops, one after the other.
-async fn bare_loops(pg: &Postgres, redis: &Redis, cfg: &BenchConfig, out: &mut Vec<Figures>) -> Result<()> {
+async fn bare_loops(
+    pg: &Postgres,
+    redis: &Redis,
+    cfg: &BenchConfig,
+    out: &mut Vec<Figures>,
+) -> Result<()> {
     let say = |m: &str| {
         if cfg.verbose {
             eprintln!("[queue-bench] {m}");
@@ -806,7 +811,10 @@ pub fn table(figures: &[Figures]) -> String {
                 f.system
             ));
         }
-        for (phase, cpu) in [("burst", f.burst_cpu_ms_per_job), ("batch", f.batch_cpu_ms_per_job)] {
+        for (phase, cpu) in [
+            ("burst", f.burst_cpu_ms_per_job),
+            ("batch", f.batch_cpu_ms_per_job),
+        ] {
             if let Some(c) = cpu {
                 s.push_str(&format!(
                     "\n{}: CPU per job, {phase}: {:.2} ms = scheduler {:.2} + agents {:.2} + jobs {:.2} + postgres {:.2} + redis {:.2}\n",

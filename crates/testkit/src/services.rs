@@ -199,14 +199,12 @@ fn server_command(
     if std::env::var_os("SHOAL_PG_STAT_STATEMENTS").is_some() {
         cmd.args(["-c", "shared_preload_libraries=pg_stat_statements"]);
     }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(
-            std::fs::OpenOptions::new()
-                .append(true)
-                .open(log)
-                .context("opening the Postgres log")?,
-        );
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(log)
+            .context("opening the Postgres log")?,
+    );
     if let Some((uid, gid)) = user {
         use std::os::unix::process::CommandExt;
         cmd.uid(uid).gid(gid);
