@@ -108,52 +108,7 @@ pub struct Figures {
     /// Shoal only, with `SHOAL_PG_STAT_STATEMENTS` set: the burst's statements by total time
     /// (calls per job, mean ms, total ms, the statement).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub burst_statements: Vec<Statement>,
-}
-
-/// One statement's share of a phase, from `pg_stat_statements`.
-#[derive(Debug, Clone, Serialize)]
-pub struct Statement {
-    pub calls_per_job: f64,
-    pub mean_ms: f64,
-    pub total_ms: f64,
-    pub query: String,
-}
-
-/// Resets `pg_stat_statements` for the database of `pool`; `false` when the extension is not
-/// loaded (the server was started without `SHOAL_PG_STAT_STATEMENTS`).
-async fn statements_reset(pool: &PgPool) -> bool {
-    if std::env::var_os("SHOAL_PG_STAT_STATEMENTS").is_none() {
-        return false;
-    }
-    sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-        .execute(pool)
-        .await
-        .is_ok()
-        && sqlx::query("SELECT pg_stat_statements_reset()")
-            .execute(pool)
-            .await
-            .is_ok()
-}
-
-/// The statements of the pool's database since the reset, by total time, the first 30.
-async fn statements(pool: &PgPool, jobs: usize) -> Result<Vec<Statement>> {
-    let rows: Vec<(i64, f64, f64, String)> = sqlx::query_as(
-        "SELECT calls, mean_exec_time, total_exec_time, query FROM pg_stat_statements \
-         WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-         ORDER BY total_exec_time DESC LIMIT 30",
-    )
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(calls, mean_ms, total_ms, query)| Statement {
-            calls_per_job: calls as f64 / jobs.max(1) as f64,
-            mean_ms,
-            total_ms,
-            query: query.split_whitespace().collect::<Vec<_>>().join(" "),
-        })
-        .collect())
+    pub burst_statements: Vec<crate::pgstat::Statement>,
 }
 
 impl Figures {
@@ -513,7 +468,7 @@ async fn bench_shoal(
     let s = Arc::new(s);
     let pids = (s.pid().unwrap_or(0), Some(pg.pid()), Some(redis.pid()));
     let cpu0 = crate::cpu::Cpu::sample(pids.0, pids.1, pids.2);
-    let statements_on = statements_reset(&pool).await;
+    let statements_on = crate::pgstat::reset(&pool).await;
     let t0 = Instant::now();
     let t0_ms = chrono::Utc::now().timestamp_millis();
     let mut clients = tokio::task::JoinSet::new();
@@ -548,7 +503,7 @@ async fn bench_shoal(
     }
     let burst_cpu = crate::cpu::Cpu::sample(pids.0, pids.1, pids.2).per_job_ms(&cpu0, cfg.jobs);
     let burst_statements = if statements_on {
-        statements(&pool, cfg.jobs).await?
+        crate::pgstat::statements(&pool, cfg.jobs).await?
     } else {
         Vec::new()
     };
