@@ -9,7 +9,7 @@ use shoal_fleet::sim::SimLatencies;
 use shoal_loadtests::engine::BlankState;
 use shoal_loadtests::generate::{self, AzureDerivation, Profile};
 use shoal_loadtests::{
-    Policy, SimOptions, Workload, faults, logbench, queuebench, report, simulate,
+    Policy, SimOptions, Workload, faults, hotbench, logbench, queuebench, report, simulate,
 };
 use shoal_planner::adaptive::AdaptiveConfig;
 use std::path::{Path, PathBuf};
@@ -193,6 +193,15 @@ enum Cmd {
     LogBench {
         #[command(flatten)]
         cfg: logbench::LogBenchConfig,
+        /// Write the figures as JSON here too.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// The hot path's other bars: the embedded default's no-op rate with 8 sandboxes, and a
+    /// stopped tenant's wake with 200,000 jobs queued for another (latency and memory).
+    HotBench {
+        #[command(flatten)]
+        cfg: hotbench::HotConfig,
         /// Write the figures as JSON here too.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -427,6 +436,10 @@ fn main() -> Result<()> {
         Cmd::LogBench { cfg, out } => {
             let figures = runtime()?.block_on(logbench::run(&cfg))?;
             println!("{}", logbench::table(&figures));
+            write_json(out.as_deref(), &figures)?;
+        }
+        Cmd::HotBench { cfg, out } => {
+            let figures = runtime()?.block_on(hotbench::run(&cfg))?;
             write_json(out.as_deref(), &figures)?;
         }
         Cmd::QueueBench { cfg, out } => {

@@ -60,6 +60,14 @@ pub struct BenchConfig {
     /// the burst; 0 skips it.
     #[arg(long, default_value_t = 10_000)]
     pub batch_jobs: usize,
+    /// Also run Shoal's phases with the `shoal` and `shoal-agent` binaries of this directory (a
+    /// build from before a change), in the same run, on the same servers, before the current
+    /// build's.
+    #[arg(long)]
+    pub baseline_bins: Option<std::path::PathBuf>,
+    /// Leave out the bare loops (only Shoal's phases).
+    #[arg(long)]
+    pub shoal_only: bool,
     /// Progress on stderr.
     #[arg(skip = true)]
     pub verbose: bool,
@@ -91,6 +99,16 @@ pub struct Figures {
     pub batch_admit_per_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batch_jobs_per_s: Option<f64>,
+    /// Shoal only: CPU milliseconds per job of the burst, by process (from `/proc`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub burst_cpu_ms_per_job: Option<crate::cpu::Cpu>,
+    /// Shoal only: the same for the batch phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_cpu_ms_per_job: Option<crate::cpu::Cpu>,
+    /// Shoal only, with `SHOAL_PG_STAT_STATEMENTS` set: the burst's statements by total time
+    /// (calls per job, mean ms, total ms, the statement).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub burst_statements: Vec<crate::pgstat::Statement>,
 }
 
 impl Figures {
@@ -120,6 +138,9 @@ impl Figures {
             ingress_admit_p99_ms: None,
             batch_admit_per_s: None,
             batch_jobs_per_s: None,
+            burst_cpu_ms_per_job: None,
+            batch_cpu_ms_per_job: None,
+            burst_statements: Vec::new(),
         }
     }
 }
@@ -332,10 +353,24 @@ pub async fn enqueue_noop(s: &Server, tenant: &str) -> Result<String> {
     v["id"].as_str().map(str::to_string).context("no job id")
 }
 
-async fn bench_shoal(pg: &Postgres, redis: &Redis, cfg: &BenchConfig) -> Result<Figures> {
+async fn bench_shoal(
+    pg: &Postgres,
+    redis: &Redis,
+    cfg: &BenchConfig,
+    bins: Option<&std::path::Path>,
+) -> Result<Figures> {
     let url = pg.create_database()?;
+    // A fresh Redis database per run: the ingress queue and rate limits start empty.
+    redis::cmd("FLUSHALL")
+        .query_async::<()>(
+            &mut redis::Client::open(redis.url().as_str())?
+                .get_multiplexed_async_connection()
+                .await?,
+        )
+        .await?;
     let redis_url = redis.url();
-    let s = Server::start(
+    let s = Server::start_from(
+        bins,
         &[
             "--database-url",
             url.as_str(),
@@ -431,6 +466,9 @@ async fn bench_shoal(pg: &Postgres, redis: &Redis, cfg: &BenchConfig) -> Result<
 
     // Burst.
     let s = Arc::new(s);
+    let pids = (s.pid().unwrap_or(0), Some(pg.pid()), Some(redis.pid()));
+    let cpu0 = crate::cpu::Cpu::sample(pids.0, pids.1, pids.2);
+    let statements_on = crate::pgstat::reset(&pool).await;
     let t0 = Instant::now();
     let t0_ms = chrono::Utc::now().timestamp_millis();
     let mut clients = tokio::task::JoinSet::new();
@@ -463,6 +501,12 @@ async fn bench_shoal(pg: &Postgres, redis: &Redis, cfg: &BenchConfig) -> Result<
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let burst_cpu = crate::cpu::Cpu::sample(pids.0, pids.1, pids.2).per_job_ms(&cpu0, cfg.jobs);
+    let burst_statements = if statements_on {
+        crate::pgstat::statements(&pool, cfg.jobs).await?
+    } else {
+        Vec::new()
+    };
     let (done, last): (i64, Option<i64>) =
         sqlx::query_as("SELECT count(*), max(finished_at) FROM jobs WHERE state = 'succeeded'")
             .fetch_one(&pool)
@@ -484,17 +528,27 @@ async fn bench_shoal(pg: &Postgres, redis: &Redis, cfg: &BenchConfig) -> Result<
     .collect();
     anyhow::ensure!(burst.len() == cfg.jobs, "{} burst jobs found", burst.len());
     let mut figures = Figures::new(
-        "shoal (postgres store, redis limits)",
+        if bins.is_some() {
+            "shoal baseline (postgres store, redis limits)"
+        } else {
+            "shoal (postgres store, redis limits)"
+        },
         cfg,
         seconds,
         enqueue_s,
         burst,
         sequential,
     );
+    figures.burst_cpu_ms_per_job = Some(burst_cpu);
+    figures.burst_statements = burst_statements;
     figures.ingress_admit_p50_ms = Some(pct(&ingress, 0.5));
     figures.ingress_admit_p99_ms = Some(pct(&ingress, 0.99));
     if cfg.batch_jobs > 0 {
+        drained(&pool, Duration::from_secs(600)).await?;
+        let cpu0 = crate::cpu::Cpu::sample(pids.0, pids.1, pids.2);
         let (admit, total) = batch_phase(&s, &pool, cfg).await?;
+        let cpu = crate::cpu::Cpu::sample(pids.0, pids.1, pids.2);
+        figures.batch_cpu_ms_per_job = Some(cpu.per_job_ms(&cpu0, cfg.batch_jobs));
         figures.batch_admit_per_s = Some(admit);
         figures.batch_jobs_per_s = Some(total);
     }
@@ -627,7 +681,30 @@ pub async fn run(cfg: &BenchConfig) -> Result<Option<Vec<Figures>>> {
         }
     };
     let mut out = Vec::new();
+    if !cfg.shoal_only {
+        bare_loops(&pg, &redis, cfg, &mut out).await?;
+    }
+    if let Some(bins) = &cfg.baseline_bins {
+        say("shoal (baseline binaries)");
+        out.push(bench_shoal(&pg, &redis, cfg, Some(bins)).await?);
+    }
+    say("shoal");
+    out.push(bench_shoal(&pg, &redis, cfg, None).await?);
+    Ok(Some(out))
+}
 
+/// The bare apalis-postgres and apalis-redis loops, one after the other.
+async fn bare_loops(
+    pg: &Postgres,
+    redis: &Redis,
+    cfg: &BenchConfig,
+    out: &mut Vec<Figures>,
+) -> Result<()> {
+    let say = |m: &str| {
+        if cfg.verbose {
+            eprintln!("[queue-bench] {m}");
+        }
+    };
     say("bare apalis-postgres");
     let url = pg.create_database()?;
     let pool = sqlx::postgres::PgPoolOptions::new()
@@ -654,10 +731,7 @@ pub async fn run(cfg: &BenchConfig) -> Result<Option<Vec<Figures>>> {
         )
         .await?,
     );
-
-    say("shoal");
-    out.push(bench_shoal(&pg, &redis, cfg).await?);
-    Ok(Some(out))
+    Ok(())
 }
 
 /// The figures as a Markdown table.
@@ -691,6 +765,23 @@ pub fn table(figures: &[Figures]) -> String {
                 "\n{}: through `POST /v1/jobs/batch`: {admit:.0} jobs/s admitted, {total:.0} jobs/s end to end\n",
                 f.system
             ));
+        }
+        for (phase, cpu) in [
+            ("burst", f.burst_cpu_ms_per_job),
+            ("batch", f.batch_cpu_ms_per_job),
+        ] {
+            if let Some(c) = cpu {
+                s.push_str(&format!(
+                    "\n{}: CPU per job, {phase}: {:.2} ms = scheduler {:.2} + agents {:.2} + jobs {:.2} + postgres {:.2} + redis {:.2}\n",
+                    f.system,
+                    c.total(),
+                    c.scheduler,
+                    c.agents,
+                    c.jobs,
+                    c.postgres,
+                    c.redis
+                ));
+            }
         }
     }
     s

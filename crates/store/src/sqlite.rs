@@ -4,6 +4,11 @@
 //! writers queue on SQLite's lock instead of failing half-way, and every statement prepared once
 //! per connection and kept ([`crate::sql::STATEMENT_CACHE`]). Being the only writer, a transaction needs no
 //! row locks; its statements are the shared ones of [`crate::sql`].
+//!
+//! Writers of one process take turns on an async lock before `BEGIN IMMEDIATE` ([`WriteTx`]):
+//! SQLite makes a writer that finds the file locked sleep in steps of 1 to 100 ms (its busy
+//! handler), which under load left the file idle between transactions; queued on the lock, the
+//! next writer begins the moment the last one commits.
 
 use crate::rows::corrupt;
 use crate::{Result, StoreError, TenantRecord};
@@ -12,15 +17,50 @@ use sqlx::SqliteConnection;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The SQLite implementation of [`crate::Store`].
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// This process's writers take turns here, in the order they came (tokio's lock is fair).
+    writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
+
+/// A writing transaction holding this process's writer turn until it commits, rolls back or
+/// is dropped.
+pub(crate) struct WriteTx {
+    tx: Tx,
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl WriteTx {
+    /// Commits, then gives the turn to the next writer.
+    pub(crate) async fn commit(self) -> std::result::Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+
+    /// Rolls back, then gives the turn to the next writer.
+    pub(crate) async fn rollback(self) -> std::result::Result<(), sqlx::Error> {
+        self.tx.rollback().await
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = Tx;
+    fn deref(&self) -> &Tx {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut Tx {
+        &mut self.tx
+    }
+}
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `url` (`sqlite://PATH` or `sqlite::memory:`) and
@@ -57,11 +97,18 @@ impl SqliteStore {
             .connect_with(opts)
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore {
+            pool,
+            writer: Arc::new(tokio::sync::Mutex::new(())),
+        })
     }
 
-    async fn write(&self) -> Result<Tx> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    async fn write(&self) -> Result<WriteTx> {
+        let turn = Arc::clone(&self.writer).lock_owned().await;
+        Ok(WriteTx {
+            tx: self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            _turn: turn,
+        })
     }
 }
 

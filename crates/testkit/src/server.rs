@@ -20,6 +20,9 @@ pub struct Server {
     http: reqwest::Client,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// Where `shoal` and `shoal-agent` are taken from; the running binary's target directory
+    /// when `None`.
+    bins: Option<PathBuf>,
 }
 
 fn append(path: &Path) -> std::io::Result<std::fs::File> {
@@ -67,6 +70,16 @@ pub fn free_port() -> u16 {
 impl Server {
     /// Starts `shoal serve` with the given extra flags and environment.
     pub async fn start(extra_args: &[&str], env: &[(&str, &str)]) -> Result<Server> {
+        Self::start_from(None, extra_args, env).await
+    }
+
+    /// Starts `shoal serve` as [`Server::start`] does, with the `shoal` and `shoal-agent` binaries
+    /// of directory `bins` when given (a benchmark comparing two builds in one run).
+    pub async fn start_from(
+        bins: Option<&Path>,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Server> {
         let dir = tempfile_dir::TempDir::new("shoal-e2e")?;
         // Replicas share one admin token: a caller may pass it in `env`.
         let token = env
@@ -86,6 +99,7 @@ impl Server {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            bins: bins.map(Path::to_path_buf),
         };
         s.spawn().await?;
         Ok(s)
@@ -99,8 +113,13 @@ impl Server {
     }
 
     async fn spawn(&mut self) -> Result<()> {
-        let shoal = crate::bins::binary("shoal-scheduler", "shoal");
-        let agent = crate::bins::binary("shoal-agent", "shoal-agent");
+        let (shoal, agent) = match &self.bins {
+            Some(dir) => (dir.join("shoal"), dir.join("shoal-agent")),
+            None => (
+                crate::bins::binary("shoal-scheduler", "shoal"),
+                crate::bins::binary("shoal-agent", "shoal-agent"),
+            ),
+        };
         // A caller that passes its own `--listen` (say `127.0.0.1:0`) gets no advertise URL
         // either, as a user starting `shoal serve` would; the URL is then read from what the
         // scheduler prints.

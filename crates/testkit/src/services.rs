@@ -194,15 +194,17 @@ fn server_command(
             "full_page_writes=off",
             "-c",
             "max_connections=200",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(
-            std::fs::OpenOptions::new()
-                .append(true)
-                .open(log)
-                .context("opening the Postgres log")?,
-        );
+        ]);
+    // A benchmark that breaks a job's cost down by statement asks for `pg_stat_statements`.
+    if std::env::var_os("SHOAL_PG_STAT_STATEMENTS").is_some() {
+        cmd.args(["-c", "shared_preload_libraries=pg_stat_statements"]);
+    }
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(log)
+            .context("opening the Postgres log")?,
+    );
     if let Some((uid, gid)) = user {
         use std::os::unix::process::CommandExt;
         cmd.uid(uid).gid(gid);
@@ -211,6 +213,11 @@ fn server_command(
 }
 
 impl Postgres {
+    /// The server's (postmaster's) process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts a server; `Ok(None)` if Postgres is not installed (an error under `CI=true`).
     pub fn start() -> Result<Option<Postgres>> {
         let Some(bin) = postgres_bin_dir() else {
@@ -375,6 +382,11 @@ pub struct Redis {
 }
 
 impl Redis {
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts a server with persistence off; `Ok(None)` if Redis is not installed (an error
     /// under `CI=true`).
     pub fn start() -> Result<Option<Redis>> {

@@ -29,6 +29,9 @@ pub(crate) mod sqlite {
     pub(crate) const CURSOR_COLS: &str = "0 AS txid, seq, id, topic, tenant, payload, created_at";
     pub(crate) const CURSOR_AFTER: &str = "$1 >= 0 AND seq > $2";
     pub(crate) const CURSOR_ORDER: &str = "seq";
+    /// A ready sandbox's lease in one statement: none (a statement costs no round trip here;
+    /// the lease's transaction runs its steps).
+    pub(crate) const LEASE_ONE: Option<&str> = None;
 }
 
 /// Postgres: row locks taken in one order (sandbox, then tenant, then jobs).
@@ -62,4 +65,34 @@ pub(crate) mod postgres {
     pub(crate) const CURSOR_AFTER: &str =
         "txid < txid_snapshot_xmin(txid_current_snapshot()) AND (txid, seq) > ($1, $2)";
     pub(crate) const CURSOR_ORDER: &str = "txid, seq";
+    /// A ready sandbox's lease in one statement (see `dispatch::lease_one`): the sandbox row
+    /// locked first (the scalar subquery is an init plan, run before the jobs are read), the
+    /// tenant's next due job picked `SKIP LOCKED` and marked running, the sandbox seen and
+    /// made busy when it got a job, and the lease's audit record written. `$1` sandbox, `$2`
+    /// now, `$3` lease id, `$4` lease expiry, `$5` the audit record's outbox id. One row, the
+    /// sandbox's state and the job's columns (NULL without a job); none without the sandbox.
+    pub(crate) const LEASE_ONE: Option<&str> = Some(const_format::concatcp!(
+        "WITH sb AS (SELECT id, tenant, state FROM sandboxes WHERE id = $1 FOR UPDATE), \
+         pick AS (SELECT id FROM jobs WHERE tenant = (SELECT tenant FROM sb WHERE state = 'ready') \
+           AND state = 'queued' AND (run_at IS NULL OR run_at <= $2) \
+           AND (next_attempt_at IS NULL OR next_attempt_at <= $2) \
+           ORDER BY priority DESC, seq LIMIT 1 FOR UPDATE SKIP LOCKED), \
+         job AS (UPDATE jobs SET state = 'running', attempts = attempts + 1, sandbox_id = $1, \
+           lease_id = $3, lease_expires_at = $4, started_at = $2, next_attempt_at = NULL \
+           WHERE id = (SELECT id FROM pick) AND state = 'queued' RETURNING ",
+        crate::rows::JOB_COLS,
+        "), seen AS (UPDATE sandboxes SET last_seen = $2, \
+           state = CASE WHEN EXISTS (SELECT 1 FROM job) THEN 'busy' ELSE state END, \
+           since = CASE WHEN EXISTS (SELECT 1 FROM job) THEN $2 ELSE since END, \
+           idle_since = CASE WHEN EXISTS (SELECT 1 FROM job) THEN NULL ELSE idle_since END \
+           WHERE id = $1 AND (SELECT state FROM sb) = 'ready' RETURNING id), \
+         audit AS (INSERT INTO outbox (id, topic, tenant, payload, created_at) \
+           SELECT $5, 'audit', job.tenant, json_build_object('at', $2::BIGINT, \
+             'actor', json_build_object('kind', 'sandbox', 'id', $1::TEXT), \
+             'action', 'job.lease', 'target', 'job/' || job.id, \
+             'detail', json_build_object('tenant', job.tenant, 'attempt', job.attempts, \
+               'lease_id', job.lease_id))::TEXT, $2 FROM job RETURNING id) \
+         SELECT sb.state AS sandbox_state, (SELECT count(*) FROM seen) AS seen, \
+           (SELECT count(*) FROM audit) AS audited, job.* FROM sb LEFT JOIN job ON true"
+    ));
 }

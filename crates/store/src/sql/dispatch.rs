@@ -164,6 +164,46 @@ macro_rules! for_backend {
             Ok(None)
         }
 
+        /// The lease of a ready sandbox in one statement, outside a transaction (the statement
+        /// is one): what [`lease`] does for a sandbox found `ready` with no concurrency limit
+        /// and the tenant not draining, with the same locks in the same order. `None` when the
+        /// store has no such statement, the policy needs the full path, or the sandbox is not
+        /// ready (or gone): [`lease`] then decides, in its transaction.
+        pub(crate) async fn lease_one(
+            conn: &mut Conn,
+            sandbox_id: &str,
+            policy: LeasePolicy,
+            now: Millis,
+        ) -> Result<Option<Lease>> {
+            let Some(one) = d::LEASE_ONE else {
+                return Ok(None);
+            };
+            if policy.draining || policy.max_concurrent_jobs.is_some() {
+                return Ok(None);
+            }
+            let lease_id = uuid::Uuid::now_v7().to_string();
+            let audit_id = format!("aud_{}", uuid::Uuid::now_v7().simple());
+            let row = sqlx::query(sqlx::AssertSqlSafe(one))
+                .bind(sandbox_id)
+                .bind(now)
+                .bind(&lease_id)
+                .bind(now.saturating_add(policy.lease_ttl_ms))
+                .bind(audit_id)
+                .fetch_optional(&mut *conn)
+                .await?;
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            use crate::rows::StoreRow;
+            if row.text("sandbox_state")? != SandboxState::Ready.as_str() {
+                return Ok(None);
+            }
+            if row.opt_string("id")?.is_none() {
+                return Ok(Some(Lease::Idle));
+            }
+            Ok(Some(Lease::Job(Box::new(job_from_row(&row)?))))
+        }
+
         /// Leases the sandbox its tenant's next due job, in the caller's transaction.
         pub(crate) async fn lease(
             conn: &mut Conn,
@@ -289,7 +329,7 @@ macro_rules! for_backend {
             (result, error): (Option<shoal_protocol::JsonText>, Option<serde_json::Value>),
             history: String,
             now: Millis,
-        ) -> Result<()> {
+        ) -> Result<Option<JobRecord>> {
             let done = sqlx::query(sql!(
                 "UPDATE jobs SET state = $1, result = $2, error = $3, finished_at = $4, lease_id = NULL, \
                  lease_expires_at = NULL, attempt_history = $6 WHERE id = $5 AND lease_id = $7 \
@@ -314,20 +354,22 @@ macro_rules! for_backend {
             .bind(now)
             .execute(&mut *conn)
             .await?;
-            if let Some(row) = done {
-                crate::outbox::$backend::job_event(conn, &job_from_row(&row)?, now).await?;
+            let done = done.as_ref().map(job_from_row).transpose()?;
+            if let Some(job) = &done {
+                crate::outbox::$backend::job_event(conn, job, now).await?;
             }
-            Ok(())
+            Ok(done)
         }
 
-        /// Applies `finish` to a job the caller found held under its lease.
+        /// Applies `finish` to a job the caller found held under its lease; the job after it
+        /// (`None` only if it changed under the caller's lock, which the lock rules out).
         async fn end_attempt(
             conn: &mut Conn,
             job: &JobRecord,
             lease_id: &str,
             finish: Finish,
             now: Millis,
-        ) -> Result<()> {
+        ) -> Result<Option<JobRecord>> {
             let job_id = job.id.as_str();
             match finish {
                 Finish::Succeeded { result } => {
@@ -343,32 +385,35 @@ macro_rules! for_backend {
                         return record_end(conn, job_id, lease_id, JobState::Failed, out, h, now).await;
                     };
                     // Tried again after the backoff: back to the queue.
-                    sqlx::query(
+                    let row = sqlx::query(sql!(
                         "UPDATE jobs SET state = 'queued', sandbox_id = NULL, lease_id = NULL, \
                          lease_expires_at = NULL, result = $1, error = $2, next_attempt_at = $3, \
-                         attempt_history = $4 WHERE id = $5 AND state = 'running'",
-                    )
+                         attempt_history = $4 WHERE id = $5 AND state = 'running' RETURNING ",
+                        JOB_COLS
+                    ))
                     .bind(result.map(shoal_protocol::JsonText::into_string))
                     .bind(error.to_string())
                     .bind(at)
                     .bind(h)
                     .bind(job_id)
-                    .execute(&mut *conn)
+                    .fetch_optional(&mut *conn)
                     .await?;
-                    Ok(())
+                    row.as_ref().map(job_from_row).transpose()
                 }
                 Finish::Retry { error } => {
                     // A job handed back (its agent is stopping) has not used an attempt.
-                    sqlx::query(
+                    let row = sqlx::query(sql!(
                         "UPDATE jobs SET state = 'queued', attempts = CASE WHEN attempts > 0 \
                          THEN attempts - 1 ELSE 0 END, sandbox_id = NULL, lease_id = NULL, \
-                         lease_expires_at = NULL, error = $1 WHERE id = $2 AND state = 'running'",
-                    )
+                         lease_expires_at = NULL, error = $1 WHERE id = $2 AND state = 'running' \
+                         RETURNING ",
+                        JOB_COLS
+                    ))
                     .bind(error.to_string())
                     .bind(job_id)
-                    .execute(&mut *conn)
+                    .fetch_optional(&mut *conn)
                     .await?;
-                    Ok(())
+                    row.as_ref().map(job_from_row).transpose()
                 }
             }
         }
@@ -399,21 +444,32 @@ macro_rules! for_backend {
             .transpose()?;
             let out = match job.filter(|j| held(j, sandbox_id, lease_id)) {
                 Some(job) => {
-                    end_attempt(conn, &job, lease_id, finish, now).await?;
-                    sqlx::query("UPDATE sandboxes SET jobs_run = jobs_run + 1 WHERE id = $1")
-                        .bind(sandbox_id)
-                        .execute(&mut *conn)
-                        .await?;
-                    let done = crate::sql::jobs::$backend::get(conn, job_id)
+                    let done = end_attempt(conn, &job, lease_id, finish, now)
                         .await?
-                        .ok_or_else(|| corrupt("completed job vanished"))?;
+                        .ok_or_else(|| corrupt("a locked running job changed under its lock"))?;
                     let e = crate::audit::job_complete(sandbox_id, &done, lease_id, now);
                     crate::audit::$backend::record(conn, &e, Some(&done.tenant)).await?;
                     Completed::Done(Box::new(done))
                 }
                 None => Completed::Stale,
             };
-            settle_sandbox(conn, sandbox_id, now).await?;
+            // The attempt counted and the sandbox settled in one statement.
+            let ran = i64::from(matches!(out, Completed::Done(_)));
+            sqlx::query(
+                "UPDATE sandboxes SET jobs_run = jobs_run + $3, \
+                 state = CASE WHEN state = 'busy' AND NOT EXISTS (SELECT 1 FROM jobs \
+                   WHERE sandbox_id = $2 AND state = 'running') THEN 'ready' ELSE state END, \
+                 since = CASE WHEN state = 'busy' AND NOT EXISTS (SELECT 1 FROM jobs \
+                   WHERE sandbox_id = $2 AND state = 'running') THEN $1 ELSE since END, \
+                 idle_since = CASE WHEN state = 'busy' AND NOT EXISTS (SELECT 1 FROM jobs \
+                   WHERE sandbox_id = $2 AND state = 'running') THEN $1 ELSE idle_since END \
+                 WHERE id = $2",
+            )
+            .bind(now)
+            .bind(sandbox_id)
+            .bind(ran)
+            .execute(&mut *conn)
+            .await?;
             Ok(out)
         }
 

@@ -49,10 +49,8 @@ macro_rules! for_backend {
             find(conn, q, &[tenant, key]).await
         }
 
-        /// Admits a job in the caller's transaction (see [`crate::Store::admit`]). The tenant's
-        /// quota row of the month (made on first use) is its turn: held, two admissions of one
-        /// tenant cannot overrun the quota or make two jobs of one key. A key taken by a racing
-        /// transaction comes back as the database's `jobs_idempotency` constraint error.
+        /// Admits a job in the caller's transaction (see [`crate::Store::admit`]): a group of
+        /// one (see [`admit_group`]).
         pub(crate) async fn admit_in(
             conn: &mut Conn,
             job: &NewJob,
@@ -60,11 +58,32 @@ macro_rules! for_backend {
             limit: Option<u64>,
             actor: &Actor,
         ) -> Result<Admitted> {
+            let mut out = admit_group(conn, &[(job, limit)], period_start, actor).await?;
+            out.pop().ok_or_else(|| crate::rows::corrupt("an admission without its answer"))
+        }
+
+        /// Admits jobs of **one tenant**, in order, in the caller's transaction. The tenant's
+        /// quota row of the month (made on first use) is its turn: held, two admissions of one
+        /// tenant cannot overrun the quota or make two jobs of one key. The row is taken and
+        /// read once for the group, and the group's count added to it once at the end; each
+        /// job is checked against the count so far, so the group admits exactly up to its
+        /// quota, as the same jobs one at a time would. A key taken by a racing transaction
+        /// comes back as the database's `jobs_idempotency` constraint error.
+        pub(crate) async fn admit_group(
+            conn: &mut Conn,
+            jobs: &[(&NewJob, Option<u64>)],
+            period_start: Millis,
+            actor: &Actor,
+        ) -> Result<Vec<Admitted>> {
+            let Some((first, _)) = jobs.first() else {
+                return Ok(Vec::new());
+            };
+            let tenant = first.tenant.as_str();
             sqlx::query(
                 "INSERT INTO tenant_periods (tenant, period_start, jobs) VALUES ($1, $2, 0) \
                  ON CONFLICT DO NOTHING",
             )
-            .bind(&job.tenant)
+            .bind(tenant)
             .bind(period_start)
             .execute(&mut *conn)
             .await?;
@@ -72,11 +91,40 @@ macro_rules! for_backend {
                 "SELECT jobs FROM tenant_periods WHERE tenant = $1 AND period_start = $2",
                 d::FOR_UPDATE
             ))
-            .bind(&job.tenant)
+            .bind(tenant)
             .bind(period_start)
             .fetch_one(&mut *conn)
             .await?;
-            let used = used.max(0) as u64;
+            let start = used.max(0) as u64;
+            let mut used = start;
+            let mut out = Vec::with_capacity(jobs.len());
+            for &(job, limit) in jobs {
+                debug_assert_eq!(job.tenant, tenant, "a group is one tenant's");
+                out.push(admit_one(conn, job, period_start, limit, actor, &mut used).await?);
+            }
+            if used > start {
+                sqlx::query(
+                    "UPDATE tenant_periods SET jobs = jobs + $3 WHERE tenant = $1 AND period_start = $2",
+                )
+                .bind(tenant)
+                .bind(period_start)
+                .bind((used - start) as i64)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Ok(out)
+        }
+
+        /// One job of [`admit_group`], with the tenant's turn held and `used` jobs admitted
+        /// this period so far (counted up when it is admitted).
+        async fn admit_one(
+            conn: &mut Conn,
+            job: &NewJob,
+            period_start: Millis,
+            limit: Option<u64>,
+            actor: &Actor,
+            used: &mut u64,
+        ) -> Result<Admitted> {
             // With the turn held, a job admitted under this key elsewhere is visible.
             if let Some(key) = &job.idempotency_key
                 && let Some(first) = by_key(conn, &job.tenant, key).await?
@@ -84,19 +132,19 @@ macro_rules! for_backend {
                 return Ok(Admitted::Existing(first));
             }
             if let Some(limit) = limit
-                && used >= limit
+                && *used >= limit
             {
                 // No admission reached the quota this period (it was lowered): the refusal says so.
                 crate::outbox::$backend::quota_signals(
                     conn,
                     &job.tenant,
-                    used,
+                    *used,
                     limit,
                     period_start,
                     job.created_at,
                 )
                 .await?;
-                return Ok(Admitted::QuotaExceeded { used, limit });
+                return Ok(Admitted::QuotaExceeded { used: *used, limit });
             }
             let row = sqlx::query(sql!(
                 "INSERT INTO jobs (id, tenant, kind, spec, idempotency_key, priority, max_attempts, \
@@ -122,14 +170,8 @@ macro_rules! for_backend {
             .fetch_one(&mut *conn)
             .await?;
             let stored = job_from_row(&row)?;
-            sqlx::query(
-                "UPDATE tenant_periods SET jobs = jobs + 1 WHERE tenant = $1 AND period_start = $2",
-            )
-            .bind(&job.tenant)
-            .bind(period_start)
-            .execute(&mut *conn)
-            .await?;
-            let period_jobs = used + 1;
+            *used += 1;
+            let period_jobs = *used;
             let signals = match limit {
                 Some(q) => {
                     crate::outbox::$backend::quota_signals(

@@ -201,10 +201,16 @@ macro_rules! impl_store {
                     let mut out: Vec<Option<Admitted>> = vec![None; jobs.len()];
                     let mut tx = self.$begin().await?;
                     let mut raced = false;
-                    for &i in &order {
-                        let (job, limit) = &jobs[i];
-                        match jobs::admit_in(&mut tx, job, period_start, *limit, actor).await {
-                            Ok(a) => out[i] = Some(a),
+                    // Each tenant's jobs as one group: its quota row taken and counted once.
+                    for group in order.chunk_by(|&a, &b| jobs[a].0.tenant == jobs[b].0.tenant) {
+                        let members: Vec<(&crate::NewJob, Option<u64>)> =
+                            group.iter().map(|&i| (&jobs[i].0, jobs[i].1)).collect();
+                        match jobs::admit_group(&mut tx, &members, period_start, actor).await {
+                            Ok(answers) => {
+                                for (&i, a) in group.iter().zip(answers) {
+                                    out[i] = Some(a);
+                                }
+                            }
                             Err(crate::StoreError::Database(sqlx::Error::Database(e)))
                                 if e.constraint() == Some("jobs_idempotency") =>
                             {
@@ -327,6 +333,12 @@ macro_rules! impl_store {
                     policy: crate::LeasePolicy,
                     now: Millis,
                 ) -> Result<crate::Lease> {
+                    // A ready sandbox's lease is one statement where the store has it.
+                    if let Some(lease) =
+                        on_conn!(self, dispatch::lease_one, sandbox_id, policy, now)?
+                    {
+                        return Ok(lease);
+                    }
                     in_tx!(self.$begin, dispatch::lease, sandbox_id, policy, now)
                 }
 
