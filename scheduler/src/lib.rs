@@ -14,6 +14,7 @@ pub mod dashboard;
 pub mod delivery;
 pub mod error;
 pub mod guard;
+pub mod handover;
 pub mod idle;
 pub mod jobcli;
 pub mod joblive;
@@ -285,6 +286,7 @@ pub async fn serve(
         .context("connecting the shared rate limits")?;
     let (sink, observations) = tokio::sync::mpsc::unbounded_channel();
     let provider = build_provider(&cfg, sink)?;
+    provider.keep_leases_in(Arc::new(handover::StoreLeases::new(Arc::clone(&store))));
     // With the kubernetes provider, replicas elect their leader through a Lease.
     let k8s_lease = match &cfg.kubernetes {
         Some(k) if cfg.provider == config::ProviderKind::Kubernetes => {

@@ -673,6 +673,23 @@ pub trait Store: Outbox + AuditLog + Retention + Metering + Send + Sync + 'stati
     async fn insert_sandbox(&self, s: NewSandbox) -> Result<SandboxRecord>;
     /// Records the provider's id of a sandbox.
     async fn set_provider_id(&self, id: &str, provider_id: &str) -> Result<()>;
+    /// Keeps the nonce of a lease held on a provider's resource until `expires_at`, for a
+    /// successor leader (migration 0120); prunes the leases that expired before `now`.
+    async fn keep_provider_lease(
+        &self,
+        provider_id: &str,
+        nonce: &str,
+        expires_at: Millis,
+        now: Millis,
+    ) -> Result<()>;
+    /// The nonce kept for `provider_id` and its expiry, if it expires after `now`.
+    async fn provider_lease(
+        &self,
+        provider_id: &str,
+        now: Millis,
+    ) -> Result<Option<(String, Millis)>>;
+    /// Forgets the lease kept for `provider_id`.
+    async fn forget_provider_lease(&self, provider_id: &str) -> Result<()>;
     /// Records the region the provider placed a sandbox in.
     async fn set_sandbox_region(&self, id: &str, region: &str) -> Result<()>;
     /// The known region of each of `tenant`'s sandboxes (or every tenant's), destroyed ones

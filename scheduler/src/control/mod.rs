@@ -256,6 +256,9 @@ pub struct Control {
     limits_sent: Mutex<HashMap<String, (Option<u32>, SandboxSize)>>,
     /// Provider calls in flight, so a shutdown can let them finish before stopping sandboxes.
     inflight: Mutex<tokio::task::JoinSet<()>>,
+    /// Provider ids of the unknown sandboxes this replica has collected (their destroy
+    /// answered), so none is collected twice.
+    collected: Mutex<std::collections::HashSet<String>>,
 }
 
 /// The token of a sandbox: derived from the scheduler's secret and the sandbox id, so it need not
@@ -299,6 +302,7 @@ impl Control {
             leading_since: AtomicI64::new(0),
             limits_sent: Mutex::new(HashMap::new()),
             inflight: Mutex::new(tokio::task::JoinSet::new()),
+            collected: Mutex::new(std::collections::HashSet::new()),
         })
     }
 

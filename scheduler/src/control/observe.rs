@@ -145,6 +145,7 @@ impl Control {
             .into_iter()
             .map(|s| (s.id.clone(), s))
             .collect();
+        self.adopt_unrecorded(&listed, &known).await;
         self.collect_orphans(&listed, &known).await;
         if full {
             self.close_unlisted(&listed, &known).await?;
@@ -152,19 +153,77 @@ impl Control {
         Ok(())
     }
 
-    /// Destroys what the provider lists and the store does not know.
+    /// Records the provider id of each listed sandbox the store knows without one (its create
+    /// answered but recording the id failed, or the leader died in between): the machine is
+    /// found by its `shoal_sandbox` tag and adopted, once, instead of being lost or collected.
+    async fn adopt_unrecorded(
+        &self,
+        listed: &[Observation],
+        known: &HashMap<String, SandboxRecord>,
+    ) {
+        for o in listed {
+            let Some(rec) = known.get(&o.sandbox.sandbox_id) else {
+                continue;
+            };
+            if rec.provider_id.is_some() || o.state == ObservedState::Gone {
+                continue;
+            }
+            let pid = &o.sandbox.provider_id;
+            match self.store.set_provider_id(&rec.id, pid).await {
+                Ok(()) => {
+                    tracing::info!(sandbox = %rec.id, provider_id = %pid, "adopted a machine whose id had not been recorded");
+                    if let Some(region) = self.provider.region_of(pid) {
+                        let _ = self.store.set_sandbox_region(&rec.id, &region).await;
+                    }
+                    let _ = self
+                        .store
+                        .record_event(
+                            Some(&rec.tenant),
+                            self.now(),
+                            "sandbox_adopted",
+                            &json!({"sandbox": rec.id, "provider_id": pid}),
+                        )
+                        .await;
+                }
+                Err(e) => {
+                    tracing::warn!(sandbox = %rec.id, error = %e, "adopting a machine failed")
+                }
+            }
+        }
+    }
+
+    /// Destroys what the provider lists and the store does not know, each machine once: one
+    /// this replica has already collected (its destroy answered) is not destroyed again while
+    /// the provider still lists it on its way out.
     async fn collect_orphans(
         &self,
         listed: &[Observation],
         known: &HashMap<String, SandboxRecord>,
     ) {
+        let done: std::collections::HashSet<String> = {
+            let mut collected = self.collected.lock().unwrap_or_else(|e| e.into_inner());
+            // A machine the provider no longer lists is gone for good: forget it.
+            collected.retain(|pid| listed.iter().any(|o| &o.sandbox.provider_id == pid));
+            collected.clone()
+        };
         let collected = shoal_fleet::orphans::collect_listed(&*self.provider, listed, |id| {
             known.contains_key(id)
+                || listed
+                    .iter()
+                    .any(|o| o.sandbox.sandbox_id == id && done.contains(&o.sandbox.provider_id))
         })
         .instrument(tracing::info_span!("collect_orphans"))
         .await;
         for c in collected {
             self.count_call("destroy", &c.result);
+            if c.result.is_err() {
+                // Tried again on the next pass; only a collection that happened is recorded.
+                continue;
+            }
+            self.collected
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(c.sandbox.provider_id.clone());
             let _ = self
                 .store
                 .record_event(
