@@ -49,13 +49,15 @@ async fn under_faults_calls_succeed_within_limits_and_starts_stay_cheap() -> any
         no_capacity: vec!["ams".into()],
         ..Default::default()
     };
-    let emu = Emulator::start(EmulatorConfig {
-        faults,
-        command: vec!["sleep".into(), "3600".into()],
-        ..Default::default()
-    }
-    // Fly's eventual consistency too: a new machine answers 404 for a moment after its create.
-    .strict())
+    let emu = Emulator::start(
+        EmulatorConfig {
+            faults,
+            command: vec!["sleep".into(), "3600".into()],
+            ..Default::default()
+        }
+        // Fly's eventual consistency too: a new machine answers 404 for a moment after its create.
+        .strict(),
+    )
     .await?;
     let mut cfg = FlyConfig::new(
         emu.app(),

@@ -19,6 +19,9 @@ pub const FIRST_RETRY: Duration = Duration::from_millis(250);
 /// The longest wait between two tries.
 pub const MAX_RETRY: Duration = Duration::from_secs(10);
 
+/// The longest one try to reach a dependency may take.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The stop signal, boxed so it can be awaited in several places.
 pub type Stop = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -83,10 +86,14 @@ impl WaitingRoom {
             .with_jitter()
             .build();
         let mut tries = 0u64;
+        self.set_reason(format!("waiting for the {what} (connecting)"));
         loop {
-            self.set_reason(format!("connecting to the {what}"));
+            // A client may retry inside one attempt (a pool keeps trying for its acquire
+            // timeout): bound each attempt so the reason shown stays current.
             let attempt = tokio::select! {
-                r = connect() => r,
+                r = tokio::time::timeout(ATTEMPT_TIMEOUT, connect()) => r.unwrap_or_else(|_| {
+                    Err(anyhow::anyhow!("no answer within {ATTEMPT_TIMEOUT:?}"))
+                }),
                 _ = &mut *stop => return None,
             };
             match attempt {
@@ -99,7 +106,7 @@ impl WaitingRoom {
                 Err(e) => {
                     tries += 1;
                     let wait = waits.next().unwrap_or(MAX_RETRY);
-                    let reason = format!("the {what} is unreachable: {e:#}");
+                    let reason = format!("the {what} is unreachable (retrying): {e:#}");
                     tracing::warn!(tries, ?wait, error = %format!("{e:#}"), "the {what} is unreachable; retrying");
                     self.set_reason(reason);
                     tokio::select! {

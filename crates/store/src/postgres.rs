@@ -18,7 +18,6 @@ use shoal_core::{LimitsPatch, Millis, PlanTier};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Row};
 use std::str::FromStr;
-use std::time::Duration;
 
 /// The Postgres implementation of [`crate::Store`].
 #[derive(Clone)]
@@ -33,15 +32,20 @@ impl PostgresStore {
     /// schema up to date. Replicas starting together are safe: sqlx holds an advisory lock while
     /// it migrates.
     pub async fn open(url: &str) -> Result<Self> {
+        Self::open_with(url, &crate::PoolOptions::default()).await
+    }
+
+    /// [`PostgresStore::open`] with a pool of the given size and acquire timeout.
+    pub async fn open_with(url: &str, pool: &crate::PoolOptions) -> Result<Self> {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(StoreError::UnsupportedUrl(url.into()));
         }
         let opts = sqlx::postgres::PgConnectOptions::from_str(url)?
             .statement_cache_capacity(crate::sql::STATEMENT_CACHE);
         let pool = PgPoolOptions::new()
-            .max_connections(16)
+            .max_connections(pool.max_connections.max(1))
             .min_connections(1)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(pool.acquire_timeout)
             .connect_with(opts)
             .await?;
         Self::from_pool(pool).await

@@ -6,7 +6,10 @@ use super::*;
 
 impl Inner {
     pub(super) fn keeper(&self) -> Option<Arc<dyn LeaseKeeper>> {
-        self.keeper.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.keeper
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Holds `nonce` as the machine's lease for `lease_ttl` from now, and keeps it for a

@@ -378,7 +378,14 @@ macro_rules! impl_store {
                     expires_at: Millis,
                     now: Millis,
                 ) -> Result<()> {
-                    on_conn!(self, sandboxes::keep_lease, provider_id, nonce, expires_at, now)
+                    on_conn!(
+                        self,
+                        sandboxes::keep_lease,
+                        provider_id,
+                        nonce,
+                        expires_at,
+                        now
+                    )
                 }
                 async fn provider_lease(
                     &self,
