@@ -6,10 +6,12 @@
 //! - [`peers`]: the KEDA and fly-autoscaler baselines.
 //! - [`report`]: every policy on every workload, as a table and a plot.
 //! - [`faults`]: the fault run: replicas on Postgres and Redis killed while jobs flow, then checked.
+//! - [`faultfly`]: the same run with its sandboxes on the strict Fly emulator, and the fleet's checks.
 //! - [`queuebench`]: Shoal against a bare apalis worker loop on the same Postgres and Redis.
 //! - [`logbench`]: waiting on jobs (`wait_s`) and following their output, measured.
 
 pub mod engine;
+pub mod faultfly;
 pub mod faults;
 pub mod generate;
 pub mod logbench;
