@@ -199,6 +199,14 @@ pub trait Provider: Send + Sync + 'static {
     /// (`fly`: every machine's burst is counted as spent for one refill window). No-op by default.
     fn took_over(&self) {}
 
+    /// Whether this replica leads (`true` when it becomes the leader, before [`took_over`];
+    /// `false` at start and when it is deposed). A provider that polls its cloud for state
+    /// (`fly`: one list call per poll) polls only while leading, so replicas do not multiply the
+    /// calls against a shared rate limit. By default a provider follows as if it led.
+    ///
+    /// [`took_over`]: Provider::took_over
+    fn leading(&self, _leading: bool) {}
+
     /// Gives the provider a place to keep its lease nonces for a successor leader (see
     /// [`LeaseKeeper`]). Called once, before the control loop starts. No-op by default: only
     /// providers whose cloud locks resources per holder (`fly`) need it.

@@ -112,8 +112,8 @@ impl FlyRun {
         let st = self.emu.stats();
         if st.past_rate_limit != 0 {
             return Err(FaultError::Check(format!(
-                "{} requests past Fly's rate limits",
-                st.past_rate_limit
+                "{} requests past Fly's rate limits: {:?}",
+                st.past_rate_limit, st.past_rate_limit_by_action
             )));
         }
         if st.spec_violations != 0 {

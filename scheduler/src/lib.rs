@@ -349,6 +349,8 @@ pub async fn serve(
     };
     let (sink, observations) = tokio::sync::mpsc::unbounded_channel();
     let provider = build_provider(&cfg, sink)?;
+    // Not leading (yet): a provider that polls its cloud leaves it to the leader.
+    provider.leading(false);
     provider.keep_leases_in(Arc::new(handover::StoreLeases::new(Arc::clone(
         &control_store,
     ))));

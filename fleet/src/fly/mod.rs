@@ -144,6 +144,8 @@ struct Inner {
     nudge: Notify,
     /// Where lease nonces are kept for a successor leader ([`Provider::keep_leases_in`]).
     keeper: Mutex<Option<Arc<dyn LeaseKeeper>>>,
+    /// Set while another replica leads ([`Provider::leading`]): the follower does not poll.
+    standby: std::sync::atomic::AtomicBool,
 }
 
 /// The `fly` provider. See the module documentation.
@@ -186,6 +188,7 @@ impl FlyProvider {
             creating: Mutex::new(HashMap::new()),
             nudge: Notify::new(),
             keeper: Mutex::new(None),
+            standby: std::sync::atomic::AtomicBool::new(false),
         });
         let follower = runtime.spawn(follow(inner.clone()));
         Ok(FlyProvider { inner, follower })
@@ -665,6 +668,15 @@ impl Provider for FlyProvider {
         self.inner.book().leases.clear();
     }
 
+    fn leading(&self, leading: bool) {
+        self.inner
+            .standby
+            .store(!leading, std::sync::atomic::Ordering::SeqCst);
+        if leading {
+            self.inner.nudge.notify_one();
+        }
+    }
+
     fn keep_leases_in(&self, keeper: Arc<dyn LeaseKeeper>) {
         *self.inner.keeper.lock().unwrap_or_else(|e| e.into_inner()) = Some(keeper);
     }
@@ -698,7 +710,9 @@ impl Provider for FlyProvider {
     }
 
     async fn shutdown(&self) {
-        if self.inner.cfg.stop_on_shutdown {
+        // A replica that does not lead leaves the machines to the one that does.
+        let standby = self.inner.standby.load(std::sync::atomic::Ordering::SeqCst);
+        if self.inner.cfg.stop_on_shutdown && !standby {
             // Ask Fly first: a machine whose start just finished may not be in the book yet.
             let running_now: std::collections::HashSet<String> = match self.inner.refresh().await {
                 Ok(listed) => listed

@@ -353,6 +353,7 @@ impl Control {
                 _ = self.shutdown.cancelled() => return,
             };
             // A predecessor may have just used the provider's rate budget.
+            self.provider.leading(true);
             self.provider.took_over();
             if let Err(e) = self.reconcile(true).await {
                 tracing::error!(error = %e, "reconciling with the provider failed");
@@ -370,6 +371,7 @@ impl Control {
                 if !self.leadership.check(epoch).await {
                     self.epoch.store(0, Ordering::SeqCst);
                     self.metrics.leader.set(0);
+                    self.provider.leading(false);
                     tracing::warn!(epoch, "deposed: this replica stops planning");
                     break;
                 }
@@ -387,6 +389,8 @@ impl Control {
             // Any replica serves the API and agents; only planning waits for leadership.
             self.signals.ready();
         }
+        // Not leading yet: a provider that polls leaves it to the leader.
+        self.provider.leading(false);
         tokio::spawn(Arc::clone(&self).lead());
         let this = Arc::clone(&self);
         let mut provider_done = self.provider_stopped.clone();

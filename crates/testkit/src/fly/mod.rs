@@ -161,6 +161,9 @@ pub struct Stats {
     pub by_scope_action: BTreeMap<String, BTreeMap<String, u64>>,
     /// Requests refused for going past Fly's rate limits (injected 429s not included).
     pub past_rate_limit: u64,
+    /// Of those, by operation id.
+    #[serde(default)]
+    pub past_rate_limit_by_action: BTreeMap<String, u64>,
     /// Requests that did not match the spec.
     pub spec_violations: u64,
     /// The last few spec violations, described.
