@@ -42,7 +42,7 @@ impl WaitingRoom {
             let reason = r.lock().unwrap_or_else(|e| e.into_inner()).clone();
             ApiError::unavailable(reason).into_response()
         };
-        let fallback = not_ready.clone();
+        let fallback = not_ready;
         let router = Router::new()
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(move || async move { not_ready(&r1) }))
