@@ -1,8 +1,8 @@
 //! Failover on the `fly` provider, against the strict emulator over real HTTP: a leader creates
 //! machines (each create takes a 60 s lease) and dies without releasing anything; a successor
-//! that did not keep the nonces is refused with 409 ("lease currently held") on every machine,
-//! while one given the same [`LeaseKeeper`] (the store, in the scheduler) suspends and destroys
-//! every machine at once, without a single refused call or a new lease.
+//! that did not keep the nonces is refused with 409 ("lease currently held") and must look the
+//! lease up, while one given the same [`LeaseKeeper`] (the store, in the scheduler) suspends and
+//! destroys every machine at once, without a refused call, a lookup or a new lease.
 
 use shoal_fleet::fly::{FlyConfig, FlyProvider};
 use shoal_fleet::{LeaseKeeper, MemoryLeases, Provider, ProviderError, SandboxRef, SandboxSpec};
@@ -79,29 +79,36 @@ async fn a_successor_uses_the_kept_leases_and_is_never_refused() -> anyhow::Resu
     // The leader dies (SIGKILL: nothing released, nothing said).
     drop(leader);
 
-    // A successor without the nonces: Fly refuses it until the 60 s leases lapse.
+    // A successor without the kept nonces is refused (409) and must look the lease up first.
+    let leases = |s: &shoal_testkit::fly::Stats| {
+        (
+            s.action("Machines_create_lease"),
+            s.action("Machines_show_lease"),
+        )
+    };
+    let before = emu.stats();
     let blind = provider(&emu, None)?;
     blind.took_over();
-    match blind.suspend(&refs[0]).await {
-        Err(ProviderError::Conflict(msg)) => assert!(msg.contains("lease"), "{msg}"),
-        other => panic!("a successor without the nonces was not refused: {other:?}"),
-    }
+    blind.suspend(&refs[0]).await?;
+    let after = emu.stats();
+    let (taken, shown) = (leases(&before), leases(&after));
+    assert!(
+        shown.0 > taken.0 && shown.1 > taken.1,
+        "a successor without the nonces was not refused first: {after:?}"
+    );
     drop(blind);
 
-    // A successor with them acts on every machine at once.
+    // A successor with them acts on every machine at once: no lease taken, none looked up.
     let before = emu.stats();
     let successor = provider(&emu, Some(Arc::clone(&keeper)))?;
     successor.took_over();
-    for r in &refs[..2] {
-        successor.suspend(r).await?;
-    }
+    successor.suspend(&refs[1]).await?;
     successor.destroy(&refs[2]).await?;
     let after = emu.stats();
-    let leases = |s: &shoal_testkit::fly::Stats| s.action("Machines_create_lease");
     assert_eq!(
         leases(&after),
         leases(&before),
-        "the successor took new leases instead of the kept ones: {after:?}"
+        "the successor took or looked up leases instead of using the kept ones: {after:?}"
     );
     let states: Vec<(String, String)> = emu
         .machines()

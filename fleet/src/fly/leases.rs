@@ -13,16 +13,17 @@ impl Inner {
     }
 
     /// Holds `nonce` as the machine's lease for `lease_ttl` from now, and keeps it for a
-    /// successor leader (in the background: the write is not on the path of the Fly call).
-    pub(super) fn hold_lease(&self, id: &str, nonce: &str) {
+    /// successor leader before going on: a leader killed right after taking a lease must not
+    /// leave its machine locked for the lease's TTL. The write is one short statement on the
+    /// control loop's own pool, once per machine per `lease_ttl`.
+    pub(super) async fn hold_lease(&self, id: &str, nonce: &str) {
         let until = Instant::now() + self.cfg.lease_ttl;
         self.book()
             .leases
             .insert(id.to_string(), (nonce.to_string(), until));
         if let Some(keeper) = self.keeper() {
             let expires_at = now_ms().saturating_add(self.cfg.lease_ttl.as_millis() as Millis);
-            let (id, nonce) = (id.to_string(), nonce.to_string());
-            tokio::spawn(async move { keeper.keep(&id, &nonce, expires_at).await });
+            keeper.keep(id, nonce, expires_at).await;
         }
     }
 
@@ -83,7 +84,7 @@ impl Inner {
                         })
                         .await
                 {
-                    self.hold_lease(id, &l.nonce);
+                    self.hold_lease(id, &l.nonce).await;
                     return Ok(l.nonce);
                 }
                 // Else ours if an earlier try (or an earlier run of the scheduler) took it.
@@ -91,14 +92,18 @@ impl Inner {
                     .call(Some(id), true, || self.client.get_lease(id))
                     .await
                     .map_err(|_| e.clone())?;
-                if held.description != LEASE_DESCRIPTION || held.nonce.is_empty() {
+                // Shoal's own leases: those it takes say so; the one a create takes (with
+                // `lease_ttl`) has no description, and in an app of Shoal's machines only Shoal
+                // creates.
+                let ours = held.description == LEASE_DESCRIPTION || held.description.is_empty();
+                if !ours || held.nonce.is_empty() {
                     return Err(e);
                 }
                 held
             }
             Err(e) => return Err(e),
         };
-        self.hold_lease(id, &got.nonce);
+        self.hold_lease(id, &got.nonce).await;
         Ok(got.nonce)
     }
 

@@ -452,7 +452,7 @@ impl Inner {
                     };
                     self.book().placed.insert(m.id.clone(), at);
                     if let Some(nonce) = m.nonce.filter(|n| !n.is_empty()) {
-                        self.hold_lease(&m.id, &nonce);
+                        self.hold_lease(&m.id, &nonce).await;
                     }
                     self.finish_create(&m.id).await?;
                     return Ok(m.id);
