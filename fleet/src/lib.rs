@@ -199,7 +199,7 @@ pub trait Provider: Send + Sync + 'static {
     /// (`fly`: every machine's burst is counted as spent for one refill window). No-op by default.
     fn took_over(&self) {}
 
-    /// Whether this replica leads (`true` when it becomes the leader, before [`took_over`];
+    /// Whether this replica leads (`true` when it becomes the leader, after [`took_over`];
     /// `false` at start and when it is deposed). A provider that polls its cloud for state
     /// (`fly`: one list call per poll) polls only while leading, so replicas do not multiply the
     /// calls against a shared rate limit. By default a provider follows as if it led.

@@ -48,7 +48,7 @@ impl FlyRun {
         std::fs::write(
             &config,
             format!(
-                "[provider]\nname = \"fly\"\n[provider.fly]\napi_url = \"{}\"\napp = \"{}\"\nregions = [\"ams\", \"fra\", \"ord\"]\nimage = \"registry.fly.io/shoal-agent:test\"\npoll_interval = \"1s\"\n",
+                "[provider]\nname = \"fly\"\n[provider.fly]\napi_url = \"{}\"\napp = \"{}\"\nregions = [\"ams\", \"fra\", \"ord\"]\nimage = \"registry.fly.io/shoal-agent:test\"\npoll_interval = \"2s\"\n",
                 emu.url(),
                 emu.app()
             ),

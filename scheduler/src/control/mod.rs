@@ -352,9 +352,10 @@ impl Control {
                 e = self.leadership.acquire() => e,
                 _ = self.shutdown.cancelled() => return,
             };
-            // A predecessor may have just used the provider's rate budget.
-            self.provider.leading(true);
+            // A predecessor may have just used the provider's rate budget: pace as if it had,
+            // before this replica's provider starts polling.
             self.provider.took_over();
+            self.provider.leading(true);
             if let Err(e) = self.reconcile(true).await {
                 tracing::error!(error = %e, "reconciling with the provider failed");
             }

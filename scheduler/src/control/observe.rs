@@ -130,7 +130,7 @@ impl Control {
     /// Aligns the store with what the provider has. At start-up (`full`), sandboxes the provider
     /// no longer has are closed in the ledger and marked destroyed; always, resources the store
     /// does not know (or knows as destroyed) are destroyed.
-    pub(super) async fn reconcile(&self, full: bool) -> Result<(), StoreError> {
+    pub(super) async fn reconcile(self: &Arc<Self>, full: bool) -> Result<(), StoreError> {
         let listed = match self.provider.list().await {
             Ok(l) => l,
             Err(e) => {
@@ -149,6 +149,67 @@ impl Control {
         self.collect_orphans(&listed, &known).await;
         if full {
             self.close_unlisted(&listed, &known).await?;
+            self.settle_in_flight(&listed, &known).await?;
+        }
+        Ok(())
+    }
+
+    /// At a takeover: the calls a dead predecessor had in flight (a sandbox left `suspending`,
+    /// `stopping` or `destroying`) will never answer. Each such sandbox is settled by what the
+    /// provider lists: suspended or stopped, it is recorded so; still running, it goes back to
+    /// `ready` (the planner suspends it again when it is idle); being destroyed, the destroy is
+    /// made again (it is idempotent).
+    async fn settle_in_flight(
+        self: &Arc<Self>,
+        listed: &[Observation],
+        known: &HashMap<String, SandboxRecord>,
+    ) -> Result<(), StoreError> {
+        let now = self.now();
+        for (id, rec) in known {
+            let stuck = matches!(
+                rec.state,
+                SandboxState::Suspending | SandboxState::Stopping | SandboxState::Destroying
+            );
+            if !stuck {
+                continue;
+            }
+            let Some(o) = listed.iter().find(|o| &o.sandbox.sandbox_id == id) else {
+                continue;
+            };
+            tracing::info!(sandbox = %id, state = %rec.state, seen = ?o.state, "settling a call a predecessor left in flight");
+            match (rec.state, o.state) {
+                (SandboxState::Destroying, _) => {
+                    let this = Arc::clone(self);
+                    let (sref, id) = (o.sandbox.clone(), id.clone());
+                    self.track(async move {
+                        let r = this.provider.destroy(&sref).await;
+                        this.count_call("destroy", &r);
+                        if r.is_ok() || matches!(r, Err(shoal_fleet::ProviderError::NotFound(_))) {
+                            let _ = this
+                                .store
+                                .sandbox_down(&id, SandboxState::Destroyed, this.now())
+                                .await;
+                        }
+                    });
+                }
+                (_, ObservedState::Suspended) => {
+                    self.store
+                        .transition(id, &[rec.state], SandboxState::Suspended, now)
+                        .await?;
+                }
+                (_, ObservedState::Stopped) => {
+                    self.store
+                        .sandbox_down(id, SandboxState::Stopped, now)
+                        .await?;
+                }
+                (_, ObservedState::Running) => {
+                    self.store
+                        .transition(id, &[rec.state], SandboxState::Ready, now)
+                        .await?;
+                    self.signals.work_changed(&rec.tenant);
+                }
+                (_, ObservedState::Gone) => {}
+            }
         }
         Ok(())
     }
