@@ -5,7 +5,7 @@
 //! destroys every machine at once, without a refused call, a lookup or a new lease.
 
 use shoal_fleet::fly::{FlyConfig, FlyProvider};
-use shoal_fleet::{LeaseKeeper, MemoryLeases, Provider, ProviderError, SandboxRef, SandboxSpec};
+use shoal_fleet::{LeaseKeeper, MemoryLeases, Provider, SandboxRef, SandboxSpec};
 use shoal_testkit::fly::{Emulator, EmulatorConfig};
 use std::sync::Arc;
 use std::time::Duration;
