@@ -32,30 +32,11 @@ pub use outbox::{
     AttemptOutcome, DeliveryRecord, DeliveryState, EndpointRecord, LeasedDelivery, NewEndpoint,
     Outbox, OutboxEvent, OutboxRecord, QuotaSignal,
 };
-pub use postgres::PostgresStore;
+pub use postgres::{PoolOptions, PostgresStore};
 pub use retention::{Deleted, Expired, Retention};
 pub use sqlite::SqliteStore;
 use std::sync::Arc;
-use std::time::Duration;
 pub use usage::{Metering, OpenUsage, UsageCursor, UsageEventRecord};
-
-/// The size of a Postgres connection pool (SQLite keeps its own: one writer, a few readers).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PoolOptions {
-    /// The most connections the pool opens.
-    pub max_connections: u32,
-    /// How long a caller waits for a free connection before failing.
-    pub acquire_timeout: Duration,
-}
-
-impl Default for PoolOptions {
-    fn default() -> Self {
-        PoolOptions {
-            max_connections: 16,
-            acquire_timeout: Duration::from_secs(10),
-        }
-    }
-}
 
 /// [`open`] with the pool's size given (Postgres; SQLite ignores it).
 pub async fn open_with(url: &str, pool: &PoolOptions) -> Result<Arc<dyn Store>> {

@@ -19,6 +19,24 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Row};
 use std::str::FromStr;
 
+/// The size of a Postgres connection pool (SQLite keeps its own: one writer, a few readers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolOptions {
+    /// The most connections the pool opens.
+    pub max_connections: u32,
+    /// How long a caller waits for a free connection before failing.
+    pub acquire_timeout: std::time::Duration,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        PoolOptions {
+            max_connections: 16,
+            acquire_timeout: std::time::Duration::from_secs(10),
+        }
+    }
+}
+
 /// The Postgres implementation of [`crate::Store`].
 #[derive(Clone)]
 pub struct PostgresStore {
@@ -32,11 +50,11 @@ impl PostgresStore {
     /// schema up to date. Replicas starting together are safe: sqlx holds an advisory lock while
     /// it migrates.
     pub async fn open(url: &str) -> Result<Self> {
-        Self::open_with(url, &crate::PoolOptions::default()).await
+        Self::open_with(url, &PoolOptions::default()).await
     }
 
     /// [`PostgresStore::open`] with a pool of the given size and acquire timeout.
-    pub async fn open_with(url: &str, pool: &crate::PoolOptions) -> Result<Self> {
+    pub async fn open_with(url: &str, pool: &PoolOptions) -> Result<Self> {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(StoreError::UnsupportedUrl(url.into()));
         }
