@@ -7,6 +7,7 @@ mod client;
 mod logship;
 mod run;
 mod tail;
+mod usage;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;

@@ -7,7 +7,7 @@ use crate::logship::{self, LogBuffer};
 use crate::tail::Tail;
 use anyhow::{Context, Result};
 use shoal_protocol::{
-    AgentResult, AgentSpec, Assignment, Completion, Heartbeat, JobError, LeaseRequest,
+    AgentResult, AgentSpec, Assignment, Completion, Heartbeat, JobError, JobUsage, LeaseRequest,
     LeaseResponse, OUTPUT_TAIL_BYTES, Outcome,
 };
 use std::path::{Path, PathBuf};
@@ -141,10 +141,10 @@ async fn work(args: RunArgs) -> Result<()> {
             Ok(LeaseResponse::Idle) => backoff = Duration::from_millis(100),
             Ok(LeaseResponse::Run(a)) => {
                 backoff = Duration::from_millis(100);
-                let outcome = execute(&client, &a, stop_rx.clone(), args.grace).await;
-                if let Some(outcome) = outcome {
+                let ran = execute(&client, &a, stop_rx.clone(), args.grace).await;
+                if let Some(ran) = ran {
                     let ask_next = !*stop_rx.borrow();
-                    next = report(&client, &a, outcome, ask_next).await;
+                    next = report(&client, &a, ran, ask_next).await;
                 }
             }
             Err(e) => {
@@ -190,14 +190,15 @@ pub fn recordable(outcome: Outcome) -> Outcome {
 async fn report(
     client: &Client,
     a: &Assignment,
-    outcome: Outcome,
+    ran: Ran,
     ask_next: bool,
 ) -> Option<LeaseResponse> {
     let mut c = Completion {
         job_id: a.job_id.clone(),
         lease_id: a.lease_id.clone(),
-        outcome: recordable(outcome),
+        outcome: recordable(ran.outcome),
         next: ask_next.then(LeaseRequest::default),
+        usage: ran.usage,
     };
     let mut wait = Duration::from_millis(100);
     let mut refused_before = false;
@@ -276,7 +277,7 @@ async fn execute(
     a: &Assignment,
     stop: watch::Receiver<bool>,
     grace: Duration,
-) -> Option<Outcome> {
+) -> Option<Ran> {
     let log = LogBuffer::new(a.log_max_bytes);
     let mut shipper = tokio::spawn(logship::ship(
         client.clone(),
@@ -307,7 +308,7 @@ async fn supervise(
     mut stop: watch::Receiver<bool>,
     grace: Duration,
     log: Arc<LogBuffer>,
-) -> Option<Outcome> {
+) -> Option<Ran> {
     let work = run_kind(a, log);
     tokio::pin!(work);
     let interrupt = tokio::select! {
@@ -326,28 +327,47 @@ async fn supervise(
                 _ = tokio::time::sleep(grace) => None,
                 _ = heartbeat_until_interrupted(client, a) => return None,
             };
-            Some(finished.unwrap_or_else(|| Outcome::Retry {
-                error: JobError::new(
-                    "agent_shutdown",
-                    "the sandbox is stopping; the job goes back to the queue",
-                ),
+            Some(finished.unwrap_or_else(|| Ran {
+                outcome: Outcome::Retry {
+                    error: JobError::new(
+                        "agent_shutdown",
+                        "the sandbox is stopping; the job goes back to the queue",
+                    ),
+                },
+                usage: None,
             }))
         }
     }
 }
 
+/// How a job's attempt ended and what it used.
+pub struct Ran {
+    /// How it ended.
+    outcome: Outcome,
+    /// What it used, when it was measured.
+    usage: Option<JobUsage>,
+}
+
 /// The outcome of running a job, wrapped so that dropping the future kills its process.
-struct Done(Outcome);
+struct Done(Ran);
 
 async fn run_kind(a: &Assignment, log: Arc<LogBuffer>) -> Done {
-    let outcome = match a.kind.as_str() {
-        "agent" => match serde_json::from_str::<AgentSpec>(a.spec.get()) {
+    if a.kind == "agent" {
+        return Done(match serde_json::from_str::<AgentSpec>(a.spec.get()) {
             Ok(spec) => run_command(&spec, a.timeout_s, log).await,
-            Err(e) => Outcome::Failed {
-                result: None,
-                error: JobError::new("invalid_spec", e.to_string()),
+            Err(e) => Ran {
+                outcome: Outcome::Failed {
+                    result: None,
+                    error: JobError::new("invalid_spec", e.to_string()),
+                },
+                usage: None,
             },
-        },
+        });
+    }
+    // The analyses run in the agent's own process: measured by the cgroup, where there is one.
+    let meter = crate::usage::CgroupMeter::start();
+    let started = Instant::now();
+    let outcome = match a.kind.as_str() {
         "semantic_diff" => {
             analysis(a.spec.clone(), |s| {
                 shoal_semdiff::run_spec(s.get()).map_err(|e| e.to_string())
@@ -369,7 +389,8 @@ async fn run_kind(a: &Assignment, log: Arc<LogBuffer>) -> Done {
             ),
         },
     };
-    Done(outcome)
+    let usage = crate::usage::measure(meter, None, started.elapsed(), false);
+    Done(Ran { outcome, usage })
 }
 
 async fn analysis(
@@ -435,32 +456,33 @@ async fn pump(mut r: impl tokio::io::AsyncRead + Unpin, log: Arc<LogBuffer>) -> 
 }
 
 #[allow(unsafe_code)] // libc calls; each block says why it is sound
-async fn run_command(spec: &AgentSpec, job_timeout_s: u64, log: Arc<LogBuffer>) -> Outcome {
-    let Some((program, args)) = spec.command.split_first() else {
-        return Outcome::Failed {
+async fn run_command(spec: &AgentSpec, job_timeout_s: u64, log: Arc<LogBuffer>) -> Ran {
+    let failed = |code: &str, message: String| Ran {
+        outcome: Outcome::Failed {
             result: None,
-            error: JobError::new("invalid_spec", "command is empty"),
-        };
+            error: JobError::new(code, message),
+        },
+        usage: None,
+    };
+    let Some((program, args)) = spec.command.split_first() else {
+        return failed("invalid_spec", "command is empty".into());
     };
     let workdir = match resolve_workdir(spec.workdir.as_deref()) {
         Ok(d) => d,
-        Err(e) => {
-            return Outcome::Failed {
-                result: None,
-                error: JobError::new("invalid_spec", format!("{e:#}")),
-            };
-        }
+        Err(e) => return failed("invalid_spec", format!("{e:#}")),
     };
-    let mut cmd = tokio::process::Command::new(program);
+    // A std command, waited for by `wait4` (which also gives the processes' resource usage);
+    // its pipes are read by tokio.
+    let mut cmd = std::process::Command::new(program);
     cmd.args(args)
         .current_dir(workdir)
         .env_remove(shoal_protocol::env::SANDBOX_TOKEN)
         .envs(&spec.env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+        .stderr(Stdio::piped());
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0);
     // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag on the child; async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
@@ -469,33 +491,37 @@ async fn run_command(spec: &AgentSpec, job_timeout_s: u64, log: Arc<LogBuffer>) 
         });
     }
     let ooms_before = oom_kills();
+    let meter = crate::usage::CgroupMeter::start();
     let started = Instant::now();
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => {
-            return Outcome::Failed {
-                result: None,
-                error: JobError::new("spawn_failed", format!("cannot run `{program}`: {e}")),
-            };
-        }
+        Err(e) => return failed("spawn_failed", format!("cannot run `{program}`: {e}")),
     };
-    let mut guard = GroupGuard(child.id().map(|p| p as i32));
-    let out = tokio::spawn(pump(
-        child.stdout.take().expect("piped stdout"),
-        Arc::clone(&log),
-    ));
-    let err = tokio::spawn(pump(child.stderr.take().expect("piped stderr"), log));
+    let pid = child.id() as i32;
+    let mut guard = GroupGuard(Some(pid));
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let out = tokio::spawn(pump_std(stdout, Arc::clone(&log)));
+    let err = tokio::spawn(pump_std(stderr, log));
+    // Reaps the command whatever happens to this future: a dropped job's group is killed by the
+    // guard, and this thread then collects it.
+    let mut waited = tokio::task::spawn_blocking(move || crate::usage::wait_for(pid));
     let timeout = Duration::from_secs(spec.timeout_s.unwrap_or(job_timeout_s).max(1));
-    let (status, timed_out) = match tokio::time::timeout(timeout, child.wait()).await {
-        Ok(s) => (s.ok(), false),
+    let (waited, timed_out) = match tokio::time::timeout(timeout, &mut waited).await {
+        Ok(w) => (w, false),
         Err(_) => {
             drop(guard);
             guard = GroupGuard(None);
-            (child.wait().await.ok(), true)
+            (waited.await, true)
         }
     };
+    let wall = started.elapsed();
     // The command is done; anything it left in its group goes too.
     drop(guard);
+    drop(child);
+    let (status, rusage) = match waited {
+        Ok(Ok((status, rusage))) => (Some(status), Some(rusage)),
+        _ => (None, None),
+    };
     let (out, err) = (
         out.await.unwrap_or_else(|_| Tail::new(0)),
         err.await.unwrap_or_else(|_| Tail::new(0)),
@@ -506,51 +532,69 @@ async fn run_command(spec: &AgentSpec, job_timeout_s: u64, log: Arc<LogBuffer>) 
         signal: status.and_then(|s| s.signal()),
         stdout: out.text(),
         stderr: err.text(),
-        duration_ms: started.elapsed().as_millis() as u64,
+        duration_ms: wall.as_millis() as u64,
         truncated: out.truncated() || err.truncated(),
     };
+    // SIGKILL while the sandbox's cgroup counted a new OOM kill: the kernel killed it for memory.
+    let oom_killed = result.signal == Some(libc::SIGKILL) && oom_kills() > ooms_before;
+    let usage = crate::usage::measure(meter, rusage, wall, oom_killed);
     let value = serde_json::to_value(&result).unwrap_or_default();
-    if timed_out {
-        return Outcome::Failed {
+    let outcome = if timed_out {
+        Outcome::Failed {
             result: Some(value),
             error: JobError::new(
                 "timeout",
                 format!("the command ran past {}s and was killed", timeout.as_secs()),
             ),
-        };
-    }
-    match result.exit_code {
-        Some(0) => Outcome::Succeeded { result: value },
-        Some(code) => Outcome::Failed {
-            result: Some(value),
-            error: JobError::new("exit_code", format!("the command exited with {code}")),
-        },
-        // SIGKILL while the sandbox's cgroup counted a new OOM kill: the kernel killed it for memory.
-        None if result.signal == Some(libc::SIGKILL) && oom_kills() > ooms_before => {
-            Outcome::Failed {
+        }
+    } else {
+        match result.exit_code {
+            Some(0) => Outcome::Succeeded { result: value },
+            Some(code) => Outcome::Failed {
+                result: Some(value),
+                error: JobError::new("exit_code", format!("the command exited with {code}")),
+            },
+            None if oom_killed => Outcome::Failed {
                 result: Some(value),
                 error: JobError::new(
                     "oom_killed",
                     "the command used more memory than the sandbox has and was killed (out of memory)",
                 ),
-            }
-        }
-        None => Outcome::Failed {
-            result: Some(value),
-            error: JobError::new(
-                "signal",
-                format!(
-                    "the command was killed by signal {}",
-                    result.signal.unwrap_or(0)
+            },
+            None => Outcome::Failed {
+                result: Some(value),
+                error: JobError::new(
+                    "signal",
+                    format!(
+                        "the command was killed by signal {}",
+                        result.signal.unwrap_or(0)
+                    ),
                 ),
-            ),
-        },
+            },
+        }
+    };
+    Ran { outcome, usage }
+}
+
+/// [`pump`] for one of a std child's pipes (none: an empty tail).
+async fn pump_std<R>(r: Option<R>, log: Arc<LogBuffer>) -> Tail
+where
+    R: Into<std::os::fd::OwnedFd>,
+{
+    let Some(r) = r else { return Tail::new(0) };
+    let fd: std::os::fd::OwnedFd = r.into();
+    match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+        Ok(pipe) => pump(pipe, log).await,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the command's output");
+            Tail::new(0)
+        }
     }
 }
 
 /// OOM kills the sandbox's memory cgroup has counted (cgroup v2 `memory.events`, else v1
 /// `memory.oom_control`); 0 where neither is readable (a process sandbox outside a cgroup limit).
-fn oom_kills() -> u64 {
+pub(crate) fn oom_kills() -> u64 {
     [
         "/sys/fs/cgroup/memory.events",
         "/sys/fs/cgroup/memory/memory.oom_control",

@@ -18,6 +18,10 @@ use async_trait::async_trait;
 use shoal_core::{Millis, SandboxSize};
 use std::time::Duration;
 
+/// The tenant (and pool) a blank sandbox of the shared warm pool is created under: it belongs to
+/// no tenant until claimed. Not a valid tenant id, so no tenant can be named so.
+pub const BLANK_TENANT: &str = "~warm-pool";
+
 /// Everything a provider needs to bring up one sandbox.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SandboxSpec {
@@ -220,6 +224,20 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Creates and starts a sandbox; returns the provider's id for it.
     async fn create(&self, spec: &SandboxSpec) -> Result<String, ProviderError>;
+
+    /// Whether a blank sandbox of the shared warm pool waits stopped (and a claim starts it with
+    /// the tenant's settings, [`Provider::claim`]) rather than running with its agent waiting
+    /// for the claim. `false` by default (`process`, `docker`); `fly` keeps its blanks stopped.
+    fn blanks_wait_stopped(&self) -> bool {
+        false
+    }
+
+    /// Claims a stopped blank sandbox for `spec.tenant`: gives it the tenant's settings and
+    /// starts it. By default a plain start (the agent's token is the sandbox's own, so nothing
+    /// else needs changing).
+    async fn claim(&self, sandbox: &SandboxRef, spec: &SandboxSpec) -> Result<(), ProviderError> {
+        self.start(sandbox, spec).await
+    }
 
     /// Starts a stopped sandbox.
     async fn start(&self, sandbox: &SandboxRef, spec: &SandboxSpec) -> Result<(), ProviderError>;

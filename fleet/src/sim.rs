@@ -29,6 +29,11 @@ pub type SimMillis = i64;
 /// Index of a sandbox in the [`SimFleet`]; never reused.
 pub type SimId = u32;
 
+/// The tenant of a blank sandbox of the shared warm pool: it belongs to no tenant until a
+/// [`SimFleet::claim`] binds it to one, and its idle time is the fleet's
+/// ([`SimFleet::blank_idle_ms`]).
+pub const BLANK: u32 = u32::MAX;
+
 /// Scripted boot latencies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SimLatencies {
@@ -205,6 +210,8 @@ pub struct SimFleet {
     meter: SimMeter,
     /// Closed idle time per tenant (index: tenant).
     tenant_idle_ms: Vec<i64>,
+    /// Closed idle time of blank sandboxes (the shared warm pool's, billed to the fleet).
+    blank_idle_ms: i64,
     rng: u64,
     active: u64,
 }
@@ -219,6 +226,7 @@ impl SimFleet {
             calls: SimCalls::default(),
             meter: SimMeter::default(),
             tenant_idle_ms: Vec::new(),
+            blank_idle_ms: 0,
             rng,
             active: 0,
         }
@@ -345,7 +353,12 @@ impl SimFleet {
             });
         }
         self.meter.idle_ms += now - r.since;
-        add_idle(&mut self.tenant_idle_ms, r.tenant, now - r.since);
+        add_idle(
+            &mut self.tenant_idle_ms,
+            &mut self.blank_idle_ms,
+            r.tenant,
+            now - r.since,
+        );
         r.state = SimState::Busy;
         r.since = now;
         Ok(())
@@ -378,7 +391,12 @@ impl SimFleet {
         let halted = match r.state {
             SimState::Ready => {
                 self.meter.idle_ms += now - r.since;
-                add_idle(&mut self.tenant_idle_ms, r.tenant, now - r.since);
+                add_idle(
+                    &mut self.tenant_idle_ms,
+                    &mut self.blank_idle_ms,
+                    r.tenant,
+                    now - r.since,
+                );
                 self.meter.sandbox_ms += now - r.running_since;
                 self.active -= 1;
                 Halted::Idle
@@ -485,20 +503,70 @@ impl SimFleet {
     pub fn idle_by_tenant(&self, now: SimMillis) -> Vec<i64> {
         let mut v = self.tenant_idle_ms.clone();
         for r in &self.records {
-            if r.state == SimState::Ready {
-                add_idle(&mut v, r.tenant, now - r.since);
+            if r.state == SimState::Ready && r.tenant != BLANK {
+                add_idle(&mut v, &mut 0, r.tenant, now - r.since);
             }
         }
         v
     }
+
+    /// Idle time of blank sandboxes as of `now`: the shared warm pool's cost, billed to the
+    /// fleet (it is part of the meter's `idle_ms`, and of no tenant's).
+    pub fn blank_idle_ms(&self, now: SimMillis) -> i64 {
+        let mut ms = self.blank_idle_ms;
+        for r in &self.records {
+            if r.state == SimState::Ready && r.tenant == BLANK {
+                ms += now - r.since;
+            }
+        }
+        ms
+    }
+
+    /// Binds a blank sandbox to `tenant` for the rest of its life. Its idle time so far is closed
+    /// to the fleet's account; from `now` on it is the tenant's. Not a provider call (the token is
+    /// handed to an agent that is already there). Refused for a sandbox that is not blank.
+    pub fn claim(&mut self, id: SimId, tenant: u32, now: SimMillis) -> Result<(), SimError> {
+        let r = self
+            .records
+            .get_mut(id as usize)
+            .ok_or(SimError::NotFound(id))?;
+        if r.tenant != BLANK || tenant == BLANK {
+            return Err(SimError::Conflict {
+                id,
+                state: r.state,
+                call: "claim",
+            });
+        }
+        if r.state == SimState::Ready {
+            self.meter.idle_ms += now - r.since;
+            self.blank_idle_ms += now - r.since;
+            r.since = now;
+        }
+        r.tenant = tenant;
+        Ok(())
+    }
 }
 
-fn add_idle(v: &mut Vec<i64>, tenant: u32, ms: i64) {
+fn add_idle(v: &mut Vec<i64>, blank: &mut i64, tenant: u32, ms: i64) {
+    if tenant == BLANK {
+        *blank += ms;
+        return;
+    }
     let i = tenant as usize;
     if v.len() <= i {
         v.resize(i + 1, 0);
     }
     v[i] += ms;
+}
+
+impl SimState {
+    /// Booting, ready or busy: counted as active.
+    pub fn is_running_or_booting(self) -> bool {
+        matches!(
+            self,
+            SimState::Booting(_) | SimState::Ready | SimState::Busy
+        )
+    }
 }
 
 impl fmt::Display for SimState {

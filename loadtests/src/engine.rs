@@ -33,7 +33,7 @@
 //! The run ends when no event is left: every job is done and every sandbox has gone idle and
 //! been stopped by the policy, so the idle tail after the last job is counted.
 
-use crate::peers::{self, FlyState, KedaState};
+use crate::peers::{FlyState, KedaState};
 use crate::policy::Policy;
 use crate::workload::{Ms, Workload};
 use shoal_core::{SandboxOp, SandboxState};
@@ -46,8 +46,11 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::time::Instant;
 
+mod polls;
 mod results;
+mod warm;
 pub use results::{JobResult, Outcome, RunStats};
+pub use warm::BlankState;
 
 const NONE: u32 = u32::MAX;
 
@@ -69,6 +72,9 @@ pub struct SimOptions {
     /// Tell the planner when due jobs (the workload's `due` rows) will arrive, as the scheduler
     /// knows its delayed jobs and schedules: it wakes a sandbox one boot lead before each.
     pub due_aware: bool,
+    /// The shared warm pool: how many blank sandboxes it keeps (0: none), and how they wait.
+    pub warm_pool: u32,
+    pub blank_state: BlankState,
 }
 
 impl Default for SimOptions {
@@ -82,6 +88,8 @@ impl Default for SimOptions {
             budget: IdleBudget::default(),
             measure: false,
             due_aware: false,
+            warm_pool: 0,
+            blank_state: BlankState::Ready,
         }
     }
 }
@@ -178,6 +186,7 @@ pub(crate) struct Engine<'w> {
     interrupted: u64,
     /// Arrivals not yet replayed (the budget stops revising after the last one).
     arrivals_left: usize,
+    warm: warm::WarmPool,
 }
 
 fn idle_timeout_ms(policy: Policy) -> Ms {
@@ -279,8 +288,14 @@ pub fn simulate_detailed(
         done_jobs: 0,
         interrupted: 0,
         arrivals_left: w.jobs.len(),
+        warm: warm::WarmPool {
+            target: opts.warm_pool,
+            state: opts.blank_state,
+            ..Default::default()
+        },
         opts,
     };
+    e.warm_fill();
     // The first due job of each tenant is known before anything happens to the tenant: plan it
     // when its boot lead begins.
     for t in 0..e.tenants.len() {
@@ -388,6 +403,7 @@ impl<'w> Engine<'w> {
             }
         }
         self.flush()?;
+        self.warm_retire()?;
         if self.done_jobs != self.w.jobs.len() as u64 {
             return Err(EngineError::JobsLeft(
                 self.w.jobs.len() as u64 - self.done_jobs,
@@ -486,6 +502,7 @@ impl<'w> Engine<'w> {
         let t = self.w.jobs[j as usize].tenant;
         self.jobs[j as usize].done = true;
         self.done_jobs += 1;
+        self.warm.tenants_quiet_at = self.now;
         self.fleet.release(sb, self.now)?;
         let now = self.now;
         let ten = &mut self.tenants[t as usize];
@@ -512,6 +529,9 @@ impl<'w> Engine<'w> {
         let Some(t) = self.fleet.tenant(boot.id) else {
             return Ok(());
         };
+        if t == shoal_fleet::sim::BLANK {
+            return self.blank_ready(boot);
+        }
         match self.fleet.boot_done(boot, self.now) {
             BootOutcome::Stale => return Ok(()),
             BootOutcome::Failed => {
@@ -564,18 +584,23 @@ impl<'w> Engine<'w> {
         self.sb_pos[sb as usize] = NONE;
     }
 
-    fn new_sandbox(&mut self, t: u32) {
-        let boot = self.fleet.create(t, self.now);
-        let id = boot.id as usize;
-        debug_assert_eq!(id, self.sb_job.len());
+    /// The per-sandbox slots of a new sandbox (its view position unset).
+    fn slots(&mut self, id: SimId) {
+        debug_assert_eq!(id as usize, self.sb_job.len());
         self.sb_job.push(NONE);
         self.sb_run.push(0);
         let r = self.next_random();
         self.sb_fly_id.push(r);
         self.sb_ready_at.push(Ms::MIN);
+        self.sb_pos.push(NONE);
+    }
+
+    fn new_sandbox(&mut self, t: u32) {
+        let boot = self.fleet.create(t, self.now);
+        self.slots(boot.id);
         let now = self.now;
         let list = &mut self.tenants[t as usize].pool_mut().sandboxes;
-        self.sb_pos.push(list.len() as u32);
+        self.sb_pos[boot.id as usize] = list.len() as u32;
         list.push(SandboxView {
             id: boot.id.to_string(),
             state: SandboxOp::Create.result(),
@@ -613,6 +638,13 @@ impl<'w> Engine<'w> {
     /// front of its tenant's queue.
     pub(crate) fn halt(&mut self, t: u32, sb: SimId, to: SandboxState) -> Result<(), EngineError> {
         let now = self.now;
+        if self
+            .fleet
+            .state(sb)
+            .is_some_and(|s| s.is_running_or_booting())
+        {
+            self.warm.tenants_quiet_at = now;
+        }
         let halted = match to {
             SandboxState::Suspended => self.fleet.suspend(sb, now)?,
             SandboxState::Destroyed => self.fleet.destroy(sb, now)?,
@@ -693,6 +725,18 @@ impl<'w> Engine<'w> {
                 .sandbox()
                 .and_then(|s| s.parse::<SimId>().ok())
                 .unwrap_or(NONE);
+            let l = self.opts.latencies;
+            let own_ms = match step.kind() {
+                SandboxOp::Create => l.create_ms,
+                SandboxOp::Start => l.start_ms,
+                SandboxOp::Resume => l.resume_ms,
+                _ => -1,
+            };
+            // A pool that must grow claims a blank of the shared warm pool first.
+            if own_ms >= 0 && self.claim_worth(own_ms) {
+                self.claim(t)?;
+                continue;
+            }
             match step.kind() {
                 SandboxOp::Create => self.new_sandbox(t),
                 op if op.wakes() => self.wake(t, id, op == SandboxOp::Resume)?,
@@ -724,70 +768,5 @@ impl<'w> Engine<'w> {
             let step = self.opts.budget.step_ms.max(1);
             self.push(self.now + step, Kind::Budget, 0, 0);
         }
-    }
-
-    // ----- the peers' polling loops -----
-
-    fn ensure_poll(&mut self, t: u32) {
-        let period = match self.policy {
-            Policy::Keda => peers::KEDA_HPA_PERIOD_MS,
-            Policy::FlyAutoscaler => peers::FLY_INTERVAL_MS,
-            _ => return,
-        };
-        let phase = self.phase(t, period);
-        let ten = &mut self.tenants[t as usize];
-        let slot = match self.policy {
-            Policy::Keda => &mut ten.keda.next_poll,
-            _ => &mut ten.fly.next_poll,
-        };
-        if slot.is_some() {
-            return;
-        }
-        // The next tick of this tenant's loop strictly after now.
-        let k = (self.now - phase).div_euclid(period) + 1;
-        let at = phase + k * period;
-        *slot = Some(at);
-        self.push(at, Kind::Poll, t, 0);
-    }
-
-    /// Each tenant's loop started at its own moment: a fixed, seeded phase.
-    pub(crate) fn phase(&self, t: u32, period: Ms) -> Ms {
-        let mut x = (t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.opts.seed;
-        x ^= x >> 29;
-        x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        x ^= x >> 32;
-        (x % period as u64) as Ms
-    }
-
-    fn poll(&mut self, t: u32) -> Result<(), EngineError> {
-        let again = match self.policy {
-            Policy::Keda => {
-                self.tenants[t as usize].keda.next_poll = None;
-                peers::keda_pass(self, t)?
-            }
-            Policy::FlyAutoscaler => {
-                self.tenants[t as usize].fly.next_poll = None;
-                peers::fly_pass(self, t)?
-            }
-            _ => false,
-        };
-        if again {
-            self.ensure_poll(t);
-        }
-        Ok(())
-    }
-
-    /// What the peers' models read of a tenant.
-    pub(crate) fn demand(&self, t: u32) -> u32 {
-        let ten = &self.tenants[t as usize];
-        ten.queue.len() as u32 + ten.running
-    }
-
-    pub(crate) fn sandboxes(&self, t: u32) -> &[SandboxView] {
-        &self.tenants[t as usize].pool().sandboxes
-    }
-
-    pub(crate) fn keda_state(&mut self, t: u32) -> &mut KedaState {
-        &mut self.tenants[t as usize].keda
     }
 }

@@ -6,6 +6,7 @@
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use shoal_fleet::sim::SimLatencies;
+use shoal_loadtests::engine::BlankState;
 use shoal_loadtests::generate::{self, AzureDerivation, Profile};
 use shoal_loadtests::{
     Policy, SimOptions, Workload, faults, logbench, queuebench, report, simulate,
@@ -51,6 +52,14 @@ struct SimArgs {
     /// The adaptive policy's burst horizon, seconds (0: no burst scale-out).
     #[arg(long, default_value_t = 60.0)]
     burst_horizon_s: f64,
+    /// The shared warm pool: this many blank sandboxes of no tenant, claimed by a tenant whose
+    /// pool must grow and refilled in the background (0: none).
+    #[arg(long, default_value_t = 0)]
+    warm_pool: u32,
+    /// How the warm pool's blanks wait: `ready` (running; a claim is immediate, their idle is
+    /// billed to the fleet) or `stopped` (a claim starts one).
+    #[arg(long, value_enum, default_value_t = BlankState::Ready)]
+    blank_state: BlankState,
 }
 
 impl SimArgs {
@@ -74,6 +83,8 @@ impl SimArgs {
             seed: self.seed,
             max_sandboxes: self.max_sandboxes,
             due_aware: self.due_aware,
+            warm_pool: self.warm_pool,
+            blank_state: self.blank_state,
             adaptive: AdaptiveConfig {
                 burst_horizon_ms: ms(self.burst_horizon_s, "burst-horizon-s")?,
                 ..AdaptiveConfig::default()

@@ -23,6 +23,8 @@ pub fn default_policies() -> Vec<Policy> {
 pub struct Row {
     pub workload: String,
     pub policy: String,
+    /// Blank sandboxes in the shared warm pool (`--warm-pool`; 0: none).
+    pub warm_pool: u32,
     #[serde(flatten)]
     pub outcome: Outcome,
     /// The same run's cold starts and idle time by kind of tenant (kinds present only).
@@ -94,11 +96,23 @@ pub fn by_kind(w: &Workload, cold: &[bool], idle_ms_by_tenant: &[i64]) -> Vec<Ki
 fn row(name: &str, w: &Workload, p: Policy, opts: &SimOptions) -> Result<Row, EngineError> {
     let (outcome, stats, jobs): (Outcome, RunStats, _) = simulate_detailed(w, p, opts)?;
     let cold: Vec<bool> = jobs.iter().map(|j| j.cold).collect();
+    let mut kinds = by_kind(w, &cold, &stats.idle_ms_by_tenant);
+    if opts.warm_pool > 0 {
+        // The shared warm pool's blanks belong to no tenant: their idle is the fleet's.
+        kinds.push(KindFigures {
+            kind: "warm pool",
+            tenants: 0,
+            jobs: 0,
+            cold_starts: 0,
+            idle_sandbox_seconds: outcome.warm_pool_idle_seconds,
+        });
+    }
     Ok(Row {
         workload: name.to_string(),
         policy: p.to_string(),
+        warm_pool: opts.warm_pool,
         outcome,
-        by_kind: by_kind(w, &cold, &stats.idle_ms_by_tenant),
+        by_kind: kinds,
     })
 }
 

@@ -343,3 +343,88 @@ fn burst_scale_out_wakes_a_bursts_sandboxes_on_its_first_job() {
         "{extra}"
     );
 }
+
+/// The shared warm pool by hand: one tenant, two one-second jobs at 10 s and 1,000 s, `fixed:60`,
+/// one blank (created at 0, ready at 3 s). The first job claims the blank and starts at once
+/// (no cold start); a new blank is created at 10 s (ready at 13 s). The tenant's sandbox stops
+/// at 71 s; at 1,000 s the planner would start it, and the tenant claims the second blank
+/// instead. The third blank (ready at 1,003 s) idles until the run ends at 1,061 s, when the
+/// tenant's sandbox has stopped. Blank idle, the fleet's: 7 + 987 + 58 s; the tenant's: 60 + 60 s.
+/// With blanks kept stopped, each claim waits for a start (1.5 s) and is a cold start, at no
+/// blank idle.
+#[test]
+fn a_warm_pool_turns_a_tenants_boots_into_claims() {
+    let w = Workload::from_rows([("t", 10_000, 1_000), ("t", 1_000_000, 1_000)]);
+    let ready = SimOptions {
+        warm_pool: 1,
+        ..SimOptions::default()
+    };
+    let (o, s) = simulate(&w, Policy::Fixed(60.0), &ready).unwrap();
+    assert_eq!(o.cold_starts, 0);
+    assert_eq!(o.warm_pool_claims, 2);
+    assert_eq!(s.sandboxes_created, 3, "every sandbox is a blank");
+    assert_eq!(o.warm_pool_idle_seconds, 7.0 + 987.0 + 58.0);
+    assert_eq!(o.idle_sandbox_seconds, 7.0 + 987.0 + 58.0 + 120.0);
+    assert_eq!(s.idle_ms_by_tenant, [120_000]);
+
+    let stopped = SimOptions {
+        blank_state: shoal_loadtests::engine::BlankState::Stopped,
+        ..ready
+    };
+    let (o, _) = simulate(&w, Policy::Fixed(60.0), &stopped).unwrap();
+    assert_eq!(o.warm_pool_claims, 2);
+    assert_eq!(o.cold_starts, 2);
+    assert_eq!(o.wait_p99_s, 1.5, "a claim waits for a start, not a create");
+    assert_eq!(o.warm_pool_idle_seconds, 0.0);
+}
+
+/// The bar for the warm pool, on the shipped long-tail workload: with four blanks, rare
+/// tenants' cold starts fall by at least half, under `fixed:600` and under `adaptive`, and the
+/// blanks' idle time (billed to the fleet) is below what `fixed:600` alone spends idling on the
+/// rare tenants. No job is interrupted, and the fleet's idle total includes the blanks'.
+#[test]
+fn a_warm_pool_of_four_halves_rare_tenants_cold_starts_for_less_than_fixed_600_spends() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/workloads/agents-long-tail.csv"
+    ))
+    .unwrap();
+    let w = Workload::parse_csv(&text).unwrap();
+    let rare = |opts: &SimOptions, p: Policy| {
+        let (o, s, jobs) = simulate_detailed(&w, p, opts).unwrap();
+        let cold: Vec<bool> = jobs.iter().map(|j| j.cold).collect();
+        let kinds = shoal_loadtests::report::by_kind(&w, &cold, &s.idle_ms_by_tenant);
+        let k = kinds.into_iter().find(|k| k.kind == "rare").unwrap();
+        assert_eq!(o.interrupted_jobs, 0);
+        let tenants_idle: i64 = s.idle_ms_by_tenant.iter().sum();
+        assert!(
+            (o.idle_sandbox_seconds - tenants_idle as f64 / 1000.0 - o.warm_pool_idle_seconds)
+                .abs()
+                < 1e-6
+        );
+        (o, k)
+    };
+    let none = SimOptions::default();
+    let four = SimOptions {
+        warm_pool: 4,
+        ..SimOptions::default()
+    };
+    let (_, fixed600) = rare(&none, Policy::Fixed(600.0));
+    for p in [Policy::Fixed(600.0), Policy::Adaptive(None)] {
+        let (_, base) = rare(&none, p);
+        let (o, with) = rare(&four, p);
+        assert!(
+            with.cold_starts * 2 <= base.cold_starts,
+            "{p}: rare cold starts {} with the pool vs {} without",
+            with.cold_starts,
+            base.cold_starts
+        );
+        assert!(o.warm_pool_claims > 0);
+        assert!(
+            o.warm_pool_idle_seconds < fixed600.idle_sandbox_seconds,
+            "{p}: blanks idled {} s, fixed:600 idles {} s on rare tenants",
+            o.warm_pool_idle_seconds,
+            fixed600.idle_sandbox_seconds
+        );
+    }
+}

@@ -141,6 +141,34 @@ impl FromRequestParts<Arc<App>> for Caller {
 /// A sandbox's agent, by its token.
 pub struct Agent(pub SandboxRecord);
 
+/// An agent asking for work: a sandbox's, or a blank sandbox's of the warm pool (by its token's
+/// hash), which waits for its claim.
+pub enum AgentOrBlank {
+    /// A sandbox of a tenant.
+    Sandbox(SandboxRecord),
+    /// A blank sandbox, not claimed yet: the hash of its token.
+    Blank(String),
+}
+
+impl FromRequestParts<Arc<App>> for AgentOrBlank {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &Arc<App>,
+    ) -> Result<Self, Self::Rejection> {
+        let token = bearer_token(&parts.headers).ok_or_else(ApiError::unauthorized)?;
+        let hash = hash_token(&token);
+        if let Some(s) = app.store.sandbox_by_token(&hash).await? {
+            return Ok(AgentOrBlank::Sandbox(s));
+        }
+        match app.store.blank_by_token(&hash).await? {
+            Some(_) => Ok(AgentOrBlank::Blank(hash)),
+            None => Err(ApiError::unauthorized()),
+        }
+    }
+}
+
 impl FromRequestParts<Arc<App>> for Agent {
     type Rejection = ApiError;
 

@@ -27,6 +27,7 @@ pub mod openapi;
 pub mod retention;
 pub mod schedules;
 pub mod schemas;
+pub mod sizing;
 pub mod ssrf;
 pub mod state;
 pub mod telemetry;

@@ -224,6 +224,10 @@ pub fn limits_patch() -> Value {
                     "memory_mb": int(range::MEMORY_MB.0, range::MEMORY_MB.1),
                 },
             },
+            "auto_size": {
+                "type": ["boolean", "null"],
+                "description": "Size new sandboxes by `GET /v1/tenants/{id}/recommendation` instead of `sandbox_size` (opt-in; `null`: off).",
+            },
         },
     })
 }

@@ -285,7 +285,7 @@ pub struct EventView {
     pub at: String,
     /// `create`, `start`, `resume`, `suspend`, `stop`, `destroy`, `create_failed`,
     /// `provider_error`, `sandbox_lost`, `sandbox_unhealthy`, `orphan_collected`, `quota_warning`,
-    /// `drained`, ...
+    /// `drained`, `auto_size` (right-sizing changed the size of new sandboxes), ...
     pub kind: String,
     #[schema(value_type = Object)]
     pub detail: Value,

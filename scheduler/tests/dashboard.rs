@@ -393,6 +393,29 @@ async fn dashboard_follows_the_pools_drains_and_cancels_in_chromium() -> Result<
         kinds.contains(&"create") && kinds.contains(&"drained"),
         "{kinds:?}"
     );
+    // The tenant page shows its right-sizing recommendation and the evidence.
+    let sampled = b
+        .wait(
+            "the recommendation",
+            "(document.querySelector('#recommendation [data-col=\"sampled\"]') || {}).textContent",
+        )
+        .await?;
+    let rec = s.get("/v1/tenants/acme/recommendation").await?;
+    let size =
+        b.eval("document.querySelector('#recommendation [data-col=\"size\"]').textContent")?;
+    let size = size.as_str().context("size")?;
+    assert!(size.contains(" CPU / ") && size.ends_with(" MB"), "{size}");
+    // The page was drawn a moment before the API was asked: when no job reported in between,
+    // the two agree exactly.
+    let sampled = sampled.as_str().context("sampled")?;
+    if sampled.split(' ').next() == Some(rec["evidence"]["jobs_sampled"].to_string().as_str()) {
+        let want = format!(
+            "{} CPU / {} MB",
+            rec["sandbox_size"]["cpus"].as_f64().context("cpus")?,
+            rec["sandbox_size"]["memory_mb"]
+        );
+        assert_eq!(size, want);
+    }
     b.wait(
         "acme's history",
         "S.tenants['acme'] && S.tenants['acme'].length >= 2",

@@ -423,3 +423,112 @@ async fn fly_places_each_tenant_in_its_regions() -> Result<()> {
     let _ = std::fs::remove_dir_all(dir);
     Ok(())
 }
+
+/// The shared warm pool on Fly: the blank machine is created in the provider's first region
+/// (`ams`) and stopped; a tenant limited to `ord` cannot claim it and creates its own, a tenant
+/// in `ams` claims it (a `claim` event, no create; the claim starts the machine) and the pool is
+/// refilled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fly_a_tenant_claims_a_blank_machine_in_its_region() -> Result<()> {
+    let (emu, mut s, dir) = start_with(Faults::default(), &["--warm-pool", "1"]).await?;
+    for (t, regions) in [("acme", json!(["ord"])), ("globex", json!(["ams"]))] {
+        let (st, v) = s
+            .send(
+                Method::PUT,
+                &format!("/v1/tenants/{t}"),
+                &json!({"plan": "pro", "limits": {"max_sandboxes": 3, "regions": regions}}),
+            )
+            .await?;
+        anyhow::ensure!(st == 200, "{st} {v}");
+    }
+    let blanks = |n: usize| {
+        let s = &s;
+        async move {
+            s.wait_for(&format!("{n} blanks"), Duration::from_secs(60), || async {
+                let v = s.get("/v1/events?limit=1000").await?;
+                let b: Vec<Value> = v["events"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|e| e["kind"] == "warm_pool_blank")
+                    .cloned()
+                    .collect();
+                Ok((b.len() >= n).then_some(b))
+            })
+            .await
+        }
+    };
+    let first = blanks(1).await?;
+    let blank = first[0]["detail"]["sandbox"].as_str().unwrap().to_string();
+    assert_eq!(first[0]["detail"]["region"], "ams", "{first:?}");
+    // It waits stopped, billed by nobody; the claim starts it.
+    assert_eq!(first[0]["detail"]["state"], "stopped", "{first:?}");
+    assert!(
+        emu.machines().iter().any(|m| m.state == "stopped"),
+        "{:?}",
+        emu.machines()
+    );
+    let run = |t: &'static str| {
+        let s = &s;
+        async move {
+            let (st, v) = s
+                .send(Method::POST, "/v1/jobs", &json!({"tenant": t, "kind": "agent", "spec": {"command": ["sh", "-c", "echo hi"]}}))
+                .await?;
+            anyhow::ensure!(st == 202, "{st} {v}");
+            let id = v["id"].as_str().unwrap().to_string();
+            s.wait_for(&format!("job {id}"), Duration::from_secs(120), || async {
+                let j = s.get(&format!("/v1/jobs/{id}")).await?;
+                Ok((j["state"] == "succeeded").then_some(j))
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}\n{}", s.log()))
+        }
+    };
+    let kinds = |t: &'static str| {
+        let s = &s;
+        async move {
+            let v = s.get(&format!("/v1/events?tenant={t}&limit=1000")).await?;
+            Ok::<Vec<(String, Value)>, anyhow::Error>(
+                v["events"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| {
+                        (
+                            e["kind"].as_str().unwrap_or("").to_string(),
+                            e["detail"]["sandbox"].clone(),
+                        )
+                    })
+                    .collect(),
+            )
+        }
+    };
+    let a = run("acme").await?;
+    assert_ne!(
+        a["sandbox_id"].as_str(),
+        Some(blank.as_str()),
+        "acme is limited to ord"
+    );
+    let ak = kinds("acme").await?;
+    assert!(ak.iter().all(|(k, _)| k != "claim"), "{ak:?}");
+    assert!(ak.iter().any(|(k, _)| k == "create"), "{ak:?}");
+    let g = run("globex").await?;
+    assert_eq!(g["sandbox_id"].as_str(), Some(blank.as_str()));
+    let gk = kinds("globex").await?;
+    assert!(
+        gk.iter()
+            .any(|(k, sb)| k == "claim" && sb == blank.as_str()),
+        "{gk:?}"
+    );
+    assert!(gk.iter().all(|(k, _)| k != "create"), "{gk:?}");
+    // Refilled: a second blank machine.
+    let both = blanks(2).await?;
+    assert!(
+        both.iter()
+            .any(|e| e["detail"]["sandbox"] != blank.as_str())
+    );
+    assert_eq!(emu.stats().spec_violations, 0);
+    assert!(s.stop().await?.success());
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}

@@ -60,6 +60,7 @@ pub mod job;
 pub mod limits;
 pub mod retry;
 pub mod sandbox;
+pub mod sizing;
 
 pub use job::{JobKind, JobState, UnknownValue};
 pub use limits::{BudgetAction, Limits, LimitsPatch, PlanTier, SandboxSize};

@@ -43,6 +43,7 @@ impl PlanTier {
             monthly_budget: None,
             on_budget_exceeded: BudgetAction::Notify,
             regions: Vec::new(),
+            auto_size: false,
         }
     }
 
@@ -113,6 +114,10 @@ pub struct Limits {
     /// by region (`fly`, `kubernetes`) never place a sandbox outside a non-empty list.
     #[serde(default)]
     pub regions: Vec<String>,
+    /// Size new sandboxes by the tenant's recent usage ([`crate::sizing`]) instead of
+    /// [`Limits::sandbox_size`]: opt-in, off by default.
+    #[serde(default)]
+    pub auto_size: bool,
 }
 
 /// What a tenant that reached its monthly budget gets.
@@ -169,6 +174,8 @@ limits_patch! {
     on_budget_exceeded: BudgetAction => "present",
     /// Overrides [`Limits::regions`] (`null` or `[]`: no preference).
     regions: Vec<String> => "present",
+    /// Overrides [`Limits::auto_size`] (`null`: off).
+    auto_size: bool => "present",
 }
 
 /// A `T` read only from an object (JSON `{...}`). serde's derived structs also accept a list of
@@ -301,6 +308,9 @@ impl Limits {
         }
         if let Some(v) = &patch.regions {
             l.regions = v.clone().unwrap_or_default();
+        }
+        if let Some(v) = patch.auto_size {
+            l.auto_size = v.unwrap_or(false);
         }
         l
     }

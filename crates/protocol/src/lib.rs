@@ -296,6 +296,36 @@ pub struct Completion {
     /// A scheduler that does not know the field answers without `next`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<LeaseRequest>,
+    /// What the attempt used, when the agent measured it. Absent from an older agent; one the
+    /// scheduler cannot read (a value of the wrong type or out of range) reads as absent, so a
+    /// bad measurement never costs the job its completion.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_usage"
+    )]
+    pub usage: Option<JobUsage>,
+}
+
+/// What one job attempt used, as the agent measured it: from the job's cgroup where it has one,
+/// else from the kernel's accounting of the job's processes (`wait4`'s resource usage).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JobUsage {
+    /// The most memory the job held at once, in KiB.
+    pub peak_memory_kib: u64,
+    /// CPU time the job used (user and system), in milliseconds.
+    pub cpu_ms: u64,
+    /// How long the job ran, in milliseconds.
+    pub wall_ms: u64,
+    /// The kernel killed the job for lack of memory.
+    #[serde(default)]
+    pub oom_killed: bool,
+}
+
+/// Reads `usage` as a [`JobUsage`] when it is one, else as absent.
+fn lenient_usage<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<JobUsage>, D::Error> {
+    let v = Option::<serde_json::Value>::deserialize(d)?;
+    Ok(v.and_then(|v| serde_json::from_value(v).ok()))
 }
 
 /// The answer to `POST /v1/agent/complete`: the job's state after it, and the next job when the
@@ -374,6 +404,7 @@ mod tests {
                 error: JobError::new("shutdown", "agent stopping"),
             },
             next: None,
+            usage: None,
         };
         let v = serde_json::to_value(&c).unwrap();
         assert!(
@@ -386,6 +417,38 @@ mod tests {
         assert!(matches!(back.outcome, Outcome::Retry { .. }));
         let r: LeaseResponse = serde_json::from_str(r#"{"action":"idle"}"#).unwrap();
         assert!(matches!(r, LeaseResponse::Idle));
+    }
+
+    #[test]
+    fn usage_is_optional_and_a_bad_one_reads_as_absent() {
+        let base = r#"{"job_id":"j","lease_id":"l","outcome":"succeeded","result":1"#;
+        let old: Completion = serde_json::from_str(&format!("{base}}}")).unwrap();
+        assert!(old.usage.is_none());
+        let good: Completion = serde_json::from_str(&format!(
+            r#"{base},"usage":{{"peak_memory_kib":61440,"cpu_ms":20,"wall_ms":90}}}}"#
+        ))
+        .unwrap();
+        assert_eq!(
+            good.usage,
+            Some(JobUsage {
+                peak_memory_kib: 61440,
+                cpu_ms: 20,
+                wall_ms: 90,
+                oom_killed: false
+            })
+        );
+        for bad in [
+            r#"{"peak_memory_kib":-1,"cpu_ms":0,"wall_ms":0}"#,
+            r#"{"peak_memory_kib":1e300,"cpu_ms":0,"wall_ms":0}"#,
+            r#"{"peak_memory_kib":18446744073709551616,"cpu_ms":0,"wall_ms":0}"#,
+            r#""lots""#,
+            r#"{"cpu_ms":1}"#,
+        ] {
+            let c: Completion =
+                serde_json::from_str(&format!(r#"{base},"usage":{bad}}}"#)).unwrap();
+            assert!(c.usage.is_none(), "{bad}");
+            assert!(matches!(c.outcome, Outcome::Succeeded { .. }));
+        }
     }
 
     #[test]

@@ -14,10 +14,12 @@ pub mod ratelimit;
 pub mod retention;
 mod rows;
 pub mod schedules;
+pub mod sizing;
 mod sql;
 pub mod sqlite;
 mod tenants;
 pub mod usage;
+pub mod warm;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -34,9 +36,11 @@ pub use outbox::{
 };
 pub use postgres::{PoolOptions, PostgresStore};
 pub use retention::{Deleted, Expired, Retention};
+pub use sizing::{JobUsageRecord, Sizing};
 pub use sqlite::SqliteStore;
 use std::sync::Arc;
 pub use usage::{Metering, OpenUsage, UsageCursor, UsageEventRecord};
+pub use warm::{BlankRecord, BlankState, NewBlank, WarmPool};
 
 /// [`open`] with the pool's size given (Postgres; SQLite ignores it).
 pub async fn open_with(url: &str, pool: &PoolOptions) -> Result<Arc<dyn Store>> {
@@ -521,7 +525,9 @@ pub struct Finished {
 
 /// Persistence for everything the scheduler knows; the outbox's part is [`Outbox`].
 #[async_trait]
-pub trait Store: Outbox + AuditLog + Retention + Metering + Send + Sync + 'static {
+pub trait Store:
+    Outbox + AuditLog + Retention + Metering + Sizing + WarmPool + Send + Sync + 'static
+{
     // Tenants and keys.
     /// Creates or updates a tenant; `true` when it was created.
     async fn put_tenant(

@@ -83,6 +83,8 @@ conformance! {
     concurrent_fires_of_one_time_make_one_job => concurrent_fires,
     batches_admit_in_order_under_quota_and_keys => batch_admissions,
     a_silent_sandbox_becomes_unhealthy_unless_its_agent_called_in => unhealthy,
+    job_usage_is_kept_per_attempt_within_its_window => sizing,
+    a_blank_is_claimed_once_with_its_event_and_billing => warm_pool_claims,
     provider_leases_are_kept_for_a_successor_until_they_expire => provider_leases,
 }
 
@@ -3378,4 +3380,226 @@ async fn unhealthy(store: Arc<dyn Store>) {
             .unwrap()
             .is_some()
     );
+}
+
+/// Right-sizing's samples: one per attempt, read back newest first, kept within the window (the
+/// newest `WINDOW_JOBS` of the last `WINDOW_MS`); the size `auto_size` gives is changed with its
+/// event and audit record, and only when it changes.
+async fn sizing(store: Arc<dyn Store>) {
+    use shoal_core::SandboxSize;
+    use shoal_core::sizing::{Sample, WINDOW_JOBS, WINDOW_MS};
+    setup(store.as_ref()).await;
+    let sample = |mib: u64| Sample {
+        peak_memory_kib: mib * 1024,
+        cpu_ms: 250,
+        wall_ms: 1000,
+        oom_killed: mib > 500,
+        memory_mb: 512,
+    };
+    let rec = |job: &str, attempt: u32, tenant: &str, at: i64, s: Sample| JobUsageRecord {
+        job_id: job.into(),
+        attempt,
+        tenant: tenant.into(),
+        at,
+        sample: s,
+    };
+    assert!(
+        store
+            .record_job_usage(&rec("j1", 1, "t", 10, sample(60)))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .record_job_usage(&rec("j1", 1, "t", 11, sample(70)))
+            .await
+            .unwrap(),
+        "an attempt's usage is recorded once"
+    );
+    assert!(
+        store
+            .record_job_usage(&rec("j1", 2, "t", 12, sample(600)))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .record_job_usage(&rec("k1", 1, "u", 12, sample(9)))
+            .await
+            .unwrap()
+    );
+    let got = store.job_usage("t", 0, 100).await.unwrap();
+    assert_eq!(
+        got,
+        [sample(600), sample(60)],
+        "newest first, of the tenant only"
+    );
+    assert_eq!(store.job_usage("t", 11, 100).await.unwrap(), [sample(600)]);
+    // Past the window's age: a sample 30 days newer drops the old ones.
+    let later = 12 + WINDOW_MS + 1;
+    store
+        .record_job_usage(&rec("j2", 1, "t", later, sample(61)))
+        .await
+        .unwrap();
+    assert_eq!(store.job_usage("t", 0, 100).await.unwrap(), [sample(61)]);
+    // Past the window's count: the newest WINDOW_JOBS stay.
+    for i in 0..WINDOW_JOBS as i64 + 5 {
+        store
+            .record_job_usage(&rec(&format!("n{i}"), 1, "u", 100 + i, sample(8)))
+            .await
+            .unwrap();
+    }
+    let kept = store.job_usage("u", 0, 10_000).await.unwrap();
+    assert_eq!(kept.len(), WINDOW_JOBS);
+    // The size auto_size gives: recorded with its event and audit record when it changes.
+    let small = SandboxSize {
+        cpus: 1.0,
+        memory_mb: 128,
+    };
+    assert!(store.auto_sizes().await.unwrap().is_empty());
+    let why = json!({"jobs_sampled": 50});
+    assert!(store.set_auto_size("t", small, &why, 20).await.unwrap());
+    assert!(!store.set_auto_size("t", small, &why, 21).await.unwrap());
+    let big = SandboxSize {
+        cpus: 2.0,
+        memory_mb: 1024,
+    };
+    assert!(store.set_auto_size("t", big, &why, 22).await.unwrap());
+    assert_eq!(store.auto_sizes().await.unwrap()["t"], big);
+    let events: Vec<_> = store
+        .events(Some("t"), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "auto_size")
+        .collect();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].detail["to"]["memory_mb"], 1024);
+    assert_eq!(events[0].detail["from"]["memory_mb"], 128);
+    while store.seal_audit(1000).await.unwrap() > 0 {}
+    let audited = store
+        .audit_records(0, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.action == "tenant.auto_size")
+        .count();
+    assert_eq!(audited, 2);
+}
+
+/// The shared warm pool: a blank is no tenant's (no sandbox, no ledger entry) until claimed; a
+/// claim binds it to one tenant with the `claim` event and opens that tenant's billing at the
+/// claim, in one transaction; of concurrent claims of one blank exactly one wins; a booting blank
+/// cannot be claimed; a claimed blank is gone from the pool for good.
+async fn warm_pool_claims(store: Arc<dyn Store>) {
+    use shoal_store::{BlankState, NewBlank};
+    setup(&*store).await;
+    let blank = |id: &str| NewBlank {
+        id: id.into(),
+        provider: "process".into(),
+        token_hash: format!("h-{id}"),
+        cpus_milli: 1000,
+        memory_mb: 512,
+        now: 10,
+    };
+    let b = store.insert_blank(blank("b1")).await.unwrap();
+    assert_eq!(b.state, BlankState::Booting);
+    let ctx = shoal_metering::UsageContext::default();
+    assert!(
+        store
+            .claim_blank("b1", "t", &ctx, 20)
+            .await
+            .unwrap()
+            .is_none(),
+        "booting"
+    );
+    assert!(
+        store
+            .set_blank("b1", BlankState::Ready, Some("pid-1"), None, 30)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .blank_by_token("h-b1")
+            .await
+            .unwrap()
+            .unwrap()
+            .provider_id
+            .as_deref(),
+        Some("pid-1")
+    );
+    assert!(store.sandbox_by_token("h-b1").await.unwrap().is_none());
+    assert!(store.sandbox("b1").await.unwrap().is_none());
+
+    // Eight claims at once, for two tenants: one wins.
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let (store, ctx) = (Arc::clone(&store), ctx.clone());
+        let tenant = if i % 2 == 0 { "t" } else { "u" };
+        set.spawn(async move { store.claim_blank("b1", tenant, &ctx, 100).await.unwrap() });
+    }
+    let mut won = Vec::new();
+    while let Some(r) = set.join_next().await {
+        won.extend(r.unwrap());
+    }
+    assert_eq!(won.len(), 1, "{won:?}");
+    let sb = &won[0];
+    assert_eq!(
+        (sb.id.as_str(), sb.state),
+        ("b1", shoal_core::SandboxState::Booting)
+    );
+    assert_eq!(sb.provider_id.as_deref(), Some("pid-1"));
+    let by_token = store.sandbox_by_token("h-b1").await.unwrap().unwrap();
+    assert_eq!(by_token.tenant, sb.tenant);
+    assert!(store.blank_by_token("h-b1").await.unwrap().is_none());
+    assert!(store.blanks().await.unwrap().is_empty());
+    let ev = store.events(Some(&sb.tenant), 50).await.unwrap();
+    assert_eq!(ev.iter().filter(|e| e.kind == "claim").count(), 1);
+    let other = if sb.tenant == "t" { "u" } else { "t" };
+    let other_ev = store.events(Some(other), 50).await.unwrap();
+    assert!(other_ev.iter().all(|e| e.kind != "claim"));
+    // Billing opens at the claim, for the claimant only; nobody paid for the blank before.
+    let ledger = store.ledger(None).await.unwrap();
+    let b1: Vec<_> = ledger.iter().filter(|e| e.sandbox_id == "b1").collect();
+    assert_eq!(b1.len(), 1, "{b1:?}");
+    assert_eq!((b1[0].tenant.as_str(), b1[0].at), (sb.tenant.as_str(), 100));
+    // Never again: a second claim finds nothing.
+    assert!(
+        store
+            .claim_blank("b1", other, &ctx, 200)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        store.sandbox("b1").await.unwrap().unwrap().tenant,
+        sb.tenant
+    );
+
+    // A stopped blank is claimed starting, with no billing until the provider says it runs.
+    store.insert_blank(blank("b2")).await.unwrap();
+    store
+        .set_blank("b2", BlankState::Stopped, Some("m-2"), Some("ams"), 40)
+        .await
+        .unwrap();
+    let sb2 = store
+        .claim_blank("b2", "u", &ctx, 300)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(sb2.state, shoal_core::SandboxOp::Start.in_flight());
+    assert_eq!(sb2.region.as_deref(), Some("ams"));
+    assert!(
+        store
+            .ledger(None)
+            .await
+            .unwrap()
+            .iter()
+            .all(|e| e.sandbox_id != "b2")
+    );
+    // Removal forgets a blank.
+    store.insert_blank(blank("b3")).await.unwrap();
+    assert!(store.remove_blank("b3").await.unwrap());
+    assert!(!store.remove_blank("b3").await.unwrap());
 }

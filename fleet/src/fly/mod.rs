@@ -685,6 +685,13 @@ impl Provider for FlyProvider {
         self.inner.book().placed.get(provider_id).cloned()
     }
 
+    /// A blank machine of the warm pool waits stopped (a stopped machine is billed for its root
+    /// file system only); a claim starts it. Its agent's token is the sandbox's own, so the
+    /// machine's environment needs no change at the claim.
+    fn blanks_wait_stopped(&self) -> bool {
+        true
+    }
+
     async fn start(&self, sandbox: &SandboxRef, _spec: &SandboxSpec) -> Result<(), ProviderError> {
         self.inner.wake(&sandbox.provider_id).await
     }

@@ -17,6 +17,10 @@ pub struct Outcome {
     pub provider_calls: u64,
     /// Jobs whose sandbox was stopped under them (they ran again); always 0 for Shoal's planner.
     pub interrupted_jobs: u64,
+    /// Blank sandboxes of the shared warm pool claimed by a tenant (0 without `--warm-pool`).
+    pub warm_pool_claims: u64,
+    /// The blanks' idle time, billed to the fleet (already part of `idle_sandbox_seconds`).
+    pub warm_pool_idle_seconds: f64,
 }
 
 /// How the run went, for the scale figures.
@@ -74,6 +78,8 @@ impl Engine<'_> {
             idle_sandbox_seconds: meter.idle_ms as f64 / 1000.0,
             provider_calls: self.fleet.calls().total(),
             interrupted_jobs: self.interrupted,
+            warm_pool_claims: self.warm.claims,
+            warm_pool_idle_seconds: self.fleet.blank_idle_ms(self.now) as f64 / 1000.0,
         };
         self.plan_ns.sort_unstable();
         let p = |q: f64| -> u64 {

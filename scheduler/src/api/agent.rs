@@ -1,7 +1,7 @@
 //! The agents' protocol: lease (a long poll), heartbeat, complete. A sandbox token reaches its
 //! own sandbox's jobs only.
 
-use crate::auth::Agent;
+use crate::auth::{Agent, AgentOrBlank};
 use crate::control::health::MAX_LEASE_WAIT;
 use crate::error::{ApiError, Body, RawBody};
 use crate::jobwatch::Pulse;
@@ -31,11 +31,19 @@ use tracing::Instrument;
     ))]
 pub(crate) async fn agent_lease(
     State(app): State<Arc<App>>,
-    Agent(sandbox): Agent,
+    who: AgentOrBlank,
     Body(req): Body<LeaseRequest>,
 ) -> Result<Json<LeaseResponse>, ApiError> {
     let wait = Duration::from_millis(req.wait_ms.unwrap_or(20_000)).min(MAX_LEASE_WAIT);
     let deadline = tokio::time::Instant::now() + wait;
+    let sandbox = match who {
+        AgentOrBlank::Sandbox(s) => s,
+        AgentOrBlank::Blank(hash) => match wait_for_claim(&app, &hash, deadline).await? {
+            Some(s) => s,
+            None if app.is_shutting_down() => return Ok(Json(LeaseResponse::Stop)),
+            None => return Ok(Json(LeaseResponse::Idle)),
+        },
+    };
     let signal = app.tenant_signal(&sandbox.tenant);
     let mut was_booting = sandbox.state == SandboxState::Booting;
     loop {
@@ -65,6 +73,37 @@ pub(crate) async fn agent_lease(
                 }
             }
             answer => return Ok(Json(answer)),
+        }
+    }
+}
+
+/// A blank sandbox's agent waits (until `deadline`) for its sandbox to be claimed: then its token
+/// is the claimed sandbox's, bound to one tenant for good, and it goes on as that sandbox's agent.
+/// `None` when the wait ran out. A blank that is no more (destroyed, forgotten) is refused.
+async fn wait_for_claim(
+    app: &App,
+    token_hash: &str,
+    deadline: tokio::time::Instant,
+) -> Result<Option<shoal_store::SandboxRecord>, ApiError> {
+    let signal = app.tenant_signal(shoal_fleet::BLANK_TENANT);
+    loop {
+        let notified = signal.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Some(s) = app.store.sandbox_by_token(token_hash).await? {
+            return Ok(Some(s));
+        }
+        if app.store.blank_by_token(token_hash).await?.is_none() {
+            // Claimed between the two reads (the claim moves it in one transaction), or gone.
+            return match app.store.sandbox_by_token(token_hash).await? {
+                Some(s) => Ok(Some(s)),
+                None => Err(ApiError::unauthorized()),
+            };
+        }
+        tokio::select! {
+            _ = &mut notified => continue,
+            _ = tokio::time::sleep_until(deadline) => return Ok(None),
+            _ = app.shutdown.cancelled() => return Ok(None),
         }
     }
 }
@@ -182,7 +221,7 @@ const COMPLETION_OVERHEAD: usize = 64 * 1024;
 
 /// What to record of a completion's body: the outcome, or a failure `result_too_large` when the
 /// body is over the result bounds of `shoal_protocol` (a result nests one level inside the body).
-fn finish_of(body: &[u8]) -> Result<Finish, ApiError> {
+fn finish_of(body: &[u8]) -> Result<(Finish, Option<shoal_protocol::JobUsage>), ApiError> {
     let depth = shoal_protocol::json_text_depth(body);
     let too_large = if body.len() > shoal_protocol::MAX_RESULT_BYTES + COMPLETION_OVERHEAD {
         Some(format!(
@@ -200,13 +239,16 @@ fn finish_of(body: &[u8]) -> Result<Finish, ApiError> {
         None
     };
     if let Some(message) = too_large {
-        return Ok(Finish::Failed {
-            result: None,
-            error: serde_json::json!({"code": shoal_protocol::RESULT_TOO_LARGE, "message": message}),
-        });
+        return Ok((
+            Finish::Failed {
+                result: None,
+                error: serde_json::json!({"code": shoal_protocol::RESULT_TOO_LARGE, "message": message}),
+            },
+            None,
+        ));
     }
     let c: Completion = crate::error::parse_object(body)?;
-    Ok(match c.outcome {
+    let finish = match c.outcome {
         Outcome::Succeeded { result } => Finish::Succeeded { result },
         Outcome::Failed { result, error } => Finish::Failed {
             result,
@@ -215,7 +257,8 @@ fn finish_of(body: &[u8]) -> Result<Finish, ApiError> {
         Outcome::Retry { error } => Finish::Retry {
             error: serde_json::to_value(error).unwrap_or_default(),
         },
-    })
+    };
+    Ok((finish, c.usage))
 }
 
 /// An agent reports how its job ended. A completion whose result is over the bounds (10 MiB of
@@ -257,7 +300,7 @@ pub(crate) async fn agent_complete(
     );
     crate::telemetry::join_job_trace(&span, &ids.job_id);
     async move {
-        let finish = finish_of(&body)?;
+        let (finish, usage) = finish_of(&body)?;
         drop(body);
         let done = app
             .store
@@ -267,6 +310,15 @@ pub(crate) async fn agent_complete(
         match done {
             Completed::Done(job) => {
                 tracing::Span::current().record("state", job.state.as_str());
+                // What the attempt used, for right-sizing: a sample lost to a failing write
+                // costs a statistic, never the completion.
+                if let Some(usage) = usage
+                    && let Err(e) =
+                        crate::sizing::record(app.store.as_ref(), &sandbox, &job, usage, now_ms())
+                            .await
+                {
+                    tracing::warn!(error = %e, "recording the job's usage failed");
+                }
                 if job.state.is_terminal() {
                     tracing::info!(state = %job.state, attempts = job.attempts, "job finished");
                 } else {
@@ -316,15 +368,21 @@ mod tests {
             "[".repeat(125),
             "]".repeat(125)
         );
-        let Finish::Failed {
-            result: None,
-            error,
-        } = finish_of(deep.as_bytes()).unwrap()
+        let (
+            Finish::Failed {
+                result: None,
+                error,
+            },
+            None,
+        ) = finish_of(deep.as_bytes()).unwrap()
         else {
             panic!("a deep result was recorded");
         };
         assert_eq!(error["code"], shoal_protocol::RESULT_TOO_LARGE);
         let ok = br#"{"job_id":"j","lease_id":"l","outcome":"succeeded","result":{"a":[[1]]}}"#;
-        assert!(matches!(finish_of(ok).unwrap(), Finish::Succeeded { .. }));
+        assert!(matches!(
+            finish_of(ok).unwrap(),
+            (Finish::Succeeded { .. }, None)
+        ));
     }
 }

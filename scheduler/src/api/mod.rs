@@ -9,6 +9,7 @@ mod agent;
 mod jobs;
 mod pools;
 mod session;
+pub(crate) mod sizing;
 mod tenants;
 
 pub(crate) use jobs::page;
@@ -62,6 +63,7 @@ pub fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(tenants::create_key, tenants::list_keys))
         .routes(routes!(tenants::revoke_key))
         .routes(routes!(tenants::drain))
+        .routes(routes!(sizing::recommendation))
         .routes(routes!(jobs::enqueue, jobs::list_jobs))
         .routes(routes!(jobs::enqueue_batch))
         .routes(routes!(jobs::get_job))

@@ -135,6 +135,43 @@ pub struct FileConfig {
     pub usage_source: Option<String>,
     /// `[prices]`: `currency` and one table per provider (`[prices.fly]`).
     pub prices: Option<PricesTable>,
+    /// The shared warm pool: `warm_pool = 4` (whichever provider), or a table with one count
+    /// per provider (`[warm_pool]` with `fly = 4`, `process = 2`).
+    pub warm_pool: Option<WarmPoolField>,
+}
+
+/// `warm_pool = N` or a `[warm_pool]` table of counts by provider.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum WarmPoolField {
+    Count(u32),
+    PerProvider(WarmPoolTable),
+}
+
+/// The `[warm_pool]` table: blank sandboxes kept per provider (the running provider's applies).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarmPoolTable {
+    pub process: Option<u32>,
+    pub docker: Option<u32>,
+    pub fly: Option<u32>,
+    pub kubernetes: Option<u32>,
+}
+
+impl WarmPoolField {
+    /// The count that applies to `provider`.
+    pub fn for_provider(&self, provider: ProviderKind) -> u32 {
+        match self {
+            WarmPoolField::Count(n) => *n,
+            WarmPoolField::PerProvider(t) => match provider {
+                ProviderKind::Process => t.process,
+                ProviderKind::Docker => t.docker,
+                ProviderKind::Fly => t.fly,
+                ProviderKind::Kubernetes => t.kubernetes,
+            }
+            .unwrap_or(0),
+        }
+    }
 }
 
 /// The `[prices]` table.

@@ -54,6 +54,10 @@ pub struct ServeArgs {
     /// `https://openmeter.cloud/api/v1/events`.
     #[arg(long, env = "SHOAL_USAGE_SINK")]
     pub usage_sink: Option<String>,
+    /// Blank sandboxes kept in the shared warm pool, claimed by tenants whose pool must grow
+    /// (docs/policy.md, "Shared warm pool") [default: 0, none].
+    #[arg(long, env = "SHOAL_WARM_POOL")]
+    pub warm_pool: Option<String>,
 }
 
 /// The resolved configuration.
@@ -81,6 +85,8 @@ pub struct Config {
     #[serde(with = "humantime_serde_compat")]
     pub heartbeat_interval: Duration,
     pub fleet_max_sandboxes: Option<u32>,
+    /// Blank sandboxes the shared warm pool keeps for the chosen provider (0: none).
+    pub warm_pool: u32,
     pub metrics_max_tenants: usize,
     /// Postgres connections for the API and everything else but the control loop.
     pub database_pool: u32,
@@ -395,6 +401,44 @@ impl Config {
         if fleet_max_sandboxes == Some(0) {
             errs.push("fleet_max_sandboxes: must be at least 1".into());
         }
+        let warm_pool = match &args.warm_pool {
+            Some(v) => v.trim().parse().unwrap_or_else(|_| {
+                errs.push(format!("warm_pool: `{v}` is not a count"));
+                0
+            }),
+            None => file
+                .warm_pool
+                .as_ref()
+                .map_or(0, |w| w.for_provider(provider)),
+        };
+        if warm_pool > MAX_WARM_POOL {
+            errs.push(format!(
+                "warm_pool: {warm_pool} is more than {MAX_WARM_POOL} blank sandboxes"
+            ));
+        }
+        if warm_pool > 0 && provider == ProviderKind::Kubernetes {
+            errs.push(
+                "warm_pool: the kubernetes provider has no shared warm pool (a pod cannot be \
+                 handed to another tenant's namespace); set it to 0"
+                    .into(),
+            );
+        }
+        if warm_pool > 0 && provider == ProviderKind::Docker {
+            // Each tenant's containers share a network of their own; a claimed blank would stay
+            // on the blanks' network, beside other tenants' claimed blanks.
+            errs.push(
+                "warm_pool: the docker provider has no shared warm pool yet (a claimed container \
+                 would have to move to its tenant's network); set it to 0"
+                    .into(),
+            );
+        }
+        if let (Some(max), true) = (fleet_max_sandboxes, warm_pool > 0)
+            && warm_pool >= max
+        {
+            errs.push(format!(
+                "warm_pool: {warm_pool} blank sandboxes leave no room under fleet_max_sandboxes = {max}"
+            ));
+        }
         let metrics_max_tenants = match env_var("metrics_max_tenants") {
             Some(v) => v.parse().unwrap_or_else(|_| {
                 errs.push(format!("SHOAL_METRICS_MAX_TENANTS: `{v}` is not a count"));
@@ -616,6 +660,7 @@ impl Config {
                 lease_ttl,
                 heartbeat_interval,
                 fleet_max_sandboxes,
+                warm_pool,
                 metrics_max_tenants,
                 database_pool,
                 control_pool,
@@ -641,6 +686,9 @@ impl Config {
         }
     }
 }
+
+/// The most blank sandboxes a warm pool may keep: a guard against a typo.
+pub const MAX_WARM_POOL: u32 = 1_000;
 
 /// `shoal-agent` beside the running `shoal` binary.
 fn default_agent_bin() -> PathBuf {

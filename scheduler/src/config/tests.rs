@@ -205,3 +205,37 @@ fn pool_defaults_are_the_planners() {
     assert_eq!(c.idle_action, p.idle_action);
     assert_eq!(c.provider, ProviderKind::Process);
 }
+
+#[test]
+fn the_warm_pool_is_read_per_provider_and_checked_with_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = dir.path().join("shoal-agent");
+    std::fs::write(&agent, "").unwrap();
+    let resolve = |body: &str, flag: Option<&str>| {
+        let path = dir.path().join("shoal.toml");
+        std::fs::write(
+            &path,
+            format!("{body}\n[provider.process]\nagent_bin = {agent:?}\n"),
+        )
+        .unwrap();
+        Config::resolve(&ServeArgs {
+            config: Some(path),
+            warm_pool: flag.map(str::to_string),
+            ..Default::default()
+        })
+    };
+    assert_eq!(resolve("", None).unwrap().warm_pool, 0);
+    assert_eq!(resolve("warm_pool = 3", None).unwrap().warm_pool, 3);
+    // The running provider's count (process), not another's.
+    let table = "[warm_pool]\nfly = 5\nprocess = 2";
+    assert_eq!(resolve(table, None).unwrap().warm_pool, 2);
+    assert_eq!(resolve(table, Some("4")).unwrap().warm_pool, 4);
+    let errs = resolve("fleet_max_sandboxes = 2\nlease_ttl = \"soon\"", Some("2"))
+        .unwrap_err()
+        .0;
+    assert!(errs.iter().any(|e| e.starts_with("warm_pool")), "{errs:?}");
+    assert!(errs.iter().any(|e| e.starts_with("lease_ttl")), "{errs:?}");
+    let errs = resolve("", Some("many")).unwrap_err().0;
+    assert!(errs.iter().any(|e| e.starts_with("warm_pool")), "{errs:?}");
+    assert!(resolve("[warm_pool]\nprocess = 2\nvms = 1", None).is_err());
+}

@@ -30,6 +30,10 @@ impl Control {
         let Some(rec) = self.store.sandbox(&id).await? else {
             return Ok(());
         };
+        // A start of the tenant's own stopped sandbox is slower than a running blank's claim.
+        if op == SandboxOp::Start && self.claim_for(&tenant, size, false, now).await? {
+            return Ok(());
+        }
         let prev = rec.state;
         if !self
             .store
@@ -63,6 +67,10 @@ impl Control {
             .unwrap_or_else(|e| e.into_inner())
             .blocked(&tenant)
         {
+            return Ok(());
+        }
+        // A pool that must grow claims a blank of the shared warm pool first.
+        if self.claim_for(&tenant, size, true, now).await? {
             return Ok(());
         }
         let id = format!("sb_{}", uuid::Uuid::now_v7().simple());
@@ -259,7 +267,7 @@ impl Control {
         self.signals.work_changed(&rec.tenant);
     }
 
-    fn spec(&self, s: &SandboxRecord) -> SandboxSpec {
+    pub(super) fn spec(&self, s: &SandboxRecord) -> SandboxSpec {
         SandboxSpec {
             sandbox_id: s.id.clone(),
             tenant: s.tenant.clone(),
@@ -274,7 +282,7 @@ impl Control {
         }
     }
 
-    fn note_wake(&self, tenant: &str, op: SandboxOp) {
+    pub(super) fn note_wake(&self, tenant: &str, op: SandboxOp) {
         if let Some(waited) = self.signals.woken(tenant) {
             self.metrics
                 .wake_latency

@@ -15,6 +15,7 @@
 //! - [`health`]: sandboxes whose agent went silent or whose provider reports them failed become
 //!   unhealthy, give their jobs back and are destroyed.
 //! - [`snapshot`]: the snapshot the planner sees, and the dry run.
+//! - [`sizing`]: right-sizing applied to tenants with `limits.auto_size`.
 //!
 //! A provider call is made once per step: the providers' own clients retry what is worth
 //! retrying; a call that still fails is left for a later pass (a failed create holds off its
@@ -24,9 +25,11 @@ mod apply;
 pub mod health;
 mod observe;
 mod pass;
+mod sizing;
 mod snapshot;
 #[cfg(test)]
 mod tests;
+mod warm;
 
 pub use snapshot::{PoolReader, dry_run};
 
@@ -61,6 +64,8 @@ const MAX_PASS_GAP: Duration = Duration::from_millis(100);
 const TICK: Duration = Duration::from_secs(1);
 /// How often the provider is checked for resources the store does not know.
 const COLLECT_EVERY: Duration = Duration::from_secs(60);
+/// How often the leader applies right-sizing to tenants with `limits.auto_size`.
+const AUTO_SIZE_EVERY: Duration = Duration::from_secs(10);
 /// How often a leader confirms it still leads (and so how long a deposed one may act at most).
 const LEADER_CHECK: Duration = Duration::from_secs(1);
 
@@ -93,6 +98,9 @@ pub trait Signals: Send + Sync + 'static {
     fn woken(&self, tenant: &str) -> Option<Duration>;
     /// This replica is ready to serve (it has reconciled, or need not lead to serve).
     fn ready(&self);
+    /// A blank sandbox of the warm pool was claimed: wake the blanks' waiting agents (each looks
+    /// whether it is the one). No-op by default.
+    fn blank_claimed(&self) {}
 }
 
 impl Signals for App {
@@ -126,6 +134,10 @@ impl Signals for App {
     fn ready(&self) {
         self.ready.send_replace(true);
     }
+
+    fn blank_claimed(&self) {
+        App::work_changed(self, shoal_fleet::BLANK_TENANT);
+    }
 }
 
 /// The settings the control loop reads, resolved from the scheduler's config.
@@ -146,6 +158,8 @@ pub struct Settings {
     /// How long before work falls due a sandbox is woken for it.
     pub due_lead_ms: Millis,
     pub usage: shoal_metering::UsageContext,
+    /// Blank sandboxes the shared warm pool keeps (0: none).
+    pub warm_pool: u32,
 }
 
 impl Settings {
@@ -164,6 +178,7 @@ impl Settings {
             fleet_max_sandboxes: cfg.fleet_max_sandboxes,
             due_lead_ms: app.due_lead_ms(),
             usage: cfg.usage_context(),
+            warm_pool: cfg.warm_pool,
         }
     }
 }
@@ -411,6 +426,7 @@ impl Control {
             }
         });
         let mut last_collect = Instant::now();
+        let mut last_sized: Option<Instant> = None;
         let mut next_pass = Instant::now();
         loop {
             tokio::select! {
@@ -424,6 +440,12 @@ impl Control {
                     }
                     if self.leads() && let Err(e) = self.health().await {
                         tracing::warn!(error = %e, "checking sandbox health failed");
+                    }
+                    if self.leads() && last_sized.is_none_or(|at| at.elapsed() >= AUTO_SIZE_EVERY) {
+                        last_sized = Some(Instant::now());
+                        if let Err(e) = self.auto_size().await {
+                            tracing::warn!(error = %e, "applying right-sizing failed");
+                        }
                     }
                 }
                 _ = self.shutdown.cancelled() => break,

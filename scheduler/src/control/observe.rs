@@ -24,6 +24,16 @@ impl Control {
     async fn try_observe(self: &Arc<Self>, o: &Observation) -> Result<(), StoreError> {
         let store = &self.store;
         let Some(rec) = store.sandbox(&o.sandbox.sandbox_id).await? else {
+            // A blank of the warm pool: billed to no tenant; one that went down is replaced.
+            if !matches!(o.state, ObservedState::Running)
+                && let Some(b) = store
+                    .blanks()
+                    .await?
+                    .into_iter()
+                    .find(|b| b.id == o.sandbox.sandbox_id)
+            {
+                self.blank_lost(&b, o.state == ObservedState::Gone).await?;
+            }
             return Ok(());
         };
         let entry = |kind| LedgerEntry {
@@ -145,10 +155,18 @@ impl Control {
             .into_iter()
             .map(|s| (s.id.clone(), s))
             .collect();
+        let blanks = self.store.blanks().await?;
         self.adopt_unrecorded(&listed, &known).await;
-        self.collect_orphans(&listed, &known).await;
+        self.collect_orphans(&listed, &known, &blanks).await;
         if full {
             self.close_unlisted(&listed, &known).await?;
+            // Blanks the provider no longer has (a restart stopped them all) are forgotten; the
+            // pool refills.
+            for b in blanks.iter().filter(|b| b.provider == self.provider.name()) {
+                if !listed.iter().any(|o| o.sandbox.sandbox_id == b.id) {
+                    self.store.remove_blank(&b.id).await?;
+                }
+            }
             self.settle_in_flight(&listed, &known).await?;
         }
         Ok(())
@@ -260,6 +278,7 @@ impl Control {
         &self,
         listed: &[Observation],
         known: &HashMap<String, SandboxRecord>,
+        blanks: &[shoal_store::BlankRecord],
     ) {
         let done: std::collections::HashSet<String> = {
             let mut collected = self.collected.lock().unwrap_or_else(|e| e.into_inner());
@@ -269,6 +288,7 @@ impl Control {
         };
         let collected = shoal_fleet::orphans::collect_listed(&*self.provider, listed, |id| {
             known.contains_key(id)
+                || blanks.iter().any(|b| b.id == id)
                 || listed
                     .iter()
                     .any(|o| o.sandbox.sandbox_id == id && done.contains(&o.sandbox.provider_id))

@@ -40,6 +40,11 @@ impl Control {
                 tracing::warn!(error = %e, "applying a step failed");
             }
         }
+        if self.leads()
+            && let Err(e) = self.refill(now).await
+        {
+            tracing::warn!(error = %e, "refilling the warm pool failed");
+        }
         Ok(read)
     }
 

@@ -48,6 +48,12 @@ impl PoolReader {
         let metrics = &self.metrics;
         let cfg = &self.settings;
         let tenants = store.tenants().await?;
+        // The sizes `auto_size` gave, read only when a tenant has it on.
+        let auto_sizes = if tenants.iter().any(|t| t.limits().auto_size) {
+            store.auto_sizes().await?
+        } else {
+            HashMap::new()
+        };
         let counts: HashMap<String, shoal_store::QueueCounts> =
             store.queue_counts(now).await?.into_iter().collect();
         // Work known in advance: each tenant's schedules' next fires (delayed jobs and retries
@@ -96,7 +102,11 @@ impl PoolReader {
                     *sandbox_gauge.entry((label.clone(), b)).or_default() += 1;
                 }
             }
-            sizes.insert(t.id.clone(), limits.sandbox_size);
+            let size = match auto_sizes.get(&t.id) {
+                Some(auto) if limits.auto_size => *auto,
+                _ => limits.sandbox_size,
+            };
+            sizes.insert(t.id.clone(), size);
             let mut pool = PoolSnapshot {
                 tenant: t.id.clone(),
                 policy: PoolPolicy {

@@ -119,6 +119,7 @@ async fn harness() -> Harness {
             fleet_max_sandboxes: None,
             due_lead_ms: 10_000,
             usage: Default::default(),
+            warm_pool: 0,
         },
     };
     let control = Control::new(deps, Arc::new(crate::leader::Solo));
@@ -620,4 +621,81 @@ async fn a_pass_that_loses_leadership_stops_changing_things() {
     // While it does not lead, a pass asks nothing of the provider.
     h.pass().await;
     assert!(h.fake.calls_of("create").is_empty());
+}
+
+/// `limits.auto_size`: a tenant whose jobs peak at 60 MiB gets 128 MiB sandboxes from the next
+/// create on (a running sandbox keeps its size), the change is an event and an audit record, and
+/// it is applied once; an OOM kill at the new size moves it up again. Off, nothing changes.
+#[tokio::test(start_paused = true)]
+async fn auto_size_applies_the_recommendation_to_new_sandboxes() {
+    use shoal_core::sizing::Sample;
+    use shoal_store::JobUsageRecord;
+    let h = harness().await;
+    let sample = |mib: u64, oom: bool, memory_mb: u64| Sample {
+        peak_memory_kib: mib * 1024,
+        cpu_ms: 100,
+        wall_ms: 1000,
+        oom_killed: oom,
+        memory_mb,
+    };
+    for i in 0..20 {
+        let r = JobUsageRecord {
+            job_id: format!("past-{i}"),
+            attempt: 1,
+            tenant: T.into(),
+            at: h.now(),
+            sample: sample(58 + i % 3, false, 512),
+        };
+        h.store.record_job_usage(&r).await.unwrap();
+    }
+    // Not opted in: the recommendation is there, but nothing is applied.
+    assert_eq!(h.control.auto_size().await.unwrap(), 0);
+    assert!(h.store.auto_sizes().await.unwrap().is_empty());
+    let opt_in: LimitsPatch = serde_json::from_value(json!({"auto_size": true})).unwrap();
+    h.store
+        .put_tenant(T, PlanTier::Team, &opt_in, h.now(), &Actor::admin())
+        .await
+        .unwrap();
+    h.sandbox("running", Some(SandboxState::Busy)).await;
+    assert_eq!(h.control.auto_size().await.unwrap(), 1);
+    assert_eq!(h.control.auto_size().await.unwrap(), 0, "applied once");
+    let applied = h.store.auto_sizes().await.unwrap()[T];
+    assert_eq!((applied.memory_mb, applied.cpus), (128, 1.0));
+    let events = h.events("auto_size").await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["from"], serde_json::Value::Null);
+    assert_eq!(events[0]["to"]["memory_mb"], 128);
+    assert_eq!(events[0]["evidence"]["jobs_sampled"], 20);
+    // New work: the new sandbox is created at the applied size; the running one keeps its own.
+    h.enqueue("j1").await;
+    h.enqueue("j2").await;
+    h.pass().await;
+    let sandboxes = h.store.sandboxes(Some(T)).await.unwrap();
+    let created: Vec<_> = sandboxes.iter().filter(|s| s.id != "running").collect();
+    assert!(!created.is_empty(), "{sandboxes:?}");
+    assert!(created.iter().all(|s| s.memory_mb == 128), "{created:?}");
+    let running = sandboxes.iter().find(|s| s.id == "running").unwrap();
+    assert_eq!(running.memory_mb, 256);
+    // A job killed for lack of memory at 128 MiB: a step up, once.
+    let oom = JobUsageRecord {
+        job_id: "killed".into(),
+        attempt: 1,
+        tenant: T.into(),
+        at: h.now(),
+        sample: sample(127, true, 128),
+    };
+    h.store.record_job_usage(&oom).await.unwrap();
+    assert_eq!(h.control.auto_size().await.unwrap(), 1);
+    assert_eq!(h.store.auto_sizes().await.unwrap()[T].memory_mb, 256);
+    assert_eq!(h.control.auto_size().await.unwrap(), 0);
+    while h.store.seal_audit(1000).await.unwrap() > 0 {}
+    let audited = h
+        .store
+        .audit_records(0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.action == "tenant.auto_size")
+        .count();
+    assert_eq!(audited, 2);
 }

@@ -527,6 +527,8 @@ macro_rules! impl_store {
         crate::usage::impl_metering!($store, $backend, $begin);
         crate::audit::impl_audit!($store, $backend, $begin);
         crate::retention::impl_retention!($store, $backend, $begin);
+        crate::sizing::impl_sizing!($store, $backend, $begin);
+        crate::warm::impl_warm_pool!($store, $backend, $begin);
     };
 }
 pub(crate) use impl_store;
