@@ -4,7 +4,8 @@
 # clients (every 10th through the apalis ingress queue), one replica killed with SIGKILL every 3 s
 # (every other kill aims at the leader), Postgres restarted once mid-run; then the checks of
 # loadtests/src/faults.rs. Extra arguments go to `shoal-loadtests faults` (--jobs, --tenants,
-# --kill-every, --clients, --ingress-every, --max-sandboxes, --out FILE).
+# --kill-every, --clients, --ingress-every, --max-sandboxes, --fly, --out FILE). With --fly the
+# sandboxes run on the strict Fly emulator and the fleet is checked after the last job too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p shoal-scheduler --bin shoal -p shoal-agent --bin shoal-agent

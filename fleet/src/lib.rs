@@ -138,6 +138,51 @@ impl ProviderError {
     }
 }
 
+/// Where a provider keeps what a successor leader needs to act at once: the lease nonces it
+/// holds on its cloud's resources (`fly`: a machine's lease), by the resource's provider id. The
+/// scheduler backs it with its store ([`Provider::keep_leases_in`]), so a replica that takes
+/// over after a crash can use (or release) the leases its predecessor took instead of waiting for
+/// them to lapse. Best effort: a failed write or read only costs the wait it would have saved.
+#[async_trait]
+pub trait LeaseKeeper: Send + Sync + 'static {
+    /// Records the nonce of a lease held on `provider_id` until `expires_at` (ms since the epoch).
+    async fn keep(&self, provider_id: &str, nonce: &str, expires_at: Millis);
+    /// The nonce last kept for `provider_id` and when its lease expires, if it has not yet.
+    async fn recall(&self, provider_id: &str) -> Option<(String, Millis)>;
+    /// Forgets `provider_id`'s lease (released, or its resource destroyed).
+    async fn forget(&self, provider_id: &str);
+}
+
+/// A [`LeaseKeeper`] in memory, shared by the providers given it (tests: a predecessor and its
+/// successor in one process).
+#[derive(Debug, Default)]
+pub struct MemoryLeases(std::sync::Mutex<std::collections::HashMap<String, (String, Millis)>>);
+
+#[async_trait]
+impl LeaseKeeper for MemoryLeases {
+    async fn keep(&self, provider_id: &str, nonce: &str, expires_at: Millis) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(provider_id.to_string(), (nonce.to_string(), expires_at));
+    }
+    async fn recall(&self, provider_id: &str) -> Option<(String, Millis)> {
+        let now = common::now_ms();
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(provider_id)
+            .filter(|(_, until)| *until > now)
+            .cloned()
+    }
+    async fn forget(&self, provider_id: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(provider_id);
+    }
+}
+
 /// Observations flow from providers to the fleet on this channel.
 pub type ObservationSink = tokio::sync::mpsc::UnboundedSender<Observation>;
 
@@ -157,6 +202,19 @@ pub trait Provider: Send + Sync + 'static {
     /// assumption that it alone calls the cloud, a predecessor may have used a moment ago
     /// (`fly`: every machine's burst is counted as spent for one refill window). No-op by default.
     fn took_over(&self) {}
+
+    /// Whether this replica leads (`true` when it becomes the leader, after [`took_over`];
+    /// `false` at start and when it is deposed). A provider that polls its cloud for state
+    /// (`fly`: one list call per poll) polls only while leading, so replicas do not multiply the
+    /// calls against a shared rate limit. By default a provider follows as if it led.
+    ///
+    /// [`took_over`]: Provider::took_over
+    fn leading(&self, _leading: bool) {}
+
+    /// Gives the provider a place to keep its lease nonces for a successor leader (see
+    /// [`LeaseKeeper`]). Called once, before the control loop starts. No-op by default: only
+    /// providers whose cloud locks resources per holder (`fly`) need it.
+    fn keep_leases_in(&self, _keeper: std::sync::Arc<dyn LeaseKeeper>) {}
 
     /// The region a sandbox was placed in, by its provider id, when this provider places by
     /// region and knows it (`fly`: the machine's region). `None` by default.

@@ -1,6 +1,7 @@
 //! The `fly` provider under Fly's faults, against the emulator over real HTTP (every machine
 //! running the real `shoal-agent`): 10% of calls
-//! answering 5xx, bursts of 429, and one region out of capacity. Every call still succeeds, the
+//! answering 5xx, bursts of 429, one region out of capacity, and (strict mode) a new machine
+//! answering 404 for a moment after its create. Every call still succeeds, the
 //! emulator counts no request past Fly's published rate limits (Shoal paces itself), a sandbox
 //! start costs at most 3 API calls on average, and the observations follow each machine's life
 //! in order, stamped with the machines' own event times.
@@ -48,11 +49,15 @@ async fn under_faults_calls_succeed_within_limits_and_starts_stay_cheap() -> any
         no_capacity: vec!["ams".into()],
         ..Default::default()
     };
-    let emu = Emulator::start(EmulatorConfig {
-        faults,
-        command: vec!["sleep".into(), "3600".into()],
-        ..Default::default()
-    })
+    let emu = Emulator::start(
+        EmulatorConfig {
+            faults,
+            command: vec!["sleep".into(), "3600".into()],
+            ..Default::default()
+        }
+        // Fly's eventual consistency too: a new machine answers 404 for a moment after its create.
+        .strict(),
+    )
     .await?;
     let mut cfg = FlyConfig::new(
         emu.app(),
@@ -149,16 +154,18 @@ async fn under_faults_calls_succeed_within_limits_and_starts_stay_cheap() -> any
     let per_start = (creates + resumes + starts) as f64 / (3 * n) as f64;
     println!(
         "faults: {n} sandboxes; calls per start {per_start:.2} (create {:.2}, resume {:.2}, start {:.2}); emulator's count {:.2}; \
-         {} requests, {} list; injected {} 5xx, {} 429, {} capacity refusals; {} past the rate limits; client waited {:?} for pacing",
+         net of faults {:.2}; {} requests, {} list; injected {} 5xx, {} 429, {} capacity refusals, {} early 404s; {} past the rate limits; client waited {:?} for pacing",
         creates as f64 / n as f64,
         resumes as f64 / n as f64,
         starts as f64 / n as f64,
         end.calls_per_start(),
+        end.calls_per_start_net_of_faults(),
         end.requests,
         end.action("Machines_list"),
         end.injected_5xx,
         end.injected_429,
         end.capacity_refusals,
+        end.early_not_found,
         end.past_rate_limit,
         provider.client().pacer().waited(),
     );
@@ -174,6 +181,15 @@ async fn under_faults_calls_succeed_within_limits_and_starts_stay_cheap() -> any
     assert!(
         per_start <= 3.0,
         "a sandbox start costs {per_start:.2} API calls on average"
+    );
+    assert!(
+        end.early_not_found > 0,
+        "the 404 window after a create was never hit: {end:?}"
+    );
+    let net = end.calls_per_start_net_of_faults();
+    assert!(
+        net <= 3.0,
+        "a start costs {net:.2} calls besides the injected faults (404 window included): {end:?}"
     );
     // Every machine was destroyed: Fly reports `destroying` at once and `destroyed` after the
     // emulator's destroy latency, which a loaded machine can stretch; nothing else may be left.

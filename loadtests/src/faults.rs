@@ -62,6 +62,10 @@ pub struct FaultConfig {
     pub drain_timeout: Duration,
     /// Print progress to stderr.
     pub verbose: bool,
+    /// Run the sandboxes on the Fly emulator (strict: 404s after creates, Fly's rate limits
+    /// enforced, leases refused to another nonce) instead of the process provider, and check
+    /// the fleet after the last job as well (see [`crate::faults`]).
+    pub fly: bool,
 }
 
 impl FaultConfig {
@@ -83,6 +87,7 @@ impl FaultConfig {
             max_sandboxes: 2,
             drain_timeout: Duration::from_secs(240 + jobs as u64 / 50),
             verbose: false,
+            fly: false,
         }
     }
 }
@@ -113,7 +118,26 @@ pub struct FaultReport {
     pub completions: usize,
     pub usage_sandbox_s: f64,
     pub ledger_sandbox_s: f64,
+    /// With `fly`: what the emulator saw.
+    pub fly: Option<FlyFigures>,
     pub checks: Vec<String>,
+}
+
+/// What the Fly emulator saw over a fault run on it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FlyFigures {
+    /// Seconds from the last job's end until no sandbox was booting and no machine running.
+    pub settled_s: f64,
+    pub requests: u64,
+    pub past_rate_limit: u64,
+    pub spec_violations: u64,
+    pub early_not_found: u64,
+    pub calls_per_start: f64,
+    pub calls_per_start_net_of_faults: f64,
+    /// Unknown machines collected (each once).
+    pub orphans_collected: usize,
+    /// Machines whose id was adopted by its tag after it could not be recorded.
+    pub adopted: usize,
 }
 
 /// Why a fault run failed.
@@ -138,7 +162,7 @@ macro_rules! check {
 /// The replicas' current URLs, `None` while one is down.
 type Urls = Arc<RwLock<Vec<Option<String>>>>;
 
-fn rows(pg: &Postgres, db: &str, sql: &str) -> anyhow::Result<Vec<Vec<String>>> {
+pub(crate) fn rows(pg: &Postgres, db: &str, sql: &str) -> anyhow::Result<Vec<Vec<String>>> {
     let out = pg.query(db, &format!("COPY ({sql}) TO STDOUT"))?;
     Ok(out
         .lines()
@@ -284,8 +308,8 @@ pub async fn run(cfg: FaultConfig) -> Result<Option<FaultReport>, FaultError> {
     let url = pg.create_database()?;
     let db = url.rsplit('/').next().unwrap_or_default().to_string();
     let redis_url = redis.url();
-    let env = [("SHOAL_ADMIN_TOKEN", TOKEN), ("RUST_LOG", "warn")];
-    let args = [
+    let mut env = vec![("SHOAL_ADMIN_TOKEN", TOKEN), ("RUST_LOG", "warn")];
+    let mut args = vec![
         "--database-url",
         url.as_str(),
         "--redis-url",
@@ -293,6 +317,33 @@ pub async fn run(cfg: FaultConfig) -> Result<Option<FaultReport>, FaultError> {
         "--idle-timeout",
         "3s",
     ];
+    let urls: Urls = Arc::new(RwLock::new(Vec::new()));
+    let scratch = std::env::temp_dir().join(format!(
+        "shoal-faults-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let fly = if cfg.fly {
+        Some(crate::faultfly::FlyRun::start(&scratch, Arc::clone(&urls)).await?)
+    } else {
+        None
+    };
+    let fly_args: Vec<String> = match &fly {
+        Some(f) => vec![
+            "--config".into(),
+            f.config.to_string_lossy().into_owned(),
+            // The agents reach the replicas through the front: one URL whichever is up.
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--advertise-url".into(),
+            f.front.clone(),
+        ],
+        None => Vec::new(),
+    };
+    if fly.is_some() {
+        args.extend(fly_args.iter().map(String::as_str));
+        env.push(("FLY_API_TOKEN", "fault-run-token"));
+    }
     let mut replicas = Vec::new();
     for _ in 0..cfg.replicas {
         replicas.push(Server::start(&args, &env).await?);
@@ -314,9 +365,8 @@ pub async fn run(cfg: FaultConfig) -> Result<Option<FaultReport>, FaultError> {
         cfg.replicas, cfg.tenants, cfg.jobs, cfg.clients
     ));
 
-    let urls: Urls = Arc::new(RwLock::new(
-        replicas.iter().map(|r| Some(r.url.clone())).collect(),
-    ));
+    *urls.write().unwrap_or_else(|e| e.into_inner()) =
+        replicas.iter().map(|r| Some(r.url.clone())).collect();
     let ingress = Ingress::connect(&redis_url)
         .await
         .context("connecting the ingress queue")?;
@@ -416,6 +466,7 @@ pub async fn run(cfg: FaultConfig) -> Result<Option<FaultReport>, FaultError> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    let last_job = Instant::now();
     say(format!("drained after {total_s:.1}s; checking"));
     let enqueue_s = enqueue_s.unwrap_or(total_s);
 
@@ -562,6 +613,20 @@ pub async fn run(cfg: FaultConfig) -> Result<Option<FaultReport>, FaultError> {
         ledger.len()
     ));
 
+    let fly_figures = match &fly {
+        Some(f) => Some(
+            f.check(
+                last_job,
+                |sql| tokio::task::block_in_place(|| rows(&pg, &db, sql)),
+                &mut checks,
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    drop(fly);
+    let _ = std::fs::remove_dir_all(&scratch);
+
     let epochs = tokio::task::block_in_place(|| rows(&pg, &db, "SELECT epoch FROM shoal_leader"))?;
     let via_ingress = accepted.iter().filter(|(_, id)| id.is_none()).count();
     Ok(Some(FaultReport {
@@ -586,6 +651,7 @@ pub async fn run(cfg: FaultConfig) -> Result<Option<FaultReport>, FaultError> {
         completions,
         usage_sandbox_s: reported,
         ledger_sandbox_s: ledger_s,
+        fly: fly_figures,
         checks,
     }))
 }

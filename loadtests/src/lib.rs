@@ -8,12 +8,14 @@
 //! - [`report`]: every policy on every workload, as a table and a plot.
 //! - [`faults`]: the fault run: replicas on Postgres and Redis killed while jobs flow, then checked.
 //! - [`pgstat`]: a benchmark's Postgres statements by time (`pg_stat_statements`).
+//! - [`faultfly`]: the same run with its sandboxes on the strict Fly emulator, and the fleet's checks.
 //! - [`queuebench`]: Shoal against a bare apalis worker loop on the same Postgres and Redis.
 //! - [`hotbench`]: the hot path's bars: the embedded default's rate, a wake under a deep backlog.
 //! - [`logbench`]: waiting on jobs (`wait_s`) and following their output, measured.
 
 pub mod cpu;
 pub mod engine;
+pub mod faultfly;
 pub mod faults;
 pub mod generate;
 pub mod hotbench;

@@ -184,6 +184,11 @@ enum Cmd {
         /// Each tenant's max_sandboxes.
         #[arg(long, default_value_t = 1)]
         max_sandboxes: u32,
+        /// Run the sandboxes on the strict Fly emulator (real agents) and check the fleet after
+        /// the last job: nothing booting or running within 40 s, no machine collected twice, no
+        /// request past Fly's limits.
+        #[arg(long)]
+        fly: bool,
         /// Write the report as JSON here too.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -416,6 +421,7 @@ fn main() -> Result<()> {
             kill_every,
             ingress_every,
             max_sandboxes,
+            fly,
             out,
         } => {
             let mut cfg = faults::FaultConfig::new(jobs, tenants);
@@ -424,6 +430,7 @@ fn main() -> Result<()> {
             cfg.kill_every = kill_every;
             cfg.ingress_every = ingress_every;
             cfg.max_sandboxes = max_sandboxes;
+            cfg.fly = fly;
             cfg.verbose = true;
             let Some(report) = runtime()?.block_on(faults::run(cfg))? else {
                 bail!("Postgres and Redis are needed (scripts/test installs them)");

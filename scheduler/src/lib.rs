@@ -14,6 +14,7 @@ pub mod dashboard;
 pub mod delivery;
 pub mod error;
 pub mod guard;
+pub mod handover;
 pub mod idle;
 pub mod jobcli;
 pub mod joblive;
@@ -33,6 +34,7 @@ pub mod telemetry;
 pub mod usage;
 pub mod usagefeed;
 pub mod views;
+pub mod waiting;
 pub mod webhooks;
 pub mod wire;
 
@@ -202,6 +204,16 @@ pub fn build_provider(
     })
 }
 
+/// Opens the store with a pool of the given size, for [`waiting::WaitingRoom::until_up`].
+async fn shoal_store_open(
+    url: &str,
+    pool: shoal_store::PoolOptions,
+) -> anyhow::Result<Arc<dyn Store>> {
+    shoal_store::open_with(url, &pool)
+        .await
+        .context("opening the store")
+}
+
 /// The ingress queue to consume: Redis when `redis_url` is set, else the Postgres database; none
 /// on the embedded default.
 async fn ingress_queue(cfg: &Config) -> anyhow::Result<Option<shoal_store::ingress::IngressQueue>> {
@@ -276,17 +288,74 @@ pub async fn serve(
     mut cfg: Config,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let mut stop: waiting::Stop = Box::pin(stop);
     private_data_dir(&cfg.data_dir)?;
     let (token, token_source) = admin_token(&cfg)?;
     private_sqlite_file(&cfg.database_url)?;
-    let store: Arc<dyn Store> = shoal_store::open(&cfg.database_url)
+    // The port first: while the database or Redis cannot be reached, a waiting room answers
+    // there (`/readyz` 503 with the reason) and each connection is retried with backoff.
+    let std_listener = std::net::TcpListener::bind(cfg.listen)
+        .with_context(|| format!("binding {}", cfg.listen))?;
+    std_listener.set_nonblocking(true)?;
+    let addr = std_listener.local_addr()?;
+    if cfg.listen.port() == 0 && cfg.advertise_url == config::advertise_url_for(cfg.listen) {
+        // Listening on a port the system picks: the derived URL names the port actually bound.
+        cfg.advertise_url = config::advertise_url_for(addr);
+    }
+    let room = waiting::WaitingRoom::open(std_listener.try_clone()?)?;
+    let main_pool = shoal_store::PoolOptions {
+        max_connections: cfg.database_pool,
+        ..Default::default()
+    };
+    let Some(store) = room
+        .until_up("database", &mut stop, || {
+            shoal_store_open(&cfg.database_url, main_pool.clone())
+        })
         .await
-        .context("opening the store")?;
-    let rates = limits::RateLimits::connect(cfg.redis_url.as_deref())
+    else {
+        return Ok(());
+    };
+    // The control loop's own pool (Postgres): its writes never wait behind API reads.
+    let control_store = if cfg.database_url.starts_with("postgres") {
+        let pool = shoal_store::PoolOptions {
+            max_connections: cfg.control_pool,
+            ..Default::default()
+        };
+        let Some(s) = room
+            .until_up("database", &mut stop, || {
+                shoal_store_open(&cfg.database_url, pool.clone())
+            })
+            .await
+        else {
+            return Ok(());
+        };
+        s
+    } else {
+        Arc::clone(&store)
+    };
+    let Some(rates) = room
+        .until_up("Redis server", &mut stop, || async {
+            limits::RateLimits::connect(cfg.redis_url.as_deref())
+                .await
+                .context("connecting the shared rate limits")
+        })
         .await
-        .context("connecting the shared rate limits")?;
+    else {
+        return Ok(());
+    };
+    let Some(ingress_queue) = room
+        .until_up("ingress queue", &mut stop, || ingress_queue(&cfg))
+        .await
+    else {
+        return Ok(());
+    };
     let (sink, observations) = tokio::sync::mpsc::unbounded_channel();
     let provider = build_provider(&cfg, sink)?;
+    // Not leading (yet): a provider that polls its cloud leaves it to the leader.
+    provider.leading(false);
+    provider.keep_leases_in(Arc::new(handover::StoreLeases::new(Arc::clone(
+        &control_store,
+    ))));
     // With the kubernetes provider, replicas elect their leader through a Lease.
     let k8s_lease = match &cfg.kubernetes {
         Some(k) if cfg.provider == config::ProviderKind::Kubernetes => {
@@ -303,14 +372,6 @@ pub async fn serve(
         }
         _ => None,
     };
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("binding {}", cfg.listen))?;
-    let addr = listener.local_addr()?;
-    if cfg.listen.port() == 0 && cfg.advertise_url == config::advertise_url_for(cfg.listen) {
-        // Listening on a port the system picks: the derived URL names the port actually bound.
-        cfg.advertise_url = config::advertise_url_for(addr);
-    }
     let app = Arc::new(App::new(
         cfg,
         store,
@@ -329,13 +390,22 @@ pub async fn serve(
         None => (Arc::new(leader::Solo), false),
     };
     if followers {
-        let bus = bus::PgBus::connect(&app.cfg.database_url)
+        let Some(bus) = room
+            .until_up("database", &mut stop, || async {
+                bus::PgBus::connect(&app.cfg.database_url)
+                    .await
+                    .context("connecting the wake-up bus")
+            })
             .await
-            .context("connecting the wake-up bus")?;
+        else {
+            return Ok(());
+        };
         let _ = app.bus.set(bus.clone());
         tokio::spawn(bus.listen(Arc::downgrade(&app)));
     }
-    let control = control::Control::new(control::Deps::of(&app), leadership);
+    let mut deps = control::Deps::of(&app);
+    deps.store = control_store;
+    let control = control::Control::new(deps, leadership);
     // The background tasks, awaited together at shutdown.
     let tasks = TaskTracker::new();
     tasks.spawn(Arc::clone(&control).run(observations, followers));
@@ -345,7 +415,7 @@ pub async fn serve(
     tasks.spawn(retention::run(Arc::clone(&app), Arc::clone(&control)));
     tasks.spawn(usagefeed::run(Arc::clone(&app), Arc::clone(&control)));
     tasks.spawn(schedules::run(Arc::clone(&app), Arc::clone(&control)));
-    if let Some(queue) = ingress_queue(&app.cfg).await? {
+    if let Some(queue) = ingress_queue {
         tasks.spawn(ingress(Arc::clone(&app), queue));
     }
     tasks.close();
@@ -415,12 +485,14 @@ pub async fn serve(
     // The HTTP server outlives the background tasks, so agents can hand their jobs back.
     let http_stop = CancellationToken::new();
     let router = api::router(Arc::clone(&app));
+    room.close().await;
+    let listener = tokio::net::TcpListener::from_std(std_listener)?;
     let server = tokio::spawn(
         axum::serve(wire::JsonErrors(listener), router)
             .with_graceful_shutdown(http_stop.clone().cancelled_owned())
             .into_future(),
     );
-    stop.await;
+    (&mut stop).await;
     tracing::info!("shutting down: stopping sandboxes");
     // Agents waiting for work are told to stop; busy ones finish or hand their job back while the
     // API still answers them.

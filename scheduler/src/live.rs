@@ -259,7 +259,9 @@ pub async fn run(app: Arc<App>) {
         if let Err(e) = pass(&app, &mut slow, sample_now, &mut last_seq).await {
             tracing::debug!(error = %e, "live view: a pass failed");
         }
-        if n % LEAK_CHECK_EVERY == 0 {
+        // Only the leader lists the provider's sandboxes: on Fly, replicas listing each on
+        // their own would add up past the app's list rate limit.
+        if n % LEAK_CHECK_EVERY == 0 && app.metrics.leader.get() == 1 {
             check_leaks(&app).await;
         }
     }

@@ -29,10 +29,14 @@ async fn start_with(
     extra: &[&str],
 ) -> Result<(Emulator, Server, std::path::PathBuf)> {
     let agent = shoal_testkit::bins::binary("shoal-agent", "shoal-agent");
-    let emu = Emulator::start(EmulatorConfig {
-        faults,
-        ..EmulatorConfig::default().with_agent(agent)
-    })
+    // Strict: new machines answer 404 for a moment after their create, as on Fly.
+    let emu = Emulator::start(
+        EmulatorConfig {
+            faults,
+            ..EmulatorConfig::default().with_agent(agent)
+        }
+        .strict(),
+    )
     .await?;
     let dir = std::env::temp_dir().join(format!(
         "shoal-fly-e2e-{}-{}",

@@ -28,3 +28,29 @@ async fn replicas_lose_nothing_and_double_nothing_under_kills() -> Result<()> {
     eprintln!("{report:#?}");
     Ok(())
 }
+
+/// The same run with its sandboxes on the strict Fly emulator (each machine a real agent), kills
+/// going on until the last job has finished; then, besides the checks above: within 40 s of the
+/// last job no sandbox is booting and no machine running, no unknown machine was collected
+/// twice, and no request went past Fly's rate limits. The long run is
+/// `loadtests/faults.sh --fly` (docs/providers/fly.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_fly_fail_over_without_a_freeze() -> Result<()> {
+    let mut cfg = FaultConfig::new(90, 3);
+    cfg.clients = 2;
+    cfg.pace = Duration::from_millis(40);
+    cfg.kill_every = Duration::from_secs(3);
+    cfg.min_kills = 4;
+    cfg.max_sandboxes = 2;
+    cfg.command = "sleep 0.05; echo {key}".into();
+    cfg.fly = true;
+    cfg.verbose = true;
+    let Some(report) = run(cfg).await? else {
+        return Ok(());
+    };
+    assert!(report.kills >= 4, "only {} kills", report.kills);
+    let fly = report.fly.as_ref().expect("fly figures");
+    assert_eq!(fly.past_rate_limit, 0);
+    eprintln!("{report:#?}");
+    Ok(())
+}

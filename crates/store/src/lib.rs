@@ -34,13 +34,22 @@ pub use outbox::{
     AttemptOutcome, DeliveryRecord, DeliveryState, EndpointRecord, LeasedDelivery, NewEndpoint,
     Outbox, OutboxEvent, OutboxRecord, QuotaSignal,
 };
-pub use postgres::PostgresStore;
+pub use postgres::{PoolOptions, PostgresStore};
 pub use retention::{Deleted, Expired, Retention};
 pub use sizing::{JobUsageRecord, Sizing};
 pub use sqlite::SqliteStore;
 use std::sync::Arc;
 pub use usage::{Metering, OpenUsage, UsageCursor, UsageEventRecord};
 pub use warm::{BlankRecord, BlankState, NewBlank, WarmPool};
+
+/// [`open`] with the pool's size given (Postgres; SQLite ignores it).
+pub async fn open_with(url: &str, pool: &PoolOptions) -> Result<Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresStore::open_with(url, pool).await?))
+    } else {
+        open(url).await
+    }
+}
 
 /// Opens the store a database URL names: `sqlite://PATH` (or `sqlite::memory:`) for SQLite,
 /// `postgres://…` or `postgresql://…` for Postgres. Either way the schema is brought up to date.
@@ -681,6 +690,23 @@ pub trait Store:
     async fn insert_sandbox(&self, s: NewSandbox) -> Result<SandboxRecord>;
     /// Records the provider's id of a sandbox.
     async fn set_provider_id(&self, id: &str, provider_id: &str) -> Result<()>;
+    /// Keeps the nonce of a lease held on a provider's resource until `expires_at`, for a
+    /// successor leader (migration 0120); prunes the leases that expired before `now`.
+    async fn keep_provider_lease(
+        &self,
+        provider_id: &str,
+        nonce: &str,
+        expires_at: Millis,
+        now: Millis,
+    ) -> Result<()>;
+    /// The nonce kept for `provider_id` and its expiry, if it expires after `now`.
+    async fn provider_lease(
+        &self,
+        provider_id: &str,
+        now: Millis,
+    ) -> Result<Option<(String, Millis)>>;
+    /// Forgets the lease kept for `provider_id`.
+    async fn forget_provider_lease(&self, provider_id: &str) -> Result<()>;
     /// Records the region the provider placed a sandbox in.
     async fn set_sandbox_region(&self, id: &str, region: &str) -> Result<()>;
     /// The known region of each of `tenant`'s sandboxes (or every tenant's), destroyed ones

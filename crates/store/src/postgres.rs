@@ -18,7 +18,24 @@ use shoal_core::{LimitsPatch, Millis, PlanTier};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Row};
 use std::str::FromStr;
-use std::time::Duration;
+
+/// The size of a Postgres connection pool (SQLite keeps its own: one writer, a few readers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolOptions {
+    /// The most connections the pool opens.
+    pub max_connections: u32,
+    /// How long a caller waits for a free connection before failing.
+    pub acquire_timeout: std::time::Duration,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        PoolOptions {
+            max_connections: 16,
+            acquire_timeout: std::time::Duration::from_secs(10),
+        }
+    }
+}
 
 /// The Postgres implementation of [`crate::Store`].
 #[derive(Clone)]
@@ -33,15 +50,20 @@ impl PostgresStore {
     /// schema up to date. Replicas starting together are safe: sqlx holds an advisory lock while
     /// it migrates.
     pub async fn open(url: &str) -> Result<Self> {
+        Self::open_with(url, &PoolOptions::default()).await
+    }
+
+    /// [`PostgresStore::open`] with a pool of the given size and acquire timeout.
+    pub async fn open_with(url: &str, pool: &PoolOptions) -> Result<Self> {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(StoreError::UnsupportedUrl(url.into()));
         }
         let opts = sqlx::postgres::PgConnectOptions::from_str(url)?
             .statement_cache_capacity(crate::sql::STATEMENT_CACHE);
         let pool = PgPoolOptions::new()
-            .max_connections(16)
+            .max_connections(pool.max_connections.max(1))
             .min_connections(1)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(pool.acquire_timeout)
             .connect_with(opts)
             .await?;
         Self::from_pool(pool).await

@@ -85,6 +85,47 @@ conformance! {
     a_silent_sandbox_becomes_unhealthy_unless_its_agent_called_in => unhealthy,
     job_usage_is_kept_per_attempt_within_its_window => sizing,
     a_blank_is_claimed_once_with_its_event_and_billing => warm_pool_claims,
+    provider_leases_are_kept_for_a_successor_until_they_expire => provider_leases,
+}
+
+/// Lease nonces kept for a successor leader (migration 0120): kept, replaced, read only while
+/// unexpired, pruned, forgotten.
+async fn provider_leases(store: Arc<dyn Store>) {
+    store
+        .keep_provider_lease("m1", "n1", 5_000, 1_000)
+        .await
+        .unwrap();
+    store
+        .keep_provider_lease("m2", "n2", 2_000, 1_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.provider_lease("m1", 1_500).await.unwrap(),
+        Some(("n1".to_string(), 5_000))
+    );
+    // A new lease on the same machine replaces the old.
+    store
+        .keep_provider_lease("m1", "n1b", 9_000, 1_600)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.provider_lease("m1", 1_700).await.unwrap(),
+        Some(("n1b".to_string(), 9_000))
+    );
+    // Expired: not answered, and pruned by the next write.
+    assert_eq!(store.provider_lease("m2", 2_000).await.unwrap(), None);
+    store
+        .keep_provider_lease("m3", "n3", 9_000, 3_000)
+        .await
+        .unwrap();
+    assert_eq!(store.provider_lease("m2", 0).await.unwrap(), None);
+    store.forget_provider_lease("m1").await.unwrap();
+    assert_eq!(store.provider_lease("m1", 1_700).await.unwrap(), None);
+    assert_eq!(
+        store.provider_lease("m3", 3_000).await.unwrap(),
+        Some(("n3".to_string(), 9_000))
+    );
+    assert_eq!(store.provider_lease("unknown", 0).await.unwrap(), None);
 }
 
 fn job(id: &str, tenant: &str, key: Option<&str>, priority: i32, at: i64) -> NewJob {

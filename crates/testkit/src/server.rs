@@ -59,6 +59,9 @@ mod tempfile_dir {
     }
 }
 
+/// Set in a [`Server`]'s environment by [`Server::start_unready`]: wait for `/healthz` only.
+const UNREADY: &str = "SHOAL_TEST_START_UNREADY";
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -103,6 +106,14 @@ impl Server {
         };
         s.spawn().await?;
         Ok(s)
+    }
+
+    /// Starts `shoal serve` like [`Server::start`], but answers as soon as the process is alive
+    /// (`/healthz`), ready or not: for a scheduler started while its database is down.
+    pub async fn start_unready(extra_args: &[&str], env: &[(&str, &str)]) -> Result<Server> {
+        let mut env = env.to_vec();
+        env.push((UNREADY, "1"));
+        Server::start(extra_args, &env).await
     }
 
     /// Starts the scheduler again on the same data directory and token (after [`Server::stop`]
@@ -195,8 +206,13 @@ impl Server {
             {
                 bail!("shoal serve exited with {status}: {}", self.log());
             }
+            let probe = if self.env.iter().any(|(k, _)| k == UNREADY) {
+                "healthz"
+            } else {
+                "readyz"
+            };
             if !self.url.is_empty()
-                && let Ok(r) = self.http.get(format!("{}/readyz", self.url)).send().await
+                && let Ok(r) = self.http.get(format!("{}/{probe}", self.url)).send().await
                 && r.status().is_success()
             {
                 return Ok(());

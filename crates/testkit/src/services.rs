@@ -299,6 +299,28 @@ impl Postgres {
         self.wait_queries()
     }
 
+    /// Stops the server (an immediate shutdown) until [`Postgres::resume`]; its port stays
+    /// reserved for it but nothing listens there meanwhile.
+    pub fn stop(&mut self) {
+        stop_child(&mut self.child, libc::SIGQUIT);
+    }
+
+    /// Starts a stopped server again on the same data and port, and waits until it answers.
+    pub fn resume(&mut self) -> Result<()> {
+        self.child = server_command(
+            &self.bin,
+            &self.data,
+            self.port,
+            &self._dir.0,
+            &self.log,
+            self.user,
+        )?
+        .spawn()
+        .context("resuming postgres")?;
+        wait_for_port(&mut self.child, self.port, "postgres", &self.log)?;
+        self.wait_queries()
+    }
+
     fn wait_queries(&self) -> Result<()> {
         let pg = self;
         // Accepting TCP is not quite ready for queries while it starts up: wait for a query.

@@ -21,8 +21,8 @@
 use crate::common::now_ms;
 use crate::retry::{RetryPolicy, honour_retry_after};
 use crate::{
-    Capabilities, Observation, ObservationSink, ObservedState, Provider, ProviderError, SandboxRef,
-    SandboxSpec,
+    Capabilities, LeaseKeeper, Observation, ObservationSink, ObservedState, Provider,
+    ProviderError, SandboxRef, SandboxSpec,
 };
 use async_trait::async_trait;
 use backon::Retryable;
@@ -38,6 +38,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 mod config;
+mod leases;
 mod observe;
 #[cfg(test)]
 mod tests;
@@ -59,6 +60,17 @@ pub const LEASE_DESCRIPTION: &str = "shoal fleet";
 
 /// Fly lets machines with at most this much memory be suspended.
 pub const SUSPEND_MAX_MEMORY_MB: u32 = 2048;
+
+/// The first wait after a 404 for a machine just created: long enough for Fly's view of the
+/// machine to catch up in one go (it shows within a second in practice, and the machine is still
+/// booting meanwhile), so a create costs the create, at most one 404 and one `wait`.
+pub const NOT_FOUND_FIRST_WAIT: Duration = Duration::from_secs(1);
+
+/// The wait before the next try after the `n`-th (from 0) 404 of a machine just created:
+/// [`NOT_FOUND_FIRST_WAIT`], doubling, at most 4 s; the whole is bounded by `create_grace`.
+fn not_found_wait(n: u32) -> Duration {
+    NOT_FOUND_FIRST_WAIT * (1u32 << n.min(2))
+}
 
 /// The provider could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +142,10 @@ struct Inner {
     /// One create at a time per sandbox, so two concurrent creates make one machine.
     creating: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     nudge: Notify,
+    /// Where lease nonces are kept for a successor leader ([`Provider::keep_leases_in`]).
+    keeper: Mutex<Option<Arc<dyn LeaseKeeper>>>,
+    /// Set while another replica leads ([`Provider::leading`]): the follower does not poll.
+    standby: std::sync::atomic::AtomicBool,
 }
 
 /// The `fly` provider. See the module documentation.
@@ -171,6 +187,8 @@ impl FlyProvider {
             refresh_lock: tokio::sync::Mutex::new(()),
             creating: Mutex::new(HashMap::new()),
             nudge: Notify::new(),
+            keeper: Mutex::new(None),
+            standby: std::sync::atomic::AtomicBool::new(false),
         });
         let follower = runtime.spawn(follow(inner.clone()));
         Ok(FlyProvider { inner, follower })
@@ -214,6 +232,7 @@ impl Inner {
         Fut: Future<Output = Result<T, fly_machines::Error>>,
     {
         let mut tries = 1u32;
+        let mut not_found = 0u32;
         f.retry(self.retry.builder().without_max_times())
             .sleep(tokio::time::sleep)
             .when(|e: &fly_machines::Error| {
@@ -231,7 +250,11 @@ impl Inner {
             })
             .adjust(|e, wait| {
                 if e.kind == ErrorKind::NotFound {
-                    wait.map(|w| w.min(Duration::from_millis(500)))
+                    // Not a fault to hammer: the machine shows up once Fly's view catches up,
+                    // and it is still booting meanwhile, so a longer wait costs no start time.
+                    let w = not_found_wait(not_found);
+                    not_found = not_found.saturating_add(1);
+                    wait.map(|_| w)
                 } else {
                     honour_retry_after(e.retry_after, wait)
                 }
@@ -268,78 +291,6 @@ impl Inner {
                 Ok(_) => return Ok(()),
                 Err(e) if e.kind == ErrorKind::Timeout => continue,
                 Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// The lease held on the machine: its nonce, and whether it is still good for a while.
-    fn held_lease(&self, id: &str) -> Option<(String, bool)> {
-        let margin = Duration::from_secs(5).min(self.cfg.lease_ttl / 4);
-        let book = self.book();
-        book.leases
-            .get(id)
-            .map(|(n, until)| (n.clone(), *until > Instant::now() + margin))
-    }
-
-    /// A lease on the machine: the one held if still good, else that one refreshed (or a new
-    /// one, if it lapsed).
-    async fn lease(&self, id: &str) -> Result<String, fly_machines::Error> {
-        let held = self.held_lease(id);
-        if let Some((nonce, true)) = &held {
-            return Ok(nonce.clone());
-        }
-        let previous = held.map(|(n, _)| n);
-        let req = CreateLeaseRequest {
-            description: Some(LEASE_DESCRIPTION.to_string()),
-            ttl: Some(self.cfg.lease_ttl.as_secs().max(1)),
-        };
-        let got = match self
-            .call(Some(id), true, || {
-                self.client.acquire_lease(id, &req, previous.as_deref())
-            })
-            .await
-        {
-            Ok(l) => l,
-            Err(e) if e.kind == ErrorKind::Conflict => {
-                // Held: ours if an earlier try (or an earlier run of the scheduler) took it.
-                let held = self
-                    .call(Some(id), true, || self.client.get_lease(id))
-                    .await
-                    .map_err(|_| e.clone())?;
-                if held.description != LEASE_DESCRIPTION || held.nonce.is_empty() {
-                    return Err(e);
-                }
-                held
-            }
-            Err(e) => return Err(e),
-        };
-        let until = Instant::now() + self.cfg.lease_ttl;
-        self.book()
-            .leases
-            .insert(id.to_string(), (got.nonce.clone(), until));
-        Ok(got.nonce)
-    }
-
-    /// Runs a mutation under the machine's lease, taking a new lease once if Fly says the one
-    /// held is no longer good.
-    async fn leased<F, Fut>(&self, id: &str, f: F) -> Result<(), fly_machines::Error>
-    where
-        F: Fn(String) -> Fut,
-        Fut: Future<Output = Result<(), fly_machines::Error>>,
-    {
-        let mut nonce = self.lease(id).await?;
-        let mut renewed = false;
-        loop {
-            match self.call(Some(id), true, || f(nonce.clone())).await {
-                Err(e) if e.kind == ErrorKind::Conflict && !renewed => {
-                    // Our lease lapsed (or was taken over): refresh or retake it, once.
-                    if let Some(l) = self.book().leases.get_mut(id) {
-                        l.1 = Instant::now();
-                    }
-                    nonce = self.lease(id).await?;
-                    renewed = true;
-                }
-                other => return other,
             }
         }
     }
@@ -501,9 +452,7 @@ impl Inner {
                     };
                     self.book().placed.insert(m.id.clone(), at);
                     if let Some(nonce) = m.nonce.filter(|n| !n.is_empty()) {
-                        self.book()
-                            .leases
-                            .insert(m.id.clone(), (nonce, Instant::now() + self.cfg.lease_ttl));
+                        self.hold_lease(&m.id, &nonce).await;
                     }
                     self.finish_create(&m.id).await?;
                     return Ok(m.id);
@@ -677,6 +626,11 @@ impl Inner {
             Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
             Err(e) => Err(to_provider_error(e)),
         };
+        if r.is_ok()
+            && let Some(keeper) = self.keeper()
+        {
+            keeper.forget(id).await;
+        }
         {
             let mut book = self.book();
             book.leases.remove(id);
@@ -709,6 +663,22 @@ impl Provider for FlyProvider {
 
     fn took_over(&self) {
         self.inner.client.pacer().assume_spent();
+        // What this replica remembers of leases may be stale: a leader since may have renewed
+        // them or taken new ones. The store's (kept by every leader) is read on first use.
+        self.inner.book().leases.clear();
+    }
+
+    fn leading(&self, leading: bool) {
+        self.inner
+            .standby
+            .store(!leading, std::sync::atomic::Ordering::SeqCst);
+        if leading {
+            self.inner.nudge.notify_one();
+        }
+    }
+
+    fn keep_leases_in(&self, keeper: Arc<dyn LeaseKeeper>) {
+        *self.inner.keeper.lock().unwrap_or_else(|e| e.into_inner()) = Some(keeper);
     }
 
     fn region_of(&self, provider_id: &str) -> Option<String> {
@@ -747,7 +717,9 @@ impl Provider for FlyProvider {
     }
 
     async fn shutdown(&self) {
-        if self.inner.cfg.stop_on_shutdown {
+        // A replica that does not lead leaves the machines to the one that does.
+        let standby = self.inner.standby.load(std::sync::atomic::Ordering::SeqCst);
+        if self.inner.cfg.stop_on_shutdown && !standby {
             // Ask Fly first: a machine whose start just finished may not be in the book yet.
             let running_now: std::collections::HashSet<String> = match self.inner.refresh().await {
                 Ok(listed) => listed

@@ -107,11 +107,16 @@ pub(super) fn state_time(m: &Machine, state: ObservedState) -> Option<Millis> {
 /// Follows the app's machines until the provider is dropped (which aborts this task).
 pub(super) async fn follow(inner: Arc<Inner>) {
     loop {
-        if let Err(e) = inner.refresh().await {
+        // Wait for the poll interval, or less when a call has just changed a machine. Waiting
+        // first gives the scheduler time to say whether this replica leads.
+        let _ = tokio::time::timeout(inner.cfg.poll_interval, inner.nudge.notified()).await;
+        // A replica that does not lead leaves the polling (and its share of the app's list
+        // rate) to the one that does.
+        if !inner.standby.load(std::sync::atomic::Ordering::SeqCst)
+            && let Err(e) = inner.refresh().await
+        {
             tracing::warn!(error = %e, "fly: following machine states failed; will retry");
         }
-        // Wait for the poll interval, or less when a call has just changed a machine.
-        let _ = tokio::time::timeout(inner.cfg.poll_interval, inner.nudge.notified()).await;
     }
 }
 

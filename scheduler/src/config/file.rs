@@ -106,6 +106,10 @@ pub struct FileConfig {
     pub fleet_max_sandboxes: Option<u32>,
     /// Most tenants named in metric labels; the rest are counted as `other`.
     pub metrics_max_tenants: Option<usize>,
+    /// Postgres connections of the main pool (API, delivery, ...): 2 to 500, default 16.
+    pub database_pool: Option<u32>,
+    /// Postgres connections of the control loop's own pool: 1 to 64, default 4.
+    pub control_pool: Option<u32>,
     /// `/metrics` requires `Authorization: Bearer` with this token (or the admin token).
     pub metrics_token: Option<String>,
     /// `/metrics` requires the admin token (or `metrics_token`); open when false and no token.

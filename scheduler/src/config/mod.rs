@@ -88,6 +88,12 @@ pub struct Config {
     /// Blank sandboxes the shared warm pool keeps for the chosen provider (0: none).
     pub warm_pool: u32,
     pub metrics_max_tenants: usize,
+    /// Postgres connections for the API and everything else but the control loop.
+    pub database_pool: u32,
+    /// Postgres connections of the control loop's own pool (its bookkeeping: recording a
+    /// created machine, state changes, the lease nonces kept for a successor), so that it never
+    /// waits behind API reads.
+    pub control_pool: u32,
     /// `metrics_token` (`SHOAL_METRICS_TOKEN`): a bearer token `/metrics` requires (never printed).
     #[serde(skip)]
     pub metrics_token: Option<String>,
@@ -440,6 +446,30 @@ impl Config {
             }),
             None => file.metrics_max_tenants.unwrap_or(500),
         };
+        let count =
+            |key: &str, file: Option<u32>, default: u32, errs: &mut Vec<String>| match env_var(key)
+            {
+                Some(v) => v.trim().parse().unwrap_or_else(|_| {
+                    errs.push(format!(
+                        "SHOAL_{}: `{v}` is not a count",
+                        key.to_uppercase()
+                    ));
+                    default
+                }),
+                None => file.unwrap_or(default),
+            };
+        let database_pool = count("database_pool", file.database_pool, 16, &mut errs);
+        let control_pool = count("control_pool", file.control_pool, 4, &mut errs);
+        if !(2..=500).contains(&database_pool) {
+            errs.push(format!(
+                "database_pool: {database_pool} must be between 2 and 500"
+            ));
+        }
+        if !(1..=64).contains(&control_pool) {
+            errs.push(format!(
+                "control_pool: {control_pool} must be between 1 and 64"
+            ));
+        }
         let metrics_token = env_var("metrics_token")
             .or(file.metrics_token.clone())
             .map(|t| t.trim().to_string());
@@ -632,6 +662,8 @@ impl Config {
                 fleet_max_sandboxes,
                 warm_pool,
                 metrics_max_tenants,
+                database_pool,
+                control_pool,
                 metrics_token,
                 metrics_auth,
                 max_log_bytes,

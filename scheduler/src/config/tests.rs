@@ -239,3 +239,36 @@ fn the_warm_pool_is_read_per_provider_and_checked_with_the_rest() {
     assert!(errs.iter().any(|e| e.starts_with("warm_pool")), "{errs:?}");
     assert!(resolve("[warm_pool]\nprocess = 2\nvms = 1", None).is_err());
 }
+
+#[test]
+fn database_pools_are_read_and_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = dir.path().join("shoal-agent");
+    std::fs::write(&agent, "").unwrap();
+    let path = dir.path().join("shoal.toml");
+    let write = |pools: &str| {
+        std::fs::write(
+            &path,
+            format!("{pools}[provider.process]\nagent_bin = {agent:?}\n"),
+        )
+        .unwrap()
+    };
+    let args = ServeArgs {
+        config: Some(path.clone()),
+        ..Default::default()
+    };
+    write("database_pool = 24\ncontrol_pool = 6\n");
+    let c = Config::resolve(&args).unwrap();
+    assert_eq!((c.database_pool, c.control_pool), (24, 6));
+    write("");
+    let c = Config::resolve(&args).unwrap();
+    assert_eq!((c.database_pool, c.control_pool), (16, 4));
+    write("database_pool = 1\ncontrol_pool = 0\n");
+    let errs = Config::resolve(&args).unwrap_err().0;
+    for key in ["database_pool", "control_pool"] {
+        assert!(
+            errs.iter().any(|e| e.starts_with(key)),
+            "{key} not reported in {errs:?}"
+        );
+    }
+}

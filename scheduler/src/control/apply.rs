@@ -127,9 +127,7 @@ impl Control {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .succeeded(&rec.tenant);
-                if let Err(e) = self.store.set_provider_id(&rec.id, &pid).await {
-                    tracing::warn!(error = %e, "recording a provider id failed");
-                }
+                self.record_provider_id(&rec.id, &pid).await;
                 if let Some(region) = self.provider.region_of(&pid)
                     && let Err(e) = self.store.set_sandbox_region(&rec.id, &region).await
                 {
@@ -165,6 +163,28 @@ impl Control {
             }
         }
         self.kick.notify_one();
+    }
+
+    /// Records a created sandbox's provider id, retrying with backoff: a machine whose id is
+    /// lost cannot be woken, suspended or destroyed by it. Should every try fail (the database
+    /// down for long), the next reconcile adopts the machine by its `shoal_sandbox` tag
+    /// ([`Control::adopt_unrecorded`]).
+    async fn record_provider_id(&self, id: &str, provider_id: &str) {
+        use backon::Retryable;
+        let r = (|| self.store.set_provider_id(id, provider_id))
+            .retry(
+                backon::ExponentialBuilder::default()
+                    .with_min_delay(std::time::Duration::from_millis(100))
+                    .with_max_delay(std::time::Duration::from_secs(5))
+                    .with_max_times(6)
+                    .with_jitter(),
+            )
+            .sleep(tokio::time::sleep)
+            .notify(|e, wait| tracing::warn!(sandbox = id, provider_id, error = %e, ?wait, "recording a provider id failed; retrying"))
+            .await;
+        if let Err(e) = r {
+            tracing::error!(sandbox = id, provider_id, error = %e, "recording a provider id failed; the next reconcile adopts the machine by its tag");
+        }
     }
 
     /// The provider side of an operation on an existing sandbox, then the store's final state.

@@ -271,6 +271,9 @@ pub struct Control {
     limits_sent: Mutex<HashMap<String, (Option<u32>, SandboxSize)>>,
     /// Provider calls in flight, so a shutdown can let them finish before stopping sandboxes.
     inflight: Mutex<tokio::task::JoinSet<()>>,
+    /// Provider ids of the unknown sandboxes this replica has collected (their destroy
+    /// answered), so none is collected twice.
+    collected: Mutex<std::collections::HashSet<String>>,
 }
 
 /// The token of a sandbox: derived from the scheduler's secret and the sandbox id, so it need not
@@ -314,6 +317,7 @@ impl Control {
             leading_since: AtomicI64::new(0),
             limits_sent: Mutex::new(HashMap::new()),
             inflight: Mutex::new(tokio::task::JoinSet::new()),
+            collected: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -363,8 +367,10 @@ impl Control {
                 e = self.leadership.acquire() => e,
                 _ = self.shutdown.cancelled() => return,
             };
-            // A predecessor may have just used the provider's rate budget.
+            // A predecessor may have just used the provider's rate budget: pace as if it had,
+            // before this replica's provider starts polling.
             self.provider.took_over();
+            self.provider.leading(true);
             if let Err(e) = self.reconcile(true).await {
                 tracing::error!(error = %e, "reconciling with the provider failed");
             }
@@ -381,6 +387,7 @@ impl Control {
                 if !self.leadership.check(epoch).await {
                     self.epoch.store(0, Ordering::SeqCst);
                     self.metrics.leader.set(0);
+                    self.provider.leading(false);
                     tracing::warn!(epoch, "deposed: this replica stops planning");
                     break;
                 }
@@ -398,6 +405,8 @@ impl Control {
             // Any replica serves the API and agents; only planning waits for leadership.
             self.signals.ready();
         }
+        // Not leading yet: a provider that polls leaves it to the leader.
+        self.provider.leading(false);
         tokio::spawn(Arc::clone(&self).lead());
         let this = Arc::clone(&self);
         let mut provider_done = self.provider_stopped.clone();

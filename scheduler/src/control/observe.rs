@@ -140,7 +140,7 @@ impl Control {
     /// Aligns the store with what the provider has. At start-up (`full`), sandboxes the provider
     /// no longer has are closed in the ledger and marked destroyed; always, resources the store
     /// does not know (or knows as destroyed) are destroyed.
-    pub(super) async fn reconcile(&self, full: bool) -> Result<(), StoreError> {
+    pub(super) async fn reconcile(self: &Arc<Self>, full: bool) -> Result<(), StoreError> {
         let listed = match self.provider.list().await {
             Ok(l) => l,
             Err(e) => {
@@ -156,6 +156,7 @@ impl Control {
             .map(|s| (s.id.clone(), s))
             .collect();
         let blanks = self.store.blanks().await?;
+        self.adopt_unrecorded(&listed, &known).await;
         self.collect_orphans(&listed, &known, &blanks).await;
         if full {
             self.close_unlisted(&listed, &known).await?;
@@ -166,24 +167,144 @@ impl Control {
                     self.store.remove_blank(&b.id).await?;
                 }
             }
+            self.settle_in_flight(&listed, &known).await?;
         }
         Ok(())
     }
 
-    /// Destroys what the provider lists and the store does not know.
+    /// At a takeover: the calls a dead predecessor had in flight (a sandbox left `suspending`,
+    /// `stopping` or `destroying`) will never answer. Each such sandbox is settled by what the
+    /// provider lists: suspended or stopped, it is recorded so; still running, it goes back to
+    /// `ready` (the planner suspends it again when it is idle); being destroyed, the destroy is
+    /// made again (it is idempotent).
+    async fn settle_in_flight(
+        self: &Arc<Self>,
+        listed: &[Observation],
+        known: &HashMap<String, SandboxRecord>,
+    ) -> Result<(), StoreError> {
+        let now = self.now();
+        for (id, rec) in known {
+            let stuck = matches!(
+                rec.state,
+                SandboxState::Suspending | SandboxState::Stopping | SandboxState::Destroying
+            );
+            if !stuck {
+                continue;
+            }
+            let Some(o) = listed.iter().find(|o| &o.sandbox.sandbox_id == id) else {
+                continue;
+            };
+            tracing::info!(sandbox = %id, state = %rec.state, seen = ?o.state, "settling a call a predecessor left in flight");
+            match (rec.state, o.state) {
+                (SandboxState::Destroying, _) => {
+                    let this = Arc::clone(self);
+                    let (sref, id) = (o.sandbox.clone(), id.clone());
+                    self.track(async move {
+                        let r = this.provider.destroy(&sref).await;
+                        this.count_call("destroy", &r);
+                        if r.is_ok() || matches!(r, Err(shoal_fleet::ProviderError::NotFound(_))) {
+                            let _ = this
+                                .store
+                                .sandbox_down(&id, SandboxState::Destroyed, this.now())
+                                .await;
+                        }
+                    });
+                }
+                (_, ObservedState::Suspended) => {
+                    self.store
+                        .transition(id, &[rec.state], SandboxState::Suspended, now)
+                        .await?;
+                }
+                (_, ObservedState::Stopped) => {
+                    self.store
+                        .sandbox_down(id, SandboxState::Stopped, now)
+                        .await?;
+                }
+                (_, ObservedState::Running) => {
+                    self.store
+                        .transition(id, &[rec.state], SandboxState::Ready, now)
+                        .await?;
+                    self.signals.work_changed(&rec.tenant);
+                }
+                (_, ObservedState::Gone) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the provider id of each listed sandbox the store knows without one (its create
+    /// answered but recording the id failed, or the leader died in between): the machine is
+    /// found by its `shoal_sandbox` tag and adopted, once, instead of being lost or collected.
+    async fn adopt_unrecorded(
+        &self,
+        listed: &[Observation],
+        known: &HashMap<String, SandboxRecord>,
+    ) {
+        for o in listed {
+            let Some(rec) = known.get(&o.sandbox.sandbox_id) else {
+                continue;
+            };
+            if rec.provider_id.is_some() || o.state == ObservedState::Gone {
+                continue;
+            }
+            let pid = &o.sandbox.provider_id;
+            match self.store.set_provider_id(&rec.id, pid).await {
+                Ok(()) => {
+                    tracing::info!(sandbox = %rec.id, provider_id = %pid, "adopted a machine whose id had not been recorded");
+                    if let Some(region) = self.provider.region_of(pid) {
+                        let _ = self.store.set_sandbox_region(&rec.id, &region).await;
+                    }
+                    let _ = self
+                        .store
+                        .record_event(
+                            Some(&rec.tenant),
+                            self.now(),
+                            "sandbox_adopted",
+                            &json!({"sandbox": rec.id, "provider_id": pid}),
+                        )
+                        .await;
+                }
+                Err(e) => {
+                    tracing::warn!(sandbox = %rec.id, error = %e, "adopting a machine failed")
+                }
+            }
+        }
+    }
+
+    /// Destroys what the provider lists and the store does not know, each machine once: one
+    /// this replica has already collected (its destroy answered) is not destroyed again while
+    /// the provider still lists it on its way out.
     async fn collect_orphans(
         &self,
         listed: &[Observation],
         known: &HashMap<String, SandboxRecord>,
         blanks: &[shoal_store::BlankRecord],
     ) {
+        let done: std::collections::HashSet<String> = {
+            let mut collected = self.collected.lock().unwrap_or_else(|e| e.into_inner());
+            // A machine the provider no longer lists is gone for good: forget it.
+            collected.retain(|pid| listed.iter().any(|o| &o.sandbox.provider_id == pid));
+            collected.clone()
+        };
         let collected = shoal_fleet::orphans::collect_listed(&*self.provider, listed, |id| {
-            known.contains_key(id) || blanks.iter().any(|b| b.id == id)
+            known.contains_key(id)
+                || blanks.iter().any(|b| b.id == id)
+                || listed
+                    .iter()
+                    .any(|o| o.sandbox.sandbox_id == id && done.contains(&o.sandbox.provider_id))
         })
         .instrument(tracing::info_span!("collect_orphans"))
         .await;
         for c in collected {
             self.count_call("destroy", &c.result);
+            if c.result.is_err() {
+                // Tried again on the next pass; only a collection that happened is recorded.
+                continue;
+            }
+            self.collected
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(c.sandbox.provider_id.clone());
             let _ = self
                 .store
                 .record_event(

@@ -383,6 +383,32 @@ macro_rules! impl_store {
                 async fn set_provider_id(&self, id: &str, provider_id: &str) -> Result<()> {
                     on_conn!(self, sandboxes::set_provider_id, id, provider_id)
                 }
+                async fn keep_provider_lease(
+                    &self,
+                    provider_id: &str,
+                    nonce: &str,
+                    expires_at: Millis,
+                    now: Millis,
+                ) -> Result<()> {
+                    on_conn!(
+                        self,
+                        sandboxes::keep_lease,
+                        provider_id,
+                        nonce,
+                        expires_at,
+                        now
+                    )
+                }
+                async fn provider_lease(
+                    &self,
+                    provider_id: &str,
+                    now: Millis,
+                ) -> Result<Option<(String, Millis)>> {
+                    on_conn!(self, sandboxes::provider_lease, provider_id, now)
+                }
+                async fn forget_provider_lease(&self, provider_id: &str) -> Result<()> {
+                    on_conn!(self, sandboxes::forget_lease, provider_id)
+                }
                 async fn set_sandbox_region(&self, id: &str, region: &str) -> Result<()> {
                     on_conn!(self, sandboxes::set_sandbox_region, id, region)
                 }

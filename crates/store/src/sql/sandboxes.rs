@@ -45,6 +45,53 @@ macro_rules! for_backend {
             Ok(())
         }
 
+        /// Keeps a provider lease's nonce (upsert), pruning the expired ones.
+        pub(crate) async fn keep_lease(
+            conn: &mut Conn,
+            provider_id: &str,
+            nonce: &str,
+            expires_at: Millis,
+            now: Millis,
+        ) -> Result<()> {
+            sqlx::query("DELETE FROM provider_leases WHERE expires_at < $1")
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query(
+                "INSERT INTO provider_leases (provider_id, nonce, expires_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (provider_id) DO UPDATE SET nonce = excluded.nonce, expires_at = excluded.expires_at",
+            )
+            .bind(provider_id)
+            .bind(nonce)
+            .bind(expires_at)
+            .execute(&mut *conn)
+            .await?;
+            Ok(())
+        }
+
+        /// A provider lease's nonce and expiry, unless it has expired.
+        pub(crate) async fn provider_lease(
+            conn: &mut Conn,
+            provider_id: &str,
+            now: Millis,
+        ) -> Result<Option<(String, Millis)>> {
+            Ok(sqlx::query_as(
+                "SELECT nonce, expires_at FROM provider_leases WHERE provider_id = $1 AND expires_at > $2",
+            )
+            .bind(provider_id)
+            .bind(now)
+            .fetch_optional(&mut *conn)
+            .await?)
+        }
+
+        pub(crate) async fn forget_lease(conn: &mut Conn, provider_id: &str) -> Result<()> {
+            sqlx::query("DELETE FROM provider_leases WHERE provider_id = $1")
+                .bind(provider_id)
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
+        }
+
         pub(crate) async fn set_sandbox_region(conn: &mut Conn, id: &str, region: &str) -> Result<()> {
             sqlx::query("UPDATE sandboxes SET region = $1 WHERE id = $2")
                 .bind(region)

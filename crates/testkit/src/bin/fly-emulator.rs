@@ -63,6 +63,10 @@ struct Args {
     /// How long a new machine answers 404.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     not_found_after_create: Duration,
+    /// Strict mode: a new machine answers 404 for a moment after its create, as Fly's API does
+    /// (unless `--not-found-after-create` sets the window).
+    #[arg(long)]
+    strict: bool,
     /// Do not enforce Fly's rate limits.
     #[arg(long)]
     no_rate_limits: bool,
@@ -114,6 +118,9 @@ async fn main() -> anyhow::Result<()> {
         enforce_rate_limits: !args.no_rate_limits,
         ..EmulatorConfig::default()
     };
+    if args.strict {
+        cfg = cfg.strict();
+    }
     if let Some(agent) = args.agent {
         cfg = cfg.with_agent(agent);
     }

@@ -127,7 +127,22 @@ impl Default for EmulatorConfig {
     }
 }
 
+/// How long a machine answers 404 after its create in [`EmulatorConfig::strict`] mode: Fly's
+/// eventual consistency as seen from outside (a `GET` or `wait` right after a create may miss the
+/// machine for a few hundred milliseconds).
+pub const STRICT_NOT_FOUND_AFTER_CREATE_MS: u64 = 800;
+
 impl EmulatorConfig {
+    /// Strict mode: behaves as the real API does where tests would otherwise be spared, i.e. a
+    /// new machine answers 404 for [`STRICT_NOT_FOUND_AFTER_CREATE_MS`] after its create (unless
+    /// the faults already set a window). Leases held by another nonce answer 409 in every mode.
+    pub fn strict(mut self) -> Self {
+        if self.faults.not_found_after_create_ms == 0 {
+            self.faults.not_found_after_create_ms = STRICT_NOT_FOUND_AFTER_CREATE_MS;
+        }
+        self
+    }
+
     /// Runs `agent` (the `shoal-agent` binary) in started machines.
     pub fn with_agent(mut self, agent: impl Into<PathBuf>) -> Self {
         self.command = vec![agent.into().to_string_lossy().into_owned()];
@@ -146,6 +161,9 @@ pub struct Stats {
     pub by_scope_action: BTreeMap<String, BTreeMap<String, u64>>,
     /// Requests refused for going past Fly's rate limits (injected 429s not included).
     pub past_rate_limit: u64,
+    /// Of those, by operation id.
+    #[serde(default)]
+    pub past_rate_limit_by_action: BTreeMap<String, u64>,
     /// Requests that did not match the spec.
     pub spec_violations: u64,
     /// The last few spec violations, described.

@@ -248,7 +248,10 @@ impl Shared {
                 &self.actions
             };
             if let Err(not_until) = limiter.check_key(&(scope.clone(), op.clone())) {
-                lock(&self.stats).past_rate_limit += 1;
+                let mut st = lock(&self.stats);
+                st.past_rate_limit += 1;
+                *st.past_rate_limit_by_action.entry(op.clone()).or_default() += 1;
+                drop(st);
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
                 return retry_after("rate limit exceeded", wait);
             }
