@@ -8,6 +8,7 @@
 //! - [`faults`]: the fault run: replicas on Postgres and Redis killed while jobs flow, then checked.
 //! - [`queuebench`]: Shoal against a bare apalis worker loop on the same Postgres and Redis.
 //! - [`logbench`]: waiting on jobs (`wait_s`) and following their output, measured.
+//! - [`replay`]: a workload played against a running `shoal serve`, compared with the simulator.
 
 pub mod engine;
 pub mod faults;
@@ -16,6 +17,7 @@ pub mod logbench;
 pub mod peers;
 pub mod policy;
 pub mod queuebench;
+pub mod replay;
 pub mod report;
 pub mod workload;
 
