@@ -224,6 +224,9 @@ enum Cmd {
         /// Longest wait for the jobs to end and the pools to stop after the last arrival.
         #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
         settle: std::time::Duration,
+        /// The scheduler's `--warm-pool` (running blanks), simulated alike.
+        #[arg(long, default_value_t = 0)]
+        warm_pool: u32,
         /// Write the JSON here too.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -469,6 +472,7 @@ fn main() -> Result<()> {
             until_s,
             latencies_s,
             settle,
+            warm_pool,
             out,
         } => {
             let mut w = read_workload(&workload)?;
@@ -488,6 +492,7 @@ fn main() -> Result<()> {
                 policy,
                 latencies,
                 settle,
+                warm_pool,
             };
             let cmp = runtime()?.block_on(replay::run(&w, &cfg))?;
             write_json(out.as_deref(), &cmp)?;

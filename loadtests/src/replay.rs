@@ -8,7 +8,8 @@
 //!   a spec that sleeps `duration_s / F`.
 //! - Once every job has ended and every pool has stopped its sandboxes, the replay reads the jobs
 //!   (`created_at`, `started_at`, `finished_at`, `sandbox_id`), each tenant's events (the boots:
-//!   `create`, `start`, `resume`, `claim`) and the billed sandbox-seconds (`GET /v1/usage`).
+//!   `create`, `start`, `resume`; a `claim` of a running blank is counted but is no boot) and the
+//!   billed sandbox-seconds (`GET /v1/usage`).
 //! - A job is a **cold start** when it is the first job its sandbox started after a boot and it
 //!   was enqueued before that boot was over (the simulator's definition: it waited for a boot).
 //!   When the boot was over is not evented; it is estimated per kind of boot from the boots a job
@@ -16,7 +17,8 @@
 //!   boot to that job's start. Those medians are also the latencies the simulator is given,
 //!   unless set by hand.
 //! - **Idle** sandbox-seconds are billed sandbox-seconds less the jobs' run time and the boots
-//!   (the simulator meters idle from ready, not from the boot).
+//!   (the simulator meters idle from ready, not from the boot). Tenants' idle only: a warm pool's
+//!   blanks are the fleet's and not in the usage, so they are left out of the prediction too.
 
 use crate::engine::{Outcome, SimOptions, simulate};
 use crate::policy::Policy;
@@ -44,6 +46,8 @@ pub struct ReplayConfig {
     pub latencies: Option<SimLatencies>,
     /// Longest wait for the jobs to end and the pools to stop, after the last arrival.
     pub settle: Duration,
+    /// The scheduler's `--warm-pool` (running blanks, as the process provider keeps them).
+    pub warm_pool: u32,
 }
 
 /// What the replay measured through the API.
@@ -172,7 +176,9 @@ pub async fn run(w: &Workload, cfg: &ReplayConfig) -> Result<Comparison> {
         tasks.spawn(async move {
             let body = json!({"tenant": tenant, "kind": "agent",
                 "spec": {"command": ["sleep", secs]}, "max_attempts": 1});
-            let v = api.call(reqwest::Method::POST, "/v1/jobs", Some(&body)).await?;
+            let v = api
+                .call(reqwest::Method::POST, "/v1/jobs", Some(&body))
+                .await?;
             let id = v["id"].as_str().context("job id")?.to_string();
             anyhow::Ok((i, id))
         });
@@ -257,7 +263,13 @@ pub async fn run(w: &Workload, cfg: &ReplayConfig) -> Result<Comparison> {
         }
         for e in evs {
             let kind = e["kind"].as_str().unwrap_or_default();
-            if !matches!(kind, "create" | "start" | "resume" | "claim") {
+            // A claim of a running blank (the process provider's) is no boot: the simulator's
+            // ready blank, whose job is not a cold start. Claims are counted, not timed.
+            if kind == "claim" {
+                *boot_counts.entry(kind.to_string()).or_insert(0) += 1;
+                continue;
+            }
+            if !matches!(kind, "create" | "start" | "resume") {
                 continue;
             }
             let (Some(at), Some(sb)) = (ms(&e["at"]), e["detail"]["sandbox"].as_str()) else {
@@ -372,6 +384,7 @@ pub async fn run(w: &Workload, cfg: &ReplayConfig) -> Result<Comparison> {
     });
     let opts = SimOptions {
         latencies,
+        warm_pool: cfg.warm_pool,
         ..SimOptions::default()
     };
     let (predicted, _) = simulate(&cw, cfg.policy, &opts)?;
@@ -386,7 +399,7 @@ pub async fn run(w: &Workload, cfg: &ReplayConfig) -> Result<Comparison> {
         cold_starts_diff: diff(replayed.cold_starts as f64, predicted.cold_starts as f64),
         idle_seconds_diff: diff(
             replayed.idle_sandbox_seconds,
-            predicted.idle_sandbox_seconds,
+            predicted.idle_sandbox_seconds - predicted.warm_pool_idle_seconds,
         ),
         cold_starts_within_10pct: diff(replayed.cold_starts as f64, predicted.cold_starts as f64)
             .abs()

@@ -44,6 +44,7 @@ async fn a_replay_runs_every_job_once_and_compares_with_the_simulator() -> Resul
         policy: Policy::Fixed(2.0),
         latencies: None,
         settle: Duration::from_secs(90),
+        warm_pool: 0,
     };
     let cmp = replay::run(&w, &cfg)
         .await
@@ -56,7 +57,10 @@ async fn a_replay_runs_every_job_once_and_compares_with_the_simulator() -> Resul
     // Each job's start on a sandbox shows in the jobs Shoal reports: the API counted the jobs'
     // run time, the sandboxes' billed time covers it, and at least each tenant's first job
     // waited for a boot (no sandbox existed before it).
-    assert!(r.busy_seconds > 0.0 && r.sandbox_seconds >= r.busy_seconds, "{r:?}");
+    assert!(
+        r.busy_seconds > 0.0 && r.sandbox_seconds >= r.busy_seconds,
+        "{r:?}"
+    );
     assert!(r.cold_starts >= 3 && r.cold_starts <= 25, "{r:?}");
     assert!(r.boots.get("create").copied().unwrap_or(0) >= 3, "{r:?}");
     assert!(r.boot_latency_s.contains_key("create"), "{r:?}");
