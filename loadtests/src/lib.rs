@@ -12,6 +12,7 @@
 //! - [`queuebench`]: Shoal against a bare apalis worker loop on the same Postgres and Redis.
 //! - [`hotbench`]: the hot path's bars: the embedded default's rate, a wake under a deep backlog.
 //! - [`logbench`]: waiting on jobs (`wait_s`) and following their output, measured.
+//! - [`replay`]: a workload played against a running `shoal serve`, compared with the simulator.
 
 pub mod cpu;
 pub mod engine;
@@ -24,6 +25,7 @@ pub mod peers;
 pub mod pgstat;
 pub mod policy;
 pub mod queuebench;
+pub mod replay;
 pub mod report;
 pub mod workload;
 

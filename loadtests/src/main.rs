@@ -1,7 +1,8 @@
 //! `shoal-loadtests`: the policy simulator (`simulate`), the workload generator (`generate`), the
 //! policy report (`report`), the simulator's scale run (`scale`), the fault run against real
 //! replicas (`faults`), the comparison with a bare apalis worker loop (`queue-bench`) and the
-//! measurements of waiting on jobs and following their output (`log-bench`).
+//! measurements of waiting on jobs and following their output (`log-bench`), and the replay of a
+//! workload against a running `shoal serve`, compared with the simulator (`replay`).
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -9,7 +10,8 @@ use shoal_fleet::sim::SimLatencies;
 use shoal_loadtests::engine::BlankState;
 use shoal_loadtests::generate::{self, AzureDerivation, Profile};
 use shoal_loadtests::{
-    Policy, SimOptions, Workload, faults, hotbench, logbench, queuebench, report, simulate,
+    Policy, SimOptions, Workload, faults, hotbench, logbench, queuebench, replay, report,
+    simulate,
 };
 use shoal_planner::adaptive::AdaptiveConfig;
 use std::path::{Path, PathBuf};
@@ -208,6 +210,39 @@ enum Cmd {
         #[command(flatten)]
         cfg: hotbench::HotConfig,
         /// Write the figures as JSON here too.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Play a workload CSV against a running `shoal serve` (process provider), time compressed,
+    /// and compare its cold starts and idle sandbox-seconds with the simulator's prediction.
+    Replay {
+        #[arg(long)]
+        workload: PathBuf,
+        /// The scheduler's base URL.
+        #[arg(long)]
+        url: String,
+        /// Its admin token.
+        #[arg(long, env = "SHOAL_ADMIN_TOKEN")]
+        token: String,
+        /// Divide every arrival and duration by this.
+        #[arg(long)]
+        compress: f64,
+        /// The policy the scheduler runs, in real seconds (`fixed:25` for `--idle-timeout 25s`).
+        #[arg(long, default_value = "fixed:300")]
+        policy: Policy,
+        /// Replay only the jobs arriving before this many (uncompressed) seconds.
+        #[arg(long)]
+        until_s: Option<f64>,
+        /// Boot latencies for the simulator, seconds (create,start,resume); measured when absent.
+        #[arg(long, value_delimiter = ',', num_args = 3)]
+        latencies_s: Option<Vec<f64>>,
+        /// Longest wait for the jobs to end and the pools to stop after the last arrival.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        settle: std::time::Duration,
+        /// The scheduler's `--warm-pool` (running blanks), simulated alike.
+        #[arg(long, default_value_t = 0)]
+        warm_pool: u32,
+        /// Write the JSON here too.
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -448,6 +483,40 @@ fn main() -> Result<()> {
         Cmd::HotBench { cfg, out } => {
             let figures = runtime()?.block_on(hotbench::run(&cfg))?;
             write_json(out.as_deref(), &figures)?;
+        }
+        Cmd::Replay {
+            workload,
+            url,
+            token,
+            compress,
+            policy,
+            until_s,
+            latencies_s,
+            settle,
+            warm_pool,
+            out,
+        } => {
+            let mut w = read_workload(&workload)?;
+            if let Some(u) = until_s {
+                let u = (u * 1000.0).round() as i64;
+                w.jobs.retain(|j| j.arrival_ms < u);
+            }
+            let latencies = latencies_s.map(|v| SimLatencies {
+                create_ms: (v[0] * 1000.0).round() as i64,
+                start_ms: (v[1] * 1000.0).round() as i64,
+                resume_ms: (v[2] * 1000.0).round() as i64,
+            });
+            let cfg = replay::ReplayConfig {
+                url,
+                token,
+                compress,
+                policy,
+                latencies,
+                settle,
+                warm_pool,
+            };
+            let cmp = runtime()?.block_on(replay::run(&w, &cfg))?;
+            write_json(out.as_deref(), &cmp)?;
         }
         Cmd::QueueBench { cfg, out } => {
             let Some(figures) = runtime()?.block_on(queuebench::run(&cfg))? else {
