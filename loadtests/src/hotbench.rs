@@ -128,20 +128,29 @@ async fn last_finish(s: &Server, tenant: &str) -> Result<i64> {
     last.with_context(|| format!("no finished job: {v}"))
 }
 
-/// Pushes `n` no-op jobs of `tenant` through the batch endpoint, 1,000 a request from
-/// `clients` clients; the seconds it took.
-async fn push_batches(s: &Arc<Server>, tenant: &str, n: usize, clients: usize) -> Result<f64> {
+/// Pushes `n` no-op jobs through the batch endpoint, 1,000 a request from `clients` clients,
+/// the job `i` of request `r` for the tenant `tenant(r, i)`; the seconds it took. Shared with
+/// `queue-bench`'s batch phase.
+pub(crate) async fn push_batches<F>(
+    s: &Arc<Server>,
+    n: usize,
+    clients: usize,
+    tenant: F,
+) -> Result<f64>
+where
+    F: Fn(usize, usize) -> String + Clone + Send + 'static,
+{
     let t0 = Instant::now();
     let requests = n.div_ceil(1000);
     let mut set = tokio::task::JoinSet::new();
     for c in 0..clients {
         let s = Arc::clone(s);
-        let tenant = tenant.to_string();
+        let tenant = tenant.clone();
         set.spawn(async move {
             for r in (c..requests).step_by(clients) {
                 let k = (n - r * 1000).min(1000);
                 let batch: Vec<_> = (0..k)
-                    .map(|_| json!({"tenant": tenant, "kind": "agent", "spec": {"command": ["true"]}}))
+                    .map(|i| json!({"tenant": tenant(r, i), "kind": "agent", "spec": {"command": ["true"]}}))
                     .collect();
                 let (st, v) = s
                     .send(Method::POST, "/v1/jobs/batch", &json!({ "jobs": batch }))
@@ -150,7 +159,7 @@ async fn push_batches(s: &Arc<Server>, tenant: &str, n: usize, clients: usize) -
                 let admitted = v["jobs"]
                     .as_array()
                     .map_or(0, |a| a.iter().filter(|j| j["status"] == 202).count());
-                anyhow::ensure!(admitted == k, "{admitted} of {k} admitted");
+                anyhow::ensure!(admitted == k, "{admitted} of {k} admitted: {v}");
             }
             anyhow::Ok(())
         });
@@ -204,7 +213,7 @@ async fn embedded(s: &Arc<Server>, cfg: &HotConfig, out: &mut HotFigures) -> Res
 
     // Through the batch endpoint.
     let t0_ms = chrono::Utc::now().timestamp_millis();
-    let admit_s = push_batches(s, "bulk", cfg.jobs, 2).await?;
+    let admit_s = push_batches(s, cfg.jobs, 2, |_, _| "bulk".to_string()).await?;
     pool_drained(s, "bulk", Duration::from_secs(600)).await?;
     let total_s = (last_finish(s, "bulk").await? - t0_ms).max(1) as f64 / 1000.0;
     out.batch_jobs_per_s = Some(cfg.jobs as f64 / total_s);
@@ -223,7 +232,7 @@ async fn backlog(s: &Arc<Server>, cfg: &HotConfig, out: &mut HotFigures) -> Resu
         .send(Method::POST, "/v1/tenants/deep/drain", &json!({}))
         .await?;
     anyhow::ensure!(st == 200, "drain: {st} {v}");
-    let admit_s = push_batches(s, "deep", cfg.backlog, 2).await?;
+    let admit_s = push_batches(s, cfg.backlog, 2, |_, _| "deep".to_string()).await?;
     out.backlog_admit_per_s = Some(cfg.backlog as f64 / admit_s);
     let p = s.get("/v1/pools/deep").await?;
     anyhow::ensure!(

@@ -576,38 +576,12 @@ async fn drained(pool: &PgPool, limit: Duration) -> Result<()> {
 /// round the tenants, on an idle system: (admitted per second, run end to end per second).
 async fn batch_phase(s: &Arc<Server>, pool: &PgPool, cfg: &BenchConfig) -> Result<(f64, f64)> {
     drained(pool, Duration::from_secs(600)).await?;
-    let t0 = Instant::now();
     let t0_ms = chrono::Utc::now().timestamp_millis();
-    let requests = cfg.batch_jobs.div_ceil(1000);
-    let mut clients = tokio::task::JoinSet::new();
-    for c in 0..4 {
-        let s = Arc::clone(s);
-        let (jobs, tenants) = (cfg.batch_jobs, cfg.tenants);
-        clients.spawn(async move {
-            for r in (c..requests).step_by(4) {
-                let n = (jobs - r * 1000).min(1000);
-                let batch: Vec<_> = (0..n)
-                    .map(|i| {
-                        json!({"tenant": format!("b{}", (r + i) % tenants), "kind": "agent",
-                        "spec": {"command": ["true"]}})
-                    })
-                    .collect();
-                let (st, v) = s
-                    .send(Method::POST, "/v1/jobs/batch", &json!({ "jobs": batch }))
-                    .await?;
-                anyhow::ensure!(st == 200, "{st} {v}");
-                let admitted = v["jobs"]
-                    .as_array()
-                    .map_or(0, |a| a.iter().filter(|j| j["status"] == 202).count());
-                anyhow::ensure!(admitted == n, "{admitted} of {n} admitted: {v}");
-            }
-            anyhow::Ok(())
-        });
-    }
-    while let Some(r) = clients.join_next().await {
-        r??;
-    }
-    let admit_s = t0.elapsed().as_secs_f64();
+    let tenants = cfg.tenants;
+    let admit_s = crate::hotbench::push_batches(s, cfg.batch_jobs, 4, move |r, i| {
+        format!("b{}", (r + i) % tenants)
+    })
+    .await?;
     drained(pool, Duration::from_secs(600)).await?;
     let last: Option<i64> =
         sqlx::query_scalar("SELECT max(finished_at) FROM jobs WHERE created_at >= $1")

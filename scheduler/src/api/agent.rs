@@ -248,17 +248,7 @@ fn finish_of(body: &[u8]) -> Result<(Finish, Option<shoal_protocol::JobUsage>), 
     }
     // Read straight from the text (not through a `Value`), so the result is kept as the text
     // the agent sent: a number no double holds stays as written.
-    let c: Completion = serde_json::from_slice(body).map_err(|e| {
-        if e.is_syntax() || e.is_eof() {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "malformed_json",
-                format!("the body is not JSON: {e}"),
-            )
-        } else {
-            crate::error::shape_error(&e.to_string())
-        }
-    })?;
+    let c: Completion = from_body(body)?;
     let finish = match c.outcome {
         Outcome::Succeeded { result } => Finish::Succeeded { result },
         Outcome::Failed { result, error } => Finish::Failed {
@@ -290,17 +280,7 @@ pub(crate) async fn agent_complete(
     body: RawBody,
 ) -> Result<Response, ApiError> {
     let body = body.0;
-    let ids: CompletionIds = serde_json::from_slice(&body).map_err(|e| {
-        if e.is_syntax() || e.is_eof() {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "malformed_json",
-                format!("the body is not JSON: {e}"),
-            )
-        } else {
-            crate::error::shape_error(&e.to_string())
-        }
-    })?;
+    let ids: CompletionIds = from_body(&body)?;
     // The job is known before the span starts, so the span joins the job's trace.
     let span = tracing::info_span!(
         "completion",
@@ -366,6 +346,22 @@ pub(crate) async fn agent_complete(
     }
     .instrument(span)
     .await
+}
+
+/// Reads a request body straight from its bytes: text that is not JSON answers 400
+/// `malformed_json`, JSON of the wrong shape the API's usual shape error.
+fn from_body<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("the body is not JSON: {e}"),
+            )
+        } else {
+            crate::error::shape_error(&e.to_string())
+        }
+    })
 }
 
 #[cfg(test)]
