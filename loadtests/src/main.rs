@@ -10,8 +10,7 @@ use shoal_fleet::sim::SimLatencies;
 use shoal_loadtests::engine::BlankState;
 use shoal_loadtests::generate::{self, AzureDerivation, Profile};
 use shoal_loadtests::{
-    Policy, SimOptions, Workload, faults, hotbench, logbench, queuebench, replay, report,
-    simulate,
+    Policy, SimOptions, Workload, faults, hotbench, logbench, queuebench, replay, report, simulate,
 };
 use shoal_planner::adaptive::AdaptiveConfig;
 use std::path::{Path, PathBuf};

@@ -123,9 +123,11 @@ async fn json_logs_hold_no_token_and_no_colour() -> Result<()> {
     })
     .await?;
     // The end is logged just after the store has it, so the log may lag the job's state a moment.
-    s.wait_for("the job's end in the log", Duration::from_secs(10), || async {
-        Ok(s.log().contains("job finished").then_some(()))
-    })
+    s.wait_for(
+        "the job's end in the log",
+        Duration::from_secs(10),
+        || async { Ok(s.log().contains("job finished").then_some(())) },
+    )
     .await?;
     let lines = assert_json_log(&s.log(), &token);
     let start = lines
