@@ -16,7 +16,7 @@
 use crate::admission::{Enqueue, check};
 use crate::auth::Caller;
 use crate::control::Control;
-use crate::error::{ApiError, Body};
+use crate::error::{ApiError, RawBody};
 use crate::openapi::ErrorBody;
 use crate::state::{App, now_ms};
 use crate::views::rfc3339;
@@ -30,6 +30,7 @@ use croner::parser::{CronParser, Seconds, Year};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shoal_core::Millis;
+use shoal_protocol::JsonText;
 use shoal_store::{Admitted, NewSchedule, ScheduleRecord};
 use std::sync::Arc;
 use std::time::Duration;
@@ -135,8 +136,9 @@ pub struct ScheduleView {
     pub name: String,
     pub cron: String,
     pub timezone: String,
+    /// As written when it was put (a `semantic_diff` job's documents keep their numbers exactly).
     #[schema(value_type = Object)]
-    pub job: Value,
+    pub job: JsonText,
     /// The next fire time not yet made into a job; absent when the pattern never matches again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_fire_at: Option<String>,
@@ -186,6 +188,26 @@ fn valid_name(name: &str) -> Result<(), ApiError> {
 }
 
 /// The enqueue body a schedule's `job` stands for, for `tenant`.
+/// The job of a schedule to store: for a `semantic_diff` job, its text cut from the request's own
+/// bytes, so that numbers no double holds reach each fire's engine as written (`job` is a
+/// `Value`, which rounds them); any other job, or a body this cannot read so, as `job`'s text.
+fn job_as_written(job: &Value, body: &[u8]) -> JsonText {
+    #[derive(Deserialize)]
+    struct Raw<'a> {
+        #[serde(borrow)]
+        job: &'a serde_json::value::RawValue,
+    }
+    if job.get("kind").and_then(Value::as_str) == Some(shoal_core::JobKind::SemanticDiff.as_str()) {
+        if let Some(text) = serde_json::from_slice::<Raw>(body)
+            .ok()
+            .and_then(|r| JsonText::from_text(r.job.get().to_string()).ok())
+        {
+            return text;
+        }
+    }
+    JsonText::from(job)
+}
+
 fn enqueue_of(tenant: &str, job: &Value) -> Result<Enqueue, ApiError> {
     let Some(obj) = job.as_object() else {
         return Err(ApiError::invalid("job", "must be an object"));
@@ -220,8 +242,11 @@ pub async fn put(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path((tenant, name)): Path<(String, String)>,
-    Body(req): Body<PutSchedule>,
+    body: RawBody,
 ) -> Result<Response, ApiError> {
+    let req: PutSchedule = crate::error::parse_object(&body.0)?;
+    let job = job_as_written(&req.job, &body.0);
+    drop(body);
     let t = crate::api::visible_tenant(&app, &caller, &tenant).await?;
     valid_name(&name)?;
     let timezone = req.timezone.unwrap_or_else(|| "UTC".into());
@@ -244,7 +269,7 @@ pub async fn put(
                 name,
                 cron: req.cron,
                 timezone,
-                job: req.job,
+                job,
                 next_fire_at: next,
                 now,
             },
@@ -362,20 +387,20 @@ async fn fire_one(
     let Some(tenant) = app.store.tenant(&s.tenant).await? else {
         return Ok(false);
     };
-    let req = enqueue_of(&s.tenant, &s.job);
+    let req = enqueue_of(&s.tenant, &s.job.to_value());
     let checked = req.and_then(|r| check(&r, now).map(|c| (c, r)));
     let schedule = format!("{}/{}", s.tenant, s.name);
     let key = shoal_store::schedules::fire_key(&s.name, fire);
     let job = match checked {
-        Ok((mut c, r)) => {
+        Ok((mut c, mut r)) => {
             c.run_at = Some(fire);
-            c.into_job(
-                &s.tenant,
-                r.spec.into(),
-                Some(key),
-                now,
-                Some(schedule.clone()),
-            )
+            // The documents of a `semantic_diff` job as the schedule's job wrote them.
+            crate::admission::keep_documents_as_written(&mut r, s.job.get().as_bytes());
+            let spec = r
+                .spec_text
+                .take()
+                .unwrap_or_else(|| JsonText::from(&r.spec));
+            c.into_job(&s.tenant, spec, Some(key), now, Some(schedule.clone()))
         }
         Err(e) => {
             // Stored before a rule it breaks: the fire time passes without a job.

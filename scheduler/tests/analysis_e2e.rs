@@ -91,6 +91,50 @@ async fn analysis_kinds_run_as_jobs() -> Result<()> {
         "{text}"
     );
 
+    // The same through a schedule: the job it stores and each fire's documents keep the numbers
+    // as written.
+    let body = r#"{"cron": "* * * * * *", "job": {"kind": "semantic_diff", "spec": {"baseline": {"a": 12345678901234567890123},
+        "candidate": {"a": 12345678901234567890124}}}}"#;
+    let r = s
+        .req(Method::PUT, "/v1/schedules/qa/exact")
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await?;
+    anyhow::ensure!(r.status().is_success(), "{}", r.text().await?);
+    let put = r.text().await?;
+    assert!(put.contains("12345678901234567890124"), "{put}");
+    let text = s
+        .wait_for("a fired exact job", Duration::from_secs(60), || async {
+            let list: Value = s
+                .req(Method::GET, "/v1/jobs?tenant=qa&state=succeeded&limit=100")
+                .send()
+                .await?
+                .json()
+                .await?;
+            for j in list["jobs"].as_array().into_iter().flatten() {
+                if j["schedule"] == "qa/exact" {
+                    let id = j["id"].as_str().unwrap_or_default();
+                    let text = s
+                        .req(Method::GET, &format!("/v1/jobs/{id}"))
+                        .send()
+                        .await?
+                        .text()
+                        .await?;
+                    return Ok(Some(text));
+                }
+            }
+            Ok(None)
+        })
+        .await?;
+    assert!(
+        text.contains(r#""changes":[{"op":"changed","path":"/a","before":12345678901234567890123,"after":12345678901234567890124}]"#),
+        "{text}"
+    );
+    s.req(Method::DELETE, "/v1/schedules/qa/exact")
+        .send()
+        .await?;
+
     // Recorded traces: spans matched by what they are, not by their ids.
     let tb: Value = serde_json::from_str(&std::fs::read_to_string(fixture(
         "semdiff",

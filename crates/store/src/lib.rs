@@ -281,8 +281,9 @@ pub struct ScheduleRecord {
     pub cron: String,
     /// The time zone the cron reads in.
     pub timezone: String,
-    /// The body each fire admits (as `POST /v1/jobs` takes it, without `tenant`).
-    pub job: serde_json::Value,
+    /// The body each fire admits (as `POST /v1/jobs` takes it, without `tenant`), as the
+    /// caller wrote it (a `semantic_diff` job's documents keep their numbers exactly).
+    pub job: shoal_protocol::JsonText,
     /// The next fire time not yet made into a job; `None` when the cron has no further match.
     pub next_fire_at: Option<Millis>,
     /// The last fire time made into a job.
@@ -317,8 +318,8 @@ pub struct NewSchedule {
     pub cron: String,
     /// The time zone the cron reads in.
     pub timezone: String,
-    /// The body each fire admits.
-    pub job: serde_json::Value,
+    /// The body each fire admits, as the caller wrote it.
+    pub job: shoal_protocol::JsonText,
     /// The first fire time.
     pub next_fire_at: Option<Millis>,
     /// When it is written.

@@ -215,7 +215,7 @@ pub(crate) fn schedule_from_row<'r, R: StoreRow<'r>>(row: &'r R) -> Result<Sched
         name: row.string("name")?,
         cron: row.string("cron")?,
         timezone: row.string("timezone")?,
-        job: json_col(row, "job")?.unwrap_or(serde_json::Value::Null),
+        job: json_text_col(row, "job")?.unwrap_or_else(shoal_protocol::JsonText::null),
         next_fire_at: row.opt_int("next_fire_at")?,
         last_fire_at: row.opt_int("last_fire_at")?,
         created_at: row.int("created_at")?,

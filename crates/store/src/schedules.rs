@@ -26,7 +26,7 @@ pub fn put_entry(actor: &Actor, s: &ScheduleRecord, created: bool) -> AuditEntry
         "tenant": s.tenant,
         "cron": s.cron,
         "timezone": s.timezone,
-        "kind": s.job.get("kind"),
+        "kind": s.job.to_value().get("kind"),
     });
     crate::audit::entry(
         actor,
@@ -77,7 +77,7 @@ macro_rules! for_backend {
             .bind(&s.name)
             .bind(&s.cron)
             .bind(&s.timezone)
-            .bind(s.job.to_string())
+            .bind(s.job.get())
             .bind(s.next_fire_at)
             .bind(s.now)
             .execute(&mut *conn)

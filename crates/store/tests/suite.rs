@@ -3164,7 +3164,7 @@ fn schedule(name: &str, next: Option<i64>, now: i64) -> NewSchedule {
         name: name.into(),
         cron: "*/5 * * * * *".into(),
         timezone: "UTC".into(),
-        job: json!({"kind": "agent", "spec": {"command": ["true"]}}),
+        job: json!({"kind": "agent", "spec": {"command": ["true"]}}).into(),
         next_fire_at: next,
         now,
     }
