@@ -197,13 +197,14 @@ fn job_as_written(job: &Value, body: &[u8]) -> JsonText {
         #[serde(borrow)]
         job: &'a serde_json::value::RawValue,
     }
-    if job.get("kind").and_then(Value::as_str) == Some(shoal_core::JobKind::SemanticDiff.as_str()) {
-        if let Some(text) = serde_json::from_slice::<Raw>(body)
+    let semantic =
+        job.get("kind").and_then(Value::as_str) == Some(shoal_core::JobKind::SemanticDiff.as_str());
+    if semantic
+        && let Some(text) = serde_json::from_slice::<Raw>(body)
             .ok()
             .and_then(|r| JsonText::from_text(r.job.get().to_string()).ok())
-        {
-            return text;
-        }
+    {
+        return text;
     }
     JsonText::from(job)
 }
