@@ -29,6 +29,7 @@ pub type Stop = Pin<Box<dyn Future<Output = ()> + Send>>;
 pub struct WaitingRoom {
     reason: Arc<Mutex<String>>,
     server: tokio::task::JoinHandle<()>,
+    closing: tokio_util::sync::CancellationToken,
 }
 
 impl WaitingRoom {
@@ -46,13 +47,32 @@ impl WaitingRoom {
         let router = Router::new()
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(move || async move { not_ready(&r1) }))
-            .fallback(move || async move { fallback(&r2) });
+            .fallback(move || async move { fallback(&r2) })
+            // No connection outlives the room: a client's next request opens a new one, which
+            // the API answers once it has the socket.
+            .layer(axum::middleware::map_response(
+                |mut r: axum::response::Response| async move {
+                    r.headers_mut().insert(
+                        axum::http::header::CONNECTION,
+                        axum::http::HeaderValue::from_static("close"),
+                    );
+                    r
+                },
+            ));
+        let closing = tokio_util::sync::CancellationToken::new();
+        let closed = closing.clone();
         let server = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router).await {
+            let serve = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { closed.cancelled().await });
+            if let Err(e) = serve.await {
                 tracing::warn!(error = %e, "the waiting room's server ended");
             }
         });
-        Ok(WaitingRoom { reason, server })
+        Ok(WaitingRoom {
+            reason,
+            server,
+            closing,
+        })
     }
 
     /// Says why the scheduler is not ready (what `/readyz` answers).
@@ -60,10 +80,19 @@ impl WaitingRoom {
         *self.reason.lock().unwrap_or_else(|e| e.into_inner()) = reason.into();
     }
 
-    /// Stops serving the waiting room (the API takes the socket over).
-    pub async fn close(self) {
-        self.server.abort();
-        let _ = self.server.await;
+    /// Stops serving the waiting room (the API takes the socket over): no new connection is
+    /// accepted and the requests under way are answered before it returns, so a request that
+    /// arrives during the swap is answered by one or the other, not dropped. A client that holds
+    /// its connection open past a second is cut off.
+    pub async fn close(mut self) {
+        self.closing.cancel();
+        if tokio::time::timeout(std::time::Duration::from_secs(1), &mut self.server)
+            .await
+            .is_err()
+        {
+            self.server.abort();
+            let _ = self.server.await;
+        }
     }
 
     /// Runs `connect` until it succeeds, waiting with exponential backoff and jitter between
