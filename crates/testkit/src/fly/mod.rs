@@ -201,16 +201,21 @@ impl Stats {
         }
     }
 
-    /// API calls per accepted start, not counting the calls answered by an injected 5xx or 429.
+    /// API calls per accepted start, not counting the calls answered by an injected fault: a 5xx,
+    /// a 429, or a create refused for want of capacity in a region the run made full.
     ///
     /// The gross figure ([`Stats::calls_per_start`]) moves with how many random faults happened
-    /// to land on starts in a run; this one is what Shoal's own choices cost (leases, waits, its
-    /// retries after a fault, region fallbacks), so a bound on it holds however the dice fall.
+    /// to land on starts in a run; this one is what Shoal's own choices cost (leases, waits, the
+    /// call that takes the place of one a fault answered), so a bound on it holds however the
+    /// dice fall.
     pub fn calls_per_start_net_of_faults(&self) -> f64 {
         if self.starts == 0 {
             0.0
         } else {
-            self.start_calls.saturating_sub(self.start_calls_faulted) as f64 / self.starts as f64
+            let faulted = self
+                .start_calls_faulted
+                .saturating_add(self.capacity_refusals);
+            self.start_calls.saturating_sub(faulted) as f64 / self.starts as f64
         }
     }
 
