@@ -64,15 +64,7 @@ async fn shoal(s: &Server, args: &[&str]) -> Result<Run> {
 }
 
 async fn enqueue(s: &Server, tenant: &str, cmd: &str) -> Result<String> {
-    let (status, v) = s
-        .send(
-            Method::POST,
-            "/v1/jobs",
-            &json!({"tenant": tenant, "kind": "agent", "spec": {"command": ["sh", "-c", cmd]}}),
-        )
-        .await?;
-    anyhow::ensure!(status == 202, "enqueue answered {status}: {v}");
-    Ok(v["id"].as_str().unwrap_or_default().to_string())
+    s.enqueue_sh(tenant, cmd).await
 }
 
 async fn wait_state(s: &Server, id: &str, state: &str) -> Result<Value> {

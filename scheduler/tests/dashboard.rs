@@ -190,15 +190,7 @@ impl Drop for Browser {
 }
 
 async fn enqueue(s: &Server, tenant: &str, cmd: &str) -> Result<String> {
-    let (status, v) = s
-        .send(
-            Method::POST,
-            "/v1/jobs",
-            &json!({"tenant": tenant, "kind": "agent", "spec": {"command": ["sh", "-c", cmd]}}),
-        )
-        .await?;
-    anyhow::ensure!(status == 202, "enqueue answered {status}: {v}");
-    Ok(v["id"].as_str().unwrap_or_default().to_string())
+    s.enqueue_sh(tenant, cmd).await
 }
 
 fn cell(tenant: &str, col: &str) -> String {

@@ -34,15 +34,7 @@ async fn wait_job(s: &Server, id: &str, timeout: Duration) -> Result<Value> {
 }
 
 async fn enqueue(s: &Server, tenant: &str, cmd: &str) -> Result<String> {
-    let (status, v) = s
-        .send(
-            Method::POST,
-            "/v1/jobs",
-            &json!({"tenant": tenant, "kind": "agent", "spec": {"command": ["sh", "-c", cmd]}}),
-        )
-        .await?;
-    anyhow::ensure!(status == 202, "enqueue answered {status}: {v}");
-    Ok(v["id"].as_str().unwrap().to_string())
+    s.enqueue_sh(tenant, cmd).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,15 +21,7 @@ async fn tenant(s: &Server, id: &str) -> Result<()> {
 }
 
 async fn run(s: &Server, tenant: &str, cmd: &str) -> Result<Value> {
-    let (status, v) = s
-        .send(
-            Method::POST,
-            "/v1/jobs",
-            &json!({"tenant": tenant, "kind": "agent", "spec": {"command": ["sh", "-c", cmd]}}),
-        )
-        .await?;
-    anyhow::ensure!(status == 202, "enqueue answered {status}: {v}");
-    let id = v["id"].as_str().unwrap().to_string();
+    let id = s.enqueue_sh(tenant, cmd).await?;
     let job = s
         .wait_for(&format!("job {id}"), Duration::from_secs(60), || async {
             let j = s.get(&format!("/v1/jobs/{id}")).await?;

@@ -283,6 +283,19 @@ impl Server {
         Ok((status, v))
     }
 
+    /// Enqueues an `agent` job of `tenant` running `sh -c cmd`; its id, or an error unless the
+    /// scheduler admitted it (202).
+    pub async fn enqueue_sh(&self, tenant: &str, cmd: &str) -> Result<String> {
+        let body = serde_json::json!({"tenant": tenant, "kind": "agent",
+            "spec": {"command": ["sh", "-c", cmd]}});
+        let (status, v) = self.send(reqwest::Method::POST, "/v1/jobs", &body).await?;
+        anyhow::ensure!(status == 202, "enqueue answered {status}: {v}");
+        v["id"]
+            .as_str()
+            .map(str::to_string)
+            .with_context(|| format!("no job id in {v}"))
+    }
+
     /// Polls `check` every 50 ms until it gives `Some`, for at most `timeout`.
     pub async fn wait_for<T, F, Fut>(
         &self,

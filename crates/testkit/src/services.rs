@@ -284,19 +284,8 @@ impl Postgres {
     /// Restarts the server as an outage would: an immediate shutdown (no checkpoint, connections
     /// cut), then a start on the same data and port.
     pub fn restart(&mut self) -> Result<()> {
-        stop_child(&mut self.child, libc::SIGQUIT);
-        self.child = server_command(
-            &self.bin,
-            &self.data,
-            self.port,
-            &self._dir.0,
-            &self.log,
-            self.user,
-        )?
-        .spawn()
-        .context("restarting postgres")?;
-        wait_for_port(&mut self.child, self.port, "postgres", &self.log)?;
-        self.wait_queries()
+        self.stop();
+        self.resume().context("restarting postgres")
     }
 
     /// Stops the server (an immediate shutdown) until [`Postgres::resume`]; its port stays
